@@ -1,0 +1,54 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both set up what is missing first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+APT_PACKAGES := redis-server ffmpeg
+# The first interpreter that really is Python 3.12 (pyenv shims answer for versions they do not select).
+PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+
+.PHONY: setup apt demo test test-fast bench clean-venv
+
+setup: apt $(STAMP)
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing apt packages:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found (looked for python3.12 and ~/.pyenv/versions/3.12*)"; exit 1; }
+	@test -x $(PY) || $(PYTHON312) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# Until the training and serving loop lands, the demo walks through the data layer.
+DEMO := demo_out
+demo: setup
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(VENV)/bin/recap data record-synthetic --store $(DEMO)/store --episodes 3 --ticks 150 --fps 30
+	@echo "--- recording one more episode and killing the recorder with SIGKILL mid-episode"
+	@$(VENV)/bin/recap data record-synthetic --store $(DEMO)/store --episodes 1 --ticks 600 --fps 30 & pid=$$!; \
+	  sleep 8; kill -9 $$pid; wait $$pid 2>/dev/null; true
+	$(VENV)/bin/recap data fsck --store $(DEMO)/store || true
+	$(VENV)/bin/recap data fsck --store $(DEMO)/store --repair
+	$(VENV)/bin/recap data ls --store $(DEMO)/store
+	$(VENV)/bin/recap data export $(DEMO)/lerobot --store $(DEMO)/store --status complete
+	@echo "demo done: store in $(DEMO)/store, LeRobot v3 export in $(DEMO)/lerobot"
+
+test: setup
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench.store $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Episode schema, crash-safe Zarr episode store, SQL catalog, LeRobot v3 interchange, datasets."""

@@ -1,0 +1,303 @@
+"""Catalog: register committed episodes, query them, keep the outcome-label history, reconcile.
+
+SQLite by default (WAL, so several robots' writers and a reader work at once); any SQLAlchemy URL
+(PostgreSQL for a fleet). Migrations run on open through Alembic.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from data.catalog.models import Episode, EpisodePolicyVersion, OutcomeLabel, Robot, Task
+from data.files import FileLock
+from data.schema import Outcome
+from data.store import EpisodeData, EpisodeStore
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def default_catalog_url(store_root: str | Path) -> str:
+    return f"sqlite:///{Path(store_root).expanduser().resolve() / 'catalog.sqlite'}"
+
+
+@dataclass
+class EpisodeRecord:
+    """One catalog row, detached from the database session."""
+
+    id: str
+    robot_id: str
+    task_id: str
+    instruction: str
+    status: str
+    outcome: str
+    outcome_labeller: str | None
+    outcome_labelled_at_ns: int | None
+    num_ticks: int
+    num_policy_ticks: int
+    num_correction_ticks: int
+    num_demonstration_ticks: int
+    num_hold_ticks: int
+    fps: float
+    start_time_ns: int
+    end_time_ns: int
+    location: str
+    checksum: str
+    policy_versions: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_row(cls, e: Episode) -> "EpisodeRecord":
+        return cls(**{k: getattr(e, k) for k in cls.__dataclass_fields__ if k != "policy_versions"},
+                   policy_versions=sorted(p.policy_version for p in e.policy_versions))
+
+    @property
+    def correction_rate(self) -> float:
+        return self.num_correction_ticks / self.num_ticks if self.num_ticks else 0.0
+
+
+@dataclass
+class ReconcileReport:
+    added: list[str] = field(default_factory=list)  # in the store, not in the catalog
+    updated: list[str] = field(default_factory=list)  # checksum or labels differed
+    removed: list[str] = field(default_factory=list)  # in the catalog, gone from the store
+
+    @property
+    def consistent(self) -> bool:
+        return not (self.added or self.updated or self.removed)
+
+
+def _label_history(ep: EpisodeData) -> list[dict]:
+    """The commit-time outcome (if any) followed by later labels."""
+    history = []
+    attrs_outcome = ep.group.attrs.get("outcome", "unknown")
+    if attrs_outcome != Outcome.UNKNOWN and ep.group.attrs.get("outcome_labeller"):
+        history.append({"outcome": attrs_outcome, "labeller": ep.group.attrs["outcome_labeller"],
+                        "labelled_at_ns": int(ep.group.attrs.get("outcome_labelled_at_ns") or ep.info.end_time_ns or 0)})
+    return history + list(ep.labels)
+
+
+class Catalog:
+    def __init__(self, url: str):
+        self.url = url
+        kwargs = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 60}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.migrate()
+
+    @classmethod
+    def for_store(cls, store: EpisodeStore, url: str | None = None) -> "Catalog":
+        return cls(url or default_catalog_url(store.root))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def _alembic_config(self) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        return cfg
+
+    def current_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (a no-op when it is there already)."""
+        cfg = self._alembic_config()
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        if self.current_revision() == head:
+            return
+        lock = None
+        db_path = self.engine.url.database if self.url.startswith("sqlite") else None
+        if db_path:  # two processes opening a new SQLite catalog at once must not both create tables
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(Path(db_path + ".migrate.lock"))
+            while not lock.try_acquire():
+                time.sleep(0.05)
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        finally:
+            if lock:
+                lock.release()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def register(self, ep: EpisodeData) -> None:
+        """Insert or refresh one committed episode (idempotent)."""
+        with self._session.begin() as s:
+            self._upsert(s, ep)
+
+    def register_many(self, eps: Iterable[EpisodeData]) -> int:
+        n = 0
+        with self._session.begin() as s:
+            for ep in eps:
+                self._upsert(s, ep)
+                n += 1
+        return n
+
+    def _upsert(self, s: Session, ep: EpisodeData) -> None:
+        info = ep.info
+        now = time.time_ns()
+        if s.get(Robot, info.robot_id) is None:
+            s.add(Robot(id=info.robot_id, first_seen_ns=info.start_time_ns))
+        task = s.get(Task, info.task_id)
+        if task is None:
+            s.add(Task(id=info.task_id, instruction=info.instruction))
+        elif info.instruction and not task.instruction:
+            task.instruction = info.instruction
+        s.flush()
+        counts = info.extra.get("source_counts", {})
+        if not counts:  # recovered episodes: count from the data
+            src = ep.action_source
+            counts = {k: int((src == i).sum()) for i, k in enumerate(("policy", "correction", "demonstration", "hold"))}
+        row = s.get(Episode, info.episode_id)
+        if row is None:
+            row = Episode(id=info.episode_id, registered_at_ns=now)
+            s.add(row)
+        row.robot_id, row.task_id, row.instruction = info.robot_id, info.task_id, info.instruction
+        row.status = str(info.status)
+        row.outcome = str(info.outcome)
+        row.outcome_labeller = info.outcome_labeller
+        row.outcome_labelled_at_ns = info.outcome_labelled_at_ns
+        row.num_ticks = info.num_ticks
+        row.num_policy_ticks = counts.get("policy", 0)
+        row.num_correction_ticks = counts.get("correction", 0)
+        row.num_demonstration_ticks = counts.get("demonstration", 0)
+        row.num_hold_ticks = counts.get("hold", 0)
+        row.fps = info.fps
+        row.start_time_ns = info.start_time_ns
+        row.end_time_ns = info.end_time_ns or info.start_time_ns
+        row.location = ep.path.as_uri()
+        row.checksum = ep.checksum
+        row.schema_version = info.schema_version
+        s.flush()
+        s.execute(delete(EpisodePolicyVersion).where(EpisodePolicyVersion.episode_id == info.episode_id))
+        s.execute(delete(OutcomeLabel).where(OutcomeLabel.episode_id == info.episode_id))
+        s.flush()
+        for v in sorted(set(info.policy_versions)):
+            s.add(EpisodePolicyVersion(episode_id=info.episode_id, policy_version=v))
+        seen = set()
+        for lab in _label_history(ep):
+            key = (lab["labelled_at_ns"], lab["labeller"])
+            if key not in seen:
+                seen.add(key)
+                s.add(OutcomeLabel(episode_id=info.episode_id, **lab))
+
+    def label(self, store: EpisodeStore, episode_id: str, outcome: Outcome | str, labeller: str) -> EpisodeRecord:
+        """Change an episode's outcome: written to the store first (the source of truth), then indexed."""
+        store.label(episode_id, outcome, labeller)
+        self.register(store.open(episode_id))
+        return self.get(episode_id)
+
+    def remove(self, episode_ids: Sequence[str]) -> None:
+        with self._session.begin() as s:
+            for eid in episode_ids:
+                row = s.get(Episode, eid)
+                if row is not None:
+                    s.delete(row)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, episode_id: str) -> EpisodeRecord:
+        with self._session() as s:
+            row = s.get(Episode, episode_id)
+            if row is None:
+                raise KeyError(f"episode {episode_id} is not in the catalog")
+            return EpisodeRecord.from_row(row)
+
+    def label_history(self, episode_id: str) -> list[dict]:
+        with self._session() as s:
+            rows = s.scalars(select(OutcomeLabel).where(OutcomeLabel.episode_id == episode_id)
+                             .order_by(OutcomeLabel.labelled_at_ns)).all()
+            return [{"outcome": r.outcome, "labeller": r.labeller, "labelled_at_ns": r.labelled_at_ns} for r in rows]
+
+    def episodes(
+        self,
+        *,
+        robot: str | Sequence[str] | None = None,
+        task: str | Sequence[str] | None = None,
+        outcome: str | Sequence[str] | None = None,
+        policy_version: str | Sequence[str] | None = None,
+        status: str | Sequence[str] | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        with_corrections: bool | None = None,
+        ids: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[EpisodeRecord]:
+        """Episodes matching every given filter, oldest first. Each filter takes one value or a list."""
+
+        def many(v):
+            return [v] if isinstance(v, str) else list(v)
+
+        q = select(Episode)
+        if robot is not None:
+            q = q.where(Episode.robot_id.in_(many(robot)))
+        if task is not None:
+            q = q.where(Episode.task_id.in_(many(task)))
+        if outcome is not None:
+            q = q.where(Episode.outcome.in_([str(Outcome(o)) for o in many(outcome)]))
+        if status is not None:
+            q = q.where(Episode.status.in_(many(status)))
+        if policy_version is not None:
+            q = q.where(Episode.id.in_(select(EpisodePolicyVersion.episode_id)
+                                       .where(EpisodePolicyVersion.policy_version.in_(many(policy_version)))))
+        if since_ns is not None:
+            q = q.where(Episode.start_time_ns >= since_ns)
+        if until_ns is not None:
+            q = q.where(Episode.start_time_ns < until_ns)
+        if with_corrections is not None:
+            q = q.where(Episode.num_correction_ticks > 0 if with_corrections else Episode.num_correction_ticks == 0)
+        if ids is not None:
+            q = q.where(Episode.id.in_(list(ids)))
+        q = q.order_by(Episode.start_time_ns, Episode.id)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._session() as s:
+            return [EpisodeRecord.from_row(r) for r in s.scalars(q).all()]
+
+    # -- consistency ----------------------------------------------------------------------
+
+    def reconcile(self, store: EpisodeStore, *, repair: bool = False) -> ReconcileReport:
+        """Compare the catalog with the store; with repair, make the catalog match the store."""
+        report = ReconcileReport()
+        in_store = set(store.episode_ids())
+        with self._session() as s:
+            rows = {r.id: (r.checksum, r.outcome, r.outcome_labelled_at_ns) for r in s.scalars(select(Episode)).all()}
+        report.removed = sorted(set(rows) - in_store)
+        report.added = sorted(in_store - set(rows))
+        for eid in sorted(in_store & set(rows)):
+            ep = store.open(eid)
+            if rows[eid] != (ep.checksum, str(ep.info.outcome), ep.info.outcome_labelled_at_ns):
+                report.updated.append(eid)
+        if repair:
+            self.remove(report.removed)
+            self.register_many(store.open(eid) for eid in report.added + report.updated)
+        return report
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()

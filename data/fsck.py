@@ -1,0 +1,187 @@
+"""`recap data fsck`: check every episode against its manifest and recover crashed ones.
+
+What it does, per episode directory:
+- committed (manifest present): re-hash every listed file; report missing or changed files and
+  unreadable metadata as corrupt (never "repaired" by guessing; `--repair` moves them to
+  `<root>/quarantine/` so readers stop tripping on them);
+- in flight and locked by a live writer: left alone;
+- in flight and unlocked (its writer died): with `--repair`, truncate every array to the journal's
+  flushed tick count, verify those ticks decode, and commit it as `incomplete`; an episode with no
+  flushed tick is moved to quarantine;
+- leftover temporary files (`*.partial`) of dead writers are removed with `--repair`.
+The catalog is then checked against the store (see catalog.reconcile).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zarr
+from zarr.storage import LocalStore
+
+from data.files import PARTIAL_SUFFIX, FileLock, atomic_write_json, fsync_dir, sha256_file
+from data.schema import IMAGES, EpisodeInfo, EpisodeStatus
+from data.store import JOURNAL, LOCK, MANIFEST, UNCHECKSUMMED, EpisodeStore, manifest_checksum, write_manifest
+
+
+@dataclass
+class FsckReport:
+    checked: int = 0
+    ok: list[str] = field(default_factory=list)
+    corrupt: dict[str, str] = field(default_factory=dict)  # episode -> what is wrong
+    live: list[str] = field(default_factory=list)
+    crashed: dict[str, str] = field(default_factory=dict)  # in flight, writer dead -> what fsck saw
+    recovered: dict[str, int] = field(default_factory=dict)  # episode -> ticks kept
+    quarantined: list[str] = field(default_factory=list)
+    partial_files_removed: int = 0
+    actions: list[str] = field(default_factory=list)  # what --repair did, in words
+
+    @property
+    def clean(self) -> bool:
+        return not self.corrupt and not self.crashed
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"clean": self.clean}
+
+
+def verify_episode(path: Path) -> str | None:
+    """None if the committed episode at `path` matches its manifest, else what is wrong."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError) as e:
+        return f"manifest unreadable: {e}"
+    if manifest_checksum(files) != manifest.get("checksum"):
+        return "manifest checksum does not match its file list"
+    for key, meta in files.items():
+        f = path / key
+        if not f.is_file():
+            return f"missing file {key}"
+        if f.stat().st_size != meta["size"] or sha256_file(f) != meta["sha256"]:
+            return f"file {key} changed (sha256 mismatch)"
+    try:
+        group = zarr.open_group(LocalStore(path, read_only=True), mode="r")
+        info = EpisodeInfo.from_attrs(group.attrs.asdict())
+        if info.num_ticks != manifest.get("num_ticks"):
+            return "tick count in attributes and manifest differ"
+    except Exception as e:  # any failure to open is corruption to report
+        return f"metadata unreadable: {e}"
+    return None
+
+
+def _quarantine(store: EpisodeStore, path: Path) -> Path:
+    qdir = store.root / "quarantine"
+    qdir.mkdir(exist_ok=True)
+    dest = qdir / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+    shutil.move(str(path), dest)
+    fsync_dir(qdir)
+    fsync_dir(path.parent)
+    return dest
+
+
+def _remove_partials(path: Path) -> int:
+    n = 0
+    for f in path.rglob(f"*{PARTIAL_SUFFIX}"):
+        f.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def recover_episode(path: Path) -> int:
+    """Commit a crashed episode as `incomplete`, keeping the ticks its journal says were flushed.
+
+    Returns the number of ticks kept; raises if nothing can be kept."""
+    journal = json.loads((path / JOURNAL).read_text())
+    n = int(journal["flushed_ticks"])
+    if n <= 0:
+        raise ValueError("no flushed ticks")
+    group = zarr.open_group(LocalStore(path), mode="r+")
+    info = EpisodeInfo.from_attrs(group.attrs.asdict())
+    with warnings.catch_warnings():  # journal.json and .lock sit beside the zarr arrays
+        warnings.simplefilter("ignore")
+        names = [k for k, _ in group.arrays()]
+        if IMAGES in group:
+            names += [f"{IMAGES}/{k}" for k, _ in group[IMAGES].arrays()]
+    for name in names:
+        arr = group[name]
+        if arr.shape[0] < n:
+            raise ValueError(f"array {name} holds {arr.shape[0]} ticks, journal says {n}")
+        if arr.shape[0] != n:
+            arr.resize((n, *arr.shape[1:]))
+        arr[n - 1]  # the last kept tick must decode
+    ts = group["timestamp_ns"][:n]
+    info.num_ticks = n
+    info.end_time_ns = int(ts[-1])
+    info.status = EpisodeStatus.INCOMPLETE
+    info.extra["recovered_at_ns"] = time.time_ns()
+    info.policy_versions = list(journal.get("policy_versions", []))
+    used = group["policy_version_index"][:n]
+    if used.size and int(used.max()) >= len(info.policy_versions):
+        raise ValueError("journal lacks the names of policy versions used by flushed ticks")
+    group.attrs.put(info.to_attrs())
+    files = {}
+    for f in sorted(path.rglob("*")):
+        key = f.relative_to(path).as_posix()
+        if f.is_file() and key not in UNCHECKSUMMED and not key.startswith("labels/"):
+            files[key] = (sha256_file(f), f.stat().st_size)
+    for d in sorted({f.parent for f in path.rglob("*") if f.is_file()}, key=lambda p: -len(p.parts)):
+        fsync_dir(d)
+    write_manifest(path, info, files)
+    (path / JOURNAL).unlink(missing_ok=True)
+    return n
+
+
+def fsck(store: EpisodeStore, *, repair: bool = False) -> FsckReport:
+    r = FsckReport()
+    for eid in store.episode_ids():
+        r.checked += 1
+        path = store.episode_dir(eid)
+        problem = verify_episode(path)
+        if problem is None:
+            r.ok.append(eid)
+            if repair:
+                r.partial_files_removed += _remove_partials(path)
+            continue
+        r.corrupt[eid] = problem
+        if repair:
+            dest = _quarantine(store, path)
+            r.quarantined.append(eid)
+            r.actions.append(f"{eid}: corrupt ({problem}); moved to {dest}")
+    for eid in store.in_flight_ids():
+        path = store.episode_dir(eid)
+        if FileLock.is_locked(path / LOCK):
+            r.live.append(eid)
+            continue
+        r.checked += 1
+        try:
+            flushed = int(json.loads((path / JOURNAL).read_text())["flushed_ticks"])
+        except (OSError, ValueError, KeyError):
+            flushed = 0
+        r.crashed[eid] = f"writer gone; {flushed} ticks flushed"
+        if not repair:
+            continue
+        lock = FileLock(path / LOCK)
+        if not lock.try_acquire():  # a writer started on it meanwhile
+            del r.crashed[eid]
+            r.live.append(eid)
+            continue
+        try:
+            r.partial_files_removed += _remove_partials(path)
+            try:
+                kept = recover_episode(path)
+            except Exception as e:  # unrecoverable: keep the bytes aside, out of readers' way
+                lock.release()
+                dest = _quarantine(store, path)
+                r.quarantined.append(eid)
+                r.actions.append(f"{eid}: could not recover ({e}); moved to {dest}")
+                continue
+            r.recovered[eid] = kept
+            r.actions.append(f"{eid}: recovered {kept} ticks, committed as incomplete")
+        finally:
+            lock.release()
+    return r

@@ -1,0 +1,84 @@
+"""A PyTorch Dataset over committed episodes: (observation window, next-H action chunk) samples.
+
+Only this module imports torch, so the robot-side writer never pulls it in. Non-image arrays of
+every episode are loaded once (they are small); images are decoded per sample from the store.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.stats import NormalizationStats
+from data.store import EpisodeData, EpisodeStore
+from data.windows import action_chunk, history
+
+
+class EpisodeDataset(Dataset):
+    """Samples indexed by (episode, tick), flattened.
+
+    Each sample holds `observation.state` (state_history x S, or S when state_history == 1),
+    one image per camera as float CHW in [0, 1] (or uint8 with `uint8_images=True`), `action`
+    (horizon x A) with `action_is_pad`, the tick's `action_source`, and `episode_index`/`tick`.
+    """
+
+    def __init__(self, store: EpisodeStore, episode_ids: Sequence[str], *, horizon: int = 50, state_history: int = 1,
+                 cameras: Sequence[str] | None = None, uint8_images: bool = False,
+                 stats: NormalizationStats | None = None):
+        if not episode_ids:
+            raise ValueError("no episodes selected")
+        self.store = store
+        self.episode_ids = list(episode_ids)
+        self.horizon = horizon
+        self.state_history = state_history
+        self.uint8_images = uint8_images
+        self.stats = stats
+        eps = [store.open(e) for e in self.episode_ids]
+        self.cameras = list(eps[0].cameras) if cameras is None else list(cameras)
+        self._states = [ep.state for ep in eps]
+        self._actions = [ep.action for ep in eps]
+        self._sources = [ep.action_source for ep in eps]
+        lengths = np.array([len(ep) for ep in eps])
+        self._ends = np.cumsum(lengths)
+        self._episodes: dict[int, EpisodeData] = {}  # opened lazily per worker process
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        e = int(np.searchsorted(self._ends, index, side="right"))
+        start = 0 if e == 0 else int(self._ends[e - 1])
+        return e, index - start
+
+    def _episode(self, e: int) -> EpisodeData:
+        if e not in self._episodes:
+            self._episodes[e] = self.store.open(self.episode_ids[e])
+        return self._episodes[e]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        e, t = self.locate(index)
+        state, state_pad = history(self._states[e], t, self.state_history)
+        actions, action_pad = action_chunk(self._actions[e], t, self.horizon)
+        if self.stats is not None:
+            state = self.stats["observation.state"].normalize(state)
+            actions = self.stats["action"].normalize(actions)
+        item = {
+            "observation.state": torch.from_numpy(np.ascontiguousarray(state[0] if self.state_history == 1 else state, np.float32)),
+            "action": torch.from_numpy(np.ascontiguousarray(actions, np.float32)),
+            "action_is_pad": torch.from_numpy(action_pad),
+            "action_source": torch.tensor(int(self._sources[e][t])),
+            "episode_index": torch.tensor(e),
+            "tick": torch.tensor(t),
+        }
+        if self.state_history > 1:
+            item["observation.state_is_pad"] = torch.from_numpy(state_pad)
+        ep = self._episode(e) if self.cameras else None
+        for cam in self.cameras:
+            img = torch.from_numpy(ep.image(cam, t)).permute(2, 0, 1)
+            item[f"observation.images.{cam}"] = img if self.uint8_images else img.float().div_(255.0)
+        return item

@@ -1,0 +1,96 @@
+import shutil
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import text
+
+from data.catalog import Catalog
+from data.fsck import fsck
+from data.schema import Outcome
+from data.store import EpisodeStore
+from tests.store.helpers import T0, record
+
+DAY = 86_400 * 10**9
+
+
+@pytest.fixture
+def filled(store_root):
+    store = EpisodeStore(store_root)
+    cat = Catalog.for_store(store)
+    eps = [
+        record(store, robot="r1", task="push", outcome=Outcome.SUCCESS, version="v1", start=T0)[0],
+        record(store, robot="r1", task="pick", outcome=Outcome.FAILURE, version="v2", corrections=range(3, 8), start=T0 + DAY)[0],
+        record(store, robot="r2", task="push", outcome=Outcome.UNKNOWN, version="v2", start=T0 + 2 * DAY)[0],
+    ]
+    cat.register_many(eps)
+    return store, cat, eps
+
+
+def test_filters(filled):
+    store, cat, eps = filled
+    ids = [e.episode_id for e in eps]
+    assert [r.id for r in cat.episodes()] == ids
+    assert [r.id for r in cat.episodes(robot="r1")] == ids[:2]
+    assert [r.id for r in cat.episodes(task=["push"])] == [ids[0], ids[2]]
+    assert [r.id for r in cat.episodes(outcome="failure")] == [ids[1]]
+    assert [r.id for r in cat.episodes(policy_version="v2")] == ids[1:]
+    assert [r.id for r in cat.episodes(since_ns=T0 + DAY, until_ns=T0 + 2 * DAY)] == [ids[1]]
+    assert [r.id for r in cat.episodes(with_corrections=True)] == [ids[1]]
+    rec = cat.get(ids[1])
+    assert rec.num_correction_ticks == 5 and rec.num_ticks == 25 and rec.checksum == eps[1].checksum
+    assert rec.location.startswith("file://") and rec.policy_versions == ["v2"]
+
+
+def test_relabel_keeps_who_and_when(filled):
+    store, cat, eps = filled
+    eid = eps[2].episode_id
+    cat.label(store, eid, "failure", "alice")
+    rec = cat.label(store, eid, "success", "bob")
+    assert rec.outcome == "success" and rec.outcome_labeller == "bob"
+    hist = cat.label_history(eid)
+    assert [(h["outcome"], h["labeller"]) for h in hist] == [("failure", "alice"), ("success", "bob")]
+    assert hist[0]["labelled_at_ns"] < hist[1]["labelled_at_ns"]
+    # the first episode's commit-time label is its history's first entry
+    assert cat.label_history(eps[0].episode_id)[0]["labeller"] == "tester"
+
+
+def test_reconcile_repairs_every_kind_of_mismatch(filled):
+    store, cat, eps = filled
+    assert cat.reconcile(store).consistent
+    with cat.engine.begin() as c:  # a row lost
+        c.execute(text("DELETE FROM episode_policy_versions WHERE episode_id = :e"), {"e": eps[0].episode_id})
+        c.execute(text("DELETE FROM outcome_labels WHERE episode_id = :e"), {"e": eps[0].episode_id})
+        c.execute(text("DELETE FROM episodes WHERE id = :e"), {"e": eps[0].episode_id})
+    shutil.rmtree(store.episode_dir(eps[1].episode_id))  # data gone
+    store.label(eps[2].episode_id, "success", "carol")  # labelled behind the catalog's back
+    rep = cat.reconcile(store)
+    assert (rep.added, rep.removed, rep.updated) == ([eps[0].episode_id], [eps[1].episode_id], [eps[2].episode_id])
+    cat.reconcile(store, repair=True)
+    assert cat.reconcile(store).consistent
+    assert cat.get(eps[2].episode_id).outcome == "success"
+
+
+def test_corrupt_episode_is_named_and_quarantined(filled):
+    store, cat, eps = filled
+    victim = store.episode_dir(eps[0].episode_id)
+    shard = next(p for p in (victim / "images").rglob("*") if p.is_file() and p.name != "zarr.json")
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    rep = fsck(store)
+    assert list(rep.corrupt) == [eps[0].episode_id] and "sha256" in rep.corrupt[eps[0].episode_id]
+    rep = fsck(store, repair=True)
+    assert rep.quarantined == [eps[0].episode_id]
+    assert eps[0].episode_id not in store.episode_ids()
+    assert (store.root / "quarantine").is_dir()
+    cat.reconcile(store, repair=True)
+    assert eps[0].episode_id not in [r.id for r in cat.episodes()]
+
+
+def test_migrations_run_once_even_when_two_processes_open_a_new_catalog(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cat.sqlite'}"
+    code = f"from data.catalog import Catalog; c = Catalog({url!r}); print(c.current_revision())"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs) and outs == ["0001"] * 3

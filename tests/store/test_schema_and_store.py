@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+
+from data.schema import ActionSource, Outcome, SchemaError, Tick
+from data.store import EpisodeNotFound, EpisodeStore, StoreError
+from data.synthetic import SyntheticFrames
+from data.windows import action_chunk, history
+from tests.store.helpers import PERIOD, T0, assert_images_close, record, small_features
+
+
+def _writer(store, **kw):
+    feats = small_features()
+    return store.new_episode(robot_id="r1", task_id="push", features=feats, fps=30, flush_ticks=4, fsync=False, **kw), \
+        SyntheticFrames(feats, n_frames=4)
+
+
+def test_round_trip_values(store_root):
+    store = EpisodeStore(store_root)
+    ep, frames = record(store, ticks=23, corrections=range(5, 9))
+    assert len(ep) == 23
+    assert ep.info.outcome == Outcome.SUCCESS and ep.info.outcome_labeller == "tester"
+    for t in (0, 7, 22):
+        want = frames.tick(t, T0 + t * PERIOD)
+        np.testing.assert_array_equal(ep.state[t], want.state)
+        np.testing.assert_array_equal(ep.action[t], want.action)
+        np.testing.assert_array_equal(ep.proposed_action[t, 0], want.proposed[0])
+        assert ep.timestamps_ns[t] == T0 + t * PERIOD
+        for cam in ep.cameras:
+            assert_images_close(ep.image(cam, t), want.images[cam])
+    assert list(np.flatnonzero(ep.action_source == ActionSource.CORRECTION)) == [5, 6, 7, 8]
+    assert ep.policy_version(0) == "v1" and ep.policy_version(6) is None
+    assert ep.info.extra["source_counts"] == {"policy": 19, "correction": 4, "demonstration": 0, "hold": 0}
+    assert ep.images("left_wrist", 20, 99).shape == (3, 48, 64, 3)
+
+
+@pytest.mark.parametrize("field,change", [
+    ("observation.state", {"state": np.zeros(5)}),
+    ("observation.state", {"state": np.array([0, np.nan, 0, 0])}),
+    ("action", {"action": np.array([0, np.inf, 0])}),
+    ("action", {"action": np.array(["a", "b", "c"])}),
+    ("images", {"images": "unknown"}),
+    ("images", {"images": "missing"}),
+    ("images.top", {"images": "float"}),
+    ("images.top", {"images": "shape"}),
+    ("proposed_action", {"proposed": np.zeros((2, 3))}),
+    ("action_source", {"source": 9}),
+    ("timestamp_ns", {"timestamp_ns": T0}),  # not increasing
+    ("timestamp_ns", {"timestamp_ns": 1.5}),
+    ("policy_version", {"policy_version": ""}),
+])
+def test_bad_tick_is_refused_and_harms_nothing(store_root, field, change):
+    store = EpisodeStore(store_root)
+    w, frames = _writer(store)
+    for t in range(5):
+        w.append(frames.tick(t, T0 + t * PERIOD))
+    good = frames.tick(5, T0 + 5 * PERIOD)
+    bad = Tick(good.timestamp_ns, good.state, good.action, good.source, dict(good.images), good.proposed, good.policy_version)
+    for k, v in change.items():
+        if k == "images":
+            img = bad.images["top"]
+            bad.images = {"unknown": lambda: {**bad.images, "extra_cam": img},
+                          "missing": lambda: {"top": img},
+                          "float": lambda: {**bad.images, "top": img.astype(np.float32)},
+                          "shape": lambda: {**bad.images, "top": img[:10]}}[v]()
+        else:
+            setattr(bad, k, v)
+    with pytest.raises(SchemaError) as exc:
+        w.append(bad)
+    assert exc.value.field.startswith(field) or exc.value.field.endswith(field), exc.value.field
+    assert str(exc.value).startswith(exc.value.field)
+    w.append(good)
+    info = w.commit()
+    ep = store.open(info.episode_id)
+    assert len(ep) == 6
+    np.testing.assert_array_equal(ep.state[5], good.state)
+
+
+def test_in_flight_episode_is_invisible_until_commit(store_root):
+    store = EpisodeStore(store_root)
+    w, frames = _writer(store)
+    for t in range(9):
+        w.append(frames.tick(t, T0 + t * PERIOD))
+    assert store.episode_ids() == []
+    assert store.in_flight_ids() == [w.episode_id]
+    with pytest.raises(EpisodeNotFound, match="not committed"):
+        store.open(w.episode_id)
+    w.commit()
+    assert store.episode_ids() == [w.episode_id]
+    with pytest.raises(StoreError, match="closed"):
+        w.append(frames.tick(10, T0 + 10 * PERIOD))
+
+
+def test_labels_keep_history(store_root):
+    store = EpisodeStore(store_root)
+    ep, _ = record(store, outcome=Outcome.UNKNOWN)
+    assert ep.info.outcome == Outcome.UNKNOWN
+    store.label(ep.episode_id, "failure", "alice", at_ns=T0 + 1)
+    info = store.label(ep.episode_id, Outcome.SUCCESS, "bob", at_ns=T0 + 2)
+    assert (info.outcome, info.outcome_labeller, info.outcome_labelled_at_ns) == (Outcome.SUCCESS, "bob", T0 + 2)
+    again = store.open(ep.episode_id)
+    assert [lab["labeller"] for lab in again.labels] == ["alice", "bob"]
+    assert again.checksum == ep.checksum  # labels never touch the checksummed data
+    with pytest.raises(ValueError):
+        store.label(ep.episode_id, "great", "bob")
+
+
+def test_windows_pad_with_mask():
+    a = np.arange(10, dtype=np.float32)[:, None]
+    chunk, pad = action_chunk(a, 7, 5)
+    assert chunk[:, 0].tolist() == [7, 8, 9, 9, 9] and pad.tolist() == [False, False, False, True, True]
+    h, hpad = history(a, 1, 3)
+    assert h[:, 0].tolist() == [0, 0, 1] and hpad.tolist() == [True, False, False]
+
+
+def test_ids_and_store_format_are_checked(tmp_path):
+    store = EpisodeStore(tmp_path / "s")
+    with pytest.raises(SchemaError, match="robot_id"):
+        store.new_episode(robot_id="bad id/..", task_id="t", features=small_features(), fps=30)
+    with pytest.raises(SchemaError, match="episode_id"):
+        store.open("../etc")
+    (tmp_path / "notastore").mkdir()
+    (tmp_path / "notastore" / "store.json").write_text("{broken")
+    with pytest.raises(StoreError, match="unreadable"):
+        EpisodeStore(tmp_path / "notastore")
+    with pytest.raises(StoreError, match="not an episode store"):
+        EpisodeStore(tmp_path / "absent", create=False)
