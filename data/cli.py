@@ -194,6 +194,7 @@ def export_cmd(
     task: list[str] = typer.Option([], "--task"),
     outcome: list[Outcome] = typer.Option([], "--outcome"),
     policy_version: list[str] = typer.Option([], "--policy-version"),
+    status: list[str] = typer.Option([], "--status", help="complete / incomplete."),
     since: Optional[str] = typer.Option(None), until: Optional[str] = typer.Option(None),
     limit: Optional[int] = typer.Option(None),
     repo_id: str = typer.Option("local/recap-export", help="repo_id recorded in the dataset's metadata."),
@@ -205,7 +206,7 @@ def export_cmd(
     from data.lerobot_io import export_lerobot
 
     st, cat = _open(store, catalog)
-    rows = _select(cat, robot, task, outcome, policy_version, [], since, until, limit)
+    rows = _select(cat, robot, task, outcome, policy_version, status, since, until, limit)
     if not rows:
         console.print("[red]error:[/red] no episode matches the selection")
         raise typer.Exit(1)

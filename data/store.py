@@ -325,11 +325,11 @@ class _Chunk:
 class EpisodeWriter:
     """Appends ticks to one episode, flushing every `flush_ticks` from a background thread.
 
-    Memory is bounded: at most two flushed-but-unwritten chunks wait; `append` blocks beyond that.
+    Memory is bounded: at most one full chunk waits for the flush thread; `append` blocks beyond that.
     `commit()` makes the episode visible atomically; a crash before it leaves the episode for fsck.
     """
 
-    _QUEUE_DEPTH = 2
+    _QUEUE_DEPTH = 1  # one chunk may wait: bounds memory and what commit() has to drain
 
     def __init__(self, store: EpisodeStore, *, robot_id: str, task_id: str, features: EpisodeFeatures, fps: float,
                  instruction: str, flush_ticks: int, fsync: bool, episode_id: str | None,

@@ -6,6 +6,8 @@ every episode are loaded once (they are small); images are decoded per sample fr
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -27,7 +29,7 @@ class EpisodeDataset(Dataset):
 
     def __init__(self, store: EpisodeStore, episode_ids: Sequence[str], *, horizon: int = 50, state_history: int = 1,
                  cameras: Sequence[str] | None = None, uint8_images: bool = False,
-                 stats: NormalizationStats | None = None):
+                 stats: NormalizationStats | None = None, parallel_decode: bool = False):
         if not episode_ids:
             raise ValueError("no episodes selected")
         self.store = store
@@ -36,6 +38,7 @@ class EpisodeDataset(Dataset):
         self.state_history = state_history
         self.uint8_images = uint8_images
         self.stats = stats
+        self.parallel_decode = parallel_decode  # threads per camera; helps with spare cores and no loader workers
         eps = [store.open(e) for e in self.episode_ids]
         self.cameras = list(eps[0].cameras) if cameras is None else list(cameras)
         self._states = [ep.state for ep in eps]
@@ -44,6 +47,7 @@ class EpisodeDataset(Dataset):
         lengths = np.array([len(ep) for ep in eps])
         self._ends = np.cumsum(lengths)
         self._episodes: dict[int, EpisodeData] = {}  # opened lazily per worker process
+        self._pool: ThreadPoolExecutor | None = None  # per process; cameras decode in parallel
 
     def __len__(self) -> int:
         return int(self._ends[-1])
@@ -77,8 +81,22 @@ class EpisodeDataset(Dataset):
         }
         if self.state_history > 1:
             item["observation.state_is_pad"] = torch.from_numpy(state_pad)
-        ep = self._episode(e) if self.cameras else None
-        for cam in self.cameras:
-            img = torch.from_numpy(ep.image(cam, t)).permute(2, 0, 1)
-            item[f"observation.images.{cam}"] = img if self.uint8_images else img.float().div_(255.0)
+        if self.cameras:
+            ep = self._episode(e)
+            if len(self.cameras) > 1 and self.parallel_decode:
+                if self._pool is None or self._pool_pid != os.getpid():
+                    self._pool, self._pool_pid = ThreadPoolExecutor(len(self.cameras), thread_name_prefix="decode"), os.getpid()
+                frames = list(self._pool.map(lambda cam: ep.image(cam, t), self.cameras))
+            else:
+                frames = [ep.image(self.cameras[0], t)]
+            for cam, frame in zip(self.cameras, frames):
+                img = torch.from_numpy(frame)
+                if not self.uint8_images:  # convert while contiguous (HWC), then a CHW view: 5x faster
+                    img = img.float().mul_(1.0 / 255.0)
+                item[f"observation.images.{cam}"] = img.permute(2, 0, 1)
         return item
+
+    def __getstate__(self) -> dict:  # DataLoader workers get no thread pool or open episodes
+        state = self.__dict__.copy()
+        state["_pool"], state["_episodes"] = None, {}
+        return state
