@@ -1,0 +1,69 @@
+"""Advantage labels of one training run: per-tick N-step advantages, per-task thresholds and the
+indicators I_t. They belong to the run (saved with it, exportable as a LeRobot column) and never
+rewrite an episode."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from data.schema import Outcome
+from training import recap
+from training.steps import StepTable
+
+
+@dataclass
+class AdvantageLabels:
+    episode_ids: list[str]
+    lengths: np.ndarray
+    advantages: np.ndarray  # (N,) normalised units; NaN for episodes of unknown outcome
+    indicators: np.ndarray  # (N,) bool
+    thresholds: dict[str, float]
+    positive_fraction: float
+    horizon: int
+
+    def per_episode(self, name: str = "indicators") -> dict[str, np.ndarray]:
+        arr = getattr(self, name)
+        ends = np.cumsum(self.lengths)
+        return {eid: arr[e - n:e] for eid, n, e in zip(self.episode_ids, self.lengths, ends)}
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({"advantages": self.advantages.astype(np.float32), "indicators": self.indicators.astype(np.uint8),
+                   "lengths": self.lengths.astype(np.int64)}, str(directory / "advantages.safetensors"))
+        (directory / "advantages.json").write_text(json.dumps({
+            "episode_ids": self.episode_ids, "thresholds": self.thresholds,
+            "positive_fraction": self.positive_fraction, "horizon": self.horizon}, indent=1))
+
+    @classmethod
+    def load(cls, directory: Path) -> "AdvantageLabels":
+        arrays = load_file(str(directory / "advantages.safetensors"))
+        meta = json.loads((directory / "advantages.json").read_text())
+        return cls(meta["episode_ids"], arrays["lengths"], arrays["advantages"], arrays["indicators"].astype(bool),
+                   meta["thresholds"], meta["positive_fraction"], meta["horizon"])
+
+
+def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[str, int], horizon: int,
+                     positive_fraction: float, c_fail: float | None = None) -> AdvantageLabels:
+    """A_t for every tick of known outcome, eps_l per task for the target positive share, then
+    I_t = 1[A_t > eps_l], corrections forced positive. Unknown-outcome episodes get I_t = 0 only
+    at their correction-free ticks (they carry no return to judge by)."""
+    adv = np.full(len(table), np.nan, np.float32)
+    for e in range(table.num_episodes):
+        if table.outcomes[e] == Outcome.UNKNOWN:
+            continue
+        sl = table.episode_slice(e)
+        adv[sl] = recap.n_step_advantages(values[sl], int(table.lengths[e]), table.outcomes[e], horizon,
+                                          max_len[table.task_ids[e]], c_fail)
+    task_of_tick = np.asarray(table.task_ids, dtype=object)[table.episode_index]
+    by_task = {t: adv[(task_of_tick == t) & ~np.isnan(adv)] for t in sorted(set(table.task_ids))}
+    eps = recap.thresholds(by_task, positive_fraction)
+    eps_tick = np.array([eps[t] for t in task_of_tick], np.float32) if len(table) else np.zeros(0, np.float32)
+    with np.errstate(invalid="ignore"):
+        ind = recap.indicators(np.nan_to_num(adv, nan=-np.inf), eps_tick, table.source)
+    return AdvantageLabels(list(table.episode_ids), table.lengths.copy(), adv, ind, eps, positive_fraction, horizon)

@@ -1,0 +1,67 @@
+"""The methods compared on one code path (DESIGN §5): which ticks each trains on, with which
+indicator and weight. All use the same policy, trainer and data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from data.schema import ActionSource, Outcome
+from training import recap
+from training.advantages import AdvantageLabels
+from training.steps import StepTable
+
+
+class Method(StrEnum):
+    BC = "bc"  # demonstrations only
+    HG_DAGGER = "hg_dagger"  # demonstrations + human corrections
+    FILTERED_BC = "filtered_bc"  # demonstrations + successful episodes + corrections
+    AWR = "awr"  # all data, weights exp(A / tau), clipped
+    RECAP = "recap"  # all data, advantage indicator as input
+
+    @property
+    def needs_value(self) -> bool:
+        return self in (Method.AWR, Method.RECAP)
+
+
+@dataclass
+class PolicyData:
+    index: np.ndarray  # flat tick indices to train on
+    indicator: np.ndarray  # per selected tick: recap.INDICATOR_*
+    weight: np.ndarray | None  # per selected tick, or None
+
+
+AWR_TEMPERATURE = 0.05  # in normalised-return units (a step is ~1/(2L))
+AWR_MAX_WEIGHT = 20.0
+
+
+def policy_data(table: StepTable, method: Method, labels: AdvantageLabels | None = None,
+                *, first_fit: bool = False) -> PolicyData:
+    """`first_fit`: the paper's first fine-tune on demonstrations alone, indicator fixed to positive."""
+    src = table.source
+    outcome = np.asarray(table.outcomes, dtype=object)[table.episode_index]
+    usable = src != ActionSource.HOLD  # ticks where the arm only held position teach nothing
+    demo, corr = src == ActionSource.DEMONSTRATION, src == ActionSource.CORRECTION
+    positive = np.full(len(table), recap.INDICATOR_POSITIVE, np.int64)
+    if method == Method.BC or first_fit:
+        sel = usable & demo if method == Method.BC else usable
+        return PolicyData(np.flatnonzero(sel), positive[sel], None)
+    if method == Method.HG_DAGGER:
+        sel = usable & (demo | corr)
+        return PolicyData(np.flatnonzero(sel), positive[sel], None)
+    if method == Method.FILTERED_BC:
+        sel = usable & (demo | corr | (outcome == Outcome.SUCCESS))
+        return PolicyData(np.flatnonzero(sel), positive[sel], None)
+    if labels is None:
+        raise ValueError(f"{method} needs advantage labels")
+    known = ~np.isnan(labels.advantages)
+    sel = usable & (known | corr | demo)
+    idx = np.flatnonzero(sel)
+    if method == Method.AWR:
+        a = np.nan_to_num(labels.advantages[idx], nan=0.0)
+        w = np.minimum(np.exp(a / AWR_TEMPERATURE), AWR_MAX_WEIGHT).astype(np.float32)
+        return PolicyData(idx, positive[idx], w)
+    ind = np.where(labels.indicators[idx], recap.INDICATOR_POSITIVE, recap.INDICATOR_NEGATIVE).astype(np.int64)
+    return PolicyData(idx, ind, None)

@@ -1,0 +1,206 @@
+"""A training run: data selection (a catalog query) -> value function -> advantage labels ->
+advantage-conditioned policy -> artifacts. It records exactly which episodes it used (ids and
+checksums), resumes from its last finished phase, and is deterministic for a seed.
+
+Run directory:
+    run.json            the spec, printed at the start too
+    episodes.json       the selection and every episode used, with its checksum
+    value/              value-function artifact (when the method needs one)
+    labels/             advantage labels (when the method needs them)
+    policy/             the policy artifact: what gets registered and deployed
+    curves.png          loss curves
+    done.json           written last
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.catalog import Catalog
+from data.store import EpisodeStore
+from training.advantages import AdvantageLabels, label_advantages
+from training.artifacts import load_artifact, write_artifact
+from training.methods import Method, policy_data
+from training.policies.native import NativeFlowPolicy, NativePolicyConfig
+from training.policies.native.trainer_native import fit_policy
+from training.recap import RecapConfig, positive_rate_by_outcome
+from training.steps import load_steps
+from training.value import ValueConfig, ValueFunction
+from training.value.trainer_value import fit_value, predict_values, task_max_lengths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSpec:
+    run_id: str
+    method: Method = Method.RECAP
+    selection: dict[str, Any] = field(default_factory=dict)  # Catalog.episodes(**selection)
+    first_fit: bool = False  # demonstrations-only first fit: indicator fixed to positive
+    recap: RecapConfig = field(default_factory=RecapConfig)
+    value: dict[str, Any] = field(default_factory=dict)  # ValueConfig overrides
+    policy: dict[str, Any] = field(default_factory=dict)  # NativePolicyConfig overrides
+    task_max_len: dict[str, int] = field(default_factory=dict)  # L_l; default: longest episode seen
+    cameras: list[str] = field(default_factory=list)
+    parent_version: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["method"] = str(self.method)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        d = dict(d)
+        d["method"] = Method(d.get("method", "recap"))
+        d["recap"] = RecapConfig(**d.get("recap", {}))
+        return cls(**d)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    policy_dir: Path
+    manifest: dict
+    metrics: dict
+
+
+def _selection_digest(ids: list[str], checksums: list[str]) -> str:
+    h = hashlib.sha256()
+    for i, c in zip(ids, checksums):
+        h.update(f"{i}\t{c}\n".encode())
+    return h.hexdigest()
+
+
+def _plot_curves(path: Path, curves: dict[str, list[float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.2), squeeze=False)
+    for ax, (name, ys) in zip(axes[0], curves.items()):
+        ys = np.asarray(ys)
+        k = max(1, len(ys) // 100)
+        smooth = np.convolve(ys, np.ones(k) / k, mode="valid") if len(ys) >= k else ys
+        ax.plot(ys, alpha=0.3)
+        ax.plot(np.arange(len(smooth)) + k - 1, smooth)
+        ax.set_title(f"{name} loss")
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir: str | Path, *,
+                 progress: bool = True) -> RunResult:
+    run_dir = Path(runs_dir) / spec.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = run_dir / "run.json"
+    if spec_path.exists() and json.loads(spec_path.read_text()) != spec.to_dict():
+        raise ValueError(f"run {spec.run_id} exists with a different spec; use a new run id")
+    spec_path.write_text(json.dumps(spec.to_dict(), indent=1))
+    log.info("training run %s: %s", spec.run_id, json.dumps(spec.to_dict()))
+    if (run_dir / "done.json").exists():
+        manifest = load_artifact(run_dir / "policy")[0]
+        return RunResult(run_dir, run_dir / "policy", manifest, json.loads((run_dir / "done.json").read_text()))
+
+    # 1. data selection, frozen on first start so a resumed run trains on the same episodes
+    sel_path = run_dir / "episodes.json"
+    if sel_path.exists():
+        sel = json.loads(sel_path.read_text())
+    else:
+        records = catalog.episodes(**spec.selection)
+        if not records:
+            raise ValueError(f"the selection {spec.selection} matches no episode")
+        sel = {"selection": spec.selection, "episodes": [r.id for r in records],
+               "checksums": [r.checksum for r in records]}
+        sel["digest"] = _selection_digest(sel["episodes"], sel["checksums"])
+        sel_path.write_text(json.dumps(sel, indent=1))
+    for eid, checksum in zip(sel["episodes"], sel["checksums"]):
+        if store.open(eid).checksum != checksum:
+            raise ValueError(f"episode {eid} changed since the run selected it")
+    table = load_steps(store, sel["episodes"], cameras=spec.cameras)
+    max_len = task_max_lengths(table, spec.task_max_len)
+    feats = store.open(sel["episodes"][0]).info.features
+    image_size = (feats.cameras[spec.cameras[0]].height, feats.cameras[spec.cameras[0]].width) if spec.cameras else (64, 64)
+    metrics: dict[str, Any] = {"episodes": table.num_episodes, "ticks": len(table),
+                               "unknown_outcome_episodes": sum(o == "unknown" for o in table.outcomes)}
+    curves: dict[str, list[float]] = {}
+
+    # 2. value function and advantage labels (RECAP / AWR after the first fit)
+    labels = None
+    if spec.method.needs_value and not spec.first_fit:
+        vcfg = ValueConfig(state_dim=feats.state_dim, cameras=list(spec.cameras), image_size=image_size,
+                           num_bins=spec.recap.num_bins, seed=spec.seed, **spec.value)
+        vdir = run_dir / "value"
+        if vdir.exists():
+            _, _, state, vstats = load_artifact(vdir)
+            vf = ValueFunction(vcfg)
+            vf.load_state_dict(state)
+            sstats = vstats["observation.state"]
+        else:
+            vf, sstats, vlosses = fit_value(table, vcfg, max_len=max_len, c_fail=spec.recap.c_fail,
+                                            device=spec.device, progress=progress)
+            curves["value"] = vlosses
+            write_artifact(vdir, kind="value", model=vf, config=vcfg.to_dict(), stats={"observation.state": sstats},
+                           lineage={"run": spec.run_id, "selection_digest": sel["digest"]},
+                           metrics={"final_loss": float(np.mean(vlosses[-50:]))})
+        ldir = run_dir / "labels"
+        if (ldir / "advantages.json").exists():
+            labels = AdvantageLabels.load(ldir)
+        else:
+            values = predict_values(vf, table, sstats, device=spec.device)
+            labels = label_advantages(table, values, max_len=max_len, horizon=spec.recap.advantage_horizon,
+                                      positive_fraction=spec.recap.positive_fraction_later, c_fail=spec.recap.c_fail)
+            labels.save(ldir)
+        per_ep = labels.per_episode()
+        metrics["positive_rate"] = float(labels.indicators.mean())
+        metrics["positive_rate_by_outcome"] = positive_rate_by_outcome(
+            [per_ep[e] for e in table.episode_ids], table.outcomes)
+        metrics["thresholds"] = labels.thresholds
+
+    # 3. policy
+    pdata = policy_data(table, spec.method, labels, first_fit=spec.first_fit)
+    pcfg = NativePolicyConfig(state_dim=feats.state_dim, action_dim=feats.action_dim, cameras=list(spec.cameras),
+                              image_size=image_size, indicator_dropout=spec.recap.indicator_dropout, seed=spec.seed,
+                              **spec.policy)
+    t0 = time.time()
+    policy, sstats, astats, plosses = fit_policy(table, pdata, pcfg, device=spec.device, progress=progress)
+    curves["policy"] = plosses
+    metrics.update({"policy_ticks": int(len(pdata.index)), "policy_final_loss": float(np.mean(plosses[-50:])),
+                    "policy_fit_s": time.time() - t0})
+    if curves:
+        _plot_curves(run_dir / "curves.png", curves)
+    lineage = {"run": spec.run_id, "method": str(spec.method), "first_fit": spec.first_fit,
+               "selection": sel["selection"], "selection_digest": sel["digest"], "episodes": len(sel["episodes"]),
+               "parent_version": spec.parent_version, "seed": spec.seed,
+               "task_max_len": max_len, "instructions": sorted(set(table.instructions))}
+    pdir = run_dir / "policy"
+    if pdir.exists():  # a crash after writing it: the manifest decides whether it is whole
+        import shutil
+        shutil.rmtree(pdir)
+    manifest = write_artifact(pdir, kind="policy", model=policy, config=pcfg.to_dict() | {"type": "native_flow"},
+                              stats={"observation.state": sstats, "action": astats}, lineage=lineage, metrics=metrics)
+    (run_dir / "done.json").write_text(json.dumps(metrics, indent=1))
+    return RunResult(run_dir, pdir, manifest, metrics)
+
+
+def load_policy(directory: str | Path) -> tuple[NativeFlowPolicy, dict, dict]:
+    """Verified load of a native policy artifact: (model, manifest, stats)."""
+    manifest, config, state, stats = load_artifact(directory)
+    config = {k: v for k, v in config.items() if k != "type"}
+    model = NativeFlowPolicy(NativePolicyConfig.from_dict(config))
+    model.load_state_dict(state)
+    model.eval()
+    return model, manifest, stats

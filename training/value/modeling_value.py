@@ -1,0 +1,42 @@
+"""The native value function: observation encoder -> logits over B bins on [-1, 0] (DESIGN §5)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training import recap
+from training.encoders import EncoderConfig, ObservationEncoder
+from training.value.configuration_value import ValueConfig
+
+
+class ValueFunction(nn.Module):
+    def __init__(self, cfg: ValueConfig):
+        super().__init__()
+        self.cfg = cfg
+        enc = EncoderConfig(state_dim=cfg.state_dim, cameras=list(cfg.cameras), image_size=cfg.image_size,
+                            hidden=cfg.hidden)
+        self.members = nn.ModuleList()
+        for _ in range(cfg.ensemble):
+            self.members.append(nn.ModuleDict({
+                "encoder": ObservationEncoder(enc),
+                "head": nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
+                                      nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.num_bins)),
+            }))
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        """(ensemble, B, bins)."""
+        out = []
+        for m in self.members:
+            feat = m["encoder"](batch["state"], batch["text_ids"], batch["text_offsets"], batch.get("images"))
+            out.append(m["head"](feat))
+        return torch.stack(out)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        logits = self.logits(batch)
+        return sum(recap.value_loss(lg, batch["return"]) for lg in logits) / len(logits)
+
+    @torch.no_grad()
+    def value(self, batch: dict) -> torch.Tensor:
+        """Expected value in normalised units, averaged over the ensemble."""
+        return recap.expected_value(self.logits(batch)).mean(0)

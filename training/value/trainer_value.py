@@ -1,0 +1,99 @@
+"""Fit V on all data of a selection (demos, autonomous successes and failures, corrections) by
+cross-entropy against two-hot normalised Monte-Carlo returns; predict V for every tick."""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.schema import Outcome
+from data.stats import FeatureStats
+from training import recap
+from training.steps import StepTable
+from training.value.configuration_value import ValueConfig
+from training.value.modeling_value import ValueFunction
+
+log = logging.getLogger(__name__)
+
+
+def task_max_lengths(table: StepTable, override: Mapping[str, int] | None = None) -> dict[str, int]:
+    """L_l per task: given (the task's time limit), else the longest episode of the task seen."""
+    out: dict[str, int] = {}
+    for task, n in zip(table.task_ids, table.lengths):
+        out[task] = max(out.get(task, 0), int(n))
+    out.update(override or {})
+    return out
+
+
+def normalised_return_targets(table: StepTable, max_len: Mapping[str, int], c_fail: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per tick R_t / Z, and a mask of ticks whose episode has a known outcome (others excluded)."""
+    ret = np.zeros(len(table), np.float32)
+    known = np.zeros(len(table), bool)
+    for e in range(table.num_episodes):
+        if table.outcomes[e] == Outcome.UNKNOWN:
+            continue
+        sl = table.episode_slice(e)
+        ret[sl] = recap.normalised_returns(int(table.lengths[e]), table.outcomes[e], max_len[table.task_ids[e]], c_fail)
+        known[sl] = True
+    return ret, known
+
+
+def make_batch(table: StepTable, idx: np.ndarray, state_stats: FeatureStats, device: torch.device) -> dict:
+    ids, offsets = table.text_batch(idx)
+    batch = {
+        "state": torch.from_numpy(state_stats.normalize(table.state[idx])).float().to(device),
+        "text_ids": ids.to(device),
+        "text_offsets": offsets.to(device),
+    }
+    if table.cameras:
+        batch["images"] = {k: v.to(device) for k, v in table.images(idx).items()}
+    return batch
+
+
+def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int], c_fail: float | None = None,
+              device: str | torch.device = "cpu", progress: bool = True) -> tuple[ValueFunction, FeatureStats, list[float]]:
+    """Train from scratch (every round refits from the same initial weights: seeded init)."""
+    device = torch.device(device)
+    returns, known = normalised_return_targets(table, max_len, c_fail)
+    excluded = int((~known).sum())
+    if excluded:
+        log.info("value fit: %d ticks of episodes with unknown outcome excluded", excluded)
+    usable = np.flatnonzero(known)
+    if len(usable) == 0:
+        raise ValueError("no episode with a known outcome in the selection")
+    sstats = FeatureStats.of(table.state)
+    torch.manual_seed(cfg.seed)
+    model = ValueFunction(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+    rng = np.random.default_rng(cfg.seed)
+    losses = []
+    model.train()
+    for _ in tqdm(range(cfg.steps), desc="value", disable=not progress, leave=False):
+        idx = rng.choice(usable, size=min(cfg.batch_size, len(usable)), replace=len(usable) < cfg.batch_size)
+        batch = make_batch(table, idx, sstats, device)
+        batch["return"] = torch.from_numpy(returns[idx]).to(device)
+        loss = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    return model, sstats, losses
+
+
+@torch.no_grad()
+def predict_values(model: ValueFunction, table: StepTable, state_stats: FeatureStats, *,
+                   device: str | torch.device = "cpu", batch_size: int = 2048) -> np.ndarray:
+    model.eval()
+    out = np.empty(len(table), np.float32)
+    for start in range(0, len(table), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(table)))
+        out[idx] = model.value(make_batch(table, idx, state_stats, torch.device(device))).cpu().numpy()
+    return out
