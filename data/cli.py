@@ -136,6 +136,7 @@ def fsck_cmd(
     catalog: Optional[str] = CatalogOpt,
     repair: bool = typer.Option(False, "--repair", help="Recover crashed episodes, quarantine corrupt ones, fix the catalog."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    quick: bool = typer.Option(False, "--quick", help="Only recover crashed episodes; do not re-hash committed ones."),
 ) -> None:
     """Check every episode against its checksums and the catalog against the store; optionally repair.
 
@@ -143,7 +144,7 @@ def fsck_cmd(
     from data.fsck import fsck
 
     st, cat = _open(store, catalog)
-    report = fsck(st, repair=repair)
+    report = fsck(st, repair=repair, verify=not quick)
     rec = cat.reconcile(st, repair=repair)
     if as_json:
         print(json.dumps({"store": report.to_dict(), "catalog": rec.__dict__ | {"consistent": rec.consistent}}, indent=1))

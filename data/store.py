@@ -115,10 +115,7 @@ class EpisodeStore:
             if not create:
                 raise StoreError(f"{self.root} is not an episode store (no store.json)")
             self.episodes_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                atomic_write_json(meta, {"format": STORE_FORMAT, "version": 1})
-            except FileExistsError:
-                pass
+            atomic_write_json(meta, {"format": STORE_FORMAT, "version": 1})  # identical if two processes race
         else:
             try:
                 info = json.loads(meta.read_text())

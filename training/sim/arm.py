@@ -46,7 +46,7 @@ class MetaWorldArm:
         self.image_size = image_size
         self.camera = camera
         render_mode = "rgb_array" if image_size else None
-        self.env = envs[key](render_mode=render_mode, camera_name=camera if image_size else None)
+        self.env = envs[key](render_mode=render_mode)
         self.env._freeze_rand_vec = False
         self.env.seeded_rand_vec = True
         self.env.max_path_length = max_steps + 1
@@ -65,8 +65,12 @@ class MetaWorldArm:
         model.vis.global_.offwidth = w
         model.vis.global_.offheight = h
         self.env.width, self.env.height = w, h
-        if hasattr(self.env, "mujoco_renderer"):
-            self.env.mujoco_renderer.width, self.env.mujoco_renderer.height = w, h
+        import mujoco
+
+        renderer = self.env.mujoco_renderer
+        renderer.width, renderer.height = w, h
+        renderer.camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, self.camera)
+        renderer.camera_name = None
 
     @property
     def state_dim(self) -> int:

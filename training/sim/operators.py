@@ -1,6 +1,12 @@
 """Scripted human operators built on the task's expert, differing the way people do: a clean one,
 a careful-but-slow one (scaled-down motions, hesitations) and a sloppy one (temporally correlated
-errors, detours, some failures). Demonstrations come from a mix of them."""
+errors, detours, some failures). Demonstrations come from a mix of them.
+
+Calibration (10 seeds, 300-step limit; success / mean steps of successes):
+    push:             clean 10 / 61,  slow(0.6, 2% pauses) 10 / 129,  sloppy(0.2-0.3) 3-6 / 97-138
+    peg-insert-side:  clean 10 / 125, slow 9 / 154,                   sloppy 5-6 / 119-141
+    pick-place:       clean 10 / 52
+so the data holds systematically faster and slower, better and worse behaviour to tell apart."""
 
 from __future__ import annotations
 
@@ -30,8 +36,8 @@ class CleanOperator(Operator):
 class SlowOperator(Operator):
     """Careful but slow: moves at `scale` of the expert's speed and hesitates now and then."""
 
-    scale: float = 0.35
-    pause_prob: float = 0.04
+    scale: float = 0.6
+    pause_prob: float = 0.02
     pause_len: tuple[int, int] = (5, 15)
     name: str = "slow"
 
@@ -55,9 +61,9 @@ class SlowOperator(Operator):
 class SloppyOperator(Operator):
     """Temporally correlated errors (Ornstein-Uhlenbeck) and occasional detours."""
 
-    sigma: float = 0.6
+    sigma: float = 0.25
     theta: float = 0.15
-    detour_prob: float = 0.02
+    detour_prob: float = 0.015
     detour_len: tuple[int, int] = (8, 20)
     name: str = "sloppy"
 

@@ -1,0 +1,269 @@
+"""Benchmark: does RECAP improve a weak policy more than the baselines, on the same data and code?
+
+    python -m bench.recap_sim [--quick] [--jobs 2]
+
+Meta-World (state observations) behind the same robot interface and episode store as a real arm.
+One shared round 0 per training seed (first fit on a mix of clean, slow and sloppy operators'
+demonstrations, indicator fixed to positive), then R rounds of collect (autonomous episodes with a
+budgeted corrective teleoperator) -> train, each method in its own loop; evaluation on held-out
+initial conditions without corrections, paired across methods. Then the policy-extraction
+ablation (every method trained on RECAP's final dataset) and diagnostics (value calibration on the
+next round's episodes, conditioning gap, positive-label rates). Writes bench/results/recap_sim.md,
+recap_sim.json and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+QUICK = dict(tasks=["push-v3", "pick-place-v3"], demos_per_task=6, episodes_per_round=8, rounds=2, eval_episodes=20,
+             correction_budget=600, value={"steps": 300, "hidden": 128}, policy={"steps": 600, "hidden": 128, "chunk": 8})
+FULL = dict(tasks=["push-v3", "pick-place-v3", "peg-insert-side-v3"], demos_per_task=10, episodes_per_round=16, rounds=3,
+            eval_episodes=50, correction_budget=1200, value={"steps": 800, "hidden": 256},
+            policy={"steps": 1500, "hidden": 256, "chunk": 8})
+
+
+def _loop(cfg_dict: dict, workdir: str):
+    from training.sim.loop import LoopConfig, SimLoop
+
+    cfg = LoopConfig(**cfg_dict)
+    return SimLoop(cfg, workdir, say=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True))
+
+
+def job_round0(cfg_dict: dict, workdir: str, seed: int) -> dict:
+    loop = _loop(cfg_dict, workdir)
+    pdir = loop.round0(seed)
+    ev = loop.evaluate_policy(pdir, 1.0, seed)
+    print(f"[{time.strftime('%H:%M:%S')}] round 0 seed {seed}: success {ev['all']['success_rate']:.2f}", flush=True)
+    return {"seed": seed, "policy_dir": str(pdir), "eval": ev}
+
+
+def job_method(cfg_dict: dict, workdir: str, name: str, seed: int, policy0: str) -> list[dict]:
+    return _loop(cfg_dict, workdir).run(name, seed, Path(policy0))
+
+
+def job_diagnostics(cfg_dict: dict, workdir: str, seed: int, rounds: int) -> dict:
+    """Conditioning gap of the final RECAP policy; value calibration of each round's V on the next
+    round's (held-out) episodes; positive-label rates by outcome."""
+    from training import recap
+    from training.artifacts import load_artifact
+    from training.steps import load_steps
+    from training.value import ValueConfig, ValueFunction
+    from training.value.trainer_value import normalised_return_targets, predict_values
+
+    loop = _loop(cfg_dict, workdir)
+    runs = loop.runs_dir
+    final = runs / f"recap-s{seed}-r{rounds}" / "policy"
+    gap = {}
+    for label, ind in (("positive", recap.INDICATOR_POSITIVE), ("unconditional", recap.INDICATOR_NONE),
+                       ("negative", recap.INDICATOR_NEGATIVE)):
+        gap[label] = loop.evaluate_policy(final, 1.0, seed, indicator=ind)["all"]["success_rate"]
+    calib = []
+    for r in range(1, rounds):
+        vdir = runs / f"recap-s{seed}-r{r}" / "value"
+        _, vcfg, state, stats = load_artifact(vdir)
+        vf = ValueFunction(ValueConfig.from_dict(vcfg))
+        vf.load_state_dict(state)
+        nxt = [e.id for e in loop.catalog.episodes(robot=f"recap-s{seed}", policy_version=f"recap-s{seed}-r{r}")]
+        if not nxt:
+            continue
+        table = load_steps(loop.store, nxt)
+        pred = predict_values(vf, table, stats["observation.state"])
+        real, known = normalised_return_targets(table, {t: loop.cfg.max_steps for t in loop.cfg.tasks}, None)
+        calib.append({"round": r, "corr": float(np.corrcoef(pred[known], real[known])[0, 1]),
+                      "pred": pred[known][::7].tolist(), "real": real[known][::7].tolist()})
+    labels = {}
+    for r in range(1, rounds + 1):
+        m = json.loads((runs / f"recap-s{seed}-r{r}" / "done.json").read_text())
+        labels[r] = m.get("positive_rate_by_outcome")
+    return {"seed": seed, "conditioning": gap, "calibration": calib, "positive_rate_by_outcome": labels}
+
+
+def job_ablation(cfg_dict: dict, workdir: str, name: str, seed: int, rounds: int) -> dict:
+    """Train `name` on RECAP's final dataset (same episodes for every method) and evaluate."""
+    from training.runs import run_training
+    from training.sim.loop import method_of
+
+    loop = _loop(cfg_dict, workdir)
+    method, beta = method_of(name)
+    beta = loop.cfg.cfg_beta if beta is None else beta
+    robots = ["demo"] if name == "bc" else ["demo", f"recap-s{seed}"]
+    spec = loop._spec(f"ablation-{name}-s{seed}", method, robots, seed, False, f"recap-s{seed}-r{rounds}")
+    run = run_training(loop.store, loop.catalog, spec, loop.runs_dir)
+    return {"method": name, "seed": seed, "eval": loop.evaluate_policy(run.policy_dir, beta, seed)}
+
+
+def mean_se(x) -> tuple[float, float]:
+    x = np.asarray(x, float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def paired_diff_in_se(a: list[float], b: list[float]) -> float:
+    d = np.asarray(a) - np.asarray(b)
+    m, se = mean_se(d)
+    return m / se if se and se == se and se > 0 else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="Two tasks, 2 rounds, 1 seed, small models (<= 10 min).")
+    ap.add_argument("--seeds", type=int, default=None, help="Training seeds (default 3, quick 1).")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--methods", default="bc,hg_dagger,filtered_bc,awr,recap,recap_cfg")
+    ap.add_argument("--jobs", type=int, default=2, help="Parallel worker processes.")
+    ap.add_argument("--workdir", default=str(ROOT / "bench" / "_work" / "recap_sim"))
+    ap.add_argument("--no-ablation", action="store_true")
+    args = ap.parse_args()
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.rounds:
+        cfg["rounds"] = args.rounds
+    seeds = list(range(args.seeds or (1 if args.quick else 3)))
+    methods = args.methods.split(",")
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    started = time.time()
+    print(f"config: {json.dumps(cfg)}\nseeds {seeds} methods {methods} jobs {args.jobs}", flush=True)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # demonstrations once (shared data), then each seed's round 0
+        _loop(cfg, str(work)).collect_demos()
+        r0 = {r["seed"]: r for r in pool.map(job_round0, [cfg] * len(seeds), [str(work)] * len(seeds), seeds)}
+        futs = {(m, s): pool.submit(job_method, cfg, str(work), m, s, r0[s]["policy_dir"]) for s in seeds for m in methods}
+        records = {k: f.result() for k, f in futs.items()}
+        diag = []
+        if "recap" in methods:
+            diag = list(pool.map(job_diagnostics, [cfg] * len(seeds), [str(work)] * len(seeds), seeds,
+                                 [cfg["rounds"]] * len(seeds)))
+        abl = []
+        if not args.no_ablation and "recap" in methods:
+            fa = [pool.submit(job_ablation, cfg, str(work), m, s, cfg["rounds"]) for s in seeds for m in methods]
+            abl = [f.result() for f in fa]
+    elapsed = time.time() - started
+    result = summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed, args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "recap_sim-quick" if args.quick else "recap_sim"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{name}.md").write_text(render_md(result, name))
+    plot(result, RESULTS / f"{name}.png")
+    print(render_md(result, name))
+
+
+def summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed, args) -> dict:
+    rounds = cfg["rounds"]
+    table = []  # per method, round: mean +- se over seeds, overall and per task
+    for m in methods:
+        for r in range(0, rounds + 1):
+            evs = [r0[s]["eval"] if r == 0 else records[(m, s)][r - 1]["eval"] for s in seeds]
+            row = {"method": m, "round": r}
+            for key in ("success_rate", "throughput_per_h", "time_to_success_s"):
+                row[key] = mean_se([e["all"][key] for e in evs])
+                row[f"{key}_per_task"] = {t: mean_se([e[t][key] for e in evs]) for t in cfg["tasks"]}
+            row["correction_rate"] = mean_se([records[(m, s)][r - 1]["collect"]["correction_rate"] for s in seeds]) if r else (float("nan"), float("nan"))
+            table.append(row)
+
+    def last(m, key):
+        return [records[(m, s)][rounds - 1]["eval"]["all"][key] for s in seeds] if m in methods else []
+
+    figures = {"tasks": cfg["tasks"], "seeds": len(seeds), "rounds": rounds, "elapsed_s": elapsed}
+    if "recap" in methods and "bc" in methods:
+        figures["recap_throughput_ratio_vs_bc"] = float(np.mean(last("recap", "throughput_per_h")) / max(1e-9, np.mean(last("bc", "throughput_per_h"))))
+        figures["recap_failure_ratio_vs_bc"] = float((1 - np.mean(last("recap", "success_rate"))) / max(1e-9, 1 - np.mean(last("bc", "success_rate"))))
+        for other, key in (("hg_dagger", "hgdagger"), ("filtered_bc", "filtered_bc"), ("awr", "awr")):
+            if other in methods:
+                figures[f"recap_vs_{key}_throughput_diff_in_se"] = paired_diff_in_se(last("recap", "throughput_per_h"), last(other, "throughput_per_h"))
+        if "recap_cfg" in methods:
+            figures["recap_cfg_throughput_ratio_vs_bc"] = float(np.mean(last("recap_cfg", "throughput_per_h")) / max(1e-9, np.mean(last("bc", "throughput_per_h"))))
+    if diag:
+        gap = {k: mean_se([d["conditioning"][k] for d in diag])[0] for k in ("positive", "unconditional", "negative")}
+        figures["conditioning_gap_success"] = gap["positive"] - gap["negative"]
+        figures["conditioning_success"] = gap
+        figures["value_calibration_corr_next_round"] = mean_se([c["corr"] for d in diag for c in d["calibration"]])[0]
+    if abl:
+        figures["ablation"] = {m: mean_se([a["eval"]["all"]["throughput_per_h"] for a in abl if a["method"] == m])
+                               for m in methods}
+        figures["ablation_success"] = {m: mean_se([a["eval"]["all"]["success_rate"] for a in abl if a["method"] == m])
+                                       for m in methods}
+    figures["table"] = table
+    command = "python -m bench.recap_sim" + (" --quick" if args.quick else "")
+    return {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": cfg,
+            "figures": figures, "diagnostics": diag,
+            "records": {f"{m}/s{s}": v for (m, s), v in records.items()}}
+
+
+def _fmt(ms, p=2):
+    m, s = ms
+    return "-" if m != m else (f"{m:.{p}f} ± {s:.{p}f}" if s == s else f"{m:.{p}f}")
+
+
+def render_md(r: dict, name: str) -> str:
+    f = r["figures"]
+    lines = [f"# RECAP on the simulated arm ({name})", "",
+             f"Command: `{r['command']}` — {r['date']} — tasks {', '.join(f['tasks'])}; {f['seeds']} training seed(s); "
+             f"{f['rounds']} rounds; {r['config']['eval_episodes']} held-out evaluation episodes per task, paired; "
+             f"throughput counts a 2 s reset per episode. Took {f['elapsed_s'] / 60:.1f} min. Mean ± standard error over seeds.", "",
+             "| method | round | success | throughput (successes/h) | time to success (s) | correction rate (collection) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in f["table"]:
+        lines.append(f"| {row['method']} | {row['round']} | {_fmt(row['success_rate'])} | {_fmt(row['throughput_per_h'], 0)} | "
+                     f"{_fmt(row['time_to_success_s'])} | {_fmt(row['correction_rate'])} |")
+    lines += ["", "## Headline figures (last round)", ""]
+    for k, v in f.items():
+        if k in ("table", "tasks"):
+            continue
+        lines.append(f"- `{k}`: {json.dumps(v) if not isinstance(v, float) else f'{v:.3f}'}")
+    lines += ["", "Targets (the paper's claims): RECAP throughput ≥ 2× BC, failure rate ≤ 0.5× BC, and above HG-DAgger, "
+              "success-filtered BC and AWR by more than the standard error of the paired difference (diff_in_se > 1).", ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = r["figures"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    methods = sorted({row["method"] for row in f["table"]})
+    for m in methods:
+        rows = [row for row in f["table"] if row["method"] == m]
+        xs = [row["round"] for row in rows]
+        for ax, key in zip(axes[:2], ("success_rate", "throughput_per_h")):
+            ys = np.array([row[key][0] for row in rows])
+            es = np.array([row[key][1] if row[key][1] == row[key][1] else 0 for row in rows])
+            ax.errorbar(xs, ys, yerr=es, label=m, marker="o", capsize=3)
+            ax.set_title(key)
+            ax.set_xlabel("round")
+    axes[0].legend()
+    for d in r.get("diagnostics", []):
+        for c in d["calibration"]:
+            axes[2].scatter(c["real"], c["pred"], s=4, alpha=0.4, label=f"seed {d['seed']} V_r{c['round']}")
+    axes[2].plot([-1, 0], [-1, 0], "k--", lw=1)
+    axes[2].set_title("value calibration on next round's episodes")
+    axes[2].set_xlabel("realised normalised return")
+    axes[2].set_ylabel("predicted V")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

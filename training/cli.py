@@ -1,0 +1,157 @@
+"""`recap train ...`: fit value functions and policies on catalog selections; run sim rounds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Training: value function, advantage-conditioned policy, RECAP rounds (and the baselines).",
+                  no_args_is_help=True)
+console = Console()
+log = logging.getLogger(__name__)
+
+StoreOpt = typer.Option(None, "--store", "-s", envvar="RECAP_STORE", help="Episode store [env RECAP_STORE; default ./recap_data].")
+CatalogOpt = typer.Option(None, "--catalog", envvar="RECAP_CATALOG_URL", help="Catalog URL [default SQLite in the store].")
+RunsOpt = typer.Option(Path("recap_runs"), "--runs-dir", envvar="RECAP_RUNS", help="Where training runs are written.")
+
+
+def _open(store: Optional[Path], catalog: Optional[str]):
+    from data.catalog import Catalog
+    from data.store import EpisodeStore
+
+    st = EpisodeStore(store or Path(os.environ.get("RECAP_STORE", "recap_data")), create=False)
+    return st, Catalog.for_store(st, catalog)
+
+
+def _selection(robot, task, outcome, policy_version) -> dict:
+    sel = {}
+    if robot:
+        sel["robot"] = robot
+    if task:
+        sel["task"] = task
+    if outcome:
+        sel["outcome"] = outcome
+    if policy_version:
+        sel["policy_version"] = policy_version
+    return sel
+
+
+@app.command("policy")
+def policy_cmd(
+    method: str = typer.Option("recap", help="bc | hg_dagger | filtered_bc | awr | recap"),
+    run_id: Optional[str] = typer.Option(None, help="Run id (default: method and time). Same id resumes."),
+    robot: list[str] = typer.Option([], "--robot", help="Select episodes of these robots."),
+    task: list[str] = typer.Option([], "--task", help="Select episodes of these tasks."),
+    outcome: list[str] = typer.Option([], "--outcome"),
+    policy_version: list[str] = typer.Option([], "--policy-version"),
+    first_fit: bool = typer.Option(False, help="Demonstrations-only first fit: indicator fixed to positive."),
+    horizon: int = typer.Option(50, help="N-step advantage horizon (control steps)."),
+    positive_fraction: float = typer.Option(0.4, help="Target share of positive indicators per task."),
+    value_steps: int = typer.Option(1500), policy_steps: int = typer.Option(2500),
+    hidden: int = typer.Option(256), chunk: int = typer.Option(8, help="Action chunk length H."),
+    max_len: list[str] = typer.Option([], "--max-len", help="TASK=L: the task's episode time limit (default: longest seen)."),
+    camera: list[str] = typer.Option([], "--camera", help="Cameras to condition on (default: state only)."),
+    parent: Optional[str] = typer.Option(None, help="Parent policy version (lineage)."),
+    seed: int = typer.Option(0), device: str = typer.Option("cpu"),
+    store: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt, runs_dir: Path = RunsOpt,
+) -> None:
+    """A training run: select episodes, fit V and advantage labels if the method needs them, fit the
+    policy, write a verified artifact with lineage. Prints the run's config first."""
+    from training.methods import Method
+    from training.recap import RecapConfig
+    from training.runs import RunSpec, run_training
+
+    st, cat = _open(store, catalog)
+    spec = RunSpec(run_id=run_id or f"{method}-{time.strftime('%Y%m%dT%H%M%S')}", method=Method(method),
+                   selection=_selection(robot, task, outcome, policy_version), first_fit=first_fit,
+                   recap=RecapConfig(advantage_horizon=horizon, positive_fraction_later=positive_fraction),
+                   value={"steps": value_steps, "hidden": hidden},
+                   policy={"steps": policy_steps, "hidden": hidden, "chunk": chunk},
+                   task_max_len={k: int(v) for k, v in (m.split("=", 1) for m in max_len)},
+                   cameras=list(camera), parent_version=parent, seed=seed, device=device)
+    console.print_json(json.dumps(spec.to_dict()))
+    res = run_training(st, cat, spec, runs_dir)
+    console.print(f"policy artifact: {res.policy_dir}")
+    console.print_json(json.dumps(res.metrics))
+
+
+@app.command("value")
+def value_cmd(
+    out: Path = typer.Argument(..., help="Directory for the value artifact, labels and calibration plot."),
+    robot: list[str] = typer.Option([], "--robot"), task: list[str] = typer.Option([], "--task"),
+    held_out: float = typer.Option(0.2, help="Share of episodes held out for the calibration report."),
+    steps: int = typer.Option(1500), hidden: int = typer.Option(256), seed: int = typer.Option(0),
+    horizon: int = typer.Option(50), positive_fraction: float = typer.Option(0.4),
+    store: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt,
+) -> None:
+    """Fit the value function on a selection (minus held-out episodes), label advantages, and report
+    calibration (predicted vs realised return) on the held-out episodes as JSON and a plot."""
+    import numpy as np
+
+    from data.stats import FeatureStats
+    from training.advantages import label_advantages
+    from training.artifacts import write_artifact
+    from training.calibration import calibration_report, plot_calibration
+    from training.steps import load_steps
+    from training.value import ValueConfig
+    from training.value.trainer_value import fit_value, normalised_return_targets, predict_values, task_max_lengths
+
+    st, cat = _open(store, catalog)
+    ids = [r.id for r in cat.episodes(**_selection(robot, task, [], []))]
+    if len(ids) < 2:
+        console.print("[red]error:[/red] need at least 2 episodes")
+        raise typer.Exit(1)
+    rng = np.random.default_rng(seed)
+    test = set(rng.choice(ids, size=max(1, int(len(ids) * held_out)), replace=False).tolist())
+    train_ids = [i for i in ids if i not in test]
+    table, held = load_steps(st, train_ids), load_steps(st, sorted(test))
+    max_len = task_max_lengths(table)
+    for t, n in task_max_lengths(held).items():
+        max_len[t] = max(max_len.get(t, 0), n)
+    cfg = ValueConfig(state_dim=table.state.shape[1], hidden=hidden, steps=steps, seed=seed)
+    console.print_json(json.dumps(cfg.to_dict()))
+    vf, sstats, losses = fit_value(table, cfg, max_len=max_len)
+    out.mkdir(parents=True, exist_ok=True)
+    pred = predict_values(vf, held, sstats)
+    real, known = normalised_return_targets(held, max_len, None)
+    report = calibration_report(pred[known], real[known])
+    plot_calibration(pred[known], real[known], report, out / "calibration.png")
+    (out / "calibration.json").write_text(json.dumps(report, indent=1))
+    write_artifact(out / "value", kind="value", model=vf, config=cfg.to_dict(), stats={"observation.state": sstats},
+                   lineage={"episodes": train_ids, "held_out": sorted(test)}, metrics={"calibration": report})
+    labels = label_advantages(table, predict_values(vf, table, sstats), max_len=max_len, horizon=horizon,
+                              positive_fraction=positive_fraction)
+    labels.save(out / "labels")
+    console.print(f"held-out calibration: corr {report['corr']:.3f}, MAE {report['mae']:.3f} on {report['ticks']} ticks "
+                  f"-> {out / 'calibration.png'}")
+
+
+@app.command("round")
+def round_cmd(
+    workdir: Path = typer.Argument(..., help="Directory for the simulated loop's store, catalog and runs."),
+    method: str = typer.Option("recap", help="bc | hg_dagger | filtered_bc | awr | recap | recap_cfg"),
+    tasks: str = typer.Option("push-v3", help="Comma-separated Meta-World tasks."),
+    rounds: int = typer.Option(1), seed: int = typer.Option(0),
+    demos: int = typer.Option(6, help="Demonstrations per task."), episodes: int = typer.Option(8, help="Episodes per task per round."),
+    eval_episodes: int = typer.Option(10), steps: int = typer.Option(600, help="Policy training steps."),
+) -> None:
+    """RECAP rounds on the simulated arm: demonstrations -> first fit -> (collect with corrections ->
+    train -> evaluate) x rounds, through the real store, catalog and training runs."""
+    from training.sim.loop import LoopConfig, SimLoop
+
+    cfg = LoopConfig(tasks=tasks.split(","), demos_per_task=demos, episodes_per_round=episodes, rounds=rounds,
+                     eval_episodes=eval_episodes, value={"steps": steps // 2, "hidden": 128},
+                     policy={"steps": steps, "hidden": 128, "chunk": 8})
+    console.print_json(json.dumps(cfg.to_dict()))
+    loop = SimLoop(cfg, workdir, progress=True, say=console.print)
+    p0 = loop.round0(seed)
+    console.print(f"round 0 policy: {p0}")
+    for rec in loop.run(method, seed, p0):
+        console.print(f"round {rec['round']}: {json.dumps(rec['eval']['all'])}")

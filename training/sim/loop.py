@@ -1,0 +1,160 @@
+"""The offline-to-online loop on the simulated arm, one loop per (method, training seed):
+
+round 0 (shared by every method): demonstrations from a mix of scripted operators -> the first fit
+    on demonstrations alone, indicator fixed to positive (the paper's first fine-tune);
+round r = 1..R: collect autonomous episodes with the corrective teleoperator (budgeted) ->
+    a training run of the method on all data of its own loop (from the base weights) ->
+    evaluation on held-out initial conditions without corrections.
+
+Everything goes through the real episode store, catalog and training runs. Seeds are fixed per
+role (demonstrations, collection per round, evaluation), so methods are compared paired.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from data.catalog import Catalog
+from data.store import EpisodeStore
+from training import recap
+from training.methods import Method
+from training.runs import RunSpec, load_policy, run_training
+from training.sim.arm import MetaWorldArm
+from training.sim.collect import EpisodeResult, PolicyActor, run_episode
+from training.sim.evaluate import evaluate, metrics
+from training.sim.operators import operator_mix
+from training.sim.teleop import TakeoverRule
+
+log = logging.getLogger(__name__)
+
+DEMO_SEED, COLLECT_SEED, EVAL_SEED = 100_000, 200_000, 0
+
+
+@dataclass
+class LoopConfig:
+    tasks: list[str] = field(default_factory=lambda: ["push-v3", "pick-place-v3", "peg-insert-side-v3"])
+    max_steps: int = 200  # episode time limit (ticks); also L_l for the returns
+    demos_per_task: int = 10
+    demo_mix: dict[str, float] = field(default_factory=lambda: {"clean": 0.2, "slow": 0.4, "sloppy": 0.4})
+    episodes_per_round: int = 20  # per task
+    rounds: int = 3
+    eval_episodes: int = 50  # per task, held-out seeds
+    correction_budget: int = 1500  # correction ticks per task per round
+    rule: dict = field(default_factory=dict)  # TakeoverRule overrides
+    value: dict = field(default_factory=lambda: {"steps": 1500, "hidden": 256})
+    policy: dict = field(default_factory=lambda: {"steps": 2500, "hidden": 256, "chunk": 8})
+    recap: dict = field(default_factory=dict)  # RecapConfig overrides (advantage_horizon, ...)
+    cfg_beta: float = 2.0  # RECAP with classifier-free guidance
+    image_size: tuple[int, int] | None = None
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+METHODS = ["bc", "hg_dagger", "filtered_bc", "awr", "recap", "recap_cfg"]
+
+
+def method_of(name: str) -> tuple[Method, float]:
+    """Loop name -> (training method, beta at inference)."""
+    return (Method.RECAP, None) if name == "recap_cfg" else (Method(name), 1.0)
+
+
+class SimLoop:
+    def __init__(self, cfg: LoopConfig, workdir: str | Path, *, progress: bool = False,
+                 say: Callable[[str], None] = lambda m: None):
+        self.cfg = cfg
+        self.workdir = Path(workdir)
+        self.store = EpisodeStore(self.workdir / "store")
+        self.catalog = Catalog.for_store(self.store)
+        self.runs_dir = self.workdir / "runs"
+        self.progress = progress
+        self.say = say
+        self.arms = {t: MetaWorldArm(t, max_steps=cfg.max_steps, image_size=cfg.image_size) for t in cfg.tasks}
+        self.cameras = ["front"] if cfg.image_size else []
+
+    # -- data ------------------------------------------------------------------------------
+
+    def collect_demos(self) -> list[EpisodeResult]:
+        done = self.workdir / "demos.json"
+        if done.exists():
+            return [EpisodeResult(**r) for r in json.loads(done.read_text())]
+        results = []
+        for ti, (task, arm) in enumerate(self.arms.items()):
+            for i, op in enumerate(operator_mix(self.cfg.demos_per_task, seed=ti, mix=self.cfg.demo_mix)):
+                res = run_episode(arm, DEMO_SEED + 1000 * ti + i, store=self.store, robot_id="demo", operator=op)
+                self.catalog.register(self.store.open(res.episode_id))
+                results.append(res)
+        done.write_text(json.dumps([asdict(r) for r in results]))
+        return results
+
+    def _spec(self, run_id: str, method: Method, robots: list[str], seed: int, first_fit: bool, parent: str | None) -> RunSpec:
+        return RunSpec(run_id=run_id, method=method, selection={"robot": robots}, first_fit=first_fit,
+                       recap=recap.RecapConfig(**self.cfg.recap), value=dict(self.cfg.value),
+                       policy=dict(self.cfg.policy), task_max_len={t: self.cfg.max_steps for t in self.cfg.tasks},
+                       cameras=self.cameras, parent_version=parent, seed=seed, device=self.cfg.device)
+
+    def actor_factory(self, policy_dir: Path, beta: float, seed: int, indicator: int = recap.INDICATOR_POSITIVE):
+        model, _, stats = load_policy(policy_dir)
+
+        def make(task: str) -> PolicyActor:
+            return PolicyActor(model, stats, self.arms[task].instruction, beta=beta, indicator=indicator, seed=seed,
+                               device=self.cfg.device)
+        return make
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def round0(self, seed: int) -> Path:
+        self.collect_demos()
+        res = run_training(self.store, self.catalog, self._spec(f"r0-s{seed}", Method.RECAP, ["demo"], seed, True, None),
+                           self.runs_dir, progress=self.progress)
+        return res.policy_dir
+
+    def evaluate_policy(self, policy_dir: Path, beta: float, seed: int,
+                        indicator: int = recap.INDICATOR_POSITIVE) -> dict[str, dict]:
+        seeds = range(EVAL_SEED, EVAL_SEED + self.cfg.eval_episodes)
+        per_task = evaluate(self.actor_factory(policy_dir, beta, seed, indicator), self.arms, seeds)
+        out = {t: metrics(r).to_dict() for t, r in per_task.items()}
+        out["all"] = metrics([x for r in per_task.values() for x in r]).to_dict()
+        out["per_episode_success"] = {t: [int(x.success) for x in r] for t, r in per_task.items()}
+        out["per_episode_steps"] = {t: [x.steps for x in r] for t, r in per_task.items()}
+        return out
+
+    def run(self, name: str, seed: int, policy0: Path) -> list[dict]:
+        """One method's loop; returns per-round records (round 0 = the shared first fit)."""
+        method, beta = method_of(name)
+        beta = self.cfg.cfg_beta if beta is None else beta
+        robot = f"{name}-s{seed}"
+        policy = policy0
+        records = []
+        for r in range(1, self.cfg.rounds + 1):
+            rule = TakeoverRule(round_budget=self.cfg.correction_budget, **self.cfg.rule)
+            collected = []
+            actors = self.actor_factory(policy, beta, seed)
+            for ti, (task, arm) in enumerate(self.arms.items()):
+                rule.reset_round()
+                actor = actors(task)
+                for i in range(self.cfg.episodes_per_round):
+                    s = COLLECT_SEED + 100_000 * r + 1000 * ti + i
+                    res = run_episode(arm, s, store=self.store, robot_id=robot, actor=actor, rule=rule,
+                                      policy_version=f"{robot}-r{r - 1}")
+                    self.catalog.register(self.store.open(res.episode_id))
+                    collected.append(res)
+            # BC keeps training on demonstrations only but still collects, as the reference
+            robots = ["demo"] if method == Method.BC else ["demo", robot]
+            spec = self._spec(f"{robot}-r{r}", method, robots, seed, False, f"{robot}-r{r - 1}")
+            run = run_training(self.store, self.catalog, spec, self.runs_dir, progress=self.progress)
+            policy = run.policy_dir
+            ev = self.evaluate_policy(policy, beta, seed)
+            rec = {"method": name, "seed": seed, "round": r, "collect": metrics(collected).to_dict(),
+                   "eval": ev, "run": run.metrics, "policy_dir": str(policy)}
+            records.append(rec)
+            self.say(f"{name} seed {seed} round {r}: success {ev['all']['success_rate']:.2f} "
+                     f"throughput {ev['all']['throughput_per_h']:.0f}/h corrections {rec['collect']['correction_rate']:.2f}")
+        return records
