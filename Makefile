@@ -39,7 +39,9 @@ demo: setup
 	$(VENV)/bin/recap data fsck --store $(DEMO)/store --repair
 	$(VENV)/bin/recap data ls --store $(DEMO)/store
 	$(VENV)/bin/recap data export $(DEMO)/lerobot --store $(DEMO)/store --status complete
-	@echo "demo done: store in $(DEMO)/store, LeRobot v3 export in $(DEMO)/lerobot"
+	@echo "--- one RECAP round on the simulated arm (Meta-World push): demos -> first fit -> collect with corrections -> train -> evaluate"
+	$(VENV)/bin/recap train round $(DEMO)/sim --tasks push-v3 --rounds 1 --demos 6 --episodes 8 --eval-episodes 10
+	@echo "demo done: store in $(DEMO)/store, LeRobot v3 export in $(DEMO)/lerobot, simulated loop in $(DEMO)/sim"
 
 test: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -27,6 +27,7 @@ import numpy as np
 from data.catalog import Catalog
 from data.store import EpisodeStore
 from training.advantages import AdvantageLabels, label_advantages
+from training import distributed
 from training.artifacts import load_artifact, write_artifact
 from training.methods import Method, policy_data
 from training.policies.native import NativeFlowPolicy, NativePolicyConfig
@@ -105,18 +106,24 @@ def _plot_curves(path: Path, curves: dict[str, list[float]]) -> None:
 def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir: str | Path, *,
                  progress: bool = True) -> RunResult:
     run_dir = Path(runs_dir) / spec.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
     spec_path = run_dir / "run.json"
-    if spec_path.exists() and json.loads(spec_path.read_text()) != spec.to_dict():
-        raise ValueError(f"run {spec.run_id} exists with a different spec; use a new run id")
-    spec_path.write_text(json.dumps(spec.to_dict(), indent=1))
-    log.info("training run %s: %s", spec.run_id, json.dumps(spec.to_dict()))
+    distributed.init(spec.device)
+    main = distributed.is_main()  # under torchrun / accelerate only rank 0 writes; the others read after a barrier
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if spec_path.exists() and json.loads(spec_path.read_text()) != spec.to_dict():
+            raise ValueError(f"run {spec.run_id} exists with a different spec; use a new run id")
+        spec_path.write_text(json.dumps(spec.to_dict(), indent=1))
+        log.info("training run %s: %s", spec.run_id, json.dumps(spec.to_dict()))
+    distributed.barrier()
     if (run_dir / "done.json").exists():
         manifest = load_artifact(run_dir / "policy")[0]
         return RunResult(run_dir, run_dir / "policy", manifest, json.loads((run_dir / "done.json").read_text()))
 
     # 1. data selection, frozen on first start so a resumed run trains on the same episodes
     sel_path = run_dir / "episodes.json"
+    if not main:
+        distributed.barrier()
     if sel_path.exists():
         sel = json.loads(sel_path.read_text())
     else:
@@ -127,6 +134,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
                "checksums": [r.checksum for r in records]}
         sel["digest"] = _selection_digest(sel["episodes"], sel["checksums"])
         sel_path.write_text(json.dumps(sel, indent=1))
+    if main:
+        distributed.barrier()
     for eid, checksum in zip(sel["episodes"], sel["checksums"]):
         if store.open(eid).checksum != checksum:
             raise ValueError(f"episode {eid} changed since the run selected it")
@@ -134,7 +143,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     max_len = task_max_lengths(table, spec.task_max_len)
     feats = store.open(sel["episodes"][0]).info.features
     image_size = (feats.cameras[spec.cameras[0]].height, feats.cameras[spec.cameras[0]].width) if spec.cameras else (64, 64)
-    metrics: dict[str, Any] = {"episodes": table.num_episodes, "ticks": len(table),
+    metrics: dict[str, Any] = {"episodes": table.num_episodes, "ticks": len(table), "world_size": distributed.world(),
                                "unknown_outcome_episodes": sum(o == "unknown" for o in table.outcomes)}
     curves: dict[str, list[float]] = {}
 
@@ -153,9 +162,10 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
             vf, sstats, vlosses = fit_value(table, vcfg, max_len=max_len, c_fail=spec.recap.c_fail,
                                             device=spec.device, progress=progress)
             curves["value"] = vlosses
-            write_artifact(vdir, kind="value", model=vf, config=vcfg.to_dict(), stats={"observation.state": sstats},
-                           lineage={"run": spec.run_id, "selection_digest": sel["digest"]},
-                           metrics={"final_loss": float(np.mean(vlosses[-50:]))})
+            if main:
+                write_artifact(vdir, kind="value", model=vf, config=vcfg.to_dict(), stats={"observation.state": sstats},
+                               lineage={"run": spec.run_id, "selection_digest": sel["digest"]},
+                               metrics={"final_loss": float(np.mean(vlosses[-50:]))})
         ldir = run_dir / "labels"
         if (ldir / "advantages.json").exists():
             labels = AdvantageLabels.load(ldir)
@@ -163,7 +173,9 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
             values = predict_values(vf, table, sstats, device=spec.device)
             labels = label_advantages(table, values, max_len=max_len, horizon=spec.recap.advantage_horizon,
                                       positive_fraction=spec.recap.positive_fraction_later, c_fail=spec.recap.c_fail)
-            labels.save(ldir)
+            if main:
+                labels.save(ldir)
+        distributed.barrier()
         per_ep = labels.per_episode()
         metrics["positive_rate"] = float(labels.indicators.mean())
         metrics["positive_rate_by_outcome"] = positive_rate_by_outcome(
@@ -180,6 +192,9 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     curves["policy"] = plosses
     metrics.update({"policy_ticks": int(len(pdata.index)), "policy_final_loss": float(np.mean(plosses[-50:])),
                     "policy_fit_s": time.time() - t0})
+    if not main:  # the weights are identical on every rank (DDP); rank 0 writes the artifact
+        distributed.barrier()
+        return RunResult(run_dir, run_dir / "policy", {}, metrics)
     if curves:
         _plot_curves(run_dir / "curves.png", curves)
     lineage = {"run": spec.run_id, "method": str(spec.method), "first_fit": spec.first_fit,
@@ -193,6 +208,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     manifest = write_artifact(pdir, kind="policy", model=policy, config=pcfg.to_dict() | {"type": "native_flow"},
                               stats={"observation.state": sstats, "action": astats}, lineage=lineage, metrics=metrics)
     (run_dir / "done.json").write_text(json.dumps(metrics, indent=1))
+    distributed.barrier()
     return RunResult(run_dir, pdir, manifest, metrics)
 
 

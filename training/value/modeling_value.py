@@ -36,6 +36,9 @@ class ValueFunction(nn.Module):
         logits = self.logits(batch)
         return sum(recap.value_loss(lg, batch["return"]) for lg in logits) / len(logits)
 
+    def forward(self, batch: dict) -> torch.Tensor:  # the training loss (what DDP wraps)
+        return self.loss(batch)
+
     @torch.no_grad()
     def value(self, batch: dict) -> torch.Tensor:
         """Expected value in normalised units, averaged over the ensemble."""

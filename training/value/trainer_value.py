@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training import distributed
+
 from data.schema import Outcome
 from data.stats import FeatureStats
 from training import recap
@@ -66,24 +68,28 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
     if len(usable) == 0:
         raise ValueError("no episode with a known outcome in the selection")
     sstats = FeatureStats.of(table.state)
-    torch.manual_seed(cfg.seed)
-    model = ValueFunction(cfg).to(device)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank and every round
+    acc = distributed.accelerator(str(device))
+    model = ValueFunction(cfg).to(acc.device)
+    device = acc.device
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-    rng = np.random.default_rng(cfg.seed)
+    model, opt = acc.prepare(model, opt)
+    rng = np.random.default_rng(cfg.seed + 1000 * acc.process_index)  # each rank its own batches
     losses = []
     model.train()
-    for _ in tqdm(range(cfg.steps), desc="value", disable=not progress, leave=False):
+    for _ in tqdm(range(cfg.steps), desc="value", disable=not (progress and acc.is_main_process), leave=False):
         idx = rng.choice(usable, size=min(cfg.batch_size, len(usable)), replace=len(usable) < cfg.batch_size)
         batch = make_batch(table, idx, sstats, device)
         batch["return"] = torch.from_numpy(returns[idx]).to(device)
-        loss = model.loss(batch)
+        loss = model(batch)  # forward = loss, so DDP all-reduces the gradients
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        acc.backward(loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
+    model = acc.unwrap_model(model)
     model.eval()
     return model, sstats, losses
 

@@ -62,6 +62,9 @@ class NativeFlowPolicy(nn.Module):
         w = batch.get("weight")
         return (per_sample * w).sum() / w.sum() if w is not None else per_sample.mean()
 
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:  # training loss
+        return self.loss(batch, generator)
+
     @torch.no_grad()
     def sample(self, batch: dict, *, indicator: int = recap.INDICATOR_POSITIVE, beta: float = 1.0,
                generator: torch.Generator | None = None) -> torch.Tensor:

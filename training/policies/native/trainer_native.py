@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training import distributed
+
 from data.stats import FeatureStats
 from training.methods import PolicyData
 from training.policies.native.configuration_native import NativePolicyConfig
@@ -30,28 +32,32 @@ def fit_policy(table: StepTable, data: PolicyData, cfg: NativePolicyConfig, *, d
         raise ValueError("the method selected no ticks to train on")
     device = torch.device(device)
     sstats, astats = FeatureStats.of(table.state), FeatureStats.of(table.action)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank and every round
+    acc = distributed.accelerator(str(device))
+    device = acc.device
     model = NativeFlowPolicy(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    model, opt = acc.prepare(model, opt)
+    rng = np.random.default_rng(cfg.seed + 1000 * acc.process_index)  # each rank its own batches
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * acc.process_index)
     losses = []
     n = len(data.index)
     model.train()
-    for _ in tqdm(range(cfg.steps), desc="policy", disable=not progress, leave=False):
+    for _ in tqdm(range(cfg.steps), desc="policy", disable=not (progress and acc.is_main_process), leave=False):
         pick = rng.integers(0, n, size=min(cfg.batch_size, n))
         idx = data.index[pick]
         batch = policy_batch(table, idx, cfg, sstats, astats, device)
         batch["indicator"] = torch.from_numpy(data.indicator[pick]).to(device)
         if data.weight is not None:
             batch["weight"] = torch.from_numpy(data.weight[pick]).to(device)
-        loss = model.loss(batch, gen)
+        loss = model(batch, gen)  # forward = loss, so DDP all-reduces the gradients
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        acc.backward(loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
+    model = acc.unwrap_model(model)
     model.eval()
     return model, sstats, astats, losses
