@@ -29,11 +29,18 @@ class FeatureStats:
         return cls(mean=x.mean(0).tolist(), std=x.std(0).tolist(), min=x.min(0).tolist(), max=x.max(0).tolist(),
                    q01=np.quantile(x, 0.01, axis=0).tolist(), q99=np.quantile(x, 0.99, axis=0).tolist(), count=len(x))
 
-    def normalize(self, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-        return (x - np.asarray(self.mean, np.float32)) / (np.asarray(self.std, np.float32) + eps)
+    # Features that never varied in the data (padding, fixed joints) get this std instead of ~0,
+    # so a small change at deployment does not blow up to a huge normalised value.
+    MIN_STD = 1e-2
 
-    def unnormalize(self, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-        return x * (np.asarray(self.std, np.float32) + eps) + np.asarray(self.mean, np.float32)
+    def _scale(self) -> np.ndarray:
+        return np.maximum(np.asarray(self.std, np.float32), self.MIN_STD)
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        return (x - np.asarray(self.mean, np.float32)) / self._scale()
+
+    def unnormalize(self, x: np.ndarray) -> np.ndarray:
+        return x * self._scale() + np.asarray(self.mean, np.float32)
 
 
 @dataclass
