@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -269,16 +270,42 @@ def record_synthetic_cmd(
     feats = features(cameras, h, w)
     frames = SyntheticFrames(feats)
     period = 1.0 / fps if fps > 0 else 0.0
+    stop_on_signals()
+    try:
+        _record_loop(st, cat, frames, feats, episodes, ticks, fps, period, robot, task, flush_ticks, log_commits)
+    except KeyboardInterrupt:
+        console.print("stopped: the episode in flight was left for `recap data fsck --repair`")
+        raise typer.Exit(130) from None
+    console.print(f"recorded {episodes} episodes into {st.root}")
+
+
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop a recorder cleanly, even when started where SIGINT is ignored
+    (background jobs of a non-interactive shell, some service managers)."""
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, _raise)
+    signal.signal(signal.SIGTERM, _raise)
+
+
+def _record_loop(st, cat, frames, feats, episodes, ticks, fps, period, robot, task, flush_ticks, log_commits) -> None:
+    from tqdm import tqdm
+
     for e in tqdm(range(episodes), unit="episode", desc="record"):
         writer = st.new_episode(robot_id=robot, task_id=task, features=feats, fps=fps or 30.0,
                                 instruction="synthetic recording", flush_ticks=flush_ticks)
         next_t = time.perf_counter()
-        for t in range(ticks):
-            src = ActionSource.CORRECTION if (t // 50) % 4 == 3 else ActionSource.POLICY
-            writer.append(frames.tick(t, time.time_ns(), src))
-            if period:
-                next_t += period
-                time.sleep(max(0.0, next_t - time.perf_counter()))
+        try:
+            for t in range(ticks):
+                src = ActionSource.CORRECTION if (t // 50) % 4 == 3 else ActionSource.POLICY
+                writer.append(frames.tick(t, time.time_ns(), src))
+                if period:
+                    next_t += period
+                    time.sleep(max(0.0, next_t - time.perf_counter()))
+        except KeyboardInterrupt:
+            writer.abandon()
+            raise
         info = writer.commit(Outcome.FAILURE if e % 3 == 2 else Outcome.SUCCESS, robot)
         ep = st.open(info.episode_id)
         if log_commits:
@@ -288,4 +315,3 @@ def record_synthetic_cmd(
                 os.fsync(f.fileno())
         if cat is not None:
             cat.register(ep)
-    console.print(f"recorded {episodes} episodes into {st.root}")

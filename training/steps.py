@@ -11,8 +11,7 @@ import torch
 
 from data.stats import FeatureStats
 from data.store import EpisodeData, EpisodeStore
-from data.windows import action_chunk
-from training.encoders import encode_texts
+from training.encoders import hash_tokens
 
 
 @dataclass
@@ -43,13 +42,14 @@ class StepTable:
         return slice(int(self.starts[e]), int(self.starts[e] + self.lengths[e]))
 
     def action_chunks(self, idx: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-        chunks, pads = [], []
-        for i in idx:
-            sl = self.episode_slice(int(self.episode_index[i]))
-            c, p = action_chunk(self.action[sl], int(self.tick[i]), horizon)
-            chunks.append(c)
-            pads.append(p)
-        return np.stack(chunks), np.stack(pads)
+        """The next `horizon` actions from each tick in `idx` (vectorised data.windows.action_chunk):
+        padded past the episode end with its last action; the mask is True on padding."""
+        e = self.episode_index[idx]
+        ticks = self.tick[idx][:, None] + np.arange(horizon)[None]
+        lens = self.lengths[e][:, None]
+        pad = ticks >= lens
+        flat = self.starts[e][:, None] + np.minimum(ticks, lens - 1)
+        return self.action[flat], pad
 
     def images(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         out = {}
@@ -64,7 +64,13 @@ class StepTable:
         return out
 
     def text_batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return encode_texts([self.instructions[int(self.episode_index[i])] for i in idx], 4096)
+        """Token ids and offsets for nn.EmbeddingBag; each distinct instruction is hashed once."""
+        if not hasattr(self, "_tokens"):
+            self._tokens = [hash_tokens(t, 4096) for t in self.instructions]
+        seqs = [self._tokens[e] for e in self.episode_index[idx]]
+        lengths = np.fromiter((len(q) for q in seqs), np.int64, len(seqs))
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        return torch.from_numpy(np.fromiter((t for q in seqs for t in q), np.int64)), torch.from_numpy(offsets)
 
     def subset(self, episodes: Sequence[int]) -> "StepTable":
         return load_steps(self.store, [self.episode_ids[e] for e in episodes], cameras=self.cameras)

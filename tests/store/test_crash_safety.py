@@ -34,6 +34,15 @@ def _logged(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
+def _wait_for_commits(log: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until the recorder has logged `n` commits in total (it is making progress)."""
+    deadline = time.time() + timeout
+    while len(_logged(log)) < n:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, f"recorder made no progress in {timeout} s"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_never_loses_committed_episodes(tmp_path):
     store_dir, log = tmp_path / "store", tmp_path / "commits.jsonl"
@@ -42,7 +51,8 @@ def test_sigkill_at_random_moments_never_loses_committed_episodes(tmp_path):
     kills = 8
     for i in range(kills):
         proc = _recorder(store_dir, log)
-        time.sleep(rng.uniform(1.2, 3.5))  # start-up is ~1 s; then it commits an episode every ~0.1 s
+        _wait_for_commits(log, len(_logged(log)) + 1, proc)  # past start-up, recording
+        time.sleep(rng.uniform(0.0, 0.6))  # then a random moment: mid-episode, mid-flush or mid-commit
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         store = EpisodeStore(store_dir, create=False)  # still opens
@@ -74,24 +84,27 @@ def test_two_writer_processes_and_a_reader(tmp_path):
     Catalog.for_store(EpisodeStore(store_dir)).close()
     procs = [_recorder(store_dir, tmp_path / f"log{r}.jsonl", robot=r, ticks=30) for r in ("robot-a", "robot-b")]
     store = EpisodeStore(store_dir)
-    seen, reads = set(), 0
-    deadline = time.time() + 8
+    seen: dict[str, str] = {}  # episode -> robot
+    reads = 0
+    deadline = time.time() + 180
     try:
         while time.time() < deadline:
+            per_robot = {r: sum(1 for x in seen.values() if x == r) for r in ("robot-a", "robot-b")}
+            if min(per_robot.values()) >= 5 and reads > 20:
+                break
             for eid in store.episode_ids():
                 ep = store.open(eid)  # never a half-written episode
                 assert len(ep) == 30 and ep.state.shape == (30, 14)
                 assert ep.image(ep.cameras[0], 29).shape == (48, 64, 3)
-                seen.add(eid)
+                seen[eid] = ep.info.robot_id
                 reads += 1
             time.sleep(0.05)
     finally:
         for p in procs:
-            p.send_signal(signal.SIGINT)
+            p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait(timeout=30)
-    robots = {store.open(e).info.robot_id for e in seen}
-    assert robots == {"robot-a", "robot-b"} and reads > 20
+    assert set(seen.values()) == {"robot-a", "robot-b"} and reads > 20
     report = fsck(store, repair=True)
     assert not report.corrupt
     cat = Catalog.for_store(store)
