@@ -33,8 +33,8 @@ RESULTS = ROOT / "bench" / "results"
 QUICK = dict(tasks=["push-v3", "pick-place-v3"], demos_per_task=6, episodes_per_round=8, rounds=2, eval_episodes=20,
              correction_budget=600, value={"steps": 300, "hidden": 128}, policy={"steps": 600, "hidden": 128, "chunk": 8})
 FULL = dict(tasks=["push-v3", "pick-place-v3", "peg-insert-side-v3"], demos_per_task=10, episodes_per_round=16, rounds=3,
-            eval_episodes=50, correction_budget=1200, value={"steps": 800, "hidden": 256},
-            policy={"steps": 1500, "hidden": 256, "chunk": 8})
+            eval_episodes=50, correction_budget=1200, value={"steps": 800, "hidden": 128},
+            policy={"steps": 1500, "hidden": 128, "chunk": 8})
 
 
 def _loop(cfg_dict: dict, workdir: str):
@@ -130,10 +130,21 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="Parallel worker processes.")
     ap.add_argument("--workdir", default=str(ROOT / "bench" / "_work" / "recap_sim"))
     ap.add_argument("--no-ablation", action="store_true")
+    ap.add_argument("--tasks", default=None, help="Comma-separated Meta-World tasks (override the preset).")
+    ap.add_argument("--demos", type=int, default=None, help="Demonstrations per task (override).")
+    ap.add_argument("--episodes", type=int, default=None, help="Collected episodes per task per round (override).")
+    ap.add_argument("--eval-episodes", type=int, default=None, help="Held-out evaluation episodes per task (override).")
+    ap.add_argument("--policy-steps", type=int, default=None)
     args = ap.parse_args()
     cfg = dict(QUICK if args.quick else FULL)
     if args.rounds:
         cfg["rounds"] = args.rounds
+    for key, val in (("tasks", args.tasks and args.tasks.split(",")), ("demos_per_task", args.demos),
+                     ("episodes_per_round", args.episodes), ("eval_episodes", args.eval_episodes)):
+        if val:
+            cfg[key] = val
+    if args.policy_steps:
+        cfg["policy"] = {**cfg["policy"], "steps": args.policy_steps}
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
     methods = args.methods.split(",")
     work = Path(args.workdir)
@@ -202,7 +213,9 @@ def summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed, args) -> dic
         figures["ablation_success"] = {m: mean_se([a["eval"]["all"]["success_rate"] for a in abl if a["method"] == m])
                                        for m in methods}
     figures["table"] = table
-    command = "python -m bench.recap_sim" + (" --quick" if args.quick else "")
+    import sys
+
+    command = "python -m bench.recap_sim " + " ".join(sys.argv[1:])
     return {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": cfg,
             "figures": figures, "diagnostics": diag,
             "records": {f"{m}/s{s}": v for (m, s), v in records.items()}}

@@ -72,7 +72,7 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
     acc = distributed.accelerator(str(device))
     model = ValueFunction(cfg).to(acc.device)
     device = acc.device
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     model, opt = acc.prepare(model, opt)
     rng = np.random.default_rng(cfg.seed + 1000 * acc.process_index)  # each rank its own batches

@@ -36,7 +36,7 @@ def fit_policy(table: StepTable, data: PolicyData, cfg: NativePolicyConfig, *, d
     acc = distributed.accelerator(str(device))
     device = acc.device
     model = NativeFlowPolicy(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     model, opt = acc.prepare(model, opt)
     rng = np.random.default_rng(cfg.seed + 1000 * acc.process_index)  # each rank its own batches

@@ -1,0 +1,89 @@
+"""LeRobotAdapter: wraps a LeRobot policy so it trains on our batches with the advantage indicator.
+
+- language-conditioned policies (pi0, pi05, SmolVLA): "Advantage: positive|negative" is appended to the
+  task prompt (nothing appended when the indicator is dropped);
+- the others (ACT, diffusion, ...): the indicator enters as three one-hot inputs concatenated to the
+  state, so the policy's state projection learns an indicator embedding;
+- optionally LoRA (peft) on the backbone's linear layers, everything else frozen.
+Normalisation is ours (mean/std stats), applied before the batch reaches the policy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training import recap
+from training.policies.lerobot_adapter.configuration_adapter import LeRobotAdapterConfig
+
+
+def _build_policy(cfg: LeRobotAdapterConfig) -> nn.Module:
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.factory import get_policy_class, make_policy_config
+
+    cls = get_policy_class(cfg.policy_type)
+    if cfg.pretrained_path:  # real use: a trained checkpoint (never in tests, CI or the demo)
+        return cls.from_pretrained(cfg.pretrained_path)
+    state_dim = cfg.state_dim + (0 if cfg.indicator_as_text else 3)
+    inputs = {"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))}
+    for name, shape in cfg.cameras.items():
+        inputs[f"observation.images.{name}"] = PolicyFeature(type=FeatureType.VISUAL, shape=tuple(shape))
+    outputs = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(cfg.action_dim,))}
+    kwargs = dict(cfg.policy_kwargs)
+    if cfg.policy_type == "act":
+        kwargs.setdefault("pretrained_backbone_weights", None)  # no download
+    pcfg = make_policy_config(cfg.policy_type, input_features=inputs, output_features=outputs, device="cpu", **kwargs)
+    return cls(pcfg)
+
+
+def _apply_lora(policy: nn.Module, cfg: LeRobotAdapterConfig) -> nn.Module:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = cfg.lora_targets or sorted({name.split(".")[-1] for name, m in policy.named_modules()
+                                          if isinstance(m, nn.Linear)})
+    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0)
+    policy = inject_adapter_in_model(lcfg, policy)
+    for name, p in policy.named_parameters():
+        p.requires_grad = "lora_" in name
+    return policy
+
+
+def condition_batch(batch: dict, indicator: torch.Tensor, *, as_text: bool) -> dict:
+    """The indicator into the batch: appended to each task prompt, or one-hot onto the state."""
+    batch = dict(batch)
+    if as_text:
+        batch["task"] = [recap.advantage_prompt(t, int(i)) for t, i in zip(batch["task"], indicator)]
+    else:
+        onehot = torch.nn.functional.one_hot(indicator, 3).to(batch["observation.state"].dtype)
+        batch["observation.state"] = torch.cat([batch["observation.state"], onehot], dim=-1)
+    return batch
+
+
+class LeRobotAdapter(nn.Module):
+    def __init__(self, cfg: LeRobotAdapterConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.policy = _build_policy(cfg)
+        if cfg.lora_rank > 0:
+            self.policy = _apply_lora(self.policy, cfg)
+
+    def _condition(self, batch: dict, indicator: torch.Tensor) -> dict:
+        return condition_batch(batch, indicator, as_text=self.cfg.indicator_as_text)
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss with indicator dropout (the same model also learns pi(a | o, l))."""
+        ind = recap.drop_indicators(batch["indicator"], self.cfg.indicator_dropout, generator)
+        b = {k: v for k, v in self._condition(batch, ind).items() if k not in ("indicator", "weight")}
+        loss, _ = self.policy.forward(b)
+        return loss
+
+    @torch.no_grad()
+    def predict_chunk(self, batch: dict, indicator: int = recap.INDICATOR_POSITIVE) -> torch.Tensor:
+        """An action chunk conditioned on the indicator (positive by default, beta = 1)."""
+        B = batch["observation.state"].shape[0]
+        ind = torch.full((B,), indicator, dtype=torch.long, device=batch["observation.state"].device)
+        self.policy.eval()
+        return self.policy.predict_action_chunk(self._condition(batch, ind))
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
