@@ -62,7 +62,7 @@ def job_diagnostics(cfg_dict: dict, workdir: str, seed: int, rounds: int) -> dic
     from training import recap
     from training.artifacts import load_artifact
     from training.steps import load_steps
-    from training.value import ValueConfig, ValueFunction
+    from training.value import ValueConfig, build_value_function
     from training.value.trainer_value import normalised_return_targets, predict_values
 
     loop = _loop(cfg_dict, workdir)
@@ -76,7 +76,7 @@ def job_diagnostics(cfg_dict: dict, workdir: str, seed: int, rounds: int) -> dic
     for r in range(1, rounds):
         vdir = runs / f"recap-s{seed}-r{r}" / "value"
         _, vcfg, state, stats = load_artifact(vdir)
-        vf = ValueFunction(ValueConfig.from_dict(vcfg))
+        vf = build_value_function(ValueConfig.from_dict(vcfg))
         vf.load_state_dict(state)
         nxt = [e.id for e in loop.catalog.episodes(robot=f"recap-s{seed}", policy_version=f"recap-s{seed}-r{r}")]
         if not nxt:
@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=None, help="Collected episodes per task per round (override).")
     ap.add_argument("--eval-episodes", type=int, default=None, help="Held-out evaluation episodes per task (override).")
     ap.add_argument("--policy-steps", type=int, default=None)
+    ap.add_argument("--name", default=None, help="Results file stem (default recap_sim, or recap_sim-quick).")
     args = ap.parse_args()
     cfg = dict(QUICK if args.quick else FULL)
     if args.rounds:
@@ -170,7 +171,7 @@ def main() -> None:
     elapsed = time.time() - started
     result = summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "recap_sim-quick" if args.quick else "recap_sim"
+    name = args.name or ("recap_sim-quick" if args.quick else "recap_sim")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     (RESULTS / f"{name}.md").write_text(render_md(result, name))
     plot(result, RESULTS / f"{name}.png")

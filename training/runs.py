@@ -34,7 +34,7 @@ from training.policies.native import NativeFlowPolicy, NativePolicyConfig
 from training.policies.native.trainer_native import fit_policy
 from training.recap import RecapConfig, positive_rate_by_outcome
 from training.steps import load_steps
-from training.value import ValueConfig, ValueFunction
+from training.value import ValueConfig, build_value_function
 from training.value.trainer_value import fit_value, predict_values, task_max_lengths
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         vdir = run_dir / "value"
         if vdir.exists():
             _, _, state, vstats = load_artifact(vdir)
-            vf = ValueFunction(vcfg)
+            vf = build_value_function(vcfg)
             vf.load_state_dict(state)
             sstats = vstats["observation.state"]
         else:

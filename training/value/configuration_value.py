@@ -20,6 +20,8 @@ class ValueConfig:
     steps: int = 2000
     ensemble: int = 1  # >1 averages independently initialised heads' values
     seed: int = 0
+    backbone: str = "native"  # "native" (CPU, minutes) or "vlm" (vision tower + language model, GPUs)
+    vlm: dict = field(default_factory=dict)  # VLMValueConfig overrides for backbone="vlm"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -43,3 +43,15 @@ class ValueFunction(nn.Module):
     def value(self, batch: dict) -> torch.Tensor:
         """Expected value in normalised units, averaged over the ensemble."""
         return recap.expected_value(self.logits(batch)).mean(0)
+
+
+def build_value_function(cfg: ValueConfig) -> nn.Module:
+    """The configured backbone; both answer loss(batch), value(batch) and forward = loss."""
+    if cfg.backbone == "native":
+        return ValueFunction(cfg)
+    if cfg.backbone == "vlm":
+        from training.value.modeling_value_vlm import VLMValueConfig, VLMValueFunction
+
+        return VLMValueFunction(VLMValueConfig(state_dim=cfg.state_dim, cameras=list(cfg.cameras),
+                                               image_size=cfg.image_size[0], num_bins=cfg.num_bins, **cfg.vlm))
+    raise ValueError(f"unknown value backbone {cfg.backbone!r}: native or vlm")

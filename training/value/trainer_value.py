@@ -17,7 +17,7 @@ from data.stats import FeatureStats
 from training import recap
 from training.steps import StepTable
 from training.value.configuration_value import ValueConfig
-from training.value.modeling_value import ValueFunction
+from training.value.modeling_value import ValueFunction, build_value_function
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def make_batch(table: StepTable, idx: np.ndarray, state_stats: FeatureStats, dev
         "state": torch.from_numpy(state_stats.normalize(table.state[idx])).float().to(device),
         "text_ids": ids.to(device),
         "text_offsets": offsets.to(device),
+        "texts": [table.instructions[int(table.episode_index[i])] for i in idx],  # for tokenizer-based backbones
     }
     if table.cameras:
         batch["images"] = {k: v.to(device) for k, v in table.images(idx).items()}
@@ -70,7 +71,7 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
     sstats = FeatureStats.of(table.state)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and every round
     acc = distributed.accelerator(str(device))
-    model = ValueFunction(cfg).to(acc.device)
+    model = build_value_function(cfg).to(acc.device)
     device = acc.device
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
