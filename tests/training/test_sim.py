@@ -75,3 +75,22 @@ def test_small_loop_records_corrections_and_versions(tmp_path):
     demos = loop.catalog.episodes(robot="demo")
     assert len(demos) == 3 and all(r.num_demonstration_ticks == r.num_ticks for r in demos)
     assert recs[0]["run"]["positive_rate"] > 0
+
+
+def test_image_variant_records_frames_and_trains_on_them(tmp_path):
+    from training.sim.loop import LoopConfig, SimLoop
+
+    cfg = LoopConfig(tasks=["push-v3"], max_steps=40, demos_per_task=2, image_size=(32, 32),
+                     policy={"steps": 5, "hidden": 32, "chunk": 4}, eval_episodes=1)
+    loop = SimLoop(cfg, tmp_path)
+    p0 = loop.round0(seed=0)
+    ep = loop.store.open(loop.catalog.episodes(robot="demo")[0].id)
+    assert ep.cameras == ["front"]
+    frame = ep.image("front", 0)
+    assert frame.shape == (32, 32, 3) and frame.std() > 5  # a rendered scene, not a blank frame
+    from training.runs import load_policy
+
+    model, manifest, _ = load_policy(p0)
+    assert model.cfg.cameras == ["front"] and manifest["lineage"]["first_fit"]
+    ev = loop.evaluate_policy(p0, 1.0, 0)
+    assert ev["all"]["episodes"] == 1

@@ -32,7 +32,9 @@ class StepResult:
 class MetaWorldArm:
     def __init__(self, task: str, *, max_steps: int = 200, image_size: tuple[int, int] | None = None,
                  camera: str = "corner"):
-        os.environ.setdefault("MUJOCO_GL", "egl")
+        # OSMesa renders on any CPU machine (EGL needs a GPU driver here); set MUJOCO_GL=egl on GPUs.
+        os.environ.setdefault("MUJOCO_GL", "osmesa")
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
         import metaworld
         import metaworld.policies as experts
 
