@@ -155,3 +155,30 @@ def round_cmd(
     console.print(f"round 0 policy: {p0}")
     for rec in loop.run(method, seed, p0):
         console.print(f"round {rec['round']}: {json.dumps(rec['eval']['all'])}")
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A training run directory (with labels/)."),
+    out: Path = typer.Argument(..., help="Directory for the LeRobot v3 dataset (must not exist or be empty)."),
+    videos: bool = typer.Option(True, "--videos/--images", help="Cameras as MP4 video or PNG frames."),
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Export the run's episodes as a LeRobot v3 dataset with its advantage labels as extra columns
+    (`advantage`, `advantage_indicator`), so LeRobot's tools can train and visualise them."""
+    import numpy as np
+
+    from data.lerobot_io import export_lerobot
+    from data.store import EpisodeStore
+    from training.advantages import AdvantageLabels
+
+    if not (run_dir / "labels" / "advantages.json").exists():
+        console.print(f"[red]error:[/red] {run_dir} has no advantage labels (its method needs none, or it is not finished)")
+        raise typer.Exit(1)
+    st = EpisodeStore(store or Path(os.environ.get("RECAP_STORE", "recap_data")), create=False)
+    labels = AdvantageLabels.load(run_dir / "labels")
+    adv = {k: np.nan_to_num(v, nan=0.0) for k, v in labels.per_episode("advantages").items()}
+    ind = {k: v.astype(np.float32) for k, v in labels.per_episode("indicators").items()}
+    export_lerobot(st, labels.episode_ids, out, use_videos=videos,
+                   extra_columns={"advantage": adv, "advantage_indicator": ind})
+    console.print(f"exported {len(labels.episode_ids)} episodes with advantage labels to {out}")

@@ -127,3 +127,27 @@ def test_training_run_writes_verified_artifacts_with_lineage_and_resumes(tmp_pat
     p.write_text(p.read_text().replace("0", "1", 1))
     with pytest.raises(ArtifactError, match="stats.json"):
         load_policy(res3.policy_dir)
+
+
+def test_run_labels_export_as_lerobot_columns(tmp_path):
+    import subprocess
+    import sys
+
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    store = _toy_store(tmp_path / "s", n=6)
+    cat = Catalog.for_store(store)
+    cat.register_many(store)
+    spec = RunSpec(run_id="lab", method=Method.RECAP, recap=recap.RecapConfig(advantage_horizon=5),
+                   value={"hidden": 16, "steps": 10, "batch_size": 32}, policy={"hidden": 16, "steps": 5, "chunk": 2})
+    res = run_training(store, cat, spec, tmp_path / "runs", progress=False)
+    out = tmp_path / "lr"
+    p = subprocess.run([sys.executable, "-m", "data.cli_root", "train", "export", str(res.run_dir), str(out),
+                        "--store", str(store.root)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    labels = AdvantageLabels.load(res.run_dir / "labels")
+    ds = LeRobotDataset("local/labels", root=out)
+    assert len(ds) == len(labels.indicators)
+    for i in (0, 7, len(ds) - 1):
+        assert float(ds[i]["advantage_indicator"]) == float(labels.indicators[i])
+        assert abs(float(ds[i]["advantage"]) - float(labels.advantages[i])) < 1e-6
