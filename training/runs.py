@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,7 +161,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
             sstats = vstats["observation.state"]
         else:
             vf, sstats, vlosses = fit_value(table, vcfg, max_len=max_len, c_fail=spec.recap.c_fail,
-                                            device=spec.device, progress=progress)
+                                            device=spec.device, progress=progress,
+                                            checkpoint_dir=run_dir / "checkpoints" / "value")
             curves["value"] = vlosses
             if main:
                 write_artifact(vdir, kind="value", model=vf, config=vcfg.to_dict(), stats={"observation.state": sstats},
@@ -188,7 +190,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
                               image_size=image_size, indicator_dropout=spec.recap.indicator_dropout, seed=spec.seed,
                               **spec.policy)
     t0 = time.time()
-    policy, sstats, astats, plosses = fit_policy(table, pdata, pcfg, device=spec.device, progress=progress)
+    policy, sstats, astats, plosses = fit_policy(table, pdata, pcfg, device=spec.device, progress=progress,
+                                                 checkpoint_dir=run_dir / "checkpoints" / "policy")
     curves["policy"] = plosses
     metrics.update({"policy_ticks": int(len(pdata.index)), "policy_final_loss": float(np.mean(plosses[-50:])),
                     "policy_fit_s": time.time() - t0})
@@ -203,11 +206,11 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
                "task_max_len": max_len, "instructions": sorted(set(table.instructions))}
     pdir = run_dir / "policy"
     if pdir.exists():  # a crash after writing it: the manifest decides whether it is whole
-        import shutil
         shutil.rmtree(pdir)
     manifest = write_artifact(pdir, kind="policy", model=policy, config=pcfg.to_dict() | {"type": "native_flow"},
                               stats={"observation.state": sstats, "action": astats}, lineage=lineage, metrics=metrics)
     (run_dir / "done.json").write_text(json.dumps(metrics, indent=1))
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the artifacts supersede them
     distributed.barrier()
     return RunResult(run_dir, pdir, manifest, metrics)
 

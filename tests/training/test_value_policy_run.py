@@ -151,3 +151,19 @@ def test_run_labels_export_as_lerobot_columns(tmp_path):
     for i in (0, 7, len(ds) - 1):
         assert float(ds[i]["advantage_indicator"]) == float(labels.indicators[i])
         assert abs(float(ds[i]["advantage"]) - float(labels.advantages[i])) < 1e-6
+
+
+def test_policy_training_resumes_exactly_from_its_last_checkpoint(tmp_path):
+    from training.policies.native import NativePolicyConfig
+    from training.policies.native.trainer_native import fit_policy
+
+    store = _toy_store(tmp_path / "s", n=6)
+    table = load_steps(store, store.episode_ids())
+    data = policy_data(table, Method.HG_DAGGER)
+    cfg = NativePolicyConfig(state_dim=3, action_dim=2, chunk=4, hidden=32, steps=40, batch_size=32)
+    straight, _, _, losses = fit_policy(table, data, cfg, progress=False)
+    ck = tmp_path / "ck"
+    fit_policy(table, data, cfg, progress=False, checkpoint_dir=ck, checkpoint_every=10, stop_after=25)  # "crash"
+    resumed, _, _, losses2 = fit_policy(table, data, cfg, progress=False, checkpoint_dir=ck, checkpoint_every=10)
+    assert losses2 == losses
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))

@@ -4,6 +4,7 @@ cross-entropy against two-hot normalised Monte-Carlo returns; predict V for ever
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from training import distributed
+from training.checkpoint import load_checkpoint, save_checkpoint
 
 from data.schema import Outcome
 from data.stats import FeatureStats
@@ -58,7 +60,8 @@ def make_batch(table: StepTable, idx: np.ndarray, state_stats: FeatureStats, dev
 
 
 def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int], c_fail: float | None = None,
-              device: str | torch.device = "cpu", progress: bool = True) -> tuple[ValueFunction, FeatureStats, list[float]]:
+              device: str | torch.device = "cpu", progress: bool = True, checkpoint_dir: Path | None = None,
+              checkpoint_every: int = 500) -> tuple[ValueFunction, FeatureStats, list[float]]:
     """Train from scratch (every round refits from the same initial weights: seeded init)."""
     device = torch.device(device)
     returns, known = normalised_return_targets(table, max_len, c_fail)
@@ -77,9 +80,11 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     model, opt = acc.prepare(model, opt)
     rng = np.random.default_rng(cfg.seed + 1000 * acc.process_index)  # each rank its own batches
-    losses = []
+    start, losses = (load_checkpoint(checkpoint_dir, model=acc.unwrap_model(model), opt=opt, sched=sched, rng=rng, gen=None)
+                     if checkpoint_dir else (0, []))
     model.train()
-    for _ in tqdm(range(cfg.steps), desc="value", disable=not (progress and acc.is_main_process), leave=False):
+    for step in tqdm(range(start, cfg.steps), desc="value", disable=not (progress and acc.is_main_process), leave=False,
+                     initial=start, total=cfg.steps):
         idx = rng.choice(usable, size=min(cfg.batch_size, len(usable)), replace=len(usable) < cfg.batch_size)
         batch = make_batch(table, idx, sstats, device)
         batch["return"] = torch.from_numpy(returns[idx]).to(device)
@@ -90,6 +95,9 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if checkpoint_dir and acc.is_main_process and (step + 1) % checkpoint_every == 0:
+            save_checkpoint(checkpoint_dir, step=step + 1, model=acc.unwrap_model(model), opt=opt, sched=sched,
+                            rng=rng, gen=None, losses=losses)
     model = acc.unwrap_model(model)
     model.eval()
     return model, sstats, losses

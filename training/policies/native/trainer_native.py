@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from training import distributed
+from training.checkpoint import load_checkpoint, save_checkpoint
 
 from data.stats import FeatureStats
 from training.methods import PolicyData
@@ -26,7 +29,10 @@ def policy_batch(table: StepTable, idx: np.ndarray, cfg: NativePolicyConfig, sst
 
 
 def fit_policy(table: StepTable, data: PolicyData, cfg: NativePolicyConfig, *, device: str | torch.device = "cpu",
-               progress: bool = True) -> tuple[NativeFlowPolicy, FeatureStats, FeatureStats, list[float]]:
+               progress: bool = True, checkpoint_dir: Path | None = None, checkpoint_every: int = 500,
+               stop_after: int | None = None) -> tuple[NativeFlowPolicy, FeatureStats, FeatureStats, list[float]]:
+    """`checkpoint_dir`: save every `checkpoint_every` steps and resume from there. `stop_after`:
+    return after that many steps (with a checkpoint), as a crash would, for tests."""
     """Train from a seeded initialisation (each round refits from the same base weights)."""
     if len(data.index) == 0:
         raise ValueError("the method selected no ticks to train on")
@@ -41,10 +47,12 @@ def fit_policy(table: StepTable, data: PolicyData, cfg: NativePolicyConfig, *, d
     model, opt = acc.prepare(model, opt)
     rng = np.random.default_rng(cfg.seed + 1000 * acc.process_index)  # each rank its own batches
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * acc.process_index)
-    losses = []
     n = len(data.index)
+    start, losses = (load_checkpoint(checkpoint_dir, model=acc.unwrap_model(model), opt=opt, sched=sched, rng=rng, gen=gen)
+                     if checkpoint_dir else (0, []))
     model.train()
-    for _ in tqdm(range(cfg.steps), desc="policy", disable=not (progress and acc.is_main_process), leave=False):
+    for step in tqdm(range(start, cfg.steps), desc="policy", disable=not (progress and acc.is_main_process), leave=False,
+                     initial=start, total=cfg.steps):
         pick = rng.integers(0, n, size=min(cfg.batch_size, n))
         idx = data.index[pick]
         batch = policy_batch(table, idx, cfg, sstats, astats, device)
@@ -58,6 +66,12 @@ def fit_policy(table: StepTable, data: PolicyData, cfg: NativePolicyConfig, *, d
         opt.step()
         sched.step()
         losses.append(loss.item())
+        done = step + 1
+        if checkpoint_dir and acc.is_main_process and (done % checkpoint_every == 0 or done == stop_after):
+            save_checkpoint(checkpoint_dir, step=done, model=acc.unwrap_model(model), opt=opt, sched=sched, rng=rng,
+                            gen=gen, losses=losses)
+        if stop_after is not None and done >= stop_after:
+            break
     model = acc.unwrap_model(model)
     model.eval()
     return model, sstats, astats, losses
