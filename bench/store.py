@@ -69,6 +69,13 @@ def _lerobot_features(h=H, w=W):
     return feats
 
 
+def _lerobot_frame(tk) -> dict:
+    frame = {"observation.state": tk.state, "action": tk.action, "task": "bench"}
+    for cam, img in tk.images.items():
+        frame[f"observation.images.{cam}"] = img
+    return frame
+
+
 def worker_record(impl: str, out: Path, episodes: int, ticks: int, paced: bool) -> dict:
     frames = _frames()
     commit_s, t_rec, lateness = [], 0.0, []
@@ -102,11 +109,7 @@ def worker_record(impl: str, out: Path, episodes: int, ticks: int, paced: bool) 
         cpu0, wall0 = _cpu(), time.perf_counter()
         for e in range(episodes):
             for t in range(ticks):
-                tk = frames.tick(t, time.time_ns())
-                frame = {"observation.state": tk.state, "action": tk.action, "task": "bench"}
-                for cam, img in tk.images.items():
-                    frame[f"observation.images.{cam}"] = img
-                ds.add_frame(frame)
+                ds.add_frame(_lerobot_frame(frames.tick(t, time.time_ns())))
             c0 = time.perf_counter()
             ds.save_episode()
             commit_s.append(time.perf_counter() - c0)
@@ -171,11 +174,7 @@ def worker_kill_loop(impl: str, root: Path, log: Path) -> None:
         print("ready", flush=True)
         while True:
             for t in range(ticks):
-                tk = frames.tick(t, time.time_ns())
-                frame = {"observation.state": tk.state, "action": tk.action, "task": "bench"}
-                for cam, img in tk.images.items():
-                    frame[f"observation.images.{cam}"] = img
-                ds.add_frame(frame)
+                ds.add_frame(_lerobot_frame(frames.tick(t, time.time_ns())))
             ds.save_episode()
             _log(log, {"episode_index": ds.meta.total_episodes - 1})
 

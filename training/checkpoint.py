@@ -75,3 +75,21 @@ def _json_default(o):
     if isinstance(o, (set, tuple)):
         return list(o)
     raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
+def optimise_step(acc, model: torch.nn.Module, opt: torch.optim.Optimizer, sched, loss: torch.Tensor,
+                  max_grad_norm: float = 1.0) -> float:
+    """One optimiser step shared by every trainer (DDP-aware through accelerate)."""
+    opt.zero_grad(set_to_none=True)
+    acc.backward(loss)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
+def maybe_checkpoint(checkpoint_dir: Path | None, acc, done: int, every: int, stop_after: int | None = None,
+                     **state) -> None:
+    """Save on the main process every `every` steps (and at `stop_after`)."""
+    if checkpoint_dir and acc.is_main_process and (done % every == 0 or done == stop_after):
+        save_checkpoint(checkpoint_dir, step=done, model=acc.unwrap_model(state.pop("model")), **state)

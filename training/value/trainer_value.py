@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from training import distributed
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import load_checkpoint, maybe_checkpoint, optimise_step
 
 from data.schema import Outcome
 from data.stats import FeatureStats
@@ -88,16 +88,10 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
         idx = rng.choice(usable, size=min(cfg.batch_size, len(usable)), replace=len(usable) < cfg.batch_size)
         batch = make_batch(table, idx, sstats, device)
         batch["return"] = torch.from_numpy(returns[idx]).to(device)
-        loss = model(batch)  # forward = loss, so DDP all-reduces the gradients
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if checkpoint_dir and acc.is_main_process and (step + 1) % checkpoint_every == 0:
-            save_checkpoint(checkpoint_dir, step=step + 1, model=acc.unwrap_model(model), opt=opt, sched=sched,
-                            rng=rng, gen=None, losses=losses)
+        # forward = loss, so DDP all-reduces the gradients
+        losses.append(optimise_step(acc, model, opt, sched, model(batch)))
+        maybe_checkpoint(checkpoint_dir, acc, step + 1, checkpoint_every, model=model, opt=opt, sched=sched,
+                         rng=rng, gen=None, losses=losses)
     model = acc.unwrap_model(model)
     model.eval()
     return model, sstats, losses

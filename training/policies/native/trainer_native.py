@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from training import distributed
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import load_checkpoint, maybe_checkpoint, optimise_step
 
 from data.stats import FeatureStats
 from training.methods import PolicyData
@@ -59,17 +59,11 @@ def fit_policy(table: StepTable, data: PolicyData, cfg: NativePolicyConfig, *, d
         batch["indicator"] = torch.from_numpy(data.indicator[pick]).to(device)
         if data.weight is not None:
             batch["weight"] = torch.from_numpy(data.weight[pick]).to(device)
-        loss = model(batch, gen)  # forward = loss, so DDP all-reduces the gradients
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        # forward = loss, so DDP all-reduces the gradients
+        losses.append(optimise_step(acc, model, opt, sched, model(batch, gen)))
         done = step + 1
-        if checkpoint_dir and acc.is_main_process and (done % checkpoint_every == 0 or done == stop_after):
-            save_checkpoint(checkpoint_dir, step=done, model=acc.unwrap_model(model), opt=opt, sched=sched, rng=rng,
-                            gen=gen, losses=losses)
+        maybe_checkpoint(checkpoint_dir, acc, done, checkpoint_every, stop_after, model=model, opt=opt, sched=sched,
+                         rng=rng, gen=gen, losses=losses)
         if stop_after is not None and done >= stop_after:
             break
     model = acc.unwrap_model(model)
