@@ -40,7 +40,7 @@ demo: setup
 	$(VENV)/bin/recap data ls --store $(DEMO)/store
 	$(VENV)/bin/recap data export $(DEMO)/lerobot --store $(DEMO)/store --status complete
 	@echo "--- one RECAP round on the simulated arm (Meta-World push): demos -> first fit -> collect with corrections -> train -> evaluate"
-	$(VENV)/bin/recap train round $(DEMO)/sim --tasks push-v3 --rounds 1 --demos 6 --episodes 8 --eval-episodes 10
+	$(VENV)/bin/recap train round $(DEMO)/sim --tasks push-v3 --rounds 1 --demos 10 --episodes 10 --eval-episodes 10 --steps 1500
 	@echo "demo done: store in $(DEMO)/store, LeRobot v3 export in $(DEMO)/lerobot, simulated loop in $(DEMO)/sim"
 
 test: setup

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +21,8 @@ from data.store import EpisodeStore, StoreError
 
 app = typer.Typer(help="The episode store and catalog: list, check (fsck), label, import/export LeRobot v3.",
                   no_args_is_help=True)
-console = Console()
+# Piped or logged output gets a wide table instead of rich's 80-column default.
+console = Console() if sys.stdout.isatty() else Console(width=220)
 
 StoreOpt = typer.Option(None, "--store", "-s", envvar="RECAP_STORE",
                         help="Episode store directory [env RECAP_STORE; default ./recap_data].")
