@@ -26,7 +26,7 @@ from zarr.storage import LocalStore
 
 from data.files import PARTIAL_SUFFIX, FileLock, atomic_write_json, fsync_dir, sha256_file
 from data.schema import IMAGES, EpisodeInfo, EpisodeStatus
-from data.store import JOURNAL, LOCK, MANIFEST, UNCHECKSUMMED, EpisodeStore, manifest_checksum, write_manifest
+from data.store import CREATING_SUFFIX, JOURNAL, LOCK, MANIFEST, UNCHECKSUMMED, EpisodeStore, manifest_checksum, write_manifest
 
 
 @dataclass
@@ -155,6 +155,11 @@ def fsck(store: EpisodeStore, *, repair: bool = False, verify: bool = True) -> F
             dest = _quarantine(store, path)
             r.quarantined.append(eid)
             r.actions.append(f"{eid}: corrupt ({problem}); moved to {dest}")
+    for tmp in store.episodes_dir.glob(f".*{CREATING_SUFFIX}"):  # a writer died while creating its episode
+        if not FileLock.is_locked(tmp / LOCK):
+            r.actions.append(f"{tmp.name}: removed an episode directory whose writer died while creating it")
+            if repair:
+                shutil.rmtree(tmp, ignore_errors=True)
     for eid in store.in_flight_ids():
         path = store.episode_dir(eid)
         if FileLock.is_locked(path / LOCK):

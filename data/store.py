@@ -19,6 +19,7 @@ import json
 import os
 import queue
 import secrets
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import time
@@ -56,6 +57,7 @@ MANIFEST = "manifest.json"
 JOURNAL = "journal.json"
 LOCK = ".lock"
 LABELS = "labels"
+CREATING_SUFFIX = ".creating"  # hidden name of an episode directory until its writer holds the lock
 # Files that live beside the zarr data and are not covered by the manifest.
 UNCHECKSUMMED = {MANIFEST, JOURNAL, LOCK}
 
@@ -342,13 +344,24 @@ class EpisodeWriter:
         self.flush_ticks = int(flush_ticks)
         self.episode_id = episode_id or new_episode_id(robot_id)
         self.path = store.episode_dir(self.episode_id)
-        try:
-            self.path.mkdir(parents=True, exist_ok=False)
-        except FileExistsError:
-            raise StoreError(f"episode {self.episode_id} already exists in {store.root}") from None
-        self._lock = FileLock(self.path / LOCK)
+        if self.path.exists():
+            raise StoreError(f"episode {self.episode_id} already exists in {store.root}")
+        # Build the directory under a hidden name, lock it, then rename it into place: listings (and
+        # fsck) never see an episode that is not yet locked by its writer.
+        creating = store.episodes_dir / f".{self.episode_id}{CREATING_SUFFIX}"
+        creating.mkdir(parents=True, exist_ok=False)
+        self._lock = FileLock(creating / LOCK)
         if not self._lock.try_acquire():
             raise StoreError(f"episode {self.episode_id} is locked by another writer")
+        try:
+            atomic_write_json(creating / JOURNAL, {"flushed_ticks": 0, "policy_versions": []}, fsync=fsync)
+            os.rename(creating, self.path)
+        except BaseException as e:
+            self._lock.release()
+            shutil.rmtree(creating, ignore_errors=True)
+            if is_disk_full(e):
+                raise StoreFullError(f"disk full while creating episode {self.episode_id} in {store.root}") from e
+            raise
         self.info = EpisodeInfo(
             episode_id=self.episode_id, robot_id=robot_id, task_id=task_id, instruction=instruction, fps=float(fps),
             features=features, start_time_ns=int(start_time_ns or time.time_ns()), extra=dict(extra),
@@ -379,7 +392,6 @@ class EpisodeWriter:
                     shards=(self.flush_ticks, *spec.shape), chunks=(1, *spec.shape),
                     serializer=JpegCodec(quality=JPEG_QUALITY), compressors=None, fill_value=0,
                 )
-            atomic_write_json(self.path / JOURNAL, {"flushed_ticks": 0, "policy_versions": []}, fsync=fsync)
         except BaseException as e:
             self._lock.release()
             if is_disk_full(e):

@@ -124,3 +124,24 @@ def test_ids_and_store_format_are_checked(tmp_path):
         EpisodeStore(tmp_path / "notastore")
     with pytest.raises(StoreError, match="not an episode store"):
         EpisodeStore(tmp_path / "absent", create=False)
+
+
+def test_episodes_are_published_only_once_locked(store_root):
+    from data.files import FileLock
+    from data.fsck import fsck
+
+    store = EpisodeStore(store_root)
+    dead = store.episodes_dir / ".20260101T000000-r1-aaaaaa.creating"  # its creator died before the rename
+    dead.mkdir()
+    (dead / ".lock").touch()
+    live = store.episodes_dir / ".20260101T000000-r1-bbbbbb.creating"  # a writer creating it right now
+    live.mkdir()
+    holder = FileLock(live / ".lock")
+    assert holder.try_acquire()
+    assert store.in_flight_ids() == [] and store.episode_ids() == []
+    report = fsck(store, repair=True)
+    assert not dead.exists() and live.exists() and report.clean
+    holder.release()
+    w, frames = _writer(store)
+    assert store.in_flight_ids() == [w.episode_id] and FileLock.is_locked(store.episode_dir(w.episode_id) / ".lock")
+    w.abandon()
