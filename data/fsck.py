@@ -157,9 +157,11 @@ def fsck(store: EpisodeStore, *, repair: bool = False, verify: bool = True) -> F
             r.actions.append(f"{eid}: corrupt ({problem}); moved to {dest}")
     for tmp in store.episodes_dir.glob(f".*{CREATING_SUFFIX}"):  # a writer died while creating its episode
         if not FileLock.is_locked(tmp / LOCK):
-            r.actions.append(f"{tmp.name}: removed an episode directory whose writer died while creating it")
             if repair:
                 shutil.rmtree(tmp, ignore_errors=True)
+                r.actions.append(f"{tmp.name}: removed; its writer died while creating the episode (no data yet)")
+            else:
+                r.crashed[tmp.name] = "writer died while creating the episode (no data yet)"
     for eid in store.in_flight_ids():
         path = store.episode_dir(eid)
         if FileLock.is_locked(path / LOCK):
