@@ -37,6 +37,17 @@ FULL = dict(tasks=["push-v3", "pick-place-v3", "peg-insert-side-v3"], demos_per_
             policy={"steps": 1500, "hidden": 128, "chunk": 8})
 
 
+def _die_with_parent() -> None:
+    """Pool workers exit when the benchmark process dies (Linux: parent-death signal)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _loop(cfg_dict: dict, workdir: str):
     from training.sim.loop import LoopConfig, SimLoop
 
@@ -154,7 +165,8 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.time()
     print(f"config: {json.dumps(cfg)}\nseeds {seeds} methods {methods} jobs {args.jobs}", flush=True)
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with_parent) as pool:
         # demonstrations once (shared data), then each seed's round 0
         _loop(cfg, str(work)).collect_demos()
         r0 = {r["seed"]: r for r in pool.map(job_round0, [cfg] * len(seeds), [str(work)] * len(seeds), seeds)}
