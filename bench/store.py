@@ -78,7 +78,7 @@ def _lerobot_frame(tk) -> dict:
 
 def worker_record(impl: str, out: Path, episodes: int, ticks: int, paced: bool) -> dict:
     frames = _frames()
-    commit_s, t_rec, lateness = [], 0.0, []
+    commit_s, lateness = [], []
     if impl == "ours":
         from data.store import EpisodeStore
 

@@ -260,8 +260,6 @@ def record_synthetic_cmd(
     no_catalog: bool = typer.Option(False, "--no-catalog", help="Do not register episodes in the catalog."),
 ) -> None:
     """Record synthetic camera/state episodes: check a store's speed and crash safety on this machine."""
-    from tqdm import tqdm
-
     from data.synthetic import SyntheticFrames, features
 
     st, cat = _open(store, catalog, create=True)

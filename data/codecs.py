@@ -76,8 +76,3 @@ class JpegCodec(ArrayBytesCodec):
 
 
 register_codec(CODEC_NAME, JpegCodec)
-
-
-def decode_jpeg(data: bytes, channels: int = 3) -> np.ndarray:
-    img = simplejpeg.decode_jpeg(data, colorspace="GRAY" if channels == 1 else "RGB")
-    return img if channels == 3 else img.reshape(*img.shape[:2], 1)

@@ -81,10 +81,6 @@ class FileLock:
             os.close(self._fd)
             self._fd = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     @staticmethod
     def is_locked(path: Path) -> bool:
         """True when a live process holds the lock at `path`."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import zarr
 from zarr.storage import LocalStore
 
-from data.files import PARTIAL_SUFFIX, FileLock, atomic_write_json, fsync_dir, sha256_file
+from data.files import PARTIAL_SUFFIX, FileLock, fsync_dir, sha256_file
 from data.schema import IMAGES, EpisodeInfo, EpisodeStatus
 from data.store import CREATING_SUFFIX, JOURNAL, LOCK, MANIFEST, UNCHECKSUMMED, EpisodeStore, manifest_checksum, write_manifest
 

@@ -95,7 +95,6 @@ def value_cmd(
     calibration (predicted vs realised return) on the held-out episodes as JSON and a plot."""
     import numpy as np
 
-    from data.stats import FeatureStats
     from training.advantages import label_advantages
     from training.artifacts import write_artifact
     from training.calibration import calibration_report, plot_calibration

@@ -28,10 +28,6 @@ def is_main() -> bool:
     return init().is_main_process
 
 
-def rank() -> int:
-    return init().process_index
-
-
 def world() -> int:
     return init().num_processes
 

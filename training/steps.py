@@ -9,7 +9,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from data.stats import FeatureStats
 from data.store import EpisodeData, EpisodeStore
 from training.encoders import hash_tokens
 
@@ -30,6 +29,7 @@ class StepTable:
     source: np.ndarray  # (N,)
     cameras: list[str] = field(default_factory=list)
     _episodes: dict[int, EpisodeData] = field(default_factory=dict, repr=False)
+    _tokens: list[list[int]] | None = field(default=None, repr=False)  # hashed words of each instruction
 
     def __len__(self) -> int:
         return len(self.tick)
@@ -65,15 +65,12 @@ class StepTable:
 
     def text_batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and offsets for nn.EmbeddingBag; each distinct instruction is hashed once."""
-        if not hasattr(self, "_tokens"):
+        if self._tokens is None:
             self._tokens = [hash_tokens(t, 4096) for t in self.instructions]
         seqs = [self._tokens[e] for e in self.episode_index[idx]]
         lengths = np.fromiter((len(q) for q in seqs), np.int64, len(seqs))
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         return torch.from_numpy(np.fromiter((t for q in seqs for t in q), np.int64)), torch.from_numpy(offsets)
-
-    def subset(self, episodes: Sequence[int]) -> "StepTable":
-        return load_steps(self.store, [self.episode_ids[e] for e in episodes], cameras=self.cameras)
 
 
 def load_steps(store: EpisodeStore, episode_ids: Sequence[str], *, cameras: Sequence[str] = ()) -> StepTable:
@@ -97,11 +94,3 @@ def load_steps(store: EpisodeStore, episode_ids: Sequence[str], *, cameras: Sequ
         source=np.concatenate([ep.action_source for ep in eps]),
         cameras=list(cameras),
     )
-
-
-def state_stats(table: StepTable) -> FeatureStats:
-    return FeatureStats.of(table.state)
-
-
-def action_stats(table: StepTable) -> FeatureStats:
-    return FeatureStats.of(table.action)

@@ -1,7 +1,6 @@
 """Real processes killed with SIGKILL, two writers at once, and a real full disk (tmpfs)."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -9,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from data.catalog import Catalog

@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from data.catalog import Catalog
 from data.store import EpisodeStore
 from training import recap

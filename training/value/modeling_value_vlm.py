@@ -85,7 +85,7 @@ class VLMValueFunction(nn.Module):
     def logits(self, batch: dict) -> torch.Tensor:
         """(1, B, bins), shaped like the native ensemble's output."""
         state = batch["state"]
-        B, device = state.shape[0], state.device
+        device = state.device
         parts = []
         for cam in self.cfg.cameras:
             patches = self.vision(pixel_values=batch["images"][cam] * 2 - 1).last_hidden_state
