@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 QUICK = dict(tasks=["push-v3", "pick-place-v3"], demos_per_task=6, episodes_per_round=8, rounds=2, eval_episodes=20,
-             correction_budget=600, value={"steps": 300, "hidden": 128}, policy={"steps": 600, "hidden": 128, "chunk": 8})
+             correction_budget=600, value={"steps": 300, "hidden": 128, "ensemble": 2}, policy={"steps": 600, "hidden": 128, "chunk": 8})
 FULL = dict(tasks=["push-v3", "pick-place-v3", "peg-insert-side-v3"], demos_per_task=10, episodes_per_round=16, rounds=3,
-            eval_episodes=50, correction_budget=1200, value={"steps": 800, "hidden": 128},
+            eval_episodes=50, correction_budget=1200, value={"steps": 800, "hidden": 128, "ensemble": 2},
             policy={"steps": 1500, "hidden": 128, "chunk": 8})
 
 

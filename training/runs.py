@@ -36,7 +36,7 @@ from training.policies.native.trainer_native import fit_policy
 from training.recap import RecapConfig, positive_rate_by_outcome
 from training.steps import load_steps
 from training.value import ValueConfig, build_value_function
-from training.value.trainer_value import fit_value, predict_values, task_max_lengths
+from training.value.trainer_value import cross_fit_folds, fit_value, predict_values, task_max_lengths
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         if (ldir / "advantages.json").exists():
             labels = AdvantageLabels.load(ldir)
         else:
-            values = predict_values(vf, table, sstats, device=spec.device)
+            values = predict_values(vf, table, sstats, device=spec.device,
+                                    held_out_fold=cross_fit_folds(vf, table, vcfg.seed))
             labels = label_advantages(table, values, max_len=max_len, horizon=spec.recap.advantage_horizon,
                                       positive_fraction=spec.recap.positive_fraction_later, c_fail=spec.recap.c_fail)
             if main:

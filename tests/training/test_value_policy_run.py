@@ -16,7 +16,8 @@ from training.methods import Method, policy_data
 from training.runs import RunSpec, load_policy, run_training
 from training.steps import load_steps
 from training.value import ValueConfig
-from training.value.trainer_value import fit_value, normalised_return_targets, predict_values, task_max_lengths
+from training.value.trainer_value import (cross_fit_folds, episode_folds, fit_value, normalised_return_targets,
+                                         predict_values, task_max_lengths)
 
 T0 = 1_700_000_000_000_000_000
 
@@ -83,6 +84,43 @@ def test_value_function_learns_returns_and_labels_follow(tmp_path):
     assert (first.indicator == recap.INDICATOR_POSITIVE).all()
     with pytest.raises(ValueError, match="labels"):
         policy_data(table, Method.AWR)
+
+
+def test_cross_fitted_value_labels_each_episode_with_a_member_that_never_saw_it(tmp_path):
+    store = _toy_store(tmp_path / "s", n=24)
+    table = load_steps(store, store.episode_ids())
+    folds = episode_folds(table, 3, seed=0)
+    assert np.array_equal(folds, episode_folds(table, 3, seed=0))  # a resumed run labels with the same split
+    for outcome in ("success", "failure"):  # stratified: every member trains on both outcomes
+        sel = np.asarray(table.outcomes) == outcome
+        assert set(folds[sel]) == {0, 1, 2}
+    max_len = {"reach": 40}
+    cfg = ValueConfig(state_dim=3, hidden=32, steps=150, batch_size=64, ensemble=3, dropout=0.0)
+    vf, sstats, losses = fit_value(table, cfg, max_len=max_len, progress=False)
+    held_out = cross_fit_folds(vf, table, cfg.seed)
+    assert np.array_equal(held_out, folds[table.episode_index])
+    oof = predict_values(vf, table, sstats, held_out_fold=held_out)
+    members = vf.member_values(_batch(table, sstats)).numpy()  # (3, N)
+    assert np.allclose(oof, members[held_out, np.arange(len(table))])
+    assert np.allclose(predict_values(vf, table, sstats), members.mean(0), atol=1e-5)
+    # the training mask keeps member k off fold k: a batch of fold-0 ticks moves members 1 and 2 only
+    fold0 = np.flatnonzero(held_out == 0)
+    from training.value.trainer_value import make_batch
+
+    batch = make_batch(table, fold0, sstats, torch.device("cpu"))
+    batch["return"] = torch.full((len(fold0),), -0.5)
+    batch["member_mask"] = (torch.arange(3).unsqueeze(1) != torch.from_numpy(held_out[fold0])).float()
+    vf.train()
+    vf.zero_grad()
+    vf.loss(batch).backward()
+    grad_norm = [sum(float(p.grad.abs().sum()) for p in m.parameters() if p.grad is not None) for m in vf.members]
+    assert grad_norm[0] == 0.0 and grad_norm[1] > 0 and grad_norm[2] > 0
+
+
+def _batch(table, sstats):
+    from training.value.trainer_value import make_batch
+
+    return make_batch(table, np.arange(len(table)), sstats, torch.device("cpu"))
 
 
 def test_training_run_writes_verified_artifacts_with_lineage_and_resumes(tmp_path):

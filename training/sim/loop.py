@@ -45,7 +45,7 @@ class LoopConfig:
     eval_episodes: int = 50  # per task, held-out seeds
     correction_budget: int = 1500  # correction ticks per task per round
     rule: dict = field(default_factory=dict)  # TakeoverRule overrides
-    value: dict = field(default_factory=lambda: {"steps": 1500, "hidden": 256})
+    value: dict = field(default_factory=lambda: {"steps": 1500, "hidden": 256, "ensemble": 2})
     policy: dict = field(default_factory=lambda: {"steps": 2500, "hidden": 256, "chunk": 8})
     recap: dict = field(default_factory=dict)  # RecapConfig overrides (advantage_horizon, ...)
     cfg_beta: float = 2.0  # RECAP with classifier-free guidance

@@ -18,7 +18,11 @@ class ValueConfig:
     weight_decay: float = 1e-4
     batch_size: int = 256
     steps: int = 2000
-    ensemble: int = 1  # >1 averages independently initialised heads' values
+    ensemble: int = 1  # >1 averages independently initialised members' values
+    # With an ensemble, member k never sees the episodes of fold k, and the labels of the run's own
+    # episodes come from the members that did not train on them (cross-fitting): a V that has seen an
+    # episode predicts its realised return, and the advantage of every step collapses to noise.
+    cross_fit: bool = True
     seed: int = 0
     backbone: str = "native"  # "native" (CPU, minutes) or "vlm" (vision tower + language model, GPUs)
     vlm: dict = field(default_factory=dict)  # VLMValueConfig overrides for backbone="vlm"

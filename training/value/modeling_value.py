@@ -33,16 +33,27 @@ class ValueFunction(nn.Module):
         return torch.stack(out)
 
     def loss(self, batch: dict) -> torch.Tensor:
+        """Mean member loss; batch["member_mask"] (ensemble, B) keeps each member off its held-out fold."""
         logits = self.logits(batch)
-        return sum(recap.value_loss(lg, batch["return"]) for lg in logits) / len(logits)
+        mask = batch.get("member_mask")
+        if mask is None:
+            return sum(recap.value_loss(lg, batch["return"]) for lg in logits) / len(logits)
+        target = recap.two_hot(batch["return"], logits.shape[-1])
+        ce = -(target * torch.log_softmax(logits, dim=-1)).sum(-1)  # (ensemble, B)
+        return ((ce * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
 
     def forward(self, batch: dict) -> torch.Tensor:  # the training loss (what DDP wraps)
         return self.loss(batch)
 
     @torch.no_grad()
+    def member_values(self, batch: dict) -> torch.Tensor:
+        """(ensemble, B) expected values, one row per member."""
+        return recap.expected_value(self.logits(batch))
+
+    @torch.no_grad()
     def value(self, batch: dict) -> torch.Tensor:
         """Expected value in normalised units, averaged over the ensemble."""
-        return recap.expected_value(self.logits(batch)).mean(0)
+        return self.member_values(batch).mean(0)
 
 
 def build_value_function(cfg: ValueConfig) -> nn.Module:

@@ -46,6 +46,31 @@ def normalised_return_targets(table: StepTable, max_len: Mapping[str, int], c_fa
     return ret, known
 
 
+def episode_folds(table: StepTable, folds: int, seed: int) -> np.ndarray:
+    """Fold of every episode, stratified by (task, outcome) so each member sees every kind of
+    episode; deterministic in (episodes, seed) so a resumed run labels with the same split."""
+    out = np.zeros(table.num_episodes, np.int64)
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for e in range(table.num_episodes):
+        groups.setdefault((table.task_ids[e], str(table.outcomes[e])), []).append(e)
+    offset = 0
+    for key in sorted(groups):
+        members = np.asarray(groups[key])[rng.permutation(len(groups[key]))]
+        out[members] = (np.arange(len(members)) + offset) % folds
+        offset += len(members)  # so small groups do not all start in fold 0
+    return out
+
+
+def cross_fit_folds(model, table: StepTable, seed: int) -> np.ndarray | None:
+    """Per-tick held-out fold when `model` is a cross-fitted ensemble, else None."""
+    cfg = getattr(model, "cfg", None)
+    k = len(getattr(model, "members", []))
+    if cfg is None or not getattr(cfg, "cross_fit", False) or k < 2:
+        return None
+    return episode_folds(table, k, seed)[table.episode_index]
+
+
 def make_batch(table: StepTable, idx: np.ndarray, state_stats: FeatureStats, device: torch.device) -> dict:
     ids, offsets = table.text_batch(idx)
     batch = {
@@ -80,6 +105,8 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     model, opt = acc.prepare(model, opt)
     rng = np.random.default_rng(cfg.seed + 1000 * acc.process_index)  # each rank its own batches
+    tick_fold = cross_fit_folds(acc.unwrap_model(model), table, cfg.seed)
+    members = torch.arange(cfg.ensemble).unsqueeze(1)
     start, losses = (load_checkpoint(checkpoint_dir, model=acc.unwrap_model(model), opt=opt, sched=sched, rng=rng, gen=None)
                      if checkpoint_dir else (0, []))
     model.train()
@@ -88,6 +115,8 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
         idx = rng.choice(usable, size=min(cfg.batch_size, len(usable)), replace=len(usable) < cfg.batch_size)
         batch = make_batch(table, idx, sstats, device)
         batch["return"] = torch.from_numpy(returns[idx]).to(device)
+        if tick_fold is not None:
+            batch["member_mask"] = (members != torch.from_numpy(tick_fold[idx])).float().to(device)
         # forward = loss, so DDP all-reduces the gradients
         losses.append(optimise_step(acc, model, opt, sched, model(batch)))
         maybe_checkpoint(checkpoint_dir, acc, step + 1, checkpoint_every, model=model, opt=opt, sched=sched,
@@ -99,10 +128,18 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
 
 @torch.no_grad()
 def predict_values(model: ValueFunction, table: StepTable, state_stats: FeatureStats, *,
-                   device: str | torch.device = "cpu", batch_size: int = 2048) -> np.ndarray:
+                   device: str | torch.device = "cpu", batch_size: int = 2048,
+                   held_out_fold: np.ndarray | None = None) -> np.ndarray:
+    """V for every tick: the ensemble mean, or with `held_out_fold` (per tick; the training table of
+    a cross-fitted V) the member that did not train on the tick's episode."""
     model.eval()
     out = np.empty(len(table), np.float32)
     for start in range(0, len(table), batch_size):
         idx = np.arange(start, min(start + batch_size, len(table)))
-        out[idx] = model.value(make_batch(table, idx, state_stats, torch.device(device))).cpu().numpy()
+        batch = make_batch(table, idx, state_stats, torch.device(device))
+        if held_out_fold is None:
+            out[idx] = model.value(batch).cpu().numpy()
+        else:
+            per_member = model.member_values(batch).cpu().numpy()
+            out[idx] = per_member[held_out_fold[idx], np.arange(len(idx))]
     return out
