@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -105,7 +105,12 @@ def _plot_curves(path: Path, curves: dict[str, list[float]]) -> None:
 
 
 def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir: str | Path, *,
-                 progress: bool = True) -> RunResult:
+                 progress: bool = True, on_progress: Callable[[str, float], None] | None = None) -> RunResult:
+    """`on_progress(phase, fraction)`: phases "value" and "policy" with their fraction done (a
+    service streams it; raising from it stops the run, which resumes from its checkpoints)."""
+    def stepper(phase: str):
+        return (lambda done, total: on_progress(phase, done / max(total, 1))) if on_progress else None
+
     run_dir = Path(runs_dir) / spec.run_id
     spec_path = run_dir / "run.json"
     distributed.init(spec.device)
@@ -162,7 +167,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         else:
             vf, sstats, vlosses = fit_value(table, vcfg, max_len=max_len, c_fail=spec.recap.c_fail,
                                             device=spec.device, progress=progress,
-                                            checkpoint_dir=run_dir / "checkpoints" / "value")
+                                            checkpoint_dir=run_dir / "checkpoints" / "value", on_step=stepper("value"))
             curves["value"] = vlosses
             if main:
                 write_artifact(vdir, kind="value", model=vf, config=vcfg.to_dict(), stats={"observation.state": sstats},
@@ -192,7 +197,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
                               **spec.policy)
     t0 = time.time()
     policy, sstats, astats, plosses = fit_policy(table, pdata, pcfg, device=spec.device, progress=progress,
-                                                 checkpoint_dir=run_dir / "checkpoints" / "policy")
+                                                 checkpoint_dir=run_dir / "checkpoints" / "policy",
+                                                 on_step=stepper("policy"))
     curves["policy"] = plosses
     metrics.update({"policy_ticks": int(len(pdata.index)), "policy_final_loss": float(np.mean(plosses[-50:])),
                     "policy_fit_s": time.time() - t0})
@@ -203,7 +209,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         _plot_curves(run_dir / "curves.png", curves)
     lineage = {"run": spec.run_id, "method": str(spec.method), "first_fit": spec.first_fit,
                "selection": sel["selection"], "selection_digest": sel["digest"], "episodes": len(sel["episodes"]),
-               "parent_version": spec.parent_version, "seed": spec.seed,
+               "parent_version": spec.parent_version, "seed": spec.seed, "recap": asdict(spec.recap),
                "task_max_len": max_len, "instructions": sorted(set(table.instructions))}
     pdir = run_dir / "policy"
     if pdir.exists():  # a crash after writing it: the manifest decides whether it is whole

@@ -11,17 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from data.catalog.models import Episode, EpisodePolicyVersion, OutcomeLabel, Robot, Task
-from data.files import FileLock
 from data.schema import Outcome
+from data.sqldb import current_revision, open_engine, upgrade_schema
 from data.store import EpisodeData, EpisodeStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -89,12 +85,7 @@ def _label_history(ep: EpisodeData) -> list[dict]:
 class Catalog:
     def __init__(self, url: str):
         self.url = url
-        kwargs = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": 60}
-        self.engine: Engine = create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.engine: Engine = open_engine(url)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self.migrate()
 
@@ -107,36 +98,12 @@ class Catalog:
 
     # -- schema ---------------------------------------------------------------------------
 
-    def _alembic_config(self) -> Config:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
-        return cfg
-
     def current_revision(self) -> str | None:
-        with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+        return current_revision(self.engine, "alembic_version")
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (a no-op when it is there already)."""
-        cfg = self._alembic_config()
-        head = ScriptDirectory.from_config(cfg).get_current_head()
-        if self.current_revision() == head:
-            return
-        lock = None
-        db_path = self.engine.url.database if self.url.startswith("sqlite") else None
-        if db_path:  # two processes opening a new SQLite catalog at once must not both create tables
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(Path(db_path + ".migrate.lock"))
-            while not lock.try_acquire():
-                time.sleep(0.05)
-        try:
-            with self.engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-        finally:
-            if lock:
-                lock.release()
+        upgrade_schema(self.engine, self.url, MIGRATIONS)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -292,12 +259,3 @@ class Catalog:
             self.remove(report.removed)
             self.register_many(store.open(eid) for eid in report.added + report.updated)
         return report
-
-
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=60000")
-    cur.close()

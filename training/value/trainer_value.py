@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -86,7 +86,8 @@ def make_batch(table: StepTable, idx: np.ndarray, state_stats: FeatureStats, dev
 
 def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int], c_fail: float | None = None,
               device: str | torch.device = "cpu", progress: bool = True, checkpoint_dir: Path | None = None,
-              checkpoint_every: int = 500) -> tuple[ValueFunction, FeatureStats, list[float]]:
+              checkpoint_every: int = 500, on_step: Callable[[int, int], None] | None = None,
+              ) -> tuple[ValueFunction, FeatureStats, list[float]]:
     """Train from scratch (every round refits from the same initial weights: seeded init)."""
     device = torch.device(device)
     returns, known = normalised_return_targets(table, max_len, c_fail)
@@ -112,6 +113,8 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
     model.train()
     for step in tqdm(range(start, cfg.steps), desc="value", disable=not (progress and acc.is_main_process), leave=False,
                      initial=start, total=cfg.steps):
+        if on_step is not None:
+            on_step(step, cfg.steps)
         idx = rng.choice(usable, size=min(cfg.batch_size, len(usable)), replace=len(usable) < cfg.batch_size)
         batch = make_batch(table, idx, sstats, device)
         batch["return"] = torch.from_numpy(returns[idx]).to(device)

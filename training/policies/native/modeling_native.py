@@ -67,13 +67,14 @@ class NativeFlowPolicy(nn.Module):
 
     @torch.no_grad()
     def sample(self, batch: dict, *, indicator: int = recap.INDICATOR_POSITIVE, beta: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Integrate from noise to an action chunk (normalised). beta > 1: classifier-free guidance
-        between the unconditional and the positive velocity (two passes per step)."""
+        between the unconditional and the positive velocity (two passes per step). `noise` (B, H, A):
+        the starting point, when each sample brings its own (a server batching robots)."""
         feat = self.features(batch)
         B = feat.shape[0]
         shape = (B, self.cfg.chunk, self.cfg.action_dim)
-        x = torch.randn(shape, generator=generator, device=feat.device)
+        x = noise.to(feat.device) if noise is not None else torch.randn(shape, generator=generator, device=feat.device)
         cond = torch.full((B,), indicator, dtype=torch.long, device=feat.device)
         none = torch.full((B,), recap.INDICATOR_NONE, dtype=torch.long, device=feat.device)
         dt = 1.0 / self.cfg.flow_steps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,9 +31,11 @@ def policy_batch(table: StepTable, idx: np.ndarray, cfg: NativePolicyConfig, sst
 
 def fit_policy(table: StepTable, data: PolicyData, cfg: NativePolicyConfig, *, device: str | torch.device = "cpu",
                progress: bool = True, checkpoint_dir: Path | None = None, checkpoint_every: int = 500,
-               stop_after: int | None = None) -> tuple[NativeFlowPolicy, FeatureStats, FeatureStats, list[float]]:
+               stop_after: int | None = None, on_step: Callable[[int, int], None] | None = None,
+               ) -> tuple[NativeFlowPolicy, FeatureStats, FeatureStats, list[float]]:
     """`checkpoint_dir`: save every `checkpoint_every` steps and resume from there. `stop_after`:
-    return after that many steps (with a checkpoint), as a crash would, for tests."""
+    return after that many steps (with a checkpoint), as a crash would, for tests. `on_step(done,
+    total)`: called after every step (progress reports; raising from it stops the fit)."""
     """Train from a seeded initialisation (each round refits from the same base weights)."""
     if len(data.index) == 0:
         raise ValueError("the method selected no ticks to train on")
@@ -53,6 +56,8 @@ def fit_policy(table: StepTable, data: PolicyData, cfg: NativePolicyConfig, *, d
     model.train()
     for step in tqdm(range(start, cfg.steps), desc="policy", disable=not (progress and acc.is_main_process), leave=False,
                      initial=start, total=cfg.steps):
+        if on_step is not None:
+            on_step(step, cfg.steps)
         pick = rng.integers(0, n, size=min(cfg.batch_size, n))
         idx = data.index[pick]
         batch = policy_batch(table, idx, cfg, sstats, astats, device)

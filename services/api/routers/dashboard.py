@@ -1,0 +1,64 @@
+"""The dashboard: one HTML page (no external assets: robots' networks are often closed) reading the
+same API with the viewer's token, and the per-version statistics it plots."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import HTMLResponse
+
+from services.api.context import AppContext, ctx, principal
+from services.auth import Principal
+
+router = APIRouter(tags=["dashboard"])
+PAGE = Path(__file__).resolve().parents[1] / "static" / "dashboard.html"
+RESET_S = 2.0  # robot time charged per episode for the throughput figure (as in the benchmarks)
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page() -> str:
+    return PAGE.read_text()
+
+
+@router.get("/v1/stats/versions", summary="Per policy version: success rate, throughput, corrections, over time")
+def version_stats(bucket_s: int = Query(3600, ge=1, le=30 * 86400), _: Principal = Depends(principal),
+                  c: AppContext = Depends(ctx)) -> dict:
+    """Each episode counts for every version that produced actions in it (normally one; a swap
+    mid-episode makes two); episodes without policy ticks (demonstrations) are left out."""
+    per = defaultdict(lambda: {"episodes": 0, "successes": 0, "labelled": 0, "robot_s": 0.0, "ticks": 0,
+                               "correction_ticks": 0, "series": defaultdict(lambda: [0, 0, 0.0])})
+    for e in c.catalog.episodes():
+        if e.num_policy_ticks == 0:
+            continue
+        dur = max(e.end_time_ns - e.start_time_ns, 0) / 1e9 + RESET_S
+        for vid in e.policy_versions:
+            _count(per[vid], e, dur, bucket_s)
+    return {vid: _summary(v) for vid, v in per.items()}
+
+
+def _count(v: dict, e, dur: float, bucket_s: int) -> None:
+    v["episodes"] += 1
+    v["ticks"] += e.num_ticks
+    v["correction_ticks"] += e.num_correction_ticks
+    v["robot_s"] += dur
+    b = v["series"][e.start_time_ns // (bucket_s * 10**9) * bucket_s]
+    if e.outcome != "unknown":
+        v["labelled"] += 1
+        b[1] += 1
+    if e.outcome == "success":
+        v["successes"] += 1
+        b[0] += 1
+    b[2] += dur
+
+
+def _summary(v: dict) -> dict:
+    return {
+        "episodes": v["episodes"],
+        "success_rate": v["successes"] / v["labelled"] if v["labelled"] else None,
+        "throughput_per_h": v["successes"] / v["robot_s"] * 3600 if v["robot_s"] else 0.0,
+        "correction_rate": v["correction_ticks"] / v["ticks"] if v["ticks"] else 0.0,
+        "series": [{"t": t, "success_rate": s / n if n else None, "throughput_per_h": s / d * 3600 if d else 0.0}
+                   for t, (s, n, d) in sorted(v["series"].items())],
+    }

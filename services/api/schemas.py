@@ -1,0 +1,182 @@
+"""Request and response bodies (Pydantic): the OpenAPI document is generated from these."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.auth import Role
+
+Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenCreate(Strict):
+    name: str = Name
+    role: Role
+    robot_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                                 description="Required for robot tokens: the robot this token speaks for.")
+
+
+class TokenOut(BaseModel):
+    name: str
+    role: Role
+    robot_id: str | None
+    created_at_ns: int
+    created_by: str
+    revoked: bool
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="Shown once; only its sha256 is stored.")
+
+
+class RobotCreate(Strict):
+    id: str = Name
+    group: str = Field("default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class RobotOut(BaseModel):
+    id: str
+    group: str
+    registered_at_ns: int
+    last_seen_ns: int | None
+    reported_version: str | None
+    assigned_version: str | None
+
+
+class Heartbeat(Strict):
+    version: str | None = Field(None, max_length=128, description="The policy version the robot runs now.")
+
+
+class EpisodeOut(BaseModel):
+    id: str
+    robot_id: str
+    task_id: str
+    instruction: str
+    status: str
+    outcome: str
+    outcome_labeller: str | None
+    num_ticks: int
+    num_correction_ticks: int
+    correction_rate: float
+    fps: float
+    start_time_ns: int
+    end_time_ns: int
+    policy_versions: list[str]
+    cameras: list[str] = []
+
+
+class LabelIn(Strict):
+    outcome: Literal["success", "failure", "unknown"]
+
+
+class EpisodeRegister(Strict):
+    episode_id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class UploadOut(BaseModel):
+    episode_ids: list[str]
+    format: Literal["zarr", "lerobot"]
+
+
+class Selection(Strict):
+    robot: list[str] | None = None
+    task: list[str] | None = None
+    outcome: list[Literal["success", "failure", "unknown"]] | None = None
+    policy_version: list[str] | None = None
+    status: list[Literal["complete", "incomplete"]] | None = None
+    since_ns: int | None = Field(None, ge=0)
+    until_ns: int | None = Field(None, ge=0)
+
+    def query(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class Recipe(Strict):
+    value: dict[str, Any] = Field(default_factory=dict, description="ValueConfig overrides (steps, hidden, ensemble…)")
+    policy: dict[str, Any] = Field(default_factory=dict, description="NativePolicyConfig overrides (steps, chunk…)")
+    recap: dict[str, Any] = Field(default_factory=dict, description="RecapConfig overrides (advantage_horizon…)")
+    task_max_len: dict[str, int] = Field(default_factory=dict, description="Episode time limit per task (ticks)")
+    cameras: list[str] = Field(default_factory=list)
+
+
+class RunCreate(Strict):
+    method: Literal["bc", "hg_dagger", "filtered_bc", "awr", "recap"] = "recap"
+    selection: Selection = Field(default_factory=Selection)
+    recipe: Recipe = Field(default_factory=Recipe)
+    first_fit: bool = Field(False, description="Demonstrations-only first fit: indicator fixed to positive.")
+    parent_version: str | None = Field(None, max_length=128)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class RunOut(BaseModel):
+    id: str
+    status: str
+    phase: str
+    progress: float
+    attempts: int
+    spec: dict[str, Any]
+    created_at_ns: int
+    started_at_ns: int | None
+    finished_at_ns: int | None
+    created_by: str
+    version_id: str | None
+    error: str | None
+    metrics: dict[str, Any]
+
+
+class VersionCreate(Strict):
+    artifact_dir: str = Field(min_length=1, max_length=4096)
+    parent_version: str | None = Field(None, max_length=128)
+
+
+class VersionOut(BaseModel):
+    id: str
+    run_id: str | None
+    artifact_dir: str
+    manifest_sha256: str
+    policy_type: str
+    parent_version: str | None
+    lineage: dict[str, Any]
+    metrics: dict[str, Any]
+    created_at_ns: int
+    created_by: str
+
+
+class DeploymentCreate(Strict):
+    version: str = Field(min_length=1, max_length=128)
+    target_kind: Literal["robot", "group", "fleet"] = "fleet"
+    target: str = Field("*", min_length=1, max_length=128)
+    stage: Literal["canary", "widen", "deploy"] = "deploy"
+    note: str = Field("", max_length=1000)
+
+
+class RollbackIn(Strict):
+    target_kind: Literal["robot", "group", "fleet"] = "fleet"
+    target: str = Field("*", min_length=1, max_length=128)
+
+
+class DeploymentOut(BaseModel):
+    id: int
+    target_kind: str
+    target: str
+    version_id: str
+    stage: str
+    created_at_ns: int
+    created_by: str
+    note: str
+
+
+class AuditOut(BaseModel):
+    id: int
+    at_ns: int
+    actor: str
+    role: str
+    action: str
+    status: int
+    detail: dict[str, Any]

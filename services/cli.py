@@ -1,0 +1,250 @@
+"""`recap serve …` starts the service processes; `recap fleet …`, `recap runs …`, `recap tokens …`
+talk to the control-plane API with the caller's token (RECAP_API_URL, RECAP_TOKEN), so the CLI
+can do exactly what the caller's role may do."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+serve = typer.Typer(help="Start the service processes (API, inference server, training worker).",
+                    no_args_is_help=True)
+fleet = typer.Typer(help="Robots, policy versions and deployments (operator; `versions register`: researcher).",
+                    no_args_is_help=True)
+runs = typer.Typer(help="Training runs through the API (researcher).", no_args_is_help=True)
+tokens = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
+episodes = typer.Typer(help="Episodes through the API: list, label (teleoperator), upload demos/corrections.",
+                       no_args_is_help=True)
+
+API = typer.Option(None, "--api", envvar="RECAP_API_URL", help="Control-plane URL [default: http://127.0.0.1:8000]")
+TOKEN = typer.Option(None, "--token", envvar="RECAP_TOKEN", help="Your API token.")
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+def _uvicorn(factory: str, host: str, port: int) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(factory, factory=True, host=host, port=port, log_level="info")
+
+
+@serve.command("api")
+def serve_api(host: str = "127.0.0.1", port: int = 8000):
+    """The control-plane API and dashboard (RECAP_HOME, RECAP_REDIS_URL, RECAP_CONTROL_URL, RECAP_CATALOG_URL)."""
+    _uvicorn("services.api.app:create_app", host, port)
+
+
+@serve.command("inference")
+def serve_inference(host: str = "127.0.0.1", port: int = 8001):
+    """The inference server (RECAP_REDIS_URL; RECAP_MAX_BATCH, RECAP_BATCH_WAIT_MS)."""
+    _uvicorn("services.inference.server:create_app", host, port)
+
+
+@serve.command("worker")
+def serve_worker(name: str = typer.Option(None, help="Worker name (unique per host)."),
+                 burst: bool = typer.Option(False, help="Exit when the queue is empty.")):
+    """A training worker on the Redis queue (one per GPU or CPU box)."""
+    from services.settings import ServiceSettings
+    from services.worker import work
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    work(ServiceSettings.from_env(), burst=burst, name=name)
+
+
+# -- API client --------------------------------------------------------------------------------
+
+def _client(api: str | None, token: str | None):
+    import httpx
+
+    if not token:
+        raise typer.BadParameter("an API token is needed: --token or RECAP_TOKEN")
+    return httpx.Client(base_url=api or "http://127.0.0.1:8000", headers={"Authorization": f"Bearer {token}"},
+                        timeout=120)
+
+
+def _call(api, token, method: str, path: str, **kw):
+    import httpx
+
+    try:
+        with _client(api, token) as c:
+            r = c.request(method, path, **kw)
+    except httpx.HTTPError as e:
+        typer.echo(f"cannot reach the API: {e}", err=True)
+        raise typer.Exit(2)
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        typer.echo(f"error {r.status_code}: {detail}", err=True)
+        raise typer.Exit(1)
+    return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+
+
+def _print(obj) -> None:
+    typer.echo(json.dumps(obj, indent=1) if not isinstance(obj, str) else obj)
+
+
+@tokens.command("create")
+def tokens_create(name: str, role: str = typer.Option(..., help="teleoperator|operator|researcher|admin|robot"),
+                  robot: str = typer.Option(None, help="For robot tokens: the robot id."), api: str = API,
+                  token: str = TOKEN):
+    """Create a token; it is printed once."""
+    _print(_call(api, token, "POST", "/v1/tokens", json={"name": name, "role": role, "robot_id": robot}))
+
+
+@tokens.command("ls")
+def tokens_ls(api: str = API, token: str = TOKEN):
+    _print(_call(api, token, "GET", "/v1/tokens"))
+
+
+@tokens.command("revoke")
+def tokens_revoke(name: str, api: str = API, token: str = TOKEN):
+    _print(_call(api, token, "DELETE", f"/v1/tokens/{name}"))
+
+
+@fleet.command("robots")
+def fleet_robots(api: str = API, token: str = TOKEN):
+    """Each robot, its group, the version it should run and the one it reports."""
+    for r in _call(api, token, "GET", "/v1/robots"):
+        seen = f"{(time.time_ns() - r['last_seen_ns']) / 1e9:.0f} s ago" if r["last_seen_ns"] else "never"
+        typer.echo(f"{r['id']:<20} {r['group']:<12} assigned {r['assigned_version'] or '-':<8} "
+                   f"reports {r['reported_version'] or '-':<8} seen {seen}")
+
+
+@fleet.command("add-robot")
+def fleet_add_robot(robot: str, group: str = "default", api: str = API, token: str = TOKEN):
+    _print(_call(api, token, "POST", "/v1/robots", json={"id": robot, "group": group}))
+
+
+@fleet.command("versions")
+def fleet_versions(api: str = API, token: str = TOKEN):
+    for v in _call(api, token, "GET", "/v1/versions"):
+        typer.echo(f"{v['id']:<6} run {v['run_id'] or '-':<18} parent {v['parent_version'] or '-':<6} "
+                   f"{v['lineage'].get('method', '')} {json.dumps({k: v['metrics'][k] for k in list(v['metrics'])[:3]})}")
+
+
+@fleet.command("register")
+def fleet_register(artifact_dir: Path, parent: str = None, api: str = API, token: str = TOKEN):
+    """Register a policy artifact trained elsewhere (verified first)."""
+    _print(_call(api, token, "POST", "/v1/versions", json={"artifact_dir": str(artifact_dir.resolve()),
+                                                           "parent_version": parent}))
+
+
+@fleet.command("deploy")
+def fleet_deploy(version: str, robot: str = typer.Option(None, help="Canary: one robot."),
+                 group: str = typer.Option(None, help="A group of robots."), note: str = "",
+                 api: str = API, token: str = TOKEN):
+    """Point a robot (canary), a group, or the whole fleet (default) at a version."""
+    kind, target, stage = ("robot", robot, "canary") if robot else ("group", group, "widen") if group else ("fleet", "*", "deploy")
+    _print(_call(api, token, "POST", "/v1/deployments",
+                 json={"version": version, "target_kind": kind, "target": target, "stage": stage, "note": note}))
+
+
+@fleet.command("rollback")
+def fleet_rollback(robot: str = None, group: str = None, api: str = API, token: str = TOKEN):
+    kind, target = ("robot", robot) if robot else ("group", group) if group else ("fleet", "*")
+    _print(_call(api, token, "POST", "/v1/deployments/rollback", json={"target_kind": kind, "target": target}))
+
+
+@fleet.command("history")
+def fleet_history(api: str = API, token: str = TOKEN):
+    for d in _call(api, token, "GET", "/v1/deployments"):
+        typer.echo(f"#{d['id']:<4} {d['stage']:<8} {d['target_kind']}:{d['target']:<14} -> {d['version_id']:<6} "
+                   f"by {d['created_by']} {d['note']}")
+
+
+@runs.command("start")
+def runs_start(method: str = typer.Option("recap", help="bc|hg_dagger|filtered_bc|awr|recap"),
+               robot: list[str] = typer.Option(None, help="Select episodes of these robots."),
+               task: list[str] = typer.Option(None, help="... of these tasks."),
+               recipe: str = typer.Option("{}", help='JSON: {"value": {...}, "policy": {...}, "recap": {...}}'),
+               first_fit: bool = False, parent: str = None, seed: int = 0, wait: bool = False,
+               api: str = API, token: str = TOKEN):
+    """Start a training run on a catalog selection; --wait follows its progress."""
+    body = {"method": method, "selection": {k: v for k, v in {"robot": robot, "task": task}.items() if v},
+            "recipe": json.loads(recipe), "first_fit": first_fit, "parent_version": parent, "seed": seed}
+    run = _call(api, token, "POST", "/v1/runs", json=body)
+    typer.echo(f"queued {run['id']}")
+    if wait:
+        from tqdm import tqdm
+
+        with tqdm(total=100, desc=run["id"], unit="%") as bar:
+            while run["status"] in ("queued", "running"):
+                time.sleep(1.0)
+                run = _call(api, token, "GET", f"/v1/runs/{run['id']}")
+                bar.set_postfix_str(f"{run['status']} {run['phase']}")
+                bar.update(int(100 * run["progress"]) - bar.n)
+        typer.echo(f"{run['id']}: {run['status']} version {run['version_id']} {run['error'] or ''}")
+
+
+@runs.command("ls")
+def runs_ls(api: str = API, token: str = TOKEN):
+    for r in _call(api, token, "GET", "/v1/runs"):
+        typer.echo(f"{r['id']:<16} {r['spec']['method']:<12} {r['status']:<10} {100 * r['progress']:5.1f}% "
+                   f"{r['phase']:<8} version {r['version_id'] or '-'}")
+
+
+@runs.command("show")
+def runs_show(run_id: str, logs: bool = False, api: str = API, token: str = TOKEN):
+    _print(_call(api, token, "GET", f"/v1/runs/{run_id}"))
+    if logs:
+        _print(_call(api, token, "GET", f"/v1/runs/{run_id}/logs"))
+
+
+@runs.command("cancel")
+def runs_cancel(run_id: str, api: str = API, token: str = TOKEN):
+    _print(_call(api, token, "POST", f"/v1/runs/{run_id}/cancel"))
+
+
+@episodes.command("ls")
+def episodes_ls(robot: list[str] = typer.Option(None), outcome: list[str] = typer.Option(None),
+                limit: int = 50, api: str = API, token: str = TOKEN):
+    params = [("limit", limit)] + [("robot", r) for r in robot or []] + [("outcome", o) for o in outcome or []]
+    for e in _call(api, token, "GET", "/v1/episodes", params=params):
+        typer.echo(f"{e['id']:<40} {e['robot_id']:<12} {e['task_id']:<16} {e['outcome']:<8} "
+                   f"corrections {100 * e['correction_rate']:4.0f}%  versions {','.join(e['policy_versions'])}")
+
+
+@episodes.command("label")
+def episodes_label(episode_id: str, outcome: str = typer.Argument(..., help="success|failure|unknown"),
+                   api: str = API, token: str = TOKEN):
+    _print(_call(api, token, "POST", f"/v1/episodes/{episode_id}/label", json={"outcome": outcome}))
+
+
+@episodes.command("upload")
+def episodes_upload(path: Path = typer.Argument(..., exists=True, help="A Zarr episode or LeRobot v3 dataset folder, or a tar of one."),
+                    robot: str = "upload", task: str = None, api: str = API, token: str = TOKEN):
+    """Upload demonstrations or corrections."""
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = path
+        if path.is_dir():
+            archive = Path(tmp) / "upload.tar"
+            with tarfile.open(archive, "w") as tar:
+                tar.add(path, arcname=path.name)
+        with open(archive, "rb") as f:
+            data = {"robot_id": robot} | ({"task_id": task} if task else {})
+            _print(_call(api, token, "POST", "/v1/episodes/upload", files={"file": ("upload.tar", f)}, data=data))
+
+
+def main() -> None:
+    """`python -m services.cli worker …` (what tests and process managers run)."""
+    app = typer.Typer()
+    app.add_typer(serve, name="serve")
+    sys.argv[1:1] = ["serve"] if len(sys.argv) > 1 and sys.argv[1] in ("api", "inference", "worker") else []
+    app()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

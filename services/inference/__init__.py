@@ -1,0 +1,1 @@
+"""The inference server: observation -> action chunk, batched across robots, hot-swapped on deploy."""

@@ -1,0 +1,180 @@
+"""What the server serves, as one immutable snapshot (ServingTable), kept current by a watcher on
+the Redis deployment channel; and the micro-batcher that runs one model call for every request
+waiting on the same version.
+
+Hot swap: the watcher loads every version the new state needs (verified) *before* it replaces the
+table with one reference assignment. A request resolves robot -> version -> loaded model from the
+table it read on arrival and holds that model to the end: a swap between two requests never fails
+one and never mixes versions inside one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+
+from services.inference.runtime import Observation, load_runtime
+from services.serving_channel import read_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServingTable:
+    seq: int = 0
+    robots: dict[str, str | None] = field(default_factory=dict)  # robot -> version
+    fleet_version: str | None = None
+    runtimes: dict = field(default_factory=dict)  # version -> runtime
+    tokens: dict[str, str] = field(default_factory=dict)  # token sha256 -> robot id
+
+    def version_for(self, robot_id: str) -> str | None:
+        return self.robots[robot_id] if robot_id in self.robots else self.fleet_version
+
+
+class StateWatcher:
+    """Follows the deployment channel in a thread; `on_swap(old, new)` after each swap."""
+
+    def __init__(self, redis_url: str, channel: str, on_swap=None, poll_s: float = 5.0):
+        self.r = redis.Redis.from_url(redis_url)
+        self.channel, self.on_swap, self.poll_s = channel, on_swap, poll_s
+        self.table = ServingTable()
+        self.load_failures = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="state-watcher", daemon=True)
+
+    def start(self) -> None:
+        state = read_state(self.r)
+        if state:
+            self.apply(state)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def apply(self, state: dict) -> bool:
+        """Load what `state` needs, then swap; False (and the old table kept) if it is not newer or a
+        version fails to load."""
+        with self._lock:
+            old = self.table
+            if state.get("seq", 0) <= old.seq:
+                return False
+            runtimes = {}
+            try:
+                for vid, entry in state.get("versions", {}).items():
+                    runtimes[vid] = old.runtimes[vid] if vid in old.runtimes else load_runtime(vid, entry)
+            except Exception as e:  # a corrupt or missing artifact: keep serving the old versions
+                self.load_failures += 1
+                log.error("serving state %s refused, keeping %s: %s", state.get("seq"), old.seq, e)
+                return False
+            new = ServingTable(int(state["seq"]), dict(state.get("robots", {})), state.get("fleet_version"),
+                               runtimes, dict(state.get("robot_tokens", {})))
+            self.table = new  # the swap: one reference assignment
+        log.info("serving state %d: %s", new.seq, json.dumps({"robots": new.robots, "fleet": new.fleet_version}))
+        if self.on_swap:
+            self.on_swap(old, new)
+        return True
+
+    def _run(self) -> None:
+        last_poll = time.monotonic()
+        pubsub = None
+        while not self._stop.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(self.channel)
+                    state = read_state(self.r)  # anything published while we were not listening
+                    if state:
+                        self.apply(state)
+                msg = pubsub.get_message(timeout=0.5)
+                if msg and msg.get("type") == "message":
+                    self.apply(json.loads(msg["data"]))
+                if time.monotonic() - last_poll > self.poll_s:
+                    last_poll = time.monotonic()
+                    state = read_state(self.r)
+                    if state:
+                        self.apply(state)
+            except redis.RedisError as e:
+                log.warning("deployment channel: %s; retrying", e)
+                pubsub = None
+                self._stop.wait(1.0)
+
+
+@dataclass
+class _Pending:
+    runtime: object
+    obs: Observation
+    future: asyncio.Future
+    enqueued: float
+
+
+class MicroBatcher:
+    """Requests that arrive while the model is busy are answered by the next single batched call
+    (per version, up to `max_batch`). `max_wait_s` > 0 also holds a lone request that long for
+    company; 0 (the default) adds no latency to a single robot."""
+
+    def __init__(self, max_batch: int = 32, max_wait_s: float = 0.0, on_batch=None):
+        self.max_batch, self.max_wait_s, self.on_batch = max_batch, max_wait_s, on_batch
+        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, runtime, obs: Observation) -> tuple[np.ndarray, dict]:
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Pending(runtime, obs, fut, time.perf_counter()))
+        return await fut
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            while len(items) < self.max_batch:
+                try:
+                    items.append(self.queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    items.append(await asyncio.wait_for(self.queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            groups: dict[int, list[_Pending]] = {}
+            for it in items:
+                groups.setdefault(id(it.runtime), []).append(it)
+            for group in groups.values():
+                rt = group[0].runtime
+                t0 = time.perf_counter()
+                try:
+                    out = await loop.run_in_executor(self.executor, rt.act, [g.obs for g in group])
+                except Exception as e:
+                    for g in group:
+                        if not g.future.done():
+                            g.future.set_exception(e)
+                    continue
+                infer_ms = (time.perf_counter() - t0) * 1e3
+                if self.on_batch:
+                    self.on_batch(len(group), infer_ms)
+                for i, g in enumerate(group):
+                    if not g.future.done():
+                        g.future.set_result((out[i], {"queue_ms": round((t0 - g.enqueued) * 1e3, 3),
+                                                      "infer_ms": round(infer_ms, 3), "batch_size": len(group)}))

@@ -1,0 +1,117 @@
+"""Starting the real processes on one machine (Redis, the API, the inference server, workers): used
+by `recap serve up`, the demo and the tests, so all three run the stack the same way."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    url: str | None = None
+    port: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the process group (the process and every child it forked)."""
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _spawn(name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out = open(log_dir / f"{name}.log", "ab")
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+
+
+def start_redis(data_dir: Path, port: int | None = None) -> Process:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server not found: `make setup` installs it (Debian package redis-server)")
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    p = _spawn(f"redis-{port}", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                  "--dir", str(data_dir)], data_dir)
+    r = Process("redis", p, data_dir / f"redis-{port}.log", url=f"redis://127.0.0.1:{port}/0", port=port)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return r
+        except OSError:
+            time.sleep(0.05)
+        if not r.alive():
+            break
+    r.stop()
+    raise RuntimeError(f"redis did not start on port {port}: {r.log_text()[-2000:]}")
+
+
+def start_uvicorn(name: str, factory: str, log_dir: Path, env: dict[str, str], port: int | None = None,
+                  timeout: float = 90.0, health: str = "/healthz") -> Process:
+    """`factory`: "module:function" returning the ASGI app (uvicorn --factory)."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "info", "--no-access-log"]
+    proc = Process(name, _spawn(name, cmd, log_dir, env), log_dir / f"{name}.log", url=f"http://127.0.0.1:{port}",
+                   port=port)
+    wait_healthy(proc, health, timeout)
+    return proc
+
+
+def start_python(name: str, args: list[str], log_dir: Path, env: dict[str, str]) -> Process:
+    return Process(name, _spawn(name, [sys.executable, *args], log_dir, env), log_dir / f"{name}.log")
+
+
+def wait_healthy(proc: Process, path: str = "/healthz", timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}): {proc.log_text()[-3000:]}")
+        try:
+            if httpx.get(proc.url + path, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.stop()
+    raise RuntimeError(f"{proc.name} not healthy after {timeout} s: {proc.log_text()[-3000:]}")

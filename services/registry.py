@@ -1,0 +1,108 @@
+"""PolicyRegistry: policy versions with lineage and metrics, and the deployments that point robots
+at them. A version is registered only from a complete, verified artifact, at most once per training
+run (a unique column, so a retried worker cannot register twice)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.control.models import ApiToken, Deployment, PolicyVersion, Robot
+from training.artifacts import verify_artifact
+
+
+class RegistryError(ValueError):
+    """A request the registry refuses; the message says why."""
+
+
+def register_version(s: Session, artifact_dir: str | Path, *, created_by: str, run_id: str | None = None,
+                     parent_version: str | None = None) -> PolicyVersion:
+    """Verify the artifact and add it as the next version `v<N>`; idempotent per run."""
+    if run_id is not None:
+        existing = s.scalar(select(PolicyVersion).where(PolicyVersion.run_id == run_id))
+        if existing is not None:
+            return existing
+    d = Path(artifact_dir).resolve()
+    manifest = verify_artifact(d)  # ArtifactError names the bad file
+    if manifest.get("kind") != "policy":
+        raise RegistryError(f"{d} is a {manifest.get('kind')} artifact, not a policy")
+    config = json.loads((d / "config.json").read_text())
+    n = (s.scalar(select(func.count()).select_from(PolicyVersion)) or 0) + 1
+    lineage = manifest.get("lineage", {})
+    v = PolicyVersion(id=f"v{n}", run_id=run_id, artifact_dir=str(d),
+                      manifest_sha256=hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest(),
+                      policy_type=config.get("type", "native_flow"),
+                      parent_version=parent_version or lineage.get("parent_version"), lineage=lineage,
+                      metrics=manifest.get("metrics", {}), created_at_ns=time.time_ns(), created_by=created_by)
+    s.add(v)
+    try:
+        s.flush()
+    except IntegrityError as e:  # a concurrent registration took the number or the run
+        raise RegistryError(f"version registration raced, retry: {e.orig}") from e
+    return v
+
+
+def deploy(s: Session, version_id: str, target_kind: str, target: str, *, stage: str, created_by: str,
+           note: str = "") -> Deployment:
+    if s.get(PolicyVersion, version_id) is None:
+        raise RegistryError(f"unknown policy version {version_id!r}")
+    if target_kind == "fleet":
+        target = "*"
+    elif target_kind == "robot" and s.get(Robot, target) is None:
+        raise RegistryError(f"unknown robot {target!r}; register it first")
+    elif target_kind == "group" and s.scalar(select(func.count()).select_from(Robot).where(Robot.group == target)) == 0:
+        raise RegistryError(f"no robot in group {target!r}")
+    d = Deployment(target_kind=target_kind, target=target, version_id=version_id, stage=stage,
+                   created_at_ns=time.time_ns(), created_by=created_by, note=note)
+    s.add(d)
+    s.flush()
+    return d
+
+
+def rollback(s: Session, target_kind: str, target: str, *, created_by: str) -> Deployment:
+    """Deploy, to the same target, the version it ran before its newest deployment."""
+    target = "*" if target_kind == "fleet" else target
+    history = s.scalars(select(Deployment).where(Deployment.target_kind == target_kind, Deployment.target == target)
+                        .order_by(Deployment.id.desc())).all()
+    current = history[0].version_id if history else None
+    previous = next((d.version_id for d in history if d.version_id != current), None)
+    if previous is None:
+        raise RegistryError(f"{target_kind} {target}: no earlier version to roll back to")
+    return deploy(s, previous, target_kind, target, stage="rollback", created_by=created_by,
+                  note=f"rollback from {current}")
+
+
+def assignments(s: Session) -> dict[str, str | None]:
+    """robot id -> the version it should run: the newest deployment matching it (robot, its
+    group, or the fleet)."""
+    deps = s.scalars(select(Deployment).order_by(Deployment.id)).all()
+    out = {}
+    for r in s.scalars(select(Robot)).all():
+        match = [d for d in deps if (d.target_kind == "robot" and d.target == r.id)
+                 or (d.target_kind == "group" and d.target == r.group) or d.target_kind == "fleet"]
+        out[r.id] = match[-1].version_id if match else None
+    return out
+
+
+def serving_state(s: Session) -> dict:
+    """Everything an inference server needs, as one JSON document: which version each robot runs,
+    where the artifacts are (and their manifest digests), which robot tokens exist. Published on
+    every change; the servers swap to it as a whole."""
+    assigned = assignments(s)
+    fleet = s.scalar(select(Deployment).where(Deployment.target_kind == "fleet").order_by(Deployment.id.desc()))
+    fleet_version = fleet.version_id if fleet else None  # robots the registry does not know yet
+    versions = {}
+    for vid in sorted({v for v in [*assigned.values(), fleet_version] if v}):
+        v = s.get(PolicyVersion, vid)
+        versions[vid] = {"artifact_dir": v.artifact_dir, "manifest_sha256": v.manifest_sha256,
+                         "policy_type": v.policy_type}
+    tokens = {t.token_sha256: t.robot_id for t in s.scalars(select(ApiToken).where(
+        ApiToken.role == "robot", ApiToken.revoked_at_ns.is_(None))).all()}
+    return {"robots": assigned, "fleet_version": fleet_version,
+            "versions": versions, "robot_tokens": tokens, "at_ns": time.time_ns()}

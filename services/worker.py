@@ -1,0 +1,138 @@
+"""The training worker: consumes training jobs from Redis (RQ), runs the `training/` pipeline,
+streams phase and progress into the control-plane database, and registers the policy version
+once the artifact is complete and verified.
+
+Crash behaviour: a job whose worker dies (SIGKILL, power loss) is found abandoned by the next
+worker's registry maintenance and retried (RQ `Retry`); the training run resumes from its last
+checkpoint (training/runs.py), and the version registration is unique per run, so the retry
+registers exactly once.
+
+    recap serve worker            # one per GPU / CPU box; RECAP_* environment as the API's
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from data.catalog import Catalog
+from data.store import EpisodeStore
+from services.control import ControlDB
+from services.control.models import TrainingRun
+from services.registry import register_version
+from services.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+JOB_TIMEOUT_S = 24 * 3600
+RETRIES = 3
+MAINTENANCE_INTERVAL_S = 15  # how often a worker looks for jobs abandoned by dead workers
+
+
+class RunCancelled(Exception):
+    pass
+
+
+def spec_for(run: TrainingRun):
+    from training.methods import Method
+    from training.recap import RecapConfig
+    from training.runs import RunSpec
+
+    sp, recipe = run.spec, run.spec.get("recipe", {})
+    return RunSpec(run_id=run.id, method=Method(sp["method"]), selection=sp.get("selection", {}),
+                   first_fit=sp.get("first_fit", False), recap=RecapConfig(**recipe.get("recap", {})),
+                   value=recipe.get("value", {}), policy=recipe.get("policy", {}),
+                   task_max_len=recipe.get("task_max_len", {}), cameras=recipe.get("cameras", []),
+                   parent_version=sp.get("parent_version"), seed=sp.get("seed", 0))
+
+
+class _Progress:
+    """Writes (phase, fraction) to the run's row at most every `every_s`; raises when cancelled."""
+
+    def __init__(self, db: ControlDB, run_id: str, every_s: float = 1.0):
+        self.db, self.run_id, self.every_s, self.last = db, run_id, every_s, 0.0
+
+    def __call__(self, phase: str, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and fraction < 1.0:
+            return
+        self.last = now
+        weights = {"value": (0.0, 0.4), "policy": (0.4, 0.6)}  # share of the run's time, roughly
+        lo, span = weights.get(phase, (0.0, 1.0))
+        with self.db.session() as s:
+            run = s.get(TrainingRun, self.run_id)
+            run.phase, run.progress = phase, round(lo + span * fraction, 4)
+            cancelled = run.cancel_requested
+        if cancelled:
+            raise RunCancelled(self.run_id)
+
+
+def train(run_id: str) -> str | None:
+    """The RQ job: returns the registered version id (None when cancelled)."""
+    from training.runs import run_training
+
+    settings = ServiceSettings.from_env()
+    db = ControlDB(settings.control_db_url)
+    store = EpisodeStore(settings.store_root)
+    catalog = Catalog.for_store(store, settings.catalog_url)
+    run_dir = Path(settings.runs_dir) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "worker.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with db.session() as s:
+            run = s.get(TrainingRun, run_id)
+            if run is None:
+                raise ValueError(f"no training run {run_id}")
+            if run.status in ("finished", "cancelled"):
+                log.info("run %s is %s already", run_id, run.status)
+                return run.version_id
+            run.status, run.attempts, run.started_at_ns, run.phase = "running", run.attempts + 1, time.time_ns(), "data"
+            spec = spec_for(run)
+            log.info("training run %s, attempt %d", run_id, run.attempts)
+        try:
+            result = run_training(store, catalog, spec, settings.runs_dir, progress=False,
+                                  on_progress=_Progress(db, run_id))
+        except RunCancelled:
+            with db.session() as s:
+                run = s.get(TrainingRun, run_id)
+                run.status, run.finished_at_ns = "cancelled", time.time_ns()
+            log.info("run %s cancelled", run_id)
+            return None
+        except Exception as e:
+            with db.session() as s:
+                run = s.get(TrainingRun, run_id)
+                run.status, run.error = "failed", f"{type(e).__name__}: {e}"
+            log.exception("run %s failed", run_id)
+            raise
+        with db.session() as s:  # one transaction: the version and the run's final state
+            v = register_version(s, result.policy_dir, created_by=f"run:{run_id}", run_id=run_id,
+                                 parent_version=spec.parent_version)
+            run = s.get(TrainingRun, run_id)
+            run.status, run.phase, run.progress, run.finished_at_ns = "finished", "done", 1.0, time.time_ns()
+            run.version_id, run.metrics, run.error = v.id, result.metrics, None
+            vid = v.id
+        log.info("run %s registered policy version %s", run_id, vid)
+        return vid
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        db.close()
+        catalog.close()
+
+
+def work(settings: ServiceSettings, *, burst: bool = False, name: str | None = None) -> None:
+    """Run a worker on the training queue until stopped (SIGTERM: finish the current job's step)."""
+    import redis
+    from rq import Queue, Worker
+
+    import training.runs  # noqa: F401  (import torch once, before forking work horses)
+
+    conn = redis.Redis.from_url(settings.redis_url)
+    w = Worker([Queue(settings.queue, connection=conn)], connection=conn, name=name,
+               maintenance_interval=MAINTENANCE_INTERVAL_S)
+    w.work(burst=burst, with_scheduler=True)

@@ -1,0 +1,178 @@
+"""The control-plane API as a real uvicorn process with a real Redis: roles, audit, robots,
+episodes, versions, deployments and what the inference servers are told."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import httpx
+import pytest
+import redis
+
+from data.schema import Outcome
+from data.store import EpisodeStore
+from services.auth import PERMISSIONS, Role, allowed
+from services.serving_channel import read_state
+from tests.services.conftest import policy_artifact
+from tests.store.helpers import record
+
+# every mutating endpoint: (action in PERMISSIONS, method, path, body)
+MUTATIONS = [
+    ("tokens.create", "POST", "/v1/tokens", {"name": "matrix-{role}", "role": "teleoperator"}),
+    ("tokens.revoke", "DELETE", "/v1/tokens/nobody", None),
+    ("robots.register", "POST", "/v1/robots", {"id": "matrix-robot"}),
+    ("robots.heartbeat", "POST", "/v1/robots/robot-0/heartbeat", {"version": None}),
+    ("episodes.label", "POST", "/v1/episodes/{episode}/label", {"outcome": "failure"}),
+    ("episodes.register", "POST", "/v1/episodes/register", {"episode_id": "{episode}"}),
+    ("episodes.upload", "POST", "/v1/episodes/upload", "multipart"),
+    ("runs.start", "POST", "/v1/runs", {"method": "bc", "selection": {"robot": ["nobody"]}}),
+    ("runs.cancel", "POST", "/v1/runs/run-missing/cancel", None),
+    ("versions.register", "POST", "/v1/versions", {"artifact_dir": "/nonexistent"}),
+    ("deployments.create", "POST", "/v1/deployments", {"version": "v-missing"}),
+    ("deployments.rollback", "POST", "/v1/deployments/rollback", {"target_kind": "fleet"}),
+]
+
+
+def _fill(obj, **kw):
+    return json.loads(json.dumps(obj).replace("{role}", kw["role"]).replace("{episode}", kw["episode"])) if obj else obj
+
+
+def test_role_matrix_every_mutation_by_every_role(stack):
+    store = EpisodeStore(stack.settings.store_root)
+    ep, _ = record(store, robot="robot-0", cameras=1)
+    assert {a for a, *_ in MUTATIONS} == set(PERMISSIONS) - {"audit.read", "exports.create"}
+    for action, method, path, body in MUTATIONS:
+        for role in Role:
+            with stack.client(str(role)) as c:
+                path_ = path.replace("{episode}", ep.episode_id)
+                if body == "multipart":
+                    r = c.post(path_, files={"file": ("x.tar", b"not a tar")})
+                else:
+                    r = c.request(method, path_, json=_fill(body, role=str(role), episode=ep.episode_id))
+            if allowed(role, action):
+                assert r.status_code != 403 and r.status_code < 500, (action, role, r.status_code, r.text)
+            else:
+                assert r.status_code == 403, (action, role, r.status_code, r.text)
+                assert "may not" in r.json()["detail"]
+    # no token, or a made-up one: 401 everywhere
+    for _, method, path, body in MUTATIONS:
+        r = httpx.request(method, stack.api.url + path.replace("{episode}", ep.episode_id), json=None)
+        assert r.status_code == 401, (path, r.text)
+        r = httpx.request(method, stack.api.url + path.replace("{episode}", ep.episode_id),
+                          headers={"Authorization": "Bearer rcp_forged"})
+        assert r.status_code == 401
+    # the audit log holds every attempt with who made it; only admins read it
+    with stack.client("admin") as c:
+        log = c.get("/v1/audit", params={"limit": 10_000}).json()
+    assert len(log) >= len(MUTATIONS) * len(Role)
+    denied = [a for a in log if a["status"] == 403]
+    assert {a["role"] for a in denied} >= {"teleoperator", "operator", "researcher", "robot"}
+    assert any(a["actor"] == "anonymous" and a["status"] == 401 for a in log)
+    with stack.client("operator") as c:
+        assert c.get("/v1/audit").status_code == 403
+
+
+def test_versions_deployments_canary_widen_rollback_reach_the_serving_state(stack, tmp_path):
+    r = redis.Redis.from_url(stack.settings.redis_url)
+    stack.robot_token("arm-1", "cell-a")
+    stack.robot_token("arm-2", "cell-a")
+    with stack.client("researcher") as c:
+        bad = tmp_path / "corrupt"
+        policy_artifact(bad, 9)
+        (bad / "model.safetensors").write_bytes(b"garbage")
+        resp = c.post("/v1/versions", json={"artifact_dir": str(bad)})
+        assert resp.status_code == 422 and "model.safetensors" in resp.json()["detail"]
+        v1 = c.post("/v1/versions", json={"artifact_dir": str(policy_artifact(tmp_path / "a1", 1))}).json()
+        v2 = c.post("/v1/versions", json={"artifact_dir": str(policy_artifact(tmp_path / "a2", 2)),
+                                          "parent_version": v1["id"]}).json()
+        assert (v1["id"], v2["id"]) == ("v1", "v2") and v2["parent_version"] == "v1"
+        assert c.post("/v1/deployments", json={"version": "v1"}).status_code == 403  # researchers do not deploy
+    with stack.client("operator") as c:
+        assert c.post("/v1/deployments", json={"version": "v1"}).status_code == 201
+        assert c.get("/v1/deployments/current").json() == {"robot-0": "v1", "arm-1": "v1", "arm-2": "v1"}
+        d = c.post("/v1/deployments", json={"version": "v2", "target_kind": "robot", "target": "arm-1",
+                                            "stage": "canary"})
+        assert d.status_code == 201
+        state = read_state(r)
+        assert state["robots"] == {"robot-0": "v1", "arm-1": "v2", "arm-2": "v1"}
+        assert set(state["versions"]) == {"v1", "v2"} and state["fleet_version"] == "v1"
+        # widen to the group, then roll the group back
+        assert c.post("/v1/deployments", json={"version": "v2", "target_kind": "group", "target": "cell-a",
+                                               "stage": "widen"}).status_code == 201
+        assert c.get("/v1/deployments/current").json() == {"robot-0": "v1", "arm-1": "v2", "arm-2": "v2"}
+        rb = c.post("/v1/deployments/rollback", json={"target_kind": "group", "target": "cell-a"})
+        assert rb.status_code == 422  # the group ran nothing before: nothing to roll back to
+        assert c.post("/v1/deployments", json={"version": "v2"}).status_code == 201
+        rb = c.post("/v1/deployments/rollback", json={"target_kind": "fleet"})
+        assert rb.status_code == 201 and rb.json()["version_id"] == "v1" and rb.json()["stage"] == "rollback"
+        assert c.get("/v1/deployments/current").json()["arm-2"] == "v1"  # newest matching deployment wins
+        hist = c.get("/v1/deployments").json()
+        assert [h["stage"] for h in hist][:2] == ["rollback", "deploy"]
+        for bad_body in ({"version": "v1", "target_kind": "robot", "target": "ghost"},
+                         {"version": "v1", "target_kind": "moon"}, {"version": ""}, {"version": "v1", "extra": 1}):
+            resp = c.post("/v1/deployments", json=bad_body)
+            assert resp.status_code == 422, (bad_body, resp.text)
+            assert resp.json()["detail"]
+        seq = read_state(r)["seq"]
+        c.post("/v1/deployments", json={"version": "v2", "target_kind": "robot", "target": "arm-2"})
+        assert read_state(r)["seq"] > seq
+    with stack.client("robot") as c:  # robot-0's token
+        assert c.post("/v1/robots/robot-0/heartbeat", json={"version": "v1"}).json()["reported_version"] == "v1"
+        assert c.post("/v1/robots/arm-1/heartbeat", json={"version": "v1"}).status_code == 403
+    with stack.client("operator") as c:
+        robots = {x["id"]: x for x in c.get("/v1/robots").json()}
+        assert robots["robot-0"]["last_seen_ns"] and robots["arm-2"]["assigned_version"] == "v2"
+    # revoking a robot token removes it from what the inference servers accept
+    with stack.client("admin") as c:
+        before = set(read_state(r)["robot_tokens"].values())
+        assert c.delete("/v1/tokens/robot-arm-1").json()["revoked"]
+        assert "arm-1" in before and "arm-1" not in set(read_state(r)["robot_tokens"].values())
+
+
+def test_episodes_register_label_upload_and_playback(stack, tmp_path):
+    store = EpisodeStore(stack.settings.store_root)
+    ep, _ = record(store, robot="robot-0", cameras=1, corrections=range(5, 10))
+    with stack.client("robot") as c:
+        out = c.post("/v1/episodes/register", json={"episode_id": ep.episode_id}).json()
+        assert out["num_correction_ticks"] == 5 and out["cameras"] == ["top"]
+        assert c.post("/v1/episodes/register", json={"episode_id": "no-such"}).status_code == 404
+    with stack.client("teleoperator") as c:
+        assert c.get("/v1/episodes", params={"outcome": "success"}).json()[0]["id"] == ep.episode_id
+        lab = c.post(f"/v1/episodes/{ep.episode_id}/label", json={"outcome": "failure"}).json()
+        assert lab["outcome"] == "failure" and lab["outcome_labeller"] == "test-teleoperator"
+        assert c.post(f"/v1/episodes/{ep.episode_id}/label", json={"outcome": "maybe"}).status_code == 422
+        jpg = c.get(f"/v1/episodes/{ep.episode_id}/frames/top/3")
+        assert jpg.status_code == 200 and jpg.content[:2] == b"\xff\xd8"
+        assert c.get(f"/v1/episodes/{ep.episode_id}/frames/cam9/3").status_code == 404
+        assert c.get(f"/v1/episodes/{ep.episode_id}/frames/top/999").status_code == 404
+        # upload a Zarr episode recorded elsewhere (a tar of its folder)
+        other = EpisodeStore(tmp_path / "elsewhere")
+        up, _ = record(other, robot="bench-arm", cameras=1, outcome=Outcome.SUCCESS)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(other.episode_dir(up.episode_id), arcname=up.episode_id)
+        res = c.post("/v1/episodes/upload", files={"file": ("ep.tar", buf.getvalue())})
+        assert res.status_code == 201, res.text
+        assert res.json() == {"episode_ids": [up.episode_id], "format": "zarr"}
+        assert c.get(f"/v1/episodes/{up.episode_id}").json()["robot_id"] == "bench-arm"
+        again = c.post("/v1/episodes/upload", files={"file": ("ep.tar", buf.getvalue())})
+        assert again.status_code == 422 and "already" in again.json()["detail"]
+        # a tampered episode is refused and named
+        (other.episode_dir(up.episode_id) / "zarr.json").write_text("{}")
+        buf2 = io.BytesIO()
+        with tarfile.open(fileobj=buf2, mode="w") as tar:
+            tar.add(other.episode_dir(up.episode_id), arcname=up.episode_id + "x")
+        bad = c.post("/v1/episodes/upload", files={"file": ("ep.tar", buf2.getvalue())})
+        assert bad.status_code == 422 and "refused" in bad.json()["detail"]
+        assert c.post("/v1/episodes/upload", files={"file": ("x.tar", b"\x00" * 100)}).status_code == 400
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/healthz"])
+def test_public_documents(stack, path):
+    r = httpx.get(stack.api.url + path)
+    assert r.status_code == 200
+    if path == "/openapi.json":
+        paths = r.json()["paths"]
+        assert {"/v1/runs", "/v1/deployments", "/v1/deployments/rollback", "/v1/tokens", "/v1/episodes/upload"} <= set(paths)
