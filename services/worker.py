@@ -27,7 +27,12 @@ log = logging.getLogger(__name__)
 
 JOB_TIMEOUT_S = 24 * 3600
 RETRIES = 3
-MAINTENANCE_INTERVAL_S = 15  # how often a worker looks for jobs abandoned by dead workers
+# A dead worker's job is declared abandoned when its execution heartbeat (monitoring interval + 60 s,
+# RQ's fixed margin) expires; idle workers look for such jobs every maintenance interval, and wake
+# from their blocking wait every worker TTL - 15 s to do so.
+MAINTENANCE_INTERVAL_S = 10
+MONITORING_INTERVAL_S = 10
+WORKER_TTL_S = 30
 
 
 class RunCancelled(Exception):
@@ -134,5 +139,6 @@ def work(settings: ServiceSettings, *, burst: bool = False, name: str | None = N
 
     conn = redis.Redis.from_url(settings.redis_url)
     w = Worker([Queue(settings.queue, connection=conn)], connection=conn, name=name,
-               maintenance_interval=MAINTENANCE_INTERVAL_S)
+               maintenance_interval=MAINTENANCE_INTERVAL_S, job_monitoring_interval=MONITORING_INTERVAL_S,
+               worker_ttl=WORKER_TTL_S)
     w.work(burst=burst, with_scheduler=True)

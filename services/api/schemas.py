@@ -90,8 +90,8 @@ class Selection(Strict):
     outcome: list[Literal["success", "failure", "unknown"]] | None = None
     policy_version: list[str] | None = None
     status: list[Literal["complete", "incomplete"]] | None = None
-    since_ns: int | None = Field(None, ge=0)
-    until_ns: int | None = Field(None, ge=0)
+    since_ns: int | None = Field(None, ge=0, le=2**63 - 1)
+    until_ns: int | None = Field(None, ge=0, le=2**63 - 1)
 
     def query(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}

@@ -176,3 +176,28 @@ def test_public_documents(stack, path):
     if path == "/openapi.json":
         paths = r.json()["paths"]
         assert {"/v1/runs", "/v1/deployments", "/v1/deployments/rollback", "/v1/tokens", "/v1/episodes/upload"} <= set(paths)
+
+
+def test_cli_talks_to_the_api_with_the_callers_role(stack, tmp_path):
+    import subprocess
+    import sys
+
+    def recap(*args, role):
+        env = {**__import__("os").environ, "RECAP_API_URL": stack.api.url, "RECAP_TOKEN": stack.tokens[role]}
+        return subprocess.run([sys.executable, "-m", "data.cli_root", *args], capture_output=True, text=True, env=env,
+                              timeout=120)
+
+    art = policy_artifact(tmp_path / "a", 3)
+    out = recap("fleet", "register", str(art), role="researcher")
+    assert out.returncode == 0 and '"id": "v1"' in out.stdout, out.stderr
+    denied = recap("fleet", "deploy", "v1", role="researcher")
+    assert denied.returncode == 1 and "error 403" in denied.stderr and "may not deployments.create" in denied.stderr
+    assert recap("fleet", "deploy", "v1", "--robot", "robot-0", role="operator").returncode == 0
+    robots = recap("fleet", "robots", role="teleoperator")
+    assert robots.returncode == 0 and "robot-0" in robots.stdout and "assigned v1" in robots.stdout
+    hist = recap("fleet", "history", role="operator")
+    assert "canary" in hist.stdout and "robot:robot-0" in hist.stdout
+    tok = recap("tokens", "create", "new-teleop", "--role", "teleoperator", role="admin")
+    assert tok.returncode == 0 and "rcp_" in tok.stdout
+    help_ = recap("serve", "--help", role="admin")
+    assert help_.returncode == 0 and "inference" in help_.stdout and "worker" in help_.stdout

@@ -39,8 +39,8 @@ def _open(c: AppContext, episode_id: str):
 @router.get("", response_model=list[EpisodeOut], summary="Episodes matching every given filter")
 def list_episodes(robot: list[str] | None = Query(None), task: list[str] | None = Query(None),
                   outcome: list[str] | None = Query(None), policy_version: list[str] | None = Query(None),
-                  status: list[str] | None = Query(None), since_ns: int | None = Query(None, ge=0),
-                  until_ns: int | None = Query(None, ge=0), limit: int = Query(500, ge=1, le=100_000),
+                  status: list[str] | None = Query(None), since_ns: int | None = Query(None, ge=0, le=2**63 - 1),
+                  until_ns: int | None = Query(None, ge=0, le=2**63 - 1), limit: int = Query(500, ge=1, le=100_000),
                   _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
     for o in outcome or []:
         if o not in ("success", "failure", "unknown"):

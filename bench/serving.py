@@ -1,0 +1,406 @@
+"""Benchmark: our inference server against LeRobot's async-inference PolicyServer and an
+openpi-style websocket server, all serving the same LeRobot ACT built from a local config.
+
+    python -m bench.serving [--duration 10] [--promotions 10]
+
+Measures, per server and for 1 and 8 concurrent robots: round trip p50/p99, overhead over the bare
+model forward (same process, same weights, batch 1), throughput, and whether each robot got the
+chunk computed from its own observation. For LeRobot, 8 robots are run against 8 servers (its
+server keeps one pending observation, reset by each new client) and, for correctness only, against
+one. Then promote-to-serving latency on our stack (deploy call -> first answer from the new
+version, 8 robots running, failed requests counted) and a schemathesis run against the API.
+Writes bench/results/serving.md and serving.json ({"command", "date", "figures"}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+STATE_DIM, ACTION_DIM, CHUNK = 14, 14, 50
+CAMERAS = {"top": (96, 128, 3)}  # wire (H, W, C)
+ACT_KWARGS = dict(chunk_size=CHUNK, n_action_steps=CHUNK, dim_model=256, n_heads=4, dim_feedforward=1024,
+                  n_encoder_layers=2, n_decoder_layers=1, use_vae=False, pretrained_backbone_weights=None)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def build_policy(work: Path, promotions: int) -> tuple[Path, list[Path]]:
+    """One ACT from config: LeRobot's pretrained folder (for its server) and our artifacts of the
+    same weights (one per version to promote)."""
+    import torch
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.factory import get_policy_class, make_policy_config, make_pre_post_processors
+
+    from training.policies.lerobot_adapter.export import write_lerobot_artifact
+
+    torch.manual_seed(0)
+    h, w, c = CAMERAS["top"]
+    inputs = {"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(STATE_DIM,)),
+              "observation.images.top": PolicyFeature(type=FeatureType.VISUAL, shape=(c, h, w))}
+    outputs = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,))}
+    cfg = make_policy_config("act", input_features=inputs, output_features=outputs, device="cpu", **ACT_KWARGS)
+    policy = get_policy_class("act")(cfg)
+    rng = np.random.default_rng(0)
+    stats = {"observation.state": {"mean": rng.normal(size=STATE_DIM), "std": 1 + rng.random(STATE_DIM)},
+             "action": {"mean": rng.normal(size=ACTION_DIM), "std": 1 + rng.random(ACTION_DIM)},
+             "observation.images.top": {"mean": np.full((3, 1, 1), 0.45), "std": np.full((3, 1, 1), 0.25)}}
+    pre, post = make_pre_post_processors(cfg, dataset_stats=stats)
+    lerobot_dir = work / "act_lerobot"
+    policy.save_pretrained(lerobot_dir)
+    pre.save_pretrained(lerobot_dir)
+    post.save_pretrained(lerobot_dir)
+    artifacts = []
+    for i in range(promotions + 1):
+        d = work / f"act_artifact_{i}"
+        write_lerobot_artifact(d, policy, pre, post, lineage={"run": f"bench-serving-{i}"})
+        artifacts.append(d)
+    return lerobot_dir, artifacts
+
+
+def observations(n: int, seed: int) -> list[tuple[np.ndarray, dict]]:
+    rng = np.random.default_rng(seed)
+    return [(rng.normal(size=STATE_DIM).astype(np.float32),
+             {k: rng.integers(0, 255, hwc, dtype=np.uint8) for k, hwc in CAMERAS.items()}) for _ in range(n)]
+
+
+def pct(xs, q) -> float:
+    return float(np.percentile(np.asarray(xs) * 1e3, q)) if len(xs) else float("nan")
+
+
+def run_clients(make_client, n_clients: int, duration: float, refs: dict) -> dict:
+    """n_clients threads, each its own client and observations, for `duration` seconds."""
+    lat: list[list[float]] = [[] for _ in range(n_clients)]
+    ok, wrong, empty, errors = [0] * n_clients, [0] * n_clients, [0] * n_clients, [0] * n_clients
+    start = threading.Barrier(n_clients + 1)
+    stop = threading.Event()
+
+    def worker(k):
+        try:
+            client = make_client(k)
+            client.act(*refs[k]["obs"][0])  # warm-up
+        except Exception:
+            start.abort()  # the run fails loudly instead of waiting for this client
+            raise
+        obs = refs[k]["obs"]
+        try:
+            start.wait()
+            i = 0
+            while not stop.is_set():
+                state, images = obs[i % len(obs)]
+                t0 = time.perf_counter()
+                try:
+                    got = client.act(state, images)
+                except Exception:
+                    errors[k] += 1
+                    continue
+                lat[k].append(time.perf_counter() - t0)
+                if got is None:
+                    empty[k] += 1
+                elif np.allclose(got, refs[k]["chunks"][i % len(obs)], atol=1e-3, rtol=1e-3):
+                    ok[k] += 1
+                else:
+                    wrong[k] += 1
+                i += 1
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(n_clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    time.sleep(duration)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    elapsed = time.perf_counter() - t0
+    flat = [x for xs in lat for x in xs]
+    n = sum(ok) + sum(wrong) + sum(empty)
+    return {"clients": n_clients, "requests": n, "p50_ms": pct(flat, 50), "p99_ms": pct(flat, 99),
+            "throughput_per_s": n / elapsed, "own_chunk_rate": sum(ok) / n if n else 0.0,
+            "wrong_chunks": sum(wrong), "empty_answers": sum(empty), "errors": sum(errors)}
+
+
+class OursHTTP:
+    def __init__(self, url, token):
+        import httpx
+
+        from services.inference.wire import MSGPACK
+
+        self.http, self.url = httpx.Client(timeout=30), url + "/v1/act"
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": MSGPACK}
+        self.version = None
+
+    def act(self, state, images):
+        from services.inference.wire import decode_answer, encode_request
+
+        r = self.http.post(self.url, content=encode_request(state, images), headers=self.headers)
+        r.raise_for_status()
+        ans = decode_answer(r.content, binary=True)
+        self.version = ans["version"]
+        return ans["actions"]
+
+    def close(self):
+        self.http.close()
+
+
+class OursWS:
+    def __init__(self, url, token):
+        from websockets.sync.client import connect
+
+        self.ws = connect(url.replace("http", "ws") + f"/v1/stream?token={token}", max_size=None, compression=None)
+
+    def act(self, state, images):
+        from services.inference.wire import decode_answer, encode_request
+
+        self.ws.send(encode_request(state, images))
+        return decode_answer(self.ws.recv(), binary=True)["actions"]
+
+    def close(self):
+        self.ws.close()
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on {port} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10.0, help="Seconds per client configuration.")
+    ap.add_argument("--promotions", type=int, default=10)
+    ap.add_argument("--name", default="serving")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import httpx
+    import torch
+
+    from services.inference.runtime import Observation
+    from services.inference.runtime_lerobot import LeRobotRuntime
+    from services.launch import free_port, start_redis, start_uvicorn
+    from services.settings import ServiceSettings
+    from bench.serving_peers import LeRobotClient, OpenpiStyleClient, lerobot_server_cmd
+
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    procs: list = []
+    figures: dict = {"torch_threads": torch.get_num_threads(), "act": ACT_KWARGS | {"image": CAMERAS["top"]}}
+    try:
+        log("building the ACT policy from config")
+        lerobot_dir, artifacts = build_policy(work, args.promotions)
+        ref = LeRobotRuntime("ref", artifacts[0])
+        refs = {}
+        for k in range(8):
+            obs = observations(4, seed=k)
+            refs[k] = {"obs": obs, "chunks": [ref.act([Observation(s, im, "", 0)])[0] for s, im in obs]}
+        bare = []
+        for i in range(200):
+            s, im = refs[i % 8]["obs"][i % 4]
+            t0 = time.perf_counter()
+            ref.act([Observation(s, im, "", 0)])
+            bare.append(time.perf_counter() - t0)
+        figures["bare_forward"] = {"p50_ms": pct(bare[20:], 50), "p99_ms": pct(bare[20:], 99)}
+        b8 = []
+        batch = [Observation(s, im, "", 0) for k in range(8) for s, im in refs[k]["obs"][:1]]
+        for _ in range(30):
+            t0 = time.perf_counter()
+            ref.act(batch)
+            b8.append(time.perf_counter() - t0)
+        figures["bare_forward_batch8"] = {"p50_ms": pct(b8[5:], 50), "p99_ms": pct(b8[5:], 99)}
+        log(f"bare forward {figures['bare_forward']}, batch of 8 {figures['bare_forward_batch8']}")
+        del ref
+
+        # -- our stack -------------------------------------------------------------------------
+        redis = start_redis(work / "redis")
+        procs.append(redis)
+        settings = ServiceSettings(home=str(work / "home"), redis_url=redis.url)
+        env = settings.to_env() | {"RECAP_BOOTSTRAP_ADMIN_TOKEN": "bench-admin"}
+        api = start_uvicorn("api", "services.api.app:create_app", work / "logs", env)
+        procs.append(api)
+        admin = httpx.Client(base_url=api.url, headers={"Authorization": "Bearer bench-admin"}, timeout=60)
+        tokens = []
+        for k in range(9):
+            admin.post("/v1/robots", json={"id": f"arm-{k}"}).raise_for_status()
+            tokens.append(admin.post("/v1/tokens", json={"name": f"arm-{k}", "role": "robot",
+                                                         "robot_id": f"arm-{k}"}).json()["token"])
+        v1 = admin.post("/v1/versions", json={"artifact_dir": str(artifacts[0])}).json()["id"]
+        admin.post("/v1/deployments", json={"version": v1}).raise_for_status()
+        inf = start_uvicorn("inference", "services.inference.server:create_app", work / "logs", env)
+        procs.append(inf)
+        while v1 not in httpx.get(inf.url + "/v1/serving").json()["versions"]:
+            time.sleep(0.1)
+        results = {}
+        for name, cls in (("ours_http", OursHTTP), ("ours_ws", OursWS)):
+            for n in (1, 8):
+                log(f"{name}, {n} robot(s)")
+                results[f"{name}_{n}"] = run_clients(lambda k: cls(inf.url, tokens[k]), n, args.duration, refs)
+
+        # -- openpi-style websocket server -----------------------------------------------------
+        port = free_port()
+        op = subprocess.Popen([sys.executable, "-m", "bench.serving_peers", "openpi", str(artifacts[0]), str(port)],
+                              stdout=open(work / "openpi.log", "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+        procs.append(op)
+        wait_port(port, op)
+        for n in (1, 8):
+            log(f"openpi-style, {n} robot(s)")
+            results[f"openpi_style_{n}"] = run_clients(lambda k: OpenpiStyleClient(f"ws://127.0.0.1:{port}"), n,
+                                                       args.duration, refs)
+        op.terminate()
+
+        # -- LeRobot PolicyServer: 1 server, then 8 servers for 8 robots; 8 robots on 1 server ----
+        ports = [free_port() for _ in range(8)]
+        lr = [subprocess.Popen(lerobot_server_cmd(p), stdout=open(work / f"lerobot-{p}.log", "wb"),
+                               stderr=subprocess.STDOUT, cwd=ROOT) for p in ports]
+        procs.extend(lr)
+        for p, pr in zip(ports, lr):
+            wait_port(p, pr)
+        mk = lambda k, p: LeRobotClient(f"127.0.0.1:{p}", str(lerobot_dir), STATE_DIM, CAMERAS, CHUNK)  # noqa: E731
+        log("lerobot, 1 robot")
+        results["lerobot_1"] = run_clients(lambda k: mk(k, ports[0]), 1, args.duration, refs)
+        log("lerobot, 8 robots on 8 servers")
+        results["lerobot_8"] = run_clients(lambda k: mk(k, ports[k]), 8, args.duration, refs)
+        log("lerobot, 8 robots on 1 server (correctness)")
+        results["lerobot_8_on_1_server"] = run_clients(lambda k: mk(k, ports[0]), 8, min(args.duration, 5.0), refs)
+        for pr in lr:
+            pr.terminate()
+        figures["runs"] = results
+
+        # -- promote to serving, under load from 8 robots ----------------------------------------
+        log(f"promote-to-serving x{args.promotions}, 8 robots running")
+        stop, fails, seen = threading.Event(), [], {k: [] for k in range(8)}
+
+        def load(k):
+            c = OursHTTP(inf.url, tokens[k])
+            s, im = refs[k]["obs"][0]
+            while not stop.is_set():
+                try:
+                    c.act(s, im)
+                    seen[k].append(int(c.version[1:]))
+                except Exception as e:
+                    fails.append(repr(e))
+            c.close()
+
+        threads = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(8)]
+        for t in threads:
+            t.start()
+        probe = OursHTTP(inf.url, tokens[8])
+        promote = []
+        for i in range(1, args.promotions + 1):
+            vid = admin.post("/v1/versions", json={"artifact_dir": str(artifacts[i])}).json()["id"]
+            s, im = refs[0]["obs"][0]
+            t0 = time.perf_counter()
+            admin.post("/v1/deployments", json={"version": vid}).raise_for_status()
+            while True:
+                probe.act(s, im)
+                if probe.version == vid:
+                    break
+            promote.append(time.perf_counter() - t0)
+            time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        monotone = all(v == sorted(v) for v in seen.values())
+        figures["promote_to_serving_s"] = {"p50": float(np.percentile(promote, 50)),
+                                           "p99": float(np.percentile(promote, 99)), "all": promote}
+        figures["hot_swap_requests"] = sum(len(v) for v in seen.values())
+        figures["hot_swap_versions_monotone_per_robot"] = monotone
+
+        # -- schemathesis against the API ------------------------------------------------------
+        log("schemathesis against the API")
+        from tests.services.test_schemathesis import run_schemathesis
+
+        token = admin.post("/v1/tokens", json={"name": "bench-fuzz-0001", "role": "admin"}).json()["token"]
+        st = run_schemathesis(api.url, token, work / "junit.xml")
+        junit = (work / "junit.xml").read_text() if (work / "junit.xml").exists() else ""
+        figures["schemathesis"] = {"returncode": st.returncode, "failures": junit.count("<failure")}
+
+        # -- headline figures --------------------------------------------------------------------
+        bf = figures["bare_forward"]
+        for key, r in results.items():
+            r["overhead_p50_ms"] = r["p50_ms"] - bf["p50_ms"]
+            r["overhead_p99_ms"] = r["p99_ms"] - bf["p99_ms"]
+        figures.update({
+            "overhead_p99_ratio_vs_lerobot": results["ours_http_1"]["overhead_p99_ms"] / results["lerobot_1"]["overhead_p99_ms"],
+            "overhead_p99_ratio_vs_lerobot_ws": results["ours_ws_1"]["overhead_p99_ms"] / results["lerobot_1"]["overhead_p99_ms"],
+            "batch8_throughput_ratio": results["ours_http_8"]["throughput_per_s"] / results["ours_http_1"]["throughput_per_s"],
+            "batch8_throughput_ratio_ws": results["ours_ws_8"]["throughput_per_s"] / results["ours_ws_1"]["throughput_per_s"],
+            "throughput_8_ratio_vs_lerobot_8_servers": results["ours_http_8"]["throughput_per_s"] / results["lerobot_8"]["throughput_per_s"],
+            "promote_to_serving_p99_s": figures["promote_to_serving_s"]["p99"],
+            "hot_swap_failed_requests": len(fails),
+            "schemathesis_5xx": figures["schemathesis"]["failures"] + (1 if st.returncode else 0),
+            "elapsed_s": time.time() - started,
+        })
+    finally:
+        for p in procs:
+            try:
+                p.stop() if hasattr(p, "stop") else (p.terminate(), p.wait(10))
+            except Exception:
+                pass
+        shutil.rmtree(work, ignore_errors=True)
+    command = "python -m bench.serving " + " ".join(sys.argv[1:])
+    out = {"command": command.strip(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "machine": f"{os.cpu_count()} cores", "figures": figures}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{args.name}.md").write_text(render(out))
+    print(render(out))
+
+
+def render(out: dict) -> str:
+    f = out["figures"]
+    rows = ["| server | robots | p50 ms | p99 ms | overhead p50 / p99 ms | answers/s | own chunk | errors |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for k, r in f["runs"].items():
+        rows.append(f"| {k.rsplit('_', 1)[0] if not k.endswith('server') else 'lerobot (8 on 1 server)'} | "
+                    f"{r['clients']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['overhead_p50_ms']:.1f} / "
+                    f"{r['overhead_p99_ms']:.1f} | {r['throughput_per_s']:.1f} | {100 * r['own_chunk_rate']:.0f}% | "
+                    f"{r['errors'] + r['empty_answers']} |")
+    heads = {k: f[k] for k in ("overhead_p99_ratio_vs_lerobot", "overhead_p99_ratio_vs_lerobot_ws",
+                               "batch8_throughput_ratio", "batch8_throughput_ratio_ws",
+                               "throughput_8_ratio_vs_lerobot_8_servers", "promote_to_serving_p99_s",
+                               "hot_swap_failed_requests", "schemathesis_5xx")}
+    return "\n".join([
+        "# Serving: our inference server vs LeRobot's PolicyServer and an openpi-style server", "",
+        f"Command: `{out['command']}` — {out['date']} — {out['machine']}. Same ACT (from config: "
+        f"{json.dumps(f['act'])}) behind every server. Bare forward (pre + model + post, batch 1, in process): "
+        f"p50 {f['bare_forward']['p50_ms']:.1f} ms, p99 {f['bare_forward']['p99_ms']:.1f} ms; batch of 8: "
+        f"p50 {f['bare_forward_batch8']['p50_ms']:.1f} ms. 8 LeRobot robots run against 8 LeRobot servers; "
+        "'own chunk' = the answer equals the chunk computed from the robot's own observation.", "",
+        *rows, "",
+        f"Promote to serving (deploy call -> first answer from the new version, 8 robots running): "
+        f"p50 {f['promote_to_serving_s']['p50']:.2f} s, p99 {f['promote_to_serving_s']['p99']:.2f} s over "
+        f"{len(f['promote_to_serving_s']['all'])} promotions; {f['hot_swap_requests']} requests during them, "
+        f"{f['hot_swap_failed_requests']} failed, versions monotone per robot: {f['hot_swap_versions_monotone_per_robot']}.", "",
+        "## Headline figures", "", *[f"- `{k}`: {v:.3f}" if isinstance(v, float) else f"- `{k}`: {v}" for k, v in heads.items()],
+        "", "Targets: p99 overhead <= 1/3 of LeRobot's (ratio <= 0.333); 8-robot throughput >= 3x single-robot; "
+        "promote-to-serving p99 <= 2 s; 0 failed requests during swaps; no 5xx under schemathesis.", ""])
+
+
+if __name__ == "__main__":
+    main()

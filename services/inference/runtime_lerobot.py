@@ -1,0 +1,38 @@
+"""A LeRobot policy version (ACT, diffusion, SmolVLA, ...) behind the same batched call as ours."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.inference.runtime import InputSpec, Observation
+from training.artifacts import ArtifactError
+from training.policies.lerobot_adapter.export import load_lerobot_artifact
+
+
+class LeRobotRuntime:
+    def __init__(self, version: str, artifact_dir: Path, expected_manifest_sha256: str | None = None):
+        d = Path(artifact_dir)
+        if expected_manifest_sha256 is not None:
+            got = hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest()
+            if got != expected_manifest_sha256:
+                raise ArtifactError(f"{d}: manifest digest {got[:12]} is not the registered {expected_manifest_sha256[:12]}")
+        self.policy, self.pre, self.post, cfg = load_lerobot_artifact(d)
+        self.version = version
+        cams = {c: (s[1], s[2], s[0]) for c, s in cfg["cameras"].items()}  # (C, H, W) -> wire (H, W, C)
+        self.spec = InputSpec(cfg["state_dim"], cfg["action_dim"], cfg["chunk"], cams)
+
+    @torch.inference_mode()
+    def act(self, obs: list[Observation]) -> np.ndarray:
+        batch = {"observation.state": torch.from_numpy(np.stack([o.state for o in obs])),
+                 "task": [o.instruction for o in obs]}
+        for c in self.spec.cameras:
+            batch[f"observation.images.{c}"] = (torch.from_numpy(np.stack([o.images[c] for o in obs]))
+                                                .permute(0, 3, 1, 2).float().div(255))
+        chunk = self.policy.predict_action_chunk(self.pre(batch))  # (B, H, A), normalised
+        B, H, A = chunk.shape
+        out = self.post(chunk.reshape(B * H, A)).reshape(B, H, A)
+        return out.float().cpu().numpy()

@@ -1,0 +1,57 @@
+"""The dashboard page in headless Chromium (Selenium, Debian's chromium + chromium-driver) against the
+real API: fleet, training runs, per-version plots, episodes with camera playback."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from data.store import EpisodeStore
+from tests.services.conftest import policy_artifact
+from tests.store.helpers import T0, record
+
+
+@pytest.fixture
+def browser():
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    opts.binary_location = shutil.which("chromium")
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_dashboard_shows_fleet_versions_runs_and_plays_back_an_episode(stack, browser, tmp_path):
+    with stack.client("researcher") as c:
+        v = c.post("/v1/versions", json={"artifact_dir": str(policy_artifact(tmp_path / "a", 1))}).json()["id"]
+    with stack.client("operator") as c:
+        c.post("/v1/deployments", json={"version": v})
+    store = EpisodeStore(stack.settings.store_root)
+    with stack.client("robot") as c:
+        c.post("/v1/robots/robot-0/heartbeat", json={"version": v})
+        for i in range(4):
+            ep, _ = record(store, robot="robot-0", cameras=1, version=v, corrections=range(3, 6), start=T0 + i * 3600 * 10**9)
+            c.post("/v1/episodes/register", json={"episode_id": ep.episode_id})
+    browser.get(f"{stack.api.url}/#token={stack.tokens['operator']}")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1")
+    assert browser.find_element(By.ID, "error").text == ""
+    fleet = browser.find_element(By.CSS_SELECTOR, "#fleet tbody tr[data-robot='robot-0']").text
+    assert v in fleet and "s ago" in fleet
+    versions = browser.find_element(By.CSS_SELECTOR, f"#versions tbody tr[data-version='{v}']").text
+    assert "100%" in versions  # all four episodes succeeded
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#plot-success circle")) == 4  # one point per hour bucket
+    rows = browser.find_elements(By.CSS_SELECTOR, "#episodes tbody tr")
+    assert len(rows) == 4 and "12%" in rows[0].text  # 3 correction ticks of 25
+    rows[0].click()
+    WebDriverWait(browser, 30).until(
+        lambda d: int(d.find_element(By.ID, "playback").get_attribute("data-tick") or -1) >= 10)
+    size = browser.execute_script("const i = document.getElementById('playback'); return [i.naturalWidth, i.naturalHeight];")
+    assert size == [64, 48]  # a real decoded camera frame
