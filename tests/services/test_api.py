@@ -201,3 +201,21 @@ def test_cli_talks_to_the_api_with_the_callers_role(stack, tmp_path):
     assert tok.returncode == 0 and "rcp_" in tok.stdout
     help_ = recap("serve", "--help", role="admin")
     assert help_.returncode == 0 and "inference" in help_.stdout and "worker" in help_.stdout
+
+
+def test_upload_a_lerobot_v3_dataset_as_demonstrations(stack, tmp_path):
+    from data.lerobot_io import export_lerobot
+
+    other = EpisodeStore(tmp_path / "elsewhere")
+    eps = [record(other, robot="teleop-rig", cameras=1, start=10**18 + i * 10**12)[0] for i in range(2)]
+    root = export_lerobot(other, [e.episode_id for e in eps], tmp_path / "lr", use_videos=False)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(root, arcname="dataset")
+    with stack.client("teleoperator") as c:
+        r = c.post("/v1/episodes/upload", files={"file": ("ds.tar", buf.getvalue())},
+                   data={"robot_id": "teleop-rig", "task_id": "push"})
+        assert r.status_code == 201, r.text
+        assert r.json()["format"] == "lerobot" and len(r.json()["episode_ids"]) == 2
+        got = c.get("/v1/episodes", params={"robot": "teleop-rig"}).json()
+        assert len(got) == 2 and all(e["num_ticks"] == 25 and e["outcome"] == "success" for e in got)

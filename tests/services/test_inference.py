@@ -200,3 +200,65 @@ def test_hot_swap_under_load_from_8_robots(stack, tmp_path):
         r = httpx.post(inf.url + "/v1/act", content=encode_request(np.zeros(STATE_DIM), {}, "push"),
                        headers={"Authorization": f"Bearer {tokens[robot]}", "Content-Type": MSGPACK})
         assert decode_answer(r.content, binary=True)["version"] == (versions[3] if robot == "arm-0" else versions[-1])
+
+
+def test_serves_a_lerobot_act_artifact_like_the_bare_policy(stack, tmp_path):
+    import torch
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.factory import get_policy_class, make_policy_config, make_pre_post_processors
+
+    from services.inference.runtime import Observation
+    from services.inference.runtime_lerobot import LeRobotRuntime
+    from training.artifacts import ArtifactError
+    from training.policies.lerobot_adapter.export import write_lerobot_artifact
+
+    torch.manual_seed(0)
+    inputs = {"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(STATE_DIM,)),
+              "observation.images.top": PolicyFeature(type=FeatureType.VISUAL, shape=(3, 32, 32))}
+    cfg = make_policy_config("act", input_features=inputs, output_features={
+        "action": PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,))}, device="cpu", chunk_size=5,
+        n_action_steps=5, dim_model=32, n_heads=2, dim_feedforward=64, n_encoder_layers=1, n_decoder_layers=1,
+        use_vae=False, pretrained_backbone_weights=None)
+    policy = get_policy_class("act")(cfg)
+    stats = {"observation.state": {"mean": np.ones(STATE_DIM), "std": np.full(STATE_DIM, 2.0)},
+             "action": {"mean": np.full(ACTION_DIM, 3.0), "std": np.full(ACTION_DIM, 0.5)},
+             "observation.images.top": {"mean": np.full((3, 1, 1), 0.5), "std": np.full((3, 1, 1), 0.2)}}
+    pre, post = make_pre_post_processors(cfg, dataset_stats=stats)
+    write_lerobot_artifact(tmp_path / "act", policy, pre, post, lineage={"run": "handmade-act"})
+    with stack.client("researcher") as c:
+        v = c.post("/v1/versions", json={"artifact_dir": str(tmp_path / "act")}).json()
+        assert v["policy_type"] == "lerobot_act", v
+    with stack.client("operator") as c:
+        c.post("/v1/deployments", json={"version": v["id"]})
+    inf = stack.start_inference()
+    _wait_serving(inf.url, lambda s: v["id"] in s["versions"])
+    rng = np.random.default_rng(3)
+    state, img = rng.normal(size=STATE_DIM).astype(np.float32), rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    r = httpx.post(inf.url + "/v1/act", content=encode_request(state, {"top": img}),
+                   headers={"Authorization": f"Bearer {stack.tokens['robot']}", "Content-Type": MSGPACK})
+    assert r.status_code == 200, r.text
+    served = decode_answer(r.content, binary=True)["actions"]
+    with torch.inference_mode():  # the policy itself, through LeRobot's own processors
+        b = pre({"observation.state": torch.from_numpy(state), "task": "",
+                 "observation.images.top": torch.from_numpy(img).permute(2, 0, 1).float() / 255})
+        bare = post(policy.eval().predict_action_chunk(b)[0]).numpy()
+    assert served.shape == (5, ACTION_DIM) and np.allclose(served, bare, atol=1e-4)
+    (tmp_path / "act" / "lerobot.config.json").write_text("{}")  # tampered after registration: refused
+    with pytest.raises(ArtifactError, match="lerobot.config.json"):
+        LeRobotRuntime("x", tmp_path / "act")
+
+
+def test_a_tampered_artifact_is_refused_and_the_old_version_keeps_serving(stack, tmp_path):
+    v1, v2 = _deploy_versions(stack, tmp_path, 2, cameras=())
+    with stack.client("operator") as c:
+        c.post("/v1/deployments", json={"version": v1})
+    inf = stack.start_inference()
+    _wait_serving(inf.url, lambda s: s["fleet_version"] == v1)
+    (tmp_path / "art1" / "model.safetensors").write_bytes(b"\0" * 64)  # v2's weights damaged on disk
+    with stack.client("operator") as c:
+        assert c.post("/v1/deployments", json={"version": v2}).status_code == 201
+    s = _wait_serving(inf.url, lambda s: s["load_failures"] >= 1)
+    assert s["fleet_version"] == v1 and list(s["versions"]) == [v1]
+    r = httpx.post(inf.url + "/v1/act", content=encode_request(np.zeros(STATE_DIM), {}, "push"),
+                   headers={"Authorization": f"Bearer {stack.tokens['robot']}", "Content-Type": MSGPACK})
+    assert r.status_code == 200 and decode_answer(r.content, binary=True)["version"] == v1
