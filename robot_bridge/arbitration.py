@@ -1,0 +1,132 @@
+"""Who drives the arm this tick, without ROS: the teleoperator while engaged, else the next action
+of the current policy chunk, else hold position (after the deadline for a fresh chunk). And the
+causal alignment of sensor samples to a tick. Pure Python + numpy, so it is tested directly."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from data.schema import ActionSource
+
+
+@dataclass
+class Sample:
+    stamp_ns: int
+    value: object
+
+
+class SampleBuffer:
+    """The latest sample at or before a tick's time (never a newer one: causal), and how stale it is.
+    Holds a few samples per stream, because a message stamped before the tick may arrive after a
+    newer one was already received."""
+
+    def __init__(self, keep: int = 8):
+        self._samples: deque[Sample] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    def add(self, stamp_ns: int, value) -> None:
+        with self._lock:
+            self._samples.append(Sample(stamp_ns, value))
+
+    def at(self, tick_ns: int) -> Sample | None:
+        with self._lock:
+            best = None
+            for s in self._samples:
+                if s.stamp_ns <= tick_ns and (best is None or s.stamp_ns > best.stamp_ns):
+                    best = s
+            return best
+
+
+@dataclass
+class Decision:
+    action: np.ndarray
+    source: ActionSource
+    policy_version: str | None
+    proposed: np.ndarray | None  # the policy chunk this action came from (None: human or hold)
+    late: bool = False  # the policy had no fresh action by the deadline: holding position
+
+
+@dataclass
+class ChunkQueue:
+    """The actions of the newest chunk not yet executed, with the version that computed it."""
+
+    actions: deque = field(default_factory=deque)
+    version: str | None = None
+    chunk: np.ndarray | None = None
+    obs_tick: int = -1  # the tick whose observation produced the chunk
+
+
+class ActionArbiter:
+    """One decision per control tick. Chunks arrive asynchronously (`offer_chunk`); a chunk computed
+    on an observation older than the last human release is dropped, so control resumes from a chunk
+    of the current observation, never from a stale queue."""
+
+    def __init__(self, action_dim: int, low: np.ndarray, high: np.ndarray, deadline_ticks: int,
+                 refill_below: int, execute: int | None = None, hold_mode: str = "zero_delta",
+                 hold_keep: tuple[int, ...] = ()):
+        self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+        self.action_dim, self.deadline_ticks, self.refill_below = action_dim, deadline_ticks, refill_below
+        self.execute = execute  # actions used per chunk (None: the whole chunk)
+        self.queue = ChunkQueue()
+        self._lock = threading.Lock()
+        self._was_engaged = False
+        self._released_at = -1
+        self._starved_since: int | None = None
+        self.late_ticks = 0
+        # "zero_delta": delta/velocity commands, hold = 0 (except `hold_keep` dims, e.g. a gripper,
+        # which keep their last command); "position": absolute commands, hold = the measured state.
+        self.hold_mode, self.hold_keep = hold_mode, tuple(hold_keep)
+        self._last = np.zeros(action_dim, np.float32)
+
+    def offer_chunk(self, chunk: np.ndarray, version: str, obs_tick: int) -> bool:
+        with self._lock:
+            if obs_tick < self._released_at or obs_tick <= self.queue.obs_tick:
+                return False  # older than the hand-over, or than what we hold
+            n = len(chunk) if self.execute is None else min(self.execute, len(chunk))
+            self.queue = ChunkQueue(deque(np.asarray(chunk[:n], np.float32)), version, np.asarray(chunk), obs_tick)
+            return True
+
+    def needs_chunk(self) -> bool:
+        """Ask for the next chunk ahead of time, when the queue runs low."""
+        with self._lock:
+            return len(self.queue.actions) < self.refill_below and not self._was_engaged
+
+    def decide(self, tick: int, state: np.ndarray, human: np.ndarray | None, engaged: bool) -> Decision:
+        with self._lock:
+            if engaged and human is not None:
+                self._was_engaged = True
+                self.queue = ChunkQueue(obs_tick=self.queue.obs_tick)  # drop the stale plan
+                return self._out(Decision(self._clip(human), ActionSource.CORRECTION, None, None))
+            if self._was_engaged:  # released: only chunks from observations from now on count
+                self._was_engaged = False
+                self._released_at = tick
+                self.queue = ChunkQueue(obs_tick=tick - 1)
+            if self.queue.actions:
+                self._starved_since = None
+                a = self.queue.actions.popleft()
+                return self._out(Decision(self._clip(a), ActionSource.POLICY, self.queue.version, self.queue.chunk))
+            if self._starved_since is None:
+                self._starved_since = tick
+            self.late_ticks += 1
+            late = tick - self._starved_since >= self.deadline_ticks
+            return self._out(Decision(self._hold(state), ActionSource.HOLD, None, None, late=late))
+
+    def _out(self, d: Decision) -> Decision:
+        self._last = d.action
+        return d
+
+    def _clip(self, a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, np.float32)
+        return np.clip(a, self.low, self.high)
+
+    def _hold(self, state: np.ndarray) -> np.ndarray:
+        if self.hold_mode == "position":
+            return self._clip(np.asarray(state[: self.action_dim], np.float32))
+        a = np.zeros(self.action_dim, np.float32)
+        for i in self.hold_keep:
+            a[i] = self._last[i]
+        return a

@@ -1,0 +1,317 @@
+"""The bridge: one ROS 2 node per robot that runs the deployed policy, lets a human take over at any
+moment, and records every control tick through the crash-safe episode writer.
+
+Topics (standard types, so it drops into a ros2_control stack):
+  in   joint_state_topic     sensor_msgs/JointState        (position -> the state vector)
+  in   camera topics         sensor_msgs/Image (rgb8) or sensor_msgs/CompressedImage (jpeg)
+  in   teleop_command_topic  std_msgs/Float64MultiArray    (the human's action while engaged)
+  in   engage_topic          std_msgs/Bool                 (pedal / button)
+  out  command_topic         std_msgs/Float64MultiArray or trajectory_msgs/JointTrajectory
+  out  ~/stats               std_msgs/String (JSON counters, 1 Hz)
+Services: ~/start_episode (std_srvs/Trigger; task and instruction from parameters),
+          ~/end_episode (std_srvs/SetBool: data = success).
+
+    python -m robot_bridge.bridge_node --ros-args --params-file deploy/ros2/bridge.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray, String
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from data.schema import ActionSource, CameraSpec, EpisodeFeatures, Outcome, Tick
+from data.store import EpisodeStore
+from robot_bridge.arbitration import ActionArbiter, SampleBuffer
+from robot_bridge.policy_client import PolicyClient
+from robot_bridge.registration import PendingRegistrations
+
+log = logging.getLogger(__name__)
+
+PARAMS = {  # name: (default, description)
+    "robot_id": ("robot-0", "this robot's id (the API and the episode store know it by it)"),
+    "control_rate_hz": (30.0, "control ticks per second"),
+    "state_dim": (4, "joints read from the joint state"),
+    "action_dim": (4, "command dimensions"),
+    "joint_state_topic": ("joint_states", "sensor_msgs/JointState"),
+    "camera_names": ([""], "camera names (empty: none)"),
+    "camera_topics": ([""], "one topic per camera"),
+    "camera_height": (0, "image height of every camera"),
+    "camera_width": (0, "image width of every camera"),
+    "camera_compressed": (False, "CompressedImage (JPEG) instead of Image"),
+    "teleop_command_topic": ("teleop/command", "std_msgs/Float64MultiArray"),
+    "engage_topic": ("teleop/engage", "std_msgs/Bool"),
+    "command_topic": ("command", "where commands go"),
+    "command_type": ("float64_array", "float64_array or joint_trajectory"),
+    "joint_names": ([""], "for joint_trajectory commands"),
+    "action_low": ([-1.0], "per-dimension lower limit (one value: all)"),
+    "action_high": ([1.0], "per-dimension upper limit (one value: all)"),
+    "hold_mode": ("zero_delta", "zero_delta (velocity/delta commands) or position"),
+    "hold_keep": ([-1], "dimensions that keep their last command while holding (e.g. a gripper)"),
+    "inference_url": ("", "inference server, e.g. http://127.0.0.1:8001 (empty: no policy)"),
+    "inference_token": ("", "this robot's token"),
+    "api_url": ("", "control-plane API for episode registration (empty: none)"),
+    "store_root": ("recap_home/store", "episode store"),
+    "deadline_ms": (200.0, "no fresh policy action this long after the queue ran dry: flagged late"),
+    "refill_below": (4, "request the next chunk when fewer actions than this are queued"),
+    "execute": (0, "actions executed per chunk (0: the whole chunk)"),
+    "task": ("task", "task id of the next episode"),
+    "instruction": ("", "instruction text of the next episode (sent to the policy)"),
+    "fsync": (True, "fsync every flush (off only for tests)"),
+}
+
+
+@dataclass
+class Counters:
+    ticks: int = 0
+    no_state_ticks: int = 0
+    stale_samples: int = 0
+    late_ticks: int = 0
+    hold_ticks: int = 0
+    correction_ticks: int = 0
+    refused: dict = field(default_factory=lambda: {"joint_state": 0, "image": 0, "teleop": 0})
+    lateness_ms: list = field(default_factory=list)
+
+
+class BridgeNode(Node):
+    def __init__(self, **overrides):
+        super().__init__("recap_bridge")
+        for name, (default, desc) in PARAMS.items():
+            self.declare_parameter(name, overrides.get(name, default))
+        p = {n: self.get_parameter(n).value for n in PARAMS}
+        self.p = p
+        self.robot_id = p["robot_id"]
+        self.period_ns = int(1e9 / p["control_rate_hz"])
+        self.state_dim, self.action_dim = int(p["state_dim"]), int(p["action_dim"])
+        self.cameras = {n: t for n, t in zip(p["camera_names"], p["camera_topics"]) if n}
+        self.cam_shape = (int(p["camera_height"]), int(p["camera_width"]), 3)
+        low = np.broadcast_to(np.asarray(p["action_low"], np.float32), (self.action_dim,))
+        high = np.broadcast_to(np.asarray(p["action_high"], np.float32), (self.action_dim,))
+        deadline_ticks = max(1, int(round(p["deadline_ms"] * 1e6 / self.period_ns)))
+        self.arbiter = ActionArbiter(self.action_dim, low, high, deadline_ticks, int(p["refill_below"]),
+                                     execute=int(p["execute"]) or None, hold_mode=p["hold_mode"],
+                                     hold_keep=tuple(i for i in p["hold_keep"] if i >= 0))
+        self.state_buf = SampleBuffer()
+        self.image_bufs = {c: SampleBuffer() for c in self.cameras}
+        self.human = SampleBuffer()
+        self.engaged = False
+        self.counters = Counters()
+        self.store = EpisodeStore(p["store_root"])
+        self.registrations = PendingRegistrations(Path(p["store_root"]).parent / "pending_registrations" / self.robot_id,
+                                                  p["api_url"] or None, p["inference_token"] or None)
+        self.policy = (PolicyClient(p["inference_url"], p["inference_token"], self.arbiter.offer_chunk)
+                       if p["inference_url"] else None)
+        self.writer = None
+        self.episode_task = ""
+        self.tick_index = 0
+        self._lock = threading.Lock()
+
+        self.create_subscription(JointState, p["joint_state_topic"], self._on_joint_state, 10)
+        for cam, topic in self.cameras.items():
+            if p["camera_compressed"]:
+                self.create_subscription(CompressedImage, topic, lambda m, c=cam: self._on_compressed(c, m), 4)
+            else:
+                self.create_subscription(Image, topic, lambda m, c=cam: self._on_image(c, m), 4)
+        self.create_subscription(Float64MultiArray, p["teleop_command_topic"], self._on_teleop, 10)
+        self.create_subscription(Bool, p["engage_topic"], self._on_engage, 10)
+        if p["command_type"] == "joint_trajectory":
+            self.cmd_pub = self.create_publisher(JointTrajectory, p["command_topic"], 10)
+        else:
+            self.cmd_pub = self.create_publisher(Float64MultiArray, p["command_topic"], 10)
+        self.stats_pub = self.create_publisher(String, "~/stats", 10)
+        self.create_service(Trigger, "~/start_episode", self._start_episode)
+        self.create_service(SetBool, "~/end_episode", self._end_episode)
+        self.next_tick_ns = time.monotonic_ns() + self.period_ns
+        self._control = threading.Thread(target=self._control_loop, name="control", daemon=True)
+        self._running = True
+        self._control.start()
+        self.create_timer(1.0, self._publish_stats)
+        self.get_logger().info(f"bridge for {self.robot_id}: {json.dumps({k: v for k, v in p.items() if 'token' not in k})}")
+
+    # -- inputs (validated; a bad message is refused and counted, never reaches the arm) ----------
+
+    @staticmethod
+    def _stamp_ns(header) -> int:
+        return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+    def _on_joint_state(self, m: JointState) -> None:
+        pos = np.asarray(m.position, np.float64)
+        if pos.shape != (self.state_dim,) or not np.all(np.isfinite(pos)):
+            self.counters.refused["joint_state"] += 1
+            return
+        self.state_buf.add(self._stamp_ns(m.header) or self.get_clock().now().nanoseconds, pos.astype(np.float32))
+
+    def _on_image(self, cam: str, m: Image) -> None:
+        if m.encoding != "rgb8" or (m.height, m.width, 3) != self.cam_shape or len(m.data) != m.height * m.width * 3:
+            self.counters.refused["image"] += 1
+            return
+        img = np.frombuffer(bytes(m.data), np.uint8).reshape(self.cam_shape)
+        self.image_bufs[cam].add(self._stamp_ns(m.header), img)
+
+    def _on_compressed(self, cam: str, m: CompressedImage) -> None:
+        import simplejpeg
+
+        try:
+            img = simplejpeg.decode_jpeg(bytes(m.data), colorspace="RGB")
+        except Exception:
+            img = None
+        if img is None or img.shape != self.cam_shape:
+            self.counters.refused["image"] += 1
+            return
+        self.image_bufs[cam].add(self._stamp_ns(m.header), img)
+
+    def _on_teleop(self, m: Float64MultiArray) -> None:
+        a = np.asarray(m.data, np.float64)
+        if a.shape != (self.action_dim,) or not np.all(np.isfinite(a)):
+            self.counters.refused["teleop"] += 1
+            return
+        self.human.add(self.get_clock().now().nanoseconds, a.astype(np.float32))
+
+    def _on_engage(self, m: Bool) -> None:
+        self.engaged = bool(m.data)
+
+    # -- episodes ----------------------------------------------------------------------------------
+
+    def _start_episode(self, _req, resp):
+        with self._lock:
+            if self.writer is not None:
+                resp.success, resp.message = False, f"episode {self.writer.episode_id} is running"
+                return resp
+            self.episode_task = self.get_parameter("task").value
+            feats = EpisodeFeatures(self.state_dim, self.action_dim,
+                                    {c: CameraSpec(*self.cam_shape[:2]) for c in self.cameras}, proposed_chunk=1)
+            self.writer = self.store.new_episode(robot_id=self.robot_id, task_id=self.episode_task, features=feats,
+                                                 fps=1e9 / self.period_ns,
+                                                 instruction=self.get_parameter("instruction").value,
+                                                 fsync=bool(self.p["fsync"]))
+            self.tick_index = 0
+            resp.success, resp.message = True, self.writer.episode_id
+        self.get_logger().info(f"episode {resp.message} started ({self.episode_task})")
+        return resp
+
+    def _end_episode(self, req, resp):
+        with self._lock:
+            w, self.writer = self.writer, None
+        if w is None:
+            resp.success, resp.message = False, "no episode is running"
+            return resp
+        info = w.commit(Outcome.SUCCESS if req.data else Outcome.FAILURE, f"bridge:{self.robot_id}")
+        self.registrations.add(info.episode_id)
+        resp.success, resp.message = True, info.episode_id
+        self.get_logger().info(f"episode {info.episode_id} committed: {info.num_ticks} ticks, "
+                               f"{'success' if req.data else 'failure'}")
+        return resp
+
+    # -- the control loop (its own thread: never waits on the network or the executor) ------------
+
+    def _control_loop(self) -> None:
+        while self._running:
+            now = time.monotonic_ns()
+            if now < self.next_tick_ns:
+                time.sleep((self.next_tick_ns - now) / 1e9)
+                continue
+            lateness = now - self.next_tick_ns
+            self.next_tick_ns += self.period_ns
+            if lateness > self.period_ns:  # fell behind: skip to the next slot rather than burst
+                self.next_tick_ns = now + self.period_ns
+            try:
+                self._tick(lateness)
+            except Exception as e:  # a tick must never kill the loop; the error is logged and counted
+                self.get_logger().error(f"tick failed: {e!r}")
+
+    def _tick(self, lateness_ns: int) -> None:
+        c = self.counters
+        t_ns = self.get_clock().now().nanoseconds
+        s = self.state_buf.at(t_ns)
+        if s is None:
+            c.no_state_ticks += 1
+            return
+        if t_ns - s.stamp_ns > 2 * self.period_ns:
+            c.stale_samples += 1
+        images = {}
+        for cam, buf in self.image_bufs.items():
+            im = buf.at(t_ns)
+            if im is None:
+                c.no_state_ticks += 1
+                return
+            if t_ns - im.stamp_ns > 2 * self.period_ns:
+                c.stale_samples += 1
+            images[cam] = im.value
+        with self._lock:
+            writer, tick = self.writer, self.tick_index
+            if writer is not None:
+                self.tick_index += 1
+        human = self.human.at(t_ns)
+        engaged = self.engaged and human is not None
+        if writer is not None and self.policy is not None and not engaged and self.arbiter.needs_chunk() \
+                and not self.policy.busy:
+            self.policy.request(tick, s.value, images, self.get_parameter("instruction").value)
+        if writer is None and not engaged:
+            return  # between episodes the arm is left alone (only a human may drive it)
+        d = self.arbiter.decide(tick, s.value, human.value if human else None, engaged)
+        self._publish(d.action)
+        c.ticks += 1
+        c.lateness_ms.append(lateness_ns / 1e6)
+        c.late_ticks += d.late
+        c.hold_ticks += d.source == ActionSource.HOLD
+        c.correction_ticks += d.source == ActionSource.CORRECTION
+        if writer is not None:
+            writer.append(Tick(t_ns, s.value, d.action, d.source, images=images,
+                               proposed=None if d.proposed is None else d.action, policy_version=d.policy_version))
+
+    def _publish(self, action: np.ndarray) -> None:
+        if self.p["command_type"] == "joint_trajectory":
+            msg = JointTrajectory(joint_names=list(self.p["joint_names"]))
+            msg.points = [JointTrajectoryPoint(positions=[float(x) for x in action])]
+        else:
+            msg = Float64MultiArray(data=[float(x) for x in action])
+        self.cmd_pub.publish(msg)
+
+    def _publish_stats(self) -> None:
+        c = self.counters
+        lat = np.asarray(c.lateness_ms[-3000:]) if c.lateness_ms else np.zeros(1)
+        doc = {"robot": self.robot_id, "ticks": c.ticks, "no_state_ticks": c.no_state_ticks,
+               "stale_samples": c.stale_samples, "late_ticks": c.late_ticks, "hold_ticks": c.hold_ticks,
+               "correction_ticks": c.correction_ticks, "refused": c.refused,
+               "lateness_p50_ms": float(np.percentile(lat, 50)), "lateness_p99_ms": float(np.percentile(lat, 99)),
+               "episode": self.writer.episode_id if self.writer else None,
+               "policy_errors": self.policy.errors if self.policy else 0,
+               "pending_registrations": len(self.registrations.pending())}
+        self.stats_pub.publish(String(data=json.dumps(doc)))
+
+    def shutdown(self) -> None:
+        self._running = False
+        self._control.join(timeout=2)
+        if self.policy:
+            self.policy.close()
+        self.registrations.close()
+
+
+def main(args=None) -> None:
+    logging.basicConfig(level=logging.INFO)
+    rclpy.init(args=args)
+    node = BridgeNode()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""A Meta-World arm behind the topics a real arm uses: sensor_msgs/JointState (the 39-D state as
+positions obs0..obs38), an optional rendered sensor_msgs/Image, a std_msgs/Float64MultiArray command
+topic (4-D: hand delta xyz + gripper), ~/success (std_msgs/Bool) and ~/reset (std_srvs/Trigger: next
+layout). Steps the simulation in real time at `rate_hz` with the latest command.
+
+    python -m robot_bridge.sim.arm_node --ros-args -p task:=push-v3 -p rate_hz:=30.0
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray
+from std_srvs.srv import Trigger
+
+
+class SimArmNode(Node):
+    def __init__(self):
+        super().__init__("sim_arm")
+        for name, default in (("task", "push-v3"), ("seed", 0), ("rate_hz", 30.0), ("image_height", 0),
+                              ("image_width", 0), ("state_topic", "joint_states"), ("command_topic", "command"),
+                              ("camera_topic", "camera/front"), ("max_steps", 400)):
+            self.declare_parameter(name, default)
+        g = lambda n: self.get_parameter(n).value  # noqa: E731
+        from training.sim.arm import MetaWorldArm
+
+        size = (g("image_height"), g("image_width")) if g("image_height") else None
+        self.arm = MetaWorldArm(g("task"), max_steps=g("max_steps"), image_size=size)
+        self.seed = int(g("seed"))
+        self.obs = self.arm.reset(self.seed)
+        self.command = np.zeros(4, np.float32)
+        self.success = False
+        self.steps = 0
+        self._lock = threading.Lock()
+        self.state_pub = self.create_publisher(JointState, g("state_topic"), 10)
+        self.image_pub = self.create_publisher(Image, g("camera_topic"), 4) if size else None
+        self.success_pub = self.create_publisher(Bool, "~/success", 10)
+        self.create_subscription(Float64MultiArray, g("command_topic"), self._on_command, 10)
+        self.create_service(Trigger, "~/reset", self._reset)
+        self.period = 1.0 / g("rate_hz")
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _on_command(self, m: Float64MultiArray) -> None:
+        a = np.asarray(m.data, np.float32)
+        if a.shape == (4,) and np.all(np.isfinite(a)):
+            with self._lock:
+                self.command = np.clip(a, -1, 1)
+
+    def _reset(self, _req, resp):
+        with self._lock:
+            self.seed += 1
+            self.obs = self.arm.reset(self.seed)
+            self.command[:] = 0
+            self.success, self.steps = False, 0
+        resp.success, resp.message = True, str(self.seed)
+        return resp
+
+    def _loop(self) -> None:
+        nxt = time.monotonic()
+        while self._running:
+            nxt += self.period
+            with self._lock:
+                res = self.arm.step(self.command)
+                self.obs, self.success = res.obs, self.success or res.success
+                self.steps += 1
+                images = self.arm.images() if self.image_pub else {}
+            stamp = self.get_clock().now().to_msg()
+            js = JointState(name=[f"obs{i}" for i in range(len(self.obs))], position=[float(x) for x in self.obs])
+            js.header.stamp = stamp
+            self.state_pub.publish(js)
+            for frame in images.values():
+                img = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8", step=frame.shape[1] * 3,
+                            data=frame.tobytes())
+                img.header.stamp = stamp
+                self.image_pub.publish(img)
+            self.success_pub.publish(Bool(data=self.success))
+            time.sleep(max(0.0, nxt - time.monotonic()))
+
+    def shutdown(self) -> None:
+        self._running = False
+        self._thread.join(timeout=2)
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = SimArmNode()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

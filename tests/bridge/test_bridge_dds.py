@@ -1,0 +1,121 @@
+"""The bridge over real DDS, every node in its own process: simulated arm, scripted teleoperator,
+bridge; the test drives episodes through the bridge's ROS 2 services like the CLI does."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.schema import ActionSource
+from data.store import EpisodeStore
+
+
+@pytest.fixture
+def ros_env(monkeypatch):
+    env = {"ROS_DOMAIN_ID": str(random.randint(1, 200)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", "MUJOCO_GL": "osmesa", "PYTHONUNBUFFERED": "1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def _node(module: str, params: dict, log: Path) -> subprocess.Popen:
+    args = [sys.executable, "-m", module, "--ros-args"]
+    for k, v in params.items():
+        args += ["-p", f"{k}:={json.dumps(v) if isinstance(v, (list, bool)) else v}"]
+    return subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=os.environ.copy())
+
+
+class Driver:
+    """The test's own ROS 2 node: calls the bridge's services, publishes malformed input, reads stats."""
+
+    def __init__(self):
+        import rclpy
+        from std_msgs.msg import String
+
+        rclpy.init()
+        self.rclpy = rclpy
+        self.node = rclpy.create_node("test_driver")
+        self.stats: list[dict] = []
+        self.node.create_subscription(String, "/recap_bridge/stats", lambda m: self.stats.append(json.loads(m.data)), 10)
+
+    def call(self, srv_type, name: str, request, timeout: float = 30.0):
+        cli = self.node.create_client(srv_type, name)
+        assert cli.wait_for_service(timeout_sec=timeout), f"{name} not available"
+        fut = cli.call_async(request)
+        self.rclpy.spin_until_future_complete(self.node, fut, timeout_sec=timeout)
+        assert fut.done(), f"{name} did not answer"
+        return fut.result()
+
+    def spin(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.rclpy.spin_once(self.node, timeout_sec=0.05)
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        self.rclpy.shutdown()
+
+
+@pytest.mark.slow
+def test_bridge_records_holds_and_corrections_over_dds(ros_env, tmp_path):
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray
+    from std_srvs.srv import SetBool, Trigger
+
+    store_root = tmp_path / "home" / "store"
+    procs = [
+        _node("robot_bridge.sim.arm_node", {"task": "push-v3", "rate_hz": 30.0}, tmp_path / "arm.log"),
+        _node("robot_bridge.sim.teleop_node", {"task": "push-v3"}, tmp_path / "teleop.log"),
+        _node("robot_bridge.bridge_node", {"robot_id": "sim-arm-0", "state_dim": 39, "action_dim": 4,
+                                           "store_root": str(store_root), "task": "push-v3", "instruction": "push",
+                                           "hold_keep": [3], "fsync": False}, tmp_path / "bridge.log"),
+    ]
+    d = Driver()
+    try:
+        d.spin(3.0)
+        start = d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request())
+        assert start.success, start.message
+        # malformed input while the episode runs: refused and counted, never sent to the arm
+        bad_js = d.node.create_publisher(JointState, "joint_states", 10)
+        bad_cmd = d.node.create_publisher(Float64MultiArray, "teleop/command", 10)
+        for _ in range(5):
+            bad_js.publish(JointState(position=[0.0] * 7))
+            bad_js.publish(JointState(position=[float("nan")] * 39))
+            bad_cmd.publish(Float64MultiArray(data=[0.0, 1.0]))
+            d.spin(0.1)
+        d.spin(5.0)
+        end = d.call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=False))
+        assert end.success, end.message
+        d.spin(1.5)
+    finally:
+        d.close()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+    logs = {n: (tmp_path / f"{n}.log").read_text() for n in ("arm", "teleop", "bridge")}
+    for name, text in logs.items():
+        assert "Traceback" not in text and "tick failed" not in text, f"{name}:\n{text[-3000:]}"
+    ep = EpisodeStore(store_root).open(end.message)
+    src = ep.action_source
+    assert len(ep) > 100  # ~30 Hz for ~5.5 s
+    corr = src == ActionSource.CORRECTION
+    hold = src == ActionSource.HOLD
+    assert corr.sum() >= 20 and hold.sum() >= 20 and (corr | hold).all()  # no policy: the human or holding
+    assert np.abs(ep.action[corr][:, :3]).max() > 0.1 and np.allclose(ep.action[hold][:, :3], 0)
+    # corrections come in takeovers of contiguous ticks
+    starts = np.flatnonzero(np.diff(corr.astype(int)) == 1)
+    assert 1 <= len(starts) + int(corr[0]) <= 3
+    assert "engaged" in logs["teleop"] and "released" in logs["teleop"]
+    s = d.stats[-1]
+    assert s["refused"]["joint_state"] >= 10 and s["refused"]["teleop"] >= 5
+    assert np.all(np.isfinite(ep.state))
