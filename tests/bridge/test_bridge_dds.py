@@ -119,3 +119,86 @@ def test_bridge_records_holds_and_corrections_over_dds(ros_env, tmp_path):
     s = d.stats[-1]
     assert s["refused"]["joint_state"] >= 10 and s["refused"]["teleop"] >= 5
     assert np.all(np.isfinite(ep.state))
+
+
+@pytest.mark.slow
+def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(ros_env, stack, tmp_path):
+    """Policy chunks from the real inference server, with the version in every tick; the server
+    stopped mid-episode -> hold, flagged late -> policy again when it is back; the API down -> the
+    registration waits on disk; the bridge SIGKILLed mid-episode -> committed episodes intact, the
+    in-flight one recovered by fsck, the waiting registration delivered after the restart."""
+    import signal
+
+    from std_srvs.srv import SetBool, Trigger
+
+    from data.fsck import fsck
+    from services.launch import start_uvicorn
+    from tests.services.conftest import policy_artifact
+
+    with stack.client("researcher") as c:
+        v = c.post("/v1/versions", json={"artifact_dir": str(policy_artifact(tmp_path / "p", 1, state_dim=39,
+                                                                              action_dim=4, chunk=8))}).json()["id"]
+    token = stack.robot_token("sim-arm-1")
+    with stack.client("operator") as c:
+        c.post("/v1/deployments", json={"version": v})
+    inf = stack.start_inference()
+    store_root = Path(stack.settings.store_root)
+    params = {"robot_id": "sim-arm-1", "state_dim": 39, "action_dim": 4, "store_root": str(store_root),
+              "task": "push-v3", "instruction": "push", "hold_keep": [3], "fsync": False,
+              "inference_url": inf.url, "inference_token": token, "api_url": stack.api.url,
+              "deadline_ms": 150.0, "execute": 4}
+    arm = _node("robot_bridge.sim.arm_node", {"task": "push-v3", "rate_hz": 30.0}, tmp_path / "arm.log")
+    bridge = _node("robot_bridge.bridge_node", params, tmp_path / "bridge.log")
+    d = Driver()
+    try:
+        d.spin(3.0)
+        assert d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request()).success
+        d.spin(2.0)
+        inf.stop()  # the inference server goes away mid-episode ...
+        d.spin(2.0)
+        stack.extra.append(start_uvicorn("inference-2", "services.inference.server:create_app", stack.logs,
+                                         stack.env(), port=inf.port))  # ... and comes back
+        d.spin(2.0)
+        first = d.call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=True)).message
+        d.spin(1.0)
+        api_port = stack.api.port
+        stack.api.stop()  # the API is down: the next registration waits on disk
+        assert d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request()).success
+        d.spin(2.0)
+        second = d.call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=False)).message
+        assert d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request()).success
+        d.spin(2.0)
+        os.kill(bridge.pid, signal.SIGKILL)  # the bridge dies mid-episode
+        bridge.wait(10)
+        pending = store_root.parent / "pending_registrations" / "sim-arm-1"
+        assert [p.stem for p in pending.glob("*.json")] == [second]
+        stack.api = start_uvicorn("api-2", "services.api.app:create_app", stack.logs, stack.env(), port=api_port)
+        bridge = _node("robot_bridge.bridge_node", params, tmp_path / "bridge2.log")
+        deadline = time.monotonic() + 60
+        while list(pending.glob("*.json")) and time.monotonic() < deadline:
+            d.spin(0.5)
+    finally:
+        d.close()
+        for p in (arm, bridge):
+            p.terminate()
+            p.wait(10)
+    assert not list(pending.glob("*.json")), "the waiting registration was not delivered after the restart"
+    with stack.client("operator") as c:
+        registered = {e["id"] for e in c.get("/v1/episodes", params={"robot": "sim-arm-1"}).json()}
+    assert {first, second} <= registered
+    store = EpisodeStore(store_root)
+    ep1 = store.open(first)
+    src = ep1.action_source
+    pol = np.flatnonzero(src == ActionSource.POLICY)
+    assert len(pol) > 30 and {ep1.policy_version(int(t)) for t in pol} == {v}
+    hold = np.flatnonzero(src == ActionSource.HOLD)
+    assert len(hold) >= 30  # ~2 s of outage at 30 Hz: held
+    assert (pol > hold.max()).any()  # control came back to the policy after the outage
+    checksum = ep1.checksum
+    report = fsck(store, repair=True)
+    assert len(report.recovered) == 1, report.to_dict()
+    (in_flight,) = report.recovered
+    assert in_flight not in (first, second) and store.open(in_flight).info.status == "incomplete"
+    assert store.open(first).checksum == checksum  # committed episodes untouched by the kill
+    bridge_log = (tmp_path / "bridge.log").read_text()
+    assert "tick failed" not in bridge_log

@@ -1,0 +1,1 @@
+from tests.services.conftest import stack  # noqa: F401  (Redis + API processes, shared with the service tests)
