@@ -84,8 +84,8 @@ class ActionArbiter:
 
     def offer_chunk(self, chunk: np.ndarray, version: str, obs_tick: int) -> bool:
         with self._lock:
-            if obs_tick < self._released_at or obs_tick <= self.queue.obs_tick:
-                return False  # older than the hand-over, or than what we hold
+            if self._was_engaged or obs_tick < self._released_at or obs_tick <= self.queue.obs_tick:
+                return False  # the human drives, or older than the hand-over or than what we hold
             n = len(chunk) if self.execute is None else min(self.execute, len(chunk))
             self.queue = ChunkQueue(deque(np.asarray(chunk[:n], np.float32)), version, np.asarray(chunk), obs_tick)
             return True

@@ -216,7 +216,7 @@ class BridgeNode(Node):
     # -- the control loop (its own thread: never waits on the network or the executor) ------------
 
     def _control_loop(self) -> None:
-        while self._running:
+        while self._running and rclpy.ok():
             now = time.monotonic_ns()
             if now < self.next_tick_ns:
                 time.sleep((self.next_tick_ns - now) / 1e9)
@@ -228,6 +228,8 @@ class BridgeNode(Node):
             try:
                 self._tick(lateness)
             except Exception as e:  # a tick must never kill the loop; the error is logged and counted
+                if not rclpy.ok():
+                    return  # shutting down
                 self.get_logger().error(f"tick failed: {e!r}")
 
     def _tick(self, lateness_ns: int) -> None:

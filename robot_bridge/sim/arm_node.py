@@ -64,24 +64,32 @@ class SimArmNode(Node):
 
     def _loop(self) -> None:
         nxt = time.monotonic()
-        while self._running:
+        while self._running and rclpy.ok():
             nxt += self.period
             with self._lock:
                 res = self.arm.step(self.command)
                 self.obs, self.success = res.obs, self.success or res.success
                 self.steps += 1
                 images = self.arm.images() if self.image_pub else {}
-            stamp = self.get_clock().now().to_msg()
-            js = JointState(name=[f"obs{i}" for i in range(len(self.obs))], position=[float(x) for x in self.obs])
-            js.header.stamp = stamp
-            self.state_pub.publish(js)
-            for frame in images.values():
-                img = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8", step=frame.shape[1] * 3,
-                            data=frame.tobytes())
-                img.header.stamp = stamp
-                self.image_pub.publish(img)
-            self.success_pub.publish(Bool(data=self.success))
+            try:
+                self._publish(images)
+            except Exception:  # shutting down: the context went away under us
+                if rclpy.ok():
+                    raise
+                return
             time.sleep(max(0.0, nxt - time.monotonic()))
+
+    def _publish(self, images: dict) -> None:
+        stamp = self.get_clock().now().to_msg()
+        js = JointState(name=[f"obs{i}" for i in range(len(self.obs))], position=[float(x) for x in self.obs])
+        js.header.stamp = stamp
+        self.state_pub.publish(js)
+        for frame in images.values():
+            img = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8", step=frame.shape[1] * 3,
+                        data=frame.tobytes())
+            img.header.stamp = stamp
+            self.image_pub.publish(img)
+        self.success_pub.publish(Bool(data=self.success))
 
     def shutdown(self) -> None:
         self._running = False

@@ -30,7 +30,7 @@ def ros_env(monkeypatch):
 def _node(module: str, params: dict, log: Path) -> subprocess.Popen:
     args = [sys.executable, "-m", module, "--ros-args"]
     for k, v in params.items():
-        args += ["-p", f"{k}:={json.dumps(v) if isinstance(v, (list, bool)) else v}"]
+        args += ["-p", f"{k}:={json.dumps(v)}"]
     return subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=os.environ.copy())
 
 
@@ -202,3 +202,32 @@ def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(
     assert store.open(first).checksum == checksum  # committed episodes untouched by the kill
     bridge_log = (tmp_path / "bridge.log").read_text()
     assert "tick failed" not in bridge_log
+
+
+@pytest.mark.slow
+def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path):
+    import signal
+
+    def recap(*args, **kw):
+        return subprocess.run([sys.executable, "-m", "data.cli_root", "bridge", *args], capture_output=True,
+                              text=True, timeout=60, **kw)
+
+    up = subprocess.Popen([sys.executable, "-m", "data.cli_root", "bridge", "up", "--task", "push-v3", "--store",
+                           str(tmp_path / "store"), "--logs", str(tmp_path / "logs")],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        started = recap("start")
+        assert started.returncode == 0 and started.stdout.startswith("started "), started.stdout + started.stderr
+        assert recap("start").returncode == 1  # one episode at a time
+        time.sleep(2.0)
+        ended = recap("end", "--failure")
+        assert ended.returncode == 0, ended.stdout + ended.stderr
+        episode = ended.stdout.split()[-1]
+    finally:
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=30)
+    assert up.returncode == 0, out
+    ep = EpisodeStore(tmp_path / "store").open(episode)
+    assert len(ep) > 30 and ep.info.outcome == "failure"
+    for name in ("arm", "bridge", "teleop"):
+        assert "Traceback" not in (tmp_path / "logs" / f"{name}.log").read_text()

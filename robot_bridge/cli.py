@@ -1,0 +1,117 @@
+"""`recap bridge …`: bring up a simulated cell (arm + scripted teleoperator + bridge, each its own
+process over DDS), and drive episodes through the bridge's ROS 2 services."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="The robot side: bring up a bridge, start and end episodes.", no_args_is_help=True)
+
+
+def _ros_args(params: dict) -> list[str]:
+    out = ["--ros-args"]
+    for k, v in params.items():
+        out += ["-p", f"{k}:={json.dumps(v)}"]  # YAML reads JSON: strings stay strings, '' stays empty
+    return out
+
+
+@app.command()
+def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulated arm."),
+       robot: str = typer.Option("sim-arm-0", help="Robot id."),
+       rate: float = typer.Option(30.0, help="Control rate (Hz)."),
+       inference_url: str = typer.Option("", envvar="RECAP_INFERENCE_URL", help="Inference server URL."),
+       token: str = typer.Option("", envvar="RECAP_ROBOT_TOKEN", help="This robot's token."),
+       api_url: str = typer.Option("", envvar="RECAP_API_URL", help="Control-plane API (episode registration)."),
+       store: Path = typer.Option(Path("recap_home/store"), help="Episode store."),
+       teleop: bool = typer.Option(True, help="Run the scripted corrective teleoperator."),
+       image: int = typer.Option(0, help="Camera image height (width 4/3 of it); 0: no camera."),
+       logs: Path = typer.Option(Path("recap_home/logs"), help="Where each node logs.")):
+    """Simulated arm + scripted teleoperator + bridge for a task, until Ctrl-C (stops them all)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    w = image * 4 // 3
+    nodes = {"arm": ("robot_bridge.sim.arm_node", {"task": task, "rate_hz": rate, "image_height": image,
+                                                    "image_width": w}),
+             "bridge": ("robot_bridge.bridge_node", {
+                 "robot_id": robot, "state_dim": 39, "action_dim": 4, "store_root": str(store.resolve()),
+                 "task": task, "instruction": task.removesuffix("-v3").replace("-", " "), "hold_keep": [3],
+                 "control_rate_hz": rate, "inference_url": inference_url, "inference_token": token,
+                 "api_url": api_url, "execute": 4,
+                 **({"camera_names": ["front"], "camera_topics": ["camera/front"], "camera_height": image,
+                     "camera_width": w} if image else {})})}
+    if teleop:
+        nodes["teleop"] = ("robot_bridge.sim.teleop_node", {"task": task})
+    procs = {n: subprocess.Popen([sys.executable, "-m", m, *_ros_args(p)], stdout=open(logs / f"{n}.log", "ab"),
+                                 stderr=subprocess.STDOUT) for n, (m, p) in nodes.items()}
+    typer.echo(f"up: {', '.join(f'{n} (pid {p.pid})' for n, p in procs.items())}; logs in {logs}. Ctrl-C stops.")
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            for n, p in procs.items():
+                if p.poll() is not None:
+                    typer.echo(f"{n} exited with {p.returncode}; see {logs / (n + '.log')}", err=True)
+                    stop["now"] = True
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _call(service: str, srv_type, request, timeout: float = 20.0):
+    import rclpy
+
+    rclpy.init()
+    node = rclpy.create_node("recap_cli")
+    try:
+        cli = node.create_client(srv_type, service)
+        if not cli.wait_for_service(timeout_sec=timeout):
+            typer.echo(f"{service}: no bridge answering (is `recap bridge up` running, same ROS_DOMAIN_ID?)", err=True)
+            raise typer.Exit(2)
+        fut = cli.call_async(request)
+        rclpy.spin_until_future_complete(node, fut, timeout_sec=timeout)
+        return fut.result()
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+
+
+@app.command()
+def start(node: str = typer.Option("/recap_bridge", help="The bridge node's name.")):
+    """Start an episode (task and instruction: the bridge's parameters)."""
+    from std_srvs.srv import Trigger
+
+    r = _call(f"{node}/start_episode", Trigger, Trigger.Request())
+    typer.echo(("started " if r.success else "refused: ") + r.message)
+    raise typer.Exit(0 if r.success else 1)
+
+
+@app.command()
+def end(success: bool = typer.Option(..., "--success/--failure", help="The episode's outcome."),
+        node: str = typer.Option("/recap_bridge")):
+    """End the running episode with its outcome (commits it; registration follows)."""
+    from std_srvs.srv import SetBool
+
+    r = _call(f"{node}/end_episode", SetBool, SetBool.Request(data=success))
+    typer.echo(("committed " if r.success else "refused: ") + r.message)
+    raise typer.Exit(0 if r.success else 1)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

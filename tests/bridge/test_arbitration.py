@@ -1,0 +1,57 @@
+"""Action arbitration and causal alignment, without ROS (the bridge's decisions, tick by tick)."""
+
+import numpy as np
+
+from data.schema import ActionSource
+from robot_bridge.arbitration import ActionArbiter, SampleBuffer
+
+
+def _arbiter(**kw):
+    return ActionArbiter(2, np.array([-1, -1]), np.array([1, 1]), deadline_ticks=3, refill_below=2, **kw)
+
+
+def test_latest_sample_at_or_before_the_tick_never_a_newer_one():
+    buf = SampleBuffer()
+    for stamp in (100, 300, 200):  # 200 arrives after 300
+        buf.add(stamp, stamp)
+    assert buf.at(50) is None
+    assert buf.at(250).value == 200 and buf.at(300).value == 300 and buf.at(10_000).value == 300
+
+
+def test_policy_chunk_then_hold_with_the_deadline_flag_and_clipping():
+    arb = _arbiter()
+    assert arb.needs_chunk()
+    assert arb.offer_chunk(np.array([[0.5, 2.0], [0.1, 0.1], [0.2, 0.2]]), "v1", obs_tick=0)
+    d = arb.decide(1, np.zeros(2), None, False)
+    assert d.source == ActionSource.POLICY and d.policy_version == "v1" and np.allclose(d.action, [0.5, 1.0])
+    arb.decide(2, np.zeros(2), None, False)
+    assert arb.needs_chunk()  # one left: ask ahead of time
+    arb.decide(3, np.zeros(2), None, False)
+    holds = [arb.decide(t, np.zeros(2), None, False) for t in range(4, 9)]
+    assert all(h.source == ActionSource.HOLD and np.allclose(h.action, 0) for h in holds)
+    assert [h.late for h in holds] == [False, False, False, True, True]
+    assert not arb.offer_chunk(np.ones((3, 2)), "v0", obs_tick=0)  # not newer than what we had
+
+
+def test_takeover_mid_chunk_and_resumption_from_a_fresh_chunk():
+    arb = _arbiter(hold_keep=(1,))
+    arb.offer_chunk(np.full((5, 2), 0.3), "v1", obs_tick=0)
+    assert arb.decide(1, np.zeros(2), None, False).source == ActionSource.POLICY
+    d = arb.decide(2, np.zeros(2), np.array([-0.4, 0.9]), True)  # the human takes over mid-chunk
+    assert d.source == ActionSource.CORRECTION and np.allclose(d.action, [-0.4, 0.9]) and d.policy_version is None
+    assert not arb.needs_chunk()  # no requests while the human drives
+    arb.decide(3, np.zeros(2), np.array([-0.4, 0.9]), True)
+    # a chunk computed on an observation from before the release arrives late: dropped
+    assert not arb.offer_chunk(np.full((5, 2), 0.3), "v1", obs_tick=3)
+    d = arb.decide(4, np.zeros(2), None, False)  # released: nothing stale is executed
+    assert d.source == ActionSource.HOLD and np.allclose(d.action, [0, 0.9])  # the gripper keeps its command
+    assert arb.needs_chunk()
+    assert arb.offer_chunk(np.full((5, 2), -0.2), "v2", obs_tick=5)  # computed on the current observation
+    d = arb.decide(5, np.zeros(2), None, False)
+    assert d.source == ActionSource.POLICY and d.policy_version == "v2" and np.allclose(d.action, -0.2)
+
+
+def test_position_hold_keeps_the_measured_joint_positions():
+    arb = ActionArbiter(3, -np.ones(3), np.ones(3), deadline_ticks=1, refill_below=1, hold_mode="position")
+    d = arb.decide(0, np.array([0.1, -0.2, 0.3, 9.0]), None, False)
+    assert d.source == ActionSource.HOLD and np.allclose(d.action, [0.1, -0.2, 0.3])
