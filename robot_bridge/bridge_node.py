@@ -9,7 +9,8 @@ Topics (standard types, so it drops into a ros2_control stack):
   out  command_topic         std_msgs/Float64MultiArray or trajectory_msgs/JointTrajectory
   out  ~/stats               std_msgs/String (JSON counters, 1 Hz)
 Services: ~/start_episode (std_srvs/Trigger; task and instruction from parameters),
-          ~/end_episode (std_srvs/SetBool: data = success).
+          ~/end_episode (std_srvs/SetBool: data = success),
+          ~/label_last_episode (std_srvs/SetBool: relabel the last committed episode).
 
     python -m robot_bridge.bridge_node --ros-args --params-file deploy/ros2/bridge.yaml
 """
@@ -132,7 +133,10 @@ class BridgeNode(Node):
         self.stats_pub = self.create_publisher(String, "~/stats", 10)
         self.create_service(Trigger, "~/start_episode", self._start_episode)
         self.create_service(SetBool, "~/end_episode", self._end_episode)
+        self.create_service(SetBool, "~/label_last_episode", self._label_last)
+        self.last_committed: str | None = None
         self.next_tick_ns = time.monotonic_ns() + self.period_ns
+        self._wake = threading.Event()
         self._control = threading.Thread(target=self._control_loop, name="control", daemon=True)
         self._running = True
         self._control.start()
@@ -179,7 +183,10 @@ class BridgeNode(Node):
         self.human.add(self.get_clock().now().nanoseconds, a.astype(np.float32))
 
     def _on_engage(self, m: Bool) -> None:
-        self.engaged = bool(m.data)
+        engaged = bool(m.data)
+        if engaged and not self.engaged:
+            self._wake.set()  # the human takes over now, not at the next scheduled tick
+        self.engaged = engaged
 
     # -- episodes ----------------------------------------------------------------------------------
 
@@ -208,9 +215,22 @@ class BridgeNode(Node):
             return resp
         info = w.commit(Outcome.SUCCESS if req.data else Outcome.FAILURE, f"bridge:{self.robot_id}")
         self.registrations.add(info.episode_id)
+        self.last_committed = info.episode_id
         resp.success, resp.message = True, info.episode_id
         self.get_logger().info(f"episode {info.episode_id} committed: {info.num_ticks} ticks, "
                                f"{'success' if req.data else 'failure'}")
+        return resp
+
+    def _label_last(self, req, resp):
+        """Relabel the last committed episode (an operator's later judgement); the label is a file in
+        the store, and the episode is registered again so the catalog follows."""
+        if self.last_committed is None:
+            resp.success, resp.message = False, "no episode committed since the bridge started"
+            return resp
+        self.store.label(self.last_committed, Outcome.SUCCESS if req.data else Outcome.FAILURE,
+                         f"bridge:{self.robot_id}")
+        self.registrations.add(self.last_committed)
+        resp.success, resp.message = True, self.last_committed
         return resp
 
     # -- the control loop (its own thread: never waits on the network or the executor) ------------
@@ -219,7 +239,9 @@ class BridgeNode(Node):
         while self._running and rclpy.ok():
             now = time.monotonic_ns()
             if now < self.next_tick_ns:
-                time.sleep((self.next_tick_ns - now) / 1e9)
+                if self._wake.wait((self.next_tick_ns - now) / 1e9):  # engaged: tick now, re-phase
+                    self._wake.clear()
+                    self.next_tick_ns = time.monotonic_ns()
                 continue
             lateness = now - self.next_tick_ns
             self.next_tick_ns += self.period_ns

@@ -95,6 +95,8 @@ def test_bridge_records_holds_and_corrections_over_dds(ros_env, tmp_path):
         d.spin(5.0)
         end = d.call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=False))
         assert end.success, end.message
+        relabel = d.call(SetBool, "/recap_bridge/label_last_episode", SetBool.Request(data=True))
+        assert relabel.success and relabel.message == end.message
         d.spin(1.5)
     finally:
         d.close()
@@ -106,6 +108,7 @@ def test_bridge_records_holds_and_corrections_over_dds(ros_env, tmp_path):
     for name, text in logs.items():
         assert "Traceback" not in text and "tick failed" not in text, f"{name}:\n{text[-3000:]}"
     ep = EpisodeStore(store_root).open(end.message)
+    assert ep.info.outcome == "success" and ep.labels[-1]["labeller"] == "bridge:sim-arm-0"  # relabelled later
     src = ep.action_source
     assert len(ep) > 100  # ~30 Hz for ~5.5 s
     corr = src == ActionSource.CORRECTION
