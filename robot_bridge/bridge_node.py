@@ -137,9 +137,11 @@ class BridgeNode(Node):
         self.last_committed: str | None = None
         self.next_tick_ns = time.monotonic_ns() + self.period_ns
         self._wake = threading.Event()
+        self.sim_time = bool(self.get_parameter("use_sim_time").value)
         self._control = threading.Thread(target=self._control_loop, name="control", daemon=True)
-        self._running = True
-        self._control.start()
+        self._running = not self.sim_time  # on simulated time there is no wall-clock loop
+        if self._running:
+            self._control.start()
         self.create_timer(1.0, self._publish_stats)
         self.get_logger().info(f"bridge for {self.robot_id}: {json.dumps({k: v for k, v in p.items() if 'token' not in k})}")
 
@@ -154,7 +156,13 @@ class BridgeNode(Node):
         if pos.shape != (self.state_dim,) or not np.all(np.isfinite(pos)):
             self.counters.refused["joint_state"] += 1
             return
-        self.state_buf.add(self._stamp_ns(m.header) or self.get_clock().now().nanoseconds, pos.astype(np.float32))
+        stamp = self._stamp_ns(m.header) or self.get_clock().now().nanoseconds
+        self.state_buf.add(stamp, pos.astype(np.float32))
+        if self.sim_time:  # on simulated time the state drives the ticks (lockstep with a fast simulator)
+            try:
+                self._tick(0, tick_ns=stamp)
+            except Exception as e:
+                self.get_logger().error(f"tick failed: {e!r}")
 
     def _on_image(self, cam: str, m: Image) -> None:
         if m.encoding != "rgb8" or (m.height, m.width, 3) != self.cam_shape or len(m.data) != m.height * m.width * 3:
@@ -254,9 +262,9 @@ class BridgeNode(Node):
                     return  # shutting down
                 self.get_logger().error(f"tick failed: {e!r}")
 
-    def _tick(self, lateness_ns: int) -> None:
+    def _tick(self, lateness_ns: int, tick_ns: int | None = None) -> None:
         c = self.counters
-        t_ns = self.get_clock().now().nanoseconds
+        t_ns = tick_ns if tick_ns is not None else self.get_clock().now().nanoseconds
         s = self.state_buf.at(t_ns)
         if s is None:
             c.no_state_ticks += 1
@@ -281,6 +289,10 @@ class BridgeNode(Node):
         if writer is not None and self.policy is not None and not engaged and self.arbiter.needs_chunk() \
                 and not self.policy.busy:
             self.policy.request(tick, s.value, images, self.get_parameter("instruction").value)
+            if self.sim_time:  # simulated time stands still while the policy thinks (wall-clock bound)
+                deadline = time.monotonic() + 2.0
+                while self.policy.busy and not self.arbiter.queue.actions and time.monotonic() < deadline:
+                    time.sleep(0.001)
         if writer is None and not engaged:
             return  # between episodes the arm is left alone (only a human may drive it)
         d = self.arbiter.decide(tick, s.value, human.value if human else None, engaged)
@@ -316,7 +328,8 @@ class BridgeNode(Node):
 
     def shutdown(self) -> None:
         self._running = False
-        self._control.join(timeout=2)
+        if self._control.is_alive():
+            self._control.join(timeout=2)
         if self.policy:
             self.policy.close()
         self.registrations.close()

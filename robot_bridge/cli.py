@@ -33,21 +33,23 @@ def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulate
        store: Path = typer.Option(Path("recap_home/store"), help="Episode store."),
        teleop: bool = typer.Option(True, help="Run the scripted corrective teleoperator."),
        image: int = typer.Option(0, help="Camera image height (width 4/3 of it); 0: no camera."),
+       fast: bool = typer.Option(False, help="Simulated time (/clock): the arm steps as fast as the bridge answers."),
        logs: Path = typer.Option(Path("recap_home/logs"), help="Where each node logs.")):
     """Simulated arm + scripted teleoperator + bridge for a task, until Ctrl-C (stops them all)."""
     logs.mkdir(parents=True, exist_ok=True)
     w = image * 4 // 3
+    sim = {"use_sim_time": True} if fast else {}
     nodes = {"arm": ("robot_bridge.sim.arm_node", {"task": task, "rate_hz": rate, "image_height": image,
-                                                    "image_width": w}),
+                                                    "image_width": w, "fast": fast}),
              "bridge": ("robot_bridge.bridge_node", {
                  "robot_id": robot, "state_dim": 39, "action_dim": 4, "store_root": str(store.resolve()),
                  "task": task, "instruction": task.removesuffix("-v3").replace("-", " "), "hold_keep": [3],
                  "control_rate_hz": rate, "inference_url": inference_url, "inference_token": token,
-                 "api_url": api_url, "execute": 4,
+                 "api_url": api_url, "execute": 4, **sim,
                  **({"camera_names": ["front"], "camera_topics": ["camera/front"], "camera_height": image,
                      "camera_width": w} if image else {})})}
     if teleop:
-        nodes["teleop"] = ("robot_bridge.sim.teleop_node", {"task": task})
+        nodes["teleop"] = ("robot_bridge.sim.teleop_node", {"task": task, **sim})
     procs = {n: subprocess.Popen([sys.executable, "-m", m, *_ros_args(p)], stdout=open(logs / f"{n}.log", "ab"),
                                  stderr=subprocess.STDOUT) for n, (m, p) in nodes.items()}
     typer.echo(f"up: {', '.join(f'{n} (pid {p.pid})' for n, p in procs.items())}; logs in {logs}. Ctrl-C stops.")

@@ -1,7 +1,10 @@
 """A Meta-World arm behind the topics a real arm uses: sensor_msgs/JointState (the 39-D state as
 positions obs0..obs38), an optional rendered sensor_msgs/Image, a std_msgs/Float64MultiArray command
 topic (4-D: hand delta xyz + gripper), ~/success (std_msgs/Bool) and ~/reset (std_srvs/Trigger: next
-layout). Steps the simulation in real time at `rate_hz` with the latest command.
+layout). Real-time mode steps the simulation at `rate_hz` with the latest command. Fast mode
+(`fast:=true`) runs on simulated time: it publishes /clock (rosgraph_msgs/Clock, 1/rate_hz per step)
+and steps as soon as the next command arrives (lockstep with a bridge on `use_sim_time`), so an
+episode takes as long as the computation, not the wall clock.
 
     python -m robot_bridge.sim.arm_node --ros-args -p task:=push-v3 -p rate_hz:=30.0
 """
@@ -24,7 +27,8 @@ class SimArmNode(Node):
         super().__init__("sim_arm")
         for name, default in (("task", "push-v3"), ("seed", 0), ("rate_hz", 30.0), ("image_height", 0),
                               ("image_width", 0), ("state_topic", "joint_states"), ("command_topic", "command"),
-                              ("camera_topic", "camera/front"), ("max_steps", 400)):
+                              ("camera_topic", "camera/front"), ("max_steps", 400), ("fast", False),
+                              ("fast_timeout_s", 0.5)):
             self.declare_parameter(name, default)
         g = lambda n: self.get_parameter(n).value  # noqa: E731
         from training.sim.arm import MetaWorldArm
@@ -32,6 +36,7 @@ class SimArmNode(Node):
         size = (g("image_height"), g("image_width")) if g("image_height") else None
         self.arm = MetaWorldArm(g("task"), max_steps=g("max_steps"), image_size=size)
         self.seed = int(g("seed"))
+        self.max_steps = int(g("max_steps"))
         self.obs = self.arm.reset(self.seed)
         self.command = np.zeros(4, np.float32)
         self.success = False
@@ -43,6 +48,13 @@ class SimArmNode(Node):
         self.create_subscription(Float64MultiArray, g("command_topic"), self._on_command, 10)
         self.create_service(Trigger, "~/reset", self._reset)
         self.period = 1.0 / g("rate_hz")
+        self.fast, self.fast_timeout = bool(g("fast")), float(g("fast_timeout_s"))
+        self._command_event = threading.Event()
+        self.sim_ns = 1_000_000_000  # simulated time starts at 1 s
+        if self.fast:
+            from rosgraph_msgs.msg import Clock
+
+            self.clock_pub = self.create_publisher(Clock, "/clock", 10)
         self._running = True
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -52,6 +64,7 @@ class SimArmNode(Node):
         if a.shape == (4,) and np.all(np.isfinite(a)):
             with self._lock:
                 self.command = np.clip(a, -1, 1)
+            self._command_event.set()
 
     def _reset(self, _req, resp):
         with self._lock:
@@ -67,6 +80,11 @@ class SimArmNode(Node):
         while self._running and rclpy.ok():
             nxt += self.period
             with self._lock:
+                if self.steps >= self.max_steps:  # the simulator's own limit: a fresh layout, as a reset would
+                    self.seed += 1
+                    self.obs = self.arm.reset(self.seed)
+                    self.success, self.steps = False, 0
+                    self.get_logger().info(f"time limit: reset to layout {self.seed}")
                 res = self.arm.step(self.command)
                 self.obs, self.success = res.obs, self.success or res.success
                 self.steps += 1
@@ -77,10 +95,22 @@ class SimArmNode(Node):
                 if rclpy.ok():
                     raise
                 return
-            time.sleep(max(0.0, nxt - time.monotonic()))
+            if self.fast:  # lockstep: the next step when the bridge has answered this state
+                self._command_event.wait(self.fast_timeout)
+                self._command_event.clear()
+            else:
+                time.sleep(max(0.0, nxt - time.monotonic()))
 
     def _publish(self, images: dict) -> None:
-        stamp = self.get_clock().now().to_msg()
+        if self.fast:
+            from builtin_interfaces.msg import Time
+            from rosgraph_msgs.msg import Clock
+
+            self.sim_ns += int(self.period * 1e9)
+            stamp = Time(sec=self.sim_ns // 1_000_000_000, nanosec=self.sim_ns % 1_000_000_000)
+            self.clock_pub.publish(Clock(clock=stamp))
+        else:
+            stamp = self.get_clock().now().to_msg()
         js = JointState(name=[f"obs{i}" for i in range(len(self.obs))], position=[float(x) for x in self.obs])
         js.header.stamp = stamp
         self.state_pub.publish(js)

@@ -208,7 +208,8 @@ def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(
 
 
 @pytest.mark.slow
-def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path):
+@pytest.mark.parametrize("fast", [False, True], ids=["real-time", "sim-time"])
+def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path, fast):
     import signal
 
     def recap(*args, **kw):
@@ -216,7 +217,7 @@ def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path):
                               text=True, timeout=60, **kw)
 
     up = subprocess.Popen([sys.executable, "-m", "data.cli_root", "bridge", "up", "--task", "push-v3", "--store",
-                           str(tmp_path / "store"), "--logs", str(tmp_path / "logs")],
+                           str(tmp_path / "store"), "--logs", str(tmp_path / "logs"), "--fast" if fast else "--no-fast"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         started = recap("start")
@@ -232,6 +233,11 @@ def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path):
     assert up.returncode == 0, out
     ep = EpisodeStore(tmp_path / "store").open(episode)
     assert len(ep) > 30 and ep.info.outcome == "failure"
+    dt = np.diff(ep.timestamps_ns)
+    assert np.all(dt > 0)
+    if fast:  # simulated time: exactly one control period per tick, however fast the wall clock went
+        assert np.all(dt == dt[0]) and abs(dt[0] - 1e9 / 30) < 1e3
+        assert (ep.action_source == ActionSource.CORRECTION).any()  # the teleoperator ran on sim time too
     for name in ("arm", "bridge", "teleop"):
         assert "Traceback" not in (tmp_path / "logs" / f"{name}.log").read_text()
 
