@@ -68,7 +68,27 @@ class LeRobotAdapter(nn.Module):
             self.policy = _apply_lora(self.policy, cfg)
 
     def _condition(self, batch: dict, indicator: torch.Tensor) -> dict:
-        return condition_batch(batch, indicator, as_text=self.cfg.indicator_as_text)
+        batch = condition_batch(batch, indicator, as_text=self.cfg.indicator_as_text)
+        return self._tokenize(batch) if self.cfg.indicator_as_text else batch
+
+    def _tokenize(self, batch: dict) -> dict:
+        """Language policies read tokens: the conditioned prompt is tokenized here, as LeRobot's own
+        preprocessor would (newline-terminated, padded to the policy's length), with the policy's
+        tokenizer (a local folder in tests, the hub checkpoint's for real use)."""
+        from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
+
+        pc = self.policy.config
+        if getattr(self, "_tokenizer", None) is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(getattr(pc, "vlm_model_name", None) or pc.tokenizer_name)
+        texts = [t if t.endswith("\n") else t + "\n" for t in batch["task"]]
+        tok = self._tokenizer(texts, max_length=getattr(pc, "tokenizer_max_length", 48), truncation=True,
+                              padding=getattr(pc, "pad_language_to", "max_length"), padding_side="right",
+                              return_tensors="pt")
+        device = batch["observation.state"].device
+        return {**batch, OBS_LANGUAGE_TOKENS: tok["input_ids"].to(device),
+                OBS_LANGUAGE_ATTENTION_MASK: tok["attention_mask"].bool().to(device)}
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training loss with indicator dropout (the same model also learns pi(a | o, l))."""

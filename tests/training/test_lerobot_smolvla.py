@@ -1,0 +1,85 @@
+"""SmolVLA (a language-conditioned LeRobot policy) through the adapter, from a tiny SmolVLM built
+locally: the advantage indicator reaches the model as prompt text, tokenized as LeRobot does."""
+
+from pathlib import Path
+
+import torch
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
+from transformers.models.llama import LlamaConfig
+
+def tiny_smolvlm(d: Path) -> Path:
+    """A SmolVLM config, tokenizer and processor small enough for a CPU test, written locally (no hub)."""
+    specials = ["<unk>", "<pad>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>", "<global-img>"]
+    specials += [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+    words = "push pick place the a it to put in on advantage positive negative : \n".split(" ")
+    vocab = {t: i for i, t in enumerate(specials + [w for w in words if w] + [chr(c) for c in range(32, 127)])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<|im_start|>",
+                                   eos_token="<end_of_utterance>",
+                                   extra_special_tokens={"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
+                                                         "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"})
+    ip = SmolVLMImageProcessor(do_image_splitting=False, max_image_size={"longest_edge": 32}, size={"longest_edge": 32})
+    proc = SmolVLMProcessor(image_processor=ip, tokenizer=fast, video_processor=SmolVLMVideoProcessor(), image_seq_len=4)
+    proc.save_pretrained(d)
+    text = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
+    cfg = SmolVLMConfig(text_config=text.to_dict(), vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                        "num_attention_heads": 2, "image_size": 32, "patch_size": 8}, scale_factor=1,
+                        image_token_id=vocab["<image>"])
+    cfg.save_pretrained(d)
+    return d
+
+
+
+def _adapter(vlm: Path):
+    from training.policies.lerobot_adapter import LeRobotAdapter, LeRobotAdapterConfig
+
+    return LeRobotAdapter(LeRobotAdapterConfig(
+        policy_type="smolvla", state_dim=5, action_dim=3, cameras={"front": (3, 32, 32)},
+        policy_kwargs=dict(vlm_model_name=str(vlm), load_vlm_weights=False, chunk_size=6, n_action_steps=6,
+                           num_steps=2, resize_imgs_with_padding=(32, 32), tokenizer_max_length=16, num_vlm_layers=2,
+                           num_expert_layers=1, max_state_dim=8, max_action_dim=8)))
+
+
+def _batch(indicator):
+    g = torch.Generator().manual_seed(0)
+    return {"observation.state": torch.randn(4, 5, generator=g), "observation.images.front": torch.rand(4, 3, 32, 32, generator=g),
+            "action": torch.randn(4, 6, 3, generator=g), "action_is_pad": torch.zeros(4, 6, dtype=torch.bool),
+            "indicator": torch.full((4,), indicator), "task": ["push the block"] * 4}
+
+
+def test_smolvla_trains_with_the_indicator_in_its_tokenized_prompt(tmp_path, monkeypatch):
+    from lerobot.utils.constants import OBS_LANGUAGE_TOKENS
+
+    from training import recap
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    model = _adapter(tiny_smolvlm(tmp_path / "smolvlm"))
+    assert model.cfg.indicator_as_text
+    pos = model._condition(_batch(recap.INDICATOR_POSITIVE), torch.full((4,), recap.INDICATOR_POSITIVE))
+    neg = model._condition(_batch(recap.INDICATOR_NEGATIVE), torch.full((4,), recap.INDICATOR_NEGATIVE))
+    assert pos["task"][0] == "push the block\nAdvantage: positive"
+    assert not torch.equal(pos[OBS_LANGUAGE_TOKENS], neg[OBS_LANGUAGE_TOKENS])  # the model sees the indicator
+    model.cfg.indicator_dropout = 0.0
+
+    def loss_with(indicator):
+        torch.manual_seed(1)
+        return model(_batch(indicator)).item()
+
+    model.eval()
+    assert loss_with(recap.INDICATOR_POSITIVE) != loss_with(recap.INDICATOR_NEGATIVE)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(8):
+        torch.manual_seed(2)  # the same flow-matching noise and time each step: the loss must fall
+        loss = model(_batch(recap.INDICATOR_POSITIVE))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
