@@ -308,3 +308,60 @@ def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(r
     assert corr.sum() >= 30
     # the arm received exactly the recorded actions, in order (commands between episodes: none here)
     assert np.allclose(np.asarray(commands[-len(ep):]), act, atol=1e-6) and len(commands) >= len(ep)
+
+
+@pytest.mark.slow
+def test_compressed_cameras_in_joint_trajectory_out(ros_env, tmp_path):
+    """A ros2_control-style configuration: JPEG CompressedImage cameras recorded, JointTrajectory commands
+    (position hold) published with the configured joint names; an unknown-size frame is refused."""
+    import simplejpeg
+    from sensor_msgs.msg import CompressedImage, JointState
+    from std_srvs.srv import SetBool, Trigger
+    from trajectory_msgs.msg import JointTrajectory
+
+    store_root = tmp_path / "store"
+    bridge = _node("robot_bridge.bridge_node", {
+        "robot_id": "r2c", "state_dim": 3, "action_dim": 3, "store_root": str(store_root), "fsync": False,
+        "camera_names": ["wrist"], "camera_topics": ["wrist/image/compressed"], "camera_compressed": True,
+        "camera_height": 48, "camera_width": 64, "command_type": "joint_trajectory",
+        "joint_names": ["j1", "j2", "j3"], "hold_mode": "position", "action_low": [-1.0], "action_high": [1.0]},
+        tmp_path / "bridge.log")
+    d = Driver()
+    got: list[JointTrajectory] = []
+    d.node.create_subscription(JointTrajectory, "command", got.append, 100)
+    js_pub = d.node.create_publisher(JointState, "joint_states", 10)
+    cam_pub = d.node.create_publisher(CompressedImage, "wrist/image/compressed", 10)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[:, :32] = (200, 40, 40)
+    jpeg = simplejpeg.encode_jpeg(frame, quality=95)
+    bad = simplejpeg.encode_jpeg(np.zeros((10, 10, 3), np.uint8))
+
+    def feed():
+        stamp = d.node.get_clock().now().to_msg()
+        js = JointState(position=[0.1, -0.2, 0.3])
+        js.header.stamp = stamp
+        js_pub.publish(js)
+        img = CompressedImage(format="jpeg", data=jpeg)
+        img.header.stamp = stamp
+        cam_pub.publish(img)
+        cam_pub.publish(CompressedImage(format="jpeg", data=bad))
+
+    d.node.create_timer(0.02, feed)
+    try:
+        d.spin(3.0)
+        assert d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request()).success
+        d.spin(1.5)
+        episode = d.call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=True)).message
+        d.spin(1.2)
+    finally:
+        d.close()
+        bridge.terminate()
+        bridge.wait(10)
+    ep = EpisodeStore(store_root).open(episode)
+    assert len(ep) > 20 and ep.cameras == ["wrist"]
+    rec = ep.image("wrist", len(ep) // 2).astype(int)
+    assert np.abs(rec - frame).mean() < 6  # the frame as published (JPEG twice)
+    assert (ep.action_source == ActionSource.HOLD).all() and np.allclose(ep.action, [0.1, -0.2, 0.3])
+    assert got and got[-1].joint_names == ["j1", "j2", "j3"]
+    assert np.allclose(got[-1].points[0].positions, [0.1, -0.2, 0.3])
+    assert d.stats[-1]["refused"]["image"] > 20
