@@ -276,7 +276,7 @@ def main() -> None:
         # -- LeRobot PolicyServer: 1 server, then 8 servers for 8 robots; 8 robots on 1 server ----
         ports = [free_port() for _ in range(8)]
         lr = [subprocess.Popen(lerobot_server_cmd(p), stdout=open(work / f"lerobot-{p}.log", "wb"),
-                               stderr=subprocess.STDOUT, cwd=ROOT) for p in ports]
+                               stderr=subprocess.STDOUT, cwd=work) for p in ports]  # it writes logs/ in its cwd
         procs.extend(lr)
         for p, pr in zip(ports, lr):
             wait_port(p, pr)

@@ -20,7 +20,7 @@ def run_schemathesis(url: str, token: str, report: Path, max_examples: int = 25)
     cmd = [exe, "run", f"{url}/openapi.json", "--checks", "not_a_server_error", "-H", f"Authorization: Bearer {token}",
            "--max-examples", str(max_examples), "--seed", "1", "--report", "junit", "--report-junit-path", str(report),
            "--request-timeout", "30", "--phases", "examples,coverage,fuzzing", "--suppress-health-check", "all"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=report.parent)  # its cache dir
 
 
 @pytest.mark.slow
