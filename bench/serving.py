@@ -191,11 +191,16 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
+class _Partial(Exception):
+    """--servers ours: stop after our server's runs (for quick comparisons; nothing is written)."""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=10.0, help="Seconds per client configuration.")
     ap.add_argument("--promotions", type=int, default=10)
     ap.add_argument("--name", default="serving")
+    ap.add_argument("--servers", default="ours,openpi,lerobot", help="Which to run (a partial run writes no headline ratios).")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import httpx
@@ -261,6 +266,10 @@ def main() -> None:
                 log(f"{name}, {n} robot(s)")
                 results[f"{name}_{n}"] = run_clients(lambda k: cls(inf.url, tokens[k]), n, args.duration, refs)
 
+        servers = set(args.servers.split(","))
+        if servers == {"ours"}:
+            figures["runs"] = results
+            raise _Partial()
         # -- openpi-style websocket server -----------------------------------------------------
         port = free_port()
         op = subprocess.Popen([sys.executable, "-m", "bench.serving_peers", "openpi", str(artifacts[0]), str(port)],
@@ -356,6 +365,13 @@ def main() -> None:
             "schemathesis_5xx": figures["schemathesis"]["failures"] + (1 if st.returncode else 0),
             "elapsed_s": time.time() - started,
         })
+    except _Partial:
+        for r in results.values():
+            r["overhead_p50_ms"] = r["p50_ms"] - figures["bare_forward"]["p50_ms"]
+            r["overhead_p99_ms"] = r["p99_ms"] - figures["bare_forward"]["p99_ms"]
+        print(json.dumps({k: {m: round(v[m], 2) for m in ("p50_ms", "p99_ms", "overhead_p50_ms", "overhead_p99_ms",
+                                                           "throughput_per_s")} for k, v in results.items()}, indent=1))
+        return
     finally:
         for p in procs:
             try:
