@@ -37,6 +37,7 @@ from data.store import EpisodeStore
 from robot_bridge.arbitration import ActionArbiter, SampleBuffer
 from robot_bridge.policy_client import PolicyClient
 from robot_bridge.registration import PendingRegistrations
+from robot_bridge.ros import spin_node
 
 log = logging.getLogger(__name__)
 
@@ -337,17 +338,7 @@ class BridgeNode(Node):
 
 def main(args=None) -> None:
     logging.basicConfig(level=logging.INFO)
-    rclpy.init(args=args)
-    node = BridgeNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    spin_node(BridgeNode, args)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 
+from robot_bridge.ros import spin_node
+
 
 class SimArmNode(Node):
     def __init__(self):
@@ -127,17 +129,7 @@ class SimArmNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = SimArmNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    spin_node(SimArmNode, args)
 
 
 if __name__ == "__main__":

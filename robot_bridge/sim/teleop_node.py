@@ -8,10 +8,11 @@ engages (std_msgs/Bool) and commands corrections (std_msgs/Float64MultiArray), t
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray
+
+from robot_bridge.ros import spin_node
 
 
 class ScriptedTeleopNode(Node):
@@ -61,16 +62,7 @@ class ScriptedTeleopNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = ScriptedTeleopNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    spin_node(ScriptedTeleopNode, args)
 
 
 if __name__ == "__main__":
