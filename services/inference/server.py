@@ -56,6 +56,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     watcher = StateWatcher(settings.redis_url, settings.channel, on_swap=metrics.swapped)
     batcher = MicroBatcher(max_batch=int(os.environ.get("RECAP_MAX_BATCH", "32")),
                            max_wait_s=float(os.environ.get("RECAP_BATCH_WAIT_MS", "0")) / 1e3,
+                           inline=os.environ.get("RECAP_MODEL_THREAD", "0") != "1",
                            on_batch=lambda n, ms: (metrics.batch.observe(n), metrics.infer.observe(ms / 1e3)))
 
     @asynccontextmanager
