@@ -70,3 +70,28 @@ def upgrade_schema(engine: Engine, url: str, script_location: Path, version_tabl
     finally:
         if lock:
             lock.release()
+
+
+def run_alembic_env(target_metadata, default_version_table: str = "alembic_version") -> None:
+    """The body of a migrations/env.py: online on the connection the opener hands over (or on
+    sqlalchemy.url), offline as SQL; the version table comes from the config."""
+    from alembic import context
+
+    config = context.config
+    version_table = config.get_main_option("version_table", default_version_table)
+    opts = {"target_metadata": target_metadata, "version_table": version_table}
+    if context.is_offline_mode():
+        context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True, **opts)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    connection = config.attributes.get("connection")
+    if connection is None:
+        with create_engine(config.get_main_option("sqlalchemy.url")).connect() as conn:
+            context.configure(connection=conn, render_as_batch=True, **opts)
+            with context.begin_transaction():
+                context.run_migrations()
+        return
+    context.configure(connection=connection, render_as_batch=True, **opts)
+    with context.begin_transaction():
+        context.run_migrations()

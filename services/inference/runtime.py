@@ -36,6 +36,15 @@ class Observation:
     seed: int  # the flow's starting noise: same seed, same chunk, batched or not
 
 
+def check_registered_digest(artifact_dir: Path, expected_manifest_sha256: str | None) -> None:
+    """The artifact on disk is the one the registry recorded (its manifest digest), before loading."""
+    if expected_manifest_sha256 is None:
+        return
+    got = hashlib.sha256((Path(artifact_dir) / "manifest.json").read_bytes()).hexdigest()
+    if got != expected_manifest_sha256:
+        raise ArtifactError(f"{artifact_dir}: manifest digest {got[:12]} is not the registered {expected_manifest_sha256[:12]}")
+
+
 class NativeRuntime:
     """Our flow-matching policy, conditioned on the positive indicator (β from the run's recipe)."""
 
@@ -44,10 +53,7 @@ class NativeRuntime:
         from training.policies.native import NativeFlowPolicy, NativePolicyConfig
 
         d = Path(artifact_dir)
-        if expected_manifest_sha256 is not None:
-            got = hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest()
-            if got != expected_manifest_sha256:
-                raise ArtifactError(f"{d}: manifest digest {got[:12]} is not the registered {expected_manifest_sha256[:12]}")
+        check_registered_digest(d, expected_manifest_sha256)
         manifest, config, state, stats = load_artifact(d)
         cfg = NativePolicyConfig.from_dict({k: v for k, v in config.items() if k != "type"})
         self.model = NativeFlowPolicy(cfg)

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from services.inference.runtime import InputSpec, Observation
-from training.artifacts import ArtifactError
+from services.inference.runtime import InputSpec, Observation, check_registered_digest
 from training.policies.lerobot_adapter.export import load_lerobot_artifact
 
 
 class LeRobotRuntime:
     def __init__(self, version: str, artifact_dir: Path, expected_manifest_sha256: str | None = None):
         d = Path(artifact_dir)
-        if expected_manifest_sha256 is not None:
-            got = hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest()
-            if got != expected_manifest_sha256:
-                raise ArtifactError(f"{d}: manifest digest {got[:12]} is not the registered {expected_manifest_sha256[:12]}")
+        check_registered_digest(d, expected_manifest_sha256)
         self.policy, self.pre, self.post, cfg = load_lerobot_artifact(d)
         self.version = version
         cams = {c: (s[1], s[2], s[0]) for c, s in cfg["cameras"].items()}  # (C, H, W) -> wire (H, W, C)
