@@ -8,7 +8,7 @@ APT_PACKAGES := redis-server ffmpeg libosmesa6 chromium chromium-driver
 PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
 	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: setup apt demo test test-fast bench clean-venv
+.PHONY: setup apt demo demo-store test test-fast bench clean-venv
 
 setup: apt $(STAMP)
 
@@ -27,21 +27,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-# Until the training and serving loop lands, the demo walks through the data layer.
+# The main job: record -> train -> deploy rounds on simulated arms through the real stack (Redis, API,
+# worker, inference server, ROS 2 bridges). ARGS: e.g. ARGS="--quick", "--rounds 2 --robots 3", "--fresh".
 DEMO := demo_out
 demo: setup
-	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	$(VENV)/bin/recap data record-synthetic --store $(DEMO)/store --episodes 3 --ticks 150 --fps 30
+	$(VENV)/bin/recap demo --out $(DEMO) $(ARGS)
+
+# The data layer on its own: recording, a SIGKILL mid-episode, fsck --repair, LeRobot v3 export.
+demo-store: setup
+	rm -rf $(DEMO)/store-walkthrough && mkdir -p $(DEMO)/store-walkthrough
+	$(VENV)/bin/recap data record-synthetic --store $(DEMO)/store-walkthrough/store --episodes 3 --ticks 150 --fps 30
 	@echo "--- recording one more episode and killing the recorder with SIGKILL mid-episode"
-	@$(VENV)/bin/recap data record-synthetic --store $(DEMO)/store --episodes 1 --ticks 600 --fps 30 & pid=$$!; \
+	@$(VENV)/bin/recap data record-synthetic --store $(DEMO)/store-walkthrough/store --episodes 1 --ticks 600 --fps 30 & pid=$$!; \
 	  sleep 8; kill -9 $$pid; wait $$pid 2>/dev/null; true
-	$(VENV)/bin/recap data fsck --store $(DEMO)/store || true
-	$(VENV)/bin/recap data fsck --store $(DEMO)/store --repair
-	$(VENV)/bin/recap data ls --store $(DEMO)/store
-	$(VENV)/bin/recap data export $(DEMO)/lerobot --store $(DEMO)/store --status complete
-	@echo "--- one RECAP round on the simulated arm (Meta-World push): demos -> first fit -> collect with corrections -> train -> evaluate"
-	$(VENV)/bin/recap train round $(DEMO)/sim --tasks push-v3 --rounds 1 --demos 10 --episodes 10 --eval-episodes 10 --steps 1500
-	@echo "demo done: store in $(DEMO)/store, LeRobot v3 export in $(DEMO)/lerobot, simulated loop in $(DEMO)/sim"
+	$(VENV)/bin/recap data fsck --store $(DEMO)/store-walkthrough/store || true
+	$(VENV)/bin/recap data fsck --store $(DEMO)/store-walkthrough/store --repair
+	$(VENV)/bin/recap data ls --store $(DEMO)/store-walkthrough/store
+	$(VENV)/bin/recap data export $(DEMO)/store-walkthrough/lerobot --store $(DEMO)/store-walkthrough/store --status complete
 
 test: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

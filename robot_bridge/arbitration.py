@@ -90,6 +90,15 @@ class ActionArbiter:
             self.queue = ChunkQueue(deque(np.asarray(chunk[:n], np.float32)), version, np.asarray(chunk), obs_tick)
             return True
 
+    def reset(self, tick: int) -> None:
+        """A new episode starts at `tick`: nothing planned before it is executed in it."""
+        with self._lock:
+            self.queue = ChunkQueue(obs_tick=tick - 1)
+            self._was_engaged = False
+            self._released_at = tick
+            self._starved_since = None
+            self._last = np.zeros(self.action_dim, np.float32)
+
     def needs_chunk(self) -> bool:
         """Ask for the next chunk ahead of time, when the queue runs low."""
         with self._lock:

@@ -9,6 +9,8 @@ Topics (standard types, so it drops into a ros2_control stack):
   out  command_topic         std_msgs/Float64MultiArray or trajectory_msgs/JointTrajectory
   out  ~/stats               std_msgs/String (JSON counters, 1 Hz)
 Services: ~/start_episode (std_srvs/Trigger; task and instruction from parameters),
+          ~/start_demonstration (std_srvs/Trigger: the human drives; engaged ticks are recorded as
+          demonstration, never as correction, and no policy runs),
           ~/end_episode (std_srvs/SetBool: data = success),
           ~/label_last_episode (std_srvs/SetBool: relabel the last committed episode).
 
@@ -82,6 +84,7 @@ class Counters:
     late_ticks: int = 0
     hold_ticks: int = 0
     correction_ticks: int = 0
+    demonstration_ticks: int = 0
     refused: dict = field(default_factory=lambda: {"joint_state": 0, "image": 0, "teleop": 0})
     lateness_ms: list = field(default_factory=list)
 
@@ -115,8 +118,10 @@ class BridgeNode(Node):
         self.policy = (PolicyClient(p["inference_url"], p["inference_token"], self.arbiter.offer_chunk)
                        if p["inference_url"] else None)
         self.writer = None
+        self.demonstrating = False
         self.episode_task = ""
-        self.tick_index = 0
+        self.tick_index = 0  # across episodes: a chunk asked for in one episode never lands in the next
+        self._last_tick_ns = -1
         self._lock = threading.Lock()
 
         self.create_subscription(JointState, p["joint_state_topic"], self._on_joint_state, 10)
@@ -133,6 +138,7 @@ class BridgeNode(Node):
             self.cmd_pub = self.create_publisher(Float64MultiArray, p["command_topic"], 10)
         self.stats_pub = self.create_publisher(String, "~/stats", 10)
         self.create_service(Trigger, "~/start_episode", self._start_episode)
+        self.create_service(Trigger, "~/start_demonstration", self._start_demonstration)
         self.create_service(SetBool, "~/end_episode", self._end_episode)
         self.create_service(SetBool, "~/label_last_episode", self._label_last)
         self.last_committed: str | None = None
@@ -160,8 +166,11 @@ class BridgeNode(Node):
         stamp = self._stamp_ns(m.header) or self.get_clock().now().nanoseconds
         self.state_buf.add(stamp, pos.astype(np.float32))
         if self.sim_time:  # on simulated time the state drives the ticks (lockstep with a fast simulator)
+            if stamp <= self._last_tick_ns:
+                return  # the same instant sent again (the simulator waits for us): one tick per instant
             try:
-                self._tick(0, tick_ns=stamp)
+                if self._tick(0, tick_ns=stamp):
+                    self._last_tick_ns = stamp
             except Exception as e:
                 self.get_logger().error(f"tick failed: {e!r}")
 
@@ -199,7 +208,10 @@ class BridgeNode(Node):
 
     # -- episodes ----------------------------------------------------------------------------------
 
-    def _start_episode(self, _req, resp):
+    def _start_demonstration(self, req, resp):
+        return self._start_episode(req, resp, demonstration=True)
+
+    def _start_episode(self, _req, resp, demonstration: bool = False):
         with self._lock:
             if self.writer is not None:
                 resp.success, resp.message = False, f"episode {self.writer.episode_id} is running"
@@ -211,9 +223,11 @@ class BridgeNode(Node):
                                                  fps=1e9 / self.period_ns,
                                                  instruction=self.get_parameter("instruction").value,
                                                  fsync=bool(self.p["fsync"]))
-            self.tick_index = 0
+            self.demonstrating = demonstration
+            self.arbiter.reset(self.tick_index)
             resp.success, resp.message = True, self.writer.episode_id
-        self.get_logger().info(f"episode {resp.message} started ({self.episode_task})")
+        kind = "demonstration" if demonstration else "episode"
+        self.get_logger().info(f"{kind} {resp.message} started ({self.episode_task})")
         return resp
 
     def _end_episode(self, req, resp):
@@ -263,13 +277,14 @@ class BridgeNode(Node):
                     return  # shutting down
                 self.get_logger().error(f"tick failed: {e!r}")
 
-    def _tick(self, lateness_ns: int, tick_ns: int | None = None) -> None:
+    def _tick(self, lateness_ns: int, tick_ns: int | None = None) -> bool:
+        """One control tick; True when it commanded the arm."""
         c = self.counters
         t_ns = tick_ns if tick_ns is not None else self.get_clock().now().nanoseconds
         s = self.state_buf.at(t_ns)
         if s is None:
             c.no_state_ticks += 1
-            return
+            return False
         if t_ns - s.stamp_ns > 2 * self.period_ns:
             c.stale_samples += 1
         images = {}
@@ -277,35 +292,39 @@ class BridgeNode(Node):
             im = buf.at(t_ns)
             if im is None:
                 c.no_state_ticks += 1
-                return
+                return False
             if t_ns - im.stamp_ns > 2 * self.period_ns:
                 c.stale_samples += 1
             images[cam] = im.value
         with self._lock:
-            writer, tick = self.writer, self.tick_index
+            writer, tick, demonstrating = self.writer, self.tick_index, self.demonstrating
             if writer is not None:
                 self.tick_index += 1
         human = self.human.at(t_ns)
         engaged = self.engaged and human is not None
-        if writer is not None and self.policy is not None and not engaged and self.arbiter.needs_chunk() \
-                and not self.policy.busy:
+        if writer is not None and self.policy is not None and not engaged and not demonstrating \
+                and self.arbiter.needs_chunk() and not self.policy.busy:
             self.policy.request(tick, s.value, images, self.get_parameter("instruction").value)
             if self.sim_time:  # simulated time stands still while the policy thinks (wall-clock bound)
                 deadline = time.monotonic() + 2.0
                 while self.policy.busy and not self.arbiter.queue.actions and time.monotonic() < deadline:
                     time.sleep(0.001)
         if writer is None and not engaged:
-            return  # between episodes the arm is left alone (only a human may drive it)
+            return False  # between episodes the arm is left alone (only a human may drive it)
         d = self.arbiter.decide(tick, s.value, human.value if human else None, engaged)
+        if demonstrating and d.source == ActionSource.CORRECTION:
+            d.source = ActionSource.DEMONSTRATION
         self._publish(d.action)
         c.ticks += 1
         c.lateness_ms.append(lateness_ns / 1e6)
         c.late_ticks += d.late
         c.hold_ticks += d.source == ActionSource.HOLD
         c.correction_ticks += d.source == ActionSource.CORRECTION
+        c.demonstration_ticks += d.source == ActionSource.DEMONSTRATION
         if writer is not None:
             writer.append(Tick(t_ns, s.value, d.action, d.source, images=images,
                                proposed=None if d.proposed is None else d.action, policy_version=d.policy_version))
+        return True
 
     def _publish(self, action: np.ndarray) -> None:
         if self.p["command_type"] == "joint_trajectory":
@@ -320,7 +339,8 @@ class BridgeNode(Node):
         lat = np.asarray(c.lateness_ms[-3000:]) if c.lateness_ms else np.zeros(1)
         doc = {"robot": self.robot_id, "ticks": c.ticks, "no_state_ticks": c.no_state_ticks,
                "stale_samples": c.stale_samples, "late_ticks": c.late_ticks, "hold_ticks": c.hold_ticks,
-               "correction_ticks": c.correction_ticks, "refused": c.refused,
+               "correction_ticks": c.correction_ticks,
+               "demonstration_ticks": c.demonstration_ticks, "refused": c.refused,
                "lateness_p50_ms": float(np.percentile(lat, 50)), "lateness_p99_ms": float(np.percentile(lat, 99)),
                "episode": self.writer.episode_id if self.writer else None,
                "policy_errors": self.policy.errors if self.policy else 0,

@@ -3,24 +3,15 @@ process over DDS), and drive episodes through the bridge's ROS 2 services."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import typer
 
 app = typer.Typer(help="The robot side: bring up a bridge, start and end episodes.", no_args_is_help=True)
-
-
-def _ros_args(params: dict) -> list[str]:
-    out = ["--ros-args"]
-    for k, v in params.items():
-        out += ["-p", f"{k}:={json.dumps(v)}"]  # YAML reads JSON: strings stay strings, '' stays empty
-    return out
 
 
 @app.command()
@@ -36,22 +27,13 @@ def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulate
        fast: bool = typer.Option(False, help="Simulated time (/clock): the arm steps as fast as the bridge answers."),
        logs: Path = typer.Option(Path("recap_home/logs"), help="Where each node logs.")):
     """Simulated arm + scripted teleoperator + bridge for a task, until Ctrl-C (stops them all)."""
+    from robot_bridge.cell import CellSpec
+
     logs.mkdir(parents=True, exist_ok=True)
-    w = image * 4 // 3
-    sim = {"use_sim_time": True} if fast else {}
-    nodes = {"arm": ("robot_bridge.sim.arm_node", {"task": task, "rate_hz": rate, "image_height": image,
-                                                    "image_width": w, "fast": fast}),
-             "bridge": ("robot_bridge.bridge_node", {
-                 "robot_id": robot, "state_dim": 39, "action_dim": 4, "store_root": str(store.resolve()),
-                 "task": task, "instruction": task.removesuffix("-v3").replace("-", " "), "hold_keep": [3],
-                 "control_rate_hz": rate, "inference_url": inference_url, "inference_token": token,
-                 "api_url": api_url, "execute": 4, **sim,
-                 **({"camera_names": ["front"], "camera_topics": ["camera/front"], "camera_height": image,
-                     "camera_width": w} if image else {})})}
-    if teleop:
-        nodes["teleop"] = ("robot_bridge.sim.teleop_node", {"task": task, **sim})
-    procs = {n: subprocess.Popen([sys.executable, "-m", m, *_ros_args(p)], stdout=open(logs / f"{n}.log", "ab"),
-                                 stderr=subprocess.STDOUT) for n, (m, p) in nodes.items()}
+    cell = CellSpec(robot=robot, task=task, rate_hz=rate, store=store, inference_url=inference_url, token=token,
+                    api_url=api_url, teleop=teleop, image=image, fast=fast)
+    procs = {n: subprocess.Popen(cmd, stdout=open(logs / f"{n}.log", "ab"), stderr=subprocess.STDOUT)
+             for n, cmd in cell.commands().items()}
     typer.echo(f"up: {', '.join(f'{n} (pid {p.pid})' for n, p in procs.items())}; logs in {logs}. Ctrl-C stops.")
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))

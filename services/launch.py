@@ -99,7 +99,12 @@ def start_uvicorn(name: str, factory: str, log_dir: Path, env: dict[str, str], p
 
 
 def start_python(name: str, args: list[str], log_dir: Path, env: dict[str, str]) -> Process:
-    return Process(name, _spawn(name, [sys.executable, *args], log_dir, env), log_dir / f"{name}.log")
+    return start_process(name, [sys.executable, *args], log_dir, env)
+
+
+def start_process(name: str, cmd: list[str], log_dir: Path, env: dict[str, str], **extra) -> Process:
+    """Any command in its own session (so a group kill reaches its children), logging to `name`.log."""
+    return Process(name, _spawn(name, cmd, log_dir, env), log_dir / f"{name}.log", extra=extra)
 
 
 def wait_healthy(proc: Process, path: str = "/healthz", timeout: float = 90.0) -> None:

@@ -55,3 +55,14 @@ def test_position_hold_keeps_the_measured_joint_positions():
     arb = ActionArbiter(3, -np.ones(3), np.ones(3), deadline_ticks=1, refill_below=1, hold_mode="position")
     d = arb.decide(0, np.array([0.1, -0.2, 0.3, 9.0]), None, False)
     assert d.source == ActionSource.HOLD and np.allclose(d.action, [0.1, -0.2, 0.3])
+
+
+def test_a_new_episode_never_executes_what_was_planned_in_the_last_one():
+    arb = _arbiter()
+    arb.offer_chunk(np.full((5, 2), 0.3), "v1", obs_tick=10)
+    assert arb.decide(11, np.zeros(2), None, False).source == ActionSource.POLICY
+    arb.reset(12)  # the next episode starts with actions still queued and a request in flight
+    assert arb.decide(12, np.zeros(2), None, False).source == ActionSource.HOLD
+    assert not arb.offer_chunk(np.full((5, 2), 0.3), "v1", obs_tick=11)  # asked for in the last episode
+    assert arb.offer_chunk(np.full((5, 2), -0.1), "v1", obs_tick=12)
+    assert np.allclose(arb.decide(13, np.zeros(2), None, False).action, -0.1)

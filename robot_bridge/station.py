@@ -1,0 +1,150 @@
+"""What a person at a robot's station does, over ROS 2 from a separate process: put the arm on a new
+layout, tell the teleoperator what to do (demonstrate, stand by to correct, hands off), start an
+episode or a demonstration on the bridge, watch for success or the time limit, and end the episode
+with its outcome. Each station joins its robot's ROS domain through its own rclpy context, so one
+process can run the stations of a whole simulated fleet."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+import rclpy
+from rcl_interfaces.srv import SetParameters
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
+
+
+class StationError(RuntimeError):
+    pass
+
+
+@dataclass
+class EpisodeOutcome:
+    episode_id: str
+    kind: str  # demonstration | corrected | autonomous
+    success: bool
+    steps: int
+    layout: int
+    wall_s: float
+
+
+TELEOP_MODE = {"demonstration": "demonstrate", "corrected": "correct", "autonomous": "off"}
+
+
+class Station:
+    def __init__(self, domain_id: int, *, bridge: str = "/recap_bridge", arm: str = "/sim_arm",
+                 teleop: str = "/scripted_teleop", name: str = "recap_station"):
+        self.domain_id, self.bridge, self.arm, self.teleop = domain_id, bridge, arm, teleop
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx, domain_id=domain_id)
+        self.node = rclpy.create_node(name, context=self.ctx)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self._lock = threading.Lock()
+        self.status: dict = {}
+        self.stats: dict = {}
+        self.node.create_subscription(String, f"{arm}/status", self._on_status, 50)
+        self.node.create_subscription(String, f"{bridge}/stats", lambda m: self._set("stats", m), 10)
+        self._clients = {}
+
+    def _on_status(self, m: String) -> None:
+        self._set("status", m)
+
+    def _set(self, attr: str, m: String) -> None:
+        with self._lock:
+            setattr(self, attr, json.loads(m.data))
+
+    def _client(self, srv_type, name: str):
+        if name not in self._clients:
+            self._clients[name] = self.node.create_client(srv_type, name)
+        return self._clients[name]
+
+    def spin(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=min(0.05, max(0.0, end - time.monotonic())))
+
+    def call(self, srv_type, name: str, request, timeout: float = 30.0):
+        cli = self._client(srv_type, name)
+        if not cli.wait_for_service(timeout_sec=timeout):
+            raise StationError(f"{name} is not available on ROS domain {self.domain_id}")
+        fut = cli.call_async(request)
+        self.executor.spin_until_future_complete(fut, timeout_sec=timeout)
+        if not fut.done():
+            raise StationError(f"{name} did not answer within {timeout} s")
+        return fut.result()
+
+    def wait_ready(self, timeout: float = 120.0, topics: tuple[str, ...] = (
+            "/joint_states", "/command", "/teleop/command", "/teleop/engage")) -> None:
+        """Until the bridge, the arm and the teleoperator answer (nodes take seconds to start) and
+        each topic between them has a publisher and a subscriber (DDS discovery), so the first
+        episode does not start while the bridge cannot hear the teleoperator yet."""
+        deadline = time.monotonic() + timeout
+        for srv_type, name in ((Trigger, f"{self.bridge}/start_episode"), (Trigger, f"{self.arm}/reset"),
+                               (SetParameters, f"{self.teleop}/set_parameters")):
+            if not self._client(srv_type, name).wait_for_service(timeout_sec=max(0.1, deadline - time.monotonic())):
+                raise StationError(f"{name} did not come up within {timeout} s (ROS domain {self.domain_id})")
+        while True:
+            missing = [t for t in topics if not (self.node.count_publishers(t) and self.node.count_subscribers(t))]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise StationError(f"topics without a publisher or a subscriber: {missing} (ROS domain {self.domain_id})")
+            self.spin(0.1)
+        self.spin(1.0)  # the nodes' own discovery of each other lags the station's by a little
+
+    def set_params(self, node: str, **params) -> None:
+        req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in params.items()])
+        res = self.call(SetParameters, f"{node}/set_parameters", req)
+        bad = [r.reason for r in res.results if not r.successful]
+        if bad:
+            raise StationError(f"{node} refused {params}: {bad}")
+
+    def set_teleop(self, **params) -> None:
+        self.set_params(self.teleop, **params)
+
+    def run_episode(self, kind: str, *, operator: str = "clean", seed: int = 0, layout: int | None = None,
+                    timeout_s: float = 300.0) -> EpisodeOutcome:
+        """One episode start to end: `kind` is demonstration (the teleoperator drives as `operator`),
+        corrected (the policy drives, the teleoperator corrects) or autonomous (no human). `layout`:
+        the arm's initial condition (default: the next one)."""
+        if kind not in TELEOP_MODE:
+            raise ValueError(f"kind must be one of {list(TELEOP_MODE)}")
+        t0 = time.monotonic()
+        if layout is not None:
+            self.set_params(self.arm, seed=int(layout))
+        self.set_teleop(mode=TELEOP_MODE[kind], operator=operator, seed=seed)
+        start_srv = "start_demonstration" if kind == "demonstration" else "start_episode"
+        started = self.call(Trigger, f"{self.bridge}/{start_srv}", Trigger.Request())
+        if not started.success:
+            raise StationError(f"the bridge refused to start: {started.message}")
+        try:
+            layout = int(self.call(Trigger, f"{self.arm}/reset", Trigger.Request()).message)
+            status = self._wait_done(layout, t0 + timeout_s)
+        except BaseException:
+            self.call(SetBool, f"{self.bridge}/end_episode", SetBool.Request(data=False))
+            raise
+        ended = self.call(SetBool, f"{self.bridge}/end_episode", SetBool.Request(data=bool(status["success"])))
+        if not ended.success:
+            raise StationError(f"the bridge refused to end the episode: {ended.message}")
+        return EpisodeOutcome(ended.message, kind, bool(status["success"]), int(status["steps"]), layout,
+                              time.monotonic() - t0)
+
+    def _wait_done(self, layout: int, deadline: float) -> dict:
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+            with self._lock:
+                st = dict(self.status)
+            if st.get("layout") == layout and st.get("done"):
+                return st
+        raise StationError(f"layout {layout}: the episode did not finish in time (last status {st})")
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.ctx)

@@ -1,0 +1,123 @@
+"""`recap demo`: start the whole stack on this machine and run record -> train -> deploy rounds on
+simulated arms through it; results in `demo_out/` (report.html, plots, results.json, logs/)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import typer
+
+from services.demo.config import DemoConfig, preset
+
+app = typer.Typer(help="The full loop on simulated arms through the real stack (Redis, API, worker, inference, "
+                       "ROS 2 bridges). Ctrl-C stops every process.", invoke_without_command=True)
+
+
+def _config(quick: bool, rounds: int | None, tasks: str | None, robots: int | None) -> DemoConfig:
+    cfg = preset(quick)
+    if rounds is not None:
+        cfg.rounds = rounds
+    if tasks:
+        cfg.tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if robots is not None:
+        cfg.robots = robots
+    if cfg.robots < 1 or cfg.rounds < 0:
+        raise typer.BadParameter("need at least one robot and zero or more rounds")
+    if len(cfg.tasks) > cfg.robots:
+        raise typer.BadParameter(f"{len(cfg.tasks)} tasks need at least as many robots (each simulated arm runs one task)")
+    from training.sim.arm import _expert_class_name
+    from metaworld import policies
+
+    for t in cfg.tasks:
+        if not hasattr(policies, _expert_class_name(t)):
+            raise typer.BadParameter(f"unknown Meta-World task {t!r} (e.g. push-v3, pick-place-v3, peg-insert-side-v3)")
+    return cfg
+
+
+def _raise_interrupt(*_):
+    raise KeyboardInterrupt
+
+
+@app.callback()
+def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes (report.html, logs/, home/)."),
+         rounds: int = typer.Option(None, help="RECAP rounds after the first fit (default 3; quick 1)."),
+         tasks: str = typer.Option(None, help="Comma-separated Meta-World tasks, one per robot in turn (default push-v3)."),
+         robots: int = typer.Option(None, help="Simulated robots (default 2)."),
+         quick: bool = typer.Option(False, help="A few minutes: fewer episodes, smaller models, 1 round."),
+         fresh: bool = typer.Option(False, help="Start over (deletes OUT); by default a re-run continues after "
+                                               "the last finished phase."),
+         ros_domain: int = typer.Option(40, help="ROS domain of the first robot (each robot its own)."),
+         live: bool = typer.Option(None, help="Live screen (default: when stdout is a terminal).")):
+    """Record demonstrations -> first fit -> deploy -> (collect with corrections -> RECAP run -> canary ->
+    fleet -> evaluate) x ROUNDS, every step through the public API and ROS 2 topics."""
+    from services.demo.loop import DemoLoop
+    from services.demo.report import write_report
+    from services.demo.stack import DemoStack, StackError
+    from services.demo.view import View, round_table
+
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
+    cfg = _config(quick, rounds, tasks, robots)
+    state_file = out / "state.json"
+    state = {}
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state.get("config") != cfg.to_dict():
+            typer.echo(f"{out} holds a demo with another configuration; run with --fresh to start over, or "
+                       "with the same options to continue", err=True)
+            raise typer.Exit(2)
+    out.mkdir(parents=True, exist_ok=True)
+    state["config"] = cfg.to_dict()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    t0 = time.monotonic()
+    stack = DemoStack(out, cfg, ros_domain=ros_domain, state=state)
+    code = 0
+    with View(live) as view:
+        loop = DemoLoop(stack, cfg, out, view)
+        try:
+            view.phase("starting Redis, the API, a training worker, the inference server and the robots")
+            stack.start(say=view.log)
+            loop.save()
+            records = loop.run()
+            report = _report(stack, loop, out, cfg, records, time.monotonic() - t0, write_report)
+            view.phase(f"done in {(time.monotonic() - t0) / 60:.1f} min: {report}")
+        except KeyboardInterrupt:
+            view.log("interrupted: stopping every process (a re-run continues from the last finished phase)")
+            loop.interrupt()
+            code = 130
+        except StackError as e:
+            view.log(f"error: {e}")
+            code = 1
+        finally:
+            errors = stack.errors()
+            stack.stop()
+    if state.get("records"):
+        view.console.print(round_table(state["records"]))
+    if errors:
+        typer.echo("processes that logged errors (see " + str(out / "logs") + "):", err=True)
+        for name, lines in errors.items():
+            typer.echo(f"  {name}: {lines[-1][:200]}", err=True)
+    raise typer.Exit(code)
+
+
+def _report(stack, loop, out: Path, cfg: DemoConfig, records: list[dict], elapsed: float, write_report) -> Path:
+    runs = {}
+    with stack.client("researcher") as c:
+        versions = c.get("/v1/versions").json()
+        for run_id in loop.state.get("runs", {}).values():
+            runs[run_id] = c.get(f"/v1/runs/{run_id}").json()
+            png = c.get(f"/v1/runs/{run_id}/curves.png")
+            if png.status_code == 200:
+                (out / "plots").mkdir(parents=True, exist_ok=True)
+                (out / "plots" / f"{run_id}-curves.png").write_bytes(png.content)
+        deployments = c.get("/v1/deployments").json()
+    mine = set(loop.state["versions"].values())
+    return write_report(out, cfg.to_dict(), records, [v for v in versions if v["id"] in mine], runs,
+                        deployments, elapsed)

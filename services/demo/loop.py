@@ -1,0 +1,258 @@
+"""The rounds, driven the way the lab's people would drive them: teleoperators record
+demonstrations and stand by to correct at the robots' stations (ROS 2), a researcher starts
+training runs through the API, an operator deploys each new version to one robot (canary) and
+then the fleet. Figures per round come back from the API (the catalog of registered episodes).
+
+Layouts (the arm's initial conditions) are fixed per role: demonstrations, collection per round
+and robot, and one fixed evaluation set per robot reused every round, so rounds compare paired."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from robot_bridge.station import EpisodeOutcome
+from services.demo.config import DemoConfig
+from services.demo.stack import DemoStack, StackError, _ok
+from services.demo.view import View
+from training.sim.operators import operator_mix
+
+DEMO_LAYOUT, COLLECT_LAYOUT, CANARY_LAYOUT, EVAL_LAYOUT = 100_000, 200_000, 300_000, 0
+
+
+class DemoLoop:
+    def __init__(self, stack: DemoStack, cfg: DemoConfig, out: Path, view: View):
+        self.stack, self.cfg, self.out, self.view = stack, cfg, out, view
+        self.state = stack.state
+        self.state.setdefault("done", [])
+        self.state.setdefault("episodes", {})
+        self.state.setdefault("versions", {})
+        self.state.setdefault("records", [])
+        self.robots = cfg.robot_ids()
+        self.stopping = threading.Event()
+        self.current_run: str | None = None
+
+    def interrupt(self) -> None:
+        """Ctrl-C: robots finish the episode they are in; a training run in progress is cancelled
+        through the API (as a researcher would), so the worker stops within a second."""
+        self.stopping.set()
+        if self.current_run:
+            try:
+                with self.stack.client("researcher") as c:
+                    c.post(f"/v1/runs/{self.current_run}/cancel")
+            except Exception:
+                pass
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def save(self) -> None:
+        f = self.out / "state.json"
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.replace(f)
+        f.chmod(0o600)  # it holds the demo's API tokens
+
+    def _step(self, key: str, fn) -> None:
+        """Run a phase once: a re-run continues after the last phase that finished."""
+        if key in self.state["done"]:
+            self.view.log(f"{key}: done in an earlier run")
+            return
+        fn()
+        self.state["done"].append(key)
+        self.save()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> list[dict]:
+        cfg = self.cfg
+        self._step("r0.demos", self.demonstrations)
+        self._step("r0.train", lambda: self.train(0, "bc", parent=None))
+        self._step("r0.deploy", lambda: self.deploy(self.state["versions"]["0"], "fleet", "*", "deploy"))
+        self._step("r0.eval", lambda: self.evaluate(0))
+        for r in range(1, cfg.rounds + 1):
+            parent = self.state["versions"][str(r - 1)]
+            self._step(f"r{r}.collect", lambda r=r: self.collect(r))
+            self._step(f"r{r}.train", lambda r=r, p=parent: self.train(r, "recap", parent=p))
+            self._step(f"r{r}.canary", lambda r=r: self.canary(r))
+            self._step(f"r{r}.widen", lambda r=r: self.deploy(self.state["versions"][str(r)], "fleet", "*", "widen"))
+            self._step(f"r{r}.eval", lambda r=r: self.evaluate(r))
+        return self.state["records"]
+
+    # -- robots --------------------------------------------------------------------------------
+
+    def _episodes(self, phase: str, plan: dict[str, list[dict]]) -> list[dict]:
+        """plan: robot -> episode kwargs, run on every robot at once (one thread per station)."""
+        total = sum(len(v) for v in plan.values())
+        done = {"n": 0}
+
+        def one_robot(robot: str) -> list[dict]:
+            st = self.stack.stations[robot]
+            out = []
+            for i, kw in enumerate(plan[robot]):
+                if self.stopping.is_set():
+                    break
+                self.view.robot(robot, f"{phase} {i + 1}/{len(plan[robot])} ({kw['kind']}, layout {kw['layout']})")
+                o: EpisodeOutcome = st.run_episode(timeout_s=120 + 2 * self.cfg.max_steps, **kw)
+                out.append({**asdict(o), "robot": robot, "operator": kw.get("operator", "")})
+                done["n"] += 1
+                self.view.progress(phase, done["n"], total)
+            self.view.robot(robot, f"{phase}: {len(out)} episodes, {sum(e['success'] for e in out)} successes")
+            return out
+
+        pool = ThreadPoolExecutor(len(plan))
+        try:
+            futures = [pool.submit(one_robot, robot) for robot in plan]
+            results = [e for f in futures for e in f.result()]
+        except BaseException:
+            self.stopping.set()  # the other robots stop after their current episode
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
+        self.stack.check()
+        self.wait_registered([e["episode_id"] for e in results])
+        self.state["episodes"][phase] = results
+        return results
+
+    def demonstrations(self) -> None:
+        self.view.phase("round 0: teleoperators record demonstrations (operator mix: clean / slow / sloppy)")
+        plan = {}
+        for i, robot in enumerate(self.robots):
+            ops = operator_mix(self.cfg.demos_per_robot, seed=self.cfg.seed + i, mix=self.cfg.demo_mix)
+            plan[robot] = [{"kind": "demonstration", "operator": op.name, "seed": 1000 * i + k,
+                            "layout": DEMO_LAYOUT + 1000 * i + k} for k, op in enumerate(ops)]
+        eps = self._episodes("demos", plan)
+        self.view.log(f"demonstrations: {len(eps)} recorded, {sum(e['success'] for e in eps)} successful")
+
+    def collect(self, r: int) -> None:
+        self.view.phase(f"round {r}: the fleet runs {self.state['versions'][str(r - 1)]} with teleoperators "
+                        "standing by to correct")
+        for st in self.stack.stations.values():  # a new round of correction budget
+            st.set_teleop(budget=self.cfg.correction_budget)
+        plan = {robot: [{"kind": "corrected", "seed": k, "layout": COLLECT_LAYOUT + 10_000 * r + 1000 * i + k}
+                        for k in range(self.cfg.collect_per_robot)] for i, robot in enumerate(self.robots)}
+        self._episodes(f"r{r}.collect", plan)
+
+    def evaluate(self, r: int) -> None:
+        v = self.state["versions"][str(r)]
+        self.view.phase(f"round {r}: autonomous episodes of {v} on the fixed evaluation layouts")
+        plan = {robot: [{"kind": "autonomous", "layout": EVAL_LAYOUT + 1000 * i + k}
+                        for k in range(self.cfg.eval_per_robot)] for i, robot in enumerate(self.robots)}
+        eps = self._episodes(f"r{r}.eval", plan)
+        collected = self.state["episodes"].get(f"r{r}.collect", self.state["episodes"].get("demos", []))
+        rec = self.record(r, v, eps, collected)
+        self.state["records"] = [x for x in self.state["records"] if x["round"] != r] + [rec]
+        self.view.table(self.state["records"])
+
+    def canary(self, r: int) -> None:
+        v, canary = self.state["versions"][str(r)], self.robots[0]
+        self.deploy(v, "robot", canary, "canary")
+        self.view.phase(f"round {r}: canary — {v} on {canary} only, the rest of the fleet stays on "
+                        f"{self.state['versions'][str(r - 1)]}")
+        plan = {canary: [{"kind": "autonomous", "layout": CANARY_LAYOUT + 1000 * r + k}
+                         for k in range(self.cfg.canary_episodes)]}
+        eps = self._episodes(f"r{r}.canary", plan)
+        seen = self._api_episodes([e["episode_id"] for e in eps])
+        ran = {x for e in seen for x in e["policy_versions"]}
+        if ran != {v}:
+            raise StackError(f"canary {canary} ran versions {sorted(ran)}, expected only {v}")
+        self.view.log(f"canary {canary}: {len(eps)} episodes on {v}, no errors; widening to the fleet")
+
+    # -- the API, as a researcher and an operator ----------------------------------------------
+
+    def train(self, r: int, method: str, parent: str | None) -> None:
+        who = "first fit on the demonstrations (BC)" if method == "bc" else "RECAP on all the fleet's data"
+        self.view.phase(f"round {r}: a researcher starts a training run — {who}")
+        body = {"method": method, "selection": {"robot": self.robots, "status": ["complete"]},
+                "recipe": self.cfg.recipe(), "parent_version": parent, "seed": self.cfg.seed}
+        with self.stack.client("researcher") as c:
+            r0 = c.post("/v1/runs", json=body)
+            _ok(r0)
+            run_id = r0.json()["id"]
+            self.current_run = run_id
+            self.view.log(f"training run {run_id} queued ({method})")
+            while True:
+                self.stack.check()
+                resp = c.get(f"/v1/runs/{run_id}")
+                _ok(resp)
+                run = resp.json()
+                self.view.run(run)
+                if run["status"] in ("finished", "failed", "cancelled"):
+                    break
+                time.sleep(1.0)
+        self.current_run = None
+        if run["status"] != "finished":
+            raise StackError(f"training run {run_id} {run['status']}: {run['error']}")
+        self.state["versions"][str(r)] = run["version_id"]
+        self.state.setdefault("runs", {})[str(r)] = run_id
+        self.view.log(f"run {run_id} finished: policy version {run['version_id']} registered")
+
+    def deploy(self, version: str, kind: str, target: str, stage: str) -> None:
+        with self.stack.client("operator") as c:
+            _ok(c.post("/v1/deployments", json={"version": version, "target_kind": kind, "target": target,
+                                                "stage": stage, "note": "recap demo"}))
+            assigned = c.get("/v1/deployments/current").json()
+        want = {robot: assigned.get(robot) for robot in self.robots}
+        t0 = time.monotonic()
+        while True:  # until the inference server serves what the registry says (hot swap over Redis)
+            table = self.stack_get(self.stack.inference.url + "/v1/serving")
+            served = {robot: table["robots"].get(robot) or table["fleet_version"] for robot in self.robots}
+            if served == want:
+                break
+            if time.monotonic() - t0 > 60:
+                raise StackError(f"inference server serves {served}, the registry says {want}")
+            time.sleep(0.1)
+        self.view.log(f"{stage}: {version} -> {kind} {target}; serving after {time.monotonic() - t0:.2f} s")
+
+    @staticmethod
+    def stack_get(url: str) -> dict:
+        import httpx
+
+        return httpx.get(url, timeout=10).json()
+
+    def wait_registered(self, ids: list[str], timeout: float = 60.0) -> None:
+        """The bridges register committed episodes with the API in the background."""
+        deadline = time.monotonic() + timeout
+        missing = set(ids)
+        with self.stack.client("teleoperator") as c:
+            while missing and time.monotonic() < deadline:
+                missing = {i for i in missing if c.get(f"/v1/episodes/{i}").status_code != 200}
+                if missing:
+                    time.sleep(0.2)
+        if missing:
+            raise StackError(f"{len(missing)} episodes not registered with the API after {timeout} s: {sorted(missing)[:5]}")
+
+    def _api_episodes(self, ids: list[str]) -> list[dict]:
+        with self.stack.client("researcher") as c:
+            out = []
+            for i in ids:
+                resp = c.get(f"/v1/episodes/{i}")
+                _ok(resp)
+                out.append(resp.json())
+            return out
+
+    def record(self, r: int, version: str, evals: list[dict], collected: list[dict]) -> dict:
+        """One row of the round table, from the catalog as the API reports it."""
+        ev = self._api_episodes([e["episode_id"] for e in evals])
+        col = self._api_episodes([e["episode_id"] for e in collected])
+        ok = np.array([e["outcome"] == "success" for e in ev])
+        robot_s = sum(e["num_ticks"] / e["fps"] for e in ev) + self.cfg.reset_s * len(ev)
+        ticks = sum(e["num_ticks"] for e in col)
+        with self.stack.client("operator") as c:
+            robots = {x["id"]: x["assigned_version"] for x in c.get("/v1/robots").json() if x["id"] in self.robots}
+        per_robot = {robot: float(np.mean([e["outcome"] == "success" for e in ev if e["robot_id"] == robot]))
+                     for robot in self.robots}
+        return {"round": r, "version": version, "episodes": len(ev), "success_rate": float(ok.mean()),
+                "success_se": float(np.sqrt(ok.mean() * (1 - ok.mean()) / max(1, len(ok)))),
+                "success_per_robot": per_robot, "throughput_per_h": float(ok.sum() / robot_s * 3600),
+                "mean_steps": float(np.mean([e["num_ticks"] for e in ev])),
+                "collected_episodes": len(col), "collected_success_rate": float(np.mean(
+                    [e["outcome"] == "success" for e in col])) if col else 0.0,
+                "correction_rate": float(sum(e["num_correction_ticks"] for e in col) / max(1, ticks)),
+                "versions_in_ticks": sorted({x for e in ev for x in e["policy_versions"]}),
+                "robot_versions": robots}

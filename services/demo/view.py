@@ -1,0 +1,120 @@
+"""The demo's live view: the current phase, what each robot is doing, the training run's progress,
+the per-round table. A live screen on a terminal (rich), plain log lines otherwise (CI, logs)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+
+def round_table(records: list[dict]) -> Table:
+    t = Table(title="per round (evaluation: autonomous episodes on fixed layouts)", header_style="bold")
+    for col in ("round", "version", "success", "throughput /h", "mean steps", "collected (success, correction ticks)",
+                "version per robot"):
+        t.add_column(col, justify="left" if col == "version per robot" else "right", no_wrap=True)
+    for r in sorted(records, key=lambda x: x["round"]):
+        coll = ("demonstrations" if r["round"] == 0 else
+                f"{r['collected_episodes']} ({100 * r['collected_success_rate']:.0f}%, "
+                f"{100 * r['correction_rate']:.1f}% ticks)")
+        t.add_row(str(r["round"]), r['version'], f"{100 * r['success_rate']:.0f}% ± {100 * r['success_se']:.0f}",
+                  f"{r['throughput_per_h']:.0f}", f"{r['mean_steps']:.0f}", coll,
+                  ", ".join(f"{k}: {v}" for k, v in sorted(r["robot_versions"].items())))
+    return t
+
+
+class View:
+    def __init__(self, live: bool | None = None):
+        self.live = sys.stdout.isatty() if live is None else live
+        self.console = Console() if self.live else Console(width=160)  # logs: room for the round table
+        self._lock = threading.Lock()
+        self._phase = ""
+        self._robots: dict[str, str] = {}
+        self._progress: tuple[str, int, int] | None = None
+        self._run: dict | None = None
+        self._records: list[dict] = []
+        self._log: list[str] = []
+        self._t0 = time.monotonic()
+        self._live: Live | None = None
+
+    def __enter__(self) -> "View":
+        if self.live:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=4, get_renderable=self._render)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live:
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def _elapsed(self) -> str:
+        s = int(time.monotonic() - self._t0)
+        return f"{s // 60:02d}:{s % 60:02d}"
+
+    def _plain(self, msg: str) -> None:
+        if not self.live:
+            print(f"[{self._elapsed()}] {msg}", flush=True)
+
+    def phase(self, text: str) -> None:
+        with self._lock:
+            self._phase, self._progress, self._run = text, None, None
+        self._plain(f"== {text}")
+
+    def robot(self, robot: str, text: str) -> None:
+        with self._lock:
+            self._robots[robot] = text
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        with self._lock:
+            self._progress = (what, done, total)
+        if done == total or done % 10 == 0:
+            self._plain(f"{what}: {done}/{total} episodes")
+
+    def run(self, run: dict) -> None:
+        with self._lock:
+            last = self._run
+            self._run = run
+        if last is None or last["phase"] != run["phase"] or run["status"] != last["status"]:
+            self._plain(f"run {run['id']}: {run['status']} {run['phase']} {100 * run['progress']:.0f}%")
+
+    def log(self, text: str) -> None:
+        with self._lock:
+            self._log = (self._log + [f"[{self._elapsed()}] {text}"])[-8:]
+        self._plain(text)
+
+    def table(self, records: list[dict]) -> None:
+        with self._lock:
+            self._records = list(records)
+        if not self.live:
+            self.console.print(round_table(records))
+        elif self._live:
+            self._live.console.print(round_table(records))
+
+    def _render(self):
+        with self._lock:
+            parts = [Text(f"recap demo  {self._elapsed()}   {self._phase}", style="bold")]
+            if self._robots:
+                t = Table.grid(padding=(0, 2))
+                for robot, text in sorted(self._robots.items()):
+                    t.add_row(Text(robot, style="cyan"), text)
+                parts.append(t)
+            if self._progress:
+                what, done, total = self._progress
+                parts.append(Group(Text(f"{what}: {done}/{total} episodes"),
+                                   ProgressBar(total=max(total, 1), completed=done, width=50)))
+            if self._run:
+                r = self._run
+                parts.append(Group(Text(f"training run {r['id']} ({r['spec']['method']}): {r['status']}, {r['phase']} "
+                                        f"{100 * r['progress']:.0f}%"),
+                                   ProgressBar(total=1.0, completed=r["progress"], width=50)))
+            if self._log:
+                parts.append(Text("\n".join(self._log), style="dim"))
+            return Panel(Group(*parts), title="record -> train -> deploy", border_style="blue")

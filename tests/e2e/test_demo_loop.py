@@ -1,0 +1,124 @@
+"""The loop end to end, through the same processes `make demo` starts: Redis, the API under
+uvicorn, an RQ worker, the inference server, and per simulated robot an arm, a scripted
+teleoperator and a bridge on its own ROS domain. A first run is interrupted (SIGINT, as Ctrl-C)
+after the demonstrations; every process must go; a second run continues and finishes one RECAP
+round. Then the artifacts are checked from the outside: store, runs, control-plane database."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from sqlalchemy import select
+
+from data.schema import ActionSource
+from data.store import EpisodeStore
+
+ERROR_MARKS = ("Traceback", " ERROR ", "[ERROR]", "tick failed")
+
+
+def _demo(out: Path, domain: int) -> list[str]:
+    return [sys.executable, "-m", "data.cli_root", "demo", "--quick", "--out", str(out), "--ros-domain", str(domain),
+            "--no-live"]
+
+
+def _descendants(pid: int) -> set[int]:
+    """The demo's processes: its children start their own sessions, so they are found by parent."""
+    try:
+        return {c.pid for c in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
+    out = tmp_path / "demo_out"
+    domain = random.randint(100, 200)
+    # -- first run: interrupted after the demonstrations ----------------------------------------
+    first = subprocess.Popen(_demo(out, domain), stdout=open(tmp_path / "run1.log", "wb"), stderr=subprocess.STDOUT)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 400
+    state_file = out / "state.json"
+    while time.monotonic() < deadline and first.poll() is None:
+        seen |= _descendants(first.pid)
+        if state_file.exists() and "r0.demos" in json.loads(state_file.read_text()).get("done", []):
+            break
+        time.sleep(0.5)
+    assert first.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
+    seen |= _descendants(first.pid)
+    assert len(seen) >= 4 + 3 * 2  # redis, api, worker, inference, 2 x (arm, teleop, bridge)
+    first.send_signal(signal.SIGINT)
+    assert first.wait(90) == 130, (tmp_path / "run1.log").read_text()[-3000:]
+    time.sleep(1.0)
+    left = [p for p in seen if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"processes left behind by Ctrl-C: {[psutil.Process(p).cmdline() for p in left]}"
+    # -- second run: continues after the last finished phase ------------------------------------
+    second = subprocess.run(_demo(out, domain), capture_output=True, text=True, timeout=700)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-5000:]
+    assert "r0.demos: done in an earlier run" in log
+    for f in (out / "logs").glob("*.log"):
+        bad = [ln for ln in f.read_text(errors="replace").splitlines() if any(m in ln for m in ERROR_MARKS)]
+        assert not bad, f"{f.name} logged errors:\n" + "\n".join(bad[:20])
+
+    state = json.loads(state_file.read_text())
+    v0, v1 = state["versions"]["0"], state["versions"]["1"]
+    store = EpisodeStore(out / "home" / "store")
+    # demonstrations: the teleoperator drove, recorded as demonstration (never as correction)
+    demos = [store.open(e["episode_id"]) for e in state["episodes"]["demos"]]
+    assert all((d.action_source == ActionSource.DEMONSTRATION).mean() > 0.8 for d in demos)
+    assert not any((d.action_source == ActionSource.CORRECTION).any() for d in demos)
+    # collection: the deployed first fit drove, the teleoperator corrected; each tick says who and which version
+    collected = [store.open(e["episode_id"]) for e in state["episodes"]["r1.collect"]]
+    src = np.concatenate([c.action_source for c in collected])
+    assert (src == ActionSource.CORRECTION).sum() > 0 and (src == ActionSource.POLICY).sum() > 0
+    for c in collected:
+        for t in range(len(c)):
+            want = v0 if c.action_source[t] == ActionSource.POLICY else None
+            assert c.policy_version(t) == want
+    # the RECAP run: value function and policy trained from the catalog selection; lineage recorded
+    run_dir = out / "home" / "runs" / state["runs"]["1"]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["method"] == "recap" and run["parent_version"] == v0
+    used = set(json.loads((run_dir / "episodes.json").read_text())["episodes"])
+    assert {e["episode_id"] for e in state["episodes"]["r1.collect"] + state["episodes"]["demos"]} <= used
+    assert (run_dir / "value" / "model.safetensors").exists() and (run_dir / "labels").exists()
+    manifest = json.loads((run_dir / "policy" / "manifest.json").read_text())
+    assert manifest["lineage"]["parent_version"] == v0 and manifest["lineage"]["run"] == state["runs"]["1"]
+    # the registry: the version with its run and parent; canary to one robot, then the fleet
+    from services.control import ControlDB
+    from services.control.models import Deployment, PolicyVersion
+    from services.settings import ServiceSettings
+
+    db = ControlDB(ServiceSettings(home=str(out / "home")).control_db_url)
+    try:
+        with db.session() as s:
+            v = s.get(PolicyVersion, v1)
+            assert v.run_id == state["runs"]["1"] and v.parent_version == v0
+            deps = [(d.stage, d.target_kind, d.target, d.version_id)
+                    for d in s.scalars(select(Deployment).order_by(Deployment.id)).all()]
+    finally:
+        db.close()
+    assert deps == [("deploy", "fleet", "*", v0), ("canary", "robot", "sim-arm-0", v1), ("widen", "fleet", "*", v1)]
+    # after the deployment the next episodes ran the new version: the canary's, then every robot's
+    for phase, robots in (("r1.canary", {"sim-arm-0"}), ("r1.eval", {"sim-arm-0", "sim-arm-1"})):
+        eps = state["episodes"][phase]
+        assert {e["robot"] for e in eps} == robots
+        for e in eps:
+            ep = store.open(e["episode_id"])
+            pol = np.flatnonzero(ep.action_source == ActionSource.POLICY)
+            assert len(pol) > 0 and {ep.policy_version(int(t)) for t in pol} == {v1}
+    # what the user sees: the round table and the report
+    assert [r["round"] for r in state["records"]] == [0, 1]
+    assert state["records"][1]["robot_versions"] == {"sim-arm-0": v1, "sim-arm-1": v1}
+    report = (out / "report.html").read_text()
+    assert "Per round" in report and v1 in report and (out / "plots" / "rounds.png").stat().st_size > 1000
