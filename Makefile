@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
-APT_PACKAGES := redis-server ffmpeg libosmesa6 chromium chromium-driver
+APT_PACKAGES := redis-server ffmpeg libosmesa6 chromium chromium-driver postgresql
 # The first interpreter that really is Python 3.12 (pyenv shims answer for versions they do not select).
 PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
 	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)

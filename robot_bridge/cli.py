@@ -76,11 +76,14 @@ def _call(service: str, srv_type, request, timeout: float = 20.0):
 
 
 @app.command()
-def start(node: str = typer.Option("/recap_bridge", help="The bridge node's name.")):
+def start(node: str = typer.Option("/recap_bridge", help="The bridge's node name."),
+          demonstration: bool = typer.Option(False, help="A demonstration: the teleoperator drives the whole "
+                                                         "episode (recorded as demonstration, no policy).")):
     """Start an episode (task and instruction: the bridge's parameters)."""
     from std_srvs.srv import Trigger
 
-    r = _call(f"{node}/start_episode", Trigger, Trigger.Request())
+    service = "start_demonstration" if demonstration else "start_episode"
+    r = _call(f"{node}/{service}", Trigger, Trigger.Request())
     typer.echo(("started " if r.success else "refused: ") + r.message)
     raise typer.Exit(0 if r.success else 1)
 

@@ -43,15 +43,16 @@ def serve_api(host: str = "127.0.0.1", port: int = 8000):
 
 @serve.command("inference")
 def serve_inference(host: str = "127.0.0.1", port: int = 8001):
-    """The inference server (RECAP_REDIS_URL; RECAP_MAX_BATCH, RECAP_BATCH_WAIT_MS; RECAP_MODEL_THREAD=1 runs the
-    model in its own thread instead of on the event loop)."""
+    """The inference server (RECAP_REDIS_URL; RECAP_INFERENCE_DEVICE cpu|cuda; RECAP_MAX_BATCH,
+    RECAP_BATCH_WAIT_MS; RECAP_MODEL_THREAD=1 runs the model in its own thread instead of on the event loop)."""
     _uvicorn("services.inference.server:create_app", host, port)
 
 
 @serve.command("worker")
 def serve_worker(name: str = typer.Option(None, help="Worker name (unique per host)."),
                  burst: bool = typer.Option(False, help="Exit when the queue is empty.")):
-    """A training worker on the Redis queue (one per GPU or CPU box)."""
+    """A training worker on the Redis queue (one per GPU or CPU box; RECAP_TRAIN_DEVICE cpu|cuda, RECAP_TRAIN_PROCS
+    data-parallel processes per job under torchrun)."""
     from services.settings import ServiceSettings
     from services.worker import work
 

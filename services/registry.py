@@ -66,12 +66,24 @@ def deploy(s: Session, version_id: str, target_kind: str, target: str, *, stage:
 
 
 def rollback(s: Session, target_kind: str, target: str, *, created_by: str) -> Deployment:
-    """Deploy, to the same target, the version it ran before its newest deployment."""
+    """Deploy, to the same target, the version it ran before its newest deployment: for a canary
+    robot that is usually what its group or the fleet was running, not an earlier canary."""
     target = "*" if target_kind == "fleet" else target
-    history = s.scalars(select(Deployment).where(Deployment.target_kind == target_kind, Deployment.target == target)
-                        .order_by(Deployment.id.desc())).all()
-    current = history[0].version_id if history else None
-    previous = next((d.version_id for d in history if d.version_id != current), None)
+    group = None
+    if target_kind == "robot":
+        robot = s.get(Robot, target)
+        group = robot.group if robot else None
+    deps = s.scalars(select(Deployment).order_by(Deployment.id.desc())).all()
+    own = [d for d in deps if d.target_kind == target_kind and d.target == target]
+    if not own:
+        raise RegistryError(f"{target_kind} {target}: nothing deployed to it, nothing to roll back")
+    newest, current = own[0], own[0].version_id
+
+    def applies(d: Deployment) -> bool:  # would this deployment decide the target's version?
+        return ((d.target_kind == target_kind and d.target == target) or d.target_kind == "fleet"
+                or (d.target_kind == "group" and target_kind == "robot" and d.target == group))
+
+    previous = next((d.version_id for d in deps if d.id < newest.id and applies(d) and d.version_id != current), None)
     if previous is None:
         raise RegistryError(f"{target_kind} {target}: no earlier version to roll back to")
     return deploy(s, previous, target_kind, target, stage="rollback", created_by=created_by,

@@ -8,11 +8,19 @@ checkpoint (training/runs.py), and the version registration is unique per run, s
 registers exactly once.
 
     recap serve worker            # one per GPU / CPU box; RECAP_* environment as the API's
+
+Where the training runs: `RECAP_TRAIN_DEVICE` (cpu, cuda) and `RECAP_TRAIN_PROCS`: with N > 1 each
+job runs data-parallel in N processes under torchrun (one per GPU; gloo on CPUs), rank 0 streaming
+progress; the result is read back from the run directory and registered by the worker as usual.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +47,14 @@ class RunCancelled(Exception):
     pass
 
 
+def train_device() -> str:
+    return os.environ.get("RECAP_TRAIN_DEVICE", "cpu")
+
+
+def train_procs() -> int:
+    return max(1, int(os.environ.get("RECAP_TRAIN_PROCS", "1")))
+
+
 def spec_for(run: TrainingRun):
     from training.methods import Method
     from training.recap import RecapConfig
@@ -49,7 +65,7 @@ def spec_for(run: TrainingRun):
                    first_fit=sp.get("first_fit", False), recap=RecapConfig(**recipe.get("recap", {})),
                    value=recipe.get("value", {}), policy=recipe.get("policy", {}),
                    task_max_len=recipe.get("task_max_len", {}), cameras=recipe.get("cameras", []),
-                   parent_version=sp.get("parent_version"), seed=sp.get("seed", 0))
+                   parent_version=sp.get("parent_version"), seed=sp.get("seed", 0), device=train_device())
 
 
 class _Progress:
@@ -100,8 +116,11 @@ def train(run_id: str) -> str | None:
             spec = spec_for(run)
             log.info("training run %s, attempt %d", run_id, run.attempts)
         try:
-            result = run_training(store, catalog, spec, settings.runs_dir, progress=False,
-                                  on_progress=_Progress(db, run_id))
+            if train_procs() > 1:
+                result = _run_under_torchrun(run_id, train_procs(), db)
+            else:
+                result = run_training(store, catalog, spec, settings.runs_dir, progress=False,
+                                      on_progress=_Progress(db, run_id))
         except RunCancelled:
             with db.session() as s:
                 run = s.get(TrainingRun, run_id)
@@ -130,6 +149,45 @@ def train(run_id: str) -> str | None:
         catalog.close()
 
 
+def _run_under_torchrun(run_id: str, procs: int, db: ControlDB):
+    """The run in `procs` data-parallel processes (torchrun --standalone on this machine)."""
+    from training.artifacts import load_artifact
+    from training.runs import RunResult
+
+    settings = ServiceSettings.from_env()
+    run_dir = Path(settings.runs_dir) / run_id
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+           "-m", "services.worker", run_id]
+    log.info("run %s: %d processes under torchrun on %s", run_id, procs, train_device())
+    with open(run_dir / "ranks.log", "ab") as out:
+        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+    if code != 0:
+        with db.session() as s:
+            if s.get(TrainingRun, run_id).cancel_requested:
+                raise RunCancelled(run_id)
+        tail = (run_dir / "ranks.log").read_text(errors="replace").splitlines()[-20:]
+        raise RuntimeError(f"torchrun exited with {code}:\n" + "\n".join(tail))
+    manifest = load_artifact(run_dir / "policy")[0]
+    return RunResult(run_dir, run_dir / "policy", manifest, json.loads((run_dir / "done.json").read_text()))
+
+
+def _rank_main(run_id: str) -> None:
+    """One torchrun rank of a run: rank 0 streams progress (and sees a cancel), all train."""
+    from training import distributed
+    from training.runs import run_training
+
+    settings = ServiceSettings.from_env()
+    db = ControlDB(settings.control_db_url)
+    store = EpisodeStore(settings.store_root)
+    catalog = Catalog.for_store(store, settings.catalog_url)
+    with db.session() as s:
+        spec = spec_for(s.get(TrainingRun, run_id))
+    distributed.init(spec.device)
+    main = distributed.is_main()
+    run_training(store, catalog, spec, settings.runs_dir, progress=False,
+                 on_progress=_Progress(db, run_id) if main else None)
+
+
 def work(settings: ServiceSettings, *, burst: bool = False, name: str | None = None) -> None:
     """Run a worker on the training queue until stopped (SIGTERM: finish the current job's step)."""
     import redis
@@ -142,3 +200,8 @@ def work(settings: ServiceSettings, *, burst: bool = False, name: str | None = N
                maintenance_interval=MAINTENANCE_INTERVAL_S, job_monitoring_interval=MONITORING_INTERVAL_S,
                worker_ttl=WORKER_TTL_S)
     w.work(burst=burst, with_scheduler=True)
+
+
+if __name__ == "__main__":  # a torchrun rank: python -m services.worker RUN_ID
+    logging.basicConfig(level=logging.INFO)
+    _rank_main(sys.argv[1])

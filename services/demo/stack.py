@@ -51,7 +51,8 @@ class DemoStack:
                                  {**self.settings.to_env(), "RECAP_BOOTSTRAP_ADMIN_TOKEN": admin})
         self.procs.append(self.api)
         self._tokens()
-        say(f"API on {self.api.url} (dashboard: {self.api.url}/); starting the worker and the inference server")
+        say(f"API on {self.api.url}; dashboard at {self.api.url}/ (sign in with the operator token "
+            f"{self.state['tokens']['operator']}); starting the worker and the inference server")
         self.procs.append(start_python("worker", ["-m", "services.cli", "worker", "--name", f"demo-{os.getpid()}"],
                                        self.logs, self.settings.to_env()))
         self.inference = start_uvicorn("inference", "services.inference.server:create_app", self.logs,

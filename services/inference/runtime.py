@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def check_registered_digest(artifact_dir: Path, expected_manifest_sha256: str | 
         raise ArtifactError(f"{artifact_dir}: manifest digest {got[:12]} is not the registered {expected_manifest_sha256[:12]}")
 
 
+def inference_device() -> str:
+    """RECAP_INFERENCE_DEVICE: cpu (default) or cuda / cuda:N on a GPU box."""
+    return os.environ.get("RECAP_INFERENCE_DEVICE", "cpu")
+
+
 class NativeRuntime:
     """Our flow-matching policy, conditioned on the positive indicator (β from the run's recipe)."""
 
@@ -56,9 +62,10 @@ class NativeRuntime:
         check_registered_digest(d, expected_manifest_sha256)
         manifest, config, state, stats = load_artifact(d)
         cfg = NativePolicyConfig.from_dict({k: v for k, v in config.items() if k != "type"})
+        self.device = torch.device(inference_device())
         self.model = NativeFlowPolicy(cfg)
         self.model.load_state_dict(state)
-        self.model.eval()
+        self.model.to(self.device).eval()
         self.version = version
         self.stats = stats
         self.beta = float(manifest.get("lineage", {}).get("recap", {}).get("cfg_beta", 1.0))
@@ -72,14 +79,16 @@ class NativeRuntime:
         cfg = self.model.cfg
         states = np.stack([o.state for o in obs])
         ids, offsets = self._encode([o.instruction for o in obs], 4096)
-        batch = {"state": torch.from_numpy(self.stats["observation.state"].normalize(states)).float(),
-                 "text_ids": ids, "text_offsets": offsets}
+        dev = self.device
+        batch = {"state": torch.from_numpy(self.stats["observation.state"].normalize(states)).float().to(dev),
+                 "text_ids": ids.to(dev), "text_offsets": offsets.to(dev)}
         if cfg.cameras:
-            batch["images"] = {c: torch.from_numpy(np.stack([o.images[c] for o in obs])).float().div(255)
+            batch["images"] = {c: torch.from_numpy(np.stack([o.images[c] for o in obs])).to(dev).float().div(255)
                                .permute(0, 3, 1, 2) for c in cfg.cameras}
+        # the noise is drawn on the CPU from each request's seed: the same answer on any device
         noise = torch.stack([torch.randn((cfg.chunk, cfg.action_dim), generator=torch.Generator().manual_seed(o.seed))
-                             for o in obs])
-        x = self.model.sample(batch, indicator=recap.INDICATOR_POSITIVE, beta=self.beta, noise=noise).numpy()
+                             for o in obs]).to(dev)
+        x = self.model.sample(batch, indicator=recap.INDICATOR_POSITIVE, beta=self.beta, noise=noise).cpu().numpy()
         return self.stats["action"].unnormalize(x).astype(np.float32)
 
 

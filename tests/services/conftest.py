@@ -3,6 +3,12 @@ server under uvicorn, RQ workers; tokens for every role."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +17,7 @@ import numpy as np
 import pytest
 
 from services.auth import Role
-from services.launch import Process, start_python, start_redis, start_uvicorn
+from services.launch import Process, free_port, start_python, start_redis, start_uvicorn
 from services.settings import ServiceSettings
 
 ADMIN_TOKEN = "rcp_test_admin_token"
@@ -37,8 +43,8 @@ class Stack:
         self.extra.append(p)
         return p
 
-    def start_worker(self, name: str = "worker") -> Process:
-        p = start_python(name, ["-m", "services.cli", "worker", "--name", name], self.logs, self.env())
+    def start_worker(self, name: str = "worker", **env) -> Process:
+        p = start_python(name, ["-m", "services.cli", "worker", "--name", name], self.logs, {**self.env(), **env})
         self.extra.append(p)
         return p
 
@@ -51,11 +57,13 @@ class Stack:
             return r.json()["token"]
 
 
-@pytest.fixture
-def stack(tmp_path: Path):
+@contextmanager
+def running_stack(tmp_path: Path, **settings_kw):
+    """Redis + the API (+ whatever the test starts through the Stack), stopped afterwards; then no
+    process may have logged a traceback (workers may: they log the failures they retry)."""
     logs = tmp_path / "logs"
     redis = start_redis(tmp_path / "redis")
-    settings = ServiceSettings(home=str(tmp_path / "home"), redis_url=redis.url)
+    settings = ServiceSettings(home=str(tmp_path / "home"), redis_url=redis.url, **settings_kw)
     api = None
     s = None
     try:
@@ -82,6 +90,47 @@ def stack(tmp_path: Path):
     for p in ([api] if api else []) + (s.extra if s else []):
         text = p.log_text()
         assert "Traceback" not in text or p.name.startswith("worker"), f"{p.name} logged an error:\n{text[-4000:]}"
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    with running_stack(tmp_path) as s:
+        yield s
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL server (Debian's `postgresql`) in a fresh cluster on a free port, with two
+    databases (control plane, catalog); yields their SQLAlchemy URLs."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    assert versions, "PostgreSQL not installed: `make setup` installs the Debian package postgresql"
+    bin_dir = versions[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="recap-pg-"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
+    if as_postgres:
+        shutil.chown(root, "postgres")
+    port = free_port()
+    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "recap", "--auth=trust",
+                    "-E", "UTF8"], check=True, capture_output=True)
+    log = open(tempfile.mktemp(prefix="recap-pg-", suffix=".log"), "wb")
+    server = subprocess.Popen([*as_postgres, str(bin_dir / "postgres"), "-D", str(root / "data"), "-p", str(port),
+                               "-k", str(root), "-h", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:
+            assert server.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
+            time.sleep(0.2)
+        for db in ("recap_control", "recap_catalog"):
+            subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "recap", db],
+                           check=True, capture_output=True)
+        base = f"postgresql+psycopg://recap@127.0.0.1:{port}"
+        yield {"control_url": f"{base}/recap_control", "catalog_url": f"{base}/recap_catalog"}
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def policy_artifact(directory: Path, seed: int, *, state_dim: int = 4, action_dim: int = 3, chunk: int = 4,

@@ -103,7 +103,10 @@ def test_versions_deployments_canary_widen_rollback_reach_the_serving_state(stac
                                                "stage": "widen"}).status_code == 201
         assert c.get("/v1/deployments/current").json() == {"robot-0": "v1", "arm-1": "v2", "arm-2": "v2"}
         rb = c.post("/v1/deployments/rollback", json={"target_kind": "group", "target": "cell-a"})
-        assert rb.status_code == 422  # the group ran nothing before: nothing to roll back to
+        assert rb.status_code == 201 and rb.json()["version_id"] == "v1"  # what the group ran before: the fleet's
+        assert c.get("/v1/deployments/current").json() == {"robot-0": "v1", "arm-1": "v1", "arm-2": "v1"}
+        rb = c.post("/v1/deployments/rollback", json={"target_kind": "robot", "target": "robot-0"})
+        assert rb.status_code == 422  # nothing was ever deployed to robot-0 itself
         assert c.post("/v1/deployments", json={"version": "v2"}).status_code == 201
         rb = c.post("/v1/deployments/rollback", json={"target_kind": "fleet"})
         assert rb.status_code == 201 and rb.json()["version_id"] == "v1" and rb.json()["stage"] == "rollback"

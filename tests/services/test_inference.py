@@ -207,7 +207,6 @@ def test_serves_a_lerobot_act_artifact_like_the_bare_policy(stack, tmp_path):
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.factory import get_policy_class, make_policy_config, make_pre_post_processors
 
-    from services.inference.runtime import Observation
     from services.inference.runtime_lerobot import LeRobotRuntime
     from training.artifacts import ArtifactError
     from training.policies.lerobot_adapter.export import write_lerobot_artifact

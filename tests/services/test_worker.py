@@ -94,3 +94,25 @@ def test_cancel_a_queued_run_and_refuse_bad_runs(stack):
             r = c.post("/v1/runs", json=body)
             assert r.status_code == 422, (body, r.text)
         assert [x["status"] for x in c.get("/v1/runs").json()] == ["cancelled"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_worker_trains_each_job_data_parallel_under_torchrun(stack):
+    """RECAP_TRAIN_PROCS=2: the job runs in 2 processes (gloo here, one per GPU on a GPU box); rank 0
+    streams progress; the worker registers the one artifact."""
+    _episodes(stack)
+    stack.start_worker("worker-ddp", RECAP_TRAIN_PROCS="2", OMP_NUM_THREADS="1")
+    small = {**RECIPE, "policy": {**RECIPE["policy"], "steps": 200}}
+    with stack.client("researcher") as c:
+        r = c.post("/v1/runs", json={"method": "recap", "selection": {"robot": ["robot-0"]}, "recipe": small})
+        assert r.status_code == 202, r.text
+        run_id = r.json()["id"]
+    seen = _wait_run(stack, run_id, lambda run: run["phase"] in ("value", "policy") and run["progress"] > 0)
+    assert seen["status"] == "running"
+    done = _wait_run(stack, run_id, lambda run: run["status"] in ("finished", "failed"), timeout=400)
+    assert done["status"] == "finished", done
+    with stack.client("researcher") as c:
+        v = c.get(f"/v1/versions/{done['version_id']}").json()
+        assert v["run_id"] == run_id and v["metrics"]["world_size"] == 2
+        assert "2 processes under torchrun" in c.get(f"/v1/runs/{run_id}/logs").text
