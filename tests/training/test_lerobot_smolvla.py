@@ -83,3 +83,5 @@ def test_smolvla_trains_with_the_indicator_in_its_tokenized_prompt(tmp_path, mon
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+    chunk = model.predict_chunk(_batch(recap.INDICATOR_POSITIVE))  # sampling too (LeRobot's KV-cache path)
+    assert chunk.shape == (4, 6, 3) and torch.isfinite(chunk).all()

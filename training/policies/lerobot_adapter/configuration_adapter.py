@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field
 
 # Policies that read the task text: the indicator goes into the prompt ("Advantage: positive").
 LANGUAGE_POLICIES = {"pi0", "pi05", "smolvla", "pi0_fast", "xvla"}
+# The tokenizer LeRobot's own preprocessor uses for each (SmolVLA: its `vlm_model_name`).
+DEFAULT_TOKENIZERS = {"pi0": "google/paligemma-3b-pt-224", "pi05": "google/paligemma-3b-pt-224",
+                      "pi0_fast": "google/paligemma-3b-pt-224"}
 
 
 @dataclass
@@ -20,6 +23,7 @@ class LeRobotAdapterConfig:
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=list)  # module-name suffixes; default: all nn.Linear
     indicator_dropout: float = 0.3
+    tokenizer: str | None = None  # language policies: a tokenizer folder or hub id (default: LeRobot's)
 
     @property
     def indicator_as_text(self) -> bool:

@@ -59,6 +59,18 @@ def condition_batch(batch: dict, indicator: torch.Tensor, *, as_text: bool) -> d
     return batch
 
 
+def _pi05_prompts(batch: dict, max_state_dim: int) -> list[str]:
+    """"Task: …, State: <256-bin tokens>;\nAction: " through LeRobot's Pi05PrepareStateTokenizerProcessorStep
+    (our states are mean/std normalised; the step's bins span [-1, 1] and clip beyond)."""
+    from lerobot.policies.pi05.processor_pi05 import Pi05PrepareStateTokenizerProcessorStep
+    from lerobot.lerobot_types import TransitionKey
+
+    step = Pi05PrepareStateTokenizerProcessorStep(max_state_dim=max_state_dim)
+    out = step({TransitionKey.OBSERVATION: {"observation.state": batch["observation.state"]},
+                TransitionKey.COMPLEMENTARY_DATA: {"task": list(batch["task"])}})
+    return out[TransitionKey.COMPLEMENTARY_DATA]["task"]
+
+
 class LeRobotAdapter(nn.Module):
     def __init__(self, cfg: LeRobotAdapterConfig):
         super().__init__()
@@ -77,12 +89,18 @@ class LeRobotAdapter(nn.Module):
         tokenizer (a local folder in tests, the hub checkpoint's for real use)."""
         from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
 
+        from training.policies.lerobot_adapter.configuration_adapter import DEFAULT_TOKENIZERS
+
         pc = self.policy.config
         if getattr(self, "_tokenizer", None) is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(getattr(pc, "vlm_model_name", None) or pc.tokenizer_name)
-        texts = [t if t.endswith("\n") else t + "\n" for t in batch["task"]]
+            name = (self.cfg.tokenizer or getattr(pc, "vlm_model_name", None)
+                    or DEFAULT_TOKENIZERS.get(self.cfg.policy_type))
+            self._tokenizer = AutoTokenizer.from_pretrained(name)
+        if self.cfg.policy_type == "pi05":  # pi05 reads the state as text too: LeRobot's own prompt step
+            batch = {**batch, "task": _pi05_prompts(batch, pc.max_state_dim)}
+        texts = [t if t.endswith("\n") or self.cfg.policy_type == "pi05" else t + "\n" for t in batch["task"]]
         tok = self._tokenizer(texts, max_length=getattr(pc, "tokenizer_max_length", 48), truncation=True,
                               padding=getattr(pc, "pad_language_to", "max_length"), padding_side="right",
                               return_tensors="pt")
