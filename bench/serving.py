@@ -224,13 +224,20 @@ def main() -> None:
         for k in range(8):
             obs = observations(4, seed=k)
             refs[k] = {"obs": obs, "chunks": [ref.act([Observation(s, im, "", 0)])[0] for s, im in obs]}
-        bare = []
-        for i in range(200):
-            s, im = refs[i % 8]["obs"][i % 4]
-            t0 = time.perf_counter()
-            ref.act([Observation(s, im, "", 0)])
-            bare.append(time.perf_counter() - t0)
-        figures["bare_forward"] = {"p50_ms": pct(bare[20:], 50), "p99_ms": pct(bare[20:], 99)}
+        def bare_forward() -> dict:
+            bare = []
+            for i in range(300):
+                s, im = refs[i % 8]["obs"][i % 4]
+                t0 = time.perf_counter()
+                ref.act([Observation(s, im, "", 0)])
+                bare.append(time.perf_counter() - t0)
+            return {"p50_ms": pct(bare[20:], 50), "p99_ms": pct(bare[20:], 99)}
+
+        # The bare forward varies between runs of this machine (p50 20-28 ms seen); it is measured
+        # before and after the servers, and the faster of the two is the baseline (the conservative
+        # choice: it makes every server's overhead larger, ours included).
+        figures["bare_forward_runs"] = [bare_forward()]
+        figures["bare_forward"] = dict(figures["bare_forward_runs"][0])
         b8 = []
         batch = [Observation(s, im, "", 0) for k in range(8) for s, im in refs[k]["obs"][:1]]
         for _ in range(30):
@@ -239,7 +246,6 @@ def main() -> None:
             b8.append(time.perf_counter() - t0)
         figures["bare_forward_batch8"] = {"p50_ms": pct(b8[5:], 50), "p99_ms": pct(b8[5:], 99)}
         log(f"bare forward {figures['bare_forward']}, batch of 8 {figures['bare_forward_batch8']}")
-        del ref
 
         # -- our stack -------------------------------------------------------------------------
         redis = start_redis(work / "redis")
@@ -350,6 +356,9 @@ def main() -> None:
         figures["schemathesis"] = {"returncode": st.returncode, "failures": junit.count("<failure")}
 
         # -- headline figures --------------------------------------------------------------------
+        figures["bare_forward_runs"].append(bare_forward())
+        log(f"bare forward again {figures['bare_forward_runs'][-1]}")
+        figures["bare_forward"] = {k: min(r[k] for r in figures["bare_forward_runs"]) for k in ("p50_ms", "p99_ms")}
         bf = figures["bare_forward"]
         for key, r in results.items():
             r["overhead_p50_ms"] = r["p50_ms"] - bf["p50_ms"]
@@ -366,6 +375,8 @@ def main() -> None:
             "elapsed_s": time.time() - started,
         })
     except _Partial:
+        figures["bare_forward_runs"].append(bare_forward())
+        figures["bare_forward"] = {k: min(r[k] for r in figures["bare_forward_runs"]) for k in ("p50_ms", "p99_ms")}
         for r in results.values():
             r["overhead_p50_ms"] = r["p50_ms"] - figures["bare_forward"]["p50_ms"]
             r["overhead_p99_ms"] = r["p99_ms"] - figures["bare_forward"]["p99_ms"]
@@ -404,7 +415,9 @@ def render(out: dict) -> str:
     return "\n".join([
         "# Serving: our inference server vs LeRobot's PolicyServer and an openpi-style server", "",
         f"Command: `{out['command']}` — {out['date']} — {out['machine']}. Same ACT (from config: "
-        f"{json.dumps(f['act'])}) behind every server. Bare forward (pre + model + post, batch 1, in process): "
+        f"{json.dumps(f['act'])}) behind every server. Bare forward (pre + model + post, batch 1, in process; "
+        "the faster of two measurements, before and after the servers: "
+        + ", ".join(f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms" for r in f.get("bare_forward_runs", [])) + "): "
         f"p50 {f['bare_forward']['p50_ms']:.1f} ms, p99 {f['bare_forward']['p99_ms']:.1f} ms; batch of 8: "
         f"p50 {f['bare_forward_batch8']['p50_ms']:.1f} ms. 8 LeRobot robots run against 8 LeRobot servers; "
         "'own chunk' = the answer equals the chunk computed from the robot's own observation.", "",

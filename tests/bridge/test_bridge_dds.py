@@ -103,7 +103,11 @@ def test_bridge_records_holds_and_corrections_over_dds(ros_env, tmp_path):
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(10)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:  # reported below, but never left running
+                p.kill()
+                raise
     logs = {n: (tmp_path / f"{n}.log").read_text() for n in ("arm", "teleop", "bridge")}
     for name, text in logs.items():
         assert "Traceback" not in text and "tick failed" not in text, f"{name}:\n{text[-3000:]}"

@@ -84,10 +84,12 @@ def running_stack(tmp_path: Path, **settings_kw):
     finally:
         for p in (s.extra if s else []):
             p.stop()
-        if api:
-            api.stop()
+        apis = [a for a in (api, s.api if s else None) if a]  # a test may have restarted the API
+        apis = [a for i, a in enumerate(apis) if a not in apis[:i]]
+        for a in apis:
+            a.stop()
         redis.stop()
-    for p in ([api] if api else []) + (s.extra if s else []):
+    for p in apis + (s.extra if s else []):
         text = p.log_text()
         assert "Traceback" not in text or p.name.startswith("worker"), f"{p.name} logged an error:\n{text[-4000:]}"
 
