@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from tests.training.language_policy import check_trains_and_samples
 from training import recap
 
 
@@ -98,24 +99,4 @@ def test_pi_policies_train_with_the_indicator_in_their_tokenized_prompt(policy_t
     unk = model._tokenizer.unk_token_id
     assert not torch.equal(pos[OBS_LANGUAGE_TOKENS], neg[OBS_LANGUAGE_TOKENS])  # the model sees the indicator
     assert (pos[OBS_LANGUAGE_TOKENS][0] != unk).all()  # every word is in the vocabulary: nothing is lost
-    model.cfg.indicator_dropout = 0.0
-
-    def loss_with(indicator):
-        torch.manual_seed(1)
-        return model(_batch(indicator)).item()
-
-    model.eval()
-    assert loss_with(recap.INDICATOR_POSITIVE) != loss_with(recap.INDICATOR_NEGATIVE)
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(6):
-        torch.manual_seed(2)  # the same flow-matching noise and time each step: the loss must fall
-        loss = model(_batch(recap.INDICATOR_POSITIVE))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
-    chunk = model.predict_chunk(_batch(recap.INDICATOR_POSITIVE))
-    assert chunk.shape == (4, 6, 3) and torch.isfinite(chunk).all()
+    check_trains_and_samples(model, _batch, steps=6)

@@ -54,6 +54,7 @@ def _batch(indicator):
 def test_smolvla_trains_with_the_indicator_in_its_tokenized_prompt(tmp_path, monkeypatch):
     from lerobot.utils.constants import OBS_LANGUAGE_TOKENS
 
+    from tests.training.language_policy import check_trains_and_samples
     from training import recap
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -64,24 +65,4 @@ def test_smolvla_trains_with_the_indicator_in_its_tokenized_prompt(tmp_path, mon
     neg = model._condition(_batch(recap.INDICATOR_NEGATIVE), torch.full((4,), recap.INDICATOR_NEGATIVE))
     assert pos["task"][0] == "push the block\nAdvantage: positive"
     assert not torch.equal(pos[OBS_LANGUAGE_TOKENS], neg[OBS_LANGUAGE_TOKENS])  # the model sees the indicator
-    model.cfg.indicator_dropout = 0.0
-
-    def loss_with(indicator):
-        torch.manual_seed(1)
-        return model(_batch(indicator)).item()
-
-    model.eval()
-    assert loss_with(recap.INDICATOR_POSITIVE) != loss_with(recap.INDICATOR_NEGATIVE)
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(8):
-        torch.manual_seed(2)  # the same flow-matching noise and time each step: the loss must fall
-        loss = model(_batch(recap.INDICATOR_POSITIVE))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
-    chunk = model.predict_chunk(_batch(recap.INDICATOR_POSITIVE))  # sampling too (LeRobot's KV-cache path)
-    assert chunk.shape == (4, 6, 3) and torch.isfinite(chunk).all()
+    check_trains_and_samples(model, _batch, steps=8)
