@@ -16,17 +16,19 @@ from rich.text import Text
 
 
 def round_table(records: list[dict]) -> Table:
-    t = Table(title="per round (evaluation: autonomous episodes on fixed layouts)", header_style="bold")
-    for col in ("round", "version", "success", "throughput /h", "mean steps", "collected (success, correction ticks)",
-                "version per robot"):
-        t.add_column(col, justify="left" if col == "version per robot" else "right", no_wrap=True)
+    robots = sorted({k for r in records for k in r["robot_versions"]})
+    t = Table(title="per round (evaluation: autonomous episodes on fixed layouts)", header_style="bold",
+              caption=f"version per robot: {', '.join(robots)}; corrections: share of collected ticks")
+    for col, wrap in (("round", False), ("version", False), ("success", False), ("successes /h", False),
+                      ("mean steps", False), ("collected: success, corrections", True), ("version per robot", True)):
+        t.add_column(col, justify="left" if col == "version per robot" else "right", no_wrap=not wrap,
+                     min_width=None if wrap else len(col.split()[0]))
     for r in sorted(records, key=lambda x: x["round"]):
-        coll = ("demonstrations" if r["round"] == 0 else
-                f"{r['collected_episodes']} ({100 * r['collected_success_rate']:.0f}%, "
-                f"{100 * r['correction_rate']:.1f}% ticks)")
-        t.add_row(str(r["round"]), r['version'], f"{100 * r['success_rate']:.0f}% ± {100 * r['success_se']:.0f}",
+        coll = ("demos" if r["round"] == 0 else
+                f"{r['collected_episodes']}: {100 * r['collected_success_rate']:.0f}%, {100 * r['correction_rate']:.0f}%")
+        t.add_row(str(r["round"]), r["version"], f"{100 * r['success_rate']:.0f}% ± {100 * r['success_se']:.0f}",
                   f"{r['throughput_per_h']:.0f}", f"{r['mean_steps']:.0f}", coll,
-                  ", ".join(f"{k}: {v}" for k, v in sorted(r["robot_versions"].items())))
+                  " ".join(v or "-" for _, v in sorted(r["robot_versions"].items())))
     return t
 
 
