@@ -48,12 +48,9 @@ class Station:
         self._lock = threading.Lock()
         self.status: dict = {}
         self.stats: dict = {}
-        self.node.create_subscription(String, f"{arm}/status", self._on_status, 50)
+        self.node.create_subscription(String, f"{arm}/status", lambda m: self._set("status", m), 50)
         self.node.create_subscription(String, f"{bridge}/stats", lambda m: self._set("stats", m), 10)
         self._clients = {}
-
-    def _on_status(self, m: String) -> None:
-        self._set("status", m)
 
     def _set(self, attr: str, m: String) -> None:
         with self._lock:

@@ -55,7 +55,6 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes 
     """Record demonstrations -> first fit -> deploy -> (collect with corrections -> RECAP run -> canary ->
     fleet -> evaluate) x ROUNDS, every step through the public API and ROS 2 topics."""
     from services.demo.loop import DemoLoop
-    from services.demo.report import write_report
     from services.demo.stack import DemoStack, StackError
     from services.demo.view import View, round_table
 
@@ -86,7 +85,7 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes 
             stack.start(say=view.log)
             loop.save()
             records = loop.run()
-            report = _report(stack, loop, out, cfg, records, time.monotonic() - t0, write_report)
+            report = _report(stack, loop, out, cfg, records, time.monotonic() - t0)
             view.phase(f"done in {(time.monotonic() - t0) / 60:.1f} min: {report}")
         except KeyboardInterrupt:
             view.log("interrupted: stopping every process (a re-run continues from the last finished phase)")
@@ -107,7 +106,9 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes 
     raise typer.Exit(code)
 
 
-def _report(stack, loop, out: Path, cfg: DemoConfig, records: list[dict], elapsed: float, write_report) -> Path:
+def _report(stack, loop, out: Path, cfg: DemoConfig, records: list[dict], elapsed: float) -> Path:
+    from services.demo.report import write_report
+
     runs = {}
     with stack.client("researcher") as c:
         versions = c.get("/v1/versions").json()

@@ -15,11 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from robot_bridge.station import EpisodeOutcome
 from services.demo.config import DemoConfig
-from services.demo.stack import DemoStack, StackError, _ok
+from services.demo.stack import DemoStack, StackError, check
 from services.demo.view import View
 from training.sim.operators import operator_mix
 
@@ -172,14 +173,14 @@ class DemoLoop:
                 "recipe": self.cfg.recipe(), "parent_version": parent, "seed": self.cfg.seed}
         with self.stack.client("researcher") as c:
             r0 = c.post("/v1/runs", json=body)
-            _ok(r0)
+            check(r0)
             run_id = r0.json()["id"]
             self.current_run = run_id
             self.view.log(f"training run {run_id} queued ({method})")
             while True:
                 self.stack.check()
                 resp = c.get(f"/v1/runs/{run_id}")
-                _ok(resp)
+                check(resp)
                 run = resp.json()
                 self.view.run(run)
                 if run["status"] in ("finished", "failed", "cancelled"):
@@ -194,13 +195,13 @@ class DemoLoop:
 
     def deploy(self, version: str, kind: str, target: str, stage: str) -> None:
         with self.stack.client("operator") as c:
-            _ok(c.post("/v1/deployments", json={"version": version, "target_kind": kind, "target": target,
+            check(c.post("/v1/deployments", json={"version": version, "target_kind": kind, "target": target,
                                                 "stage": stage, "note": "recap demo"}))
             assigned = c.get("/v1/deployments/current").json()
         want = {robot: assigned.get(robot) for robot in self.robots}
         t0 = time.monotonic()
         while True:  # until the inference server serves what the registry says (hot swap over Redis)
-            table = self.stack_get(self.stack.inference.url + "/v1/serving")
+            table = httpx.get(self.stack.inference.url + "/v1/serving", timeout=10).json()
             served = {robot: table["robots"].get(robot) or table["fleet_version"] for robot in self.robots}
             if served == want:
                 break
@@ -208,12 +209,6 @@ class DemoLoop:
                 raise StackError(f"inference server serves {served}, the registry says {want}")
             time.sleep(0.1)
         self.view.log(f"{stage}: {version} -> {kind} {target}; serving after {time.monotonic() - t0:.2f} s")
-
-    @staticmethod
-    def stack_get(url: str) -> dict:
-        import httpx
-
-        return httpx.get(url, timeout=10).json()
 
     def wait_registered(self, ids: list[str], timeout: float = 60.0) -> None:
         """The bridges register committed episodes with the API in the background."""
@@ -228,13 +223,15 @@ class DemoLoop:
             raise StackError(f"{len(missing)} episodes not registered with the API after {timeout} s: {sorted(missing)[:5]}")
 
     def _api_episodes(self, ids: list[str]) -> list[dict]:
+        """The catalog's view of these episodes, in their order: one listing of the fleet's episodes."""
         with self.stack.client("researcher") as c:
-            out = []
-            for i in ids:
-                resp = c.get(f"/v1/episodes/{i}")
-                _ok(resp)
-                out.append(resp.json())
-            return out
+            resp = c.get("/v1/episodes", params={"robot": self.robots, "limit": 100_000})
+            check(resp)
+        by_id = {e["id"]: e for e in resp.json()}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise StackError(f"{len(missing)} episodes are not in the catalog: {missing[:5]}")
+        return [by_id[i] for i in ids]
 
     def record(self, r: int, version: str, evals: list[dict], collected: list[dict]) -> dict:
         """One row of the round table, from the catalog as the API reports it."""

@@ -76,15 +76,15 @@ class DemoStack:
             for role in ("researcher", "operator", "teleoperator"):
                 if role not in tokens:
                     r = c.post("/v1/tokens", json={"name": f"demo-{role}-{secrets.token_hex(3)}", "role": role})
-                    _ok(r)
+                    check(r)
                     tokens[role] = r.json()["token"]
             for robot in self.cfg.robot_ids():
                 key = f"robot:{robot}"
-                _ok(c.post("/v1/robots", json={"id": robot, "group": "demo"}))
+                check(c.post("/v1/robots", json={"id": robot, "group": "demo"}))
                 if key not in tokens:
                     r = c.post("/v1/tokens", json={"name": f"demo-{robot}-{secrets.token_hex(3)}", "role": "robot",
                                                    "robot_id": robot})
-                    _ok(r)
+                    check(r)
                     tokens[key] = r.json()["token"]
 
     def _start_cell(self, index: int, robot: str) -> None:
@@ -138,6 +138,7 @@ class DemoStack:
             p.stop()
 
 
-def _ok(r: httpx.Response) -> None:
+def check(r: httpx.Response) -> None:
+    """A refused API call ends the demo with the route, status and message."""
     if r.status_code >= 400:
         raise StackError(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text[:300]}")
