@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +22,7 @@ from data.sqldb import current_revision, open_engine, upgrade_schema
 from data.store import EpisodeData, EpisodeStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+UPSERT_ATTEMPTS = 5  # each retry finds at least one more of the racing rows in place
 
 
 def default_catalog_url(store_root: str | Path) -> str:
@@ -108,17 +110,24 @@ class Catalog:
     # -- writing --------------------------------------------------------------------------
 
     def register(self, ep: EpisodeData) -> None:
-        """Insert or refresh one committed episode (idempotent)."""
-        with self._session.begin() as s:
-            self._upsert(s, ep)
+        """Insert or refresh one committed episode (idempotent, also when two callers race)."""
+        self.register_many([ep])
 
     def register_many(self, eps: Iterable[EpisodeData]) -> int:
-        n = 0
-        with self._session.begin() as s:
-            for ep in eps:
-                self._upsert(s, ep)
-                n += 1
-        return n
+        """Insert or refresh episodes in one transaction. A robot, task or episode row that another
+        writer inserted between our read and our insert makes the transaction fail on its unique
+        key; it is then run again, and the second time the row is there to update."""
+        eps = list(eps)
+        for attempt in range(UPSERT_ATTEMPTS):
+            try:
+                with self._session.begin() as s:
+                    for ep in eps:
+                        self._upsert(s, ep)
+                return len(eps)
+            except IntegrityError:
+                if attempt == UPSERT_ATTEMPTS - 1:
+                    raise
+        return 0
 
     def _upsert(self, s: Session, ep: EpisodeData) -> None:
         info = ep.info

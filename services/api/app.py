@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from services.api.context import AppContext
 from services.api.publish import publish_serving_state
@@ -73,6 +74,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             except Exception:  # the audit write must not turn a done change into an error
                 log.exception("audit write failed")
         return response
+
+    @app.exception_handler(IntegrityError)
+    async def conflict(request: Request, exc: IntegrityError):
+        """Two requests created the same row at once; the loser is told to retry, not a 500."""
+        return JSONResponse({"detail": f"conflicting concurrent change, retry the request: {exc.orig}"},
+                            status_code=409)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -170,6 +172,31 @@ def test_episodes_register_label_upload_and_playback(stack, tmp_path):
         bad = c.post("/v1/episodes/upload", files={"file": ("ep.tar", buf2.getvalue())})
         assert bad.status_code == 422 and "refused" in bad.json()["detail"]
         assert c.post("/v1/episodes/upload", files={"file": ("x.tar", b"\x00" * 100)}).status_code == 400
+
+
+def test_the_same_new_episode_or_robot_from_requests_at_once(stack):
+    """A robot registers an episode while the demo (or a person) already asks for it, and two
+    operators add the same robot: every request gets its answer, none a 500."""
+    store = EpisodeStore(stack.settings.store_root)
+    eps = [record(store, robot=f"racer-{i % 2}", task=f"race-{i}", cameras=1)[0] for i in range(6)]
+
+    def hit(call):
+        barrier.wait()
+        return call()
+
+    with stack.client("robot") as robot, stack.client("operator") as op, ThreadPoolExecutor(6) as pool:
+        for ep in eps:
+            barrier = threading.Barrier(4)
+            calls = [lambda e=ep.episode_id: robot.post("/v1/episodes/register", json={"episode_id": e}),
+                     lambda e=ep.episode_id: op.get(f"/v1/episodes/{e}")] * 2
+            codes = [r.status_code for r in pool.map(hit, calls)]
+            assert codes == [200] * 4, codes
+        for i in range(4):
+            barrier = threading.Barrier(3)
+            codes = [r.status_code for r in pool.map(hit, [lambda i=i: op.post("/v1/robots", json={"id": f"new-{i}"})] * 3)]
+            assert all(c in (201, 409) for c in codes) and 201 in codes, codes
+        assert {f"new-{i}" for i in range(4)} <= {r["id"] for r in op.get("/v1/robots").json()}
+        assert {e.episode_id for e in eps} <= {r["id"] for r in op.get("/v1/episodes").json()}
 
 
 @pytest.mark.parametrize("path", ["/openapi.json", "/healthz"])

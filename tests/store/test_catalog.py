@@ -1,6 +1,7 @@
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 from sqlalchemy import text
@@ -94,3 +95,30 @@ def test_migrations_run_once_even_when_two_processes_open_a_new_catalog(tmp_path
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs) and outs == ["0001"] * 3
+
+
+def test_registering_one_episode_from_several_threads_at_once_is_idempotent(store_root):
+    """The API registers an episode when a robot reports it and when someone asks for it before
+    that: the same new row from two requests at once must not fail either of them."""
+    store = EpisodeStore(store_root)
+    eps = [record(store, robot=f"r{i % 3}", task=f"task{i % 2}", start=T0 + i)[0] for i in range(12)]
+    cat = Catalog.for_store(store)
+    errors: list[BaseException] = []
+
+    def register(ep, barrier):
+        try:
+            barrier.wait()
+            cat.register(ep)
+        except BaseException as e:  # noqa: BLE001 (collected and reported below)
+            errors.append(e)
+
+    for ep in eps:
+        barrier = threading.Barrier(4)
+        threads = [threading.Thread(target=register, args=(ep, barrier)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, f"{len(errors)} registrations failed, first: {errors[0]!r}"
+    assert [r.id for r in cat.episodes()] == [e.episode_id for e in eps]
+    assert all(len(cat.label_history(e.episode_id)) == 1 for e in eps)
