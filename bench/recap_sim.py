@@ -267,6 +267,25 @@ def render_md(r: dict, name: str) -> str:
     for row in f["table"]:
         lines.append(f"| {row['method']} | {row['round']} | {_fmt(row['success_rate'])} | {_fmt(row['throughput_per_h'], 0)} | "
                      f"{_fmt(row['time_to_success_s'])} | {_fmt(row['correction_rate'])} |")
+    last = max(row["round"] for row in f["table"])
+    lines += ["", f"## Per task, round {last} (success / throughput per hour)", "",
+              "| method | " + " | ".join(f["tasks"]) + " |", "| --- |" + " --- |" * len(f["tasks"])]
+    for row in (row for row in f["table"] if row["round"] == last):
+        lines.append(f"| {row['method']} | " + " | ".join(
+            f"{_fmt(row['success_rate_per_task'][t])} / {_fmt(row['throughput_per_h_per_task'][t], 0)}" for t in f["tasks"]) + " |")
+    diag = r.get("diagnostics") or []
+    if diag:
+        rounds = sorted({k for d in diag for k in d.get("positive_rate_by_outcome", {})}, key=int)
+        lines += ["", "## Diagnostics (RECAP loop, mean over seeds)", "",
+                  "Positive-label rate of the round's value fit in successful / failed collected episodes: " + "; ".join(
+                      f"round {k}: {np.mean([d['positive_rate_by_outcome'][k]['success'] for d in diag]):.2f} / "
+                      f"{np.mean([d['positive_rate_by_outcome'][k]['failure'] for d in diag]):.2f}" for k in rounds) + ".",
+                  "Value calibration on the next round's (held-out) episodes, correlation of predicted and realised "
+                  "return: " + "; ".join(
+                      f"round {c}: {np.mean([x['corr'] for d in diag for x in d['calibration'] if x['round'] == c]):.2f}"
+                      for c in sorted({x['round'] for d in diag for x in d['calibration']})) + ".",
+                  "Conditioning (success of the last RECAP policy conditioned positive / unconditional / negative): " + " / ".join(
+                      f"{np.mean([d['conditioning'][k] for d in diag]):.2f}" for k in ("positive", "unconditional", "negative")) + "."]
     lines += ["", "## Headline figures (last round)", ""]
     for k, v in f.items():
         if k in ("table", "tasks"):
