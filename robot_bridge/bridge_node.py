@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ PARAMS = {  # name: (default, description)
     "task": ("task", "task id of the next episode"),
     "instruction": ("", "instruction text of the next episode (sent to the policy)"),
     "fsync": (True, "fsync every flush (off only for tests)"),
+    "realtime_priority": (0, "SCHED_FIFO priority of the control thread (1-99, as ros2_control uses on "
+                             "PREEMPT_RT kernels; 0: normal scheduling); without the privilege it runs normally and says so"),
 }
 
 
@@ -144,6 +147,7 @@ class BridgeNode(Node):
         self.last_committed: str | None = None
         self.next_tick_ns = time.monotonic_ns() + self.period_ns
         self._wake = threading.Event()
+        self.control_scheduling = "normal"  # the control thread's; reported in ~/stats
         self.sim_time = bool(self.get_parameter("use_sim_time").value)
         self._control = threading.Thread(target=self._control_loop, name="control", daemon=True)
         self._running = not self.sim_time  # on simulated time there is no wall-clock loop
@@ -258,7 +262,21 @@ class BridgeNode(Node):
 
     # -- the control loop (its own thread: never waits on the network or the executor) ------------
 
+    def _make_realtime(self) -> None:
+        """Control thread: real-time scheduling when asked for and allowed."""
+        prio = int(self.p["realtime_priority"])
+        if prio <= 0:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))  # 0: this thread
+            self.control_scheduling = f"SCHED_FIFO {prio}"
+            self.get_logger().info(f"control thread runs SCHED_FIFO priority {prio}")
+        except (PermissionError, OSError) as e:
+            self.get_logger().warning(f"control thread keeps normal scheduling ({e.strerror}); grant CAP_SYS_NICE "
+                                      "or an rtprio limit for steadier ticks")
+
     def _control_loop(self) -> None:
+        self._make_realtime()
         while self._running and rclpy.ok():
             now = time.monotonic_ns()
             if now < self.next_tick_ns:
@@ -344,7 +362,8 @@ class BridgeNode(Node):
                "lateness_p50_ms": float(np.percentile(lat, 50)), "lateness_p99_ms": float(np.percentile(lat, 99)),
                "episode": self.writer.episode_id if self.writer else None,
                "policy_errors": self.policy.errors if self.policy else 0,
-               "pending_registrations": len(self.registrations.pending())}
+               "pending_registrations": len(self.registrations.pending()),
+               "control_scheduling": self.control_scheduling}
         self.stats_pub.publish(String(data=json.dumps(doc)))
 
     def shutdown(self) -> None:
