@@ -73,7 +73,11 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
         return fut.result()
 
     try:
-        spin(4.0)
+        ready_by = time.monotonic() + 120  # a cold start (first imports) takes seconds: wait for the feed
+        while not (stats and stats[-1].get("state_age_ms") is not None and stats[-1]["state_age_ms"] < 500):
+            assert time.monotonic() < ready_by, f"the bridge never heard the feed: {stats[-1:]}"
+            spin(0.1)
+        spin(1.0)
         r = call(Trigger, "/recap_bridge/start_episode", Trigger.Request())
         assert r.success, r.message
         proc = psutil.Process(bridge.pid)

@@ -7,7 +7,7 @@ Topics (standard types, so it drops into a ros2_control stack):
   in   teleop_command_topic  std_msgs/Float64MultiArray    (the human's action while engaged)
   in   engage_topic          std_msgs/Bool                 (pedal / button)
   out  command_topic         std_msgs/Float64MultiArray or trajectory_msgs/JointTrajectory
-  out  ~/stats               std_msgs/String (JSON counters, 1 Hz)
+  out  ~/stats               std_msgs/String (JSON counters and state_age_ms, 1 Hz)
 Services: ~/start_episode (std_srvs/Trigger; task and instruction from parameters),
           ~/start_demonstration (std_srvs/Trigger: the human drives; engaged ticks are recorded as
           demonstration, never as correction, and no policy runs),
@@ -125,6 +125,7 @@ class BridgeNode(Node):
         self.episode_task = ""
         self.tick_index = 0  # across episodes: a chunk asked for in one episode never lands in the next
         self._last_tick_ns = -1
+        self._last_state_mono: float | None = None  # when the last valid joint state arrived (wall clock)
         self._lock = threading.Lock()
 
         self.create_subscription(JointState, p["joint_state_topic"], self._on_joint_state, 10)
@@ -169,6 +170,7 @@ class BridgeNode(Node):
             return
         stamp = self._stamp_ns(m.header) or self.get_clock().now().nanoseconds
         self.state_buf.add(stamp, pos.astype(np.float32))
+        self._last_state_mono = time.monotonic()
         if self.sim_time:  # on simulated time the state drives the ticks (lockstep with a fast simulator)
             if stamp <= self._last_tick_ns:
                 return  # the same instant sent again (the simulator waits for us): one tick per instant
@@ -363,7 +365,10 @@ class BridgeNode(Node):
                "episode": self.writer.episode_id if self.writer else None,
                "policy_errors": self.policy.errors if self.policy else 0,
                "pending_registrations": len(self.registrations.pending()),
-               "control_scheduling": self.control_scheduling}
+               "control_scheduling": self.control_scheduling,
+               # is the arm talking to us? (null until its first valid joint state)
+               "state_age_ms": (None if self._last_state_mono is None
+                                else round((time.monotonic() - self._last_state_mono) * 1e3, 1))}
         self.stats_pub.publish(String(data=json.dumps(doc)))
 
     def shutdown(self) -> None:

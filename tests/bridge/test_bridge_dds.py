@@ -55,6 +55,20 @@ class Driver:
         assert fut.done(), f"{name} did not answer"
         return fut.result()
 
+    def wait_ready(self, publishers: tuple[str, ...] = (), timeout: float = 120.0) -> None:
+        """Until the bridge reports a fresh joint state and each named topic has a publisher: a node
+        starting on a cold machine (first imports of MuJoCo and torch) takes many seconds, and an
+        episode started before the arm talks records nothing."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            age = self.stats[-1].get("state_age_ms") if self.stats else None
+            if age is not None and age < 500 and all(self.node.count_publishers(t) for t in publishers):
+                self.spin(0.5)  # the nodes' own discovery of each other lags ours by a little
+                return
+            self.spin(0.1)
+        raise AssertionError(f"not ready in {timeout} s: last stats {self.stats[-1:]}, "
+                             f"publishers {[(t, self.node.count_publishers(t)) for t in publishers]}")
+
     def spin(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -81,7 +95,7 @@ def test_bridge_records_holds_and_corrections_over_dds(ros_env, tmp_path):
     ]
     d = Driver()
     try:
-        d.spin(3.0)
+        d.wait_ready(publishers=("/teleop/engage", "/teleop/command"))
         start = d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request())
         assert start.success, start.message
         # malformed input while the episode runs: refused and counted, never sent to the arm
@@ -114,7 +128,7 @@ def test_bridge_records_holds_and_corrections_over_dds(ros_env, tmp_path):
     ep = EpisodeStore(store_root).open(end.message)
     assert ep.info.outcome == "success" and ep.labels[-1]["labeller"] == "bridge:sim-arm-0"  # relabelled later
     src = ep.action_source
-    assert len(ep) > 100  # ~30 Hz for ~5.5 s
+    assert len(ep) > 100, (len(ep), d.stats[-1:], logs["bridge"][-2000:])  # ~30 Hz for ~5.5 s
     corr = src == ActionSource.CORRECTION
     hold = src == ActionSource.HOLD
     assert corr.sum() >= 20 and hold.sum() >= 20 and (corr | hold).all()  # no policy: the human or holding
@@ -162,7 +176,7 @@ def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(
     bridge = _node("robot_bridge.bridge_node", params, tmp_path / "bridge.log")
     d = Driver()
     try:
-        d.spin(3.0)
+        d.wait_ready()
         assert d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request()).success
         d.spin(2.0)
         inf.stop()  # the inference server goes away mid-episode ...
@@ -284,7 +298,7 @@ def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(r
 
     d.node.create_timer(0.007, publish_state)  # ~140 Hz, unsynchronised with the 50 Hz bridge
     try:
-        d.spin(3.0)
+        d.wait_ready()
         assert d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request()).success
         d.spin(1.0)
         t_on = d.node.get_clock().now().nanoseconds
@@ -356,7 +370,7 @@ def test_compressed_cameras_in_joint_trajectory_out(ros_env, tmp_path):
 
     d.node.create_timer(0.02, feed)
     try:
-        d.spin(3.0)
+        d.wait_ready()
         assert d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request()).success
         d.spin(1.5)
         episode = d.call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=True)).message
