@@ -38,6 +38,7 @@ def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulate
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
+        _wait_ready(procs, stop)
         while not stop["now"]:
             for n, p in procs.items():
                 if p.poll() is not None:
@@ -55,6 +56,36 @@ def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulate
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def _wait_ready(procs: dict, stop: dict, timeout: float = 180.0) -> None:
+    """Print `ready` once the arm publishes its joint state and the bridge's services answer: the
+    nodes take seconds to start (first imports of MuJoCo and torch), and an episode started before
+    the arm talks would record nothing."""
+    import rclpy
+    from sensor_msgs.msg import JointState
+    from std_srvs.srv import Trigger
+
+    rclpy.init()
+    node = rclpy.create_node("recap_bridge_up")
+    heard: list[bool] = []
+    node.create_subscription(JointState, "joint_states", lambda _m: heard.append(True), 10)
+    client = node.create_client(Trigger, "/recap_bridge/start_episode")
+    deadline = time.monotonic() + timeout
+    try:
+        while not stop["now"] and time.monotonic() < deadline and all(p.poll() is None for p in procs.values()):
+            rclpy.spin_once(node, timeout_sec=0.1)
+            if heard and client.service_is_ready():
+                settle = time.monotonic() + 1.0  # the bridge's own discovery of the arm lags ours a little
+                while time.monotonic() < settle:
+                    rclpy.spin_once(node, timeout_sec=0.1)
+                typer.echo("ready: the arm publishes and the bridge answers")
+                return
+        if not stop["now"] and all(p.poll() is None for p in procs.values()):
+            typer.echo(f"not ready after {timeout:.0f} s (no joint state or no bridge service); see the logs", err=True)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
 
 
 def _call(service: str, srv_type, request, timeout: float = 20.0):

@@ -242,6 +242,10 @@ def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path, fast):
                            str(tmp_path / "store"), "--logs", str(tmp_path / "logs"), "--fast" if fast else "--no-fast"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        lines = []
+        while not (lines and lines[-1].startswith(("ready", "not ready"))) and up.poll() is None:
+            lines.append(up.stdout.readline())
+        assert lines[-1].startswith("ready"), "".join(lines)
         started = recap("start")
         assert started.returncode == 0 and started.stdout.startswith("started "), started.stdout + started.stderr
         assert recap("start").returncode == 1  # one episode at a time
@@ -252,7 +256,7 @@ def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path, fast):
     finally:
         up.send_signal(signal.SIGTERM)
         out, _ = up.communicate(timeout=30)
-    assert up.returncode == 0, out
+    assert up.returncode == 0, "".join(lines) + out
     ep = EpisodeStore(tmp_path / "store").open(episode)
     assert len(ep) > 30 and ep.info.outcome == "failure"
     dt = np.diff(ep.timestamps_ns)
