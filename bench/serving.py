@@ -89,6 +89,7 @@ def run_clients(make_client, n_clients: int, duration: float, refs: dict) -> dic
     ok, wrong, empty, errors = [0] * n_clients, [0] * n_clients, [0] * n_clients, [0] * n_clients
     start = threading.Barrier(n_clients + 1)
     stop = threading.Event()
+    batch_sizes: list[int] = []
 
     def worker(k):
         try:
@@ -110,6 +111,8 @@ def run_clients(make_client, n_clients: int, duration: float, refs: dict) -> dic
                     errors[k] += 1
                     continue
                 lat[k].append(time.perf_counter() - t0)
+                if getattr(client, "batch_size", None):
+                    batch_sizes.append(client.batch_size)
                 if got is None:
                     empty[k] += 1
                 elif np.allclose(got, refs[k]["chunks"][i % len(obs)], atol=1e-3, rtol=1e-3):
@@ -132,9 +135,12 @@ def run_clients(make_client, n_clients: int, duration: float, refs: dict) -> dic
     elapsed = time.perf_counter() - t0
     flat = [x for xs in lat for x in xs]
     n = sum(ok) + sum(wrong) + sum(empty)
-    return {"clients": n_clients, "requests": n, "p50_ms": pct(flat, 50), "p99_ms": pct(flat, 99),
-            "throughput_per_s": n / elapsed, "own_chunk_rate": sum(ok) / n if n else 0.0,
-            "wrong_chunks": sum(wrong), "empty_answers": sum(empty), "errors": sum(errors)}
+    out = {"clients": n_clients, "requests": n, "p50_ms": pct(flat, 50), "p99_ms": pct(flat, 99),
+           "throughput_per_s": n / elapsed, "own_chunk_rate": sum(ok) / n if n else 0.0,
+           "wrong_chunks": sum(wrong), "empty_answers": sum(empty), "errors": sum(errors)}
+    if batch_sizes:  # our server says how many requests shared each model call
+        out["mean_batch_size"] = float(np.mean(batch_sizes))
+    return out
 
 
 class OursHTTP:
@@ -153,7 +159,7 @@ class OursHTTP:
         r = self.http.post(self.url, content=encode_request(state, images), headers=self.headers)
         r.raise_for_status()
         ans = decode_answer(r.content, binary=True)
-        self.version = ans["version"]
+        self.version, self.batch_size = ans["version"], ans["timing"]["batch_size"]
         return ans["actions"]
 
     def close(self):
@@ -170,7 +176,9 @@ class OursWS:
         from services.inference.wire import decode_answer, encode_request
 
         self.ws.send(encode_request(state, images))
-        return decode_answer(self.ws.recv(), binary=True)["actions"]
+        ans = decode_answer(self.ws.recv(), binary=True)
+        self.batch_size = ans["timing"]["batch_size"]
+        return ans["actions"]
 
     def close(self):
         self.ws.close()
@@ -215,7 +223,8 @@ def main() -> None:
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     procs: list = []
-    figures: dict = {"torch_threads": torch.get_num_threads(), "act": ACT_KWARGS | {"image": CAMERAS["top"]}}
+    figures: dict = {"torch_threads": torch.get_num_threads(), "act": ACT_KWARGS | {"image": CAMERAS["top"]},
+               "batch_company_ms": float(os.environ.get("RECAP_BATCH_COMPANY_MS", "10"))}
     try:
         log("building the ACT policy from config")
         lerobot_dir, artifacts = build_policy(work, args.promotions)
@@ -383,7 +392,8 @@ def main() -> None:
             r["overhead_p50_ms"] = r["p50_ms"] - figures["bare_forward"]["p50_ms"]
             r["overhead_p99_ms"] = r["p99_ms"] - figures["bare_forward"]["p99_ms"]
         print(json.dumps({k: {m: round(v[m], 2) for m in ("p50_ms", "p99_ms", "overhead_p50_ms", "overhead_p99_ms",
-                                                           "throughput_per_s")} for k, v in results.items()}, indent=1))
+                                                           "throughput_per_s", "mean_batch_size") if m in v}
+                          for k, v in results.items()}, indent=1))
         return
     finally:
         for p in procs:
@@ -403,12 +413,13 @@ def main() -> None:
 
 def render(out: dict) -> str:
     f = out["figures"]
-    rows = ["| server | robots | p50 ms | p99 ms | overhead p50 / p99 ms | answers/s | own chunk | errors |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| server | robots | p50 ms | p99 ms | overhead p50 / p99 ms | answers/s | own chunk | mean batch | errors |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for k, r in f["runs"].items():
         rows.append(f"| {k.rsplit('_', 1)[0] if not k.endswith('server') else 'lerobot (8 on 1 server)'} | "
                     f"{r['clients']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['overhead_p50_ms']:.1f} / "
                     f"{r['overhead_p99_ms']:.1f} | {r['throughput_per_s']:.1f} | {100 * r['own_chunk_rate']:.0f}% | "
+                    f"{'%.1f' % r['mean_batch_size'] if 'mean_batch_size' in r else '-'} | "
                     f"{r['errors'] + r['empty_answers']} |")
     heads = {k: f[k] for k in ["overhead_p99_ratio_vs_lerobot", "overhead_p99_ratio_vs_lerobot_ws",
                                "batch8_throughput_ratio", "batch8_throughput_ratio_ws", "batch8_compute_ceiling",
@@ -422,7 +433,9 @@ def render(out: dict) -> str:
         + ", ".join(f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms" for r in f.get("bare_forward_runs", [])) + "): "
         f"p50 {f['bare_forward']['p50_ms']:.1f} ms, p99 {f['bare_forward']['p99_ms']:.1f} ms; batch of 8: "
         f"p50 {f['bare_forward_batch8']['p50_ms']:.1f} ms. 8 LeRobot robots run against 8 LeRobot servers; "
-        "'own chunk' = the answer equals the chunk computed from the robot's own observation.", "",
+        "'own chunk' = the answer equals the chunk computed from the robot's own observation; 'mean batch' = "
+        "requests per model call as our server reports them (micro-batching waits up to "
+        f"{f.get('batch_company_ms', 0)} ms for robots that ask again within that, RECAP_BATCH_COMPANY_MS).", "",
         *rows, "",
         f"Promote to serving (deploy call -> first answer from the new version, 8 robots running): "
         f"p50 {f['promote_to_serving_s']['p50']:.2f} s, p99 {f['promote_to_serving_s']['p99']:.2f} s over "

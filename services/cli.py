@@ -44,7 +44,8 @@ def serve_api(host: str = "127.0.0.1", port: int = 8000):
 @serve.command("inference")
 def serve_inference(host: str = "127.0.0.1", port: int = 8001):
     """The inference server (RECAP_REDIS_URL; RECAP_INFERENCE_DEVICE cpu|cuda; RECAP_MAX_BATCH,
-    RECAP_BATCH_WAIT_MS; RECAP_MODEL_THREAD=1 runs the model in its own thread instead of on the event loop)."""
+    RECAP_BATCH_WAIT_MS, RECAP_BATCH_COMPANY_MS (default 10: wait that long for robots that ask again
+    within it, so a saturated fleet shares full batches); RECAP_MODEL_THREAD=1 runs the model in its own thread instead of on the event loop)."""
     _uvicorn("services.inference.server:create_app", host, port)
 
 

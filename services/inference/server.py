@@ -57,6 +57,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     batcher = MicroBatcher(max_batch=int(os.environ.get("RECAP_MAX_BATCH", "32")),
                            max_wait_s=float(os.environ.get("RECAP_BATCH_WAIT_MS", "0")) / 1e3,
                            inline=os.environ.get("RECAP_MODEL_THREAD", "0") != "1",
+                           company_wait_s=float(os.environ.get("RECAP_BATCH_COMPANY_MS", "10")) / 1e3,
                            on_batch=lambda n, ms: (metrics.batch.observe(n), metrics.infer.observe(ms / 1e3)))
 
     @asynccontextmanager
@@ -90,7 +91,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         runtime = table.runtimes[version]
         doc = decode_body(doc_or_body, content_type) if isinstance(doc_or_body, bytes) else doc_or_body
         obs = parse_observation(doc, runtime.spec)
-        actions, timing = await batcher.submit(runtime, obs)
+        actions, timing = await batcher.submit(runtime, obs, robot)
         timing["server_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
         metrics.latency.labels(version).observe(timing["server_ms"] / 1e3)
         metrics.requests.labels(version, "200").inc()

@@ -114,15 +114,30 @@ class _Pending:
     obs: Observation
     future: asyncio.Future
     enqueued: float
+    robot: str = ""
 
 
 class MicroBatcher:
     """Requests that arrive while the model is busy are answered by the next single batched call
     (per version, up to `max_batch`). `max_wait_s` > 0 also holds a lone request that long for
-    company; 0 (the default) adds no latency to a single robot."""
+    company; 0 (the default) adds no latency to a single robot.
 
-    def __init__(self, max_batch: int = 32, max_wait_s: float = 0.0, on_batch=None, inline: bool = True):
+    `company_wait_s`: robots that ask again at once after an answer (closed loop, as in a
+    saturated fleet) would otherwise split into alternating half batches: whoever is back first
+    starts a call while the rest queue behind it. So a call waits up to `company_wait_s` for the
+    robots of the previous call whose usual turnaround (answer -> next request) is shorter than
+    that. A robot alone, or robots that run their chunk before asking again (the bridge asks ahead
+    of time, hundreds of ms later), are never waited for."""
+
+    def __init__(self, max_batch: int = 32, max_wait_s: float = 0.0, on_batch=None, inline: bool = True,
+                 company_wait_s: float = 0.0):
         self.max_batch, self.max_wait_s, self.on_batch = max_batch, max_wait_s, on_batch
+        self.company_wait_s = company_wait_s
+        self._answered_at: dict[str, tuple[float, float]] = {}  # robot -> (its last answer went out, _blocked_s)
+        self._blocked_s = 0.0  # total time inline model calls held the event loop
+        self._turnaround: dict[str, float] = {}  # robot -> running mean of answer -> next request (s)
+        self._last_call: set[str] = set()  # robots answered by the previous loop's calls
+        self._last_call_end = float("-inf")
         # inline (default): the model runs on the event loop itself; requests arriving meanwhile wait in
         # the socket buffers and form the next batch. Measured (bench/serving, one robot): ~14 ms less per
         # round trip than handing each batch to a model thread. Off: a dedicated model thread.
@@ -139,22 +154,40 @@ class MicroBatcher:
             self._task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, runtime, obs: Observation) -> tuple[np.ndarray, dict]:
+    async def submit(self, runtime, obs: Observation, robot: str = "") -> tuple[np.ndarray, dict]:
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Pending(runtime, obs, fut, time.perf_counter()))
-        return await fut
+        now = time.perf_counter()
+        if robot in self._answered_at:
+            # the robot's own turnaround: not the time its request sat unread while a model call held the loop
+            at, busy_at = self._answered_at[robot]
+            ta = (now - at) - (self._blocked_s - busy_at)
+            self._turnaround[robot] = ta if robot not in self._turnaround else 0.7 * self._turnaround[robot] + 0.3 * ta
+        await self.queue.put(_Pending(runtime, obs, fut, now, robot))
+        try:
+            return await fut
+        finally:  # the answer goes out now: the robot's turnaround counts from here
+            self._answered_at[robot] = (time.perf_counter(), self._blocked_s)
+
+    def _company(self, now: float) -> set[str]:
+        """The robots the next call waits for (see the class docstring)."""
+        if self.company_wait_s <= 0 or now - self._last_call_end > self.company_wait_s:
+            return set()
+        return {r for r in self._last_call if self._turnaround.get(r, float("inf")) < self.company_wait_s}
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             items = [await self.queue.get()]
-            deadline = loop.time() + self.max_wait_s
+            company = self._company(time.perf_counter())
+            deadline = loop.time() + max(self.max_wait_s, self.company_wait_s if company else 0.0)
             while len(items) < self.max_batch:
                 try:
                     items.append(self.queue.get_nowait())
                     continue
                 except asyncio.QueueEmpty:
                     pass
+                if self.max_wait_s <= 0 and company <= {it.robot for it in items}:
+                    break
                 left = deadline - loop.time()
                 if left <= 0:
                     break
@@ -162,6 +195,7 @@ class MicroBatcher:
                     items.append(await asyncio.wait_for(self.queue.get(), left))
                 except asyncio.TimeoutError:
                     break
+            self._last_call = {it.robot for it in items}
             groups: dict[int, list[_Pending]] = {}
             for it in items:
                 groups.setdefault(id(it.runtime), []).append(it)
@@ -176,7 +210,11 @@ class MicroBatcher:
                         if not g.future.done():
                             g.future.set_exception(e)
                     continue
-                infer_ms = (time.perf_counter() - t0) * 1e3
+                t1 = time.perf_counter()
+                infer_ms = (t1 - t0) * 1e3
+                self._last_call_end = t1
+                if self.inline:
+                    self._blocked_s += t1 - t0
                 if self.on_batch:
                     self.on_batch(len(group), infer_ms)
                 for i, g in enumerate(group):

@@ -1,0 +1,62 @@
+"""The micro-batcher with a real loaded policy: robots in closed loop settle into full batches when
+`company_wait_s` is on, and a robot that asks rarely is never waited for."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from services.inference.runtime import NativeRuntime, Observation
+from services.inference.serving import MicroBatcher
+from tests.services.conftest import policy_artifact
+
+
+def _runtime(tmp_path):
+    return NativeRuntime("v1", policy_artifact(tmp_path / "p", 1, chunk=8))
+
+
+def _obs(k: int) -> Observation:
+    return Observation(np.full(4, 0.1 * k, np.float32), {}, "", k)
+
+
+async def _closed_loop(batcher: MicroBatcher, runtime, robots: dict[str, float], requests: int) -> dict[str, list]:
+    """Each robot asks, waits for its answer, pauses for its turnaround (s), asks again."""
+    batcher.start()
+    timings: dict[str, list] = {r: [] for r in robots}
+
+    async def robot(name: str, pause: float, k: int):
+        for _ in range(requests):
+            actions, timing = await batcher.submit(runtime, _obs(k), name)
+            assert actions.shape == (8, 3)
+            timings[name].append(timing)
+            await asyncio.sleep(pause)
+
+    await asyncio.gather(*(robot(n, p, k) for k, (n, p) in enumerate(robots.items())))
+    await batcher.stop()
+    return timings
+
+
+def test_robots_in_closed_loop_settle_into_full_batches(tmp_path):
+    rt = _runtime(tmp_path)
+    robots = {f"arm-{k}": 0.001 + 0.004 * k for k in range(4)}  # back at different moments
+    timings = asyncio.run(_closed_loop(MicroBatcher(company_wait_s=0.05), rt, robots, 30))
+    # after the first turnarounds are known, before the robots that got ahead at the start finish
+    late = [t["batch_size"] for ts in timings.values() for t in ts[10:-5]]
+    assert np.mean(np.asarray(late) == 4) > 0.9, late
+
+
+def test_a_robot_that_asks_rarely_is_not_waited_for(tmp_path):
+    rt = _runtime(tmp_path)
+    robots = {"quick": 0.001, "rare": 0.15}  # the bridge's way: run the chunk, ask again much later
+    timings = asyncio.run(_closed_loop(MicroBatcher(company_wait_s=0.05), rt, robots, 12))
+    queued = [t["queue_ms"] for t in timings["quick"][3:]]
+    # waiting for "rare" would hold most of quick's requests the full 50 ms
+    assert np.median(queued) < 25, queued
+
+
+def test_a_lone_robot_is_never_held(tmp_path):
+    rt = _runtime(tmp_path)
+    timings = asyncio.run(_closed_loop(MicroBatcher(company_wait_s=0.05), rt, {"alone": 0.001}, 20))
+    assert all(t["batch_size"] == 1 for t in timings["alone"])
+    assert np.median([t["queue_ms"] for t in timings["alone"]]) < 25
