@@ -19,6 +19,7 @@ Services: ~/start_episode (std_srvs/Trigger; task and instruction from parameter
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -155,6 +156,10 @@ class BridgeNode(Node):
         if self._running:
             self._control.start()
         self.create_timer(1.0, self._publish_stats)
+        # everything built so far (modules, this node, buffers) lives as long as the process: keep the
+        # garbage collector from scanning it again and again while it holds the interpreter (profiled
+        # at 50 Hz with 3 cameras: a quarter of the executor thread's time was spent in collections)
+        gc.freeze()
         self.get_logger().info(f"bridge for {self.robot_id}: {json.dumps({k: v for k, v in p.items() if 'token' not in k})}")
 
     # -- inputs (validated; a bad message is refused and counted, never reaches the arm) ----------
