@@ -104,6 +104,7 @@ def test_act_answers_validates_and_authenticates(stack, tmp_path):
 
     metrics = httpx.get(inf.url + "/metrics").text
     assert 'recap_inference_requests_total{status="200",version="v1"}' in metrics
+    assert "recap_inference_gc_pause_seconds" in metrics
     assert "recap_inference_batch_size_bucket" in metrics and 'recap_inference_version_loaded{version="v1"} 1.0' in metrics
 
 
