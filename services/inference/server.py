@@ -2,6 +2,12 @@
 observation with an action chunk, the version that computed it and the server's timing; robot
 tokens only; Prometheus metrics at /metrics.
 
+Invariants: the token is checked before any body is read (HTTP: the Authorization header; the
+WebSocket: the handshake's, else closed with 1008), and a body never grows past the served policy's
+limit in memory; a malformed body is a 4xx (400/413/422), never a 5xx or a WebSocket dropped without
+a close frame; every answered action is finite and within the policy's envelope (guard.py); no token
+appears in a log line.
+
     recap serve inference --port 8001        # RECAP_REDIS_URL, RECAP_CHANNEL as the API's
 """
 
