@@ -170,7 +170,8 @@ class OursWS:
     def __init__(self, url, token):
         from websockets.sync.client import connect
 
-        self.ws = connect(url.replace("http", "ws") + f"/v1/stream?token={token}", max_size=None, compression=None)
+        self.ws = connect(url.replace("http", "ws") + "/v1/stream", max_size=None, compression=None,
+                          additional_headers={"Authorization": f"Bearer {token}"})
 
     def act(self, state, images):
         from services.inference.wire import decode_answer, encode_request

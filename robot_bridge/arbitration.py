@@ -1,6 +1,12 @@
 """Who drives the arm this tick, without ROS: the teleoperator while engaged, else the next action
 of the current policy chunk, else hold position (after the deadline for a fresh chunk). And the
-causal alignment of sensor samples to a tick. Pure Python + numpy, so it is tested directly."""
+causal alignment of sensor samples to a tick. Pure Python + numpy, so it is tested directly.
+
+Safety invariant: every action `decide` returns is finite, of size action_dim and within [low, high].
+A policy chunk that is not (n >= 1, action_dim) or holds NaN/infinity is refused whole at
+`offer_chunk` (`refused_chunks`); a teleoperator command that is not finite or of the wrong size is
+refused at `decide`, which then holds position (`refused_commands`, the decision flagged `refused`).
+A position hold on a non-finite measured state keeps the last command instead."""
 
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ class Decision:
     policy_version: str | None
     proposed: np.ndarray | None  # the policy chunk this action came from (None: human or hold)
     late: bool = False  # the policy had no fresh action by the deadline: holding position
+    refused: bool = False  # the human's command was not a finite action_dim vector: holding instead
 
 
 @dataclass
@@ -81,8 +88,22 @@ class ActionArbiter:
         # which keep their last command); "position": absolute commands, hold = the measured state.
         self.hold_mode, self.hold_keep = hold_mode, tuple(hold_keep)
         self._last = np.zeros(action_dim, np.float32)
+        self.refused_chunks = 0
+        self.refused_commands = 0
+
+    def _valid(self, a, ndim: int) -> bool:
+        """A finite array of action_dim vectors (one vector, or a chunk of at least one)."""
+        try:
+            a = np.asarray(a, np.float64)
+        except (TypeError, ValueError):
+            return False
+        return (a.ndim == ndim and a.shape[-1] == self.action_dim and a.size > 0 and bool(np.isfinite(a).all()))
 
     def offer_chunk(self, chunk: np.ndarray, version: str, obs_tick: int) -> bool:
+        if not self._valid(chunk, 2):
+            with self._lock:
+                self.refused_chunks += 1
+            return False
         with self._lock:
             if self._was_engaged or obs_tick < self._released_at or obs_tick <= self.queue.obs_tick:
                 return False  # the human drives, or older than the hand-over or than what we hold
@@ -109,6 +130,9 @@ class ActionArbiter:
             if engaged and human is not None:
                 self._was_engaged = True
                 self.queue = ChunkQueue(obs_tick=self.queue.obs_tick)  # drop the stale plan
+                if not self._valid(human, 1):
+                    self.refused_commands += 1
+                    return self._out(Decision(self._hold(state), ActionSource.HOLD, None, None, refused=True))
                 return self._out(Decision(self._clip(human), ActionSource.CORRECTION, None, None))
             if self._was_engaged:  # released: only chunks from observations from now on count
                 self._was_engaged = False
@@ -134,7 +158,10 @@ class ActionArbiter:
 
     def _hold(self, state: np.ndarray) -> np.ndarray:
         if self.hold_mode == "position":
-            return self._clip(np.asarray(state[: self.action_dim], np.float32))
+            measured = np.asarray(state[: self.action_dim], np.float32)
+            if measured.shape == (self.action_dim,) and np.isfinite(measured).all():
+                return self._clip(measured)
+            return self._last.copy()  # no trustworthy measurement: keep commanding what was last sent
         a = np.zeros(self.action_dim, np.float32)
         for i in self.hold_keep:
             a[i] = self._last[i]

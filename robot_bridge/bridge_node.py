@@ -119,8 +119,8 @@ class BridgeNode(Node):
         self.store = EpisodeStore(p["store_root"])
         self.registrations = PendingRegistrations(Path(p["store_root"]).parent / "pending_registrations" / self.robot_id,
                                                   p["api_url"] or None, p["inference_token"] or None)
-        self.policy = (PolicyClient(p["inference_url"], p["inference_token"], self.arbiter.offer_chunk)
-                       if p["inference_url"] else None)
+        self.policy = (PolicyClient(p["inference_url"], p["inference_token"], self.arbiter.offer_chunk,
+                                    action_dim=self.action_dim) if p["inference_url"] else None)
         self.writer = None
         self.demonstrating = False
         self.episode_task = ""
@@ -365,7 +365,11 @@ class BridgeNode(Node):
         doc = {"robot": self.robot_id, "ticks": c.ticks, "no_state_ticks": c.no_state_ticks,
                "stale_samples": c.stale_samples, "late_ticks": c.late_ticks, "hold_ticks": c.hold_ticks,
                "correction_ticks": c.correction_ticks,
-               "demonstration_ticks": c.demonstration_ticks, "refused": c.refused,
+               "demonstration_ticks": c.demonstration_ticks,
+               # every command refused on its way to the arm: inputs, policy chunks, teleoperator commands
+               "refused": c.refused | {"policy_chunk": self.arbiter.refused_chunks,
+                                       "command": self.arbiter.refused_commands,
+                                       "policy_answer": self.policy.dropped if self.policy else 0},
                "lateness_p50_ms": float(np.percentile(lat, 50)), "lateness_p99_ms": float(np.percentile(lat, 99)),
                "episode": self.writer.episode_id if self.writer else None,
                "policy_errors": self.policy.errors if self.policy else 0,

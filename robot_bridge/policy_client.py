@@ -1,7 +1,8 @@
 """Asking the inference server for the next chunk, off the control loop: one request in flight at
 a time in a background thread; the answer is handed to the arbiter, which drops it if it is stale.
-Speaks the server's msgpack wire format (services/inference/wire.py) without importing it, so a
-robot computer needs neither torch nor the server stack."""
+Speaks the shared wire format (data/wire.py, torch-free), so a robot computer needs neither torch
+nor the server stack. An answer that is malformed, of the wrong shape or not finite is dropped and
+counted (`dropped`): it never reaches the arbiter."""
 
 from __future__ import annotations
 
@@ -10,27 +11,24 @@ import threading
 import time
 
 import httpx
-import msgpack
 import numpy as np
+
+from data.wire import MSGPACK, WireError, decode_answer, encode_request
 
 log = logging.getLogger(__name__)
 
 
-def _arr(x: np.ndarray, dtype: str) -> dict:
-    x = np.ascontiguousarray(x, dtype=dtype)
-    return {"dtype": dtype, "shape": list(x.shape), "data": x.tobytes()}
-
-
 class PolicyClient:
-    def __init__(self, url: str, token: str, on_chunk, timeout_s: float = 1.0):
-        self.url, self.on_chunk = url.rstrip("/") + "/v1/act", on_chunk
+    def __init__(self, url: str, token: str, on_chunk, timeout_s: float = 1.0, action_dim: int | None = None):
+        self.url, self.on_chunk, self.action_dim = url.rstrip("/") + "/v1/act", on_chunk, action_dim
         self.http = httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {token}",
-                                                             "Content-Type": "application/msgpack"})
+                                                             "Content-Type": MSGPACK})
         self._pending: tuple | None = None
         self._cv = threading.Condition()
         self._stop = False
         self.errors = 0
         self.answers = 0
+        self.dropped = 0  # answers refused as malformed, of the wrong shape or not finite
         self.last_error = ""
         self._thread = threading.Thread(target=self._run, name="policy-client", daemon=True)
         self._thread.start()
@@ -53,6 +51,21 @@ class PolicyClient:
         self._thread.join(timeout=5)
         self.http.close()
 
+    def check_answer(self, body: bytes) -> dict | None:
+        """The decoded answer, or None (counted in `dropped`) if it is not a finite chunk of
+        action_dim vectors."""
+        try:
+            doc = decode_answer(body, binary=True)
+        except WireError as e:
+            self.dropped += 1
+            self.last_error = f"answer dropped: {e.message}"
+            return None
+        if self.action_dim is not None and doc["actions"].shape[1] != self.action_dim:
+            self.dropped += 1
+            self.last_error = f"answer dropped: actions of shape {list(doc['actions'].shape)}, expected (chunk, {self.action_dim})"
+            return None
+        return doc
+
     def _run(self) -> None:
         while True:
             with self._cv:
@@ -61,18 +74,14 @@ class PolicyClient:
                 if self._stop:
                     return
                 tick, state, images, instruction = self._pending
-            body = msgpack.packb({"state": _arr(state, "float32"),
-                                  "images": {k: _arr(v, "uint8") for k, v in images.items()},
-                                  "instruction": instruction, "seed": tick})
             try:
-                r = self.http.post(self.url, content=body)
+                r = self.http.post(self.url, content=encode_request(state, images, instruction, seed=tick))
                 if r.status_code != 200:
                     raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
-                doc = msgpack.unpackb(r.content, raw=False)
-                a = doc["actions"]
-                chunk = np.frombuffer(a["data"], np.float32).reshape(a["shape"])
                 self.answers += 1
-                self.on_chunk(chunk, doc["version"], tick)
+                doc = self.check_answer(r.content)
+                if doc is not None:
+                    self.on_chunk(doc["actions"], doc["version"], tick)
             except Exception as e:  # the server is down or refuses: the arbiter holds position
                 self.errors += 1
                 self.last_error = str(e)

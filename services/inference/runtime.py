@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.wire import MAX_INSTRUCTION
+
+from services.inference.guard import Envelope
 from training import recap
 from training.artifacts import ArtifactError, load_artifact
 
@@ -23,10 +26,17 @@ class InputSpec:
     action_dim: int
     chunk: int
     cameras: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (H, W, C) uint8
+    envelope: Envelope = Envelope()  # what observations may hold and where actions are clipped
 
     def to_dict(self) -> dict:
         return {"state_dim": self.state_dim, "action_dim": self.action_dim, "chunk": self.chunk,
-                "cameras": {k: list(v) for k, v in self.cameras.items()}}
+                "cameras": {k: list(v) for k, v in self.cameras.items()}, "envelope": self.envelope.to_dict()}
+
+    def max_body_bytes(self) -> int:
+        """The largest act request body this spec can need, in its most verbose form (JSON nested
+        lists, up to 6 bytes a pixel and 32 a state value), doubled for whitespace, plus 64 KiB."""
+        pixels = sum(h * w * c for h, w, c in self.cameras.values())
+        return 2 * (32 * self.state_dim + 6 * pixels + 6 * MAX_INSTRUCTION) + (64 << 10)
 
 
 @dataclass
@@ -35,6 +45,10 @@ class Observation:
     images: dict[str, np.ndarray]  # name -> (H, W, C) uint8
     instruction: str
     seed: int  # the flow's starting noise: same seed, same chunk, batched or not
+
+
+def _stats_dict(feature) -> dict | None:
+    return None if feature is None else dict(vars(feature))
 
 
 def check_registered_digest(artifact_dir: Path, expected_manifest_sha256: str | None) -> None:
@@ -71,7 +85,9 @@ class NativeRuntime:
         self.beta = float(manifest.get("lineage", {}).get("recap", {}).get("cfg_beta", 1.0))
         self._encode = encode_texts
         h, w = cfg.image_size
-        self.spec = InputSpec(cfg.state_dim, cfg.action_dim, cfg.chunk, {c: (h, w, 3) for c in cfg.cameras})
+        self.spec = InputSpec(cfg.state_dim, cfg.action_dim, cfg.chunk, {c: (h, w, 3) for c in cfg.cameras},
+                              Envelope.from_stats(_stats_dict(stats.get("observation.state")),
+                                                  _stats_dict(stats.get("action"))))
 
     @torch.inference_mode()
     def act(self, obs: list[Observation]) -> np.ndarray:

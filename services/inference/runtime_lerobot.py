@@ -7,8 +7,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.inference.guard import Envelope
 from services.inference.runtime import InputSpec, Observation, check_registered_digest
 from training.policies.lerobot_adapter.export import load_lerobot_artifact
+
+
+def _processor_stats(pipeline, feature: str) -> dict | None:
+    """A feature's statistics as LeRobot's (un)normaliser step saved them (mean, std, min, max, ...)."""
+    for step in getattr(pipeline, "steps", []):
+        stats = getattr(step, "stats", None)
+        if isinstance(stats, dict) and feature in stats:
+            return dict(stats[feature])
+    return None
 
 
 class LeRobotRuntime:
@@ -18,7 +28,9 @@ class LeRobotRuntime:
         self.policy, self.pre, self.post, cfg = load_lerobot_artifact(d)
         self.version = version
         cams = {c: (s[1], s[2], s[0]) for c, s in cfg["cameras"].items()}  # (C, H, W) -> wire (H, W, C)
-        self.spec = InputSpec(cfg["state_dim"], cfg["action_dim"], cfg["chunk"], cams)
+        self.spec = InputSpec(cfg["state_dim"], cfg["action_dim"], cfg["chunk"], cams,
+                              Envelope.from_stats(_processor_stats(self.pre, "observation.state"),
+                                                  _processor_stats(self.post, "action")))
 
     @torch.inference_mode()
     def act(self, obs: list[Observation]) -> np.ndarray:

@@ -2,28 +2,52 @@
 observation with an action chunk, the version that computed it and the server's timing; robot
 tokens only; Prometheus metrics at /metrics.
 
+Invariants: the token is checked before any body is read (HTTP: the Authorization header; the
+WebSocket: the handshake's, else closed with 1008), and a body never grows past the served policy's
+limit in memory; a malformed body is a 4xx (400/413/422), never a 5xx or a WebSocket dropped without
+a close frame; every answered action is finite and within the policy's envelope (guard.py); no token
+appears in a log line.
+
     recap serve inference --port 8001        # RECAP_REDIS_URL, RECAP_CHANNEL as the API's
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import logging
 import os
+import re
 import time
 from contextlib import asynccontextmanager
 
-import msgpack
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from services.inference.serving import MicroBatcher, StateWatcher
-from services.inference.wire import MSGPACK, BadRequest, decode_body, encode_answer, parse_observation
+from data.wire import schemas
+from services.inference.guard import NonFiniteActions
+from services.inference.wire import (MSGPACK, WireError, decode_request, encode_answer, encode_error, is_msgpack,
+                                     parse_observation)
 from services.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 32 << 20  # the cap on any act body, whatever the served policy's inputs
+
+_SECRET = re.compile(r"(?i)(token=|bearer\s+)[^\s&\"']+|\brcp_[A-Za-z0-9_\-]+")
+
+
+class RedactTokens(logging.Filter):
+    """No token in any log line, wherever a client put it (a query string, a header echoed back)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        red = _SECRET.sub(lambda m: (m.group(1) or "") + "[redacted]", msg)
+        if red != msg:
+            record.msg, record.args = red, ()
+        return True
 
 
 class Metrics:
@@ -38,6 +62,12 @@ class Metrics:
                                buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5))
         self.requests = Counter("recap_inference_requests_total", "Act requests by version and status",
                                 ["version", "status"], registry=self.registry)
+        self.clipped = Counter("recap_inference_actions_clipped_total",
+                               "Answers whose actions were clipped to the policy's action range", ["version"],
+                               registry=self.registry)
+        self.nonfinite = Counter("recap_inference_nonfinite_actions_total",
+                                 "Policy answers holding NaN or infinity (refused, never sent)", ["version"],
+                                 registry=self.registry)
         self.seq = Gauge("recap_inference_serving_seq", "Serving state number in use", registry=self.registry)
         self.loaded = Gauge("recap_inference_version_loaded", "Versions loaded (1) in the current table",
                             ["version"], registry=self.registry)
@@ -63,6 +93,10 @@ class Metrics:
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings.from_env()
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "services"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
     metrics = Metrics()
     watcher = StateWatcher(settings.redis_url, settings.channel, on_swap=metrics.swapped)
     batcher = MicroBatcher(max_batch=int(os.environ.get("RECAP_MAX_BATCH", "32")),
@@ -91,55 +125,102 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     def robot_of(token: str | None, table) -> str:
         if not token:
-            raise BadRequest(401, "missing bearer token")
+            raise WireError(401, "missing bearer token (the Authorization header)")
         robot = table.tokens.get(hashlib.sha256(token.encode()).hexdigest())
         if robot is None:
-            raise BadRequest(401, "unknown or revoked robot token")
+            raise WireError(401, "unknown or revoked robot token")
         return robot
 
-    async def act(doc_or_body, token: str | None, content_type: str | None) -> tuple[bytes, str, int]:
-        t0 = time.perf_counter()
-        table = watcher.table  # one snapshot for the whole request
+    def resolve(token: str | None) -> tuple[str, str, object]:
+        """(robot, version, runtime) for a token, from one snapshot of the table: before any body."""
+        table = watcher.table
         robot = robot_of(token, table)
         version = table.version_for(robot)
         if version is None or version not in table.runtimes:
-            raise BadRequest(503, f"no policy version is deployed to robot {robot}")
-        runtime = table.runtimes[version]
-        doc = decode_body(doc_or_body, content_type) if isinstance(doc_or_body, bytes) else doc_or_body
-        obs = parse_observation(doc, runtime.spec)
+            raise WireError(503, f"no policy version is deployed to robot {robot}")
+        return robot, version, table.runtimes[version]
+
+    def body_limit(runtime) -> int:
+        return min(runtime.spec.max_body_bytes(), MAX_BODY_BYTES)
+
+    async def act(body: bytes, binary: bool, robot: str, version: str, runtime) -> bytes:
+        t0 = time.perf_counter()
+        obs = parse_observation(decode_request(body, binary), runtime.spec)
         actions, timing = await batcher.submit(runtime, obs, robot)
+        try:
+            actions, clipped = runtime.spec.envelope.bound_actions(actions)
+        except NonFiniteActions:
+            metrics.nonfinite.labels(version).inc()
+            raise
+        flags = []
+        if clipped:
+            flags.append("actions_clipped")
+            metrics.clipped.labels(version).inc()
         timing["server_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
         metrics.latency.labels(version).observe(timing["server_ms"] / 1e3)
         metrics.requests.labels(version, "200").inc()
-        binary = content_type is not None and content_type.startswith(MSGPACK)
-        return encode_answer(actions, version, timing | {"robot": robot}, binary), version, 200
+        return encode_answer(actions, version, timing | {"robot": robot}, binary, flags)
+
+    async def read_body(request: Request, limit: int) -> bytes:
+        """The body, refused by its declared size and again while it streams in: never more than
+        `limit` bytes are held."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise WireError(413, f"request body of {int(declared)} bytes exceeds this policy's limit of {limit} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise WireError(413, f"request body of more than {limit} bytes exceeds this policy's limit")
+        return bytes(body)
 
     def bearer(header: str | None) -> str | None:
         if header and header.lower().startswith("bearer "):
             return header[7:].strip()
         return None
 
+    request_schema, answer_schema, components = schemas()
+    bodies = {"application/json": {"schema": request_schema}, MSGPACK: {"schema": request_schema}}
+
     @app.post("/v1/act", summary="Observation -> action chunk",
-              responses={200: {"description": "actions (chunk x action_dim), version, timing"},
-                         401: {"description": "robot token missing or unknown"},
-                         413: {"description": "body too large"}, 422: {"description": "invalid observation"},
+              openapi_extra={"requestBody": {"required": True, "content": bodies}},
+              responses={200: {"description": "actions (chunk x action_dim), version, timing, flags",
+                               "content": {"application/json": {"schema": answer_schema},
+                                           MSGPACK: {"schema": answer_schema}}},
+                         400: {"description": "body is not valid JSON or msgpack"},
+                         401: {"description": "robot token missing or unknown (answered before the body is read)"},
+                         413: {"description": "body too large for the served policy"},
+                         422: {"description": "invalid or out-of-range observation, or a non-finite policy answer"},
                          503: {"description": "nothing deployed to this robot"}})
     async def act_http(request: Request) -> Response:
-        ctype = request.headers.get("content-type")
+        binary = is_msgpack(request.headers.get("content-type"))
+        body_read = False
         try:
-            body = await request.body()
-            payload, _, _ = await act(body, bearer(request.headers.get("authorization")), ctype)
-        except BadRequest as e:
+            robot, version, runtime = resolve(bearer(request.headers.get("authorization")))
+            body = await read_body(request, body_limit(runtime))
+            body_read = True
+            payload = await act(body, binary, robot, version, runtime)
+        except WireError as e:
             metrics.requests.labels("-", str(e.status)).inc()
-            return JSONResponse({"detail": e.message}, status_code=e.status)
-        return Response(payload, media_type=MSGPACK if ctype and ctype.startswith(MSGPACK) else "application/json")
+            # a body left unread is not drained: the connection closes after the answer
+            return JSONResponse({"detail": e.message}, status_code=e.status,
+                                headers=None if body_read else {"Connection": "close"})
+        return Response(payload, media_type=MSGPACK if binary else "application/json")
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket):
-        """Binary frames of msgpack act requests (or text frames of JSON) -> answers in kind; an
-        error answers {"error", "status"} and keeps the connection."""
-        token = bearer(ws.headers.get("authorization")) or ws.query_params.get("token")
+        """Binary frames of msgpack act requests (or text frames of JSON) -> answers in kind. The
+        robot token comes in the Authorization header of the handshake; without a valid one the
+        connection is closed at once (1008). An error answers {"error", "status"} and keeps the
+        connection."""
+        token = bearer(ws.headers.get("authorization"))
         await ws.accept()
+        try:
+            robot_of(token, watcher.table)
+        except WireError as e:
+            metrics.requests.labels("-", str(e.status)).inc()
+            await ws.close(code=1008, reason=e.message)
+            return
         try:
             while True:
                 msg = await ws.receive()
@@ -148,17 +229,24 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 binary = msg.get("bytes") is not None
                 body = msg["bytes"] if binary else (msg.get("text") or "").encode()
                 try:
-                    payload, _, _ = await act(body, token, MSGPACK if binary else "application/json")
-                except BadRequest as e:
+                    robot, version, runtime = resolve(token)
+                    if len(body) > body_limit(runtime):
+                        raise WireError(413, f"message of {len(body)} bytes exceeds this policy's limit of "
+                                             f"{body_limit(runtime)} bytes")
+                    payload = await act(body, binary, robot, version, runtime)
+                except WireError as e:
                     metrics.requests.labels("-", str(e.status)).inc()
-                    err = {"error": e.message, "status": e.status}
-                    payload = msgpack.packb(err) if binary else JSONResponse(err).body
+                    payload = encode_error(e.message, e.status, binary)
                 if binary:
                     await ws.send_bytes(payload)
                 else:
                     await ws.send_text(payload.decode())
         except WebSocketDisconnect:
             return
+        except Exception:  # a defect of ours: logged, and the robot gets a close frame, not a dropped socket
+            log.exception("stream failed")
+            with contextlib.suppress(Exception):
+                await ws.close(code=1011)
 
     @app.get("/v1/serving", summary="The serving table: state number, robot -> version, loaded versions")
     def serving() -> dict:
@@ -175,4 +263,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     def healthz() -> dict:
         return {"ok": True, "seq": watcher.table.seq}
 
+    default_openapi = app.openapi
+
+    def openapi() -> dict:  # the wire Structs' schemas (data/wire.py) join the document's components
+        if app.openapi_schema is None:
+            default_openapi().setdefault("components", {}).setdefault("schemas", {}).update(components)
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

@@ -66,3 +66,54 @@ def test_a_new_episode_never_executes_what_was_planned_in_the_last_one():
     assert not arb.offer_chunk(np.full((5, 2), 0.3), "v1", obs_tick=11)  # asked for in the last episode
     assert arb.offer_chunk(np.full((5, 2), -0.1), "v1", obs_tick=12)
     assert np.allclose(arb.decide(13, np.zeros(2), None, False).action, -0.1)
+
+
+def test_a_non_finite_or_wrong_size_command_never_reaches_the_arm():
+    arb = _arbiter(hold_keep=(1,))
+    for bad in (np.array([[0.1, np.nan]] * 3), np.array([[np.inf, 0.0]]), np.ones((3, 3)), np.ones(2),
+                np.zeros((0, 2)), [["a", "b"]]):
+        assert not arb.offer_chunk(bad, "v1", obs_tick=0)
+    assert arb.refused_chunks == 6 and arb.needs_chunk()
+    d = arb.decide(1, np.zeros(2), None, False)
+    assert d.source == ActionSource.HOLD  # nothing was queued
+    assert arb.offer_chunk(np.full((3, 2), 0.5), "v1", obs_tick=1)
+    arb.decide(2, np.zeros(2), None, False)  # the gripper (dim 1) is now commanded at 0.5
+    for t, human in enumerate((np.array([np.nan, 0.2]), np.array([0.1, -np.inf]), np.ones(3)), start=3):
+        d = arb.decide(t, np.zeros(2), human, True)
+        assert d.source == ActionSource.HOLD and d.refused and np.allclose(d.action, [0, 0.5])
+    assert arb.refused_commands == 3
+    d = arb.decide(6, np.zeros(2), np.array([0.3, 2.0]), True)  # a valid command drives again, clipped
+    assert d.source == ActionSource.CORRECTION and not d.refused and np.allclose(d.action, [0.3, 1.0])
+
+
+def test_position_hold_on_a_non_finite_measurement_keeps_the_last_command():
+    arb = ActionArbiter(2, -np.ones(2), np.ones(2), deadline_ticks=1, refill_below=1, hold_mode="position")
+    assert np.allclose(arb.decide(0, np.array([0.2, -0.3]), None, False).action, [0.2, -0.3])
+    for t, state in enumerate((np.array([np.nan, 0.0]), np.array([0.1]), np.array([np.inf, np.inf])), start=1):
+        d = arb.decide(t, state, None, False)
+        assert d.source == ActionSource.HOLD and np.allclose(d.action, [0.2, -0.3])
+        assert np.isfinite(d.action).all()
+
+
+def test_policy_client_drops_malformed_or_non_finite_answers():
+    import msgpack
+
+    from data.wire import encode_answer
+    from robot_bridge.policy_client import PolicyClient
+
+    client = PolicyClient("http://127.0.0.1:9", "rcp_x", on_chunk=lambda *a: None, action_dim=2)
+    try:
+        good = client.check_answer(encode_answer(np.full((4, 2), 0.5), "v1", {"server_ms": 1.0}, binary=True))
+        assert good["version"] == "v1" and good["actions"].shape == (4, 2) and good["actions"].dtype == np.float32
+        bad = [encode_answer(np.array([[0.0, np.nan]]), "v1", {}, binary=True),
+               encode_answer(np.full((4, 3), 0.5), "v1", {}, binary=True),  # action_dim 3, the arm has 2
+               encode_answer(np.zeros((0, 2)), "v1", {}, binary=True),
+               msgpack.packb({"actions": {"dtype": "float32", "shape": [4, 2], "data": b"\0" * 7}, "version": "v1"}),
+               msgpack.packb({"actions": {"dtype": "float64", "shape": [1, 2], "data": b"\0" * 16}, "version": "v1"}),
+               msgpack.packb({"actions": [[1.0, float("inf")]], "version": "v1"}),
+               msgpack.packb({b"actions": [[1.0, 1.0]], "version": "v1"}),
+               b"\x93\x01", b""]
+        assert all(client.check_answer(b) is None for b in bad)
+        assert client.dropped == len(bad)
+    finally:
+        client.close()

@@ -91,7 +91,7 @@ def test_act_answers_validates_and_authenticates(stack, tmp_path):
     assert cases["bytes"].status_code == 413 and cases["missing bearer"].status_code == 401
 
     # the WebSocket stream: answers, errors in kind, and keeps the connection after an error
-    with connect(inf.url.replace("http", "ws") + f"/v1/stream?token={tok}") as ws:
+    with connect(inf.url.replace("http", "ws") + "/v1/stream", additional_headers=auth) as ws:
         ws.send(encode_request(state, images, "push it", seed=7))
         got = decode_answer(ws.recv(), binary=True)
         assert got["version"] == v1 and np.allclose(got["actions"], ans["actions"], atol=1e-5)
