@@ -176,6 +176,18 @@ def test_episodes_register_label_upload_and_playback(stack, tmp_path):
         bad = c.post("/v1/episodes/upload", files={"file": ("ep.tar", buf2.getvalue())})
         assert bad.status_code == 422 and "manifest names episode" in bad.json()["detail"]
         assert c.post("/v1/episodes/upload", files={"file": ("x.tar", b"\x00" * 100)}).status_code == 400
+    # the CLI uploads a folder and follows the job to its episode id
+    import os
+    import subprocess
+    import sys
+
+    up2, _ = record(other, robot="bench-arm", cameras=1)
+    env = {**os.environ, "RECAP_API_URL": stack.api.url, "RECAP_TOKEN": stack.tokens["teleoperator"]}
+    cli = [sys.executable, "-m", "data.cli_root", "episodes", "upload"]
+    out = subprocess.run(cli + [str(up2.path)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout)["episode_ids"] == [up2.episode_id], out.stderr
+    out = subprocess.run(cli + [str(up2.path)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1 and "error 409" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_the_same_new_episode_or_robot_from_requests_at_once(stack):
