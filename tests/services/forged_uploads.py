@@ -18,7 +18,7 @@ from typing import Callable
 
 from data.files import sha256_file
 from data.schema import Outcome
-from data.store import MANIFEST, EpisodeStore, manifest_checksum
+from data.store import MANIFEST, EpisodeStore, manifest_checksum, new_episode_id
 from tests.store.helpers import record
 
 
@@ -378,3 +378,42 @@ def wait_job(client, status_url: str, timeout: float = 120.0) -> dict:
 
 def catalog_rows(client) -> dict[str, dict]:
     return {e["id"]: e for e in client.get("/v1/episodes", params={"limit": 100_000}).json()}
+
+
+def plant_forged_states(store: EpisodeStore, cat) -> dict[str, str]:
+    """Write into `store` (and `cat`) the states unchecked uploads could leave: returns the ids."""
+    a, _ = record(store, robot="arm-a", task="push", cameras=1)
+    b, _ = record(store, robot="arm-b", task="pick", cameras=1)
+    cat.register_many([store.open(a.episode_id), store.open(b.episode_id)])
+    # a folder named C whose attributes (and manifest) carry A's id, as an old upload adopted it
+    c_id = new_episode_id("arm-c")
+    shutil.copytree(a.path, store.episodes_dir / c_id)
+    set_attrs(store.episodes_dir / c_id, robot_id="hijacked")
+    recommit(store.episodes_dir / c_id)
+    # a folder whose manifest is malformed (files as a list), one whose manifest is not JSON
+    bad = new_episode_id("arm-d")
+    shutil.copytree(b.path, store.episodes_dir / bad)
+    m = json.loads((store.episodes_dir / bad / "manifest.json").read_text())
+    m["files"] = list(m["files"])
+    (store.episodes_dir / bad / "manifest.json").write_text(json.dumps(m))
+    nojson = new_episode_id("arm-e")
+    shutil.copytree(b.path, store.episodes_dir / nojson)
+    (store.episodes_dir / nojson / "manifest.json").write_text("{")
+    # strays and label files the store did not write, inside B (whose data is intact)
+    (b.path / "notes.txt").write_text("unlisted")
+    (b.path / "state" / "c" / "9").mkdir(parents=True, exist_ok=True)
+    (b.path / "state" / "c" / "9" / "0").write_bytes(b"\0")
+    (b.path / "labels").mkdir(exist_ok=True)
+    (b.path / "labels" / f"{1:020d}-abcdef.json").write_text(
+        json.dumps({"outcome": "failure", "labeller": "admin", "labelled_at_ns": 1}))
+    (b.path / "labels" / "forged.json").write_text("{}")
+    store.label(b.episode_id, "failure", "teleop")  # a real label stays
+    # the catalog as an unchecked upload left it: A's row rewritten from C's directory
+    from sqlalchemy import update
+
+    from data.catalog.models import Episode
+
+    with cat._session.begin() as s:
+        s.execute(update(Episode).where(Episode.id == a.episode_id).values(
+            robot_id="arm-b", location=(store.episodes_dir / c_id).as_uri(), checksum="0" * 64))
+    return {"a": a.episode_id, "b": b.episode_id, "c": c_id, "bad": bad, "nojson": nojson}

@@ -5,7 +5,6 @@ finds nothing."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -13,53 +12,15 @@ import sys
 from data.catalog import Catalog
 from data.fsck import fsck
 from data.store import EpisodeStore, new_episode_id
-from tests.services.forged_uploads import recommit, set_attrs
+from tests.services.forged_uploads import plant_forged_states, recommit, set_attrs
 from tests.store.helpers import record
-
-
-def _plant(store: EpisodeStore, cat: Catalog) -> dict[str, str]:
-    a, _ = record(store, robot="arm-a", task="push", cameras=1)
-    b, _ = record(store, robot="arm-b", task="pick", cameras=1)
-    cat.register_many([store.open(a.episode_id), store.open(b.episode_id)])
-    # a folder named C whose attributes (and manifest) carry A's id, as an old upload adopted it
-    c_id = new_episode_id("arm-c")
-    shutil.copytree(a.path, store.episodes_dir / c_id)
-    set_attrs(store.episodes_dir / c_id, robot_id="hijacked")
-    recommit(store.episodes_dir / c_id)
-    # a folder whose manifest is malformed (files as a list), one whose manifest is not JSON
-    bad = new_episode_id("arm-d")
-    shutil.copytree(b.path, store.episodes_dir / bad)
-    m = json.loads((store.episodes_dir / bad / "manifest.json").read_text())
-    m["files"] = list(m["files"])
-    (store.episodes_dir / bad / "manifest.json").write_text(json.dumps(m))
-    nojson = new_episode_id("arm-e")
-    shutil.copytree(b.path, store.episodes_dir / nojson)
-    (store.episodes_dir / nojson / "manifest.json").write_text("{")
-    # strays and label files the store did not write, inside B (whose data is intact)
-    (b.path / "notes.txt").write_text("unlisted")
-    (b.path / "state" / "c" / "9").mkdir(parents=True, exist_ok=True)
-    (b.path / "state" / "c" / "9" / "0").write_bytes(b"\0")
-    (b.path / "labels").mkdir(exist_ok=True)
-    (b.path / "labels" / f"{1:020d}-abcdef.json").write_text(
-        json.dumps({"outcome": "failure", "labeller": "admin", "labelled_at_ns": 1}))
-    (b.path / "labels" / "forged.json").write_text("{}")
-    store.label(b.episode_id, "failure", "teleop")  # a real label stays
-    # the catalog as an unchecked upload left it: A's row rewritten from C's directory
-    from sqlalchemy import update
-
-    from data.catalog.models import Episode
-
-    with cat._session.begin() as s:
-        s.execute(update(Episode).where(Episode.id == a.episode_id).values(
-            robot_id="arm-b", location=(store.episodes_dir / c_id).as_uri(), checksum="0" * 64))
-    return {"a": a.episode_id, "b": b.episode_id, "c": c_id, "bad": bad, "nojson": nojson}
 
 
 def test_fsck_repair_converges_in_one_pass(tmp_path):
     store = EpisodeStore(tmp_path / "store")
     cat = Catalog.for_store(store)
     try:
-        ids = _plant(store, cat)
+        ids = plant_forged_states(store, cat)
         first = fsck(store)
         assert set(first.corrupt) == {ids["c"], ids["bad"], ids["nojson"]}, first.corrupt
         assert set(first.stray[ids["b"]]) == {"notes.txt", "state/c/9/0", f"labels/{1:020d}-abcdef.json",
