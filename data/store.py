@@ -248,6 +248,9 @@ class EpisodeStore:
             raise SchemaError("labeller", "who labelled the outcome is required")
         ep = self.open(episode_id)
         at_ns = at_ns or time.time_ns()
+        committed = ep.manifest.get("committed_at_ns")
+        if type(at_ns) is not int or (type(committed) is int and at_ns < committed):
+            raise SchemaError("labelled_at_ns", "a label is an integer time no earlier than the episode's commit")
         label = {"outcome": str(outcome), "labeller": labeller, "labelled_at_ns": at_ns}
         atomic_write_json(ep.path / LABELS / f"{at_ns:020d}-{secrets.token_hex(3)}.json", label)
         fsync_dir(ep.path / LABELS)
