@@ -113,8 +113,11 @@ def import_upload(job_id: str, uploaded_by: str, robot_id: str, task_id: str | N
         result["episode_ids"] = ids
         report("done", 1.0, episode_ids=ids, format=plan.format)
     except UploadRefused as e:
-        result["error"] = str(e)
-        report("refused", 1.0, error=str(e), format=result["format"])
+        msg = str(e)
+        for path, name in ((work_dir.resolve(), "the upload"), (work_dir, "the upload"), (store.root, "the store")):
+            msg = msg.replace(str(path), name)  # the uploader is told why, not where things live here
+        result["error"] = msg
+        report("refused", 1.0, error=msg, format=result["format"])
         log.info("upload %s refused: %s", job_id, e)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
