@@ -158,6 +158,8 @@ def fsck_cmd(
             console.print(f"  [red]corrupt[/red] {eid}: {why}")
         for eid, why in report.crashed.items():
             console.print(f"  [yellow]crashed[/yellow] {eid}: {why}")
+        for eid, keys in report.stray.items():
+            console.print(f"  [yellow]stray files[/yellow] {eid}: {', '.join(keys[:5])}" + (" ..." if len(keys) > 5 else ""))
         for a in report.actions:
             console.print(f"  [green]repaired[/green] {a}")
         if report.partial_files_removed:
@@ -166,7 +168,7 @@ def fsck_cmd(
                       + (" -> fixed" if repair and not rec.consistent else ""))
         if not repair and not (report.clean and rec.consistent):
             console.print("run with --repair to fix")
-    remaining = (report.corrupt and not repair) or (report.crashed and not repair) or (not rec.consistent and not repair)
+    remaining = not repair and not (report.clean and rec.consistent)
     raise typer.Exit(1 if remaining else 0)
 
 

@@ -1,15 +1,20 @@
 """`recap data fsck`: check every episode against its manifest and recover crashed ones.
 
 What it does, per episode directory:
-- committed (manifest present): re-hash every listed file; report missing or changed files and
-  unreadable metadata as corrupt (never "repaired" by guessing; `--repair` moves them to
-  `<root>/quarantine/` so readers stop tripping on them);
+- committed (manifest present): re-hash every listed file; report missing or changed files,
+  unreadable metadata and a directory whose manifest or attributes name another episode as corrupt
+  (never "repaired" by guessing; `--repair` moves them to `<root>/quarantine/` so readers stop
+  tripping on them);
+- committed, but holding files the store did not write (not in the manifest, not a label file as
+  EpisodeStore.label writes it): reported as strays; `--repair` moves just those files to
+  `<root>/quarantine/<episode>.strays.<time>/`;
 - in flight and locked by a live writer: left alone;
 - in flight and unlocked (its writer died): with `--repair`, truncate every array to the journal's
   flushed tick count, verify those ticks decode, and commit it as `incomplete`; an episode with no
   flushed tick is moved to quarantine;
 - leftover temporary files (`*.partial`) of dead writers are removed with `--repair`.
-The catalog is then checked against the store (see catalog.reconcile).
+The catalog is then checked against the store (see catalog.reconcile). One `--repair` pass
+reaches a state in which a second pass finds nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +31,19 @@ import zarr
 from zarr.storage import LocalStore
 
 from data.files import PARTIAL_SUFFIX, FileLock, fsync_dir, sha256_file
-from data.schema import IMAGES, EpisodeInfo, EpisodeStatus
-from data.store import CREATING_SUFFIX, JOURNAL, LOCK, MANIFEST, UNCHECKSUMMED, EpisodeStore, manifest_checksum, write_manifest
+from data.schema import IMAGES, EpisodeInfo, EpisodeStatus, check_id
+from data.store import (
+    CREATING_SUFFIX,
+    JOURNAL,
+    LABELS,
+    LOCK,
+    MANIFEST,
+    UNCHECKSUMMED,
+    EpisodeStore,
+    label_file_problem,
+    manifest_checksum,
+    write_manifest,
+)
 
 
 @dataclass
@@ -38,49 +55,109 @@ class FsckReport:
     crashed: dict[str, str] = field(default_factory=dict)  # in flight, writer dead -> what fsck saw
     recovered: dict[str, int] = field(default_factory=dict)  # episode -> ticks kept
     quarantined: list[str] = field(default_factory=list)
+    stray: dict[str, list[str]] = field(default_factory=dict)  # episode -> files the store did not write
     partial_files_removed: int = 0
     actions: list[str] = field(default_factory=list)  # what --repair did, in words
 
     @property
     def clean(self) -> bool:
-        return not self.corrupt and not self.crashed
+        return not self.corrupt and not self.crashed and not self.stray
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"clean": self.clean}
+
+
+def manifest_problem(manifest: object) -> str | None:
+    """None if `manifest` has the shape write_manifest gives it, else what is wrong (no file is read)."""
+    if not isinstance(manifest, dict):
+        return "manifest is not a JSON object"
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return "manifest 'files' is not an object"
+    for key, meta in files.items():
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key or "\0" in key:
+            return f"manifest lists an unsafe path {key[:200]!r}"
+        if key in UNCHECKSUMMED or parts[0] == LABELS:
+            return f"manifest lists {key!r}, which the store never checksums"
+        if (not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or len(meta["sha256"]) != 64
+                or type(meta.get("size")) is not int or meta["size"] < 0):
+            return f"manifest entry for {key[:200]!r} is not {{sha256: 64 hex, size: int >= 0}}"
+    if not isinstance(manifest.get("checksum"), str) or manifest_checksum(files) != manifest["checksum"]:
+        return "manifest checksum does not match its file list"
+    if type(manifest.get("num_ticks")) is not int or manifest["num_ticks"] < 0:
+        return "manifest 'num_ticks' is not a count"
+    if not isinstance(manifest.get("episode_id"), str):
+        return "manifest 'episode_id' is not a string"
+    return None
 
 
 def verify_episode(path: Path) -> str | None:
     """None if the committed episode at `path` matches its manifest, else what is wrong."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError) as e:
-        return f"manifest unreadable: {e}"
-    if manifest_checksum(files) != manifest.get("checksum"):
-        return "manifest checksum does not match its file list"
-    for key, meta in files.items():
+    except (OSError, ValueError) as e:
+        return f"manifest unreadable: {type(e).__name__}"
+    problem = manifest_problem(manifest)
+    if problem:
+        return problem
+    if manifest["episode_id"] != path.name:
+        return f"manifest names episode {manifest['episode_id'][:140]!r}, not its directory's"
+    for key, meta in manifest["files"].items():
         f = path / key
-        if not f.is_file():
+        if f.is_symlink() or not f.is_file():
             return f"missing file {key}"
         if f.stat().st_size != meta["size"] or sha256_file(f) != meta["sha256"]:
             return f"file {key} changed (sha256 mismatch)"
     try:
         group = zarr.open_group(LocalStore(path, read_only=True), mode="r")
         info = EpisodeInfo.from_attrs(group.attrs.asdict())
-        if info.num_ticks != manifest.get("num_ticks"):
-            return "tick count in attributes and manifest differ"
     except Exception as e:  # any failure to open is corruption to report
-        return f"metadata unreadable: {e}"
+        return f"metadata unreadable: {type(e).__name__}: {e}"
+    if info.episode_id != path.name:
+        return f"attributes name episode {str(info.episode_id)[:140]!r}, not its directory's"
+    if info.num_ticks != manifest["num_ticks"]:
+        return "tick count in attributes and manifest differ"
     return None
+
+
+def stray_files(path: Path) -> list[str]:
+    """Files in the committed episode at `path` that the store did not write: not in its manifest,
+    not a label file as EpisodeStore.label writes it (temporary `*.partial` files are fsck's own
+    business). Relative paths, sorted."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    listed, committed_at = set(manifest["files"]), manifest.get("committed_at_ns")
+    committed_at = committed_at if type(committed_at) is int else None
+    out = []
+    for f in sorted(path.rglob("*")):
+        key = f.relative_to(path).as_posix()
+        if f.is_dir() and not f.is_symlink():
+            continue
+        if key in listed and not f.is_symlink() or key in UNCHECKSUMMED or f.name.endswith(PARTIAL_SUFFIX):
+            continue
+        if key.startswith(f"{LABELS}/") and key.count("/") == 1 and label_file_problem(f, committed_at) is None:
+            continue
+        out.append(key)
+    return out
 
 
 def _quarantine(store: EpisodeStore, path: Path) -> Path:
     qdir = store.root / "quarantine"
     qdir.mkdir(exist_ok=True)
-    dest = qdir / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+    dest = qdir / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{uuid.uuid4().hex[:6]}"
     shutil.move(str(path), dest)
     fsync_dir(qdir)
     fsync_dir(path.parent)
+    return dest
+
+
+def _quarantine_strays(store: EpisodeStore, path: Path, keys: list[str]) -> Path:
+    dest = store.root / "quarantine" / f"{path.name}.strays.{time.strftime('%Y%m%dT%H%M%S')}.{uuid.uuid4().hex[:6]}"
+    for key in keys:
+        (dest / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path / key), dest / key)
+    for d in sorted({(path / k).parent for k in keys}, key=lambda p: -len(p.parts)):
+        fsync_dir(d)
     return dest
 
 
@@ -142,13 +219,24 @@ def fsck(store: EpisodeStore, *, repair: bool = False, verify: bool = True) -> F
     r = FsckReport()
     for eid in store.episode_ids():
         r.checked += 1
-        path = store.episode_dir(eid)
-        problem = verify_episode(path) if verify else None
+        path = store.episodes_dir / eid
+        try:
+            check_id("episode_id", eid)
+        except ValueError:
+            problem = "directory name is not an episode id"
+        else:
+            problem = verify_episode(path) if verify else None
         if problem is None:
             r.ok.append(eid)
             if repair:
                 r.partial_files_removed += _remove_partials(path)
                 (path / JOURNAL).unlink(missing_ok=True)  # left if a crash fell between manifest and unlink
+            strays = stray_files(path) if verify else []
+            if strays:
+                r.stray[eid] = strays
+                if repair:
+                    dest = _quarantine_strays(store, path, strays)
+                    r.actions.append(f"{eid}: {len(strays)} file(s) the store did not write moved to {dest}")
             continue
         r.corrupt[eid] = problem
         if repair:
@@ -163,7 +251,7 @@ def fsck(store: EpisodeStore, *, repair: bool = False, verify: bool = True) -> F
             else:
                 r.crashed[tmp.name] = "writer died while creating the episode (no data yet)"
     for eid in store.in_flight_ids():
-        path = store.episode_dir(eid)
+        path = store.episodes_dir / eid
         if FileLock.is_locked(path / LOCK):
             r.live.append(eid)
             continue

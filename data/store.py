@@ -9,7 +9,10 @@ The rules that keep it crash-safe, in one place:
 - An episode is committed when `manifest.json` (sha256 of every file) exists. It is written last,
   atomically; committed files are never written again. Readers list only committed episodes.
 - Outcome labels given after the commit go to `labels/`, one small file each, never into the
-  checksummed files; the newest one wins and the history stays.
+  checksummed files; the newest one wins and the history stays. Only `EpisodeStore.label` writes
+  them (named `<labelled_at_ns, 20 digits>-<6 hex>.json`, never dated before the commit).
+- An episode's directory name, its manifest's `episode_id` and its attributes' `episode_id` are the
+  same id, of the form `new_episode_id` makes (EPISODE_ID_RE); a directory that disagrees is corrupt.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import secrets
 import shutil
 import threading
@@ -84,6 +88,40 @@ class EpisodeNotFound(StoreError, KeyError):
 def new_episode_id(robot_id: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     return f"{stamp}-{robot_id}-{secrets.token_hex(3)}"
+
+
+# What new_episode_id makes: UTC start stamp, robot id, 6 hex digits (at most 128 characters in all).
+EPISODE_ID_RE = re.compile(r"^(?=.{1,128}$)[0-9]{8}T[0-9]{6}-[A-Za-z0-9][A-Za-z0-9_.\-]*-[0-9a-f]{6}$")
+LABEL_FILE_RE = re.compile(r"^([0-9]{20})-[0-9a-f]{6}\.json$")
+
+
+def check_episode_id(value: Any) -> str:
+    """`value` if it has the form of an id new_episode_id makes, else SchemaError."""
+    if not isinstance(value, str) or not EPISODE_ID_RE.match(value):
+        raise SchemaError("episode_id", f"{str(value)[:140]!r} is not an episode id (<yyyymmdd>T<hhmmss>-<robot>-<6 hex>)")
+    return value
+
+
+def label_file_problem(f: Path, committed_at_ns: int | None) -> str | None:
+    """None if `f` is a label file as EpisodeStore.label writes it, else what is wrong with it."""
+    m = LABEL_FILE_RE.match(f.name)
+    if not m or not f.is_file() or f.is_symlink():
+        return "not a label file written by the store"
+    try:
+        d = json.loads(f.read_text())
+        if not isinstance(d, dict) or set(d) != {"outcome", "labeller", "labelled_at_ns"}:
+            return "label file has unexpected fields"
+        Outcome(d["outcome"])
+        at = d["labelled_at_ns"]
+        if not isinstance(d["labeller"], str) or not d["labeller"] or type(at) is not int:
+            return "label file has fields of the wrong type"
+    except (OSError, ValueError) as e:
+        return f"label file unreadable: {type(e).__name__}"
+    if at != int(m.group(1)):
+        return "label time differs from the file's name"
+    if committed_at_ns is not None and at < committed_at_ns:
+        return "label dated before the episode's commit"
+    return None
 
 
 def manifest_checksum(files: dict[str, dict[str, Any]]) -> str:
@@ -210,6 +248,9 @@ class EpisodeStore:
             raise SchemaError("labeller", "who labelled the outcome is required")
         ep = self.open(episode_id)
         at_ns = at_ns or time.time_ns()
+        committed = ep.manifest.get("committed_at_ns")
+        if type(at_ns) is not int or (type(committed) is int and at_ns < committed):
+            raise SchemaError("labelled_at_ns", "a label is an integer time no earlier than the episode's commit")
         label = {"outcome": str(outcome), "labeller": labeller, "labelled_at_ns": at_ns}
         atomic_write_json(ep.path / LABELS / f"{at_ns:020d}-{secrets.token_hex(3)}.json", label)
         fsync_dir(ep.path / LABELS)
@@ -240,8 +281,11 @@ class EpisodeData:
             self.manifest = json.loads((path / MANIFEST).read_text())
             self.group = zarr.open_group(LocalStore(path, read_only=True), mode="r")
             self.info = EpisodeInfo.from_attrs(self.group.attrs.asdict())
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise StoreError(f"episode {path.name} is unreadable: {e}; run `recap data fsck`") from e
+        if self.info.episode_id != path.name:  # never let one directory speak for another episode
+            raise StoreError(f"episode {path.name} is unreadable: its attributes name episode "
+                             f"{str(self.info.episode_id)[:140]!r}; run `recap data fsck --repair`")
         self.labels = read_labels(path)
         if self.labels:
             last = self.labels[-1]

@@ -224,8 +224,11 @@ def episodes_label(episode_id: str, outcome: str = typer.Argument(..., help="suc
 
 @episodes.command("upload")
 def episodes_upload(path: Path = typer.Argument(..., exists=True, help="A Zarr episode or LeRobot v3 dataset folder, or a tar of one."),
-                    robot: str = "upload", task: str = None, api: str = API, token: str = TOKEN):
-    """Upload demonstrations or corrections."""
+                    robot: str = typer.Option("upload", help="LeRobot datasets: the robot the episodes are recorded for."),
+                    task: str = typer.Option(None, help="LeRobot datasets: the task id (default: from the task text)."),
+                    wait: bool = typer.Option(True, help="Follow the import job until it ends."),
+                    api: str = API, token: str = TOKEN):
+    """Upload demonstrations or corrections; the API checks the archive at once and imports it as a job."""
     import tarfile
     import tempfile
 
@@ -234,10 +237,26 @@ def episodes_upload(path: Path = typer.Argument(..., exists=True, help="A Zarr e
         if path.is_dir():
             archive = Path(tmp) / "upload.tar"
             with tarfile.open(archive, "w") as tar:
-                tar.add(path, arcname=path.name)
+                tar.add(path, arcname=path.resolve().name)
         with open(archive, "rb") as f:
             data = {"robot_id": robot} | ({"task_id": task} if task else {})
-            _print(_call(api, token, "POST", "/v1/episodes/upload", files={"file": ("upload.tar", f)}, data=data))
+            job = _call(api, token, "POST", "/v1/episodes/upload", files={"file": ("upload.tar", f)}, data=data)
+    typer.echo(f"queued {job['id']}", err=True)
+    if not wait:
+        _print(job)
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=100, desc=job["id"], unit="%", file=sys.stderr) as bar:
+        while job["status"] in ("queued", "running"):
+            time.sleep(0.5)
+            job = _call(api, token, "GET", job["status_url"])
+            bar.set_postfix_str(job["phase"])
+            bar.update(int(100 * job["progress"]) - bar.n)
+    if job["status"] != "finished":
+        typer.echo(f"upload {job['status']}: {job['error']}", err=True)
+        raise typer.Exit(1)
+    _print({"episode_ids": job["episode_ids"], "format": job["format"]})
 
 
 def main() -> None:

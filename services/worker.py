@@ -9,6 +9,11 @@ registers exactly once.
 
     recap serve worker            # one per GPU / CPU box; RECAP_* environment as the API's
 
+It also runs upload imports (`import_upload`), from a queue of their own that it serves first: the
+API stores the archive under `uploads/<job id>/` and has checked its headers; the job checks them
+again, extracts, verifies, adopts and indexes, reporting phase and progress in the job's meta, and
+removes the archive whatever the outcome. A refused upload finishes with its reason in the meta.
+
 Where the training runs: `RECAP_TRAIN_DEVICE` (cpu, cuda) and `RECAP_TRAIN_PROCS`: with N > 1 each
 job runs data-parallel in N processes under torchrun (one per GPU; gloo on CPUs), rank 0 streaming
 progress; the result is read back from the run directory and registered by the worker as usual.
@@ -43,8 +48,81 @@ MONITORING_INTERVAL_S = 10
 WORKER_TTL_S = 30
 
 
+IMPORT_TIMEOUT_S = 6 * 3600
+
+
 class RunCancelled(Exception):
     pass
+
+
+def import_queue_name(settings: ServiceSettings) -> str:
+    return f"{settings.queue}-imports"
+
+
+def import_upload(job_id: str, uploaded_by: str, robot_id: str, task_id: str | None) -> dict:
+    """The RQ import job of an upload stored under `uploads/<job_id>/archive`: returns
+    {"episode_ids", "format", "error"}; a refusal is a finished job whose `error` says why."""
+    import shutil
+
+    from rq import get_current_job
+
+    from data.transfer import UploadRefused, adopt_episode, ensure_new, extract_archive, inspect_archive, open_archive
+
+    job = get_current_job()
+    settings = ServiceSettings.from_env()
+    work_dir = Path(settings.uploads_dir) / job_id
+    store = EpisodeStore(settings.store_root)
+    catalog = Catalog.for_store(store, settings.catalog_url)
+    last = [0.0]
+
+    def report(phase: str, fraction: float, **more) -> None:
+        now = time.monotonic()
+        if job is None or (now - last[0] < 0.5 and fraction < 1.0 and not more):
+            return
+        last[0] = now
+        job.meta.update(phase=phase, progress=round(fraction, 4), **more)
+        job.save_meta()
+
+    result: dict = {"episode_ids": [], "format": None, "error": None}
+    try:
+        archive = work_dir / "archive"
+        report("checking", 0.0)
+        with open_archive(archive) as tar:
+            plan = inspect_archive(tar, archive.stat().st_size)
+            result["format"] = plan.format
+            if plan.episode_id:
+                ensure_new(store, plan.episode_id, catalog)
+            root = extract_archive(tar, plan, work_dir / "extracted",
+                                   lambda done, total: report("extracting", 0.6 * done / max(total, 1)))
+        archive.unlink()
+        report("adopting", 0.6)
+        at_ns = time.time_ns()
+        if plan.format == "zarr":
+            ids = [adopt_episode(store, root, uploaded_by=uploaded_by, at_ns=at_ns)]
+        else:
+            from data.lerobot_io import import_lerobot
+
+            try:
+                ids = import_lerobot(root, store, robot_id=robot_id, task_id=task_id, labeller=uploaded_by,
+                                     progress=lambda i, n: report("adopting", 0.6 + 0.35 * i / max(n, 1)))
+            except Exception as e:  # a malformed dataset is the uploader's error, named
+                msg = str(e).replace(str(root), "the dataset").replace(str(work_dir), "the upload")[:300]
+                raise UploadRefused(f"LeRobot dataset refused: {type(e).__name__}: {msg}") from None
+        report("indexing", 0.95)
+        catalog.register_many(store.open(eid) for eid in ids)
+        result["episode_ids"] = ids
+        report("done", 1.0, episode_ids=ids, format=plan.format)
+    except UploadRefused as e:
+        msg = str(e)
+        for path, name in ((work_dir.resolve(), "the upload"), (work_dir, "the upload"), (store.root, "the store")):
+            msg = msg.replace(str(path), name)  # the uploader is told why, not where things live here
+        result["error"] = msg
+        report("refused", 1.0, error=msg, format=result["format"])
+        log.info("upload %s refused: %s", job_id, e)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        catalog.close()
+    return result
 
 
 def train_device() -> str:
@@ -189,14 +267,16 @@ def _rank_main(run_id: str) -> None:
 
 
 def work(settings: ServiceSettings, *, burst: bool = False, name: str | None = None) -> None:
-    """Run a worker on the training queue until stopped (SIGTERM: finish the current job's step)."""
+    """Run a worker on the upload-import and training queues (imports first) until stopped (SIGTERM:
+    finish the current job's step)."""
     import redis
     from rq import Queue, Worker
 
     import training.runs  # noqa: F401  (import torch once, before forking work horses)
 
     conn = redis.Redis.from_url(settings.redis_url)
-    w = Worker([Queue(settings.queue, connection=conn)], connection=conn, name=name,
+    queues = [Queue(import_queue_name(settings), connection=conn), Queue(settings.queue, connection=conn)]
+    w = Worker(queues, connection=conn, name=name,
                maintenance_interval=MAINTENANCE_INTERVAL_S, job_monitoring_interval=MONITORING_INTERVAL_S,
                worker_ttl=WORKER_TTL_S)
     w.work(burst=burst, with_scheduler=True)

@@ -2,6 +2,9 @@
 
 SQLite by default (WAL, so several robots' writers and a reader work at once); any SQLAlchemy URL
 (PostgreSQL for a fleet). Migrations run on open through Alembic.
+
+A row is keyed by the name of the episode's directory in the store; an episode whose attributes
+name another id is refused (StoreError), so one directory can never rewrite another episode's row.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from data.catalog.models import Episode, EpisodePolicyVersion, OutcomeLabel, Robot, Task
 from data.schema import Outcome
 from data.sqldb import current_revision, open_engine, upgrade_schema
-from data.store import EpisodeData, EpisodeStore
+from data.store import EpisodeData, EpisodeStore, StoreError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 UPSERT_ATTEMPTS = 5  # each retry finds at least one more of the racing rows in place
@@ -131,6 +134,9 @@ class Catalog:
 
     def _upsert(self, s: Session, ep: EpisodeData) -> None:
         info = ep.info
+        if info.episode_id != ep.path.name:
+            raise StoreError(f"episode directory {ep.path.name} holds attributes of episode "
+                             f"{str(info.episode_id)[:140]!r}; not indexed (run `recap data fsck --repair`)")
         now = time.time_ns()
         if s.get(Robot, info.robot_id) is None:
             s.add(Robot(id=info.robot_id, first_seen_ns=info.start_time_ns))
@@ -255,16 +261,22 @@ class Catalog:
     def reconcile(self, store: EpisodeStore, *, repair: bool = False) -> ReconcileReport:
         """Compare the catalog with the store; with repair, make the catalog match the store."""
         report = ReconcileReport()
-        in_store = set(store.episode_ids())
+        opened = {}
+        for eid in store.episode_ids():
+            try:
+                opened[eid] = store.open(eid)
+            except (StoreError, ValueError):  # unreadable: fsck reports it; the catalog must not index it
+                continue
+        in_store = set(opened)
         with self._session() as s:
             rows = {r.id: (r.checksum, r.outcome, r.outcome_labelled_at_ns) for r in s.scalars(select(Episode)).all()}
         report.removed = sorted(set(rows) - in_store)
         report.added = sorted(in_store - set(rows))
         for eid in sorted(in_store & set(rows)):
-            ep = store.open(eid)
+            ep = opened[eid]
             if rows[eid] != (ep.checksum, str(ep.info.outcome), ep.info.outcome_labelled_at_ns):
                 report.updated.append(eid)
         if repair:
             self.remove(report.removed)
-            self.register_many(store.open(eid) for eid in report.added + report.updated)
+            self.register_many(opened[eid] for eid in report.added + report.updated)
         return report

@@ -79,9 +79,25 @@ class EpisodeRegister(Strict):
     episode_id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-class UploadOut(BaseModel):
-    episode_ids: list[str]
-    format: Literal["zarr", "lerobot"]
+class UploadForm(Strict):
+    """The text fields of an upload's form (the archive is the `file` part)."""
+
+    robot_id: str = Field("upload", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                          description="LeRobot datasets: the robot the new episodes are recorded for.")
+    task_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                                description="LeRobot datasets: the task (default: from the dataset's task text).")
+
+
+class UploadJobOut(BaseModel):
+    id: str
+    status: Literal["queued", "running", "finished", "refused", "failed"]
+    phase: str
+    progress: float
+    format: Literal["zarr", "lerobot"] | None
+    episode_ids: list[str] = Field(description="The new episodes, once the import has finished.")
+    error: str | None = Field(description="Why the upload was refused, or that the import failed.")
+    uploaded_by: str | None
+    status_url: str
 
 
 class Selection(Strict):

@@ -18,6 +18,7 @@ from data.store import EpisodeStore
 from services.auth import PERMISSIONS, Role, allowed
 from services.serving_channel import read_state
 from tests.services.conftest import policy_artifact
+from tests.services.forged_uploads import wait_job
 from tests.store.helpers import record
 
 # every mutating endpoint: (action in PERMISSIONS, method, path, body)
@@ -152,26 +153,41 @@ def test_episodes_register_label_upload_and_playback(stack, tmp_path):
         assert jpg.status_code == 200 and jpg.content[:2] == b"\xff\xd8"
         assert c.get(f"/v1/episodes/{ep.episode_id}/frames/cam9/3").status_code == 404
         assert c.get(f"/v1/episodes/{ep.episode_id}/frames/top/999").status_code == 404
-        # upload a Zarr episode recorded elsewhere (a tar of its folder)
+        # upload a Zarr episode recorded elsewhere (a tar of its folder): checked at once, imported by a job
+        stack.start_worker()
         other = EpisodeStore(tmp_path / "elsewhere")
         up, _ = record(other, robot="bench-arm", cameras=1, outcome=Outcome.SUCCESS)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             tar.add(other.episode_dir(up.episode_id), arcname=up.episode_id)
         res = c.post("/v1/episodes/upload", files={"file": ("ep.tar", buf.getvalue())})
-        assert res.status_code == 201, res.text
-        assert res.json() == {"episode_ids": [up.episode_id], "format": "zarr"}
-        assert c.get(f"/v1/episodes/{up.episode_id}").json()["robot_id"] == "bench-arm"
+        assert res.status_code == 202, res.text
+        job = wait_job(c, res.json()["status_url"])
+        assert job["status"] == "finished" and job["episode_ids"] == [up.episode_id] and job["format"] == "zarr", job
+        got = c.get(f"/v1/episodes/{up.episode_id}").json()
+        assert got["robot_id"] == "bench-arm" and got["outcome_labeller"] == "test-teleoperator"
         again = c.post("/v1/episodes/upload", files={"file": ("ep.tar", buf.getvalue())})
-        assert again.status_code == 422 and "already" in again.json()["detail"]
+        assert again.status_code == 409 and "already" in again.json()["detail"]
         # a tampered episode is refused and named
         (other.episode_dir(up.episode_id) / "zarr.json").write_text("{}")
         buf2 = io.BytesIO()
         with tarfile.open(fileobj=buf2, mode="w") as tar:
-            tar.add(other.episode_dir(up.episode_id), arcname=up.episode_id + "x")
+            tar.add(other.episode_dir(up.episode_id), arcname=up.episode_id[:-6] + "abcdef")
         bad = c.post("/v1/episodes/upload", files={"file": ("ep.tar", buf2.getvalue())})
-        assert bad.status_code == 422 and "refused" in bad.json()["detail"]
+        assert bad.status_code == 422 and "manifest names episode" in bad.json()["detail"]
         assert c.post("/v1/episodes/upload", files={"file": ("x.tar", b"\x00" * 100)}).status_code == 400
+    # the CLI uploads a folder and follows the job to its episode id
+    import os
+    import subprocess
+    import sys
+
+    up2, _ = record(other, robot="bench-arm", cameras=1)
+    env = {**os.environ, "RECAP_API_URL": stack.api.url, "RECAP_TOKEN": stack.tokens["teleoperator"]}
+    cli = [sys.executable, "-m", "data.cli_root", "episodes", "upload"]
+    out = subprocess.run(cli + [str(up2.path)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout)["episode_ids"] == [up2.episode_id], out.stderr
+    out = subprocess.run(cli + [str(up2.path)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1 and "error 409" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_the_same_new_episode_or_robot_from_requests_at_once(stack):
@@ -243,9 +259,11 @@ def test_upload_a_lerobot_v3_dataset_as_demonstrations(stack, tmp_path):
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(root, arcname="dataset")
     with stack.client("teleoperator") as c:
+        stack.start_worker()
         r = c.post("/v1/episodes/upload", files={"file": ("ds.tar", buf.getvalue())},
                    data={"robot_id": "teleop-rig", "task_id": "push"})
-        assert r.status_code == 201, r.text
-        assert r.json()["format"] == "lerobot" and len(r.json()["episode_ids"]) == 2
+        assert r.status_code == 202, r.text
+        job = wait_job(c, r.json()["status_url"], timeout=300)
+        assert job["status"] == "finished" and job["format"] == "lerobot" and len(job["episode_ids"]) == 2, job
         got = c.get("/v1/episodes", params={"robot": "teleop-rig"}).json()
         assert len(got) == 2 and all(e["num_ticks"] == 25 and e["outcome"] == "success" for e in got)

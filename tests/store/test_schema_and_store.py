@@ -94,9 +94,12 @@ def test_labels_keep_history(store_root):
     store = EpisodeStore(store_root)
     ep, _ = record(store, outcome=Outcome.UNKNOWN)
     assert ep.info.outcome == Outcome.UNKNOWN
-    store.label(ep.episode_id, "failure", "alice", at_ns=T0 + 1)
-    info = store.label(ep.episode_id, Outcome.SUCCESS, "bob", at_ns=T0 + 2)
-    assert (info.outcome, info.outcome_labeller, info.outcome_labelled_at_ns) == (Outcome.SUCCESS, "bob", T0 + 2)
+    t = ep.manifest["committed_at_ns"]
+    store.label(ep.episode_id, "failure", "alice", at_ns=t + 1)
+    info = store.label(ep.episode_id, Outcome.SUCCESS, "bob", at_ns=t + 2)
+    assert (info.outcome, info.outcome_labeller, info.outcome_labelled_at_ns) == (Outcome.SUCCESS, "bob", t + 2)
+    with pytest.raises(ValueError, match="no earlier than"):  # fsck would not vouch for it: it names no forger
+        store.label(ep.episode_id, "failure", "mallory", at_ns=T0)
     again = store.open(ep.episode_id)
     assert [lab["labeller"] for lab in again.labels] == ["alice", "bob"]
     assert again.checksum == ep.checksum  # labels never touch the checksummed data

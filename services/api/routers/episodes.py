@@ -1,23 +1,45 @@
 """Episodes: list with filters, one episode with its label history, outcome labels (teleoperator),
 registration of committed episodes (robots), uploads of demonstrations or corrections (a tar of a
-Zarr episode or of a LeRobot v3 dataset), and camera frames for playback."""
+Zarr episode or of a LeRobot v3 dataset), and camera frames for playback.
+
+Uploads: the body is streamed to disk (never whole in memory) and refused past MAX_UPLOAD_BYTES;
+the archive's headers are judged before anything is extracted (data/transfer.py), with a 4xx naming
+the reason; then an import job on the worker extracts, verifies and adopts it (202 + status URL)."""
 
 from __future__ import annotations
 
 import shutil
-import tarfile
-import tempfile
+import uuid
 from pathlib import Path
 
 import simplejpeg
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import Path as Path_
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from python_multipart.exceptions import FormParserError, MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
 from data.catalog.catalog import EpisodeRecord
 from data.store import EpisodeNotFound, StoreError
-from data.transfer import adopt_episode
+from data.transfer import (
+    ArchiveMalformed,
+    ArchivePlan,
+    ArchiveTooLarge,
+    EpisodeExists,
+    UploadRefused,
+    ensure_new,
+    inspect_archive,
+    open_archive,
+)
+from services import worker
 from services.api.context import AppContext, ctx, principal, require
-from services.api.schemas import EpisodeOut, EpisodeRegister, LabelIn, UploadOut
+from services.api.schemas import EpisodeOut, EpisodeRegister, LabelIn, UploadForm, UploadJobOut
 from services.auth import Principal
+from services.worker import import_queue_name
 
 router = APIRouter(prefix="/v1/episodes", tags=["episodes"])
 
@@ -58,47 +80,175 @@ def register_episode(body: EpisodeRegister, _: Principal = Depends(require("epis
     return _out(c.catalog.get(body.episode_id), ep.cameras)
 
 
-@router.post("/upload", response_model=UploadOut, status_code=201,
-             summary="Upload demonstrations or corrections: a tar of a Zarr episode or of a LeRobot v3 dataset")
-def upload_episodes(file: UploadFile = File(...), robot_id: str = Form("upload", min_length=1, max_length=128,
-                                                                        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"),
-                    task_id: str | None = Form(None, max_length=128),
-                    _: Principal = Depends(require("episodes.upload")), c: AppContext = Depends(ctx)):
-    c.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=c.settings.uploads_dir) as tmp:
-        archive = Path(tmp) / "upload.tar"
-        with open(archive, "wb") as f:
-            shutil.copyfileobj(file.file, f, 1 << 20)
-        if archive.stat().st_size > MAX_UPLOAD_BYTES:
-            raise HTTPException(413, f"upload larger than {MAX_UPLOAD_BYTES} bytes")
-        root = Path(tmp) / "x"
-        try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(root, filter="data")  # no absolute paths, links out, devices
-        except (tarfile.TarError, OSError) as e:
-            raise HTTPException(400, f"not a readable tar archive: {e}") from e
-        top = [p for p in root.iterdir()] if root.exists() else []
-        base = top[0] if len(top) == 1 and top[0].is_dir() else root
-        if (base / "manifest.json").exists() and (base / "zarr.json").exists():
-            try:
-                ids = [adopt_episode(c.store, base)]
-            except StoreError as e:
-                raise HTTPException(422, str(e)) from e
-            fmt = "zarr"
-        elif (base / "meta" / "info.json").exists():
-            from data.lerobot_io import import_lerobot
+class _Multipart:
+    """Streams a multipart/form-data body: the one `file` part straight to `dest`, small text fields
+    into `fields`; no part is ever held whole in memory."""
 
-            try:
-                ids = import_lerobot(base, c.store, robot_id=robot_id, task_id=task_id)
-            except Exception as e:  # a malformed dataset is the uploader's error, named
-                raise HTTPException(422, f"LeRobot dataset refused: {type(e).__name__}: {e}") from e
-            fmt = "lerobot"
+    MAX_FIELD_BYTES = 1024
+    MAX_PARTS = 8
+
+    def __init__(self, boundary: bytes, dest: Path):
+        self.dest, self.fields, self.got_file = dest, {}, False
+        self._out, self._field = None, None
+        self._parts = 0
+        self._header, self._hval, self._value = b"", b"", bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self.parser = MultipartParser(boundary, {
+            "on_part_begin": self._begin, "on_part_data": self._data, "on_part_end": self._end,
+            "on_header_field": self._hfield, "on_header_value": self._hvalue, "on_header_end": self._hend,
+            "on_headers_finished": self._hdone})
+
+    def _begin(self):
+        self._parts += 1
+        if self._parts > self.MAX_PARTS:
+            raise HTTPException(400, f"more than {self.MAX_PARTS} form parts")
+        self._headers, self._value, self._field, self._out = {}, bytearray(), None, None
+
+    def _hfield(self, data, start, end):
+        self._header += data[start:end]
+
+    def _hvalue(self, data, start, end):
+        self._hval += data[start:end]
+
+    def _hend(self):
+        self._headers[self._header.lower()] = self._hval
+        self._header, self._hval = b"", b""
+
+    def _hdone(self):
+        _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = opts.get(b"name", b"").decode("latin-1")
+        if "filename" in {k.decode("latin-1") for k in opts}:
+            if name != "file" or self.got_file:
+                raise HTTPException(400, "send exactly one file part, named 'file'")
+            self.got_file = True
+            self._out = open(self.dest, "wb")
         else:
-            raise HTTPException(422, "the archive holds neither a Zarr episode (manifest.json, zarr.json) "
-                                     "nor a LeRobot v3 dataset (meta/info.json)")
-    for eid in ids:
-        c.catalog.register(c.store.open(eid))
-    return {"episode_ids": ids, "format": fmt}
+            self._field = name
+
+    def _data(self, data, start, end):
+        if self._out is not None:
+            self._out.write(data[start:end])
+        else:
+            self._value += data[start:end]
+            if len(self._value) > self.MAX_FIELD_BYTES:
+                raise HTTPException(400, f"form field {self._field[:64]!r} longer than {self.MAX_FIELD_BYTES} bytes")
+
+    def _end(self):
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        elif self._field:
+            self.fields[self._field] = self._value.decode("utf-8", "replace")
+
+    def close(self):
+        if self._out is not None:
+            self._out.close()
+
+
+async def _receive_upload(request: Request, dest: Path) -> dict[str, str]:
+    """Stream the request's multipart body to disk, refusing it (413) once it passes MAX_UPLOAD_BYTES."""
+    ctype, opts = parse_options_header(request.headers.get("content-type"))
+    if ctype != b"multipart/form-data" or not opts.get(b"boundary"):
+        raise HTTPException(415, "send multipart/form-data with the archive as the part named 'file'")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES + (1 << 20):
+        raise HTTPException(413, f"upload larger than {MAX_UPLOAD_BYTES} bytes")
+    try:
+        form = _Multipart(opts[b"boundary"], dest)
+    except (FormParserError, ValueError):
+        raise HTTPException(400, "malformed multipart boundary") from None
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > MAX_UPLOAD_BYTES + (1 << 20):
+                raise HTTPException(413, f"upload larger than {MAX_UPLOAD_BYTES} bytes")
+            await run_in_threadpool(form.parser.write, chunk)
+        form.parser.finalize()
+    except (MultipartParseError, FormParserError):
+        raise HTTPException(400, "malformed multipart/form-data body") from None
+    finally:
+        form.close()
+    if not form.got_file:
+        raise HTTPException(422, "the form has no part named 'file' holding the archive")
+    return form.fields
+
+
+_REFUSAL_STATUS = {ArchiveMalformed: 400, ArchiveTooLarge: 413, EpisodeExists: 409}
+
+
+def _refusal(e: UploadRefused) -> HTTPException:
+    return HTTPException(next((v for k, v in _REFUSAL_STATUS.items() if isinstance(e, k)), 422), str(e))
+
+
+def _inspect(c: AppContext, archive: Path) -> ArchivePlan:
+    with open_archive(archive) as tar:
+        plan = inspect_archive(tar, archive.stat().st_size)
+    if plan.episode_id:
+        ensure_new(c.store, plan.episode_id, c.catalog)
+    return plan
+
+
+@router.post("/upload", response_model=UploadJobOut, status_code=202,
+             summary="Upload demonstrations or corrections: a tar of a Zarr episode folder or of a LeRobot v3 dataset",
+             description="multipart/form-data: `file` (the tar, plain or compressed), optional `robot_id`, `task_id` "
+                         "(LeRobot datasets). The archive's headers are checked at once (4xx with the reason); the "
+                         "import runs as a job: poll `status_url` for its progress and the new episode ids.",
+             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                 "type": "object", "required": ["file"], "properties": {
+                     "file": {"type": "string", "format": "binary"},
+                     "robot_id": {"type": "string", "default": "upload"}, "task_id": {"type": "string"}}}}}}})
+async def upload_episodes(request: Request, response: Response, p: Principal = Depends(require("episodes.upload")),
+                          c: AppContext = Depends(ctx)):
+    job_id = f"upload-{uuid.uuid4().hex[:16]}"
+    work_dir = Path(c.settings.uploads_dir) / job_id
+    work_dir.mkdir(parents=True)
+    queued = False
+    try:
+        fields = await _receive_upload(request, work_dir / "archive")
+        try:
+            form = UploadForm(**{k: v for k, v in fields.items() if k in UploadForm.model_fields})
+        except ValidationError as e:
+            raise HTTPException(422, "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
+        try:
+            plan = await run_in_threadpool(_inspect, c, work_dir / "archive")
+        except UploadRefused as e:
+            raise _refusal(e) from None
+        job = Queue(import_queue_name(c.settings), connection=c.redis).enqueue(
+            worker.import_upload, job_id, p.name, form.robot_id, form.task_id, job_id=job_id,
+            job_timeout=worker.IMPORT_TIMEOUT_S, result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600,
+            meta={"phase": "queued", "progress": 0.0, "uploaded_by": p.name, "format": plan.format},
+            description=f"import upload {job_id} ({plan.format}) by {p.name}")
+        queued = True
+    finally:
+        if not queued:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    response.headers["Location"] = f"/v1/episodes/uploads/{job_id}"
+    return _job_out(job)
+
+
+def _job_out(job: Job) -> dict:
+    meta, status = job.get_meta(refresh=False), job.get_status(refresh=False)
+    state = {JobStatus.STARTED: "running", JobStatus.FINISHED: "finished"}.get(status, "queued")
+    if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+        state = "failed"
+    if state == "finished" and meta.get("error"):
+        state = "refused"
+    return {"id": job.id, "status": state, "phase": meta.get("phase", "queued"), "progress": meta.get("progress", 0.0),
+            "format": meta.get("format"), "episode_ids": meta.get("episode_ids", []),
+            "error": meta.get("error") or ("the import failed in the worker; its log has the details"
+                                           if state == "failed" else None),
+            "uploaded_by": meta.get("uploaded_by"), "status_url": f"/v1/episodes/uploads/{job.id}"}
+
+
+@router.get("/uploads/{job_id}", response_model=UploadJobOut, summary="An upload's import: status, progress, episodes")
+def upload_status(job_id: str = Path_(pattern=r"^upload-[0-9a-f]{16}$"), _: Principal = Depends(principal),
+                  c: AppContext = Depends(ctx)):
+    try:
+        job = Job.fetch(job_id, connection=c.redis)
+    except NoSuchJobError:
+        raise HTTPException(404, f"no upload {job_id!r} (finished imports are kept 7 days)") from None
+    return _job_out(job)
 
 
 @router.get("/{episode_id}", response_model=EpisodeOut)

@@ -1,0 +1,76 @@
+"""fsck on the states a forged upload could leave (before uploads were checked): a directory whose
+manifest or attributes name another episode, files the store did not write, label files it did
+not write, malformed manifests. One `--repair` pass reaches a clean store and catalog; a second
+finds nothing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from data.catalog import Catalog
+from data.fsck import fsck
+from data.store import EpisodeStore, new_episode_id
+from tests.services.forged_uploads import plant_forged_states, recommit, set_attrs
+from tests.store.helpers import record
+
+
+def test_fsck_repair_converges_in_one_pass(tmp_path):
+    store = EpisodeStore(tmp_path / "store")
+    cat = Catalog.for_store(store)
+    try:
+        ids = plant_forged_states(store, cat)
+        first = fsck(store)
+        assert set(first.corrupt) == {ids["c"], ids["bad"], ids["nojson"]}, first.corrupt
+        assert set(first.stray[ids["b"]]) == {"notes.txt", "state/c/9/0", f"labels/{1:020d}-abcdef.json",
+                                              "labels/forged.json"}
+        assert not first.clean
+        repaired = fsck(store, repair=True)
+        cat.reconcile(store, repair=True)
+        second = fsck(store, repair=True)
+        assert second.clean and not second.actions, second.to_dict()
+        assert cat.reconcile(store).consistent
+        assert set(store.episode_ids()) == {ids["a"], ids["b"]}
+        hist = cat.label_history(ids["b"])
+        assert [h["labeller"] for h in hist] == ["tester", "teleop"], hist
+        assert cat.get(ids["a"]).robot_id == "arm-a" and cat.get(ids["b"]).outcome == "failure"
+        assert len(repaired.quarantined) == 3
+    finally:
+        cat.close()
+
+
+def test_catalog_refuses_a_directory_speaking_for_another_episode(tmp_path):
+    store = EpisodeStore(tmp_path / "store")
+    cat = Catalog.for_store(store)
+    try:
+        a, _ = record(store, robot="arm-a", cameras=1)
+        cat.register(store.open(a.episode_id))
+        c_id = new_episode_id("arm-c")
+        shutil.copytree(a.path, store.episodes_dir / c_id)
+        set_attrs(store.episodes_dir / c_id, robot_id="hijacked")
+        recommit(store.episodes_dir / c_id)
+        from data.store import EpisodeData, StoreError
+
+        try:
+            store.open(c_id)
+        except StoreError as e:
+            assert "fsck" in str(e)
+        else:
+            raise AssertionError("an episode whose attributes name another id was opened")
+        ep = object.__new__(EpisodeData)  # defence in depth: even a handmade EpisodeData is refused
+        ep.path, ep.info = store.episodes_dir / c_id, store.open(a.episode_id).info
+        try:
+            cat.register(ep)
+        except StoreError as e:
+            assert "not indexed" in str(e)
+        else:
+            raise AssertionError("the catalog indexed a directory under another episode's id")
+        assert cat.get(a.episode_id).robot_id == "arm-a"
+        # and the CLI: one repair pass, then a check that finds nothing (exit 0)
+        cli = [sys.executable, "-m", "data.cli_root", "data", "fsck", "--store", str(store.root)]
+        assert subprocess.run(cli + ["--repair"], capture_output=True, text=True, timeout=120).returncode == 0
+        out = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "0 corrupt" in out.stdout, out.stdout + out.stderr
+    finally:
+        cat.close()
