@@ -29,10 +29,10 @@ app = typer.Typer(help="The episode store and catalog: list, check (fsck), label
 console = Console() if sys.stdout.isatty() else Console(width=220)
 
 StoreOpt = typer.Option(None, "--store", "-s", envvar="RECAP_STORE", show_default=False,
-                        help="Episode store directory [env RECAP_STORE; default $RECAP_HOME/store, "
-                             "RECAP_HOME default ./recap_home].")
+                        help="Episode store directory [default: $RECAP_HOME/store; RECAP_HOME defaults to "
+                             "./recap_home].")
 CatalogOpt = typer.Option(None, "--catalog", envvar="RECAP_CATALOG_URL",
-                          help="SQLAlchemy URL of the catalog [env RECAP_CATALOG_URL; default SQLite in the store].")
+                          help="SQLAlchemy URL of the catalog [default: SQLite in the store].")
 
 
 def open_store(store: Optional[Path], catalog: Optional[str], create: bool = False) -> tuple[EpisodeStore, Catalog]:
@@ -109,7 +109,7 @@ def ls_cmd(
 
 
 @app.command("show")
-def show_cmd(episode_id: str, store: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt) -> None:
+def show_cmd(episode_id: str = typer.Argument(..., help="Episode id (see `recap data ls`)."), store: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt) -> None:
     """Show one episode: attributes, action sources, label history."""
     st, cat = open_store(store, catalog)
     ep = st.open(episode_id)
@@ -129,7 +129,7 @@ def show_cmd(episode_id: str, store: Optional[Path] = StoreOpt, catalog: Optiona
 
 @app.command("label")
 def label_cmd(
-    episode_id: str,
+    episode_id: str = typer.Argument(..., help="Episode id (see `recap data ls`)."),
     outcome: Outcome = typer.Argument(..., help="success / failure / unknown"),
     by: str = typer.Option(..., "--by", help="Who labels it (kept in the label history)."),
     store: Optional[Path] = StoreOpt,
@@ -183,9 +183,9 @@ def stats_cmd(
     out: Path = typer.Argument(..., help="Where to write the statistics (JSON)."),
     store: Optional[Path] = StoreOpt,
     catalog: Optional[str] = CatalogOpt,
-    task: list[str] = typer.Option([], "--task"),
-    robot: list[str] = typer.Option([], "--robot"),
-    outcome: list[Outcome] = typer.Option([], "--outcome"),
+    task: list[str] = typer.Option([], "--task", help="Only these tasks (repeatable)."),
+    robot: list[str] = typer.Option([], "--robot", help="Only these robots (repeatable)."),
+    outcome: list[Outcome] = typer.Option([], "--outcome", help="success / failure / unknown (repeatable)."),
 ) -> None:
     """Normalisation statistics (mean/std/min/max/quantiles) of state, action and images."""
     from data.stats import compute_stats
@@ -204,12 +204,13 @@ def export_cmd(
     out: Path = typer.Argument(..., help="Directory for the LeRobot v3 dataset (must not exist or be empty)."),
     store: Optional[Path] = StoreOpt,
     catalog: Optional[str] = CatalogOpt,
-    robot: list[str] = typer.Option([], "--robot"),
-    task: list[str] = typer.Option([], "--task"),
-    outcome: list[Outcome] = typer.Option([], "--outcome"),
-    policy_version: list[str] = typer.Option([], "--policy-version"),
+    robot: list[str] = typer.Option([], "--robot", help="Only these robots (repeatable)."),
+    task: list[str] = typer.Option([], "--task", help="Only these tasks (repeatable)."),
+    outcome: list[Outcome] = typer.Option([], "--outcome", help="success / failure / unknown (repeatable)."),
+    policy_version: list[str] = typer.Option([], "--policy-version", help="Episodes in which this version acted."),
     status: list[str] = typer.Option([], "--status", help="complete / incomplete."),
-    since: Optional[str] = typer.Option(None), until: Optional[str] = typer.Option(None),
+    since: Optional[str] = typer.Option(None, help="Started at or after this ISO date/time (UTC)."),
+    until: Optional[str] = typer.Option(None, help="Started before this ISO date/time (UTC)."),
     limit: Optional[int] = typer.Option(None, min=0, help="At most this many."),
     repo_id: str = typer.Option("local/recap-export", help="repo_id recorded in the dataset's metadata."),
     videos: bool = typer.Option(True, "--videos/--images", help="Cameras as MP4 video (LeRobot default) or PNG frames."),

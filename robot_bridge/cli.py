@@ -37,7 +37,7 @@ def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulate
        api_url: str = typer.Option("", envvar="RECAP_API_URL", callback=_url,
                                    help="Control-plane API (episode registration)."),
        store: Optional[Path] = typer.Option(None, "--store", envvar="RECAP_STORE", show_default=False,
-                                            help="Episode store [env RECAP_STORE; default $RECAP_HOME/store]."),
+                                            help="Episode store [default: $RECAP_HOME/store]."),
        teleop: bool = typer.Option(True, help="Run the scripted corrective teleoperator."),
        image: int = typer.Option(0, min=0, max=2048, help="Camera image height (width 4/3 of it); 0: no camera."),
        fast: bool = typer.Option(False, help="Simulated time (/clock): the arm steps as fast as the bridge answers."),

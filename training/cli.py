@@ -21,7 +21,7 @@ console = Console()
 log = logging.getLogger(__name__)
 
 RunsOpt = typer.Option(None, "--runs-dir", envvar="RECAP_RUNS", show_default=False,
-                       help="Where training runs are written [env RECAP_RUNS; default $RECAP_HOME/runs].")
+                       help="Where training runs are written [default: $RECAP_HOME/runs].")
 METHODS = "bc | hg_dagger | filtered_bc | awr | recap"
 
 
@@ -74,8 +74,8 @@ def policy_cmd(
     outcome: list[str] = typer.Option([], "--outcome", help="Select episodes with these outcomes."),
     policy_version: list[str] = typer.Option([], "--policy-version", help="Select episodes in which this version acted."),
     first_fit: bool = typer.Option(False, help="Demonstrations-only first fit: indicator fixed to positive."),
-    horizon: int = typer.Option(50, help="N-step advantage horizon (control steps)."),
-    positive_fraction: float = typer.Option(0.4, help="Target share of positive indicators per task."),
+    horizon: int = typer.Option(50, min=1, help="N-step advantage horizon (control steps)."),
+    positive_fraction: float = typer.Option(0.4, min=0.0, max=1.0, help="Target share of positive indicators per task."),
     value_steps: int = typer.Option(1500, min=1, help="Value function training steps."),
     policy_steps: int = typer.Option(2500, min=1, help="Policy training steps."),
     hidden: int = typer.Option(256, min=1, help="Hidden width of both networks."),
