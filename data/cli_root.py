@@ -55,6 +55,11 @@ def _plain_help(cmd: click.Command) -> click.Command:
     return cmd
 
 
+def click_command(app: typer.Typer | click.Command) -> click.Command:
+    """A group's typer app as the click command `recap` runs (also for `python -m <group module>`)."""
+    return _plain_help(app if isinstance(app, click.Command) else typer.main.get_command(app))
+
+
 class EntryPointGroups(TyperGroup):
     """The root group: sub-groups come from the `recap.cli` entry points and load on first use
     (click's "lazily loading subcommands" pattern)."""
@@ -68,10 +73,9 @@ class EntryPointGroups(TyperGroup):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.commands and name in self._entry_points:
-            sub = self._entry_points[name].load()
-            cmd = sub if isinstance(sub, click.Command) else typer.main.get_command(sub)
+            cmd = click_command(self._entry_points[name].load())
             cmd.name = name
-            self.commands[name] = _plain_help(cmd)
+            self.commands[name] = cmd
         return self.commands.get(name)
 
     def resolve_command(self, ctx: click.Context, args: list[str]):

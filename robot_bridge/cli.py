@@ -160,6 +160,7 @@ def end(success: bool = typer.Option(..., "--success/--failure", help="The episo
 
 if __name__ == "__main__":
     from data import cli_errors
+    from data.cli_root import click_command
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    cli_errors.run(typer.main.get_command(app))
+    cli_errors.run(click_command(app))

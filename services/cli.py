@@ -289,11 +289,12 @@ def episodes_upload(path: Path = typer.Argument(..., exists=True, help="A Zarr e
 def main() -> None:
     """`python -m services.cli worker …` (what tests and process managers run)."""
     from data import cli_errors
+    from data.cli_root import click_command
 
     app = typer.Typer()
     app.add_typer(serve, name="serve")
     sys.argv[1:1] = ["serve"] if len(sys.argv) > 1 and sys.argv[1] in ("api", "inference", "worker") else []
-    cli_errors.run(typer.main.get_command(app))
+    cli_errors.run(click_command(app))
 
 
 if __name__ == "__main__":

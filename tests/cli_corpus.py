@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECAP = [sys.executable, "-m", "data.cli_root"]
 MISSING_EPISODE = "20990101T000000-nobody-000000"
+GROUPS = ("data", "train", "serve", "fleet", "runs", "tokens", "episodes", "bridge", "demo")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,9 @@ class Invocation:
 
     @property
     def group(self) -> str:
-        return next(a for a in self.args if not a.startswith("-"))
+        """The command group invoked, or `root` for the root's own errors."""
+        first = next(a for a in self.args if not a.startswith("-"))
+        return first if first in GROUPS and self.args[0] == first else "root"
 
 
 def bad(why: str, *args: str, **env: str) -> Invocation:
