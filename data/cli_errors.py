@@ -67,7 +67,7 @@ def run(command: click.Command, args: list[str] | None = None, prog_name: str | 
         e.show()
         sys.exit(e.exit_code)
     except texc.Abort:
-        _fail("aborted", 130)
+        _fail("aborted", EXIT_BUG)
     except click.ClickException as e:
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if isinstance(e, click.exceptions.UsageError) and ctx else ""
