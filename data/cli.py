@@ -16,28 +16,44 @@ from rich.console import Console
 from rich.table import Table
 
 from data.catalog import Catalog
-from data.schema import ActionSource, Outcome
+from data.cli_errors import UserError, user_errors
+from data.home import default_store
+from data.schema import ActionSource, Outcome, SchemaError
 from data.store import EpisodeStore, StoreError
+
+user_errors(StoreError, SchemaError)
 
 app = typer.Typer(help="The episode store and catalog: list, check (fsck), label, import/export LeRobot v3.",
                   no_args_is_help=True)
 # Piped or logged output gets a wide table instead of rich's 80-column default.
 console = Console() if sys.stdout.isatty() else Console(width=220)
 
-StoreOpt = typer.Option(None, "--store", "-s", envvar="RECAP_STORE",
-                        help="Episode store directory [env RECAP_STORE; default ./recap_data].")
+StoreOpt = typer.Option(None, "--store", "-s", envvar="RECAP_STORE", show_default=False,
+                        help="Episode store directory [default: $RECAP_HOME/store; RECAP_HOME defaults to "
+                             "./recap_home].")
 CatalogOpt = typer.Option(None, "--catalog", envvar="RECAP_CATALOG_URL",
-                          help="SQLAlchemy URL of the catalog [env RECAP_CATALOG_URL; default SQLite in the store].")
+                          help="SQLAlchemy URL of the catalog [default: SQLite in the store].")
 
 
-def _open(store: Optional[Path], catalog: Optional[str], create: bool = False) -> tuple[EpisodeStore, Catalog]:
-    root = store or Path(os.environ.get("RECAP_STORE", "recap_data"))
-    try:
-        st = EpisodeStore(root, create=create)
-    except StoreError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+def open_store(store: Optional[Path], catalog: Optional[str], create: bool = False) -> tuple[EpisodeStore, Catalog]:
+    """The store (`--store`, RECAP_STORE, or $RECAP_HOME/store) and its catalog."""
+    import sqlalchemy.exc
+
+    # A catalog URL that does not parse, names no driver, or cannot be opened is the caller's to fix.
+    user_errors(sqlalchemy.exc.ArgumentError, sqlalchemy.exc.OperationalError)
+    st = EpisodeStore(store or default_store(), create=create)
     return st, Catalog.for_store(st, catalog)
+
+
+def _image_size(value: str) -> tuple[int, int]:
+    """`HxW` -> (H, W), both positive."""
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not HxW (e.g. 480x640)") from None
+    if h <= 0 or w <= 0:
+        raise typer.BadParameter(f"{value!r}: height and width must be positive")
+    return h, w
 
 
 def _date_ns(value: Optional[str], name: str) -> Optional[int]:
@@ -73,11 +89,11 @@ def ls_cmd(
     status: list[str] = typer.Option([], "--status", help="complete / incomplete."),
     since: Optional[str] = typer.Option(None, help="Started at or after this ISO date/time (UTC)."),
     until: Optional[str] = typer.Option(None, help="Started before this ISO date/time (UTC)."),
-    limit: Optional[int] = typer.Option(None, help="At most this many."),
+    limit: Optional[int] = typer.Option(None, min=0, help="At most this many."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
 ) -> None:
     """List committed episodes from the catalog, filtered."""
-    _, cat = _open(store, catalog)
+    _, cat = open_store(store, catalog)
     rows = _select(cat, robot, task, outcome, policy_version, status, since, until, limit)
     if as_json:
         for r in rows:
@@ -93,14 +109,10 @@ def ls_cmd(
 
 
 @app.command("show")
-def show_cmd(episode_id: str, store: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt) -> None:
+def show_cmd(episode_id: str = typer.Argument(..., help="Episode id (see `recap data ls`)."), store: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt) -> None:
     """Show one episode: attributes, action sources, label history."""
-    st, cat = _open(store, catalog)
-    try:
-        ep = st.open(episode_id)
-    except StoreError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+    st, cat = open_store(store, catalog)
+    ep = st.open(episode_id)
     info = ep.info
     src = ep.action_source
     console.print(f"[bold]{info.episode_id}[/bold]  robot={info.robot_id} task={info.task_id} status={info.status}")
@@ -117,19 +129,15 @@ def show_cmd(episode_id: str, store: Optional[Path] = StoreOpt, catalog: Optiona
 
 @app.command("label")
 def label_cmd(
-    episode_id: str,
+    episode_id: str = typer.Argument(..., help="Episode id (see `recap data ls`)."),
     outcome: Outcome = typer.Argument(..., help="success / failure / unknown"),
     by: str = typer.Option(..., "--by", help="Who labels it (kept in the label history)."),
     store: Optional[Path] = StoreOpt,
     catalog: Optional[str] = CatalogOpt,
 ) -> None:
     """Set an episode's outcome; earlier labels stay in its history."""
-    st, cat = _open(store, catalog)
-    try:
-        rec = cat.label(st, episode_id, outcome, by)
-    except StoreError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+    st, cat = open_store(store, catalog)
+    rec = cat.label(st, episode_id, outcome, by)
     console.print(f"{rec.id}: outcome {rec.outcome} (by {rec.outcome_labeller})")
 
 
@@ -146,7 +154,7 @@ def fsck_cmd(
     Exit code 0 when the store is clean (or was repaired), 1 when problems remain."""
     from data.fsck import fsck
 
-    st, cat = _open(store, catalog)
+    st, cat = open_store(store, catalog)
     report = fsck(st, repair=repair, verify=not quick)
     rec = cat.reconcile(st, repair=repair)
     if as_json:
@@ -177,15 +185,17 @@ def stats_cmd(
     out: Path = typer.Argument(..., help="Where to write the statistics (JSON)."),
     store: Optional[Path] = StoreOpt,
     catalog: Optional[str] = CatalogOpt,
-    task: list[str] = typer.Option([], "--task"),
-    robot: list[str] = typer.Option([], "--robot"),
-    outcome: list[Outcome] = typer.Option([], "--outcome"),
+    task: list[str] = typer.Option([], "--task", help="Only these tasks (repeatable)."),
+    robot: list[str] = typer.Option([], "--robot", help="Only these robots (repeatable)."),
+    outcome: list[Outcome] = typer.Option([], "--outcome", help="success / failure / unknown (repeatable)."),
 ) -> None:
     """Normalisation statistics (mean/std/min/max/quantiles) of state, action and images."""
     from data.stats import compute_stats
 
-    st, cat = _open(store, catalog)
+    st, cat = open_store(store, catalog)
     rows = _select(cat, robot, task, outcome, [], [], None, None, None)
+    if not rows:
+        raise UserError("no episode matches the selection")
     stats = compute_stats(st.open(r.id) for r in rows)
     stats.save(out)
     console.print(f"statistics of {len(rows)} episodes written to {out}")
@@ -196,13 +206,14 @@ def export_cmd(
     out: Path = typer.Argument(..., help="Directory for the LeRobot v3 dataset (must not exist or be empty)."),
     store: Optional[Path] = StoreOpt,
     catalog: Optional[str] = CatalogOpt,
-    robot: list[str] = typer.Option([], "--robot"),
-    task: list[str] = typer.Option([], "--task"),
-    outcome: list[Outcome] = typer.Option([], "--outcome"),
-    policy_version: list[str] = typer.Option([], "--policy-version"),
+    robot: list[str] = typer.Option([], "--robot", help="Only these robots (repeatable)."),
+    task: list[str] = typer.Option([], "--task", help="Only these tasks (repeatable)."),
+    outcome: list[Outcome] = typer.Option([], "--outcome", help="success / failure / unknown (repeatable)."),
+    policy_version: list[str] = typer.Option([], "--policy-version", help="Episodes in which this version acted."),
     status: list[str] = typer.Option([], "--status", help="complete / incomplete."),
-    since: Optional[str] = typer.Option(None), until: Optional[str] = typer.Option(None),
-    limit: Optional[int] = typer.Option(None),
+    since: Optional[str] = typer.Option(None, help="Started at or after this ISO date/time (UTC)."),
+    until: Optional[str] = typer.Option(None, help="Started before this ISO date/time (UTC)."),
+    limit: Optional[int] = typer.Option(None, min=0, help="At most this many."),
     repo_id: str = typer.Option("local/recap-export", help="repo_id recorded in the dataset's metadata."),
     videos: bool = typer.Option(True, "--videos/--images", help="Cameras as MP4 video (LeRobot default) or PNG frames."),
 ) -> None:
@@ -211,11 +222,10 @@ def export_cmd(
 
     from data.lerobot_io import export_lerobot
 
-    st, cat = _open(store, catalog)
+    st, cat = open_store(store, catalog)
     rows = _select(cat, robot, task, outcome, policy_version, status, since, until, limit)
     if not rows:
-        console.print("[red]error:[/red] no episode matches the selection")
-        raise typer.Exit(1)
+        raise UserError("no episode matches the selection")
     bar = tqdm(total=len(rows), unit="episode", desc="export")
     export_lerobot(st, [r.id for r in rows], out, repo_id=repo_id, use_videos=videos,
                    progress=lambda i, n: bar.update(1))
@@ -225,7 +235,7 @@ def export_cmd(
 
 @app.command("import")
 def import_cmd(
-    source: Path = typer.Argument(..., help="Root directory of a local LeRobot v3 dataset."),
+    source: Path = typer.Argument(..., exists=True, file_okay=False, help="Root directory of a local LeRobot v3 dataset."),
     robot: str = typer.Option(..., "--robot", help="Robot id to record the demonstrations under."),
     task: Optional[str] = typer.Option(None, "--task", help="Task id (default: derived from the task text)."),
     by: str = typer.Option("lerobot-import", "--by", help="Labeller recorded for the success labels."),
@@ -237,7 +247,10 @@ def import_cmd(
 
     from data.lerobot_io import import_lerobot
 
-    st, cat = _open(store, catalog, create=True)
+    if not (source / "meta" / "info.json").is_file():
+        # LeRobot would look for it on the hub instead
+        raise typer.BadParameter(f"{source} is not a LeRobot v3 dataset (no meta/info.json)", param_hint="SOURCE")
+    st, cat = open_store(store, catalog, create=True)
     bar = tqdm(unit="episode", desc="import")
     ids = import_lerobot(source, st, robot_id=robot, task_id=task, labeller=by,
                          progress=lambda i, n: (setattr(bar, "total", n), bar.update(1)))
@@ -250,13 +263,13 @@ def import_cmd(
 def record_synthetic_cmd(
     store: Optional[Path] = StoreOpt,
     catalog: Optional[str] = CatalogOpt,
-    episodes: int = typer.Option(3, help="How many episodes."),
-    ticks: int = typer.Option(300, help="Ticks per episode."),
-    cameras: int = typer.Option(3, help="Cameras per tick."),
-    size: str = typer.Option("480x640", help="Camera image size HxW."),
-    fps: float = typer.Option(30.0, help="Control rate; 0 records as fast as possible."),
+    episodes: int = typer.Option(3, min=1, help="How many episodes."),
+    ticks: int = typer.Option(300, min=1, help="Ticks per episode."),
+    cameras: int = typer.Option(3, min=0, help="Cameras per tick."),
+    size: str = typer.Option("480x640", help="Camera image size HxW.", callback=_image_size),
+    fps: float = typer.Option(30.0, min=0.0, help="Control rate; 0 records as fast as possible."),
     robot: str = typer.Option("synthetic-robot", help="Robot id."),
-    flush_ticks: int = typer.Option(10, help="Ticks per flushed chunk."),
+    flush_ticks: int = typer.Option(10, min=1, help="Ticks per flushed chunk."),
     task: str = typer.Option("synthetic", help="Task id."),
     log_commits: Optional[Path] = typer.Option(None, help="Append one JSON line per committed episode (id, checksum)."),
     no_catalog: bool = typer.Option(False, "--no-catalog", help="Do not register episodes in the catalog."),
@@ -264,11 +277,11 @@ def record_synthetic_cmd(
     """Record synthetic camera/state episodes: check a store's speed and crash safety on this machine."""
     from data.synthetic import SyntheticFrames, features
 
-    st, cat = _open(store, catalog, create=True)
+    st, cat = open_store(store, catalog, create=True)
     if no_catalog:
         cat.close()
         cat = None
-    h, w = (int(v) for v in size.lower().split("x"))
+    h, w = size
     feats = features(cameras, h, w)
     frames = SyntheticFrames(feats)
     period = 1.0 / fps if fps > 0 else 0.0

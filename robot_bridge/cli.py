@@ -8,27 +8,49 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Optional
+from urllib.parse import urlsplit
 
 import typer
 
+from data.cli_errors import UserError
+from data.home import default_store, recap_home
+
 app = typer.Typer(help="The robot side: bring up a bridge, start and end episodes.", no_args_is_help=True)
+
+
+def _url(value: str) -> str:
+    """'' (none) or an http(s) URL with a host."""
+    if value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise typer.BadParameter(f"{value!r} is not an http(s)://host[:port] URL")
+    return value
 
 
 @app.command()
 def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulated arm."),
        robot: str = typer.Option("sim-arm-0", help="Robot id."),
-       rate: float = typer.Option(30.0, help="Control rate (Hz)."),
-       inference_url: str = typer.Option("", envvar="RECAP_INFERENCE_URL", help="Inference server URL."),
+       rate: float = typer.Option(30.0, min=0.1, max=1000.0, help="Control rate (Hz)."),
+       inference_url: str = typer.Option("", envvar="RECAP_INFERENCE_URL", callback=_url, help="Inference server URL."),
        token: str = typer.Option("", envvar="RECAP_ROBOT_TOKEN", help="This robot's token."),
-       api_url: str = typer.Option("", envvar="RECAP_API_URL", help="Control-plane API (episode registration)."),
-       store: Path = typer.Option(Path("recap_home/store"), help="Episode store."),
+       api_url: str = typer.Option("", envvar="RECAP_API_URL", callback=_url,
+                                   help="Control-plane API (episode registration)."),
+       store: Optional[Path] = typer.Option(None, "--store", envvar="RECAP_STORE", show_default=False,
+                                            help="Episode store [default: $RECAP_HOME/store]."),
        teleop: bool = typer.Option(True, help="Run the scripted corrective teleoperator."),
-       image: int = typer.Option(0, help="Camera image height (width 4/3 of it); 0: no camera."),
+       image: int = typer.Option(0, min=0, max=2048, help="Camera image height (width 4/3 of it); 0: no camera."),
        fast: bool = typer.Option(False, help="Simulated time (/clock): the arm steps as fast as the bridge answers."),
-       logs: Path = typer.Option(Path("recap_home/logs"), help="Where each node logs.")):
+       logs: Optional[Path] = typer.Option(None, show_default=False,
+                                           help="Where each node logs [default $RECAP_HOME/logs].")):
     """Simulated arm + scripted teleoperator + bridge for a task, until Ctrl-C (stops them all)."""
     from robot_bridge.cell import CellSpec
+    from training.sim.arm import unknown_tasks  # the simulated arm's own task list
 
+    if unknown_tasks([task]):
+        raise typer.BadParameter(f"unknown Meta-World task {task!r} (e.g. push-v3, pick-place-v3)", param_hint="--task")
+    store = store or default_store()
+    logs = logs or recap_home() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     cell = CellSpec(robot=robot, task=task, rate_hz=rate, store=store, inference_url=inference_url, token=token,
                     api_url=api_url, teleop=teleop, image=image, fast=fast)
@@ -88,7 +110,7 @@ def _wait_ready(procs: dict, stop: dict, timeout: float = 180.0) -> None:
         rclpy.shutdown()
 
 
-def _call(service: str, srv_type, request, timeout: float = 20.0):
+def _call(service: str, srv_type, request, timeout: float):
     import rclpy
 
     rclpy.init()
@@ -96,40 +118,49 @@ def _call(service: str, srv_type, request, timeout: float = 20.0):
     try:
         cli = node.create_client(srv_type, service)
         if not cli.wait_for_service(timeout_sec=timeout):
-            typer.echo(f"{service}: no bridge answering (is `recap bridge up` running, same ROS_DOMAIN_ID?)", err=True)
-            raise typer.Exit(2)
+            raise UserError(f"{service}: no bridge answering within {timeout:g} s "
+                            "(is `recap bridge up` running, same ROS_DOMAIN_ID?)")
         fut = cli.call_async(request)
         rclpy.spin_until_future_complete(node, fut, timeout_sec=timeout)
+        if not fut.done():
+            raise UserError(f"{service}: the bridge did not answer within {timeout:g} s")
         return fut.result()
     finally:
         node.destroy_node()
         rclpy.shutdown()
 
 
+Wait = typer.Option(20.0, "--wait", min=0.1, help="Seconds to wait for the bridge to answer.")
+
+
 @app.command()
 def start(node: str = typer.Option("/recap_bridge", help="The bridge's node name."),
           demonstration: bool = typer.Option(False, help="A demonstration: the teleoperator drives the whole "
-                                                         "episode (recorded as demonstration, no policy).")):
+                                                         "episode (recorded as demonstration, no policy)."),
+          wait: float = Wait):
     """Start an episode (task and instruction: the bridge's parameters)."""
     from std_srvs.srv import Trigger
 
     service = "start_demonstration" if demonstration else "start_episode"
-    r = _call(f"{node}/{service}", Trigger, Trigger.Request())
+    r = _call(f"{node}/{service}", Trigger, Trigger.Request(), wait)
     typer.echo(("started " if r.success else "refused: ") + r.message)
     raise typer.Exit(0 if r.success else 1)
 
 
 @app.command()
 def end(success: bool = typer.Option(..., "--success/--failure", help="The episode's outcome."),
-        node: str = typer.Option("/recap_bridge")):
+        node: str = typer.Option("/recap_bridge", help="The bridge's node name."), wait: float = Wait):
     """End the running episode with its outcome (commits it; registration follows)."""
     from std_srvs.srv import SetBool
 
-    r = _call(f"{node}/end_episode", SetBool, SetBool.Request(data=success))
+    r = _call(f"{node}/end_episode", SetBool, SetBool.Request(data=success), wait)
     typer.echo(("committed " if r.success else "refused: ") + r.message)
     raise typer.Exit(0 if r.success else 1)
 
 
 if __name__ == "__main__":
+    from data import cli_errors
+    from data.cli_root import click_command
+
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    cli_errors.run(click_command(app))

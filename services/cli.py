@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from data.cli_errors import UserError, user_errors
+
 serve = typer.Typer(help="Start the service processes (API, inference server, training worker).",
                     no_args_is_help=True)
 fleet = typer.Typer(help="Robots, policy versions and deployments (operator; `versions register`: researcher).",
@@ -35,14 +37,21 @@ def _uvicorn(factory: str, host: str, port: int) -> None:
     uvicorn.run(factory, factory=True, host=host, port=port, log_level="info")
 
 
+Host = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
+
+
+def _port(default: int):
+    return typer.Option(default, min=1, max=65535, help="Port to listen on.")
+
+
 @serve.command("api")
-def serve_api(host: str = "127.0.0.1", port: int = 8000):
+def serve_api(host: str = Host, port: int = _port(8000)):
     """The control-plane API and dashboard (RECAP_HOME, RECAP_REDIS_URL, RECAP_CONTROL_URL, RECAP_CATALOG_URL)."""
     _uvicorn("services.api.app:create_app", host, port)
 
 
 @serve.command("inference")
-def serve_inference(host: str = "127.0.0.1", port: int = 8001):
+def serve_inference(host: str = Host, port: int = _port(8001)):
     """The inference server (RECAP_REDIS_URL; RECAP_INFERENCE_DEVICE cpu|cuda; RECAP_MAX_BATCH,
     RECAP_BATCH_WAIT_MS, RECAP_BATCH_COMPANY_MS (default 10: wait that long for robots that ask again
     within it, so a saturated fleet shares full batches); RECAP_MODEL_THREAD=1 runs the model in its own thread instead of on the event loop)."""
@@ -54,9 +63,12 @@ def serve_worker(name: str = typer.Option(None, help="Worker name (unique per ho
                  burst: bool = typer.Option(False, help="Exit when the queue is empty.")):
     """A training worker on the Redis queue (one per GPU or CPU box; RECAP_TRAIN_DEVICE cpu|cuda, RECAP_TRAIN_PROCS
     data-parallel processes per job under torchrun)."""
+    import redis.exceptions
+
     from services.settings import ServiceSettings
     from services.worker import work
 
+    user_errors(redis.exceptions.ConnectionError)  # RECAP_REDIS_URL names no running Redis
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     work(ServiceSettings.from_env(), burst=burst, name=name)
 
@@ -67,26 +79,29 @@ def _client(api: str | None, token: str | None):
     import httpx
 
     if not token:
-        raise typer.BadParameter("an API token is needed: --token or RECAP_TOKEN")
+        raise UserError("an API token is needed: --token or RECAP_TOKEN")
     return httpx.Client(base_url=api or "http://127.0.0.1:8000", headers={"Authorization": f"Bearer {token}"},
                         timeout=120)
 
 
 def _call(api, token, method: str, path: str, **kw):
+    """One API request. Unreachable API, bad URL and 4xx answers are user errors (status 2); a 5xx is
+    the server's fault (status 1)."""
     import httpx
 
     try:
         with _client(api, token) as c:
             r = c.request(method, path, **kw)
-    except httpx.HTTPError as e:
-        typer.echo(f"cannot reach the API: {e}", err=True)
-        raise typer.Exit(2)
+    except (httpx.HTTPError, httpx.InvalidURL) as e:
+        raise UserError(f"cannot reach the API at {api or 'http://127.0.0.1:8000'}: {e}") from None
     if r.status_code >= 400:
         try:
             detail = r.json().get("detail", r.text)
-        except ValueError:
+        except (ValueError, AttributeError):
             detail = r.text
-        typer.echo(f"error {r.status_code}: {detail}", err=True)
+        if r.status_code < 500:
+            raise UserError(f"{r.status_code}: {detail}")
+        typer.echo(f"error: {r.status_code}: {detail}", err=True)
         raise typer.Exit(1)
     return r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
 
@@ -96,7 +111,7 @@ def _print(obj) -> None:
 
 
 @tokens.command("create")
-def tokens_create(name: str, role: str = typer.Option(..., help="teleoperator|operator|researcher|admin|robot"),
+def tokens_create(name: str = typer.Argument(..., help="A name for the token (unique)."), role: str = typer.Option(..., help="teleoperator|operator|researcher|admin|robot"),
                   robot: str = typer.Option(None, help="For robot tokens: the robot id."), api: str = API,
                   token: str = TOKEN):
     """Create a token; it is printed once."""
@@ -105,11 +120,13 @@ def tokens_create(name: str, role: str = typer.Option(..., help="teleoperator|op
 
 @tokens.command("ls")
 def tokens_ls(api: str = API, token: str = TOKEN):
+    """List tokens (names, roles, robots; never the secrets)."""
     _print(_call(api, token, "GET", "/v1/tokens"))
 
 
 @tokens.command("revoke")
-def tokens_revoke(name: str, api: str = API, token: str = TOKEN):
+def tokens_revoke(name: str = typer.Argument(..., help="The token's name."), api: str = API, token: str = TOKEN):
+    """Revoke a token: requests carrying it are refused from now on."""
     _print(_call(api, token, "DELETE", f"/v1/tokens/{name}"))
 
 
@@ -123,27 +140,32 @@ def fleet_robots(api: str = API, token: str = TOKEN):
 
 
 @fleet.command("add-robot")
-def fleet_add_robot(robot: str, group: str = "default", api: str = API, token: str = TOKEN):
+def fleet_add_robot(robot: str = typer.Argument(..., help="Robot id."),
+                    group: str = typer.Option("default", help="The robot's group (deploy --group targets it)."),
+                    api: str = API, token: str = TOKEN):
+    """Add a robot to the fleet, in a group."""
     _print(_call(api, token, "POST", "/v1/robots", json={"id": robot, "group": group}))
 
 
 @fleet.command("versions")
 def fleet_versions(api: str = API, token: str = TOKEN):
+    """Registered policy versions with their run, parent, method and first metrics."""
     for v in _call(api, token, "GET", "/v1/versions"):
         typer.echo(f"{v['id']:<6} run {v['run_id'] or '-':<18} parent {v['parent_version'] or '-':<6} "
                    f"{v['lineage'].get('method', '')} {json.dumps({k: v['metrics'][k] for k in list(v['metrics'])[:3]})}")
 
 
 @fleet.command("register")
-def fleet_register(artifact_dir: Path, parent: str = None, api: str = API, token: str = TOKEN):
+def fleet_register(artifact_dir: Path = typer.Argument(..., help="The policy artifact's directory (on the API's machine)."),
+                   parent: str = typer.Option(None, help="Parent policy version (lineage)."), api: str = API, token: str = TOKEN):
     """Register a policy artifact trained elsewhere (verified first)."""
     _print(_call(api, token, "POST", "/v1/versions", json={"artifact_dir": str(artifact_dir.resolve()),
                                                            "parent_version": parent}))
 
 
 @fleet.command("deploy")
-def fleet_deploy(version: str, robot: str = typer.Option(None, help="Canary: one robot."),
-                 group: str = typer.Option(None, help="A group of robots."), note: str = "",
+def fleet_deploy(version: str = typer.Argument(..., help="Policy version, e.g. v3."), robot: str = typer.Option(None, help="Canary: one robot."),
+                 group: str = typer.Option(None, help="A group of robots."), note: str = typer.Option("", help="Why (kept in the history)."),
                  api: str = API, token: str = TOKEN):
     """Point a robot (canary), a group, or the whole fleet (default) at a version."""
     kind, target, stage = ("robot", robot, "canary") if robot else ("group", group, "widen") if group else ("fleet", "*", "deploy")
@@ -152,28 +174,45 @@ def fleet_deploy(version: str, robot: str = typer.Option(None, help="Canary: one
 
 
 @fleet.command("rollback")
-def fleet_rollback(robot: str = None, group: str = None, api: str = API, token: str = TOKEN):
+def fleet_rollback(robot: str = typer.Option(None, help="One robot."), group: str = typer.Option(None, help="A group of robots."),
+                   api: str = API, token: str = TOKEN):
+    """Deploy the version a robot, a group or the fleet (default) ran before."""
     kind, target = ("robot", robot) if robot else ("group", group) if group else ("fleet", "*")
     _print(_call(api, token, "POST", "/v1/deployments/rollback", json={"target_kind": kind, "target": target}))
 
 
 @fleet.command("history")
 def fleet_history(api: str = API, token: str = TOKEN):
+    """Every deployment, newest last: stage, target, version, who and why."""
     for d in _call(api, token, "GET", "/v1/deployments"):
         typer.echo(f"#{d['id']:<4} {d['stage']:<8} {d['target_kind']}:{d['target']:<14} -> {d['version_id']:<6} "
                    f"by {d['created_by']} {d['note']}")
+
+
+def _json_object(value: str) -> dict:
+    try:
+        obj = json.loads(value)
+    except ValueError as e:
+        raise typer.BadParameter(f"not JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise typer.BadParameter("must be a JSON object")
+    return obj
 
 
 @runs.command("start")
 def runs_start(method: str = typer.Option("recap", help="bc|hg_dagger|filtered_bc|awr|recap"),
                robot: list[str] = typer.Option(None, help="Select episodes of these robots."),
                task: list[str] = typer.Option(None, help="... of these tasks."),
-               recipe: str = typer.Option("{}", help='JSON: {"value": {...}, "policy": {...}, "recap": {...}}'),
-               first_fit: bool = False, parent: str = None, seed: int = 0, wait: bool = False,
+               recipe: str = typer.Option("{}", help='JSON: {"value": {...}, "policy": {...}, "recap": {...}}',
+                                          callback=_json_object),
+               first_fit: bool = typer.Option(False, help="Demonstrations-only first fit: indicator fixed to positive."),
+               parent: str = typer.Option(None, help="Parent policy version (lineage)."),
+               seed: int = typer.Option(0, help="Random seed."),
+               wait: bool = typer.Option(False, help="Follow the run's progress until it ends."),
                api: str = API, token: str = TOKEN):
     """Start a training run on a catalog selection; --wait follows its progress."""
     body = {"method": method, "selection": {k: v for k, v in {"robot": robot, "task": task}.items() if v},
-            "recipe": json.loads(recipe), "first_fit": first_fit, "parent_version": parent, "seed": seed}
+            "recipe": recipe, "first_fit": first_fit, "parent_version": parent, "seed": seed}
     run = _call(api, token, "POST", "/v1/runs", json=body)
     typer.echo(f"queued {run['id']}")
     if wait:
@@ -190,26 +229,32 @@ def runs_start(method: str = typer.Option("recap", help="bc|hg_dagger|filtered_b
 
 @runs.command("ls")
 def runs_ls(api: str = API, token: str = TOKEN):
+    """Training runs: method, status, progress, phase, the version each produced."""
     for r in _call(api, token, "GET", "/v1/runs"):
         typer.echo(f"{r['id']:<16} {r['spec']['method']:<12} {r['status']:<10} {100 * r['progress']:5.1f}% "
                    f"{r['phase']:<8} version {r['version_id'] or '-'}")
 
 
 @runs.command("show")
-def runs_show(run_id: str, logs: bool = False, api: str = API, token: str = TOKEN):
+def runs_show(run_id: str = typer.Argument(..., help="Run id."),
+              logs: bool = typer.Option(False, help="Also print the run's log."), api: str = API, token: str = TOKEN):
+    """One run as JSON: spec, status, progress, metrics, error."""
     _print(_call(api, token, "GET", f"/v1/runs/{run_id}"))
     if logs:
         _print(_call(api, token, "GET", f"/v1/runs/{run_id}/logs"))
 
 
 @runs.command("cancel")
-def runs_cancel(run_id: str, api: str = API, token: str = TOKEN):
+def runs_cancel(run_id: str = typer.Argument(..., help="Run id."), api: str = API, token: str = TOKEN):
+    """Cancel a queued or running run."""
     _print(_call(api, token, "POST", f"/v1/runs/{run_id}/cancel"))
 
 
 @episodes.command("ls")
-def episodes_ls(robot: list[str] = typer.Option(None), outcome: list[str] = typer.Option(None),
-                limit: int = 50, api: str = API, token: str = TOKEN):
+def episodes_ls(robot: list[str] = typer.Option(None, help="Only these robots (repeatable)."),
+                outcome: list[str] = typer.Option(None, help="success / failure / unknown (repeatable)."),
+                limit: int = typer.Option(50, min=1, help="At most this many."), api: str = API, token: str = TOKEN):
+    """Episodes in the catalog: robot, task, outcome, correction rate, policy versions."""
     params = [("limit", limit)] + [("robot", r) for r in robot or []] + [("outcome", o) for o in outcome or []]
     for e in _call(api, token, "GET", "/v1/episodes", params=params):
         typer.echo(f"{e['id']:<40} {e['robot_id']:<12} {e['task_id']:<16} {e['outcome']:<8} "
@@ -217,8 +262,9 @@ def episodes_ls(robot: list[str] = typer.Option(None), outcome: list[str] = type
 
 
 @episodes.command("label")
-def episodes_label(episode_id: str, outcome: str = typer.Argument(..., help="success|failure|unknown"),
+def episodes_label(episode_id: str = typer.Argument(..., help="Episode id."), outcome: str = typer.Argument(..., help="success|failure|unknown"),
                    api: str = API, token: str = TOKEN):
+    """Set an episode's outcome (kept in its label history with your token's name)."""
     _print(_call(api, token, "POST", f"/v1/episodes/{episode_id}/label", json={"outcome": outcome}))
 
 
@@ -261,10 +307,13 @@ def episodes_upload(path: Path = typer.Argument(..., exists=True, help="A Zarr e
 
 def main() -> None:
     """`python -m services.cli worker …` (what tests and process managers run)."""
+    from data import cli_errors
+    from data.cli_root import click_command
+
     app = typer.Typer()
     app.add_typer(serve, name="serve")
     sys.argv[1:1] = ["serve"] if len(sys.argv) > 1 and sys.argv[1] in ("api", "inference", "worker") else []
-    app()
+    cli_errors.run(click_command(app))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data.home import recap_home
+
 
 @dataclass(frozen=True)
 class ServiceSettings:
@@ -37,7 +39,7 @@ class ServiceSettings:
     @classmethod
     def from_env(cls) -> "ServiceSettings":
         env = os.environ
-        return cls(home=env.get("RECAP_HOME", str(Path.cwd() / "recap_home")),
+        return cls(home=str(recap_home()),
                    redis_url=env.get("RECAP_REDIS_URL", cls.redis_url),
                    catalog_url=env.get("RECAP_CATALOG_URL") or None, control_url=env.get("RECAP_CONTROL_URL") or None,
                    queue=env.get("RECAP_QUEUE", cls.queue), channel=env.get("RECAP_CHANNEL", cls.channel))

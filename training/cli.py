@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -12,22 +11,45 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from data.cli import CatalogOpt, StoreOpt, open_store
+from data.cli_errors import UserError
+from data.home import default_runs_dir, default_store
+
 app = typer.Typer(help="Training: value function, advantage-conditioned policy, RECAP rounds (and the baselines).",
                   no_args_is_help=True)
 console = Console()
 log = logging.getLogger(__name__)
 
-StoreOpt = typer.Option(None, "--store", "-s", envvar="RECAP_STORE", help="Episode store [env RECAP_STORE; default ./recap_data].")
-CatalogOpt = typer.Option(None, "--catalog", envvar="RECAP_CATALOG_URL", help="Catalog URL [default SQLite in the store].")
-RunsOpt = typer.Option(Path("recap_runs"), "--runs-dir", envvar="RECAP_RUNS", help="Where training runs are written.")
+RunsOpt = typer.Option(None, "--runs-dir", envvar="RECAP_RUNS", show_default=False,
+                       help="Where training runs are written [default: $RECAP_HOME/runs].")
+METHODS = "bc | hg_dagger | filtered_bc | awr | recap"
 
 
-def _open(store: Optional[Path], catalog: Optional[str]):
-    from data.catalog import Catalog
-    from data.store import EpisodeStore
+def _method(name: str):
+    from training.methods import Method
 
-    st = EpisodeStore(store or Path(os.environ.get("RECAP_STORE", "recap_data")), create=False)
-    return st, Catalog.for_store(st, catalog)
+    try:
+        return Method(name)
+    except ValueError:
+        raise typer.BadParameter(f"unknown method {name!r}; one of {METHODS}", param_hint="--method") from None
+
+
+def _task_limits(values: list[str]) -> dict[str, int]:
+    """`TASK=L` options -> {task: L}."""
+    out = {}
+    for v in values:
+        task, _, n = v.partition("=")
+        if not task or not n.isdigit() or int(n) <= 0:
+            raise typer.BadParameter(f"{v!r} is not TASK=L with L a positive number of steps", param_hint="--max-len")
+        out[task] = int(n)
+    return out
+
+
+def _selected(cat, selection: dict) -> list:
+    rows = cat.episodes(**selection)
+    if not rows:
+        raise UserError(f"no episode matches the selection {json.dumps(selection)}")
+    return rows
 
 
 def _selection(robot, task, outcome, policy_version) -> dict:
@@ -45,39 +67,44 @@ def _selection(robot, task, outcome, policy_version) -> dict:
 
 @app.command("policy")
 def policy_cmd(
-    method: str = typer.Option("recap", help="bc | hg_dagger | filtered_bc | awr | recap"),
+    method: str = typer.Option("recap", help=METHODS),
     run_id: Optional[str] = typer.Option(None, help="Run id (default: method and time). Same id resumes."),
     robot: list[str] = typer.Option([], "--robot", help="Select episodes of these robots."),
     task: list[str] = typer.Option([], "--task", help="Select episodes of these tasks."),
-    outcome: list[str] = typer.Option([], "--outcome"),
-    policy_version: list[str] = typer.Option([], "--policy-version"),
+    outcome: list[str] = typer.Option([], "--outcome", help="Select episodes with these outcomes."),
+    policy_version: list[str] = typer.Option([], "--policy-version", help="Select episodes in which this version acted."),
     first_fit: bool = typer.Option(False, help="Demonstrations-only first fit: indicator fixed to positive."),
-    horizon: int = typer.Option(50, help="N-step advantage horizon (control steps)."),
-    positive_fraction: float = typer.Option(0.4, help="Target share of positive indicators per task."),
-    value_steps: int = typer.Option(1500), policy_steps: int = typer.Option(2500),
-    hidden: int = typer.Option(256), chunk: int = typer.Option(8, help="Action chunk length H."),
+    horizon: int = typer.Option(50, min=1, help="N-step advantage horizon (control steps)."),
+    positive_fraction: float = typer.Option(0.4, min=0.0, max=1.0, help="Target share of positive indicators per task."),
+    value_steps: int = typer.Option(1500, min=1, help="Value function training steps."),
+    policy_steps: int = typer.Option(2500, min=1, help="Policy training steps."),
+    hidden: int = typer.Option(256, min=1, help="Hidden width of both networks."),
+    chunk: int = typer.Option(8, min=1, help="Action chunk length H."),
     max_len: list[str] = typer.Option([], "--max-len", help="TASK=L: the task's episode time limit (default: longest seen)."),
     camera: list[str] = typer.Option([], "--camera", help="Cameras to condition on (default: state only)."),
     parent: Optional[str] = typer.Option(None, help="Parent policy version (lineage)."),
-    seed: int = typer.Option(0), device: str = typer.Option("cpu"),
-    store: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt, runs_dir: Path = RunsOpt,
+    seed: int = typer.Option(0, help="Random seed."), device: str = typer.Option("cpu", help="cpu | cuda[:N]"),
+    store: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt, runs_dir: Optional[Path] = RunsOpt,
 ) -> None:
     """A training run: select episodes, fit V and advantage labels if the method needs them, fit the
     policy, write a verified artifact with lineage. Prints the run's config first."""
-    from training.methods import Method
     from training.recap import RecapConfig
     from training.runs import RunSpec, run_training
 
-    st, cat = _open(store, catalog)
-    spec = RunSpec(run_id=run_id or f"{method}-{time.strftime('%Y%m%dT%H%M%S')}", method=Method(method),
-                   selection=_selection(robot, task, outcome, policy_version), first_fit=first_fit,
+    kind = _method(method)
+    limits = _task_limits(max_len)
+    st, cat = open_store(store, catalog)
+    selection = _selection(robot, task, outcome, policy_version)
+    _selected(cat, selection)
+    spec = RunSpec(run_id=run_id or f"{method}-{time.strftime('%Y%m%dT%H%M%S')}", method=kind,
+                   selection=selection, first_fit=first_fit,
                    recap=RecapConfig(advantage_horizon=horizon, positive_fraction_later=positive_fraction),
                    value={"steps": value_steps, "hidden": hidden},
                    policy={"steps": policy_steps, "hidden": hidden, "chunk": chunk},
-                   task_max_len={k: int(v) for k, v in (m.split("=", 1) for m in max_len)},
+                   task_max_len=limits,
                    cameras=list(camera), parent_version=parent, seed=seed, device=device)
     console.print_json(json.dumps(spec.to_dict()))
-    res = run_training(st, cat, spec, runs_dir)
+    res = run_training(st, cat, spec, runs_dir or default_runs_dir())
     console.print(f"policy artifact: {res.policy_dir}")
     console.print_json(json.dumps(res.metrics))
 
@@ -85,10 +112,13 @@ def policy_cmd(
 @app.command("value")
 def value_cmd(
     out: Path = typer.Argument(..., help="Directory for the value artifact, labels and calibration plot."),
-    robot: list[str] = typer.Option([], "--robot"), task: list[str] = typer.Option([], "--task"),
-    held_out: float = typer.Option(0.2, help="Share of episodes held out for the calibration report."),
-    steps: int = typer.Option(1500), hidden: int = typer.Option(256), seed: int = typer.Option(0),
-    horizon: int = typer.Option(50), positive_fraction: float = typer.Option(0.4),
+    robot: list[str] = typer.Option([], "--robot", help="Select episodes of these robots."),
+    task: list[str] = typer.Option([], "--task", help="Select episodes of these tasks."),
+    held_out: float = typer.Option(0.2, min=0.0, max=0.9, help="Share of episodes held out for the calibration report."),
+    steps: int = typer.Option(1500, min=1, help="Training steps."), hidden: int = typer.Option(256, min=1, help="Hidden width."),
+    seed: int = typer.Option(0, help="Random seed."),
+    horizon: int = typer.Option(50, min=1, help="N-step advantage horizon (control steps)."),
+    positive_fraction: float = typer.Option(0.4, min=0.0, max=1.0, help="Target share of positive indicators per task."),
     store: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt,
 ) -> None:
     """Fit the value function on a selection (minus held-out episodes), label advantages, and report
@@ -102,11 +132,10 @@ def value_cmd(
     from training.value import ValueConfig
     from training.value.trainer_value import fit_value, normalised_return_targets, predict_values, task_max_lengths
 
-    st, cat = _open(store, catalog)
-    ids = [r.id for r in cat.episodes(**_selection(robot, task, [], []))]
+    st, cat = open_store(store, catalog)
+    ids = [r.id for r in _selected(cat, _selection(robot, task, [], []))]
     if len(ids) < 2:
-        console.print("[red]error:[/red] need at least 2 episodes")
-        raise typer.Exit(1)
+        raise UserError(f"the selection holds {len(ids)} episode; a held-out calibration needs at least 2")
     rng = np.random.default_rng(seed)
     test = set(rng.choice(ids, size=max(1, int(len(ids) * held_out)), replace=False).tolist())
     train_ids = [i for i in ids if i not in test]
@@ -135,15 +164,25 @@ def value_cmd(
 @app.command("round")
 def round_cmd(
     workdir: Path = typer.Argument(..., help="Directory for the simulated loop's store, catalog and runs."),
-    method: str = typer.Option("recap", help="bc | hg_dagger | filtered_bc | awr | recap | recap_cfg"),
+    method: str = typer.Option("recap", help=METHODS + " | recap_cfg"),
     tasks: str = typer.Option("push-v3", help="Comma-separated Meta-World tasks."),
-    rounds: int = typer.Option(1), seed: int = typer.Option(0),
-    demos: int = typer.Option(6, help="Demonstrations per task."), episodes: int = typer.Option(8, help="Episodes per task per round."),
-    eval_episodes: int = typer.Option(10), steps: int = typer.Option(600, help="Policy training steps."),
+    rounds: int = typer.Option(1, min=0, help="RECAP rounds after the first fit."),
+    seed: int = typer.Option(0, help="Random seed."),
+    demos: int = typer.Option(6, min=1, help="Demonstrations per task."),
+    episodes: int = typer.Option(8, min=1, help="Episodes per task per round."),
+    eval_episodes: int = typer.Option(10, min=1, help="Evaluation episodes per task."),
+    steps: int = typer.Option(600, min=2, help="Policy training steps."),
 ) -> None:
     """RECAP rounds on the simulated arm: demonstrations -> first fit -> (collect with corrections ->
     train -> evaluate) x rounds, through the real store, catalog and training runs."""
-    from training.sim.loop import LoopConfig, SimLoop
+    from training.sim.arm import unknown_tasks
+    from training.sim.loop import METHODS as SIM_METHODS, LoopConfig, SimLoop
+
+    if method not in SIM_METHODS:
+        raise typer.BadParameter(f"unknown method {method!r}; one of {' | '.join(SIM_METHODS)}", param_hint="--method")
+    unknown = unknown_tasks(tasks.split(","))
+    if unknown:
+        raise typer.BadParameter(f"unknown Meta-World task {unknown[0]!r} (e.g. push-v3, pick-place-v3)", param_hint="--tasks")
 
     cfg = LoopConfig(tasks=tasks.split(","), demos_per_task=demos, episodes_per_round=episodes, rounds=rounds,
                      eval_episodes=eval_episodes, value={"steps": steps // 2, "hidden": 128},
@@ -172,9 +211,8 @@ def export_cmd(
     from training.advantages import AdvantageLabels
 
     if not (run_dir / "labels" / "advantages.json").exists():
-        console.print(f"[red]error:[/red] {run_dir} has no advantage labels (its method needs none, or it is not finished)")
-        raise typer.Exit(1)
-    st = EpisodeStore(store or Path(os.environ.get("RECAP_STORE", "recap_data")), create=False)
+        raise UserError(f"{run_dir} has no advantage labels (its method needs none, or it is not finished)")
+    st = EpisodeStore(store or default_store(), create=False)
     labels = AdvantageLabels.load(run_dir / "labels")
     adv = {k: np.nan_to_num(v, nan=0.0) for k, v in labels.per_episode("advantages").items()}
     ind = {k: v.astype(np.float32) for k, v in labels.per_episode("indicators").items()}

@@ -29,12 +29,11 @@ def _config(quick: bool, rounds: int | None, tasks: str | None, robots: int | No
         raise typer.BadParameter("need at least one robot and zero or more rounds")
     if len(cfg.tasks) > cfg.robots:
         raise typer.BadParameter(f"{len(cfg.tasks)} tasks need at least as many robots (each simulated arm runs one task)")
-    from training.sim.arm import _expert_class_name
-    from metaworld import policies
+    from training.sim.arm import unknown_tasks
 
-    for t in cfg.tasks:
-        if not hasattr(policies, _expert_class_name(t)):
-            raise typer.BadParameter(f"unknown Meta-World task {t!r} (e.g. push-v3, pick-place-v3, peg-insert-side-v3)")
+    unknown = unknown_tasks(cfg.tasks)
+    if unknown:
+        raise typer.BadParameter(f"unknown Meta-World task {unknown[0]!r} (e.g. push-v3, pick-place-v3, peg-insert-side-v3)")
     return cfg
 
 

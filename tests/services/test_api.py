@@ -237,7 +237,7 @@ def test_cli_talks_to_the_api_with_the_callers_role(stack, tmp_path):
     out = recap("fleet", "register", str(art), role="researcher")
     assert out.returncode == 0 and '"id": "v1"' in out.stdout, out.stderr
     denied = recap("fleet", "deploy", "v1", role="researcher")
-    assert denied.returncode == 1 and "error 403" in denied.stderr and "may not deployments.create" in denied.stderr
+    assert denied.returncode == 2 and "error: 403" in denied.stderr and "may not deployments.create" in denied.stderr
     assert recap("fleet", "deploy", "v1", "--robot", "robot-0", role="operator").returncode == 0
     robots = recap("fleet", "robots", role="teleoperator")
     assert robots.returncode == 0 and "robot-0" in robots.stdout and "assigned v1" in robots.stdout

@@ -36,7 +36,7 @@ def test_record_list_label_fsck(tmp_path):
     bad = run("data", "ls", "--store", s, "--since", "yesterday", check=False)
     assert bad.returncode == 2 and "ISO date" in bad.stderr + bad.stdout
     missing = run("data", "show", "20990101T000000-x-000000", "--store", s, check=False)
-    assert missing.returncode == 1 and "no episode" in missing.stdout
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: no episode 20990101T000000-x-000000 in {s}"
 
 
 def test_robot_side_modules_do_not_import_torch():

@@ -19,6 +19,13 @@ def _expert_class_name(task: str) -> str:
     return f"Sawyer{name}V3Policy"
 
 
+def unknown_tasks(tasks) -> list[str]:
+    """The names among `tasks` for which Meta-World has no scripted expert (so no simulated task)."""
+    from metaworld import policies
+
+    return [t for t in tasks if not hasattr(policies, _expert_class_name(t))]
+
+
 def task_instruction(task: str) -> str:
     return re.sub(r"-v\d+$", "", task).replace("-", " ")
 
