@@ -300,8 +300,7 @@ def episodes_upload(path: Path = typer.Argument(..., exists=True, help="A Zarr e
             bar.set_postfix_str(job["phase"])
             bar.update(int(100 * job["progress"]) - bar.n)
     if job["status"] != "finished":
-        typer.echo(f"upload {job['status']}: {job['error']}", err=True)
-        raise typer.Exit(1)
+        raise UserError(f"upload {job['id']} {job['status']}: {job['error']}")
     _print({"episode_ids": job["episode_ids"], "format": job["format"]})
 
 

@@ -187,7 +187,7 @@ def test_episodes_register_label_upload_and_playback(stack, tmp_path):
     out = subprocess.run(cli + [str(up2.path)], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and json.loads(out.stdout)["episode_ids"] == [up2.episode_id], out.stderr
     out = subprocess.run(cli + [str(up2.path)], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 1 and "error 409" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 2 and "error: 409" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_the_same_new_episode_or_robot_from_requests_at_once(stack):
