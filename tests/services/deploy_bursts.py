@@ -30,6 +30,7 @@ class Fleet:
     tokens: dict[str, str]  # robot -> its token
     versions: list[str]
     servers: list[Process] = field(default_factory=list)
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))  # kept alive: checks stay quick
 
 
 def setup_fleet(stack, work: Path, *, n_versions: int = 4, n_robots: int = 4, n_servers: int = 2,
@@ -53,21 +54,21 @@ def setup_fleet(stack, work: Path, *, n_versions: int = 4, n_robots: int = 4, n_
     return fleet
 
 
-def db_state(stack) -> dict:
-    with stack.client("operator") as c:
-        r = c.get("/v1/deployments/serving")
-        assert r.status_code == 200, r.text
-        return r.json()
+def db_state(stack, fleet: Fleet | None = None, path: str = "/v1/deployments/serving") -> dict:
+    http = fleet.http if fleet else httpx
+    r = http.get(stack.api.url + path, headers={"Authorization": f"Bearer {stack.tokens['operator']}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
-def server_state(p: Process) -> dict:
-    return httpx.get(p.url + "/v1/serving", timeout=10).json()
+def server_state(p: Process, fleet: Fleet | None = None) -> dict:
+    return (fleet.http if fleet else httpx).get(p.url + "/v1/serving", timeout=10).json()
 
 
 def converged(stack, fleet: Fleet) -> bool:
     """Every server holds the database's state: the same sequence number, robots and fleet version."""
-    db = db_state(stack)
-    return all((s := server_state(p))["seq"] == db["seq"] and s["robots"] == db["robots"]
+    db = db_state(stack, fleet)
+    return all((s := server_state(p, fleet))["seq"] == db["seq"] and s["robots"] == db["robots"]
                and s["fleet_version"] == db["fleet_version"] for p in fleet.servers)
 
 
@@ -83,11 +84,10 @@ def wait_converged(stack, fleet: Fleet, timeout: float, poll_s: float = 0.02) ->
 
 def divergences(stack, fleet: Fleet) -> list[str]:
     """Robots some server would answer with another version than `GET /v1/deployments/current` says."""
-    with stack.client("operator") as c:
-        current = c.get("/v1/deployments/current").json()
+    current = db_state(stack, fleet, "/v1/deployments/current")
     out = []
     for p in fleet.servers:
-        s = server_state(p)
+        s = server_state(p, fleet)
         for robot, version in current.items():
             served = s["robots"].get(robot, s["fleet_version"])
             if served != version:
@@ -197,13 +197,17 @@ class SeqMonitor:
 
     def _run(self) -> None:
         last = {p.name: -1 for p in self.fleet.servers}
-        while not self._stop.wait(self.poll_s):
-            for p in self.fleet.servers:
-                seq = server_state(p)["seq"]
-                self.samples += 1
-                if seq < last[p.name]:
-                    self.decreases.append(f"{p.name}: {last[p.name]} -> {seq}")
-                last[p.name] = seq
+        with httpx.Client(timeout=10) as http:
+            while not self._stop.wait(self.poll_s):
+                self._sample(http, last)
+
+    def _sample(self, http: httpx.Client, last: dict[str, int]) -> None:
+        for p in self.fleet.servers:
+            seq = http.get(p.url + "/v1/serving").json()["seq"]
+            self.samples += 1
+            if seq < last[p.name]:
+                self.decreases.append(f"{p.name}: {last[p.name]} -> {seq}")
+            last[p.name] = seq
 
 
 def assignment_history(stack, fleet: Fleet) -> list[dict[str, str | None]]:
