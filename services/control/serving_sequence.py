@@ -59,8 +59,8 @@ def _changes_serving(s: Session, obj) -> bool:
     if isinstance(obj, Robot):
         return obj in s.new or obj in s.deleted or inspect(obj).attrs.group.history.has_changes()
     if isinstance(obj, ApiToken):
-        was_robot = obj.role == "robot" or inspect(obj).attrs.role.history.deleted
-        return bool(was_robot) and (obj in s.new or obj in s.deleted or any(
+        was_robot = obj.role == "robot" or "robot" in (inspect(obj).attrs.role.history.deleted or ())
+        return was_robot and (obj in s.new or obj in s.deleted or any(
             inspect(obj).attrs[a].history.has_changes() for a in ("revoked_at_ns", "token_sha256", "robot_id", "role")))
     return False
 

@@ -62,9 +62,12 @@ class StateWatcher:
         self._thread = threading.Thread(target=self._run, name="state-watcher", daemon=True)
 
     def start(self) -> None:
-        state = read_state(self.r)
-        if state:
-            self.apply(state)
+        try:
+            state = read_state(self.r)
+            if state:
+                self.apply(state)
+        except redis.RedisError as e:  # Redis away: serve nothing yet, the thread keeps trying
+            log.warning("deployment channel: %s; retrying", e)
         self._thread.start()
 
     def stop(self) -> None:
@@ -72,11 +75,15 @@ class StateWatcher:
         self._thread.join(timeout=5)
 
     def apply(self, state: dict) -> bool:
-        """Load what `state` needs, then swap; False (and the old table kept) if it is not newer or a
-        version fails to load."""
+        """Load what `state` needs, then swap; False (and the old table kept) if it is not newer, is
+        not a numbered state, or a version fails to load."""
+        epoch, seq = state.get("epoch"), state.get("seq")
+        if not isinstance(epoch, str) or not isinstance(seq, int):
+            log.warning("ignored a serving state without a sequence number")
+            return False
         with self._lock:
             old = self.table
-            if not old.behind(state.get("epoch"), int(state.get("seq", 0))):
+            if not old.behind(epoch, seq):
                 return False
             runtimes = {}
             try:
@@ -86,8 +93,8 @@ class StateWatcher:
                 self.load_failures += 1
                 log.error("serving state %s refused, keeping %s: %s", state.get("seq"), old.seq, e)
                 return False
-            new = ServingTable(int(state["seq"]), dict(state.get("robots", {})), state.get("fleet_version"),
-                               runtimes, dict(state.get("robot_tokens", {})), state.get("epoch"))
+            new = ServingTable(seq, dict(state.get("robots", {})), state.get("fleet_version"),
+                               runtimes, dict(state.get("robot_tokens", {})), epoch)
             self.table = new  # the swap: one reference assignment
         log.info("serving state %d: %s", new.seq, json.dumps({"robots": new.robots, "fleet": new.fleet_version}))
         if self.on_swap:
@@ -117,6 +124,8 @@ class StateWatcher:
                 log.warning("deployment channel: %s; retrying", e)
                 pubsub = None
                 self._stop.wait(1.0)
+            except (ValueError, TypeError, AttributeError) as e:  # a malformed message must not end the watcher
+                log.warning("ignored a malformed serving state: %s", e)
 
 
 @dataclass

@@ -179,6 +179,14 @@ def test_lost_publishes_heal_a_crash_after_commit_and_redis_losing_everything(st
         db.close()
         assert wait_converged(stack, fleet, 2.5) is not None, divergences(stack, fleet)
         assert divergences(stack, fleet) == [] and db_state(stack)["fleet_version"] == v2
+        # junk on the channel is ignored, and the watcher goes on following it
+        r = redis.Redis.from_url(stack.settings.redis_url)
+        for junk in (b"not json", b"[1, 2]", json.dumps({"seq": 10**6, "robots": {}}).encode()):
+            r.publish(stack.settings.channel, junk)
+        r.close()
+        with stack.client("operator") as c:
+            assert c.post("/v1/deployments", json={"version": v1, "target_kind": "group", "target": "cell-b"}).status_code == 201
+        assert wait_converged(stack, fleet, 2.0) is not None, divergences(stack, fleet)
 
         # Redis stops during deploys and comes back empty
         port = stack.redis.port
