@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from services.api.context import AppContext, ctx, principal, require
 from services.api.publish import publish_serving_state
-from services.api.schemas import DeploymentCreate, DeploymentOut, RollbackIn
+from services.api.schemas import DeploymentCreate, DeploymentOut, RollbackIn, ServingStateOut
 from services.auth import Principal
 from services.control.models import Deployment
 from services.registry import RegistryError, assignments, deploy, rollback, serving_state
@@ -62,11 +62,11 @@ def current(_: Principal = Depends(principal), c: AppContext = Depends(ctx)) -> 
         return assignments(s)
 
 
-@router.get("/serving", summary="The serving state as the database holds it, and what Redis has published")
-def serving(_: Principal = Depends(principal), c: AppContext = Depends(ctx)) -> dict:
-    """`seq`: the serving sequence number of the state the inference servers should hold (compare
-    with their `GET /v1/serving`); `published_seq`: the number stored in Redis (null if Redis is
-    unreachable or holds another database's state)."""
+@router.get("/serving", response_model=ServingStateOut,
+            summary="The serving state as the database holds it, and what Redis has published")
+def serving(_: Principal = Depends(principal), c: AppContext = Depends(ctx)):
+    """Compare `seq` with an inference server's `GET /v1/serving`; `published_seq` behind `seq`
+    means a publish is pending (the API retries every second)."""
     with c.db.session() as s:
         state = serving_state(s)
     try:
