@@ -1,6 +1,10 @@
 """PolicyRegistry: policy versions with lineage and metrics, and the deployments that point robots
 at them. A version is registered only from a complete, verified artifact, at most once per training
-run (a unique column, so a retried worker cannot register twice)."""
+run (a unique column, so a retried worker cannot register twice).
+
+Deploy and rollback take the serving sequence's lock first (services/control/serving_sequence.py),
+so they read the history they build on with no other serving change in flight; `serving_state`
+reads under the same lock and carries the number it was read at."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.control import serving_sequence
 from services.control.models import ApiToken, Deployment, PolicyVersion, Robot
 from training.artifacts import verify_artifact
 
@@ -50,6 +55,7 @@ def register_version(s: Session, artifact_dir: str | Path, *, created_by: str, r
 
 def deploy(s: Session, version_id: str, target_kind: str, target: str, *, stage: str, created_by: str,
            note: str = "") -> Deployment:
+    serving_sequence.bump(s)
     if s.get(PolicyVersion, version_id) is None:
         raise RegistryError(f"unknown policy version {version_id!r}")
     if target_kind == "fleet":
@@ -68,6 +74,7 @@ def deploy(s: Session, version_id: str, target_kind: str, target: str, *, stage:
 def rollback(s: Session, target_kind: str, target: str, *, created_by: str) -> Deployment:
     """Deploy, to the same target, the version it ran before its newest deployment: for a canary
     robot that is usually what its group or the fleet was running, not an earlier canary."""
+    serving_sequence.bump(s)
     target = "*" if target_kind == "fleet" else target
     group = None
     if target_kind == "robot":
@@ -104,8 +111,10 @@ def assignments(s: Session) -> dict[str, str | None]:
 
 def serving_state(s: Session) -> dict:
     """Everything an inference server needs, as one JSON document: which version each robot runs,
-    where the artifacts are (and their manifest digests), which robot tokens exist. Published on
-    every change; the servers swap to it as a whole."""
+    where the artifacts are (and their manifest digests), which robot tokens exist, and the serving
+    sequence number (and epoch) it was read at. Published after every change; the servers swap to
+    it as a whole. Call it in a transaction of its own: it holds the sequence lock to the end."""
+    epoch, seq = serving_sequence.read_locked(s)
     assigned = assignments(s)
     fleet = s.scalar(select(Deployment).where(Deployment.target_kind == "fleet").order_by(Deployment.id.desc()))
     fleet_version = fleet.version_id if fleet else None  # robots the registry does not know yet
@@ -117,4 +126,4 @@ def serving_state(s: Session) -> dict:
     tokens = {t.token_sha256: t.robot_id for t in s.scalars(select(ApiToken).where(
         ApiToken.role == "robot", ApiToken.revoked_at_ns.is_(None))).all()}
     return {"robots": assigned, "fleet_version": fleet_version,
-            "versions": versions, "robot_tokens": tokens, "at_ns": time.time_ns()}
+            "versions": versions, "robot_tokens": tokens, "seq": seq, "epoch": epoch, "at_ns": time.time_ns()}

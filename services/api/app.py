@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from services.api.context import AppContext
-from services.api.publish import publish_serving_state
+from services.api.publish import StateReconciler, publish_serving_state
 from services.api.routers import audit, dashboard, deployments, episodes, robots, runs, tokens, versions
 from services.auth import Role, token_digest
 from services.control.models import ApiToken, AuditEntry
@@ -54,7 +54,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await run_in_threadpool(_startup, c)
-        yield
+        reconciler = StateReconciler(c)  # heals a publish that was lost (Redis down, a crash)
+        reconciler.start()
+        try:
+            yield
+        finally:
+            reconciler.stop()
 
     app = FastAPI(title="recap control plane", lifespan=lifespan,
                   description="Robots, episodes, training runs, policy versions and deployments of a RECAP loop. "

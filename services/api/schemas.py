@@ -188,6 +188,15 @@ class DeploymentOut(BaseModel):
     note: str
 
 
+class ServingStateOut(BaseModel):
+    seq: int = Field(description="serving sequence number of the state the inference servers should hold")
+    robots: dict[str, str | None] = Field(description="robot -> the version it should run")
+    fleet_version: str | None = Field(description="what robots the registry does not know yet run")
+    versions: list[str]
+    published_seq: int | None = Field(description="the number stored in Redis; null if unreachable or "
+                                                   "holding another database's state")
+
+
 class AuditOut(BaseModel):
     id: int
     at_ns: int

@@ -10,6 +10,7 @@ from typing import Iterator
 from sqlalchemy.orm import Session, sessionmaker
 
 from data.sqldb import open_engine, upgrade_schema
+from services.control import serving_sequence
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_control"
@@ -20,6 +21,7 @@ class ControlDB:
         self.url = url
         self.engine = open_engine(url)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        serving_sequence.track(self._session)  # every serving change numbers itself
         upgrade_schema(self.engine, url, MIGRATIONS, VERSION_TABLE)
 
     @contextmanager

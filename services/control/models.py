@@ -73,6 +73,19 @@ class Deployment(Base):
     note: Mapped[str] = mapped_column(Text, default="")
 
 
+class ServingSequence(Base):
+    """One row: the number of the newest serving state. Every transaction that changes what the
+    inference servers serve (deployments, robots and their groups, robot tokens) increments it
+    before it commits (services/registry.py); the row lock serialises those transactions, so a
+    state read at number n holds exactly the changes numbered <= n. `epoch` is drawn once when the
+    database is created: a state from another database is never mistaken for a newer one."""
+
+    __tablename__ = "serving_sequence"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    seq: Mapped[int] = mapped_column(BigInteger)
+    epoch: Mapped[str] = mapped_column(String(32))
+
+
 class TrainingRun(Base):
     __tablename__ = "training_runs"
     id: Mapped[str] = mapped_column(String(128), primary_key=True)

@@ -5,7 +5,13 @@ waiting on the same version.
 Hot swap: the watcher loads every version the new state needs (verified) *before* it replaces the
 table with one reference assignment. A request resolves robot -> version -> loaded model from the
 table it read on arrival and holds that model to the end: a swap between two requests never fails
-one and never mixes versions inside one."""
+one and never mixes versions inside one.
+
+Reconciling: states are numbered by the control database's serving sequence (and its epoch). The
+watcher applies a state only if it is newer than the table's (or from another epoch), so the table
+never goes back; besides the channel's announcements it polls the stored stamp every `poll_s` and
+loads the stored state when it is ahead, so an announcement missed (a dropped subscription, a
+failed load) is made up within about `poll_s` of the API's reconciler storing the newest state."""
 
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import numpy as np
 import redis
 
 from services.inference.runtime import Observation, load_runtime
-from services.serving_channel import read_state
+from services.serving_channel import read_stamp, read_state
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,11 @@ class ServingTable:
     fleet_version: str | None = None
     runtimes: dict = field(default_factory=dict)  # version -> runtime
     tokens: dict[str, str] = field(default_factory=dict)  # token sha256 -> robot id
+    epoch: str | None = None  # the control database the state came from
+
+    def behind(self, epoch: str | None, seq: int) -> bool:
+        """Is a state numbered (epoch, seq) newer than this table?"""
+        return epoch != self.epoch or seq > self.seq
 
     def version_for(self, robot_id: str) -> str | None:
         return self.robots[robot_id] if robot_id in self.robots else self.fleet_version
@@ -41,7 +52,7 @@ class ServingTable:
 class StateWatcher:
     """Follows the deployment channel in a thread; `on_swap(old, new)` after each swap."""
 
-    def __init__(self, redis_url: str, channel: str, on_swap=None, poll_s: float = 5.0):
+    def __init__(self, redis_url: str, channel: str, on_swap=None, poll_s: float = 1.0):
         self.r = redis.Redis.from_url(redis_url)
         self.channel, self.on_swap, self.poll_s = channel, on_swap, poll_s
         self.table = ServingTable()
@@ -51,9 +62,12 @@ class StateWatcher:
         self._thread = threading.Thread(target=self._run, name="state-watcher", daemon=True)
 
     def start(self) -> None:
-        state = read_state(self.r)
-        if state:
-            self.apply(state)
+        try:
+            state = read_state(self.r)
+            if state:
+                self.apply(state)
+        except redis.RedisError as e:  # Redis away: serve nothing yet, the thread keeps trying
+            log.warning("deployment channel: %s; retrying", e)
         self._thread.start()
 
     def stop(self) -> None:
@@ -61,11 +75,15 @@ class StateWatcher:
         self._thread.join(timeout=5)
 
     def apply(self, state: dict) -> bool:
-        """Load what `state` needs, then swap; False (and the old table kept) if it is not newer or a
-        version fails to load."""
+        """Load what `state` needs, then swap; False (and the old table kept) if it is not newer, is
+        not a numbered state, or a version fails to load."""
+        epoch, seq = state.get("epoch"), state.get("seq")
+        if not isinstance(epoch, str) or not isinstance(seq, int):
+            log.warning("ignored a serving state without a sequence number")
+            return False
         with self._lock:
             old = self.table
-            if state.get("seq", 0) <= old.seq:
+            if not old.behind(epoch, seq):
                 return False
             runtimes = {}
             try:
@@ -75,8 +93,8 @@ class StateWatcher:
                 self.load_failures += 1
                 log.error("serving state %s refused, keeping %s: %s", state.get("seq"), old.seq, e)
                 return False
-            new = ServingTable(int(state["seq"]), dict(state.get("robots", {})), state.get("fleet_version"),
-                               runtimes, dict(state.get("robot_tokens", {})))
+            new = ServingTable(seq, dict(state.get("robots", {})), state.get("fleet_version"),
+                               runtimes, dict(state.get("robot_tokens", {})), epoch)
             self.table = new  # the swap: one reference assignment
         log.info("serving state %d: %s", new.seq, json.dumps({"robots": new.robots, "fleet": new.fleet_version}))
         if self.on_swap:
@@ -99,13 +117,15 @@ class StateWatcher:
                     self.apply(json.loads(msg["data"]))
                 if time.monotonic() - last_poll > self.poll_s:
                     last_poll = time.monotonic()
-                    state = read_state(self.r)
-                    if state:
+                    stamp = read_stamp(self.r)  # one short GET; the document only when it is ahead
+                    if stamp and self.table.behind(*stamp) and (state := read_state(self.r)):
                         self.apply(state)
             except redis.RedisError as e:
                 log.warning("deployment channel: %s; retrying", e)
                 pubsub = None
                 self._stop.wait(1.0)
+            except (ValueError, TypeError, AttributeError) as e:  # a malformed message must not end the watcher
+                log.warning("ignored a malformed serving state: %s", e)
 
 
 @dataclass

@@ -1,18 +1,21 @@
 """Deployments (operator): point a robot, a group or the fleet at a version (canary, then widen),
-roll back, history, and what each robot should run now. Every change is published to the
-inference servers over Redis."""
+roll back, history, and what each robot should run now. Every change is numbered by the serving
+sequence in its own transaction and published to the inference servers over Redis after it commits
+(services/api/publish.py)."""
 
 from __future__ import annotations
 
+import redis
 from fastapi import APIRouter, Depends, HTTPException, Query
 from sqlalchemy import select
 
 from services.api.context import AppContext, ctx, principal, require
 from services.api.publish import publish_serving_state
-from services.api.schemas import DeploymentCreate, DeploymentOut, RollbackIn
+from services.api.schemas import DeploymentCreate, DeploymentOut, RollbackIn, ServingStateOut
 from services.auth import Principal
 from services.control.models import Deployment
-from services.registry import RegistryError, assignments, deploy, rollback
+from services.registry import RegistryError, assignments, deploy, rollback, serving_state
+from services.serving_channel import read_stamp
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
 
@@ -57,3 +60,19 @@ def history(limit: int = Query(200, ge=1, le=10_000), _: Principal = Depends(pri
 def current(_: Principal = Depends(principal), c: AppContext = Depends(ctx)) -> dict[str, str | None]:
     with c.db.session() as s:
         return assignments(s)
+
+
+@router.get("/serving", response_model=ServingStateOut,
+            summary="The serving state as the database holds it, and what Redis has published")
+def serving(_: Principal = Depends(principal), c: AppContext = Depends(ctx)):
+    """Compare `seq` with an inference server's `GET /v1/serving`; `published_seq` behind `seq`
+    means a publish is pending (the API retries every second)."""
+    with c.db.session() as s:
+        state = serving_state(s)
+    try:
+        stamp = read_stamp(c.redis)
+    except redis.RedisError:
+        stamp = None
+    return {"seq": state["seq"], "robots": state["robots"], "fleet_version": state["fleet_version"],
+            "versions": sorted(state["versions"]),
+            "published_seq": stamp[1] if stamp and stamp[0] == state["epoch"] else None}
