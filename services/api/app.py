@@ -16,6 +16,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -68,7 +69,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         yield
 
     app = FastAPIOffline(title="recap control plane", lifespan=lifespan, redoc_url=None, static_url=DOCS_ASSETS,
-                         max_body_size=JSON_BODY_LIMIT, swagger_ui_parameters={"validatorUrl": None},
+                         swagger_ui_parameters={"validatorUrl": None},
                          description="Robots, episodes, training runs, policy versions and deployments of a RECAP loop. "
                                      "Every call carries `Authorization: Bearer <token>`; what a role may do is in "
                                      "services/auth.py.",
@@ -76,8 +77,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.ctx = c
     for r in (tokens, robots, episodes, runs, versions, deployments, audit, dashboard):
         app.include_router(r.router)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
 
     app.add_middleware(Gate, authenticate=lambda token: authenticate(c, token), audit=lambda e: _record(c, e),
+                       default_limit=JSON_BODY_LIMIT, body_limits={"/v1/episodes/upload": episodes.MAX_UPLOAD_BYTES},
                        public=PUBLIC, public_prefixes=PUBLIC_PREFIXES, docs=frozenset({"/docs"}))
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactTokens) for f in access.filters):

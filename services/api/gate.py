@@ -3,15 +3,15 @@
 Invariants:
 - A request to a non-public path is authenticated (bearer token header -> known, non-revoked token)
   before a byte of its body is read; the principal rides in `scope["state"]` for the routes.
+- A body is limited by path (`body_limits`, else `default_limit`): a declared Content-Length over the
+  limit is refused (413) before the app runs; a streamed body is counted as it is read, and the read
+  that crosses the limit raises a 413 into the route, so no more than the limit is ever buffered.
 - Every mutating request is audited whatever its outcome (refused before routing, 4xx, 413, 500),
   and the row is written before the answer leaves, so a client that saw the answer finds the row.
 - An exception no handler turned into an answer becomes 500 {"detail": "internal error (ref <id>)"};
   the details go to the server log under the same ref, never to the client.
 - Every answer carries the request id (`X-Request-Id`: the client's if well-formed, else a new one)
   and browser hardening headers (nosniff, a Content-Security-Policy, no framing).
-
-Body size limits are FastAPI's own (`max_body_size` on the app and on the upload route): checked
-against the declared Content-Length at the first read and counted while streaming.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
+from fastapi import HTTPException
 from starlette.datastructures import Headers
-from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.auth import Principal
@@ -47,9 +47,11 @@ class Gate:
     run in the thread pool; `public` paths (exact) and `public_prefixes` need no token."""
 
     def __init__(self, app: ASGIApp, *, authenticate: Callable[[str], Principal | None],
-                 audit: Callable[[dict], None], public: frozenset[str], public_prefixes: tuple[str, ...] = (),
+                 audit: Callable[[dict], None], default_limit: int, body_limits: dict[str, int] | None = None,
+                 public: frozenset[str], public_prefixes: tuple[str, ...] = (),
                  docs: frozenset[str] = frozenset()) -> None:
         self.app, self.authenticate, self.audit = app, authenticate, audit
+        self.default_limit, self.body_limits = default_limit, body_limits or {}
         self.public, self.public_prefixes, self.docs = public, public_prefixes, docs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -69,13 +71,8 @@ class Gate:
             nonlocal answered, downstream_failed
             if message["type"] == "http.response.start":
                 answered = True
-                status = message["status"]
-                declared = _content_length(headers)
-                limit = scope.get(MAX_BODY_SIZE_SCOPE_KEY)
-                if declared is not None and limit is not None and declared > limit and status < 400:
-                    status = 413  # the body limiter answers this one in place of the route
                 if method in MUTATING:
-                    await self._audit(scope, rid, status)
+                    await self._audit(scope, rid, message["status"])
                 extra = [(b"x-request-id", rid.encode()), (b"x-content-type-options", b"nosniff"),
                          (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
                 if not any(k.lower() == b"content-security-policy" for k, _ in message.get("headers", [])):
@@ -93,7 +90,14 @@ class Gate:
                 if refusal is not None:
                     await _json(answer, *refusal)
                     return
-            await self.app(scope, receive, answer)
+            limit = self.body_limits.get(path, self.default_limit)
+            declared = headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                await _json(answer, 413 if declared.isdigit() else 400,
+                            {"detail": f"request body larger than {limit} bytes" if declared.isdigit()
+                             else "malformed Content-Length"})
+                return
+            await self.app(scope, _limited(receive, limit), answer)
         except Exception:
             if downstream_failed:  # the body limiter's own signal, or a client that went away
                 raise
@@ -129,11 +133,19 @@ class Gate:
             log.exception("audit write failed (ref %s)", rid)
 
 
-def _content_length(headers: Headers) -> int | None:
-    try:
-        return int(headers["content-length"])
-    except (KeyError, ValueError):
-        return None
+def _limited(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def read() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:  # FastAPI lets its own HTTPException through body parsing: a JSON 413
+                raise HTTPException(413, f"request body larger than {limit} bytes")
+        return message
+
+    return read
 
 
 def _printable(text: str) -> str:

@@ -59,8 +59,7 @@ def register_episode(body: EpisodeRegister, _: Principal = Depends(require("epis
 
 
 @router.post("/upload", response_model=UploadOut, status_code=201,
-             summary="Upload demonstrations or corrections: a tar of a Zarr episode or of a LeRobot v3 dataset",
-             max_body_size=MAX_UPLOAD_BYTES)
+             summary="Upload demonstrations or corrections: a tar of a Zarr episode or of a LeRobot v3 dataset")
 def upload_episodes(file: UploadFile = File(...), robot_id: str = Form("upload", min_length=1, max_length=128,
                                                                         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"),
                     task_id: str | None = Form(None, max_length=128),
