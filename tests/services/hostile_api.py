@@ -49,9 +49,9 @@ def _episode(store: EpisodeStore, *, robot: str, task: str, instruction: str, ve
 
 def inject_dashboard_fields(stack, artifact_dir: str, rounds: int = 1) -> Injection:
     """Markup into every field the dashboard shows that the API accepts it in: a robot's reported
-    version (heartbeat), an episode's task, instruction and policy version (recorded by a robot,
-    registered through the API), a deployment's note, a training run's recipe. Robot ids, groups,
-    token names, run and version ids are identifiers: the API refuses markup there (checked too)."""
+    version (heartbeat), an episode's instruction and policy version (recorded by a robot, registered
+    through the API), a deployment's note, a training run's recipe. Robot ids, groups, task ids, token
+    names, run and version ids are identifiers: the API and the store refuse markup there."""
     inj = Injection()
     store = EpisodeStore(stack.settings.store_root)
     with stack.client("admin") as admin, stack.client("operator") as op, stack.client("researcher") as res:
@@ -67,9 +67,9 @@ def inject_dashboard_fields(stack, artifact_dir: str, rounds: int = 1) -> Inject
                 with httpx.Client(base_url=stack.api.url, headers={"Authorization": f"Bearer {token}"}) as rc:
                     inj.add("heartbeat version", payload,
                             rc.post(f"/v1/robots/{robot}/heartbeat", json={"version": payload}))
-                    eid = _episode(store, robot=robot, task=payload, instruction=payload, version=payload,
+                    eid = _episode(store, robot=robot, task="inj-task", instruction=payload, version=payload,
                                    start=T0 + (i * 10 + j) * 3600 * 10**9)
-                    inj.add("episode task, instruction, policy version", payload,
+                    inj.add("episode instruction and policy version", payload,
                             rc.post("/v1/episodes/register", json={"episode_id": eid}))
                 inj.add("deployment note", payload,
                         op.post("/v1/deployments", json={"version": version.json()["id"], "target_kind": "robot",
@@ -82,11 +82,10 @@ def inject_dashboard_fields(stack, artifact_dir: str, rounds: int = 1) -> Inject
     return inj
 
 
-INJECTED = f"""
-const found = document.querySelectorAll('[id^="pwn"], img[src="x"], [onerror], [onload], [onmouseover],
-                                         main script, main svg svg');
-return {{elements: found.length, ran: window.{PWNED} || 0, text: document.body.innerText}};
-"""
+INJECTED = (
+    "const found = document.querySelectorAll("
+    "'[id^=\"pwn\"], img[src=\"x\"], [onerror], [onload], [onmouseover], main script, main svg svg, main b');"
+    f"return {{elements: found.length, ran: window.{PWNED} || 0, text: document.body.innerText}};")
 
 
 def dashboard_verdict(browser, url: str, token: str, inj: Injection, timeout: float = 60.0) -> dict:
