@@ -37,7 +37,7 @@ JSON_BODY_LIMIT = 256 << 10  # every route but the upload (episodes.MAX_UPLOAD_B
 DOCS_ASSETS = "/docs-assets"  # Swagger UI served from the installed package: /docs works with no internet
 PUBLIC = frozenset({"/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 PUBLIC_PREFIXES = ("/static/", DOCS_ASSETS + "/")
-# an absolute file-system path (two or more components) in an error message: only its last part is shown
+# an absolute file-system path (/a/b or deeper) in an error message: only its last component is shown
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"():,]+/)+([^\s/'\"():,]+)")
 
 
