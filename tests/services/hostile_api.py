@@ -162,7 +162,8 @@ def _mutate(rng: random.Random, body: dict) -> object:
 
 
 def bad_bodies(n: int, seed: int = 0) -> list[tuple[str, str, bytes, str]]:
-    """`n` malformed requests (method, path, body bytes, content type), seeded."""
+    """`n` malformed requests (method, path, body bytes, content type), seeded, then a few malformed
+    paths and query strings (NUL bytes reach PostgreSQL as an error unless refused first)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -174,7 +175,8 @@ def bad_bodies(n: int, seed: int = 0) -> list[tuple[str, str, bytes, str]]:
             ctype = "application/json"
         out.append((method, path, body, ctype))
     for weird in ("/v1/robots/%00", "/v1/robots/" + "a" * 5000, "/v1/runs/%00/cancel", "/v1/tokens/%FF%FE",
-                  "/v1/versions/%00", "/v1/runs/..%2F..%2Fetc"):
+                  "/v1/versions/%00", "/v1/runs/..%2F..%2Fetc", "/v1/episodes?robot=%00", "/v1/episodes?task=a%00",
+                  "/v1/audit?actor=%00", "/v1/runs?status=%00", "/v1/episodes?since_ns=" + "9" * 400):
         out.append(("DELETE" if weird.startswith("/v1/tokens") else "GET" if "cancel" not in weird else "POST",
                     weird, b"", "application/json"))
     return out
