@@ -30,6 +30,9 @@ def run(stack, work: Path) -> dict:
     figures.update(_dashboard(stack, work))
     figures.update(_bodies_and_audit(stack))
     figures["api_anonymous_bytes_buffered_max"] = _anonymous_rss_growth(stack)
+    with stack.client("researcher") as c:  # the runs started here must not reach a later family's worker
+        for r in c.get("/v1/runs", params={"status": "queued", "limit": 10_000}).json():
+            c.post(f"/v1/runs/{r['id']}/cancel")
     return figures
 
 
@@ -40,9 +43,6 @@ def _dashboard(stack, work: Path) -> dict:
         verdict = dashboard_verdict(browser, stack.api.url, stack.tokens["operator"], inj)
     finally:
         browser.quit()
-    with stack.client("researcher") as c:  # the injected runs must not reach a later family's worker
-        for r in c.get("/v1/runs", params={"status": "queued", "limit": 10_000}).json():
-            c.post(f"/v1/runs/{r['id']}/cancel")
     return {"dashboard_injections_tried": len(inj.tried), "elements_injected": verdict["elements"],
             "dashboard_scripts_ran": verdict["scripts_ran"],
             "dashboard_payloads_not_shown": len(verdict["not_shown_literally"])}

@@ -125,14 +125,14 @@ ROUTES = [
     ("POST", "/v1/robots/robot-0/heartbeat", {"version": "v1"}),
     ("POST", "/v1/episodes/register", {"episode_id": "nope"}),
     ("POST", "/v1/episodes/nope/label", {"outcome": "failure"}),
-    ("POST", "/v1/runs", {"method": "bc", "selection": {"robot": ["nobody"], "since_ns": 0},
+    ("POST", "/v1/runs", {"method": "bc", "selection": {"since_ns": 0},
                           "recipe": {"value": {"steps": 1}, "task_max_len": {"t": 5}}, "seed": 1}),
     ("POST", "/v1/versions", {"artifact_dir": "/nonexistent", "parent_version": None}),
     ("POST", "/v1/deployments", {"version": "v-missing", "target_kind": "fleet", "target": "*", "note": ""}),
     ("POST", "/v1/deployments/rollback", {"target_kind": "robot", "target": "robot-0"}),
 ]
 
-HOSTILE_VALUES = [10**400, -(10**400), 2**70, -(2**64), 1e308 * 10, "NaN", "Infinity", "a\x00b", "\x00",
+HOSTILE_VALUES = [10**400, -(10**400), 2**70, -(2**64), float("inf"), float("nan"), "NaN", "a\x00b", "\x00",
                   "x" * 100_000, "\ud800", "\u202e<b>", "../../etc/passwd", "/" * 5000, [], {}, [[[[[[]]]]]],
                   True, None, 0.5, -1, "", " ", "\n", {"$ne": 1}, [1] * 10_000]
 RAW = [b"", b"{", b"[", b"null", b"123", b'"str"', b"{\"a\":}", b"\xff\xfe\x00", b"{" * 5000 + b"}" * 5000,
@@ -148,12 +148,11 @@ def _mutate(rng: random.Random, body: dict) -> object:
         body[rng.choice(keys)] = rng.choice(HOSTILE_VALUES)
     elif kind == 1:  # an unknown field
         body[rng.choice(["extra", "__proto__", "\x00", "a" * 300])] = rng.choice(HOSTILE_VALUES)
-    elif kind == 2 and keys:  # a nested value replaced
-        k = rng.choice(keys)
-        if isinstance(body[k], dict) and body[k]:
-            body[k][rng.choice(list(body[k]))] = rng.choice(HOSTILE_VALUES)
-        else:
-            body[k] = {"nested": rng.choice(HOSTILE_VALUES)}
+    elif kind == 2 and keys:  # a value at some depth replaced, or a key added there
+        d = body
+        while rng.random() < 0.7 and any(isinstance(v, dict) for v in d.values()):
+            d = rng.choice([v for v in d.values() if isinstance(v, dict)])
+        d[rng.choice(list(d) + ["lr", "steps"])] = rng.choice(HOSTILE_VALUES)
     elif kind == 3 and keys:  # a field missing
         del body[rng.choice(keys)]
     else:  # the whole body hostile

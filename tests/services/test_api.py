@@ -265,7 +265,9 @@ def test_every_mutating_request_is_audited_and_malformed_bodies_get_a_4xx_messag
 
     m = marker()
     bodies = bad_bodies(300, seed=1)
+    ep, _ = record(EpisodeStore(stack.settings.store_root), robot="robot-0", cameras=1)
     with stack.client("admin") as c:
+        assert c.post("/v1/episodes/register", json={"episode_id": ep.episode_id}).status_code == 200
         counts = send_bad_bodies(c, bodies, m)
     assert not any(s >= 500 for s in counts) and sum(counts.values()) == len(bodies), counts
     assert counts.get(422, 0) > 100, counts
