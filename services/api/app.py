@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from services.api.context import AppContext
+from services.api.context import AppContext, authenticate
+from services.api.gate import Gate, RedactTokens
 from services.api.publish import StateReconciler, publish_serving_state
 from services.api.routers import audit, dashboard, deployments, episodes, robots, runs, tokens, versions
 from services.auth import Role, token_digest
@@ -27,7 +33,12 @@ from services.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
-MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+JSON_BODY_LIMIT = 256 << 10  # every route but the upload (episodes.MAX_UPLOAD_BYTES): JSON documents are small
+DOCS_ASSETS = "/docs-assets"  # Swagger UI served from the installed package: /docs works with no internet
+PUBLIC = frozenset({"/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+PUBLIC_PREFIXES = ("/static/", DOCS_ASSETS + "/")
+# an absolute file-system path (/a/b or deeper) in an error message: only its last component is shown
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"():,]+/)+([^\s/'\"():,]+)")
 
 
 def bootstrap_admin(c: AppContext, token: str) -> None:
@@ -39,13 +50,14 @@ def bootstrap_admin(c: AppContext, token: str) -> None:
             log.info("bootstrap admin token installed")
 
 
-def _record(c: AppContext, request: Request, status: int) -> None:
-    p = getattr(request.state, "principal", None)
-    route = request.scope.get("route")
+def _record(c: AppContext, entry: dict) -> None:
     with c.db.session() as s:
-        s.add(AuditEntry(at_ns=time.time_ns(), actor=p.name if p else "anonymous", role=str(p.role) if p else "-",
-                         action=f"{request.method} {getattr(route, 'path', request.url.path)}", status=status,
-                         detail={"path": request.url.path, "client": request.client.host if request.client else None}))
+        s.add(AuditEntry(at_ns=time.time_ns(), **entry))
+
+
+def public_message(text: str) -> str:
+    """An error message as a client may see it: no absolute paths of this machine."""
+    return ABSOLUTE_PATH.sub(r"\1", text)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -61,30 +73,40 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         finally:
             reconciler.stop()
 
-    app = FastAPI(title="recap control plane", lifespan=lifespan,
-                  description="Robots, episodes, training runs, policy versions and deployments of a RECAP loop. "
-                              "Every call carries `Authorization: Bearer <token>`; what a role may do is in "
-                              "services/auth.py.",
-                  version="1")
+    app = FastAPIOffline(title="recap control plane", lifespan=lifespan, redoc_url=None, static_url=DOCS_ASSETS,
+                         swagger_ui_parameters={"validatorUrl": None},
+                         description="Robots, episodes, training runs, policy versions and deployments of a RECAP loop. "
+                                     "Every call carries `Authorization: Bearer <token>`; what a role may do is in "
+                                     "services/auth.py.",
+                         version="1")
     app.state.ctx = c
     for r in (tokens, robots, episodes, runs, versions, deployments, audit, dashboard):
         app.include_router(r.router)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
 
-    @app.middleware("http")
-    async def audit_mutations(request: Request, call_next):
-        response = await call_next(request)
-        if request.method in MUTATING:
-            try:
-                await run_in_threadpool(_record, c, request, response.status_code)
-            except Exception:  # the audit write must not turn a done change into an error
-                log.exception("audit write failed")
-        return response
+    app.add_middleware(Gate, authenticate=lambda token: authenticate(c, token), audit=lambda e: _record(c, e),
+                       default_limit=JSON_BODY_LIMIT, body_limits={"/v1/episodes/upload": episodes.MAX_UPLOAD_BYTES},
+                       public=PUBLIC, public_prefixes=PUBLIC_PREFIXES, docs=frozenset({"/docs"}))
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
 
     @app.exception_handler(IntegrityError)
     async def conflict(request: Request, exc: IntegrityError):
         """Two requests created the same row at once; the loser is told to retry, not a 500."""
-        return JSONResponse({"detail": f"conflicting concurrent change, retry the request: {exc.orig}"},
-                            status_code=409)
+        log.info("integrity conflict (ref %s): %s", request.state.request_id, exc.orig)
+        return JSONResponse({"detail": "conflicting concurrent change, retry the request"}, status_code=409)
+
+    @app.exception_handler(redis.RedisError)
+    async def queue_down(request: Request, exc: redis.RedisError):
+        log.error("redis unavailable (ref %s): %s", request.state.request_id, exc)
+        return JSONResponse({"detail": f"the job queue is unavailable, retry later (ref {request.state.request_id})"},
+                            status_code=503)
+
+    @app.exception_handler(HTTPException)
+    async def refused(request: Request, exc: HTTPException):
+        detail = public_message(exc.detail) if isinstance(exc.detail, str) else exc.detail
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -53,16 +53,21 @@ def ctx(request: Request) -> AppContext:
 _bearer = HTTPBearer(auto_error=False, description="An API token (`recap tokens create`).")
 
 
-def principal(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer),
-              c: AppContext = Depends(ctx)) -> Principal:
-    if creds is None or not creds.credentials:
-        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+def authenticate(c: AppContext, token: str) -> Principal | None:
+    """The principal of a known, non-revoked token (the gate calls this before reading any body)."""
     with c.db.session() as s:
-        t = s.scalar(select(ApiToken).where(ApiToken.token_sha256 == token_digest(creds.credentials)))
+        t = s.scalar(select(ApiToken).where(ApiToken.token_sha256 == token_digest(token)))
         if t is None or t.revoked_at_ns is not None:
-            raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        p = Principal(t.name, Role(t.role), t.robot_id)
-    request.state.principal = p  # for the audit log
+            return None
+        return Principal(t.name, Role(t.role), t.robot_id)
+
+
+def principal(request: Request, _: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+    """Who is calling: authenticated by the gate (services/api/gate.py) before routing; the bearer
+    scheme is declared here so the OpenAPI document shows it."""
+    p = getattr(request.state, "principal", None)
+    if p is None:
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     return p
 
 

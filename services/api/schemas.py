@@ -1,14 +1,31 @@
-"""Request and response bodies (Pydantic): the OpenAPI document is generated from these."""
+"""Request and response bodies (Pydantic): the OpenAPI document is generated from these.
+
+Every value a client sends is bounded here, by the annotated types below rather than by checks in
+the routes: identifiers match ID_PATTERN, free text has a length and no control characters (NUL
+included), integers fit the database's 64-bit columns, floats are finite. So a malformed body is a
+422 naming the field, and nothing unbounded reaches the database, the file system or a worker.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.auth import Role
 
-Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
+Text = Annotated[str, StringConstraints(max_length=128, pattern=PRINTABLE)]
+LongText = Annotated[str, StringConstraints(max_length=1000, pattern=PRINTABLE)]
+FsPath = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=PRINTABLE)]
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+# a training-config override: a scalar or a short list of scalars (the worker builds typed configs from them)
+Scalar = bool | Int64 | Finite | Text | None
+Param = Scalar | Annotated[list[Scalar], Field(max_length=64)]
+Params = Annotated[dict[Id, Param], Field(max_length=64)]
 
 
 class Strict(BaseModel):
@@ -16,10 +33,9 @@ class Strict(BaseModel):
 
 
 class TokenCreate(Strict):
-    name: str = Name
+    name: Id
     role: Role
-    robot_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
-                                 description="Required for robot tokens: the robot this token speaks for.")
+    robot_id: Id | None = Field(None, description="Required for robot tokens: the robot this token speaks for.")
 
 
 class TokenOut(BaseModel):
@@ -36,8 +52,8 @@ class TokenCreated(TokenOut):
 
 
 class RobotCreate(Strict):
-    id: str = Name
-    group: str = Field("default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    id: Id
+    group: Id = "default"
 
 
 class RobotOut(BaseModel):
@@ -50,7 +66,7 @@ class RobotOut(BaseModel):
 
 
 class Heartbeat(Strict):
-    version: str | None = Field(None, max_length=128, description="The policy version the robot runs now.")
+    version: Text | None = Field(None, description="The policy version the robot runs now.")
 
 
 class EpisodeOut(BaseModel):
@@ -101,10 +117,10 @@ class UploadJobOut(BaseModel):
 
 
 class Selection(Strict):
-    robot: list[str] | None = None
-    task: list[str] | None = None
+    robot: Annotated[list[Text], Field(max_length=1000)] | None = None
+    task: Annotated[list[Text], Field(max_length=1000)] | None = None
     outcome: list[Literal["success", "failure", "unknown"]] | None = None
-    policy_version: list[str] | None = None
+    policy_version: Annotated[list[Text], Field(max_length=1000)] | None = None
     status: list[Literal["complete", "incomplete"]] | None = None
     since_ns: int | None = Field(None, ge=0, le=2**63 - 1)
     until_ns: int | None = Field(None, ge=0, le=2**63 - 1)
@@ -114,11 +130,12 @@ class Selection(Strict):
 
 
 class Recipe(Strict):
-    value: dict[str, Any] = Field(default_factory=dict, description="ValueConfig overrides (steps, hidden, ensemble…)")
-    policy: dict[str, Any] = Field(default_factory=dict, description="NativePolicyConfig overrides (steps, chunk…)")
-    recap: dict[str, Any] = Field(default_factory=dict, description="RecapConfig overrides (advantage_horizon…)")
-    task_max_len: dict[str, int] = Field(default_factory=dict, description="Episode time limit per task (ticks)")
-    cameras: list[str] = Field(default_factory=list)
+    value: Params = Field(default_factory=dict, description="ValueConfig overrides (steps, hidden, ensemble…)")
+    policy: Params = Field(default_factory=dict, description="NativePolicyConfig overrides (steps, chunk…)")
+    recap: Params = Field(default_factory=dict, description="RecapConfig overrides (advantage_horizon…)")
+    task_max_len: Annotated[dict[Text, Annotated[int, Field(ge=1, le=10**9)]], Field(max_length=1000)] = Field(
+        default_factory=dict, description="Episode time limit per task (ticks)")
+    cameras: Annotated[list[Text], Field(max_length=64)] = Field(default_factory=list)
 
 
 class RunCreate(Strict):
@@ -126,7 +143,7 @@ class RunCreate(Strict):
     selection: Selection = Field(default_factory=Selection)
     recipe: Recipe = Field(default_factory=Recipe)
     first_fit: bool = Field(False, description="Demonstrations-only first fit: indicator fixed to positive.")
-    parent_version: str | None = Field(None, max_length=128)
+    parent_version: Text | None = None
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
@@ -147,8 +164,8 @@ class RunOut(BaseModel):
 
 
 class VersionCreate(Strict):
-    artifact_dir: str = Field(min_length=1, max_length=4096)
-    parent_version: str | None = Field(None, max_length=128)
+    artifact_dir: FsPath
+    parent_version: Text | None = None
 
 
 class VersionOut(BaseModel):
@@ -165,16 +182,16 @@ class VersionOut(BaseModel):
 
 
 class DeploymentCreate(Strict):
-    version: str = Field(min_length=1, max_length=128)
+    version: Annotated[Text, Field(min_length=1)]
     target_kind: Literal["robot", "group", "fleet"] = "fleet"
-    target: str = Field("*", min_length=1, max_length=128)
+    target: Annotated[Text, Field(min_length=1)] = "*"
     stage: Literal["canary", "widen", "deploy"] = "deploy"
-    note: str = Field("", max_length=1000)
+    note: LongText = ""
 
 
 class RollbackIn(Strict):
     target_kind: Literal["robot", "group", "fleet"] = "fleet"
-    target: str = Field("*", min_length=1, max_length=128)
+    target: Annotated[Text, Field(min_length=1)] = "*"
 
 
 class DeploymentOut(BaseModel):

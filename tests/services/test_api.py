@@ -267,3 +267,154 @@ def test_upload_a_lerobot_v3_dataset_as_demonstrations(stack, tmp_path):
         assert job["status"] == "finished" and job["format"] == "lerobot" and len(job["episode_ids"]) == 2, job
         got = c.get("/v1/episodes", params={"robot": "teleop-rig"}).json()
         assert len(got) == 2 and all(e["num_ticks"] == 25 and e["outcome"] == "success" for e in got)
+
+
+def _audit_rows(stack) -> dict[str, dict]:
+    """request id -> audit row (read through the API, as an admin would)."""
+    with stack.client("admin") as c:
+        return {a["detail"].get("request_id"): a for a in c.get("/v1/audit", params={"limit": 100_000}).json()}
+
+
+def test_every_mutating_request_is_audited_and_malformed_bodies_get_a_4xx_message(stack):
+    """Hundreds of malformed JSON bodies (seeded) across every mutating JSON route, plus requests
+    refused before routing (no token, a forged token, a declared body over the limit): each gets a
+    JSON 4xx, none a 5xx, and each has its audit row, matched by its request id."""
+    from tests.services.hostile_api import bad_bodies, marker, send_bad_bodies
+
+    m = marker()
+    bodies = bad_bodies(300, seed=1)
+    ep, _ = record(EpisodeStore(stack.settings.store_root), robot="robot-0", cameras=1)
+    with stack.client("admin") as c:
+        assert c.post("/v1/episodes/register", json={"episode_id": ep.episode_id}).status_code == 200
+        counts = send_bad_bodies(c, bodies, m)
+    assert not any(s >= 500 for s in counts) and sum(counts.values()) == len(bodies), counts
+    assert counts.get(422, 0) > 100, counts
+    refused = {f"{m}-anon": httpx.post(stack.api.url + "/v1/robots", json={"id": "x"}, headers={"X-Request-Id": f"{m}-anon"}),
+               f"{m}-forged": httpx.post(stack.api.url + "/v1/robots", json={"id": "x"},
+                                         headers={"X-Request-Id": f"{m}-forged", "Authorization": "Bearer rcp_forged"})}
+    with stack.client("operator") as c:
+        refused[f"{m}-big"] = c.post("/v1/robots", content=b"{" + b" " * (1 << 20) + b"}",
+                                     headers={"X-Request-Id": f"{m}-big", "Content-Type": "application/json"})
+    assert [r.status_code for r in refused.values()] == [401, 401, 413]
+    assert all(r.json()["detail"] for r in refused.values())
+    rows = _audit_rows(stack)
+    sent = [f"{m}-{i}" for i, (method, *_) in enumerate(bodies) if method in ("POST", "DELETE")] + list(refused)
+    missing = [rid for rid in sent if rid not in rows]
+    assert not missing, missing[:10]
+    assert rows[f"{m}-anon"]["actor"] == "anonymous" and rows[f"{m}-big"]["status"] == 413
+    assert rows[f"{m}-big"]["actor"] == "test-operator"
+
+
+def test_error_bodies_name_no_internals(stack, tmp_path):
+    """Messages about files name them relative to what the caller gave, never by this machine's
+    absolute paths; a conflict does not echo the database's error."""
+    home = stack.settings.home
+    with stack.client("researcher") as c:
+        bad = tmp_path / "deep" / "corrupt"
+        policy_artifact(bad, 9)
+        (bad / "model.safetensors").write_bytes(b"garbage")
+        r = c.post("/v1/versions", json={"artifact_dir": str(bad)})
+        assert r.status_code == 422 and "model.safetensors" in r.json()["detail"]
+        assert str(tmp_path) not in r.text, r.text
+        r = c.post("/v1/versions", json={"artifact_dir": "/tmp/a\x00b"})
+        assert r.status_code == 422 and r.json()["detail"].startswith("body.artifact_dir")
+    with stack.client("teleoperator") as c:
+        r = c.get("/v1/episodes/no-such-episode")
+        assert r.status_code == 404 and home not in r.text and "no committed episode" in r.json()["detail"]
+    with stack.client("operator") as c:
+        r = c.get("/v1/robots/%00")
+        assert r.status_code == 422 and r.headers["x-request-id"]
+
+
+def test_an_internal_error_is_a_500_with_a_ref_audited_and_logged(tmp_path):
+    """A broken catalog (a table dropped under the running API) makes starting a run fail inside the
+    handler: the client gets 500 with a ref and no internals, the audit log has the 500, and the
+    server log has the traceback under the same ref (which is why this stack ends with one)."""
+    import sqlite3
+
+    from tests.services.conftest import running_stack
+
+    with pytest.raises(AssertionError, match="api logged an error"):
+        with running_stack(tmp_path) as stack:
+            db = sqlite3.connect(stack.settings.store_root / "catalog.sqlite")
+            db.execute("ALTER TABLE episodes RENAME TO episodes_gone")
+            db.commit()
+            db.close()
+            with stack.client("researcher") as c:
+                r = c.post("/v1/runs", json={"method": "bc"}, headers={"X-Request-Id": "broken-catalog-1"})
+            assert r.status_code == 500, r.text
+            assert r.json() == {"detail": "internal error (ref broken-catalog-1)"}
+            row = _audit_rows(stack)["broken-catalog-1"]
+            assert row["status"] == 500 and row["action"] == "POST /v1/runs" and row["actor"] == "test-researcher"
+            log = stack.api.log_text()
+            assert "internal error (ref broken-catalog-1)" in log and "no such table: episodes" in log
+
+
+def test_anonymous_bodies_are_refused_before_they_are_read(stack):
+    """Auth comes before the body: anonymous 100 MB bodies (declared, or streamed without a length)
+    are answered 401 without the API buffering them; an authenticated one over the limit gets 413."""
+    import psutil
+
+    proc = psutil.Process(stack.api.popen.pid)
+    before = proc.memory_info().rss
+
+    def chunks(n=100):
+        for _ in range(n):
+            yield b"x" * (1 << 20)
+
+    for headers in ({}, {"Authorization": "Bearer rcp_forged"}):
+        for content in (b"x" * (100 << 20), chunks()):
+            try:
+                r = httpx.post(stack.api.url + "/v1/episodes/upload", content=content, headers=headers, timeout=60)
+                assert r.status_code == 401, r.text
+            except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
+                pass  # the server answered and closed while the client still sent: refused either way
+    assert proc.memory_info().rss - before < 16 << 20
+    with stack.client("operator") as c:
+        r = c.post("/v1/robots", content=chunks(2), headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["detail"]
+
+
+def test_docs_work_offline_and_pages_carry_security_headers(stack):
+    import re
+
+    docs = httpx.get(stack.api.url + "/docs")
+    assert docs.status_code == 200
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", docs.text) + re.findall(r"url: ?'([^']+)'", docs.text)
+    assert urls and not [u for u in urls if "://" in u or u.startswith("//")], urls
+    assert "https://" not in docs.text and "http://" not in docs.text
+    for u in urls:
+        r = httpx.get(stack.api.url + u)
+        assert r.status_code == 200 and len(r.content) > 0, u
+    page = httpx.get(stack.api.url + "/")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert "<script>" not in page.text and "style=" not in page.text  # all script and style from files
+    for asset in ("/static/dashboard.js", "/static/dashboard.css"):
+        assert httpx.get(stack.api.url + asset).status_code == 200
+    assert "innerHTML" not in httpx.get(stack.api.url + "/static/dashboard.js").text
+
+
+def test_tokens_in_a_query_string_never_reach_the_access_log(stack, tmp_path):
+    """`recap serve api` logs every request; a client that puts a token in the query string does not
+    get it written there (the API reads tokens from the Authorization header only)."""
+    import sys
+
+    from services.launch import free_port, start_process, wait_healthy
+
+    port = free_port()
+    api = start_process("api-logged", [sys.executable, "-m", "data.cli_root", "serve", "api", "--port", str(port)],
+                        tmp_path / "logs", {**stack.env(), "RECAP_HOME": str(tmp_path / "home2")})
+    api.url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(api)
+        secret = "rcp_secret_in_query"
+        r = httpx.get(api.url + f"/v1/robots?token={secret}&x=1")
+        assert r.status_code == 401  # a query token is no credential
+        httpx.get(api.url + f"/healthz?access_token={secret}")
+    finally:
+        api.stop()
+    log = api.log_text()
+    assert "/v1/robots?token=***&x=1" in log and "access_token=***" in log, log[-2000:]
+    assert secret not in log

@@ -1,28 +1,22 @@
 """The dashboard page in headless Chromium (Selenium, Debian's chromium + chromium-driver) against the
-real API: fleet, training runs, per-version plots, episodes with camera playback."""
+real API: fleet, training runs, per-version plots, episodes with camera playback; markup put into
+every user-controlled field through the API is shown as text and creates no element."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from data.store import EpisodeStore
 from tests.services.conftest import policy_artifact
+from tests.services.hostile_api import dashboard_verdict, headless_chromium, inject_dashboard_fields
 from tests.store.helpers import T0, record
 
 
 @pytest.fixture
 def browser():
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    opts.binary_location = shutil.which("chromium")
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    driver = headless_chromium()
     try:
         yield driver
     finally:
@@ -55,3 +49,14 @@ def test_dashboard_shows_fleet_versions_runs_and_plays_back_an_episode(stack, br
         lambda d: int(d.find_element(By.ID, "playback").get_attribute("data-tick") or -1) >= 10)
     size = browser.execute_script("const i = document.getElementById('playback'); return [i.naturalWidth, i.naturalHeight];")
     assert size == [64, 48]  # a real decoded camera frame
+
+
+def test_markup_in_every_user_controlled_field_is_shown_as_text(stack, browser, tmp_path):
+    inj = inject_dashboard_fields(stack, str(policy_artifact(tmp_path / "a", 1)))
+    assert len(inj.tried) >= 20 and len({f for f, _ in inj.tried}) == 4
+    verdict = dashboard_verdict(browser, stack.api.url, stack.tokens["operator"], inj)
+    assert verdict == {"elements": 0, "scripts_ran": 0, "not_shown_literally": [], "error": ""}, verdict
+    cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#fleet tbody td")]
+    assert '<b id=pwn0b>bold</b>' in cells
+    notes = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#deployments tbody td:last-child")]
+    assert '"><svg id=pwn0c onload="window.__pwned=(window.__pwned||0)+1">' in notes

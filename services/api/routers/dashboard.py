@@ -1,5 +1,7 @@
-"""The dashboard: one HTML page (no external assets: robots' networks are often closed) reading the
-same API with the viewer's token, and the per-version statistics it plots."""
+"""The dashboard: one HTML page with its script and style sheet (no external assets: robots'
+networks are often closed) reading the same API with the viewer's token, and the per-version
+statistics it plots. The page's script builds the DOM from text only (static/dashboard.js); the
+gate's Content-Security-Policy allows no inline script."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from services.api.context import AppContext, ctx, principal
 from services.auth import Principal
 
 router = APIRouter(tags=["dashboard"])
-PAGE = Path(__file__).resolve().parents[1] / "static" / "dashboard.html"
+STATIC = Path(__file__).resolve().parents[1] / "static"  # served at /static
+PAGE = STATIC / "dashboard.html"
 RESET_S = 2.0  # robot time charged per episode for the throughput figure (as in the benchmarks)
 
 

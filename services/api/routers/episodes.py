@@ -37,7 +37,7 @@ from data.transfer import (
 )
 from services import worker
 from services.api.context import AppContext, ctx, principal, require
-from services.api.schemas import EpisodeOut, EpisodeRegister, LabelIn, UploadForm, UploadJobOut
+from services.api.schemas import EpisodeOut, EpisodeRegister, LabelIn, Text, UploadForm, UploadJobOut
 from services.auth import Principal
 from services.worker import import_queue_name
 
@@ -59,9 +59,9 @@ def _open(c: AppContext, episode_id: str):
 
 
 @router.get("", response_model=list[EpisodeOut], summary="Episodes matching every given filter")
-def list_episodes(robot: list[str] | None = Query(None), task: list[str] | None = Query(None),
-                  outcome: list[str] | None = Query(None), policy_version: list[str] | None = Query(None),
-                  status: list[str] | None = Query(None), since_ns: int | None = Query(None, ge=0, le=2**63 - 1),
+def list_episodes(robot: list[Text] | None = Query(None), task: list[Text] | None = Query(None),
+                  outcome: list[Text] | None = Query(None), policy_version: list[Text] | None = Query(None),
+                  status: list[Text] | None = Query(None), since_ns: int | None = Query(None, ge=0, le=2**63 - 1),
                   until_ns: int | None = Query(None, ge=0, le=2**63 - 1), limit: int = Query(500, ge=1, le=100_000),
                   _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
     for o in outcome or []:

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from services.api.context import AppContext, ctx, now_ns, principal, require
 from services.api.publish import publish_serving_state
-from services.api.schemas import Heartbeat, RobotCreate, RobotOut
+from services.api.schemas import Heartbeat, Id, RobotCreate, RobotOut
 from services.auth import Principal
 from services.control.models import Robot
 from services.registry import assignments
@@ -43,7 +43,7 @@ def list_robots(_: Principal = Depends(principal), c: AppContext = Depends(ctx))
 
 
 @router.get("/{robot_id}", response_model=RobotOut)
-def get_robot(robot_id: str, _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
+def get_robot(robot_id: Id, _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
     with c.db.session() as s:
         r = s.get(Robot, robot_id)
         if r is None:
@@ -52,7 +52,7 @@ def get_robot(robot_id: str, _: Principal = Depends(principal), c: AppContext = 
 
 
 @router.post("/{robot_id}/heartbeat", response_model=RobotOut, summary="A robot reports it is alive and what it runs")
-def heartbeat(robot_id: str, body: Heartbeat, p: Principal = Depends(require("robots.heartbeat")),
+def heartbeat(robot_id: Id, body: Heartbeat, p: Principal = Depends(require("robots.heartbeat")),
               c: AppContext = Depends(ctx)):
     if p.robot_id is not None and p.robot_id != robot_id:
         raise HTTPException(403, f"this token speaks for robot {p.robot_id}, not {robot_id}")

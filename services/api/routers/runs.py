@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from services import worker
 from services.api.context import AppContext, ctx, now_ns, principal, require
-from services.api.schemas import RunCreate, RunOut
+from services.api.schemas import Id, RunCreate, RunOut, Text
 from services.auth import Principal
 from services.control.models import PolicyVersion, TrainingRun
 
@@ -54,7 +54,7 @@ def start_run(body: RunCreate, p: Principal = Depends(require("runs.start")), c:
 
 
 @router.get("", response_model=list[RunOut], summary="Training runs, newest first")
-def list_runs(status: str | None = Query(None, max_length=16), limit: int = Query(100, ge=1, le=10_000),
+def list_runs(status: Text | None = Query(None, max_length=16), limit: int = Query(100, ge=1, le=10_000),
               _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
     with c.db.session() as s:
         q = select(TrainingRun).order_by(TrainingRun.created_at_ns.desc()).limit(limit)
@@ -64,13 +64,13 @@ def list_runs(status: str | None = Query(None, max_length=16), limit: int = Quer
 
 
 @router.get("/{run_id}", response_model=RunOut, summary="Status, phase, progress and metrics")
-def get_run(run_id: str, _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
+def get_run(run_id: Id, _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
     with c.db.session() as s:
         return _out(_get(s, run_id))
 
 
 @router.post("/{run_id}/cancel", response_model=RunOut, summary="Cancel a queued or running training run")
-def cancel_run(run_id: str, _: Principal = Depends(require("runs.cancel")), c: AppContext = Depends(ctx)):
+def cancel_run(run_id: Id, _: Principal = Depends(require("runs.cancel")), c: AppContext = Depends(ctx)):
     with c.db.session() as s:
         run = _get(s, run_id)
         if run.status in ("finished", "failed", "cancelled"):
@@ -93,7 +93,7 @@ def _run_dir(c: AppContext, run_id: str) -> Path:
 
 
 @router.get("/{run_id}/logs", response_class=PlainTextResponse, summary="The worker's log of this run")
-def run_logs(run_id: str, tail: int = Query(200, ge=1, le=100_000), _: Principal = Depends(principal),
+def run_logs(run_id: Id, tail: int = Query(200, ge=1, le=100_000), _: Principal = Depends(principal),
              c: AppContext = Depends(ctx)):
     f = _run_dir(c, run_id) / "worker.log"
     if not f.exists():
@@ -102,7 +102,7 @@ def run_logs(run_id: str, tail: int = Query(200, ge=1, le=100_000), _: Principal
 
 
 @router.get("/{run_id}/artifacts", summary="Files the run wrote (relative paths and sizes)")
-def run_artifacts(run_id: str, _: Principal = Depends(principal), c: AppContext = Depends(ctx)) -> list[dict]:
+def run_artifacts(run_id: Id, _: Principal = Depends(principal), c: AppContext = Depends(ctx)) -> list[dict]:
     d = _run_dir(c, run_id)
     if not d.exists():
         return []
@@ -112,7 +112,7 @@ def run_artifacts(run_id: str, _: Principal = Depends(principal), c: AppContext 
 
 @router.get("/{run_id}/curves.png", response_class=FileResponse, summary="Loss curves",
             responses={200: {"content": {"image/png": {}}}})
-def run_curves(run_id: str, _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
+def run_curves(run_id: Id, _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
     f = _run_dir(c, run_id) / "curves.png"
     if not f.exists():
         raise HTTPException(404, f"run {run_id} has no loss curves yet")

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from services.api.context import AppContext, ctx, now_ns, require
 from services.api.publish import publish_serving_state
-from services.api.schemas import TokenCreate, TokenCreated, TokenOut
+from services.api.schemas import Id, TokenCreate, TokenCreated, TokenOut
 from services.auth import Principal, Role, new_token, token_digest
 from services.control.models import ApiToken
 
@@ -44,7 +44,7 @@ def list_tokens(_: Principal = Depends(require("tokens.create")), c: AppContext 
 
 
 @router.delete("/{name}", response_model=TokenOut, summary="Revoke a token")
-def revoke_token(name: str, _: Principal = Depends(require("tokens.revoke")), c: AppContext = Depends(ctx)):
+def revoke_token(name: Id, _: Principal = Depends(require("tokens.revoke")), c: AppContext = Depends(ctx)):
     with c.db.session() as s:
         t = s.scalar(select(ApiToken).where(ApiToken.name == name))
         if t is None:

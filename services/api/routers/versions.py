@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from sqlalchemy import select
 
 from services.api.context import AppContext, ctx, principal, require
-from services.api.schemas import VersionCreate, VersionOut
+from services.api.schemas import Id, VersionCreate, VersionOut
 from services.auth import Principal
 from services.control.models import PolicyVersion
 from services.registry import RegistryError, register_version
@@ -27,7 +27,7 @@ def list_versions(_: Principal = Depends(principal), c: AppContext = Depends(ctx
 
 
 @router.get("/{version_id}", response_model=VersionOut)
-def get_version(version_id: str, _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
+def get_version(version_id: Id, _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
     with c.db.session() as s:
         v = s.get(PolicyVersion, version_id)
         if v is None:

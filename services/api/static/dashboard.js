@@ -1,0 +1,120 @@
+// The fleet dashboard. Every value the API returns is untrusted text (robots report their own
+// version, uploads carry their own task and instruction): it reaches the page only through
+// textContent and setAttribute, never as HTML; the server's Content-Security-Policy forbids inline script.
+"use strict";
+const $ = (s) => document.querySelector(s);
+const tokenInput = $("#token");
+tokenInput.value = localStorage.getItem("recap-token") || new URLSearchParams(location.hash.slice(1)).get("token") || "";
+if (location.hash) history.replaceState(null, "", location.pathname);  // the token does not stay in the address bar
+const headers = () => ({ Authorization: "Bearer " + tokenInput.value });
+async function api(path) {
+  const r = await fetch(path, { headers: headers() });
+  if (!r.ok) throw new Error(path + ": " + r.status + " " + (await r.text()));
+  return r;
+}
+const ago = (ns) => ns ? Math.round((Date.now() - ns / 1e6) / 1000) + " s ago" : "never";
+const pct = (x) => x == null ? "–" : (100 * x).toFixed(0) + "%";
+const when = (ns) => new Date(ns / 1e6).toISOString().replace("T", " ").slice(0, 19);
+
+// el("td", {class: "ok"}, "text", child, ...): attributes by setAttribute, strings as text nodes
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(c == null ? "" : String(c)));
+  return e;
+}
+const SVG = "http://www.w3.org/2000/svg";
+function svgEl(tag, attrs, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text != null) e.textContent = String(text);
+  return e;
+}
+// one <tr> per item: f(item) -> [row attributes, cells]; a cell is text, a Node, or [attributes, content]
+function rows(sel, items, f) {
+  $(sel + " tbody").replaceChildren(...items.map(item => {
+    const [attrs, cells] = f(item);
+    return el("tr", attrs, ...cells.map(c => Array.isArray(c) ? el("td", c[0], c[1]) : el("td", {}, c)));
+  }));
+}
+
+function plot(svgSel, series, key, label) {
+  const svg = $(svgSel), W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), P = 36;
+  const pts = Object.entries(series).flatMap(([v, s]) => s.series.filter(p => p[key] != null).map(p => [p.t, p[key]]));
+  if (!pts.length) { svg.replaceChildren(svgEl("text", { x: P, y: 20 }, label + ": no data yet")); return; }
+  const t0 = Math.min(...pts.map(p => p[0])), t1 = Math.max(...pts.map(p => p[0])) || t0 + 1;
+  const y1 = Math.max(...pts.map(p => p[1])) || 1;
+  const X = (t) => P + (W - 2 * P) * (t1 > t0 ? (t - t0) / (t1 - t0) : 0.5), Y = (y) => H - P - (H - 2 * P) * y / y1;
+  const colours = ["#3b82f6", "#ef4444", "#10b981", "#f59e0b", "#8b5cf6", "#06b6d4", "#84cc16"];
+  const out = [svgEl("text", { x: P, y: 14 }, label),
+    svgEl("line", { x1: P, y1: H - P, x2: W - P, y2: H - P, stroke: "#999" }),
+    svgEl("line", { x1: P, y1: P, x2: P, y2: H - P, stroke: "#999" }),
+    svgEl("text", { x: 2, y: P + 4 }, y1.toFixed(2)), svgEl("text", { x: 2, y: H - P }, "0")];
+  Object.entries(series).forEach(([v, s], i) => {
+    const c = colours[i % colours.length], ps = s.series.filter(p => p[key] != null);
+    out.push(svgEl("polyline", { fill: "none", stroke: c, "stroke-width": 2,
+                                 points: ps.map(p => X(p.t) + "," + Y(p[key])).join(" ") }));
+    ps.forEach(p => out.push(svgEl("circle", { cx: X(p.t), cy: Y(p[key]), r: 3, fill: c })));
+    out.push(svgEl("text", { x: W - P - 60, y: P + 14 * i, fill: c, class: "legend" }, v));
+  });
+  svg.replaceChildren(...out);
+}
+
+async function playback(id, cameras, ticks) {
+  if (!cameras.length) { $("#playback-title").textContent = id + ": no camera recorded"; return; }
+  const cam = cameras[0], step = Math.max(1, Math.floor(ticks / 60));
+  $("#playback-title").textContent = `${id} — ${cam}`;
+  for (let t = 0; t < ticks; t += step) {
+    const blob = await (await api(`/v1/episodes/${encodeURIComponent(id)}/frames/${encodeURIComponent(cam)}/${t}`)).blob();
+    $("#playback").src = URL.createObjectURL(blob);
+    $("#playback").dataset.tick = t;
+    await new Promise(r => setTimeout(r, 60));
+  }
+}
+
+function bar(fraction) {
+  const fill = el("span");
+  fill.style.width = (100 * fraction).toFixed(0) + "%";
+  return el("span", {}, el("span", { class: "bar" }, fill), " " + pct(fraction));
+}
+
+async function refresh() {
+  localStorage.setItem("recap-token", tokenInput.value);
+  $("#error").textContent = "";
+  try {
+    const [robots, runs, stats, deployments, episodes] = await Promise.all(
+      ["/v1/robots", "/v1/runs", "/v1/stats/versions", "/v1/deployments?limit=50", "/v1/episodes?limit=200"]
+        .map(p => api(p).then(r => r.json())));
+    rows("#fleet", robots, r => [{ "data-robot": r.id },
+      [r.id, r.group, r.assigned_version || "–", r.reported_version || "–", ago(r.last_seen_ns)]]);
+    rows("#runs", runs, r => [{ "data-run": r.id },
+      [r.id, r.spec.method, r.status, bar(r.progress), r.version_id || "–", JSON.stringify(r.spec.recipe || {})]]);
+    rows("#versions", Object.entries(stats), ([v, s]) => [{ "data-version": v },
+      [v, s.episodes, pct(s.success_rate), s.throughput_per_h.toFixed(0), pct(s.correction_rate)]]);
+    plot("#plot-success", stats, "success_rate", "success rate over time");
+    plot("#plot-throughput", stats, "throughput_per_h", "throughput (successes/h) over time");
+    rows("#deployments", deployments, d => [{ "data-deployment": d.id },
+      [when(d.created_at_ns), d.version_id, d.target_kind + ":" + d.target, d.stage, d.created_by, d.note]]);
+    rows("#episodes", episodes.slice().reverse(), e => [{ "data-episode": e.id, "data-ticks": e.num_ticks },
+      [e.id, e.robot_id, e.task_id, e.instruction,
+       [{ class: e.outcome === "success" ? "ok" : e.outcome === "failure" ? "bad" : "muted" }, e.outcome],
+       pct(e.correction_rate), e.num_ticks, e.policy_versions.join(", ")]]);
+    document.querySelectorAll("#episodes tbody tr").forEach(tr => tr.onclick = async () => {
+      document.querySelectorAll("#episodes tr.sel").forEach(x => x.classList.remove("sel"));
+      tr.classList.add("sel");
+      const ep = await (await api(`/v1/episodes/${encodeURIComponent(tr.dataset.episode)}`)).json();
+      playback(ep.id, ep.cameras, ep.num_ticks);
+    });
+    const done = runs.find(r => r.status === "finished");
+    if (done) {
+      const blob = await (await api(`/v1/runs/${encodeURIComponent(done.id)}/curves.png`)).blob();
+      const img = el("img", { id: "curves-img", width: "100%" });
+      img.src = URL.createObjectURL(blob);
+      $("#curves").replaceChildren(el("div", { class: "muted" }, "loss curves of " + done.id), img);
+    }
+    document.body.dataset.loaded = "1";
+  } catch (e) { $("#error").textContent = e.message; }
+}
+$("#refresh").onclick = refresh;
+if (tokenInput.value) refresh();
+setInterval(() => tokenInput.value && refresh(), 5000);
