@@ -49,7 +49,7 @@ def register_version(s: Session, artifact_dir: str | Path, *, created_by: str, r
     try:
         s.flush()
     except IntegrityError as e:  # a concurrent registration took the number or the run
-        raise RegistryError(f"version registration raced, retry: {e.orig}") from e
+        raise RegistryError("version registration raced with another, retry") from e
     return v
 
 
