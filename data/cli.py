@@ -207,7 +207,7 @@ def export_cmd(
     """Export a selection of episodes as a LeRobot v3 dataset (offline), with action source columns."""
     from tqdm import tqdm
 
-    from data.lerobot_io import export_lerobot
+    from data.lerobot_io import ExportVerificationError, export_lerobot
 
     st, cat = _open(store, catalog)
     rows = _select(cat, robot, task, outcome, policy_version, status, since, until, limit)
@@ -215,8 +215,13 @@ def export_cmd(
         console.print("[red]error:[/red] no episode matches the selection")
         raise typer.Exit(1)
     bar = tqdm(total=len(rows), unit="episode", desc="export")
-    export_lerobot(st, [r.id for r in rows], out, repo_id=repo_id, use_videos=videos,
-                   progress=lambda i, n: bar.update(1))
+    try:
+        export_lerobot(st, [r.id for r in rows], out, repo_id=repo_id, use_videos=videos,
+                       progress=lambda i, n: bar.update(1))
+    except ExportVerificationError as e:
+        bar.close()
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
     bar.close()
     console.print(f"exported {len(rows)} episodes to {out}")
 
