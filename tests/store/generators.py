@@ -110,3 +110,26 @@ class BusyLoops:
             p.kill()
         for p in self.procs:
             p.wait()
+
+
+ROUND_TRIP_FIELDS = ("robot_id", "task_id", "instruction", "fps", "features", "start_time_ns", "end_time_ns",
+                     "num_ticks", "outcome", "outcome_labeller", "policy_versions")
+
+
+def round_trip_differences(a: EpisodeData, b: EpisodeData) -> list[str]:
+    """Names of what episode `b` (read back from a LeRobot export of `a`) lost or changed; images are
+    compared by the tests (a video codec is lossy)."""
+    ia, ib = a.info, b.info
+    lost = [f for f in ROUND_TRIP_FIELDS if getattr(ib, f) != getattr(ia, f)]
+    lost += [f"extra.{k}" for k in ("robot_type", "joint_names") if ib.extra.get(k) != ia.extra.get(k)]
+    if ib.extra.get("exported_episode_id") != ia.episode_id:
+        lost.append("episode id")
+    for name in ("timestamps_ns", "state", "action", "action_source"):
+        x, y = getattr(a, name), getattr(b, name)
+        if x.shape != y.shape or not np.array_equal(x, y):
+            lost.append(name)
+    if [b.policy_version(t) for t in range(len(b))] != [a.policy_version(t) for t in range(len(a))]:
+        lost.append("policy version per tick")
+    if b.cameras != a.cameras:
+        lost.append("cameras")
+    return lost
