@@ -242,7 +242,7 @@ def import_cmd(
 
     st, cat = _open(store, catalog, create=True)
     bar = tqdm(unit="episode", desc="import")
-    ids = import_lerobot(source, st, robot_id=robot, task_id=task, labeller=by,
+    ids = import_lerobot(source, st, robot_id=robot, task_id=task, labeller=by, keep_labels=True,
                          progress=lambda i, n: (setattr(bar, "total", n), bar.update(1)))
     bar.close()
     cat.register_many(st.open(e) for e in ids)

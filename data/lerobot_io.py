@@ -200,14 +200,17 @@ def import_lerobot(
     labeller: str = "lerobot-import",
     state_key: str = STATE_KEY,
     action_key: str = ACTION_KEY,
+    keep_labels: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Read every episode of a local LeRobot v3 dataset into the store. Returns the new episode ids.
 
-    A recap export comes back with its outcomes (and labellers), action sources, policy versions,
-    robot, task, robot_type and joint names (`robot_id` / `task_id` override them). Any other dataset
-    comes in as demonstrations (ticks flagged `is_intervention` as corrections), outcome success
-    labelled by `labeller`, under `robot_id` (required then)."""
+    A recap export comes back with its action sources, policy versions, robot, task, robot_type and
+    joint names (`robot_id` / `task_id` override them); with `keep_labels` also with its outcomes,
+    labellers and episode attributes (an operator's own export; never for uploads, whose labels only
+    the API creates). Any other dataset comes in as demonstrations (ticks flagged `is_intervention` as
+    corrections), under `robot_id` (required then). Without kept labels the outcome is success,
+    labelled by `labeller`."""
     root = Path(root)
     ds = _lerobot()(repo_id, root=root)
     meta = ds.meta
@@ -243,7 +246,7 @@ def import_lerobot(
         first = ds[int(rows[0])]
         task_text = str(first.get("task", ""))
         side = sidecar.get(int(e), {})
-        extra = dict(side.get("extra", {}))
+        extra = dict(side.get("extra", {})) if keep_labels else {}
         extra.pop("source_counts", None)  # counted again at commit
         extra.update({"imported_from": root.name, "lerobot_episode_index": int(e)})
         if side:
@@ -283,7 +286,7 @@ def import_lerobot(
                     version = versions[int(item["policy_version"])]
                 w.append(Tick(ts, np.asarray(item[state_key]), np.asarray(item[action_key]), source, images,
                               policy_version=version))
-            if side:
+            if side and keep_labels:
                 info = w.commit(Outcome(side["outcome"]), side.get("outcome_labeller"))
             else:
                 info = w.commit(Outcome.SUCCESS, labeller)

@@ -47,7 +47,7 @@ def test_video_export_and_import_round_trip(two_episodes, tmp_path):
     store, eps = two_episodes
     export_lerobot(store, [e.episode_id for e in eps], tmp_path / "lr", use_videos=True)
     other = EpisodeStore(tmp_path / "other")
-    ids = import_lerobot(tmp_path / "lr", other, robot_id="lab-arm", task_id="push")
+    ids = import_lerobot(tmp_path / "lr", other, robot_id="lab-arm", task_id="push", keep_labels=True)
     assert len(ids) == 2
     for src, eid in zip(eps, ids):
         ep = other.open(eid)
@@ -90,7 +90,7 @@ def test_round_trip_keeps_every_field(tmp_path):
     np.testing.assert_array_equal(flags, src == ActionSource.CORRECTION)
 
     other = EpisodeStore(tmp_path / "other")
-    ids = import_lerobot(tmp_path / "lr", other)
+    ids = import_lerobot(tmp_path / "lr", other, keep_labels=True)
     assert len(ids) == 2
     for a, eid in zip(eps, ids):
         b = other.open(eid)
@@ -100,6 +100,13 @@ def test_round_trip_keeps_every_field(tmp_path):
             for t in (0, len(a) - 1):
                 assert_images_close(b.image(cam, t), a.image(cam, t), tol=12.0)
     assert other.open(ids[0]).info.outcome_labeller == "carol"
+
+    # an upload does not keep labels: the outcome is the importer's, the attributes its own
+    untrusted = import_lerobot(tmp_path / "lr", other, robot_id="up", labeller="api-upload")
+    ep = other.open(untrusted[0])
+    assert (ep.info.outcome, ep.info.outcome_labeller, ep.info.robot_id) == (Outcome.SUCCESS, "api-upload", "up")
+    assert "operator" not in ep.info.extra
+    np.testing.assert_array_equal(ep.action_source, eps[0].action_source)
 
 
 def test_foreign_dataset_imports_interventions_as_corrections(tmp_path):
