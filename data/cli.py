@@ -220,15 +220,20 @@ def export_cmd(
     """Export a selection of episodes as a LeRobot v3 dataset (offline), with action source columns."""
     from tqdm import tqdm
 
-    from data.lerobot_io import export_lerobot
+    from data.lerobot_io import ExportVerificationError, export_lerobot
 
     st, cat = open_store(store, catalog)
     rows = _select(cat, robot, task, outcome, policy_version, status, since, until, limit)
     if not rows:
         raise UserError("no episode matches the selection")
     bar = tqdm(total=len(rows), unit="episode", desc="export")
-    export_lerobot(st, [r.id for r in rows], out, repo_id=repo_id, use_videos=videos,
-                   progress=lambda i, n: bar.update(1))
+    try:
+        export_lerobot(st, [r.id for r in rows], out, repo_id=repo_id, use_videos=videos,
+                       progress=lambda i, n: bar.update(1))
+    except ExportVerificationError as e:
+        bar.close()
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
     bar.close()
     console.print(f"exported {len(rows)} episodes to {out}")
 
@@ -252,7 +257,7 @@ def import_cmd(
         raise typer.BadParameter(f"{source} is not a LeRobot v3 dataset (no meta/info.json)", param_hint="SOURCE")
     st, cat = open_store(store, catalog, create=True)
     bar = tqdm(unit="episode", desc="import")
-    ids = import_lerobot(source, st, robot_id=robot, task_id=task, labeller=by,
+    ids = import_lerobot(source, st, robot_id=robot, task_id=task, labeller=by, keep_labels=True,
                          progress=lambda i, n: (setattr(bar, "total", n), bar.update(1)))
     bar.close()
     cat.register_many(st.open(e) for e in ids)

@@ -13,6 +13,9 @@ The rules that keep it crash-safe, in one place:
   them (named `<labelled_at_ns, 20 digits>-<6 hex>.json`, never dated before the commit).
 - An episode's directory name, its manifest's `episode_id` and its attributes' `episode_id` are the
   same id, of the form `new_episode_id` makes (EPISODE_ID_RE); a directory that disagrees is corrupt.
+- A committed episode has at least MIN_EPISODE_TICKS ticks of finite values: commit refuses (and
+  discards) a shorter one. Episodes from older stores or other paths may still break this;
+  `EpisodeData.defect()` says why, and training selections leave such episodes out.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from data.codecs import JpegCodec
 from data.files import FileLock, atomic_write_json, fsync_dir, is_disk_full
 from data.schema import (
     ACTION,
+    ActionSource,
     ACTION_SOURCE,
     IMAGES,
     POLICY_VERSION,
@@ -83,6 +87,13 @@ class StoreFullError(StoreError):
 
 class EpisodeNotFound(StoreError, KeyError):
     pass
+
+
+class DegenerateEpisodeError(StoreError):
+    """An episode too short to commit (or to train on); the message names it and says why."""
+
+
+MIN_EPISODE_TICKS = 2  # one tick has no transition: nothing to learn a value or an action chunk from
 
 
 def new_episode_id(robot_id: str) -> str:
@@ -355,6 +366,33 @@ class EpisodeData:
         stop = len(self) if stop is None else min(stop, len(self))
         return self._image_array(camera)[start:stop]
 
+    def defect(self) -> str | None:
+        """Why this episode cannot be trained on (too short, arrays of another length than its tick
+        count, non-finite values, unreadable), or None when it can."""
+        n = self.info.num_ticks
+        if n < MIN_EPISODE_TICKS:
+            return f"{n} tick{'s' if n != 1 else ''} (at least {MIN_EPISODE_TICKS} needed)"
+        try:
+            for name in (TIMESTAMP, STATE, ACTION, ACTION_SOURCE):
+                rows = self.group[name].shape[0]
+                if rows < n:
+                    return f"{name} has {rows} rows for {n} ticks"
+                values = self.array(name)
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    t = int(np.flatnonzero(~np.isfinite(values).reshape(n, -1).all(axis=1))[0])
+                    return f"{name} has NaN or infinite values (first at tick {t})"
+            for cam in self.cameras:
+                rows = self._image_array(cam).shape[0]
+                if rows < n:
+                    return f"camera {cam} has {rows} frames for {n} ticks"
+            if not (np.diff(self.timestamps_ns) > 0).all():
+                return f"{TIMESTAMP} does not increase"
+            if int(self.action_source.max()) > max(ActionSource):
+                return f"{ACTION_SOURCE} has unknown values"
+        except (KeyError, OSError, ValueError) as e:  # the reason travels to API clients: no paths
+            return f"unreadable ({type(e).__name__}; see `recap data fsck`)"
+        return None
+
 
 @dataclass
 class _Chunk:
@@ -478,9 +516,17 @@ class EpisodeWriter:
             self._buffer = self._new_chunk(self._num_ticks)
 
     def commit(self, outcome: Outcome | str = Outcome.UNKNOWN, labeller: str | None = None) -> EpisodeInfo:
-        """Flush the rest, then make the episode visible with its manifest. Returns its attributes."""
+        """Flush the rest, then make the episode visible with its manifest. Returns its attributes.
+
+        An episode of fewer than MIN_EPISODE_TICKS ticks is refused: the writer closes, the episode is
+        discarded (there is nothing to recover) and DegenerateEpisodeError says so."""
         self._check_usable()
         outcome = Outcome(outcome)
+        if self._num_ticks < MIN_EPISODE_TICKS:
+            self._discard()
+            raise DegenerateEpisodeError(
+                f"episode {self.episode_id} has {self._num_ticks} tick{'s' if self._num_ticks != 1 else ''} "
+                f"(at least {MIN_EPISODE_TICKS} needed): not committed, discarded")
         if self._buffer.n:
             self._enqueue(self._buffer)
         self._finish_thread()
@@ -521,6 +567,19 @@ class EpisodeWriter:
         self._fail(StoreError("abandoned"))
         self._finish_thread()
         self._close()
+
+    def _discard(self) -> None:
+        """Stop writing and delete the episode directory while still holding its lock."""
+        self._fail(StoreError("discarded"))
+        self._finish_thread()
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        try:  # hidden first, so no listing sees it half deleted; fsck removes the rest after a crash
+            hidden = self.store.episodes_dir / f".{self.episode_id}{CREATING_SUFFIX}"
+            os.rename(self.path, hidden)
+            shutil.rmtree(hidden, ignore_errors=True)
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "EpisodeWriter":
         return self

@@ -37,7 +37,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from data.schema import ActionSource, CameraSpec, EpisodeFeatures, Outcome, Tick
-from data.store import EpisodeStore
+from data.store import DegenerateEpisodeError, EpisodeStore
 from robot_bridge.arbitration import ActionArbiter, SampleBuffer
 from robot_bridge.policy_client import PolicyClient
 from robot_bridge.registration import PendingRegistrations
@@ -247,7 +247,12 @@ class BridgeNode(Node):
         if w is None:
             resp.success, resp.message = False, "no episode is running"
             return resp
-        info = w.commit(Outcome.SUCCESS if req.data else Outcome.FAILURE, f"bridge:{self.robot_id}")
+        try:
+            info = w.commit(Outcome.SUCCESS if req.data else Outcome.FAILURE, f"bridge:{self.robot_id}")
+        except DegenerateEpisodeError as e:  # e.g. no joint state arrived: nothing worth keeping
+            resp.success, resp.message = False, str(e)
+            self.get_logger().warning(str(e))
+            return resp
         self.registrations.add(info.episode_id)
         self.last_committed = info.episode_id
         resp.success, resp.message = True, info.episode_id

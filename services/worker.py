@@ -168,7 +168,8 @@ class _Progress:
 
 
 def train(run_id: str) -> str | None:
-    """The RQ job: returns the registered version id (None when cancelled)."""
+    """The RQ job: returns the registered version id (None when cancelled, or when the data leaves
+    nothing to train on: the run fails with a message naming the episodes, and is not retried)."""
     from training.runs import run_training
 
     settings = ServiceSettings.from_env()
@@ -206,9 +207,15 @@ def train(run_id: str) -> str | None:
             log.info("run %s cancelled", run_id)
             return None
         except Exception as e:
+            from training.runs import TrainingDataError
+
             with db.session() as s:
                 run = s.get(TrainingRun, run_id)
-                run.status, run.error = "failed", f"{type(e).__name__}: {e}"
+                run.status, run.finished_at_ns = "failed", time.time_ns()
+                run.error = str(e) if isinstance(e, TrainingDataError) else f"{type(e).__name__}: {e}"
+            if isinstance(e, TrainingDataError):  # the data decides: a retry would fail the same way
+                log.error("run %s stopped: %s", run_id, e)
+                return None
             log.exception("run %s failed", run_id)
             raise
         with db.session() as s:  # one transaction: the version and the run's final state

@@ -206,7 +206,7 @@ def export_cmd(
     (`advantage`, `advantage_indicator`), so LeRobot's tools can train and visualise them."""
     import numpy as np
 
-    from data.lerobot_io import export_lerobot
+    from data.lerobot_io import ExportVerificationError, export_lerobot
     from data.store import EpisodeStore
     from training.advantages import AdvantageLabels
 
@@ -216,6 +216,10 @@ def export_cmd(
     labels = AdvantageLabels.load(run_dir / "labels")
     adv = {k: np.nan_to_num(v, nan=0.0) for k, v in labels.per_episode("advantages").items()}
     ind = {k: v.astype(np.float32) for k, v in labels.per_episode("indicators").items()}
-    export_lerobot(st, labels.episode_ids, out, use_videos=videos,
-                   extra_columns={"advantage": adv, "advantage_indicator": ind})
+    try:
+        export_lerobot(st, labels.episode_ids, out, use_videos=videos,
+                       extra_columns={"advantage": adv, "advantage_indicator": ind})
+    except ExportVerificationError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
     console.print(f"exported {len(labels.episode_ids)} episodes with advantage labels to {out}")

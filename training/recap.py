@@ -36,6 +36,8 @@ def rewards(T: int, outcome: Outcome | str, c_fail: float) -> np.ndarray:
     outcome = Outcome(outcome)
     if outcome == Outcome.UNKNOWN:
         raise ValueError("episodes with unknown outcome have no return; exclude them")
+    if T < 1:
+        raise ValueError(f"an episode of {T} ticks has no return; exclude it")
     r = -np.ones(T, np.float64)
     r[-1] = 0.0 if outcome == Outcome.SUCCESS else -float(c_fail)
     return r

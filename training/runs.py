@@ -10,6 +10,11 @@ Run directory:
     policy/             the policy artifact: what gets registered and deployed
     curves.png          loss curves
     done.json           written last
+
+Degenerate episodes in the selection (too short, inconsistent lengths, non-finite values,
+unreadable) are left out and listed with the reason under "excluded" in episodes.json, the
+metrics and the policy's lineage; a run stops (TrainingDataError, naming the episodes) only when
+nothing usable is left.
 """
 
 from __future__ import annotations
@@ -39,6 +44,16 @@ from training.value import ValueConfig, build_value_function
 from training.value.trainer_value import cross_fit_folds, fit_value, predict_values, task_max_lengths
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDataError(ValueError):
+    """The selection leaves nothing to train on; the message names the episodes and why."""
+
+
+def _listing(reasons: dict[str, str], limit: int = 10) -> str:
+    items = [f"{eid}: {why}" for eid, why in list(reasons.items())[:limit]]
+    more = len(reasons) - limit
+    return "; ".join(items) + (f"; and {more} more" if more > 0 else "")
 
 
 @dataclass
@@ -133,11 +148,18 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     if sel_path.exists():
         sel = json.loads(sel_path.read_text())
     else:
-        records = catalog.episodes(**spec.selection)
-        if not records:
-            raise ValueError(f"the selection {spec.selection} matches no episode")
+        chosen = catalog.select_for_training(store, **spec.selection)
+        if chosen.excluded:
+            log.warning("run %s: %d degenerate episodes left out: %s", spec.run_id, len(chosen.excluded),
+                        _listing(chosen.excluded))
+        if not chosen.records:
+            if chosen.excluded:
+                raise TrainingDataError(f"the selection {spec.selection} has no usable episode: "
+                                        + _listing(chosen.excluded))
+            raise TrainingDataError(f"the selection {spec.selection} matches no episode")
+        records = chosen.records
         sel = {"selection": spec.selection, "episodes": [r.id for r in records],
-               "checksums": [r.checksum for r in records]}
+               "checksums": [r.checksum for r in records], "excluded": chosen.excluded}
         sel["digest"] = _selection_digest(sel["episodes"], sel["checksums"])
         sel_path.write_text(json.dumps(sel, indent=1))
     if main:
@@ -145,12 +167,17 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     for eid, checksum in zip(sel["episodes"], sel["checksums"]):
         if store.open(eid).checksum != checksum:
             raise ValueError(f"episode {eid} changed since the run selected it")
+    excluded = sel.get("excluded", {})
     table = load_steps(store, sel["episodes"], cameras=spec.cameras)
+    if spec.method.needs_value and not spec.first_fit and all(o == "unknown" for o in table.outcomes):
+        raise TrainingDataError("no episode of the selection has a known outcome to fit the value function on: "
+                                + _listing({e: "outcome unknown" for e in table.episode_ids}))
     max_len = task_max_lengths(table, spec.task_max_len)
     feats = store.open(sel["episodes"][0]).info.features
     image_size = (feats.cameras[spec.cameras[0]].height, feats.cameras[spec.cameras[0]].width) if spec.cameras else (64, 64)
     metrics: dict[str, Any] = {"episodes": table.num_episodes, "ticks": len(table), "world_size": distributed.world(),
-                               "unknown_outcome_episodes": sum(o == "unknown" for o in table.outcomes)}
+                               "unknown_outcome_episodes": sum(o == "unknown" for o in table.outcomes),
+                               "excluded": excluded}
     curves: dict[str, list[float]] = {}
 
     # 2. value function and advantage labels (RECAP / AWR after the first fit)
@@ -210,7 +237,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     lineage = {"run": spec.run_id, "method": str(spec.method), "first_fit": spec.first_fit,
                "selection": sel["selection"], "selection_digest": sel["digest"], "episodes": len(sel["episodes"]),
                "parent_version": spec.parent_version, "seed": spec.seed, "recap": asdict(spec.recap),
-               "task_max_len": max_len, "instructions": sorted(set(table.instructions))}
+               "task_max_len": max_len, "instructions": sorted(set(table.instructions)), "excluded": excluded}
     pdir = run_dir / "policy"
     if pdir.exists():  # a crash after writing it: the manifest decides whether it is whole
         shutil.rmtree(pdir)

@@ -3,6 +3,6 @@
 The store is the source of truth; the catalog can always be rebuilt from it (`recap data fsck`).
 """
 
-from data.catalog.catalog import Catalog, EpisodeRecord, ReconcileReport, default_catalog_url
+from data.catalog.catalog import Catalog, EpisodeRecord, ReconcileReport, TrainingSelection, default_catalog_url
 
-__all__ = ["Catalog", "EpisodeRecord", "ReconcileReport", "default_catalog_url"]
+__all__ = ["Catalog", "EpisodeRecord", "ReconcileReport", "TrainingSelection", "default_catalog_url"]

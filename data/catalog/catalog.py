@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from data.catalog.models import Episode, EpisodePolicyVersion, OutcomeLabel, Robot, Task
 from data.schema import Outcome
 from data.sqldb import current_revision, open_engine, upgrade_schema
-from data.store import EpisodeData, EpisodeStore, StoreError
+from data.store import MIN_EPISODE_TICKS, EpisodeData, EpisodeStore, StoreError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 UPSERT_ATTEMPTS = 5  # each retry finds at least one more of the racing rows in place
@@ -64,6 +64,14 @@ class EpisodeRecord:
     @property
     def correction_rate(self) -> float:
         return self.num_correction_ticks / self.num_ticks if self.num_ticks else 0.0
+
+
+@dataclass
+class TrainingSelection:
+    """What a training run may use of a query's episodes, and what it must leave out (id -> why)."""
+
+    records: list[EpisodeRecord]
+    excluded: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -255,6 +263,24 @@ class Catalog:
             q = q.limit(limit)
         with self._session() as s:
             return [EpisodeRecord.from_row(r) for r in s.scalars(q).all()]
+
+    def select_for_training(self, store: EpisodeStore, **filters) -> TrainingSelection:
+        """`episodes(**filters)` less the degenerate ones (too short, inconsistent lengths, non-finite
+        values, unreadable: `EpisodeData.defect`), which come back in `excluded` with the reason."""
+        usable, excluded = [], {}
+        for r in self.episodes(**filters):
+            if r.num_ticks < MIN_EPISODE_TICKS:  # known from the row: no need to open the episode
+                excluded[r.id] = f"{r.num_ticks} tick{'s' if r.num_ticks != 1 else ''} (at least {MIN_EPISODE_TICKS} needed)"
+                continue
+            try:
+                problem = store.open(r.id).defect()
+            except StoreError as e:  # the reason travels to API clients: no paths
+                problem = "missing from the store" if isinstance(e, KeyError) else f"unreadable ({type(e).__name__}; see `recap data fsck`)"
+            if problem:
+                excluded[r.id] = problem
+            else:
+                usable.append(r)
+        return TrainingSelection(usable, excluded)
 
     # -- consistency ----------------------------------------------------------------------
 

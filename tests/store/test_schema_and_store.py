@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 
 from data.schema import ActionSource, Outcome, SchemaError, Tick
-from data.store import EpisodeNotFound, EpisodeStore, StoreError
+from data.store import DegenerateEpisodeError, EpisodeNotFound, EpisodeStore, StoreError
 from data.synthetic import SyntheticFrames
 from data.windows import action_chunk, history
+from tests.store.generators import DEGENERATE_KINDS, write_degenerate
 from tests.store.helpers import PERIOD, T0, assert_images_close, record, small_features
 
 
@@ -148,3 +149,40 @@ def test_episodes_are_published_only_once_locked(store_root):
     w, frames = _writer(store)
     assert store.in_flight_ids() == [w.episode_id] and FileLock.is_locked(store.episode_dir(w.episode_id) / ".lock")
     w.abandon()
+
+
+@pytest.mark.parametrize("ticks", [0, 1])
+def test_commit_refuses_and_discards_an_episode_too_short_to_use(store_root, ticks):
+    store = EpisodeStore(store_root)
+    w, frames = _writer(store)
+    for t in range(ticks):
+        w.append(frames.tick(t, T0 + t * PERIOD))
+    with pytest.raises(DegenerateEpisodeError, match=f"{w.episode_id} has {ticks} tick.*not committed"):
+        w.commit(Outcome.FAILURE, "detector")
+    assert store.episode_ids() == [] and store.in_flight_ids() == []
+    assert not any(store.episodes_dir.iterdir())  # nothing left for fsck to recover
+    with pytest.raises(StoreError, match="closed"):
+        w.commit()
+    ep, _ = record(store, ticks=2)  # the store takes the next episode as usual
+    assert store.episode_ids() == [ep.episode_id] and ep.defect() is None
+
+
+def test_degenerate_episodes_in_an_older_store_are_named_and_left_out_of_training_selections(store_root):
+    from data.catalog import Catalog
+
+    store = EpisodeStore(store_root)
+    good, _ = record(store, ticks=12, start=T0 + 10**15)
+    bad = {kind: write_degenerate(store, kind, index=i, task="push") for i, kind in enumerate(DEGENERATE_KINDS)}
+    expected = {"empty": "0 ticks", "one_tick": "1 tick ", "nan_state": "observation.state has NaN",
+                "inf_action": "action has NaN or infinite values (first at tick 11)",
+                "short_arrays": "has 8 rows for 12 ticks"}
+    for kind, eid in bad.items():
+        assert expected[kind] in store.open(eid).defect(), (kind, store.open(eid).defect())
+    assert good.defect() is None
+    cat = Catalog.for_store(store)
+    assert cat.register_many(store) == 6  # the catalog indexes them all: it is the store's index
+    sel = cat.select_for_training(store, task="push")
+    assert [r.id for r in sel.records] == [good.episode_id]
+    assert set(sel.excluded) == set(bad.values())
+    assert all(expected[k] in sel.excluded[eid] for k, eid in bad.items())
+    cat.close()
