@@ -8,7 +8,6 @@ reads under the same lock and carries the number it was read at."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -17,9 +16,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from data.artifact_manifest import manifest_digest, verify_artifact
 from services.control import serving_sequence
 from services.control.models import ApiToken, Deployment, PolicyVersion, Robot
-from training.artifacts import verify_artifact
 
 
 class RegistryError(ValueError):
@@ -37,12 +36,20 @@ def register_version(s: Session, artifact_dir: str | Path, *, created_by: str, r
     manifest = verify_artifact(d)  # ArtifactError names the bad file
     if manifest.get("kind") != "policy":
         raise RegistryError(f"{d} is a {manifest.get('kind')} artifact, not a policy")
-    config = json.loads((d / "config.json").read_text())
+    try:
+        config = json.loads((d / "config.json").read_text())
+    except ValueError as e:
+        raise RegistryError(f"{d}: config.json is not JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise RegistryError(f"{d}: config.json is not a JSON object")
+    policy_type = config.get("type", "native_flow")
+    if not isinstance(policy_type, str):
+        raise RegistryError(f"{d}: config.json's type is not a string")
     n = (s.scalar(select(func.count()).select_from(PolicyVersion)) or 0) + 1
     lineage = manifest.get("lineage", {})
     v = PolicyVersion(id=f"v{n}", run_id=run_id, artifact_dir=str(d),
-                      manifest_sha256=hashlib.sha256((d / "manifest.json").read_bytes()).hexdigest(),
-                      policy_type=config.get("type", "native_flow"),
+                      manifest_sha256=manifest_digest(d),
+                      policy_type=policy_type,
                       parent_version=parent_version or lineage.get("parent_version"), lineage=lineage,
                       metrics=manifest.get("metrics", {}), created_at_ns=time.time_ns(), created_by=created_by)
     s.add(v)

@@ -1,13 +1,14 @@
 """Model artifacts: safetensors weights + JSON config + normalisation stats + a manifest with the
 sha256 of every file, lineage (training run, data selection, parent version) and metrics.
-Written into a temporary directory and renamed into place; verified before every load. No pickle."""
+Written into a temporary directory and renamed into place; verified before every load. No pickle.
+The manifest and its verification are data/artifact_manifest.py (torch-free); this module adds the
+weights."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,14 +16,11 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from data.files import fsync_dir, sha256_file
+from data.artifact_manifest import ARTIFACT_FORMAT, ArtifactError, verify_artifact, write_manifest
+from data.files import fsync_dir
 from data.stats import FeatureStats
 
-ARTIFACT_FORMAT = "recap-artifact/1"
-
-
-class ArtifactError(RuntimeError):
-    """An artifact is incomplete or does not match its manifest; the message names the file."""
+__all__ = ["ARTIFACT_FORMAT", "ArtifactError", "load_artifact", "verify_artifact", "write_artifact"]
 
 
 def write_artifact(directory: str | Path, *, kind: str, model: torch.nn.Module, config: Mapping[str, Any],
@@ -40,10 +38,7 @@ def write_artifact(directory: str | Path, *, kind: str, model: torch.nn.Module, 
         (tmp / "stats.json").write_text(json.dumps({k: v.__dict__ for k, v in stats.items()}, indent=1))
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = {"format": ARTIFACT_FORMAT, "kind": kind, "created_at_ns": time.time_ns(), "files": files,
-                    "lineage": dict(lineage or {}), "metrics": dict(metrics or {})}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        manifest = write_manifest(tmp, kind=kind, lineage=lineage, metrics=metrics)
         for p in tmp.iterdir():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
@@ -53,24 +48,6 @@ def write_artifact(directory: str | Path, *, kind: str, model: torch.nn.Module, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return manifest
-
-
-def verify_artifact(directory: str | Path) -> dict:
-    """Return the manifest if every listed file matches its sha256, else raise ArtifactError."""
-    d = Path(directory)
-    try:
-        manifest = json.loads((d / "manifest.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{d}: manifest.json missing or unreadable ({e})") from e
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise ArtifactError(f"{d}: not a {ARTIFACT_FORMAT} artifact")
-    for name, digest in manifest["files"].items():
-        f = d / name
-        if not f.is_file():
-            raise ArtifactError(f"{d}: file {name} is missing")
-        if sha256_file(f) != digest:
-            raise ArtifactError(f"{d}: file {name} does not match its sha256 (corrupt or tampered)")
     return manifest
 
 

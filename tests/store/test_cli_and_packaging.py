@@ -40,7 +40,8 @@ def test_record_list_label_fsck(tmp_path):
 
 
 def test_robot_side_modules_do_not_import_torch():
-    code = ("import sys, data.store, data.catalog, data.fsck, data.cli, data.stats, data.windows;"
+    code = ("import sys, data.store, data.catalog, data.fsck, data.cli, data.stats, data.windows, data.wire,"
+            " data.artifact_manifest;"
             "bad = [m for m in ('torch', 'lerobot', 'fastapi') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -6,12 +6,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException
 from sqlalchemy import select
 
+from data.artifact_manifest import ArtifactError
 from services.api.context import AppContext, ctx, principal, require
 from services.api.schemas import Id, VersionCreate, VersionOut
 from services.auth import Principal
 from services.control.models import PolicyVersion
 from services.registry import RegistryError, register_version
-from training.artifacts import ArtifactError
 
 router = APIRouter(prefix="/v1/versions", tags=["policy versions"])
 
