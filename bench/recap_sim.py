@@ -117,9 +117,9 @@ def job_ablation(cfg_dict: dict, workdir: str, name: str, seed: int, rounds: int
     method, beta = method_of(name)
     beta = loop.cfg.cfg_beta if beta is None else beta
     robots = ["demo"] if name == "bc" else ["demo", f"recap-s{seed}"]
-    spec = loop._spec(f"ablation-{name}-s{seed}", method, robots, seed, False, f"recap-s{seed}-r{rounds}")
+    spec = loop._spec(f"ablation-{name}-s{seed}", method, robots, seed, False, f"recap-s{seed}-r{rounds}", beta)
     run = run_training(loop.store, loop.catalog, spec, loop.runs_dir)
-    return {"method": name, "seed": seed, "eval": loop.evaluate_policy(run.policy_dir, beta, seed)}
+    return {"method": name, "seed": seed, "eval": loop.evaluate_policy(run.policy_dir, None, seed)}
 
 
 def mean_se(x) -> tuple[float, float]:

@@ -36,8 +36,9 @@ from training.advantages import AdvantageLabels, label_advantages
 from training import distributed
 from training.artifacts import load_artifact, write_artifact
 from training.methods import Method, policy_data
-from training.policies.native import NativeFlowPolicy, NativePolicyConfig
-from training.policies.native.trainer_native import fit_policy
+from training.policies.policy import Policy, load_policy as load_registered_policy
+from training.policies.registry import policy_config
+from training.policies.trainer_policy import fit_policy
 from training.recap import RecapConfig, positive_rate_by_outcome
 from training.steps import load_steps
 from training.value import ValueConfig, build_value_function
@@ -64,7 +65,7 @@ class RunSpec:
     first_fit: bool = False  # demonstrations-only first fit: indicator fixed to positive
     recap: RecapConfig = field(default_factory=RecapConfig)
     value: dict[str, Any] = field(default_factory=dict)  # ValueConfig overrides
-    policy: dict[str, Any] = field(default_factory=dict)  # NativePolicyConfig overrides
+    policy: dict[str, Any] = field(default_factory=dict)  # {"type": a registered policy type, its config's overrides}
     task_max_len: dict[str, int] = field(default_factory=dict)  # L_l; default: longest episode seen
     cameras: list[str] = field(default_factory=list)
     parent_version: str | None = None
@@ -217,15 +218,16 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
             [per_ep[e] for e in table.episode_ids], table.outcomes)
         metrics["thresholds"] = labels.thresholds
 
-    # 3. policy
+    # 3. policy: the recipe's type, its config from the data and the recipe (printed: the run's defaults)
     pdata = policy_data(table, spec.method, labels, first_fit=spec.first_fit)
-    pcfg = NativePolicyConfig(state_dim=feats.state_dim, action_dim=feats.action_dim, cameras=list(spec.cameras),
-                              image_size=image_size, indicator_dropout=spec.recap.indicator_dropout, seed=spec.seed,
-                              **spec.policy)
+    beta = spec.recap.cfg_beta if spec.method == Method.RECAP and not spec.first_fit else 1.0
+    ptype, pcfg = policy_config(spec.policy, state_dim=feats.state_dim, action_dim=feats.action_dim,
+                                cameras={c: image_size for c in spec.cameras}, seed=spec.seed,
+                                indicator_dropout=spec.recap.indicator_dropout, cfg_beta=beta)
+    log.info("run %s: policy %s %s", spec.run_id, ptype, json.dumps(pcfg.to_dict()))
     t0 = time.time()
-    policy, sstats, astats, plosses = fit_policy(table, pdata, pcfg, device=spec.device, progress=progress,
-                                                 checkpoint_dir=run_dir / "checkpoints" / "policy",
-                                                 on_step=stepper("policy"))
+    policy, plosses = fit_policy(table, pdata, pcfg, device=spec.device, progress=progress,
+                                 checkpoint_dir=run_dir / "checkpoints" / "policy", on_step=stepper("policy"))
     curves["policy"] = plosses
     metrics.update({"policy_ticks": int(len(pdata.index)), "policy_final_loss": float(np.mean(plosses[-50:])),
                     "policy_fit_s": time.time() - t0})
@@ -241,19 +243,13 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     pdir = run_dir / "policy"
     if pdir.exists():  # a crash after writing it: the manifest decides whether it is whole
         shutil.rmtree(pdir)
-    manifest = write_artifact(pdir, kind="policy", model=policy, config=pcfg.to_dict() | {"type": "native_flow"},
-                              stats={"observation.state": sstats, "action": astats}, lineage=lineage, metrics=metrics)
+    manifest = policy.save(pdir, lineage=lineage, metrics=metrics)
     (run_dir / "done.json").write_text(json.dumps(metrics, indent=1))
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the artifacts supersede them
     distributed.barrier()
     return RunResult(run_dir, pdir, manifest, metrics)
 
 
-def load_policy(directory: str | Path) -> tuple[NativeFlowPolicy, dict, dict]:
-    """Verified load of a native policy artifact: (model, manifest, stats)."""
-    manifest, config, state, stats = load_artifact(directory)
-    config = {k: v for k, v in config.items() if k != "type"}
-    model = NativeFlowPolicy(NativePolicyConfig.from_dict(config))
-    model.load_state_dict(state)
-    model.eval()
-    return model, manifest, stats
+def load_policy(directory: str | Path, device: str = "cpu") -> tuple[Policy, dict]:
+    """Verified load of a policy artifact of any registered type: (policy, manifest)."""
+    return load_registered_policy(directory, device)

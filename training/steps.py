@@ -7,10 +7,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import torch
-
 from data.store import EpisodeData, EpisodeStore
-from training.encoders import hash_tokens
 
 
 @dataclass
@@ -29,7 +26,6 @@ class StepTable:
     source: np.ndarray  # (N,)
     cameras: list[str] = field(default_factory=list)
     _episodes: dict[int, EpisodeData] = field(default_factory=dict, repr=False)
-    _tokens: list[list[int]] | None = field(default=None, repr=False)  # hashed words of each instruction
 
     def __len__(self) -> int:
         return len(self.tick)
@@ -51,7 +47,9 @@ class StepTable:
         flat = self.starts[e][:, None] + np.minimum(ticks, lens - 1)
         return self.action[flat], pad
 
-    def images(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    def frames(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Camera frames of the ticks in `idx` as stored: name -> uint8 (B, H, W, C) (the policy's
+        processor turns them into model inputs)."""
         out = {}
         for cam in self.cameras:
             frames = []
@@ -60,17 +58,11 @@ class StepTable:
                 if e not in self._episodes:
                     self._episodes[e] = self.store.open(self.episode_ids[e])
                 frames.append(self._episodes[e].image(cam, int(self.tick[i])))
-            out[cam] = torch.from_numpy(np.stack(frames)).float().div_(255.0).permute(0, 3, 1, 2)
+            out[cam] = np.stack(frames)
         return out
 
-    def text_batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and offsets for nn.EmbeddingBag; each distinct instruction is hashed once."""
-        if self._tokens is None:
-            self._tokens = [hash_tokens(t, 4096) for t in self.instructions]
-        seqs = [self._tokens[e] for e in self.episode_index[idx]]
-        lengths = np.fromiter((len(q) for q in seqs), np.int64, len(seqs))
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        return torch.from_numpy(np.fromiter((t for q in seqs for t in q), np.int64)), torch.from_numpy(offsets)
+    def instructions_of(self, idx: np.ndarray) -> list[str]:
+        return [self.instructions[int(e)] for e in self.episode_index[idx]]
 
 
 def load_steps(store: EpisodeStore, episode_ids: Sequence[str], *, cameras: Sequence[str] = ()) -> StepTable:

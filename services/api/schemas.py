@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from services.auth import Role
 
@@ -131,11 +131,21 @@ class Selection(Strict):
 
 class Recipe(Strict):
     value: Params = Field(default_factory=dict, description="ValueConfig overrides (steps, hidden, ensemble…)")
-    policy: Params = Field(default_factory=dict, description="NativePolicyConfig overrides (steps, chunk…)")
+    policy: Params = Field(default_factory=dict, description=(
+        'The policy type and overrides of its config: {"type": "native_flow" (default) | "lerobot:act" | '
+        '"lerobot:diffusion" | "lerobot:smolvla" | "lerobot:pi0" | "lerobot:pi05", ...}; checked against the '
+        "type's config (training/policies/registry.py)"))
     recap: Params = Field(default_factory=dict, description="RecapConfig overrides (advantage_horizon…)")
     task_max_len: Annotated[dict[Text, Annotated[int, Field(ge=1, le=10**9)]], Field(max_length=1000)] = Field(
         default_factory=dict, description="Episode time limit per task (ticks)")
     cameras: Annotated[list[Text], Field(max_length=64)] = Field(default_factory=list)
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_fits_its_type(cls, v: dict) -> dict:
+        from training.policies.registry import validate_policy_recipe  # torch-free: configs only
+
+        return validate_policy_recipe(v)  # a RecipeError (a ValueError) names the field: a 422
 
 
 class RunCreate(Strict):

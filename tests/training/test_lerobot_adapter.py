@@ -62,3 +62,11 @@ def test_language_policies_get_the_indicator_in_the_prompt():
     out = condition_batch(_batch(), torch.tensor([1, 0, 2, 1]), as_text=True)
     assert out["task"][0].endswith("Advantage: positive") and out["task"][1].endswith("Advantage: negative")
     assert out["task"][2] == "push the block" and out["observation.state"].shape == (4, 5)
+
+
+def test_the_recorded_lerobot_fields_match_the_installed_lerobot():
+    """The API validates LeRobot recipes against lerobot_fields.json without importing LeRobot."""
+    from training.policies.lerobot_adapter.configuration_adapter import lerobot_fields, record_lerobot_fields
+
+    assert record_lerobot_fields() == lerobot_fields()
+    assert lerobot_fields()["act"]["chunk_size"]["kind"] == "int"

@@ -90,7 +90,7 @@ def test_image_variant_records_frames_and_trains_on_them(tmp_path):
     assert frame.shape == (32, 32, 3) and frame.std() > 5  # a rendered scene, not a blank frame
     from training.runs import load_policy
 
-    model, manifest, _ = load_policy(p0)
-    assert model.cfg.cameras == ["front"] and manifest["lineage"]["first_fit"]
+    policy, manifest = load_policy(p0)
+    assert policy.cfg.cameras == ["front"] and manifest["lineage"]["first_fit"]
     ev = loop.evaluate_policy(p0, 1.0, 0)
     assert ev["all"]["episodes"] == 1

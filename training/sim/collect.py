@@ -8,50 +8,44 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
 from data.schema import ActionSource, CameraSpec, EpisodeFeatures, Outcome, Tick
-from data.stats import FeatureStats
 from data.store import EpisodeStore
 from training import recap
-from training.encoders import encode_texts
-from training.policies.native.modeling_native import NativeFlowPolicy
+from training.policies.policy import Observation, Policy
 from training.sim.arm import CONTROL_PERIOD_S, MetaWorldArm
 from training.sim.operators import Operator
 from training.sim.teleop import TakeoverRule, unstick_gripper
 
 
 class PolicyActor:
-    """Runs a native policy in chunks: executes the first `execute` actions of each predicted
+    """Runs a policy of any registered type in chunks, through its contract (the processing and
+    guidance the inference server uses): executes the first `execute` actions of each predicted
     chunk, then predicts again from the current observation; after a human takeover it starts
-    from a fresh chunk (no stale queue)."""
+    from a fresh chunk (no stale queue). Each chunk's noise seed is drawn from `seed`."""
 
-    def __init__(self, model: NativeFlowPolicy, stats: dict[str, FeatureStats], instruction: str, *,
-                 execute: int | None = None, beta: float = 1.0, indicator: int = recap.INDICATOR_POSITIVE,
-                 seed: int = 0, device: str = "cpu"):
-        self.model, self.stats, self.instruction = model, stats, instruction
-        self.execute = execute or max(1, model.cfg.chunk // 2)
-        self.beta, self.indicator, self.device = beta, indicator, torch.device(device)
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
-        self._ids, self._offsets = encode_texts([instruction], 4096)
+    def __init__(self, policy: Policy, instruction: str, *, execute: int | None = None, beta: float | None = None,
+                 indicator: int = recap.INDICATOR_POSITIVE, seed: int = 0):
+        self.policy, self.instruction = policy, instruction
+        self.execute = execute or max(1, policy.chunk // 2)
+        self.beta, self.indicator = beta, indicator  # beta None: the artifact's, as served
+        self.seeds = np.random.default_rng(seed)
         self.queue: list[np.ndarray] = []
         self.last_chunk: np.ndarray | None = None
 
     @property
     def chunk(self) -> int:
-        return self.model.cfg.chunk
+        return self.policy.chunk
 
     def reset(self) -> None:
         self.queue = []
 
+    def observation(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> Observation:
+        return Observation(np.asarray(obs, np.float32), dict(images or {}), self.instruction,
+                           int(self.seeds.integers(0, 2**31 - 1)))
+
     def predict(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        batch = {"state": torch.from_numpy(self.stats["observation.state"].normalize(obs[None])).float().to(self.device),
-                 "text_ids": self._ids.to(self.device), "text_offsets": self._offsets.to(self.device)}
-        if self.model.cfg.cameras:
-            batch["images"] = {c: torch.from_numpy(images[c][None]).float().div(255).permute(0, 3, 1, 2).to(self.device)
-                               for c in self.model.cfg.cameras}
-        x = self.model.sample(batch, indicator=self.indicator, beta=self.beta, generator=self.gen)[0].cpu().numpy()
-        return self.stats["action"].unnormalize(x).astype(np.float32)
+        return self.policy.predict_chunk([self.observation(obs, images)], self.indicator, self.beta)[0]
 
     def act(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> np.ndarray:
         if not self.queue:

@@ -48,7 +48,7 @@ class LoopConfig:
     value: dict = field(default_factory=lambda: {"steps": 1500, "hidden": 256, "ensemble": 2})
     policy: dict = field(default_factory=lambda: {"steps": 2500, "hidden": 256, "chunk": 8})
     recap: dict = field(default_factory=dict)  # RecapConfig overrides (advantage_horizon, ...)
-    cfg_beta: float = 2.0  # RECAP with classifier-free guidance
+    cfg_beta: float = 2.0  # RECAP-CFG's guidance: written into its artifacts, so served and evaluated alike
     image_size: tuple[int, int] | None = None
     device: str = "cpu"
 
@@ -92,18 +92,20 @@ class SimLoop:
         done.write_text(json.dumps([asdict(r) for r in results]))
         return results
 
-    def _spec(self, run_id: str, method: Method, robots: list[str], seed: int, first_fit: bool, parent: str | None) -> RunSpec:
+    def _spec(self, run_id: str, method: Method, robots: list[str], seed: int, first_fit: bool, parent: str | None,
+              beta: float = 1.0) -> RunSpec:
+        """`beta`: the guidance the policy is served and evaluated with, written into its artifact."""
         return RunSpec(run_id=run_id, method=method, selection={"robot": robots}, first_fit=first_fit,
-                       recap=recap.RecapConfig(**self.cfg.recap), value=dict(self.cfg.value),
+                       recap=recap.RecapConfig(**(self.cfg.recap | {"cfg_beta": beta})), value=dict(self.cfg.value),
                        policy=dict(self.cfg.policy), task_max_len={t: self.cfg.max_steps for t in self.cfg.tasks},
                        cameras=self.cameras, parent_version=parent, seed=seed, device=self.cfg.device)
 
-    def actor_factory(self, policy_dir: Path, beta: float, seed: int, indicator: int = recap.INDICATOR_POSITIVE):
-        model, _, stats = load_policy(policy_dir)
+    def actor_factory(self, policy_dir: Path, beta: float | None, seed: int, indicator: int = recap.INDICATOR_POSITIVE):
+        """beta None: the artifact's β, exactly what the inference server would use."""
+        policy, _ = load_policy(policy_dir, self.cfg.device)
 
         def make(task: str) -> PolicyActor:
-            return PolicyActor(model, stats, self.arms[task].instruction, beta=beta, indicator=indicator, seed=seed,
-                               device=self.cfg.device)
+            return PolicyActor(policy, self.arms[task].instruction, beta=beta, indicator=indicator, seed=seed)
         return make
 
     # -- the loop --------------------------------------------------------------------------
@@ -114,7 +116,7 @@ class SimLoop:
                            self.runs_dir, progress=self.progress)
         return res.policy_dir
 
-    def evaluate_policy(self, policy_dir: Path, beta: float, seed: int,
+    def evaluate_policy(self, policy_dir: Path, beta: float | None, seed: int,
                         indicator: int = recap.INDICATOR_POSITIVE) -> dict[str, dict]:
         seeds = range(EVAL_SEED, EVAL_SEED + self.cfg.eval_episodes)
         per_task = evaluate(self.actor_factory(policy_dir, beta, seed, indicator), self.arms, seeds)
@@ -134,7 +136,9 @@ class SimLoop:
         for r in range(1, self.cfg.rounds + 1):
             rule = TakeoverRule(round_budget=self.cfg.correction_budget, **self.cfg.rule)
             collected = []
-            actors = self.actor_factory(policy, beta, seed)
+            # round 1 collects with the shared first fit (written at β = 1) at the method's β; later rounds
+            # collect with the method's own policy at its artifact's β (the same value)
+            actors = self.actor_factory(policy, beta if r == 1 else None, seed)
             for ti, (task, arm) in enumerate(self.arms.items()):
                 rule.reset_round()
                 actor = actors(task)
@@ -146,10 +150,10 @@ class SimLoop:
                     collected.append(res)
             # BC keeps training on demonstrations only but still collects, as the reference
             robots = ["demo"] if method == Method.BC else ["demo", robot]
-            spec = self._spec(f"{robot}-r{r}", method, robots, seed, False, f"{robot}-r{r - 1}")
+            spec = self._spec(f"{robot}-r{r}", method, robots, seed, False, f"{robot}-r{r - 1}", beta)
             run = run_training(self.store, self.catalog, spec, self.runs_dir, progress=self.progress)
             policy = run.policy_dir
-            ev = self.evaluate_policy(policy, beta, seed)
+            ev = self.evaluate_policy(policy, None, seed)  # the artifact's β: what the server would use
             rec = {"method": name, "seed": seed, "round": r, "collect": metrics(collected).to_dict(),
                    "eval": ev, "run": run.metrics, "policy_dir": str(policy)}
             records.append(rec)

@@ -17,6 +17,7 @@ from training.checkpoint import load_checkpoint, maybe_checkpoint, optimise_step
 from data.schema import Outcome
 from data.stats import FeatureStats
 from training import recap
+from training.policies.native.processor_native import NativeProcessor
 from training.steps import StepTable
 from training.value.configuration_value import ValueConfig
 from training.value.modeling_value import ValueFunction, build_value_function
@@ -72,16 +73,9 @@ def cross_fit_folds(model, table: StepTable, seed: int) -> np.ndarray | None:
 
 
 def make_batch(table: StepTable, idx: np.ndarray, state_stats: FeatureStats, device: torch.device) -> dict:
-    ids, offsets = table.text_batch(idx)
-    batch = {
-        "state": torch.from_numpy(state_stats.normalize(table.state[idx])).float().to(device),
-        "text_ids": ids.to(device),
-        "text_offsets": offsets.to(device),
-        "texts": [table.instructions[int(table.episode_index[i])] for i in idx],  # for tokenizer-based backbones
-    }
-    if table.cameras:
-        batch["images"] = {k: v.to(device) for k, v in table.images(idx).items()}
-    return batch
+    """V's inputs: the native processor's (V reads observations as the native policy does)."""
+    proc = NativeProcessor({"observation.state": state_stats}, table.cameras)
+    return proc.observations(table.state[idx], table.frames(idx), table.instructions_of(idx), device)
 
 
 def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int], c_fail: float | None = None,

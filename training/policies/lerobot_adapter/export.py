@@ -6,9 +6,13 @@ sha256 check; nothing is unpickled."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
 
 from training.artifacts import load_artifact, write_artifact
 
@@ -52,3 +56,57 @@ def load_lerobot_artifact(directory: str | Path, device: str = "cpu"):
                                              preprocessor_overrides={"device_processor": {"device": device}},
                                              postprocessor_overrides={"device_processor": {"device": device}})
     return policy, pre, post, config
+
+
+def is_exported(directory: str | Path) -> bool:
+    """An artifact written by write_lerobot_artifact (config type "lerobot_<name>", LeRobot's processors)."""
+    try:
+        return str(json.loads((Path(directory) / "config.json").read_text()).get("type", "")).startswith("lerobot_")
+    except (OSError, ValueError):
+        return False  # the verified load that follows names what is wrong
+
+
+def _processor_stats(pipeline, feature: str) -> dict | None:
+    """A feature's statistics as LeRobot's (un)normaliser step saved them (mean, std, min, max, ...)."""
+    for step in getattr(pipeline, "steps", []):
+        stats = getattr(step, "stats", None)
+        if isinstance(stats, dict) and feature in stats:
+            return dict(stats[feature])
+    return None
+
+
+class ExportedLeRobotPolicy:
+    """A LeRobot policy trained elsewhere, with LeRobot's own processors as its processing. It knows
+    no advantage indicator: it is served as trained (β = 1, the indicator ignored)."""
+
+    beta = 1.0
+
+    def __init__(self, policy, pre, post, config: dict):
+        self.policy, self.pre, self.post, self.cfg = policy, pre, post, config
+        self.state_dim, self.action_dim, self.chunk = config["state_dim"], config["action_dim"], config["chunk"]
+        self.cameras = {c: (s[1], s[2], s[0]) for c, s in config["cameras"].items()}  # (C, H, W) -> wire (H, W, C)
+
+    def envelope_stats(self) -> dict:
+        return {"observation.state": _processor_stats(self.pre, "observation.state"),
+                "action": _processor_stats(self.post, "action")}
+
+    @torch.inference_mode()
+    def predict_chunk(self, obs: Sequence, indicator: int | None = None, beta: float | None = None) -> np.ndarray:
+        batch = {"observation.state": torch.from_numpy(np.stack([o.state for o in obs])),
+                 "task": [o.instruction for o in obs]}
+        for c in self.cameras:
+            batch[f"observation.images.{c}"] = (torch.from_numpy(np.stack([o.images[c] for o in obs]))
+                                                .permute(0, 3, 1, 2).float().div(255))
+        chunk = self.policy.predict_action_chunk(self.pre(batch))  # (B, H, A), normalised
+        B, H, A = chunk.shape
+        out = self.post(chunk.reshape(B * H, A)).reshape(B, H, A)
+        return out.float().cpu().numpy()
+
+
+def load_exported_policy(directory: str | Path, device: str = "cpu") -> tuple[ExportedLeRobotPolicy, dict]:
+    policy, pre, post, config = load_lerobot_artifact(directory, device)
+    return ExportedLeRobotPolicy(policy, pre, post, config), load_artifact_manifest(directory)
+
+
+def load_artifact_manifest(directory: str | Path) -> dict:
+    return json.loads((Path(directory) / "manifest.json").read_text())

@@ -32,6 +32,8 @@ def _build_policy(cfg: LeRobotAdapterConfig) -> nn.Module:
     kwargs = dict(cfg.policy_kwargs)
     if cfg.policy_type == "act":
         kwargs.setdefault("pretrained_backbone_weights", None)  # no download
+    if "chunk_size" in kwargs and cfg.policy_type in ("act", "smolvla", "pi0", "pi05"):
+        kwargs.setdefault("n_action_steps", kwargs["chunk_size"])  # LeRobot refuses n_action_steps > chunk_size
     pcfg = make_policy_config(cfg.policy_type, input_features=inputs, output_features=outputs, device="cpu", **kwargs)
     return cls(pcfg)
 
@@ -111,17 +113,42 @@ class LeRobotAdapter(nn.Module):
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training loss with indicator dropout (the same model also learns pi(a | o, l))."""
         ind = recap.drop_indicators(batch["indicator"], self.cfg.indicator_dropout, generator)
-        b = {k: v for k, v in self._condition(batch, ind).items() if k not in ("indicator", "weight")}
+        b = {k: v for k, v in self._condition(batch, ind).items() if k not in ("indicator", "weight", "texts")}
         loss, _ = self.policy.forward(b)
         return loss
 
-    @torch.no_grad()
-    def predict_chunk(self, batch: dict, indicator: int = recap.INDICATOR_POSITIVE) -> torch.Tensor:
-        """An action chunk conditioned on the indicator (positive by default, beta = 1)."""
+    @property
+    def noise_shape(self) -> tuple[int, int] | None:
+        """The starting noise of one sample for flow / diffusion backbones (None: deterministic, as ACT)."""
+        pc = self.policy.config
+        if self.cfg.policy_type in ("smolvla", "pi0", "pi05"):
+            return (pc.chunk_size, pc.max_action_dim)
+        if self.cfg.policy_type == "diffusion":
+            return (pc.horizon, self.cfg.action_dim)
+        return None
+
+    def _chunk(self, batch: dict, indicator: int, noise: torch.Tensor | None) -> torch.Tensor:
         B = batch["observation.state"].shape[0]
         ind = torch.full((B,), indicator, dtype=torch.long, device=batch["observation.state"].device)
+        kwargs = {} if noise is None or self.noise_shape is None else {"noise": noise}
+        return self.policy.predict_action_chunk(self._condition(batch, ind), **kwargs)[:, : self.cfg.chunk]
+
+    @torch.no_grad()
+    def sample(self, batch: dict, *, indicator: int = recap.INDICATOR_POSITIVE, beta: float = 1.0,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
+        """A normalised action chunk conditioned on the indicator. beta != 1: classifier-free guidance,
+        two passes from the same noise, conditioned (the advantage prompt, or the indicator input) and
+        unconditioned (no prompt, or the 'none' input), combined a_u + beta (a_c - a_u). LeRobot owns
+        the backbones' sampling loops, so guidance combines their chunks rather than each step."""
         self.policy.eval()
-        return self.policy.predict_action_chunk(self._condition(batch, ind))
+        cond = self._chunk(batch, indicator, noise)
+        if beta == 1.0:
+            return cond
+        return recap.guided_velocity(self._chunk(batch, recap.INDICATOR_NONE, noise), cond, beta)
+
+    @torch.no_grad()
+    def predict_chunk(self, batch: dict, indicator: int = recap.INDICATOR_POSITIVE, beta: float = 1.0) -> torch.Tensor:
+        return self.sample(batch, indicator=indicator, beta=beta)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,4 +1,6 @@
-"""Supervised training of the native policy on the ticks a method selects."""
+"""Supervised training of any registered policy type on the ticks a method selects: raw ticks from
+the StepTable -> the type's processor -> the type's loss. Seeded initialisation, so each round
+refits from the same base weights; resumable from checkpoints."""
 
 from __future__ import annotations
 
@@ -9,45 +11,38 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data.stats import FeatureStats
 from training import distributed
 from training.checkpoint import load_checkpoint, maybe_checkpoint, optimise_step
-
-from data.stats import FeatureStats
 from training.methods import PolicyData
-from training.policies.native.configuration_native import NativePolicyConfig
-from training.policies.native.modeling_native import NativeFlowPolicy
+from training.policies import registry
+from training.policies.policy import Policy
 from training.steps import StepTable
-from training.value.trainer_value import make_batch
 
 
-def policy_batch(table: StepTable, idx: np.ndarray, cfg: NativePolicyConfig, sstats: FeatureStats,
-                 astats: FeatureStats, device: torch.device) -> dict:
-    batch = make_batch(table, idx, sstats, device)
-    chunk, pad = table.action_chunks(idx, cfg.chunk)
-    batch["action"] = torch.from_numpy(astats.normalize(chunk)).float().to(device)
-    batch["action_is_pad"] = torch.from_numpy(pad).to(device)
-    return batch
+def policy_batch(policy: Policy, table: StepTable, idx: np.ndarray, device: torch.device) -> dict:
+    chunks, pad = table.action_chunks(idx, policy.chunk)
+    return policy.training_batch(table.state[idx], table.frames(idx), table.instructions_of(idx), chunks, pad, device)
 
 
-def fit_policy(table: StepTable, data: PolicyData, cfg: NativePolicyConfig, *, device: str | torch.device = "cpu",
+def fit_policy(table: StepTable, data: PolicyData, cfg, *, device: str | torch.device = "cpu",
                progress: bool = True, checkpoint_dir: Path | None = None, checkpoint_every: int = 500,
                stop_after: int | None = None, on_step: Callable[[int, int], None] | None = None,
-               ) -> tuple[NativeFlowPolicy, FeatureStats, FeatureStats, list[float]]:
-    """`checkpoint_dir`: save every `checkpoint_every` steps and resume from there. `stop_after`:
-    return after that many steps (with a checkpoint), as a crash would, for tests. `on_step(done,
-    total)`: called after every step (progress reports; raising from it stops the fit)."""
-    """Train from a seeded initialisation (each round refits from the same base weights)."""
+               ) -> tuple[Policy, list[float]]:
+    """`cfg`: any registered type's config. `checkpoint_dir`: save every `checkpoint_every` steps and
+    resume from there. `stop_after`: return after that many steps (with a checkpoint), as a crash
+    would, for tests. `on_step(done, total)`: called after every step (raising from it stops the fit)."""
     if len(data.index) == 0:
         raise ValueError("the method selected no ticks to train on")
-    device = torch.device(device)
-    sstats, astats = FeatureStats.of(table.state), FeatureStats.of(table.action)
+    stats = {"observation.state": FeatureStats.of(table.state), "action": FeatureStats.of(table.action)}
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and every round
     acc = distributed.accelerator(str(device))
     device = acc.device
-    model = NativeFlowPolicy(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    policy = Policy(registry.type_of(cfg), cfg, stats).to(device)
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-    model, opt = acc.prepare(model, opt)
+    model, opt = acc.prepare(policy.model, opt)
     rng = np.random.default_rng(cfg.seed + 1000 * acc.process_index)  # each rank its own batches
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * acc.process_index)
     n = len(data.index)
@@ -59,8 +54,7 @@ def fit_policy(table: StepTable, data: PolicyData, cfg: NativePolicyConfig, *, d
         if on_step is not None:
             on_step(step, cfg.steps)
         pick = rng.integers(0, n, size=min(cfg.batch_size, n))
-        idx = data.index[pick]
-        batch = policy_batch(table, idx, cfg, sstats, astats, device)
+        batch = policy_batch(policy, table, data.index[pick], device)
         batch["indicator"] = torch.from_numpy(data.indicator[pick]).to(device)
         if data.weight is not None:
             batch["weight"] = torch.from_numpy(data.weight[pick]).to(device)
@@ -71,6 +65,5 @@ def fit_policy(table: StepTable, data: PolicyData, cfg: NativePolicyConfig, *, d
                          rng=rng, gen=gen, losses=losses)
         if stop_after is not None and done >= stop_after:
             break
-    model = acc.unwrap_model(model)
-    model.eval()
-    return model, sstats, astats, losses
+    policy.model = acc.unwrap_model(model)
+    return policy.eval(), losses

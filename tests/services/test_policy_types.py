@@ -1,0 +1,141 @@
+"""Policy types through the product path: a recipe selects the type and is checked at the door (a
+bad field is a 422 naming it); a LeRobot ACT backbone trains on the worker, registers, deploys and
+answers /v1/act; the simulated arm's policy path and the running inference server give the same
+chunk for one observation and one noise seed (same processing, same β from the artifact)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from data.schema import Outcome
+from data.stats import FeatureStats
+from data.store import EpisodeStore
+from services.inference.wire import MSGPACK, decode_answer, encode_request
+from tests.store.helpers import T0, record
+
+ACT = {"type": "lerobot:act", "chunk_size": 4, "dim_model": 16, "n_heads": 2, "dim_feedforward": 32,
+       "n_encoder_layers": 1, "n_decoder_layers": 1, "use_vae": False, "vision_backbone": "resnet18",
+       "steps": 3, "batch_size": 4}
+
+
+def _wait(url: str, pred, timeout: float = 120.0, headers=None) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = httpx.get(url, headers=headers).json()
+        if pred(got):
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"never reached the state: {got}")
+
+
+def _sim_chunk(artifact_dir, state, images, instruction, seed) -> tuple[np.ndarray, int]:
+    """The simulated evaluation's policy path: the artifact loaded as the loop loads it, one PolicyActor."""
+    from training.runs import load_policy
+    from training.sim.collect import PolicyActor
+
+    policy, _ = load_policy(artifact_dir)
+    actor = PolicyActor(policy, instruction, seed=seed)
+    obs = actor.observation(state, images)
+    return policy.predict_chunk([obs], actor.indicator, actor.beta)[0], obs.seed
+
+
+def _act(url: str, token: str, state, images, instruction: str, seed: int) -> np.ndarray:
+    r = httpx.post(url + "/v1/act", content=encode_request(state, images, instruction, seed=seed),
+                   headers={"Authorization": f"Bearer {token}", "Content-Type": MSGPACK}, timeout=60)
+    assert r.status_code == 200, r.text
+    return decode_answer(r.content, binary=True)["actions"]
+
+
+def test_a_bad_policy_recipe_is_a_422_naming_the_field_at_the_api_and_the_cli(stack):
+    store = EpisodeStore(stack.settings.store_root)
+    ep, _ = record(store, robot="robot-0", cameras=1, ticks=12)
+    with stack.client("robot") as c:
+        assert c.post("/v1/episodes/register", json={"episode_id": ep.episode_id}).status_code == 200
+    with stack.client("researcher") as c:
+        for policy, field in (({"type": "pi05"}, "type"), ({"type": "lerobot:act", "chunk_sise": 4}, "chunk_sise"),
+                              ({"type": "lerobot:act", "dim_model": 2.5}, "dim_model"), ({"chunk": "x"}, "chunk"),
+                              ({"state_dim": 3}, "state_dim")):
+            r = c.post("/v1/runs", json={"selection": {"robot": ["robot-0"]}, "recipe": {"policy": policy}})
+            assert r.status_code == 422 and field in r.text and "Traceback" not in r.text, (policy, r.text)
+        assert c.get("/v1/runs").json() == []  # nothing queued
+        ok = c.post("/v1/runs", json={"method": "bc", "selection": {"robot": ["robot-0"]},
+                                      "recipe": {"policy": {"type": "lerobot:act", "chunk_size": 4}}})
+        assert ok.status_code == 202 and ok.json()["spec"]["recipe"]["policy"] == {"type": "lerobot:act", "chunk_size": 4}
+    p = subprocess.run([sys.executable, "-m", "data.cli_root", "runs", "start", "--api", stack.api.url,
+                        "--token", stack.tokens["researcher"], "--recipe", '{"policy": {"type": "lerobot:act", "dim_modle": 8}}'],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "dim_modle" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_lerobot_act_run_from_the_api_trains_registers_deploys_and_answers_like_the_sim_path(stack):
+    store = EpisodeStore(stack.settings.store_root)
+    with stack.client("robot") as c:
+        for i in range(4):
+            ep, _ = record(store, robot="robot-0", cameras=1, ticks=16, corrections=range(4, 8) if i % 2 else range(0),
+                           outcome=Outcome.SUCCESS if i % 2 else Outcome.FAILURE, start=T0 + i * 10**12)
+            assert c.post("/v1/episodes/register", json={"episode_id": ep.episode_id}).status_code == 200
+    cam = ep.cameras[0]
+    recipe = {"policy": ACT, "value": {"steps": 3, "hidden": 16, "batch_size": 16},
+              "recap": {"advantage_horizon": 4, "cfg_beta": 1.5}, "cameras": [cam]}
+    stack.start_worker("worker")
+    with stack.client("researcher") as c:
+        r = c.post("/v1/runs", json={"method": "recap", "selection": {"robot": ["robot-0"]}, "recipe": recipe})
+        assert r.status_code == 202, r.text
+        run_id = r.json()["id"]
+    hdr = {"Authorization": f"Bearer {stack.tokens['researcher']}"}
+    run = _wait(f"{stack.api.url}/v1/runs/{run_id}", lambda x: x["status"] not in ("queued", "running"), 600, hdr)
+    assert run["status"] == "finished", run
+    with stack.client("researcher") as c:
+        v = c.get(f"/v1/versions/{run['version_id']}").json()
+        assert v["policy_type"] == "lerobot:act", v
+        assert "policy lerobot:act" in c.get(f"/v1/runs/{run_id}/logs").text  # the type's config, printed
+    with stack.client("operator") as c:
+        assert c.post("/v1/deployments", json={"version": v["id"]}).status_code == 201
+    inf = stack.start_inference()
+    _wait(inf.url + "/v1/serving", lambda s: v["id"] in s["versions"])
+    rng = np.random.default_rng(5)
+    state, images = rng.normal(size=4).astype(np.float32), {cam: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)}
+    local, seed = _sim_chunk(v["artifact_dir"], state, images, "push it", seed=11)
+    served = _act(inf.url, stack.tokens["robot"], state, images, "push it", seed)
+    assert served.shape == (4, 3) and np.allclose(served, local, atol=1e-4)
+    from training.runs import load_policy
+
+    assert load_policy(v["artifact_dir"])[0].beta == 1.5  # the run's β travels in the artifact
+
+
+def test_the_simulated_policy_path_and_the_inference_server_give_the_same_guided_chunk(stack, tmp_path):
+    """A native flow policy with β = 2 in its artifact: guidance (two passes) and the noise seed, both ways."""
+    import torch
+
+    from training.policies.native import NativePolicyConfig
+    from training.policies.policy import Observation, Policy
+
+    torch.manual_seed(0)
+    cfg = NativePolicyConfig(state_dim=4, action_dim=3, chunk=4, hidden=32, flow_steps=4, cameras=["top"],
+                             image_size=(48, 64), cfg_beta=2.0)
+    rng = np.random.default_rng(0)
+    stats = {"observation.state": FeatureStats.of(rng.normal(size=(64, 4))),
+             "action": FeatureStats.of(rng.normal(size=(64, 3)))}
+    Policy("native_flow", cfg, stats).save(tmp_path / "p", lineage={"run": "handmade"})
+    with stack.client("researcher") as c:
+        vid = c.post("/v1/versions", json={"artifact_dir": str(tmp_path / "p")}).json()["id"]
+    with stack.client("operator") as c:
+        assert c.post("/v1/deployments", json={"version": vid}).status_code == 201
+    inf = stack.start_inference()
+    _wait(inf.url + "/v1/serving", lambda s: vid in s["versions"])
+    state, images = rng.normal(size=4).astype(np.float32), {"top": rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)}
+    local, seed = _sim_chunk(tmp_path / "p", state, images, "push it", seed=3)
+    served = _act(inf.url, stack.tokens["robot"], state, images, "push it", seed)
+    assert np.allclose(served, local, atol=1e-5)
+    from training.runs import load_policy
+
+    unguided = load_policy(tmp_path / "p")[0].predict_chunk([Observation(state, images, "push it", seed)], beta=1.0)[0]
+    assert not np.allclose(served, unguided, atol=1e-3)  # β = 2 is what was served, not β = 1
