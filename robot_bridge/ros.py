@@ -1,4 +1,7 @@
-"""Running one node per process until Ctrl-C / SIGTERM, the same way for every node here."""
+"""Running one node per process until Ctrl-C / SIGTERM, the same way for every node here; and the
+ROS namespace of a robot. Invariant: every node of a robot's cell (arm, teleoperator, bridge, the
+station that drives them) lives in `robot_namespace(robot_id)` and uses relative names, so cells meet
+only by sharing a robot id, never by sharing a ROS domain."""
 
 from __future__ import annotations
 
@@ -31,3 +34,33 @@ def spin_node(make: Callable[[], Node], args=None, poll_s: float = 0.2) -> None:
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+
+
+class RobotNameError(ValueError):
+    """A robot id that cannot name a ROS namespace."""
+
+
+def robot_namespace(robot_id: str) -> str:
+    """The ROS namespace of a robot's nodes: `/<robot_id>` with '-' and '.' as '_' (robot ids allow them,
+    ROS names do not), so topics and services are `/<robot>/joint_states`, `/<robot>/recap_bridge/...`
+    and two cells on one ROS domain never hear each other. Ids differing only in '-' / '.' / '_' share
+    a namespace: give robots of one domain ids that differ otherwise."""
+    from rclpy.exceptions import InvalidNamespaceException
+    from rclpy.validate_namespace import validate_namespace
+
+    ns = "/" + str(robot_id).replace("-", "_").replace(".", "_")
+    try:
+        if ns == "/":
+            raise RobotNameError("robot id is empty")
+        validate_namespace(ns)
+    except (InvalidNamespaceException, RobotNameError) as e:
+        reason = str(e).splitlines()[0].removeprefix("Invalid namespace: ").rstrip(":")
+        raise RobotNameError(f"robot id {robot_id!r} cannot name a ROS namespace ({reason}): use letters, digits, "
+                             "'_', '-' and '.', starting with a letter") from None
+    return ns
+
+
+def namespace_args(namespace: str) -> list[str]:
+    """ROS arguments putting a node in `namespace`, its simulated clock included (a cell's arm
+    publishes `<ns>/clock`, so two simulated-time cells on one domain keep their own time)."""
+    return ["-r", f"__ns:={namespace}", "-r", f"/clock:={namespace}/clock"]
