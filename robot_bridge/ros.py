@@ -64,3 +64,30 @@ def namespace_args(namespace: str) -> list[str]:
     """ROS arguments putting a node in `namespace`, its simulated clock included (a cell's arm
     publishes `<ns>/clock`, so two simulated-time cells on one domain keep their own time)."""
     return ["-r", f"__ns:={namespace}", "-r", f"/clock:={namespace}/clock"]
+
+
+def busy_ros_domains(domains: list[int], probe_s: float = 1.5) -> dict[int, list[str]]:
+    """domain -> the ROS nodes already on it (only the busy ones), seen by one short-lived node per
+    domain after `probe_s` of discovery."""
+    import time
+
+    import rclpy
+
+    probes = []
+    try:
+        for d in domains:
+            ctx = rclpy.Context()
+            rclpy.init(context=ctx, domain_id=d)
+            probes.append((d, ctx, rclpy.create_node(f"recap_domain_probe_{d}", context=ctx)))
+        time.sleep(probe_s)
+        busy = {}
+        for d, _ctx, node in probes:
+            others = [f"{ns.rstrip('/')}/{n}" for n, ns in node.get_node_names_and_namespaces()
+                      if not n.startswith("recap_domain_probe_")]
+            if others:
+                busy[d] = sorted(others)
+        return busy
+    finally:
+        for _d, ctx, node in probes:
+            node.destroy_node()
+            rclpy.shutdown(context=ctx)
