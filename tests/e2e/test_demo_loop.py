@@ -41,6 +41,14 @@ def _descendants(pid: int) -> set[int]:
         return set()
 
 
+def _flushed(store: EpisodeStore, episode_id: str) -> int:
+    """Ticks an episode in flight has made durable (its journal), 0 when unreadable."""
+    try:
+        return json.loads((store.episode_dir(episode_id) / "journal.json").read_text())["flushed_ticks"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def _is_arm_of(p: psutil.Process, namespace: str) -> bool:
     try:
         cmd = p.cmdline()
@@ -77,15 +85,23 @@ def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
     second = subprocess.Popen(_demo(out, domain), stdout=open(tmp_path / "run2.log", "wb"), stderr=subprocess.STDOUT)
     killed = None
     deadline = time.monotonic() + 700
-    while second.poll() is None and time.monotonic() < deadline:
-        if killed is None and "autonomous episodes of" in (tmp_path / "run2.log").read_text():  # round 0's evaluation
-            flying = [e for e in store.in_flight_ids() if "-sim-arm-1-" in e]
-            arms = [p for p in psutil.Process(second.pid).children(recursive=True) if _is_arm_of(p, "/sim_arm_1")]
-            if flying and arms:
-                arms[0].send_signal(signal.SIGKILL)
-                killed = flying[0]
-        time.sleep(0.2)
-    assert second.wait(max(1.0, deadline - time.monotonic())) == 0, (tmp_path / "run2.log").read_text()[-5000:]
+    try:
+        while second.poll() is None and time.monotonic() < deadline:
+            if killed is None and "autonomous episodes of" in (tmp_path / "run2.log").read_text():  # round 0's eval
+                flying = [e for e in store.in_flight_ids() if "-sim-arm-1-" in e and _flushed(store, e) >= 20]
+                arms = [p for p in psutil.Process(second.pid).children(recursive=True) if _is_arm_of(p, "/sim_arm_1")]
+                if flying and arms:  # an episode well under way: the arm dies mid-episode
+                    arms[0].send_signal(signal.SIGKILL)
+                    killed = flying[0]
+            time.sleep(0.2)
+        assert second.poll() == 0, (tmp_path / "run2.log").read_text()[-5000:]
+    finally:
+        if second.poll() is None:  # past the deadline: Ctrl-C stops the demo and every process it started
+            second.send_signal(signal.SIGINT)
+            try:
+                second.wait(90)
+            except subprocess.TimeoutExpired:
+                second.kill()
     log = (tmp_path / "run2.log").read_text()
     assert "r0.demos: done in an earlier run" in log
     assert killed is not None, "no sim-arm-1 episode was seen in flight during the evaluation"
