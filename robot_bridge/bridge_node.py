@@ -12,9 +12,13 @@ Services: ~/start_episode (std_srvs/Trigger; task and instruction from parameter
           ~/start_demonstration (std_srvs/Trigger: the human drives; engaged ticks are recorded as
           demonstration, never as correction, and no policy runs),
           ~/end_episode (std_srvs/SetBool: data = success),
+          ~/abort_episode (std_srvs/Trigger: stop without an outcome, e.g. the arm stopped answering;
+          the flushed ticks are kept as an `incomplete` episode, which training never selects),
           ~/label_last_episode (std_srvs/SetBool: relabel the last committed episode).
+Names are relative: in a robot's namespace (`--robot ID`, or `-r __ns:=/<robot>`) the services are
+`/<robot>/recap_bridge/start_episode`, ... and the topics `/<robot>/joint_states`, ...
 
-    python -m robot_bridge.bridge_node --ros-args --params-file deploy/ros2/bridge.yaml
+    python -m robot_bridge.bridge_node --robot cell-a-arm-1 --ros-args --params-file deploy/ros2/bridge_ros2_control.yaml
 """
 
 from __future__ import annotations
@@ -94,13 +98,14 @@ class Counters:
 
 
 class BridgeNode(Node):
-    def __init__(self, **overrides):
-        super().__init__("recap_bridge")
+    def __init__(self, namespace: str | None = None, **overrides):
+        super().__init__("recap_bridge", namespace=namespace)
         for name, (default, desc) in PARAMS.items():
             self.declare_parameter(name, overrides.get(name, default))
         p = {n: self.get_parameter(n).value for n in PARAMS}
         self.p = p
         self.robot_id = p["robot_id"]
+        self._check_namespace()
         self.period_ns = int(1e9 / p["control_rate_hz"])
         self.state_dim, self.action_dim = int(p["state_dim"]), int(p["action_dim"])
         self.cameras = {n: t for n, t in zip(p["camera_names"], p["camera_topics"]) if n}
@@ -145,6 +150,7 @@ class BridgeNode(Node):
         self.create_service(Trigger, "~/start_episode", self._start_episode)
         self.create_service(Trigger, "~/start_demonstration", self._start_demonstration)
         self.create_service(SetBool, "~/end_episode", self._end_episode)
+        self.create_service(Trigger, "~/abort_episode", self._abort_episode)
         self.create_service(SetBool, "~/label_last_episode", self._label_last)
         self.last_committed: str | None = None
         self.next_tick_ns = time.monotonic_ns() + self.period_ns
@@ -161,6 +167,17 @@ class BridgeNode(Node):
         # at 50 Hz with 3 cameras: a quarter of the executor thread's time was spent in collections)
         gc.freeze()
         self.get_logger().info(f"bridge for {self.robot_id}: {json.dumps({k: v for k, v in p.items() if 'token' not in k})}")
+
+    def _check_namespace(self) -> None:
+        from robot_bridge.ros import RobotNameError, robot_namespace
+
+        ns = self.get_namespace()
+        try:
+            want = robot_namespace(self.robot_id)
+        except RobotNameError as e:
+            want = str(e)
+        if ns != "/" and ns != want:  # another robot's cell could answer for this one
+            self.get_logger().warning(f"namespace {ns} is not robot {self.robot_id}'s ({want})")
 
     # -- inputs (validated; a bad message is refused and counted, never reaches the arm) ----------
 
@@ -258,6 +275,26 @@ class BridgeNode(Node):
         resp.success, resp.message = True, info.episode_id
         self.get_logger().info(f"episode {info.episode_id} committed: {info.num_ticks} ticks, "
                                f"{'success' if req.data else 'failure'}")
+        return resp
+
+    def _abort_episode(self, _req, resp):
+        """End the running episode without an outcome: the writer stops, what it flushed is committed as
+        `incomplete` (as fsck would after a crash) and never registered for training."""
+        from data.fsck import recover_episode
+
+        with self._lock:
+            w, self.writer = self.writer, None
+        if w is None:
+            resp.success, resp.message = False, "no episode is running"
+            return resp
+        w.abandon()
+        try:
+            kept = recover_episode(w.path)
+        except ValueError as e:  # nothing flushed yet: fsck --repair moves the directory aside
+            kept = 0
+            self.get_logger().warning(f"episode {w.episode_id} aborted before any tick was flushed ({e})")
+        resp.success, resp.message = True, w.episode_id
+        self.get_logger().info(f"episode {w.episode_id} aborted: {kept} ticks kept as incomplete")
         return resp
 
     def _label_last(self, req, resp):
@@ -395,8 +432,28 @@ class BridgeNode(Node):
 
 
 def main(args=None) -> None:
+    """`--robot ID` (before `--ros-args`): this robot's id, and its namespace (robot_namespace), so a
+    systemd unit per robot needs only the id; without it the namespace comes from `-r __ns:=...`."""
+    import argparse
+    import sys
+
+    from rclpy.utilities import remove_ros_args
+
+    from robot_bridge.ros import RobotNameError, robot_namespace
+
     logging.basicConfig(level=logging.INFO)
-    spin_node(BridgeNode, args)
+    args = sys.argv if args is None else args
+    parser = argparse.ArgumentParser(prog="python -m robot_bridge.bridge_node")
+    parser.add_argument("--robot", help="robot id; the node runs in its namespace")
+    opts = parser.parse_args(remove_ros_args(args)[1:])
+    if opts.robot is None:
+        spin_node(BridgeNode, args)
+        return
+    try:
+        ns = robot_namespace(opts.robot)
+    except RobotNameError as e:
+        parser.error(str(e))
+    spin_node(lambda: BridgeNode(namespace=ns, robot_id=opts.robot), args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A simulated cell: the Meta-World arm, the scripted teleoperator and the bridge for one robot,
-each its own process, talking over DDS on the cell's ROS domain. `recap bridge up` and the demo
-start cells the same way."""
+each its own process, talking over DDS on the cell's ROS domain in the robot's own namespace
+(`/<robot>/...`, robot_bridge.ros.robot_namespace). `recap bridge up` and the demo start cells the
+same way."""
 
 from __future__ import annotations
 
@@ -61,5 +62,14 @@ class CellSpec:
             out["teleop"] = ("robot_bridge.sim.teleop_node", {"task": self.task, **sim})
         return out
 
+    @property
+    def namespace(self) -> str:
+        from robot_bridge.ros import robot_namespace
+
+        return robot_namespace(self.robot)
+
     def commands(self) -> dict[str, list[str]]:
-        return {n: [sys.executable, "-m", m, *ros_args(p)] for n, (m, p) in self.nodes().items()}
+        from robot_bridge.ros import namespace_args
+
+        ns = namespace_args(self.namespace)
+        return {n: [sys.executable, "-m", m, *ros_args(p), *ns] for n, (m, p) in self.nodes().items()}

@@ -1,5 +1,7 @@
 """`recap bridge …`: bring up a simulated cell (arm + scripted teleoperator + bridge, each its own
-process over DDS), and drive episodes through the bridge's ROS 2 services."""
+process over DDS, in the robot's namespace `/<robot>/...`), and drive episodes through the bridge's
+ROS 2 services (`/<robot>/recap_bridge/start_episode`, ...): `--robot` picks the cell, so cells of
+several robots on one ROS domain never answer for each other."""
 
 from __future__ import annotations
 
@@ -28,9 +30,24 @@ def _url(value: str) -> str:
     return value
 
 
+def _robot(value: str) -> str:
+    """A robot id that names a ROS namespace."""
+    from robot_bridge.ros import RobotNameError, robot_namespace
+
+    try:
+        robot_namespace(value)
+    except RobotNameError as e:
+        raise typer.BadParameter(str(e)) from None
+    return value
+
+
+Robot = typer.Option("sim-arm-0", "--robot", envvar="RECAP_ROBOT", callback=_robot,
+                     help="Robot id; its nodes run in the ROS namespace /<robot> ('-' and '.' as '_').")
+
+
 @app.command()
 def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulated arm."),
-       robot: str = typer.Option("sim-arm-0", help="Robot id."),
+       robot: str = Robot,
        rate: float = typer.Option(30.0, min=0.1, max=1000.0, help="Control rate (Hz)."),
        inference_url: str = typer.Option("", envvar="RECAP_INFERENCE_URL", callback=_url, help="Inference server URL."),
        token: str = typer.Option("", envvar="RECAP_ROBOT_TOKEN", help="This robot's token."),
@@ -56,11 +73,12 @@ def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulate
                     api_url=api_url, teleop=teleop, image=image, fast=fast)
     procs = {n: subprocess.Popen(cmd, stdout=open(logs / f"{n}.log", "ab"), stderr=subprocess.STDOUT)
              for n, cmd in cell.commands().items()}
-    typer.echo(f"up: {', '.join(f'{n} (pid {p.pid})' for n, p in procs.items())}; logs in {logs}. Ctrl-C stops.")
+    typer.echo(f"up: {', '.join(f'{n} (pid {p.pid})' for n, p in procs.items())} in namespace {cell.namespace}; "
+               f"logs in {logs}. Ctrl-C stops.")
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
-        _wait_ready(procs, stop)
+        _wait_ready(procs, stop, cell.namespace)
         while not stop["now"]:
             for n, p in procs.items():
                 if p.poll() is not None:
@@ -80,7 +98,7 @@ def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulate
                 p.kill()
 
 
-def _wait_ready(procs: dict, stop: dict, timeout: float = 180.0) -> None:
+def _wait_ready(procs: dict, stop: dict, namespace: str, timeout: float = 180.0) -> None:
     """Print `ready` once the arm publishes its joint state and the bridge's services answer: the
     nodes take seconds to start (first imports of MuJoCo and torch), and an episode started before
     the arm talks would record nothing."""
@@ -89,10 +107,10 @@ def _wait_ready(procs: dict, stop: dict, timeout: float = 180.0) -> None:
     from std_srvs.srv import Trigger
 
     rclpy.init()
-    node = rclpy.create_node("recap_bridge_up")
+    node = rclpy.create_node("recap_bridge_up", namespace=namespace)
     heard: list[bool] = []
     node.create_subscription(JointState, "joint_states", lambda _m: heard.append(True), 10)
-    client = node.create_client(Trigger, "/recap_bridge/start_episode")
+    client = node.create_client(Trigger, "recap_bridge/start_episode")
     deadline = time.monotonic() + timeout
     try:
         while not stop["now"] and time.monotonic() < deadline and all(p.poll() is None for p in procs.values()):
@@ -119,7 +137,7 @@ def _call(service: str, srv_type, request, timeout: float):
         cli = node.create_client(srv_type, service)
         if not cli.wait_for_service(timeout_sec=timeout):
             raise UserError(f"{service}: no bridge answering within {timeout:g} s "
-                            "(is `recap bridge up` running, same ROS_DOMAIN_ID?)")
+                            "(is `recap bridge up` running for this --robot, same ROS_DOMAIN_ID?)")
         fut = cli.call_async(request)
         rclpy.spin_until_future_complete(node, fut, timeout_sec=timeout)
         if not fut.done():
@@ -131,10 +149,18 @@ def _call(service: str, srv_type, request, timeout: float):
 
 
 Wait = typer.Option(20.0, "--wait", min=0.1, help="Seconds to wait for the bridge to answer.")
+Node = typer.Option(None, "--node", show_default=False,
+                    help="The bridge's full node name [default: /<robot namespace>/recap_bridge].")
+
+
+def _bridge(robot: str, node: str | None) -> str:
+    from robot_bridge.ros import robot_namespace
+
+    return node or f"{robot_namespace(robot)}/recap_bridge"
 
 
 @app.command()
-def start(node: str = typer.Option("/recap_bridge", help="The bridge's node name."),
+def start(robot: str = Robot, node: Optional[str] = Node,
           demonstration: bool = typer.Option(False, help="A demonstration: the teleoperator drives the whole "
                                                          "episode (recorded as demonstration, no policy)."),
           wait: float = Wait):
@@ -142,18 +168,18 @@ def start(node: str = typer.Option("/recap_bridge", help="The bridge's node name
     from std_srvs.srv import Trigger
 
     service = "start_demonstration" if demonstration else "start_episode"
-    r = _call(f"{node}/{service}", Trigger, Trigger.Request(), wait)
+    r = _call(f"{_bridge(robot, node)}/{service}", Trigger, Trigger.Request(), wait)
     typer.echo(("started " if r.success else "refused: ") + r.message)
     raise typer.Exit(0 if r.success else 1)
 
 
 @app.command()
 def end(success: bool = typer.Option(..., "--success/--failure", help="The episode's outcome."),
-        node: str = typer.Option("/recap_bridge", help="The bridge's node name."), wait: float = Wait):
+        robot: str = Robot, node: Optional[str] = Node, wait: float = Wait):
     """End the running episode with its outcome (commits it; registration follows)."""
     from std_srvs.srv import SetBool
 
-    r = _call(f"{node}/end_episode", SetBool, SetBool.Request(data=success), wait)
+    r = _call(f"{_bridge(robot, node)}/end_episode", SetBool, SetBool.Request(data=success), wait)
     typer.echo(("committed " if r.success else "refused: ") + r.message)
     raise typer.Exit(0 if r.success else 1)
 

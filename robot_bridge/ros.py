@@ -1,4 +1,7 @@
-"""Running one node per process until Ctrl-C / SIGTERM, the same way for every node here."""
+"""Running one node per process until Ctrl-C / SIGTERM, the same way for every node here; and the
+ROS namespace of a robot. Invariant: every node of a robot's cell (arm, teleoperator, bridge, the
+station that drives them) lives in `robot_namespace(robot_id)` and uses relative names, so cells meet
+only by sharing a robot id, never by sharing a ROS domain."""
 
 from __future__ import annotations
 
@@ -31,3 +34,60 @@ def spin_node(make: Callable[[], Node], args=None, poll_s: float = 0.2) -> None:
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+
+
+class RobotNameError(ValueError):
+    """A robot id that cannot name a ROS namespace."""
+
+
+def robot_namespace(robot_id: str) -> str:
+    """The ROS namespace of a robot's nodes: `/<robot_id>` with '-' and '.' as '_' (robot ids allow them,
+    ROS names do not), so topics and services are `/<robot>/joint_states`, `/<robot>/recap_bridge/...`
+    and two cells on one ROS domain never hear each other. Ids differing only in '-' / '.' / '_' share
+    a namespace: give robots of one domain ids that differ otherwise."""
+    from rclpy.exceptions import InvalidNamespaceException
+    from rclpy.validate_namespace import validate_namespace
+
+    ns = "/" + str(robot_id).replace("-", "_").replace(".", "_")
+    try:
+        if ns == "/":
+            raise RobotNameError("robot id is empty")
+        validate_namespace(ns)
+    except (InvalidNamespaceException, RobotNameError) as e:
+        reason = str(e).splitlines()[0].removeprefix("Invalid namespace: ").rstrip(":")
+        raise RobotNameError(f"robot id {robot_id!r} cannot name a ROS namespace ({reason}): use letters, digits, "
+                             "'_', '-' and '.', starting with a letter") from None
+    return ns
+
+
+def namespace_args(namespace: str) -> list[str]:
+    """ROS arguments putting a node in `namespace`, its simulated clock included (a cell's arm
+    publishes `<ns>/clock`, so two simulated-time cells on one domain keep their own time)."""
+    return ["-r", f"__ns:={namespace}", "-r", f"/clock:={namespace}/clock"]
+
+
+def busy_ros_domains(domains: list[int], probe_s: float = 1.5) -> dict[int, list[str]]:
+    """domain -> the ROS nodes already on it (only the busy ones), seen by one short-lived node per
+    domain after `probe_s` of discovery."""
+    import time
+
+    import rclpy
+
+    probes = []
+    try:
+        for d in domains:
+            ctx = rclpy.Context()
+            rclpy.init(context=ctx, domain_id=d)
+            probes.append((d, ctx, rclpy.create_node(f"recap_domain_probe_{d}", context=ctx)))
+        time.sleep(probe_s)
+        busy = {}
+        for d, _ctx, node in probes:
+            others = [f"{ns.rstrip('/')}/{n}" for n, ns in node.get_node_names_and_namespaces()
+                      if not n.startswith("recap_domain_probe_")]
+            if others:
+                busy[d] = sorted(others)
+        return busy
+    finally:
+        for _d, ctx, node in probes:
+            node.destroy_node()
+            rclpy.shutdown(context=ctx)

@@ -2,7 +2,14 @@
 layout, tell the teleoperator what to do (demonstrate, stand by to correct, hands off), start an
 episode or a demonstration on the bridge, watch for success or the time limit, and end the episode
 with its outcome. Each station joins its robot's ROS domain through its own rclpy context, so one
-process can run the stations of a whole simulated fleet."""
+process can run the stations of a whole simulated fleet, and talks only to its robot's namespace
+(`/<robot>/recap_bridge`, `/<robot>/sim_arm`, `/<robot>/scripted_teleop`): stations of other robots
+on the same domain are never heard.
+
+An episode that cannot finish (the arm makes no progress for `stall_s`, a node of the cell is gone
+as the caller's `alive` check says, a service does not answer) is aborted on the bridge (kept as
+`incomplete`, never committed with an outcome) and raised as StationError; restarting the cell and
+retrying is the caller's choice (the demo does)."""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import rclpy
 from rcl_interfaces.srv import SetParameters
@@ -17,6 +25,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
+
+from robot_bridge.ros import robot_namespace
 
 
 class StationError(RuntimeError):
@@ -37,24 +47,31 @@ TELEOP_MODE = {"demonstration": "demonstrate", "corrected": "correct", "autonomo
 
 
 class Station:
-    def __init__(self, domain_id: int, *, bridge: str = "/recap_bridge", arm: str = "/sim_arm",
-                 teleop: str = "/scripted_teleop", name: str = "recap_station"):
-        self.domain_id, self.bridge, self.arm, self.teleop = domain_id, bridge, arm, teleop
+    def __init__(self, domain_id: int, robot: str, *, name: str = "station"):
+        self.domain_id, self.robot = domain_id, robot
+        self.namespace = ns = robot_namespace(robot)
+        self.bridge, self.arm, self.teleop = f"{ns}/recap_bridge", f"{ns}/sim_arm", f"{ns}/scripted_teleop"
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx, domain_id=domain_id)
-        self.node = rclpy.create_node(name, context=self.ctx)
+        self.node = rclpy.create_node(name, namespace=ns, context=self.ctx)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self._lock = threading.Lock()
         self.status: dict = {}
         self.stats: dict = {}
-        self.node.create_subscription(String, f"{arm}/status", lambda m: self._set("status", m), 50)
-        self.node.create_subscription(String, f"{bridge}/stats", lambda m: self._set("stats", m), 10)
+        self.node.create_subscription(String, f"{self.arm}/status", lambda m: self._set("status", m), 50)
+        self.node.create_subscription(String, f"{self.bridge}/stats", lambda m: self._set("stats", m), 10)
         self._clients = {}
 
     def _set(self, attr: str, m: String) -> None:
         with self._lock:
             setattr(self, attr, json.loads(m.data))
+
+    def forget(self) -> None:
+        """Drop what the cell's nodes last said (after they were restarted: a dead arm's last status
+        must not pass for the new one's)."""
+        with self._lock:
+            self.status, self.stats = {}, {}
 
     def _client(self, srv_type, name: str):
         if name not in self._clients:
@@ -69,7 +86,7 @@ class Station:
     def call(self, srv_type, name: str, request, timeout: float = 30.0):
         cli = self._client(srv_type, name)
         if not cli.wait_for_service(timeout_sec=timeout):
-            raise StationError(f"{name} is not available on ROS domain {self.domain_id}")
+            raise StationError(f"{name} is not available on ROS domain {self.domain_id} within {timeout:g} s")
         fut = cli.call_async(request)
         self.executor.spin_until_future_complete(fut, timeout_sec=timeout)
         if not fut.done():
@@ -77,7 +94,7 @@ class Station:
         return fut.result()
 
     def wait_ready(self, timeout: float = 120.0, topics: tuple[str, ...] = (
-            "/joint_states", "/command", "/teleop/command", "/teleop/engage")) -> None:
+            "joint_states", "command", "teleop/command", "teleop/engage")) -> None:
         """Until the bridge, the arm and the teleoperator answer (nodes take seconds to start) and
         each topic between them has a publisher and a subscriber (DDS discovery), so the first
         episode does not start while the bridge cannot hear the teleoperator yet."""
@@ -86,6 +103,7 @@ class Station:
                                (SetParameters, f"{self.teleop}/set_parameters")):
             if not self._client(srv_type, name).wait_for_service(timeout_sec=max(0.1, deadline - time.monotonic())):
                 raise StationError(f"{name} did not come up within {timeout} s (ROS domain {self.domain_id})")
+        topics = tuple(f"{self.namespace}/{t}" for t in topics)
         while True:
             missing = [t for t in topics if not (self.node.count_publishers(t) and self.node.count_subscribers(t))]
             if not missing:
@@ -106,12 +124,17 @@ class Station:
         self.set_params(self.teleop, **params)
 
     def run_episode(self, kind: str, *, operator: str = "clean", seed: int = 0, layout: int | None = None,
-                    timeout_s: float = 300.0) -> EpisodeOutcome:
+                    timeout_s: float = 300.0, stall_s: float = 30.0,
+                    alive: Callable[[], str | None] | None = None) -> EpisodeOutcome:
         """One episode start to end: `kind` is demonstration (the teleoperator drives as `operator`),
         corrected (the policy drives, the teleoperator corrects) or autonomous (no human). `layout`:
-        the arm's initial condition (default: the next one)."""
+        the arm's initial condition (default: the next one). `alive`: says why the cell cannot go on
+        (a node exited), else None; asked before the start and while the episode runs."""
         if kind not in TELEOP_MODE:
             raise ValueError(f"kind must be one of {list(TELEOP_MODE)}")
+        down = alive() if alive else None
+        if down:
+            raise StationError(down)
         t0 = time.monotonic()
         if layout is not None:
             self.set_params(self.arm, seed=int(layout))
@@ -122,9 +145,9 @@ class Station:
             raise StationError(f"the bridge refused to start: {started.message}")
         try:
             layout = int(self.call(Trigger, f"{self.arm}/reset", Trigger.Request()).message)
-            status = self._wait_done(layout, t0 + timeout_s)
+            status = self._wait_done(layout, t0 + timeout_s, stall_s, alive)
         except BaseException:
-            self.call(SetBool, f"{self.bridge}/end_episode", SetBool.Request(data=False))
+            self.abort()
             raise
         ended = self.call(SetBool, f"{self.bridge}/end_episode", SetBool.Request(data=bool(status["success"])))
         if not ended.success:
@@ -132,14 +155,35 @@ class Station:
         return EpisodeOutcome(ended.message, kind, bool(status["success"]), int(status["steps"]), layout,
                               time.monotonic() - t0)
 
-    def _wait_done(self, layout: int, deadline: float) -> dict:
-        while time.monotonic() < deadline:
+    def abort(self) -> str | None:
+        """Abort the running episode on the bridge, if it answers (kept as incomplete); its id or None."""
+        try:
+            r = self.call(Trigger, f"{self.bridge}/abort_episode", Trigger.Request(), timeout=5.0)
+        except StationError:
+            return None  # the bridge is gone: its episode stays in flight for fsck, never registered
+        return r.message if r.success else None
+
+    def _wait_done(self, layout: int, deadline: float, stall_s: float,
+                   alive: Callable[[], str | None] | None) -> dict:
+        progress, progress_at, check_at = None, time.monotonic(), 0.0
+        st: dict = {}
+        while (now := time.monotonic()) < deadline:
             self.executor.spin_once(timeout_sec=0.05)
             with self._lock:
                 st = dict(self.status)
             if st.get("layout") == layout and st.get("done"):
                 return st
-        raise StationError(f"layout {layout}: the episode did not finish in time (last status {st})")
+            if (st.get("layout"), st.get("steps")) != progress:
+                progress, progress_at = (st.get("layout"), st.get("steps")), now
+            elif now - progress_at > stall_s:
+                raise StationError(f"layout {layout}: the arm made no progress for {stall_s:g} s "
+                                   f"(at step {st.get('steps')})")
+            if alive and now >= check_at:
+                check_at = now + 0.5
+                down = alive()
+                if down:
+                    raise StationError(f"layout {layout}: {down} (at step {st.get('steps')})")
+        raise StationError(f"layout {layout}: the episode did not finish in time (at step {st.get('steps')})")
 
     def close(self) -> None:
         self.executor.shutdown()

@@ -4,7 +4,7 @@ topic (4-D: hand delta xyz + gripper), ~/success (std_msgs/Bool), ~/status (std_
 layout, steps, success, done) and ~/reset (std_srvs/Trigger: next layout; `seed` set at run time
 picks the layout of the next reset). Real-time mode steps the
 simulation at `rate_hz` with the latest command. Fast mode (`fast:=true`) runs on simulated time: it
-publishes /clock (rosgraph_msgs/Clock, 1/rate_hz per step) and steps only when a command answers the
+publishes /clock (rosgraph_msgs/Clock, 1/rate_hz per step; `<robot>/clock` in a cell) and steps only when a command answers the
 state it published (lockstep with a bridge on `use_sim_time`; the state is re-sent while it waits), so
 an episode takes as long as the computation, not the wall clock. With `stop_when_done:=true` the arm
 stops after success or `max_steps` until reset (a station ends the episode), instead of resetting

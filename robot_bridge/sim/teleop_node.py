@@ -8,7 +8,7 @@
   the same mix of better and worse people as in the simulation benchmark;
 - `mode:=off`: hands off (autonomous evaluation).
 
-Parameters may be changed at run time (`ros2 param set /scripted_teleop mode demonstrate`); any
+Parameters may be changed at run time (`ros2 param set /sim_arm_0/scripted_teleop mode demonstrate`); any
 change starts a new episode for the teleoperator (operator noise re-seeded from `seed`, takeover
 count reset), and a change of `budget` starts a new round of correction budget.
 

@@ -49,7 +49,9 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes 
          quick: bool = typer.Option(False, help="A few minutes: fewer episodes, smaller models, 1 round."),
          fresh: bool = typer.Option(False, help="Start over (deletes OUT); by default a re-run continues after "
                                                "the last finished phase."),
-         ros_domain: int = typer.Option(40, help="ROS domain of the first robot (each robot its own)."),
+         ros_domain: int = typer.Option(40, min=0, max=232,
+                                        help="First ROS domain the robots may take: each robot takes the next free "
+                                             "one, up to 99 (the tests use 100 and up)."),
          live: bool = typer.Option(None, help="Live screen (default: when stdout is a terminal).")):
     """Record demonstrations -> first fit -> deploy -> (collect with corrections -> RECAP run -> canary ->
     fleet -> evaluate) x ROUNDS, every step through the public API and ROS 2 topics."""
@@ -85,6 +87,8 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes 
             loop.save()
             records = loop.run()
             report = _report(stack, loop, out, cfg, records, time.monotonic() - t0)
+            if state.get("recoveries"):
+                view.log(_recoveries(state["recoveries"], loop.stopped))
             view.phase(f"done in {(time.monotonic() - t0) / 60:.1f} min: {report}")
         except KeyboardInterrupt:
             view.log("interrupted: stopping every process (a re-run continues from the last finished phase)")
@@ -103,6 +107,13 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes 
         for name, lines in errors.items():
             typer.echo(f"  {name}: {lines[-1][:200]}", err=True)
     raise typer.Exit(code)
+
+
+def _recoveries(recoveries: list[dict], stopped: dict[str, str]) -> str:
+    robots = sorted({x["robot"] for x in recoveries})
+    line = (f"recoveries: {len(recoveries)} episode(s) aborted and run again after a robot got stuck or lost a node "
+            f"({', '.join(robots)})")
+    return line + (f"; stopped: {', '.join(stopped)}" if stopped else "")
 
 
 def _report(stack, loop, out: Path, cfg: DemoConfig, records: list[dict], elapsed: float) -> Path:

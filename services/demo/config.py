@@ -20,6 +20,8 @@ class DemoConfig:
     max_steps: int = 200  # episode time limit (ticks); also L for the returns
     rate_hz: float = 80.0  # Meta-World's 12.5 ms per step, on simulated time
     reset_s: float = 2.0  # robot time charged per episode for throughput (as in the benchmarks)
+    stall_s: float = 30.0  # an episode whose arm makes no step for this long is stuck: aborted, the cell restarted
+    retries: int = 2  # restarts of a robot's cell for one episode before the demo stops that robot
     value: dict = field(default_factory=lambda: {"steps": 1000, "hidden": 128, "ensemble": 2})
     policy: dict = field(default_factory=lambda: {"steps": 2500, "hidden": 256, "chunk": 8})
     seed: int = 0

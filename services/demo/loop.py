@@ -4,7 +4,13 @@ training runs through the API, an operator deploys each new version to one robot
 then the fleet. Figures per round come back from the API (the catalog of registered episodes).
 
 Layouts (the arm's initial conditions) are fixed per role: demonstrations, collection per round
-and robot, and one fixed evaluation set per robot reused every round, so rounds compare paired."""
+and robot, and one fixed evaluation set per robot reused every round, so rounds compare paired.
+
+A robot that gets stuck (no progress for `stall_s`) or loses a node mid-episode does not end the
+demo: the station aborts the episode (kept as incomplete, never in a training selection or the
+figures), the robot's cell is restarted and the same episode (same layout) runs again, one line
+each time; after `retries` failed restarts for one episode that robot stops for the rest of the run
+(one line) and the others go on. Only when no robot is left does the demo end, with an error line."""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from robot_bridge.station import EpisodeOutcome
+from robot_bridge.station import EpisodeOutcome, StationError
 from services.demo.config import DemoConfig
 from services.demo.stack import DemoStack, StackError, check
 from services.demo.view import View
@@ -35,7 +41,9 @@ class DemoLoop:
         self.state.setdefault("episodes", {})
         self.state.setdefault("versions", {})
         self.state.setdefault("records", [])
-        self.robots = cfg.robot_ids()
+        self.robots = cfg.robot_ids()  # every robot's data counts, even after it stopped
+        self.stopped: dict[str, str] = {}  # robot -> why it was taken out of the run
+        self.teleop_budget: int | None = None  # the round's correction budget, set again on a restarted cell
         self.stopping = threading.Event()
         self.current_run: str | None = None
 
@@ -89,17 +97,21 @@ class DemoLoop:
 
     def _episodes(self, phase: str, plan: dict[str, list[dict]]) -> list[dict]:
         """plan: robot -> episode kwargs, run on every robot at once (one thread per station)."""
+        if not plan:
+            raise StackError(f"every robot stopped: {'; '.join(f'{r}: {why}' for r, why in self.stopped.items())}")
         total = sum(len(v) for v in plan.values())
         done = {"n": 0}
 
         def one_robot(robot: str) -> list[dict]:
-            st = self.stack.stations[robot]
             out = []
             for i, kw in enumerate(plan[robot]):
-                if self.stopping.is_set():
+                if self.stopping.is_set() or robot in self.stopped:
                     break
-                self.view.robot(robot, f"{phase} {i + 1}/{len(plan[robot])} ({kw['kind']}, layout {kw['layout']})")
-                o: EpisodeOutcome = st.run_episode(timeout_s=120 + 2 * self.cfg.max_steps, **kw)
+                what = f"{phase} {i + 1}/{len(plan[robot])} ({kw['kind']}, layout {kw['layout']})"
+                self.view.robot(robot, what)
+                o = self._episode(robot, what, kw)
+                if o is None:
+                    break
                 out.append({**asdict(o), "robot": robot, "operator": kw.get("operator", "")})
                 done["n"] += 1
                 self.view.progress(phase, done["n"], total)
@@ -116,14 +128,52 @@ class DemoLoop:
             raise
         pool.shutdown()
         self.stack.check()
+        if not self.active():
+            raise StackError(f"every robot stopped: {'; '.join(f'{r}: {why}' for r, why in self.stopped.items())}")
         self.wait_registered([e["episode_id"] for e in results])
         self.state["episodes"][phase] = results
         return results
+
+    def active(self) -> list[str]:
+        return [r for r in self.robots if r not in self.stopped]
+
+    def _episode(self, robot: str, what: str, kw: dict) -> EpisodeOutcome | None:
+        """One planned episode on `robot`, through stuck episodes and crashed nodes: abort, restart the
+        cell, run it again; None once the robot is stopped."""
+        for attempt in range(self.cfg.retries + 1):
+            try:
+                return self.stack.stations[robot].run_episode(
+                    timeout_s=120 + 2 * self.cfg.max_steps, stall_s=self.cfg.stall_s,
+                    alive=lambda: self.stack.cell_down(robot), **kw)
+            except StationError as e:
+                problem = str(e)
+            self.state.setdefault("recoveries", []).append({"robot": robot, "episode": what, "problem": problem,
+                                                            "attempt": attempt + 1})
+            if self.stopping.is_set():
+                return None  # Ctrl-C: no restart, the run ends
+            if attempt == self.cfg.retries:
+                break
+            self.view.log(f"{robot}: {what}: {problem}; episode aborted, restarting the robot's nodes "
+                          f"(retry {attempt + 1}/{self.cfg.retries})")
+            try:
+                self.stack.restart_cell(robot)
+                if self.teleop_budget is not None and kw["kind"] == "corrected":
+                    self.stack.stations[robot].set_teleop(budget=self.teleop_budget)
+            except StationError as e:
+                problem = f"its nodes did not come back ({e})"
+        why = f"{problem} ({self.cfg.retries} restarts did not help)"
+        self.stopped[robot] = why
+        self.view.log(f"{robot} stopped for the rest of the run: {why}")
+        self.view.robot(robot, "stopped")
+        self.stack.stop_robot(robot)
+        return None
 
     def demonstrations(self) -> None:
         self.view.phase("round 0: teleoperators record demonstrations (operator mix: clean / slow / sloppy)")
         plan = {}
         for i, robot in enumerate(self.robots):
+            if robot in self.stopped:
+                continue
             ops = operator_mix(self.cfg.demos_per_robot, seed=self.cfg.seed + i, mix=self.cfg.demo_mix)
             plan[robot] = [{"kind": "demonstration", "operator": op.name, "seed": 1000 * i + k,
                             "layout": DEMO_LAYOUT + 1000 * i + k} for k, op in enumerate(ops)]
@@ -133,17 +183,20 @@ class DemoLoop:
     def collect(self, r: int) -> None:
         self.view.phase(f"round {r}: the fleet runs {self.state['versions'][str(r - 1)]} with teleoperators "
                         "standing by to correct")
+        self.teleop_budget = self.cfg.correction_budget
         for st in self.stack.stations.values():  # a new round of correction budget
-            st.set_teleop(budget=self.cfg.correction_budget)
+            st.set_teleop(budget=self.teleop_budget)
         plan = {robot: [{"kind": "corrected", "seed": k, "layout": COLLECT_LAYOUT + 10_000 * r + 1000 * i + k}
-                        for k in range(self.cfg.collect_per_robot)] for i, robot in enumerate(self.robots)}
+                        for k in range(self.cfg.collect_per_robot)]
+                for i, robot in enumerate(self.robots) if robot not in self.stopped}
         self._episodes(f"r{r}.collect", plan)
 
     def evaluate(self, r: int) -> None:
         v = self.state["versions"][str(r)]
         self.view.phase(f"round {r}: autonomous episodes of {v} on the fixed evaluation layouts")
         plan = {robot: [{"kind": "autonomous", "layout": EVAL_LAYOUT + 1000 * i + k}
-                        for k in range(self.cfg.eval_per_robot)] for i, robot in enumerate(self.robots)}
+                        for k in range(self.cfg.eval_per_robot)]
+                for i, robot in enumerate(self.robots) if robot not in self.stopped}
         eps = self._episodes(f"r{r}.eval", plan)
         collected = self.state["episodes"].get(f"r{r}.collect", self.state["episodes"].get("demos", []))
         rec = self.record(r, v, eps, collected)
@@ -151,7 +204,7 @@ class DemoLoop:
         self.view.table(self.state["records"])
 
     def canary(self, r: int) -> None:
-        v, canary = self.state["versions"][str(r)], self.robots[0]
+        v, canary = self.state["versions"][str(r)], self.active()[0]
         self.deploy(v, "robot", canary, "canary")
         self.view.phase(f"round {r}: canary — {v} on {canary} only, the rest of the fleet stays on "
                         f"{self.state['versions'][str(r - 1)]}")
@@ -243,7 +296,7 @@ class DemoLoop:
         with self.stack.client("operator") as c:
             robots = {x["id"]: x["assigned_version"] for x in c.get("/v1/robots").json() if x["id"] in self.robots}
         per_robot = {robot: float(np.mean([e["outcome"] == "success" for e in ev if e["robot_id"] == robot]))
-                     for robot in self.robots}
+                     for robot in {e["robot_id"] for e in ev}}
         return {"round": r, "version": version, "episodes": len(ev), "success_rate": float(ok.mean()),
                 "success_se": float(np.sqrt(ok.mean() * (1 - ok.mean()) / max(1, len(ok)))),
                 "success_per_robot": per_robot, "throughput_per_h": float(ok.sum() / robot_s * 3600),

@@ -1,7 +1,15 @@
 """The demo's processes, all real and separate: Redis, the control-plane API, a training worker,
-the inference server, and per simulated robot an arm, a scripted teleoperator and a bridge on the
-robot's own ROS domain. Started in dependency order, watched, and stopped cleanly (ROS nodes with
-SIGINT, services with SIGTERM) on Ctrl-C or error."""
+the inference server, and per simulated robot a cell (an arm, a scripted teleoperator and a bridge)
+in the robot's namespace on a ROS domain of its own. Started in dependency order, watched, and
+stopped cleanly (ROS nodes with SIGINT, services with SIGTERM) on Ctrl-C or error.
+
+ROS domains: the robots take the first free domains from `ros_domain` (default 40) up to
+DEMO_DOMAINS_LAST (99; from a start above it, up to 232); a domain where other ROS nodes already run (another demo, a test) is skipped
+and said so. The tests take theirs from 100 up, so a demo and the test suite never share one, and the
+namespaces keep even a shared domain apart. A cell is the unit of recovery: `cell_down` says which
+of its processes exited, `restart_cell` replaces all three, `stop_robot` takes it out of the run;
+the services (Redis, API, worker, inference) have no such recovery: `check` ends the demo if one
+exits."""
 
 from __future__ import annotations
 
@@ -19,6 +27,10 @@ from services.launch import Process, start_process, start_python, start_redis, s
 from services.settings import ServiceSettings
 
 
+DEMO_DOMAINS_LAST = 99  # the demo's domains end here; tests use 100 and up
+ROS_DOMAIN_MAX = 232  # Fast DDS's highest domain id on Linux
+
+
 class StackError(RuntimeError):
     pass
 
@@ -29,7 +41,9 @@ class DemoStack:
     cfg: DemoConfig
     ros_domain: int = 40
     state: dict = field(default_factory=dict)  # tokens survive a re-run (the control plane does too)
-    procs: list[Process] = field(default_factory=list)
+    procs: list[Process] = field(default_factory=list)  # the services
+    cells: dict[str, list[Process]] = field(default_factory=dict)  # robot -> its cell's processes
+    domains: dict[str, int] = field(default_factory=dict)  # robot -> ROS domain
     stations: dict = field(default_factory=dict)  # robot -> Station
     settings: ServiceSettings | None = None
     api: Process | None = None
@@ -58,17 +72,36 @@ class DemoStack:
         self.inference = start_uvicorn("inference", "services.inference.server:create_app", self.logs,
                                        self.settings.to_env())
         self.procs.append(self.inference)
-        for i, robot in enumerate(self.cfg.robot_ids()):
-            self._start_cell(i, robot)
-        say(f"{self.cfg.robots} simulated robots up (ROS domains {self.ros_domain}..{self.ros_domain + self.cfg.robots - 1}); "
+        self._take_domains(say)
+        for robot in self.cfg.robot_ids():
+            self._start_cell(robot)
+        say(f"{self.cfg.robots} simulated robots up ({', '.join(f'{r} on ROS domain {d}' for r, d in self.domains.items())}); "
             "waiting for their nodes")
         from robot_bridge.station import Station
 
-        for i, robot in enumerate(self.cfg.robot_ids()):
-            st = Station(self.ros_domain + i, name=f"station_{i}")
+        for robot in self.cfg.robot_ids():
+            st = Station(self.domains[robot], robot)
             self.stations[robot] = st
             st.wait_ready()
         self.check()
+
+    def _take_domains(self, say) -> None:
+        """The first free ROS domains from `ros_domain` on, one per robot."""
+        from robot_bridge.ros import busy_ros_domains
+
+        robots, free = self.cfg.robot_ids(), []
+        last = DEMO_DOMAINS_LAST if self.ros_domain <= DEMO_DOMAINS_LAST else ROS_DOMAIN_MAX
+        candidates = iter(range(self.ros_domain, last + 1))
+        while len(free) < len(robots):
+            batch = [d for _, d in zip(range(len(robots) - len(free) + 2), candidates)]
+            if not batch:
+                raise StackError(f"no {len(robots)} free ROS domains in {self.ros_domain}..{last}; "
+                                 "pick another start with --ros-domain")
+            busy = busy_ros_domains(batch)
+            for d, nodes in busy.items():
+                say(f"ROS domain {d} is in use ({', '.join(nodes[:3])}{' ...' if len(nodes) > 3 else ''}): skipped")
+            free += [d for d in batch if d not in busy]
+        self.domains = dict(zip(robots, free))
 
     def _tokens(self) -> None:
         tokens = self.state["tokens"]
@@ -87,22 +120,47 @@ class DemoStack:
                     check(r)
                     tokens[key] = r.json()["token"]
 
-    def _start_cell(self, index: int, robot: str) -> None:
-        cell = CellSpec(robot=robot, task=self.cfg.task_of(index), rate_hz=self.cfg.rate_hz,
+    def _start_cell(self, robot: str) -> None:
+        cell = CellSpec(robot=robot, task=self.cfg.task_of(self.cfg.robot_ids().index(robot)), rate_hz=self.cfg.rate_hz,
                         store=self.settings.store_root, inference_url=self.inference.url,
                         token=self.state["tokens"][f"robot:{robot}"], api_url=self.api.url, fast=True,
                         seed=0, max_steps=self.cfg.max_steps, stop_when_done=True, fsync=False,
                         extra={"refill_below": 1})
-        env = {**ROS_ENV, "ROS_DOMAIN_ID": str(self.ros_domain + index)}
-        for name, cmd in cell.commands().items():
-            self.procs.append(start_process(f"{robot}-{name}", cmd, self.logs, env, ros=True))
+        env = {**ROS_ENV, "ROS_DOMAIN_ID": str(self.domains[robot])}
+        self.cells[robot] = [start_process(f"{robot}-{name}", cmd, self.logs, env, ros=True)
+                             for name, cmd in cell.commands().items()]
+
+    def cell_down(self, robot: str) -> str | None:
+        """Which of the robot's processes exited (and how), or None while all run."""
+        dead = [f"{p.name} exited with {p.popen.returncode}" for p in self.cells.get(robot, []) if not p.alive()]
+        return "; ".join(dead) or None
+
+    def restart_cell(self, robot: str) -> None:
+        """Stop what is left of the robot's cell and start all of it again; its station waits until the
+        new nodes answer."""
+        _stop_ros(self.cells.pop(robot, []))
+        self._start_cell(robot)
+        st = self.stations[robot]
+        st.forget()
+        st.wait_ready()
+
+    def stop_robot(self, robot: str) -> None:
+        """Take the robot out of the run: its station closes, its cell stops."""
+        st = self.stations.pop(robot, None)
+        if st is not None:
+            try:
+                st.close()
+            except Exception:
+                pass
+        _stop_ros(self.cells.pop(robot, []))
 
     def client(self, role: str) -> httpx.Client:
         return httpx.Client(base_url=self.api.url, timeout=60,
                             headers={"Authorization": f"Bearer {self.state['tokens'][role]}"})
 
     def check(self) -> None:
-        """Every process still running, or an error naming the one that died and its log."""
+        """Every service still running, or an error naming the one that died and its log (cells recover
+        on their own: DemoLoop)."""
         for p in self.procs:
             if not p.alive():
                 raise StackError(f"{p.name} exited with {p.popen.returncode}; last lines of {p.log}:\n"
@@ -111,7 +169,7 @@ class DemoStack:
     def errors(self) -> dict[str, list[str]]:
         """Error lines each process logged (the demo and the end-to-end test report them)."""
         out = {}
-        for p in self.procs:
+        for p in self.procs + [p for cell in self.cells.values() for p in cell]:
             bad = [ln for ln in p.log_text().splitlines()
                    if "Traceback" in ln or " ERROR " in ln or "[ERROR]" in ln or "tick failed" in ln]
             if bad:
@@ -125,17 +183,21 @@ class DemoStack:
             except Exception:
                 pass
         self.stations.clear()
-        ros = [p for p in self.procs if p.extra.get("ros")]
-        for p in ros:  # ROS nodes shut down on SIGINT (the bridge closes its writer and registrations)
-            if p.alive():
-                os.killpg(p.popen.pid, signal.SIGINT)
-        for p in ros:
-            try:
-                p.popen.wait(15)
-            except Exception:
-                p.kill()
-        for p in reversed([p for p in self.procs if not p.extra.get("ros")]):
+        _stop_ros([p for cell in self.cells.values() for p in cell])
+        for p in reversed(self.procs):
             p.stop()
+
+
+def _stop_ros(procs: list[Process]) -> None:
+    """ROS nodes shut down on SIGINT (the bridge closes its writer and registrations); SIGKILL after 15 s."""
+    for p in procs:
+        if p.alive():
+            os.killpg(p.popen.pid, signal.SIGINT)
+    for p in procs:
+        try:
+            p.popen.wait(15)
+        except Exception:
+            p.kill()
 
 
 def check(r: httpx.Response) -> None:

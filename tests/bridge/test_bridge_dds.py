@@ -1,11 +1,14 @@
 """The bridge over real DDS, every node in its own process: simulated arm, scripted teleoperator,
-bridge; the test drives episodes through the bridge's ROS 2 services like the CLI does."""
+bridge; the test drives episodes through the bridge's ROS 2 services like the CLI does. Each test
+takes a ROS domain from TEST_DOMAINS (the demo never uses them) and a namespace of its own, so tests
+run beside a demo, or beside another test run on the same domain, without meeting."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import secrets
 import subprocess
 import sys
 import time
@@ -18,34 +21,56 @@ from data.schema import ActionSource
 from data.store import EpisodeStore
 
 
+TEST_DOMAINS = (100, 200)  # the demo takes free domains from 40 up to 99 (services/demo/stack.py)
+
+
+def test_robot_ids_name_ros_namespaces():
+    from robot_bridge.ros import RobotNameError, robot_namespace
+
+    assert robot_namespace("sim-arm-0") == "/sim_arm_0" and robot_namespace("cell-a.arm_1") == "/cell_a_arm_1"
+    for bad in ("", "1arm", "arm 1", "arm/1"):
+        with pytest.raises(RobotNameError, match="cannot name a ROS namespace"):
+            robot_namespace(bad)
+
+
 @pytest.fixture
 def ros_env(monkeypatch):
-    env = {"ROS_DOMAIN_ID": str(random.randint(1, 200)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+    env = {"ROS_DOMAIN_ID": str(random.randint(*TEST_DOMAINS)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
            "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", "MUJOCO_GL": "osmesa", "PYTHONUNBUFFERED": "1"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
 
 
-def _node(module: str, params: dict, log: Path) -> subprocess.Popen:
+@pytest.fixture
+def ns() -> str:
+    """This test's own ROS namespace (a robot's namespace, as a cell's nodes run in)."""
+    return f"/t_{secrets.token_hex(4)}"
+
+
+def _node(module: str, params: dict, log: Path, ns: str) -> subprocess.Popen:
+    from robot_bridge.ros import namespace_args
+
     args = [sys.executable, "-m", module, "--ros-args"]
     for k, v in params.items():
         args += ["-p", f"{k}:={json.dumps(v)}"]
-    return subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=os.environ.copy())
+    return subprocess.Popen(args + namespace_args(ns), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            env=os.environ.copy())
 
 
 class Driver:
-    """The test's own ROS 2 node: calls the bridge's services, publishes malformed input, reads stats."""
+    """The test's own ROS 2 node, in the cell's namespace (relative names are the cell's): calls the
+    bridge's services, publishes malformed input, reads stats."""
 
-    def __init__(self):
+    def __init__(self, ns: str):
         import rclpy
         from std_msgs.msg import String
 
         rclpy.init()
         self.rclpy = rclpy
-        self.node = rclpy.create_node("test_driver")
+        self.node = rclpy.create_node("test_driver", namespace=ns)
         self.stats: list[dict] = []
-        self.node.create_subscription(String, "/recap_bridge/stats", lambda m: self.stats.append(json.loads(m.data)), 10)
+        self.node.create_subscription(String, "recap_bridge/stats", lambda m: self.stats.append(json.loads(m.data)), 10)
 
     def call(self, srv_type, name: str, request, timeout: float = 30.0):
         cli = self.node.create_client(srv_type, name)
@@ -80,23 +105,23 @@ class Driver:
 
 
 @pytest.mark.slow
-def test_bridge_records_holds_and_corrections_over_dds(ros_env, tmp_path):
+def test_bridge_records_holds_and_corrections_over_dds(ros_env, ns, tmp_path):
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
     from std_srvs.srv import SetBool, Trigger
 
     store_root = tmp_path / "home" / "store"
     procs = [
-        _node("robot_bridge.sim.arm_node", {"task": "push-v3", "rate_hz": 30.0}, tmp_path / "arm.log"),
-        _node("robot_bridge.sim.teleop_node", {"task": "push-v3"}, tmp_path / "teleop.log"),
+        _node("robot_bridge.sim.arm_node", {"task": "push-v3", "rate_hz": 30.0}, tmp_path / "arm.log", ns),
+        _node("robot_bridge.sim.teleop_node", {"task": "push-v3"}, tmp_path / "teleop.log", ns),
         _node("robot_bridge.bridge_node", {"robot_id": "sim-arm-0", "state_dim": 39, "action_dim": 4,
                                            "store_root": str(store_root), "task": "push-v3", "instruction": "push",
-                                           "hold_keep": [3], "fsync": False, "realtime_priority": 40}, tmp_path / "bridge.log"),
+                                           "hold_keep": [3], "fsync": False, "realtime_priority": 40}, tmp_path / "bridge.log", ns),
     ]
-    d = Driver()
+    d = Driver(ns)
     try:
-        d.wait_ready(publishers=("/teleop/engage", "/teleop/command"))
-        start = d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request())
+        d.wait_ready(publishers=(f"{ns}/teleop/engage", f"{ns}/teleop/command"))
+        start = d.call(Trigger, "recap_bridge/start_episode", Trigger.Request())
         assert start.success, start.message
         # malformed input while the episode runs: refused and counted, never sent to the arm
         bad_js = d.node.create_publisher(JointState, "joint_states", 10)
@@ -107,9 +132,9 @@ def test_bridge_records_holds_and_corrections_over_dds(ros_env, tmp_path):
             bad_cmd.publish(Float64MultiArray(data=[0.0, 1.0]))
             d.spin(0.1)
         d.spin(5.0)
-        end = d.call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=False))
+        end = d.call(SetBool, "recap_bridge/end_episode", SetBool.Request(data=False))
         assert end.success, end.message
-        relabel = d.call(SetBool, "/recap_bridge/label_last_episode", SetBool.Request(data=True))
+        relabel = d.call(SetBool, "recap_bridge/label_last_episode", SetBool.Request(data=True))
         assert relabel.success and relabel.message == end.message
         d.spin(1.5)
     finally:
@@ -147,7 +172,7 @@ def test_bridge_records_holds_and_corrections_over_dds(ros_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(ros_env, stack, tmp_path):
+def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(ros_env, ns, stack, tmp_path):
     """Policy chunks from the real inference server, with the version in every tick; the server
     stopped mid-episode -> hold, flagged late -> policy again when it is back; the API down -> the
     registration waits on disk; the bridge SIGKILLed mid-episode -> committed episodes intact, the
@@ -172,33 +197,33 @@ def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(
               "task": "push-v3", "instruction": "push", "hold_keep": [3], "fsync": False,
               "inference_url": inf.url, "inference_token": token, "api_url": stack.api.url,
               "deadline_ms": 150.0, "execute": 4}
-    arm = _node("robot_bridge.sim.arm_node", {"task": "push-v3", "rate_hz": 30.0}, tmp_path / "arm.log")
-    bridge = _node("robot_bridge.bridge_node", params, tmp_path / "bridge.log")
-    d = Driver()
+    arm = _node("robot_bridge.sim.arm_node", {"task": "push-v3", "rate_hz": 30.0}, tmp_path / "arm.log", ns)
+    bridge = _node("robot_bridge.bridge_node", params, tmp_path / "bridge.log", ns)
+    d = Driver(ns)
     try:
         d.wait_ready()
-        assert d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request()).success
+        assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
         d.spin(2.0)
         inf.stop()  # the inference server goes away mid-episode ...
         d.spin(2.0)
         stack.extra.append(start_uvicorn("inference-2", "services.inference.server:create_app", stack.logs,
                                          stack.env(), port=inf.port))  # ... and comes back
         d.spin(2.0)
-        first = d.call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=True)).message
+        first = d.call(SetBool, "recap_bridge/end_episode", SetBool.Request(data=True)).message
         d.spin(1.0)
         api_port = stack.api.port
         stack.api.stop()  # the API is down: the next registration waits on disk
-        assert d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request()).success
+        assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
         d.spin(2.0)
-        second = d.call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=False)).message
-        assert d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request()).success
+        second = d.call(SetBool, "recap_bridge/end_episode", SetBool.Request(data=False)).message
+        assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
         d.spin(2.0)
         os.kill(bridge.pid, signal.SIGKILL)  # the bridge dies mid-episode
         bridge.wait(10)
         pending = store_root.parent / "pending_registrations" / "sim-arm-1"
         assert [p.stem for p in pending.glob("*.json")] == [second]
         stack.api = start_uvicorn("api-2", "services.api.app:create_app", stack.logs, stack.env(), port=api_port)
-        bridge = _node("robot_bridge.bridge_node", params, tmp_path / "bridge2.log")
+        bridge = _node("robot_bridge.bridge_node", params, tmp_path / "bridge2.log", ns)
         deadline = time.monotonic() + 60
         while list(pending.glob("*.json")) and time.monotonic() < deadline:
             d.spin(0.5)
@@ -234,11 +259,13 @@ def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(
 def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path, fast):
     import signal
 
-    def recap(*args, **kw):
-        return subprocess.run([sys.executable, "-m", "data.cli_root", "bridge", *args], capture_output=True,
-                              text=True, timeout=60, **kw)
+    robot = f"test-{secrets.token_hex(4)}"  # this test's namespace: /test_<hex>
 
-    up = subprocess.Popen([sys.executable, "-m", "data.cli_root", "bridge", "up", "--task", "push-v3", "--store",
+    def recap(*args, **kw):
+        return subprocess.run([sys.executable, "-m", "data.cli_root", "bridge", *args, "--robot", robot],
+                              capture_output=True, text=True, timeout=60, **kw)
+
+    up = subprocess.Popen([sys.executable, "-m", "data.cli_root", "bridge", "up", "--robot", robot, "--task", "push-v3", "--store",
                            str(tmp_path / "store"), "--logs", str(tmp_path / "logs"), "--fast" if fast else "--no-fast"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -249,6 +276,9 @@ def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path, fast):
         started = recap("start")
         assert started.returncode == 0 and started.stdout.startswith("started "), started.stdout + started.stderr
         assert recap("start").returncode == 1  # one episode at a time
+        other = subprocess.run([sys.executable, "-m", "data.cli_root", "bridge", "end", "--success", "--robot",
+                                f"other-{robot}", "--wait", "1"], capture_output=True, text=True, timeout=60)
+        assert other.returncode == 2 and "no bridge answering" in other.stderr  # another robot's: nobody there
         time.sleep(2.0)
         ended = recap("end", "--failure")
         assert ended.returncode == 0, ended.stdout + ended.stderr
@@ -258,7 +288,7 @@ def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path, fast):
         out, _ = up.communicate(timeout=30)
     assert up.returncode == 0, "".join(lines) + out
     ep = EpisodeStore(tmp_path / "store").open(episode)
-    assert len(ep) > 30 and ep.info.outcome == "failure"
+    assert len(ep) > 30 and ep.info.outcome == "failure" and ep.info.robot_id == robot
     dt = np.diff(ep.timestamps_ns)
     assert np.all(dt > 0)
     if fast:  # simulated time: exactly one control period per tick, however fast the wall clock went
@@ -269,7 +299,7 @@ def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path, fast):
 
 
 @pytest.mark.slow
-def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(ros_env, tmp_path):
+def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(ros_env, ns, tmp_path):
     """A scripted robot: joint states numbered k with known stamps, an engage window with a known
     teleop command. Each recorded tick holds the newest sample stamped at or before it (never a
     later one), corrections exactly while engaged, and the commands the arm received in order."""
@@ -280,8 +310,8 @@ def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(r
     store_root = tmp_path / "store"
     bridge = _node("robot_bridge.bridge_node", {"robot_id": "scripted", "state_dim": 4, "action_dim": 4,
                                                 "store_root": str(store_root), "fsync": False,
-                                                "control_rate_hz": 50.0}, tmp_path / "bridge.log")
-    d = Driver()
+                                                "control_rate_hz": 50.0}, tmp_path / "bridge.log", ns)
+    d = Driver(ns)
     commands: list[list[float]] = []
     d.node.create_subscription(Float64MultiArray, "command", lambda m: commands.append(list(m.data)), 100)
     js_pub = d.node.create_publisher(JointState, "joint_states", 10)
@@ -303,7 +333,7 @@ def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(r
     d.node.create_timer(0.007, publish_state)  # ~140 Hz, unsynchronised with the 50 Hz bridge
     try:
         d.wait_ready()
-        assert d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request()).success
+        assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
         d.spin(1.0)
         t_on = d.node.get_clock().now().nanoseconds
         for _ in range(40):
@@ -313,7 +343,7 @@ def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(r
         engage_pub.publish(Bool(data=False))
         t_off = d.node.get_clock().now().nanoseconds
         d.spin(1.0)
-        episode = d.call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=True)).message
+        episode = d.call(SetBool, "recap_bridge/end_episode", SetBool.Request(data=True)).message
         d.spin(0.5)
     finally:
         d.close()
@@ -337,7 +367,7 @@ def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(r
 
 
 @pytest.mark.slow
-def test_compressed_cameras_in_joint_trajectory_out(ros_env, tmp_path):
+def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path):
     """A ros2_control-style configuration: JPEG CompressedImage cameras recorded, JointTrajectory commands
     (position hold) published with the configured joint names; an unknown-size frame is refused."""
     import simplejpeg
@@ -351,8 +381,8 @@ def test_compressed_cameras_in_joint_trajectory_out(ros_env, tmp_path):
         "camera_names": ["wrist"], "camera_topics": ["wrist/image/compressed"], "camera_compressed": True,
         "camera_height": 48, "camera_width": 64, "command_type": "joint_trajectory",
         "joint_names": ["j1", "j2", "j3"], "hold_mode": "position", "action_low": [-1.0], "action_high": [1.0]},
-        tmp_path / "bridge.log")
-    d = Driver()
+        tmp_path / "bridge.log", ns)
+    d = Driver(ns)
     got: list[JointTrajectory] = []
     d.node.create_subscription(JointTrajectory, "command", got.append, 100)
     js_pub = d.node.create_publisher(JointState, "joint_states", 10)
@@ -375,9 +405,9 @@ def test_compressed_cameras_in_joint_trajectory_out(ros_env, tmp_path):
     d.node.create_timer(0.02, feed)
     try:
         d.wait_ready()
-        assert d.call(Trigger, "/recap_bridge/start_episode", Trigger.Request()).success
+        assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
         d.spin(1.5)
-        episode = d.call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=True)).message
+        episode = d.call(SetBool, "recap_bridge/end_episode", SetBool.Request(data=True)).message
         d.spin(1.2)
     finally:
         d.close()

@@ -1,13 +1,16 @@
 """The loop end to end, through the same processes `make demo` starts: Redis, the API under
 uvicorn, an RQ worker, the inference server, and per simulated robot an arm, a scripted
-teleoperator and a bridge on its own ROS domain. A first run is interrupted (SIGINT, as Ctrl-C)
-after the demonstrations; every process must go; a second run continues and finishes one RECAP
-round. Then the artifacts are checked from the outside: store, runs, control-plane database."""
+teleoperator and a bridge on its own ROS domain, in its own namespace. A first run is interrupted
+(SIGINT, as Ctrl-C) after the demonstrations; every process must go; a second run continues and
+finishes one RECAP round, although one robot's arm is SIGKILLed mid-episode (the station aborts the
+episode, restarts that robot's nodes and runs the episode again). Then the artifacts are checked
+from the outside: store, runs, control-plane database."""
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +41,22 @@ def _descendants(pid: int) -> set[int]:
         return set()
 
 
+def _flushed(store: EpisodeStore, episode_id: str) -> int:
+    """Ticks an episode in flight has made durable (its journal), 0 when unreadable."""
+    try:
+        return json.loads((store.episode_dir(episode_id) / "journal.json").read_text())["flushed_ticks"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _is_arm_of(p: psutil.Process, namespace: str) -> bool:
+    try:
+        cmd = p.cmdline()
+    except psutil.Error:  # gone meanwhile
+        return False
+    return "robot_bridge.sim.arm_node" in cmd and f"__ns:={namespace}" in cmd
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
@@ -61,20 +80,51 @@ def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
     time.sleep(1.0)
     left = [p for p in seen if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not left, f"processes left behind by Ctrl-C: {[psutil.Process(p).cmdline() for p in left]}"
-    # -- second run: continues after the last finished phase ------------------------------------
-    second = subprocess.run(_demo(out, domain), capture_output=True, text=True, timeout=700)
-    log = second.stdout + second.stderr
-    assert second.returncode == 0, log[-5000:]
+    # -- second run: continues after the last finished phase; sim-arm-1's arm is killed mid-episode
+    store = EpisodeStore(out / "home" / "store")
+    second = subprocess.Popen(_demo(out, domain), stdout=open(tmp_path / "run2.log", "wb"), stderr=subprocess.STDOUT)
+    killed = None
+    deadline = time.monotonic() + 700
+    try:
+        while second.poll() is None and time.monotonic() < deadline:
+            if killed is None and "autonomous episodes of" in (tmp_path / "run2.log").read_text():  # round 0's eval
+                flying = [e for e in store.in_flight_ids() if "-sim-arm-1-" in e and _flushed(store, e) >= 20]
+                arms = [p for p in psutil.Process(second.pid).children(recursive=True) if _is_arm_of(p, "/sim_arm_1")]
+                if flying and arms:  # an episode well under way: the arm dies mid-episode
+                    arms[0].send_signal(signal.SIGKILL)
+                    killed = flying[0]
+            time.sleep(0.2)
+        assert second.poll() == 0, (tmp_path / "run2.log").read_text()[-5000:]
+    finally:
+        if second.poll() is None:  # past the deadline: Ctrl-C stops the demo and every process it started
+            second.send_signal(signal.SIGINT)
+            try:
+                second.wait(90)
+            except subprocess.TimeoutExpired:
+                second.kill()
+    log = (tmp_path / "run2.log").read_text()
     assert "r0.demos: done in an earlier run" in log
+    assert killed is not None, "no sim-arm-1 episode was seen in flight during the evaluation"
+    # the recovery: one clear line, the episode aborted (incomplete, out of every figure), run again
+    assert "Traceback" not in log
+    assert re.search(r"sim-arm-1: r0\.eval \d/4 .*sim-arm-1-arm exited with -9 .*; episode aborted, restarting", log), log[-3000:]
+    assert "recoveries: 1 episode(s)" in log
+    assert store.open(killed).info.status == "incomplete"
+    state = json.loads(state_file.read_text())
+    assert [(x["robot"], x["attempt"]) for x in state["recoveries"]] == [("sim-arm-1", 1)]
+    evals = state["episodes"]["r0.eval"]
+    assert sorted(e["robot"] for e in evals) == ["sim-arm-0"] * 4 + ["sim-arm-1"] * 4
+    assert killed not in {e["episode_id"] for phase in state["episodes"].values() for e in phase}
+    r0 = state["records"][0]
+    assert r0["episodes"] == 8 and 0 <= r0["success_rate"] <= 1 and np.isfinite(r0["throughput_per_h"])
+    assert 0 < r0["mean_steps"] <= 200 and set(r0["success_per_robot"]) == {"sim-arm-0", "sim-arm-1"}
     for f in (out / "logs").glob("*.log"):
         lines = f.read_text(errors="replace").splitlines()
         bad = [i for i, ln in enumerate(lines) if any(m in ln for m in ERROR_MARKS)]
         # the first error with what follows it (a traceback's last lines name the cause)
         assert not bad, f"{f.name} logged {len(bad)} error line(s), the first:\n" + "\n".join(lines[bad[0]:bad[0] + 60])
 
-    state = json.loads(state_file.read_text())
     v0, v1 = state["versions"]["0"], state["versions"]["1"]
-    store = EpisodeStore(out / "home" / "store")
     # demonstrations: the teleoperator drove, recorded as demonstration (never as correction)
     demos = [store.open(e["episode_id"]) for e in state["episodes"]["demos"]]
     assert all((d.action_source == ActionSource.DEMONSTRATION).mean() > 0.8 for d in demos)
@@ -93,6 +143,7 @@ def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
     assert run["method"] == "recap" and run["parent_version"] == v0
     used = set(json.loads((run_dir / "episodes.json").read_text())["episodes"])
     assert {e["episode_id"] for e in state["episodes"]["r1.collect"] + state["episodes"]["demos"]} <= used
+    assert killed not in used  # the aborted episode never reaches training
     assert (run_dir / "value" / "model.safetensors").exists() and (run_dir / "labels").exists()
     manifest = json.loads((run_dir / "policy" / "manifest.json").read_text())
     assert manifest["lineage"]["parent_version"] == v0 and manifest["lineage"]["run"] == state["runs"]["1"]
