@@ -1,4 +1,9 @@
-"""A LeRobot policy version (ACT, diffusion, SmolVLA, ...) behind the same batched call as ours."""
+"""A LeRobot policy version (ACT, diffusion, SmolVLA, ...) behind the same batched call as ours.
+
+Batching never changes an answer: a sampling policy's starting noise is drawn per request from its
+own seed (as the native runtime does), and language policies see right-padded prompts whose pads
+LeRobot masks out of attention and position ids; a batch of 8 equals 8 single calls within float
+tolerance (tests/services/test_language_batching.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +26,16 @@ def _processor_stats(pipeline, feature: str) -> dict | None:
     return None
 
 
+def _noise_shape(cfg) -> tuple[int, int] | None:
+    """The per-sample starting noise a sampling policy draws: flow-matching VLAs (SmolVLA, pi0,
+    pi05) over their padded action width, diffusion over its horizon; None for a deterministic one."""
+    if hasattr(cfg, "max_action_dim") and hasattr(cfg, "num_steps"):
+        return cfg.chunk_size, cfg.max_action_dim
+    if cfg.type == "diffusion":
+        return cfg.horizon, cfg.action_feature.shape[0]
+    return None
+
+
 class LeRobotRuntime:
     def __init__(self, version: str, artifact_dir: Path, expected_manifest_sha256: str | None = None):
         d = Path(artifact_dir)
@@ -31,6 +46,7 @@ class LeRobotRuntime:
         self.spec = InputSpec(cfg["state_dim"], cfg["action_dim"], cfg["chunk"], cams,
                               Envelope.from_stats(_processor_stats(self.pre, "observation.state"),
                                                   _processor_stats(self.post, "action")))
+        self._noise_shape = _noise_shape(self.policy.config)
 
     @torch.inference_mode()
     def act(self, obs: list[Observation]) -> np.ndarray:
@@ -39,7 +55,11 @@ class LeRobotRuntime:
         for c in self.spec.cameras:
             batch[f"observation.images.{c}"] = (torch.from_numpy(np.stack([o.images[c] for o in obs]))
                                                 .permute(0, 3, 1, 2).float().div(255))
-        chunk = self.policy.predict_action_chunk(self.pre(batch))  # (B, H, A), normalised
+        kwargs = {}
+        if self._noise_shape is not None:  # drawn on the CPU from each request's seed: alone or batched, the same
+            kwargs["noise"] = torch.stack([torch.randn(self._noise_shape, generator=torch.Generator().manual_seed(o.seed))
+                                           for o in obs]).to(next(self.policy.parameters()).device)
+        chunk = self.policy.predict_action_chunk(self.pre(batch), **kwargs)  # (B, H, A), normalised
         B, H, A = chunk.shape
         out = self.post(chunk.reshape(B * H, A)).reshape(B, H, A)
         return out.float().cpu().numpy()
