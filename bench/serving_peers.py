@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import pickle  # nosec: LeRobot's PolicyServer protocol (the peer under test), never our wire
+import re
 import sys
 import time
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -27,10 +29,17 @@ def lerobot_features(state_dim: int, cameras: dict[str, tuple[int, int, int]]) -
     return hw_to_dataset_features(hw, "observation", use_video=False)
 
 
-class LeRobotClient:
-    """What LeRobot's RobotClient does per chunk: stream one observation (must_go), ask for actions."""
+# what PolicyServer._predict_action_chunk logs per observation: conversion + pre + model + post
+_LEROBOT_TOTAL = re.compile(r"Observation (\d+) \| Total time: ([0-9.]+)ms")
 
-    def __init__(self, address: str, policy_dir: str, state_dim: int, cameras: dict, chunk: int):
+
+class LeRobotClient:
+    """What LeRobot's RobotClient does per chunk: stream one observation (must_go), ask for actions.
+    With its server's log (`log_path`, one client per server), `model_ms()` is the time the server
+    logged for the observation just answered (it logs before it replies)."""
+
+    def __init__(self, address: str, policy_dir: str, state_dim: int, cameras: dict, chunk: int,
+                 log_path: Path | None = None):
         import grpc
         from lerobot.async_inference.helpers import RemotePolicyConfig
         from lerobot.transport import services_pb2, services_pb2_grpc
@@ -43,6 +52,9 @@ class LeRobotClient:
         spec = RemotePolicyConfig("act", policy_dir, lerobot_features(state_dim, cameras), chunk, "cpu")
         self.stub.SendPolicyInstructions(services_pb2.PolicySetup(data=pickle.dumps(spec)))
         self.state_dim, self.t = state_dim, 0
+        self.log = open(log_path, "rb") if log_path else None
+        self.logged: dict[int, float] = {}
+        self._tail = b""  # a line the server has not finished writing
 
     def act(self, state: np.ndarray, images: dict[str, np.ndarray]) -> np.ndarray | None:
         from lerobot.async_inference.helpers import TimedObservation
@@ -58,8 +70,21 @@ class LeRobotClient:
         actions = pickle.loads(reply.data)  # nosec: the peer's protocol
         return np.stack([a.get_action().numpy() for a in actions])
 
+    def model_ms(self) -> float | None:
+        if self.log is None:
+            return None
+        t, deadline = self.t - 1, time.monotonic() + 1.0
+        while t not in self.logged and time.monotonic() < deadline:
+            lines, _, self._tail = (self._tail + self.log.read()).rpartition(b"\n")
+            self.logged.update((int(n), float(ms)) for n, ms in _LEROBOT_TOTAL.findall(lines.decode(errors="replace")))
+            if t not in self.logged:
+                time.sleep(0.005)
+        return self.logged.pop(t, None)
+
     def close(self) -> None:
         self.channel.close()
+        if self.log:
+            self.log.close()
 
 
 def lerobot_server_cmd(port: int, fps: int = 30) -> list[str]:
@@ -123,7 +148,12 @@ class OpenpiStyleClient:
 
     def act(self, state: np.ndarray, images: dict[str, np.ndarray]) -> np.ndarray:
         self.ws.send(packb({"state": state.astype(np.float32), "images": images}))
-        return unpackb(self.ws.recv())["actions"]
+        reply = unpackb(self.ws.recv())
+        self.infer_ms = reply["server_timing"]["infer_ms"]
+        return reply["actions"]
+
+    def model_ms(self) -> float | None:
+        return self.infer_ms
 
     def close(self) -> None:
         self.ws.close()

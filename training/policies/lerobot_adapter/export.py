@@ -75,9 +75,23 @@ def _processor_stats(pipeline, feature: str) -> dict | None:
     return None
 
 
+def _noise_shape(cfg) -> tuple[int, int] | None:
+    """The per-sample starting noise a sampling policy draws: flow-matching VLAs (SmolVLA, pi0,
+    pi05) over their padded action width, diffusion over its horizon; None for a deterministic one."""
+    if hasattr(cfg, "max_action_dim") and hasattr(cfg, "num_steps"):
+        return cfg.chunk_size, cfg.max_action_dim
+    if cfg.type == "diffusion":
+        return cfg.horizon, cfg.action_feature.shape[0]
+    return None
+
+
 class ExportedLeRobotPolicy:
     """A LeRobot policy trained elsewhere, with LeRobot's own processors as its processing. It knows
-    no advantage indicator: it is served as trained (β = 1, the indicator ignored)."""
+    no advantage indicator: it is served as trained (β = 1, the indicator ignored).
+
+    Batching never changes an answer: a sampling policy's starting noise is drawn per request from its
+    own seed, and language policies see right-padded prompts whose pads LeRobot masks out of attention
+    and position ids (tests/services/test_language_batching.py)."""
 
     beta = 1.0
 
@@ -85,6 +99,7 @@ class ExportedLeRobotPolicy:
         self.policy, self.pre, self.post, self.cfg = policy, pre, post, config
         self.state_dim, self.action_dim, self.chunk = config["state_dim"], config["action_dim"], config["chunk"]
         self.cameras = {c: (s[1], s[2], s[0]) for c, s in config["cameras"].items()}  # (C, H, W) -> wire (H, W, C)
+        self._noise_shape = _noise_shape(policy.config)
 
     def envelope_stats(self) -> dict:
         return {"observation.state": _processor_stats(self.pre, "observation.state"),
@@ -97,7 +112,11 @@ class ExportedLeRobotPolicy:
         for c in self.cameras:
             batch[f"observation.images.{c}"] = (torch.from_numpy(np.stack([o.images[c] for o in obs]))
                                                 .permute(0, 3, 1, 2).float().div(255))
-        chunk = self.policy.predict_action_chunk(self.pre(batch))  # (B, H, A), normalised
+        kwargs = {}
+        if self._noise_shape is not None:  # drawn on the CPU from each request's seed: alone or batched, the same
+            kwargs["noise"] = torch.stack([torch.randn(self._noise_shape, generator=torch.Generator().manual_seed(o.seed))
+                                           for o in obs]).to(next(self.policy.parameters()).device)
+        chunk = self.policy.predict_action_chunk(self.pre(batch), **kwargs)  # (B, H, A), normalised
         B, H, A = chunk.shape
         out = self.post(chunk.reshape(B * H, A)).reshape(B, H, A)
         return out.float().cpu().numpy()
