@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"probing {name}")
                 t0 = time.monotonic()
                 module = importlib.import_module(f"bench.probes.{name}")
-                figures.update(module.run(stack, work / name))
+                found = module.run(stack, work / name)
+                figures.update(found)
                 seconds[name] = round(time.monotonic() - t0, 1)
-                log(f"{name}: {json.dumps({k: v for k, v in figures.items()})}")
+                log(f"{name}: {json.dumps(found)}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

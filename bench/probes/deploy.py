@@ -55,6 +55,7 @@ def run(stack, work: Path) -> dict:
                 "heal_ms_max": round(max(heal_ms), 1) if heal_ms else None,
                 "heal_ms_p50": round(float(np.median(heal_ms)), 1) if heal_ms else None,
                 "act_answers_during_bursts": answers, "act_failures_during_bursts": len(streams.failures),
+                "act_failure_examples": sorted({f.split(": ", 1)[-1][:160] for f in streams.failures})[:5],
                 "robots_went_back": len(went_back(streams.answers, history)),
                 "server_seq_decreases": len(monitor.decreases)}
     finally:

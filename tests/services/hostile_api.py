@@ -76,7 +76,7 @@ def inject_dashboard_fields(stack, artifact_dir: str, rounds: int = 1) -> Inject
                                                          "target": robot, "note": payload}))
                 inj.add("run recipe", payload,
                         res.post("/v1/runs", json={"method": "bc", "selection": {"robot": [robot]},
-                                                   "recipe": {"policy": {"label": payload}, "cameras": [payload],
+                                                   "recipe": {"cameras": [payload],
                                                               "task_max_len": {payload: 10}}}))
         assert admin.get("/healthz").status_code == 200
     return inj
