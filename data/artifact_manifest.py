@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -59,8 +60,19 @@ def write_manifest(directory: str | Path, *, kind: str, lineage: Mapping[str, An
     files = {p.name: sha256_file(p) for p in sorted(d.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {"format": ARTIFACT_FORMAT, "kind": kind, "created_at_ns": time.time_ns(), "files": files,
                 "lineage": dict(lineage or {}), "metrics": dict(metrics or {})}
-    (d / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    (d / MANIFEST).write_text(json.dumps(_finite(manifest), indent=1, sort_keys=True, allow_nan=False))
     return manifest
+
+
+def _finite(value):
+    """Standard JSON: a metric that came out NaN or infinite (no data for it) is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def read_manifest(directory: str | Path) -> dict:
@@ -74,11 +86,11 @@ def read_manifest(directory: str | Path) -> dict:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{d}: {MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
     try:
-        manifest = msgspec.json.decode(raw)
+        manifest = json.loads(raw)  # stdlib: manifests written before metrics were made finite hold NaN
         checked = msgspec.convert(manifest, Manifest)
     except msgspec.ValidationError as e:
         raise ArtifactError(f"{d}: {MANIFEST} is malformed: {e}") from e
-    except msgspec.DecodeError as e:
+    except (ValueError, RecursionError) as e:  # json's JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ArtifactError(f"{d}: {MANIFEST} is not JSON ({e})") from e
     if checked.format != ARTIFACT_FORMAT:
         raise ArtifactError(f"{d}: not a {ARTIFACT_FORMAT} artifact")
