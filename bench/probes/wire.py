@@ -5,7 +5,6 @@ server while a robot keeps asking for actions, and the server's RSS is sampled t
 
 from __future__ import annotations
 
-import json
 import socket
 import statistics
 import threading
@@ -13,7 +12,6 @@ import time
 from pathlib import Path
 
 import httpx
-import msgpack
 import numpy as np
 import psutil
 from websockets.exceptions import ConnectionClosed
@@ -21,7 +19,7 @@ from websockets.sync.client import connect
 
 from data.wire import MSGPACK, encode_request
 from tests.services.conftest import policy_artifact
-from tests.services.wire_bodies import Spec, bad_bodies, check_answer, content_type, finite_state_refused
+from tests.services.wire_bodies import Spec, bad_bodies, check_answer, content_type, finite_state_refused, ws_exchange
 
 BODIES = 2400  # each sent over HTTP and over the WebSocket: inference_bad_bodies counts both
 FLOODERS, FLOOD_BYTES, FLOOD_S = 4, 200 << 20, 3.0
@@ -83,14 +81,7 @@ def _probe(stack, inf, version: str) -> dict:
         tried += 1
         outcomes = [(r.status_code, r.content, r.text)]
         try:
-            if body.binary:
-                ws.send(body.data)
-                got = ws.recv(timeout=30)
-            else:
-                ws.send(body.data.decode("utf-8", "replace"))
-                got = ws.recv(timeout=30).encode()
-            doc = msgpack.unpackb(got, raw=False) if body.binary else json.loads(got)
-            outcomes.append((doc["status"] if "error" in doc else 200, got, doc.get("error", "")))
+            outcomes.append(ws_exchange(ws, body))
         except ConnectionClosed as e:
             if e.rcvd is None:
                 dropped += 1

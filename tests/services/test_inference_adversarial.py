@@ -11,7 +11,6 @@ import threading
 import time
 
 import httpx
-import msgpack
 import numpy as np
 import psutil
 import pytest
@@ -24,7 +23,8 @@ from data.stats import FeatureStats
 from data.wire import MSGPACK, decode_answer, encode_request
 from tests.services.conftest import policy_artifact
 from tests.services.test_inference import _wait_serving
-from tests.services.wire_bodies import Spec, bad_bodies, check_answer, content_type, finite_state_refused, hostile_bodies
+from tests.services.wire_bodies import (Spec, bad_bodies, check_answer, content_type, finite_state_refused,
+                                       hostile_bodies, ws_exchange)
 
 
 def _serve_one(stack, tmp_path, **artifact_kw) -> tuple:
@@ -36,18 +36,6 @@ def _serve_one(stack, tmp_path, **artifact_kw) -> tuple:
     inf = stack.start_inference()
     s = _wait_serving(inf.url, lambda s: v in s["versions"])
     return inf, Spec.of(s["versions"][v])
-
-
-def _ws_send(ws, body) -> tuple[int, bytes]:
-    """(status, payload) of one WebSocket exchange: 200 for an answer, else the error's status."""
-    if body.binary:
-        ws.send(body.data)
-        got = ws.recv(timeout=30)
-    else:
-        ws.send(body.data.decode("utf-8", "replace"))
-        got = ws.recv(timeout=30).encode()
-    doc = (msgpack.unpackb(got, raw=False) if body.binary else __import__("json").loads(got))
-    return (doc["status"], got) if "error" in doc else (200, got)
 
 
 @pytest.mark.slow
@@ -63,7 +51,7 @@ def test_hostile_bodies_never_get_a_server_error_or_a_dropped_connection(stack, 
         r = http.post("/v1/act", content=body.data, headers={"Content-Type": content_type(body)})
         for where, (status, payload, message) in {
                 "http": (r.status_code, r.content, r.text),
-                "ws": (*_ws_send(ws, body), "")}.items():
+                "ws": ws_exchange(ws, body)}.items():
             if where == "ws":
                 message = payload.decode("utf-8", "replace")
             wrong = check_answer(spec, status, payload, body.binary)

@@ -288,3 +288,15 @@ def check_answer(spec: Spec, status: int, payload: bytes, binary: bool) -> str |
 def finite_state_refused(status: int, message: str) -> bool:
     """An extreme state must be refused with a 422 naming the state value."""
     return status == 422 and "state[" in message
+
+
+def ws_exchange(ws, body) -> tuple[int, bytes, str]:
+    """(status, payload, error text) of one WebSocket exchange: 200 for an answer, else the error's status."""
+    if body.binary:
+        ws.send(body.data)
+        got = ws.recv(timeout=30)
+    else:
+        ws.send(body.data.decode("utf-8", "replace"))
+        got = ws.recv(timeout=30).encode()
+    doc = msgpack.unpackb(got, raw=False) if body.binary else json.loads(got)
+    return (doc["status"], got, doc.get("error", "")) if "error" in doc else (200, got, "")
