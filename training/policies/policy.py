@@ -57,6 +57,11 @@ class Policy:
         return int(self.cfg.chunk)
 
     @property
+    def train_horizon(self) -> int:
+        """Actions per training sample (diffusion: its horizon, longer than the chunk it serves)."""
+        return self.chunk if self.type == registry.NATIVE else int(self.model.train_horizon)
+
+    @property
     def action_dim(self) -> int:
         return int(self.cfg.action_dim)
 

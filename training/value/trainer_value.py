@@ -9,14 +9,11 @@ from typing import Callable, Mapping
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from training import distributed
-from training.checkpoint import load_checkpoint, maybe_checkpoint, optimise_step
 
 from data.schema import Outcome
 from data.stats import FeatureStats
 from training import recap
+from training.fit import fit, seed_init
 from training.policies.native.processor_native import NativeProcessor
 from training.steps import StepTable
 from training.value.configuration_value import ValueConfig
@@ -82,8 +79,8 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
               device: str | torch.device = "cpu", progress: bool = True, checkpoint_dir: Path | None = None,
               checkpoint_every: int = 500, on_step: Callable[[int, int], None] | None = None,
               ) -> tuple[ValueFunction, FeatureStats, list[float]]:
-    """Train from scratch (every round refits from the same initial weights: seeded init)."""
-    device = torch.device(device)
+    """Train from scratch (every round refits from the same initial weights: seeded init) through
+    the shared loop (training/fit.py)."""
     returns, known = normalised_return_targets(table, max_len, c_fail)
     excluded = int((~known).sum())
     if excluded:
@@ -92,34 +89,21 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
     if len(usable) == 0:
         raise ValueError("no episode with a known outcome in the selection")
     sstats = FeatureStats.of(table.state)
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank and every round
-    acc = distributed.accelerator(str(device))
-    model = build_value_function(cfg).to(acc.device)
-    device = acc.device
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-    model, opt = acc.prepare(model, opt)
-    rng = np.random.default_rng(cfg.seed + 1000 * acc.process_index)  # each rank its own batches
-    tick_fold = cross_fit_folds(acc.unwrap_model(model), table, cfg.seed)
+    seed_init(cfg.seed)
+    model = build_value_function(cfg)
+    tick_fold = cross_fit_folds(model, table, cfg.seed)
     members = torch.arange(cfg.ensemble).unsqueeze(1)
-    start, losses = (load_checkpoint(checkpoint_dir, model=acc.unwrap_model(model), opt=opt, sched=sched, rng=rng, gen=None)
-                     if checkpoint_dir else (0, []))
-    model.train()
-    for step in tqdm(range(start, cfg.steps), desc="value", disable=not (progress and acc.is_main_process), leave=False,
-                     initial=start, total=cfg.steps):
-        if on_step is not None:
-            on_step(step, cfg.steps)
+
+    def next_batch(rng: np.random.Generator, device: torch.device) -> dict:
         idx = rng.choice(usable, size=min(cfg.batch_size, len(usable)), replace=len(usable) < cfg.batch_size)
         batch = make_batch(table, idx, sstats, device)
         batch["return"] = torch.from_numpy(returns[idx]).to(device)
         if tick_fold is not None:
             batch["member_mask"] = (members != torch.from_numpy(tick_fold[idx])).float().to(device)
-        # forward = loss, so DDP all-reduces the gradients
-        losses.append(optimise_step(acc, model, opt, sched, model(batch)))
-        maybe_checkpoint(checkpoint_dir, acc, step + 1, checkpoint_every, model=model, opt=opt, sched=sched,
-                         rng=rng, gen=None, losses=losses)
-    model = acc.unwrap_model(model)
-    model.eval()
+        return batch
+
+    model, losses = fit(model, cfg, next_batch, desc="value", device=device, progress=progress,
+                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, on_step=on_step)
     return model, sstats, losses
 
 

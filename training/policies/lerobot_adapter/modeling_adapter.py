@@ -118,6 +118,12 @@ class LeRobotAdapter(nn.Module):
         return loss
 
     @property
+    def train_horizon(self) -> int:
+        """Actions per training sample: the chunk (diffusion: its whole horizon, of which it serves
+        n_action_steps)."""
+        return int(self.policy.config.horizon) if self.cfg.policy_type == "diffusion" else self.cfg.chunk
+
+    @property
     def noise_shape(self) -> tuple[int, int] | None:
         """The starting noise of one sample for flow / diffusion backbones (None: deterministic, as ACT)."""
         pc = self.policy.config
