@@ -1,6 +1,7 @@
 """The LeRobot adapter with tiny policies built from local configs (no weight or tokenizer download)."""
 
 import numpy as np
+import pytest
 import torch
 
 from training import recap
@@ -70,3 +71,98 @@ def test_the_recorded_lerobot_fields_match_the_installed_lerobot():
 
     assert record_lerobot_fields() == lerobot_fields()
     assert lerobot_fields()["act"]["chunk_size"]["kind"] == "int"
+
+
+def _diffusion_cfg(cameras=None, **over):
+    return LeRobotAdapterConfig(
+        policy_type="diffusion", state_dim=5, action_dim=3, cameras=cameras or {}, steps=4, batch_size=8, lr=1e-3,
+        policy_kwargs=dict(horizon=8, n_action_steps=4, down_dims=[16, 32], kernel_size=3, n_groups=4,
+                           diffusion_step_embed_dim=16, num_inference_steps=4, spatial_softmax_num_keypoints=4,
+                           use_group_norm=True, **over))
+
+
+def _policy(cfg):
+    from data.stats import FeatureStats
+    from training.policies.policy import Policy
+    from training.policies.registry import type_of
+
+    rng = np.random.default_rng(0)
+    stats = {"observation.state": FeatureStats.of(rng.normal(size=(50, 5)).astype(np.float32)),
+             "action": FeatureStats.of(rng.normal(size=(50, 3)).astype(np.float32))}
+    torch.manual_seed(0)
+    return Policy(type_of(cfg), cfg, stats)
+
+
+def _act_state_only():
+    return LeRobotAdapterConfig(
+        policy_type="act", state_dim=5, action_dim=3,
+        policy_kwargs=dict(chunk_size=8, dim_model=32, n_heads=2, dim_feedforward=64, n_encoder_layers=1,
+                           n_decoder_layers=1, n_vae_encoder_layers=1, latent_dim=8))
+
+
+@pytest.mark.parametrize("make_cfg", [_act_state_only, _diffusion_cfg], ids=["act", "diffusion"])
+def test_awr_weights_scale_each_samples_loss(make_cfg):
+    """Method.AWR's weights reach LeRobot backbones as they reach the native policy: all-equal weights
+    give the plain loss, and a sample with weight 0 contributes no gradient (its target may be anything)."""
+    policy = _policy(make_cfg())
+    model = policy.model.train()
+    g = torch.Generator().manual_seed(1)
+    B, H = 4, policy.train_horizon
+    batch = {"observation.state": torch.randn(B, 5, generator=g), "action": torch.randn(B, H, 3, generator=g),
+             "action_is_pad": torch.zeros(B, H, dtype=torch.bool), "task": ["push"] * B,
+             "indicator": torch.tensor([1, 0, 1, 2])}
+
+    def loss_and_grads(b):
+        torch.manual_seed(3)  # the same noise, timesteps, latents and dropped indicators in every call
+        model.zero_grad()
+        loss = model(b)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain, _ = loss_and_grads(batch)
+    equal, _ = loss_and_grads(batch | {"weight": torch.full((B,), 0.7)})
+    assert equal == pytest.approx(plain, rel=1e-5)
+    other_target = batch["action"].clone()
+    other_target[3] += 5.0
+    for w, same in ((torch.tensor([1.0, 2.0, 0.5, 0.0]), True), (torch.ones(B), False)):
+        _, g1 = loss_and_grads(batch | {"weight": w})
+        _, g2 = loss_and_grads(batch | {"weight": w, "action": other_target})
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2)) == same
+
+
+@pytest.mark.slow
+def test_diffusion_trains_and_serves_through_the_policy_contract(tmp_path):
+    """lerobot:diffusion (one observation step) state-only and with a camera: it trains on its
+    horizon, predicts chunks from an observation's seed (batched or not), and guidance moves them."""
+    from training.policies.policy import Observation, load_policy
+
+    for cameras in ({}, {"front": (3, 24, 24)}):
+        policy = _policy(_diffusion_cfg(cameras, crop_shape=None))
+        assert policy.chunk == 4 and policy.train_horizon == 8 and policy.noise_shape == (8, 3)
+        rng = np.random.default_rng(0)
+        images = {c: rng.integers(0, 255, size=(8, 24, 24, 3), dtype=np.uint8) for c in cameras}
+        batch = policy.training_batch(rng.normal(size=(8, 5)).astype(np.float32), images, ["push"] * 8,
+                                      rng.normal(size=(8, 8, 3)).astype(np.float32), np.zeros((8, 8), bool), "cpu")
+        batch["indicator"] = torch.tensor([1, 0] * 4)
+        opt = torch.optim.AdamW(policy.model.parameters(), lr=1e-3)
+        losses = []
+        for _ in range(4):
+            torch.manual_seed(0)
+            loss = policy.model.train()(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert np.isfinite(losses).all() and losses[-1] < losses[0]
+        policy.eval()
+        obs = [Observation(rng.normal(size=5).astype(np.float32), {c: v[i] for c, v in images.items()}, "push", i)
+               for i in range(3)]
+        out = policy.predict_chunk(obs)
+        assert out.shape == (3, 4, 3) and np.isfinite(out).all()
+        assert np.allclose(policy.predict_chunk(obs[1:2])[0], out[1], atol=1e-5)  # the seed decides, not the batch
+        neg = policy.predict_chunk(obs, indicator=recap.INDICATOR_NEGATIVE)
+        guided = policy.predict_chunk(obs, beta=2.0)
+        assert not np.allclose(out, neg) and not np.allclose(out, guided) and np.isfinite(guided).all()
+        policy.save(tmp_path / f"d{len(cameras)}")
+        again, _ = load_policy(tmp_path / f"d{len(cameras)}")
+        assert np.allclose(again.predict_chunk(obs, beta=2.0), guided, atol=1e-5)

@@ -6,10 +6,13 @@ arm all go through this class, so a policy is processed the same way wherever it
 
 Invariants: the starting noise of a chunk is drawn on the CPU from the observation's seed (the same
 chunk on any device, batched or not); β is the artifact's (the value the run was evaluated with)
-unless a caller overrides it; artifacts are verified before anything is loaded, nothing is unpickled."""
+unless a caller overrides it; artifacts are verified before anything is loaded, nothing is unpickled;
+whatever a model needs besides its weights (a language policy's tokenizer) is in its artifact, listed
+in the manifest, so a policy loads from its artifact alone."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -31,8 +34,11 @@ class Observation:
     seed: int  # the chunk's starting noise: same seed, same chunk, batched or not
 
 
-def _build(type_name: str, cfg, stats: Mapping[str, FeatureStats]):
-    """(model, processor) of a type."""
+ASSET_PREFIX = "asset."  # artifact files a type's model needs besides its weights (a tokenizer, a VLM config)
+
+
+def _build(type_name: str, cfg, stats: Mapping[str, FeatureStats], assets: Mapping[str, bytes] | None = None):
+    """(model, processor) of a type; `assets`: the model's files from its artifact."""
     if type_name == registry.NATIVE:
         from training.policies.native.modeling_native import NativeFlowPolicy
         from training.policies.native.processor_native import NativeProcessor
@@ -41,13 +47,14 @@ def _build(type_name: str, cfg, stats: Mapping[str, FeatureStats]):
     from training.policies.lerobot_adapter.modeling_adapter import LeRobotAdapter
     from training.policies.lerobot_adapter.processor_adapter import AdapterProcessor
 
-    return LeRobotAdapter(cfg), AdapterProcessor(stats, list(cfg.cameras))
+    return LeRobotAdapter(cfg, assets), AdapterProcessor(stats, list(cfg.cameras))
 
 
 class Policy:
-    def __init__(self, type_name: str, cfg, stats: Mapping[str, FeatureStats], model: torch.nn.Module | None = None):
+    def __init__(self, type_name: str, cfg, stats: Mapping[str, FeatureStats], model: torch.nn.Module | None = None,
+                 assets: Mapping[str, bytes] | None = None):
         self.type, self.cfg, self.stats = type_name, cfg, dict(stats)
-        built, self.processor = _build(type_name, cfg, stats)
+        built, self.processor = _build(type_name, cfg, stats, assets)
         self.model = model if model is not None else built
         self.device = torch.device("cpu")
 
@@ -126,8 +133,16 @@ class Policy:
     # -- the artifact --------------------------------------------------------------------------
     def save(self, directory: str | Path, *, lineage: Mapping[str, Any] | None = None,
              metrics: Mapping[str, Any] | None = None) -> dict:
-        return write_artifact(directory, kind="policy", model=self.model, config=self.cfg.to_dict() | {"type": self.type},
-                              stats=self.stats, lineage=lineage, metrics=metrics)
+        """The weights, config, stats and the model's assets (listed in the manifest like every file)."""
+        assets = self.model.assets() if hasattr(self.model, "assets") else {}
+        with tempfile.TemporaryDirectory() as tmp:
+            extra = {}
+            for name, data in assets.items():
+                (Path(tmp) / name).write_bytes(data)
+                extra[ASSET_PREFIX + name] = Path(tmp) / name
+            return write_artifact(directory, kind="policy", model=self.model,
+                                  config=self.cfg.to_dict() | {"type": self.type}, stats=self.stats, lineage=lineage,
+                                  metrics=metrics, extra_files=extra)
 
 
 def build_policy(type_name: str, cfg, stats: Mapping[str, FeatureStats]) -> Policy:
@@ -143,6 +158,8 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu") -> tu
         raise ArtifactError(f"{Path(directory).name}: unknown policy type {e.args[0]!r}") from None
     if type_name == registry.NATIVE and "cfg_beta" not in config:  # artifacts from before β was part of the config
         cfg.cfg_beta = float(manifest.get("lineage", {}).get("recap", {}).get("cfg_beta", 1.0))
-    policy = Policy(type_name, cfg, stats)
+    d = Path(directory)
+    assets = {n.removeprefix(ASSET_PREFIX): (d / n).read_bytes() for n in manifest["files"] if n.startswith(ASSET_PREFIX)}
+    policy = Policy(type_name, cfg, stats, assets=assets or None)
     policy.model.load_state_dict(state)
     return policy.to(device).eval(), manifest

@@ -20,7 +20,8 @@ BACKBONES = ("act", "diffusion", "smolvla", "pi0", "pi05")
 FIELDS_FILE = Path(__file__).with_name("lerobot_fields.json")
 # LeRobot config fields the adapter sets itself (features, device, hub publishing, processors' normalisation)
 NOT_SETTABLE = {"input_features", "output_features", "device", "use_amp", "use_peft", "push_to_hub", "repo_id",
-                "private", "tags", "license", "pretrained_path", "pretrained_revision", "normalization_mapping"}
+                "private", "tags", "license", "pretrained_path", "pretrained_revision", "normalization_mapping",
+                "n_obs_steps"}  # one observation per request: the adapter gives diffusion n_obs_steps = 1
 
 
 @dataclass

@@ -6,18 +6,38 @@
   state, so the policy's state projection learns an indicator embedding;
 - optionally LoRA (peft) on the backbone's linear layers, everything else frozen.
 Normalisation is ours (mean/std stats), applied before the batch reaches the policy.
+- AWR: a batch's "weight" scales each sample's loss, as in the native policy (LeRobot's own per-sample
+  loss where its forward offers reduction="none"; ACT and diffusion, which only return a mean, through
+  the same computation per sample);
+- a policy without cameras gets its state as LeRobot's environment state too (ACT and diffusion need
+  an image or an environment state);
+- diffusion sees one observation step (n_obs_steps = 1: a request carries one observation) and trains
+  on its whole horizon of actions; its default sampler is DDIM, deterministic given the starting noise,
+  so guidance's two passes and a batched request start and end alike;
+- language policies keep their tokenizer (SmolVLA: also its VLM's config and processor) as `assets()`,
+  saved with the artifact and read back from it: serving never needs the folders of training time.
 """
 
 from __future__ import annotations
 
+import inspect
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from training import recap
-from training.policies.lerobot_adapter.configuration_adapter import LeRobotAdapterConfig
+from training.policies.lerobot_adapter.configuration_adapter import DEFAULT_TOKENIZERS, LeRobotAdapterConfig
+
+OBS_STATE, OBS_ENV_STATE, OBS_IMAGES = "observation.state", "observation.environment_state", "observation.images"
 
 
-def _build_policy(cfg: LeRobotAdapterConfig) -> nn.Module:
+def _build_policy(cfg: LeRobotAdapterConfig, assets_dir: Path | None = None) -> nn.Module:
+    """The LeRobot policy; `assets_dir`: a language policy's tokenizer (and SmolVLA's VLM config and
+    processor) as an artifact carries them, used instead of the folders or hub ids of the config."""
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.factory import get_policy_class, make_policy_config
 
@@ -25,17 +45,60 @@ def _build_policy(cfg: LeRobotAdapterConfig) -> nn.Module:
     if cfg.pretrained_path:  # real use: a trained checkpoint (never in tests, CI or the demo)
         return cls.from_pretrained(cfg.pretrained_path)
     state_dim = cfg.state_dim + (0 if cfg.indicator_as_text else 3)
-    inputs = {"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))}
+    inputs = {OBS_STATE: PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))}
     for name, shape in cfg.cameras.items():
         inputs[f"observation.images.{name}"] = PolicyFeature(type=FeatureType.VISUAL, shape=tuple(shape))
+    if _state_as_env(cfg):
+        inputs[OBS_ENV_STATE] = PolicyFeature(type=FeatureType.ENV, shape=(state_dim,))
     outputs = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(cfg.action_dim,))}
     kwargs = dict(cfg.policy_kwargs)
-    if cfg.policy_type == "act":
+    if cfg.policy_type in ("act", "diffusion"):
         kwargs.setdefault("pretrained_backbone_weights", None)  # no download
+    if cfg.policy_type == "diffusion":
+        kwargs["n_obs_steps"] = 1  # one observation per request (not settable: NOT_SETTABLE)
+        kwargs.setdefault("noise_scheduler_type", "DDIM")  # deterministic given the starting noise
     if "chunk_size" in kwargs and cfg.policy_type in ("act", "smolvla", "pi0", "pi05"):
         kwargs.setdefault("n_action_steps", kwargs["chunk_size"])  # LeRobot refuses n_action_steps > chunk_size
+    if assets_dir is not None and cfg.policy_type == "smolvla":
+        kwargs.update(vlm_model_name=str(assets_dir), load_vlm_weights=False)  # the weights are the artifact's
     pcfg = make_policy_config(cfg.policy_type, input_features=inputs, output_features=outputs, device="cpu", **kwargs)
     return cls(pcfg)
+
+
+def _state_as_env(cfg: LeRobotAdapterConfig) -> bool:
+    return not cfg.cameras and not cfg.indicator_as_text
+
+
+def _act_losses(policy: nn.Module, batch: dict) -> torch.Tensor:
+    """ACTPolicy.forward's loss (masked L1 + weighted KL) per sample: (B,)."""
+    if policy.config.image_features:
+        batch = {**batch, OBS_IMAGES: [batch[k] for k in policy.config.image_features]}
+    actions_hat, (mu, log_sigma_x2) = policy.model(batch)
+    valid = ~batch["action_is_pad"].unsqueeze(-1)
+    err = F.l1_loss(batch["action"], actions_hat, reduction="none") * valid
+    loss = err.sum((1, 2)) / (valid.sum((1, 2)) * err.shape[-1]).clamp_min(1)
+    if policy.config.use_vae and log_sigma_x2 is not None:
+        kld = (-0.5 * (1 + log_sigma_x2 - mu.pow(2) - log_sigma_x2.exp())).sum(-1)
+        loss = loss + kld * policy.config.kl_weight
+    return loss
+
+
+def _diffusion_losses(policy: nn.Module, batch: dict) -> torch.Tensor:
+    """DiffusionModel.compute_loss per sample (the same draws in the same order): (B,)."""
+    cfg, model = policy.config, policy.diffusion
+    if cfg.image_features:
+        batch = {**batch, OBS_IMAGES: torch.stack([batch[k] for k in cfg.image_features], dim=-4)}
+    global_cond = model._prepare_global_conditioning(batch)
+    trajectory = batch["action"]
+    eps = torch.randn(trajectory.shape, device=trajectory.device)
+    t = torch.randint(0, model.noise_scheduler.config.num_train_timesteps, (trajectory.shape[0],),
+                      device=trajectory.device).long()
+    pred = model.unet(model.noise_scheduler.add_noise(trajectory, eps, t), t, global_cond=global_cond)
+    err = F.mse_loss(pred, eps if cfg.prediction_type == "epsilon" else trajectory, reduction="none")
+    if not cfg.do_mask_loss_for_padding:
+        return err.mean((1, 2))
+    valid = ~batch["action_is_pad"].unsqueeze(-1)
+    return (err * valid).sum((1, 2)) / (valid.sum((1, 2)) * err.shape[-1]).clamp_min(1)
 
 
 def _apply_lora(policy: nn.Module, cfg: LeRobotAdapterConfig) -> nn.Module:
@@ -74,12 +137,40 @@ def _pi05_prompts(batch: dict, max_state_dim: int) -> list[str]:
 
 
 class LeRobotAdapter(nn.Module):
-    def __init__(self, cfg: LeRobotAdapterConfig):
+    def __init__(self, cfg: LeRobotAdapterConfig, assets: Mapping[str, bytes] | None = None):
+        """`assets`: the files `assets()` returned when the policy was saved (from its artifact)."""
         super().__init__()
         self.cfg = cfg
-        self.policy = _build_policy(cfg)
+        self._tokenizer = None
+        with tempfile.TemporaryDirectory() as tmp:
+            assets_dir = None
+            if assets:
+                assets_dir = Path(tmp)
+                for name, data in assets.items():
+                    (assets_dir / name).write_bytes(data)
+            self.policy = _build_policy(cfg, assets_dir)
+            if cfg.indicator_as_text:
+                from transformers import AutoTokenizer
+
+                pc = self.policy.config
+                name = assets_dir or (cfg.tokenizer or getattr(pc, "vlm_model_name", None)
+                                      or DEFAULT_TOKENIZERS.get(cfg.policy_type))
+                self._tokenizer = AutoTokenizer.from_pretrained(str(name))
         if cfg.lora_rank > 0:
             self.policy = _apply_lora(self.policy, cfg)
+
+    def assets(self) -> dict[str, bytes]:
+        """Files the policy needs besides its weights, to be saved with it: a language policy's
+        tokenizer, and SmolVLA's VLM config and processor (its model is built from them)."""
+        if self._tokenizer is None:
+            return {}
+        with tempfile.TemporaryDirectory() as tmp:
+            if self.cfg.policy_type == "smolvla":
+                vlm = self.policy.model.vlm_with_expert
+                vlm.config.save_pretrained(tmp)
+                vlm.processor.save_pretrained(tmp)
+            self._tokenizer.save_pretrained(tmp)
+            return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
 
     def _condition(self, batch: dict, indicator: torch.Tensor) -> dict:
         batch = condition_batch(batch, indicator, as_text=self.cfg.indicator_as_text)
@@ -88,18 +179,10 @@ class LeRobotAdapter(nn.Module):
     def _tokenize(self, batch: dict) -> dict:
         """Language policies read tokens: the conditioned prompt is tokenized here, as LeRobot's own
         preprocessor would (newline-terminated, padded to the policy's length), with the policy's
-        tokenizer (a local folder in tests, the hub checkpoint's for real use)."""
+        tokenizer (saved with the artifact)."""
         from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
 
-        from training.policies.lerobot_adapter.configuration_adapter import DEFAULT_TOKENIZERS
-
         pc = self.policy.config
-        if getattr(self, "_tokenizer", None) is None:
-            from transformers import AutoTokenizer
-
-            name = (self.cfg.tokenizer or getattr(pc, "vlm_model_name", None)
-                    or DEFAULT_TOKENIZERS.get(self.cfg.policy_type))
-            self._tokenizer = AutoTokenizer.from_pretrained(name)
         if self.cfg.policy_type == "pi05":  # pi05 reads the state as text too: LeRobot's own prompt step
             batch = {**batch, "task": _pi05_prompts(batch, pc.max_state_dim)}
         texts = [t if t.endswith("\n") or self.cfg.policy_type == "pi05" else t + "\n" for t in batch["task"]]
@@ -110,12 +193,33 @@ class LeRobotAdapter(nn.Module):
         return {**batch, OBS_LANGUAGE_TOKENS: tok["input_ids"].to(device),
                 OBS_LANGUAGE_ATTENTION_MASK: tok["attention_mask"].bool().to(device)}
 
+    def _inputs(self, batch: dict, indicator: torch.Tensor) -> dict:
+        """Our batch, conditioned on `indicator`, as the LeRobot policy reads it."""
+        b = {k: v for k, v in self._condition(batch, indicator).items() if k not in ("indicator", "weight", "texts")}
+        if _state_as_env(self.cfg):
+            b[OBS_ENV_STATE] = b[OBS_STATE]
+        if self.cfg.policy_type == "diffusion":  # its time axis: one observation step
+            b = {k: v.unsqueeze(1) if k.startswith("observation.") and torch.is_tensor(v) else v for k, v in b.items()}
+        return b
+
+    def _per_sample_losses(self, b: dict) -> torch.Tensor:
+        if self.cfg.policy_type == "act":
+            return _act_losses(self.policy, b)
+        if self.cfg.policy_type == "diffusion":
+            return _diffusion_losses(self.policy, b)
+        if "reduction" in inspect.signature(self.policy.forward).parameters:
+            return self.policy.forward(b, reduction="none")[0]
+        raise NotImplementedError(f"lerobot:{self.cfg.policy_type} has no per-sample loss for weighted (AWR) training")
+
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training loss with indicator dropout (the same model also learns pi(a | o, l))."""
+        """Training loss with indicator dropout (the same model also learns pi(a | o, l)); with a
+        "weight" per sample (AWR), the weighted mean of the per-sample losses, as the native policy."""
         ind = recap.drop_indicators(batch["indicator"], self.cfg.indicator_dropout, generator)
-        b = {k: v for k, v in self._condition(batch, ind).items() if k not in ("indicator", "weight", "texts")}
-        loss, _ = self.policy.forward(b)
-        return loss
+        b = self._inputs(batch, ind)
+        w = batch.get("weight")
+        if w is None:
+            return self.policy.forward(b)[0]
+        return (self._per_sample_losses(b) * w).sum() / w.sum()
 
     @property
     def train_horizon(self) -> int:
@@ -137,7 +241,7 @@ class LeRobotAdapter(nn.Module):
         B = batch["observation.state"].shape[0]
         ind = torch.full((B,), indicator, dtype=torch.long, device=batch["observation.state"].device)
         kwargs = {} if noise is None or self.noise_shape is None else {"noise": noise}
-        return self.policy.predict_action_chunk(self._condition(batch, ind), **kwargs)[:, : self.cfg.chunk]
+        return self.policy.predict_action_chunk(self._inputs(batch, ind), **kwargs)[:, : self.cfg.chunk]
 
     @torch.no_grad()
     def sample(self, batch: dict, *, indicator: int = recap.INDICATOR_POSITIVE, beta: float = 1.0,
