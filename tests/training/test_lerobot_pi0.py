@@ -62,13 +62,19 @@ def tiny_paligemma(monkeypatch):
             width=32, depth=1, mlp_dim=64, num_heads=8, num_kv_heads=1, head_dim=8))  # LeRobot assumes 8 heads
 
 
-def _adapter(policy_type: str, tokenizer: Path):
-    from training.policies.lerobot_adapter import LeRobotAdapter, LeRobotAdapterConfig
+def _config(policy_type: str, tokenizer: Path):
+    from training.policies.lerobot_adapter import LeRobotAdapterConfig
 
-    return LeRobotAdapter(LeRobotAdapterConfig(
+    return LeRobotAdapterConfig(
         policy_type=policy_type, state_dim=5, action_dim=3, cameras={"front": (3, 28, 28)}, tokenizer=str(tokenizer),
         policy_kwargs=dict(chunk_size=6, n_action_steps=6, num_inference_steps=2, image_resolution=(28, 28),
-                           tokenizer_max_length=24, max_state_dim=8, max_action_dim=8, dtype="float32")))
+                           tokenizer_max_length=24, max_state_dim=8, max_action_dim=8, dtype="float32"))
+
+
+def _adapter(policy_type: str, tokenizer: Path):
+    from training.policies.lerobot_adapter import LeRobotAdapter
+
+    return LeRobotAdapter(_config(policy_type, tokenizer))
 
 
 def _batch(indicator: int):
@@ -100,3 +106,29 @@ def test_pi_policies_train_with_the_indicator_in_their_tokenized_prompt(policy_t
     assert not torch.equal(pos[OBS_LANGUAGE_TOKENS], neg[OBS_LANGUAGE_TOKENS])  # the model sees the indicator
     assert (pos[OBS_LANGUAGE_TOKENS][0] != unk).all()  # every word is in the vocabulary: nothing is lost
     check_trains_and_samples(model, _batch, steps=6)
+
+
+def test_a_pi05_artifact_carries_its_tokenizer(tiny_paligemma, tmp_path):
+    """The tokenizer is saved with the artifact and loaded from it: serving does not need the
+    tokenizer folder of training time."""
+    import shutil
+
+    import numpy as np
+
+    from data.stats import FeatureStats
+    from training.policies.policy import Observation, Policy, load_policy
+
+    tok = tiny_tokenizer(tmp_path / "tok")
+    rng = np.random.default_rng(0)
+    stats = {"observation.state": FeatureStats.of(rng.normal(size=(20, 5))),
+             "action": FeatureStats.of(rng.normal(size=(20, 3)))}
+    torch.manual_seed(0)
+    policy = Policy("lerobot:pi05", _config("pi05", tok), stats).eval()
+    obs = [Observation(rng.normal(size=5).astype(np.float32) * 0.5,
+                       {"front": rng.integers(0, 255, (28, 28, 3), np.uint8)}, "push the block", 0)]
+    before = policy.predict_chunk(obs)
+    manifest = policy.save(tmp_path / "artifact")
+    assert {"asset.tokenizer.json", "asset.tokenizer_config.json"} <= set(manifest["files"])
+    shutil.rmtree(tok)
+    again, _ = load_policy(tmp_path / "artifact")
+    assert np.allclose(again.predict_chunk(obs), before, atol=1e-5)

@@ -3,6 +3,7 @@ locally: the advantage indicator reaches the model as prompt text, tokenized as 
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -34,14 +35,20 @@ def tiny_smolvlm(d: Path) -> Path:
 
 
 
-def _adapter(vlm: Path):
-    from training.policies.lerobot_adapter import LeRobotAdapter, LeRobotAdapterConfig
+def _config(vlm: Path):
+    from training.policies.lerobot_adapter import LeRobotAdapterConfig
 
-    return LeRobotAdapter(LeRobotAdapterConfig(
+    return LeRobotAdapterConfig(
         policy_type="smolvla", state_dim=5, action_dim=3, cameras={"front": (3, 32, 32)},
         policy_kwargs=dict(vlm_model_name=str(vlm), load_vlm_weights=False, chunk_size=6, n_action_steps=6,
                            num_steps=2, resize_imgs_with_padding=(32, 32), tokenizer_max_length=16, num_vlm_layers=2,
-                           num_expert_layers=1, max_state_dim=8, max_action_dim=8)))
+                           num_expert_layers=1, max_state_dim=8, max_action_dim=8))
+
+
+def _adapter(vlm: Path):
+    from training.policies.lerobot_adapter import LeRobotAdapter
+
+    return LeRobotAdapter(_config(vlm))
 
 
 def _batch(indicator):
@@ -66,3 +73,34 @@ def test_smolvla_trains_with_the_indicator_in_its_tokenized_prompt(tmp_path, mon
     assert pos["task"][0] == "push the block\nAdvantage: positive"
     assert not torch.equal(pos[OBS_LANGUAGE_TOKENS], neg[OBS_LANGUAGE_TOKENS])  # the model sees the indicator
     check_trains_and_samples(model, _batch, steps=8)
+
+
+def test_a_smolvla_artifact_carries_its_tokenizer_and_vlm_config(tmp_path):
+    """Serving reads the tokenizer and the VLM's config and processor from the verified artifact, not
+    from the folder of training time: save, delete that folder, load, predict the same chunks."""
+    import shutil
+
+    import numpy as np
+
+    from data.stats import FeatureStats
+    from training.artifacts import ArtifactError
+    from training.policies.policy import Observation, Policy, load_policy
+
+    vlm = tiny_smolvlm(tmp_path / "smolvlm")
+    rng = np.random.default_rng(0)
+    stats = {"observation.state": FeatureStats.of(rng.normal(size=(20, 5))),
+             "action": FeatureStats.of(rng.normal(size=(20, 3)))}
+    torch.manual_seed(0)
+    policy = Policy("lerobot:smolvla", _config(vlm), stats).eval()
+    obs = [Observation(rng.normal(size=5).astype(np.float32), {"front": rng.integers(0, 255, (32, 32, 3), np.uint8)},
+                       "push the block", seed) for seed in (0, 1)]
+    before = policy.predict_chunk(obs, beta=2.0)
+    manifest = policy.save(tmp_path / "artifact")
+    assert {"asset.tokenizer.json", "asset.tokenizer_config.json", "asset.config.json"} <= set(manifest["files"])
+    shutil.rmtree(vlm)
+    again, _ = load_policy(tmp_path / "artifact")
+    assert np.allclose(again.predict_chunk(obs, beta=2.0), before, atol=1e-5)
+    tok = tmp_path / "artifact" / "asset.tokenizer.json"
+    tok.write_text(tok.read_text().replace("push", "pull"))
+    with pytest.raises(ArtifactError, match="asset.tokenizer.json"):  # verified like every file
+        load_policy(tmp_path / "artifact")
