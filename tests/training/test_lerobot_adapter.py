@@ -100,17 +100,11 @@ def _act_state_only():
                            n_decoder_layers=1, n_vae_encoder_layers=1, latent_dim=8))
 
 
-@pytest.mark.parametrize("make_cfg", [_act_state_only, _diffusion_cfg], ids=["act", "diffusion"])
-def test_awr_weights_scale_each_samples_loss(make_cfg):
-    """Method.AWR's weights reach LeRobot backbones as they reach the native policy: all-equal weights
+def check_awr_weights(model, batch: dict) -> None:
+    """Method.AWR's weights reach a LeRobot backbone as they reach the native policy: all-equal weights
     give the plain loss, and a sample with weight 0 contributes no gradient (its target may be anything)."""
-    policy = _policy(make_cfg())
-    model = policy.model.train()
-    g = torch.Generator().manual_seed(1)
-    B, H = 4, policy.train_horizon
-    batch = {"observation.state": torch.randn(B, 5, generator=g), "action": torch.randn(B, H, 3, generator=g),
-             "action_is_pad": torch.zeros(B, H, dtype=torch.bool), "task": ["push"] * B,
-             "indicator": torch.tensor([1, 0, 1, 2])}
+    model.train()
+    B = batch["action"].shape[0]
 
     def loss_and_grads(b):
         torch.manual_seed(3)  # the same noise, timesteps, latents and dropped indicators in every call
@@ -123,11 +117,25 @@ def test_awr_weights_scale_each_samples_loss(make_cfg):
     equal, _ = loss_and_grads(batch | {"weight": torch.full((B,), 0.7)})
     assert equal == pytest.approx(plain, rel=1e-5)
     other_target = batch["action"].clone()
-    other_target[3] += 5.0
-    for w, same in ((torch.tensor([1.0, 2.0, 0.5, 0.0]), True), (torch.ones(B), False)):
+    other_target[B - 1] += 5.0
+    zero_last = torch.linspace(2.0, 0.5, B)
+    zero_last[-1] = 0.0
+    for w, same in ((zero_last, True), (torch.ones(B), False)):
         _, g1 = loss_and_grads(batch | {"weight": w})
         _, g2 = loss_and_grads(batch | {"weight": w, "action": other_target})
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2)) == same
+
+
+@pytest.mark.parametrize("make_cfg", [_act_state_only, _diffusion_cfg], ids=["act", "diffusion"])
+def test_awr_weights_scale_each_samples_loss(make_cfg):
+    """ACT and diffusion, whose LeRobot loss is a mean: the adapter computes it per sample."""
+    policy = _policy(make_cfg())
+    g = torch.Generator().manual_seed(1)
+    B, H = 4, policy.train_horizon
+    check_awr_weights(policy.model, {"observation.state": torch.randn(B, 5, generator=g),
+                                     "action": torch.randn(B, H, 3, generator=g),
+                                     "action_is_pad": torch.zeros(B, H, dtype=torch.bool), "task": ["push"] * B,
+                                     "indicator": torch.tensor([1, 0, 1, 2])})
 
 
 @pytest.mark.slow

@@ -73,6 +73,9 @@ def test_smolvla_trains_with_the_indicator_in_its_tokenized_prompt(tmp_path, mon
     assert pos["task"][0] == "push the block\nAdvantage: positive"
     assert not torch.equal(pos[OBS_LANGUAGE_TOKENS], neg[OBS_LANGUAGE_TOKENS])  # the model sees the indicator
     check_trains_and_samples(model, _batch, steps=8)
+    from tests.training.test_lerobot_adapter import check_awr_weights
+
+    check_awr_weights(model, _batch(recap.INDICATOR_POSITIVE))  # LeRobot's own per-sample loss (reduction="none")
 
 
 def test_a_smolvla_artifact_carries_its_tokenizer_and_vlm_config(tmp_path):
