@@ -211,12 +211,12 @@ def runs_start(method: str = typer.Option("recap", help="bc|hg_dagger|filtered_b
                wait: bool = typer.Option(False, help="Follow the run's progress until it ends."),
                api: str = API, token: str = TOKEN):
     """Start a training run on a catalog selection; --wait follows its progress."""
-    from training.policies.registry import RecipeError, validate_policy_recipe
+    from training.recipe import RecipeError, check_recipe
 
     try:  # the API checks it too; here a bad field is one line before any request
-        validate_policy_recipe(recipe.get("policy") or {}) if isinstance(recipe.get("policy", {}), dict) else None
+        check_recipe(recipe)
     except RecipeError as e:
-        raise typer.BadParameter(f"policy.{e}", param_hint="'--recipe'") from None
+        raise typer.BadParameter(str(e), param_hint="'--recipe'") from None
     body = {"method": method, "selection": {k: v for k, v in {"robot": robot, "task": task}.items() if v},
             "recipe": recipe, "first_fit": first_fit, "parent_version": parent, "seed": seed}
     run = _call(api, token, "POST", "/v1/runs", json=body)

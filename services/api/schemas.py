@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from services.auth import Role
 
@@ -130,12 +130,20 @@ class Selection(Strict):
 
 
 class Recipe(Strict):
-    value: Params = Field(default_factory=dict, description="ValueConfig overrides (steps, hidden, ensemble…)")
+    """Each section overrides one typed config and is checked against it here (training/recipe.py:
+    unknown fields, non-finite or out-of-range values are a 422 naming the field); the worker fills
+    in the rest from the config's defaults and prints them all at the start of the run."""
+
+    value: Params = Field(default_factory=dict, description=(
+        "ValueConfig overrides (steps, hidden, batch_size, lr, ensemble, cross_fit, backbone…; "
+        "training/value/configuration_value.py)"))
     policy: Params = Field(default_factory=dict, description=(
         'The policy type and overrides of its config: {"type": "native_flow" (default) | "lerobot:act" | '
         '"lerobot:diffusion" | "lerobot:smolvla" | "lerobot:pi0" | "lerobot:pi05", ...}; checked against the '
         "type's config (training/policies/registry.py)"))
-    recap: Params = Field(default_factory=dict, description="RecapConfig overrides (advantage_horizon…)")
+    recap: Params = Field(default_factory=dict, description=(
+        "RecapConfig overrides (advantage_horizon, positive_fraction_later, indicator_dropout, cfg_beta in "
+        "[0, 10], c_fail, num_bins…; training/recap_config.py)"))
     task_max_len: Annotated[dict[Text, Annotated[int, Field(ge=1, le=10**9)]], Field(max_length=1000)] = Field(
         default_factory=dict, description="Episode time limit per task (ticks)")
     cameras: Annotated[list[Text], Field(max_length=64)] = Field(default_factory=list)
@@ -146,6 +154,13 @@ class Recipe(Strict):
         from training.policies.registry import validate_policy_recipe  # torch-free: configs only
 
         return validate_policy_recipe(v)  # a RecipeError (a ValueError) names the field: a 422
+
+    @field_validator("value", "recap")
+    @classmethod
+    def _section_fits_its_config(cls, v: dict, info: ValidationInfo) -> dict:
+        from training.recipe import check_section  # torch-free: configs only
+
+        return check_section(info.field_name, v)  # "recap.advantage_horizon: ..." in the 422
 
 
 class RunCreate(Strict):

@@ -1,13 +1,15 @@
-"""Policy types through the product path: a recipe selects the type and is checked at the door (a
-bad field is a 422 naming it); a LeRobot ACT backbone trains on the worker, registers, deploys and
+"""Policy types through the product path: a recipe selects the type and is checked at the door, every
+section of it (a bad field is a 422 naming it); a LeRobot ACT backbone trains on the worker, registers, deploys and
 answers /v1/act; the simulated arm's policy path and the running inference server give the same
 chunk for one observation and one noise seed (same processing, same β from the artifact)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import httpx
 import numpy as np
@@ -18,6 +20,7 @@ from data.stats import FeatureStats
 from data.store import EpisodeStore
 from services.inference.wire import MSGPACK, decode_answer, encode_request
 from tests.store.helpers import T0, record
+from training.recap_config import RecapConfig
 
 ACT = {"type": "lerobot:act", "chunk_size": 4, "dim_model": 16, "n_heads": 2, "dim_feedforward": 32,
        "n_encoder_layers": 1, "n_decoder_layers": 1, "use_vae": False, "vision_backbone": "resnet18",
@@ -63,6 +66,23 @@ def test_a_bad_policy_recipe_is_a_422_naming_the_field_at_the_api_and_the_cli(st
                               ({"state_dim": 3}, "state_dim")):
             r = c.post("/v1/runs", json={"selection": {"robot": ["robot-0"]}, "recipe": {"policy": policy}})
             assert r.status_code == 422 and field in r.text and "Traceback" not in r.text, (policy, r.text)
+        # every other section too: a bad key, a value of the wrong type, out of range, set by the run, not finite
+        for recipe, field in (({"recap": {"advantage_horizn": 4}}, "recap.advantage_horizn"),
+                              ({"recap": {"advantage_horizon": 0}}, "recap.advantage_horizon"),
+                              ({"recap": {"positive_fraction_later": 1.5}}, "recap.positive_fraction_later"),
+                              ({"recap": {"cfg_beta": 11}}, "recap.cfg_beta"),
+                              ({"value": {"hidden": "wide"}}, "value.hidden"),
+                              ({"value": {"backbone": "gpt"}}, "value.backbone"),
+                              ({"value": {"num_bins": 5}}, "value.num_bins"),
+                              ({"policy": {"chunk": 0}}, "chunk"),
+                              ({"task_max_len": {"push": 0}}, "task_max_len"),
+                              ({"epochs": 3}, "epochs")):
+            r = c.post("/v1/runs", json={"selection": {"robot": ["robot-0"]}, "recipe": recipe})
+            assert r.status_code == 422 and field in r.text and "Traceback" not in r.text, (recipe, r.text)
+        for raw in ('{"recap": {"cfg_beta": NaN}}', '{"recap": {"c_fail": Infinity}}', '{"value": {"lr": 1e999}}'):
+            r = c.post("/v1/runs", content=f'{{"selection": {{"robot": ["robot-0"]}}, "recipe": {raw}}}',
+                       headers={"Content-Type": "application/json"})
+            assert r.status_code == 422 and raw.split('"')[3] in r.text, (raw, r.text)
         assert c.get("/v1/runs").json() == []  # nothing queued
         ok = c.post("/v1/runs", json={"method": "bc", "selection": {"robot": ["robot-0"]},
                                       "recipe": {"policy": {"type": "lerobot:act", "chunk_size": 4}}})
@@ -71,6 +91,11 @@ def test_a_bad_policy_recipe_is_a_422_naming_the_field_at_the_api_and_the_cli(st
                         "--token", stack.tokens["researcher"], "--recipe", '{"policy": {"type": "lerobot:act", "dim_modle": 8}}'],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "dim_modle" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, "-m", "data.cli_root", "runs", "start", "--api", stack.api.url,
+                        "--token", stack.tokens["researcher"], "--recipe", '{"recap": {"advantage_horizon": -1}}'],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "recap.advantage_horizon: Input should be greater than or equal to 1" in p.stderr, p.stderr
 
 
 @pytest.mark.slow
@@ -96,7 +121,14 @@ def test_a_lerobot_act_run_from_the_api_trains_registers_deploys_and_answers_lik
     with stack.client("researcher") as c:
         v = c.get(f"/v1/versions/{run['version_id']}").json()
         assert v["policy_type"] == "lerobot:act", v
-        assert "policy lerobot:act" in c.get(f"/v1/runs/{run_id}/logs").text  # the type's config, printed
+        logs = c.get(f"/v1/runs/{run_id}/logs").text
+        assert "policy lerobot:act" in logs  # the type's config, printed
+        # the effective recipe, every section with its defaults filled in, printed at the start
+        line = next(x for x in logs.splitlines() if "recipe with defaults" in x)
+        printed = json.loads(line.split("recipe with defaults ", 1)[1])
+        assert printed["recap"] == {**asdict(RecapConfig()), "advantage_horizon": 4, "cfg_beta": 1.5}
+        assert printed["value"]["steps"] == 3 and printed["value"]["ensemble"] == 1 and "num_bins" not in printed["value"]
+        assert printed["policy"]["type"] == "lerobot:act" and printed["policy"]["lr"] == 1e-4
     with stack.client("operator") as c:
         assert c.post("/v1/deployments", json={"version": v["id"]}).status_code == 201
     inf = stack.start_inference()
