@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from services.auth import Role
+from training.recap_config import BETA_MAX  # torch-free
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters
@@ -212,6 +213,9 @@ class DeploymentCreate(Strict):
     target: Annotated[Text, Field(min_length=1)] = "*"
     stage: Literal["canary", "widen", "deploy"] = "deploy"
     note: LongText = ""
+    beta: Annotated[float, Field(ge=0, le=BETA_MAX, allow_inf_nan=False, strict=True)] | None = Field(None, description=(
+        f"Serve the version with this classifier-free guidance strength β in [0, {BETA_MAX:g}] on this target "
+        "(1: conditioned on 'positive' without guidance). Default: the artifact's, the β its run was evaluated with."))
 
 
 class RollbackIn(Strict):
@@ -228,12 +232,16 @@ class DeploymentOut(BaseModel):
     created_at_ns: int
     created_by: str
     note: str
+    beta: float | None = Field(description="the β override it was deployed with; null: the artifact's")
 
 
 class ServingStateOut(BaseModel):
     seq: int = Field(description="serving sequence number of the state the inference servers should hold")
     robots: dict[str, str | None] = Field(description="robot -> the version it should run")
     fleet_version: str | None = Field(description="what robots the registry does not know yet run")
+    betas: dict[str, float | None] = Field(description="robot -> the guidance β its version is served with; "
+                                                       "null: the artifact's")
+    fleet_beta: float | None = Field(description="the β of the fleet's deployment (null: the artifact's)")
     versions: list[str]
     published_seq: int | None = Field(description="the number stored in Redis; null if unreachable or "
                                                    "holding another database's state")

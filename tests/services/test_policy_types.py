@@ -144,7 +144,10 @@ def test_a_lerobot_act_run_from_the_api_trains_registers_deploys_and_answers_lik
 
 
 def test_the_simulated_policy_path_and_the_inference_server_give_the_same_guided_chunk(stack, tmp_path):
-    """A native flow policy with β = 2 in its artifact: guidance (two passes) and the noise seed, both ways."""
+    """A native flow policy with β = 2 in its artifact: guidance (two passes) and the noise seed, both ways.
+    Then a deployment that overrides β (from the CLI): the server answers with exactly that β, the
+    deployment, its audit row and the serving state record it; a rollback and a re-deploy without β
+    go back to the artifact's."""
     import torch
 
     from training.policies.native import NativePolicyConfig
@@ -169,5 +172,48 @@ def test_the_simulated_policy_path_and_the_inference_server_give_the_same_guided
     assert np.allclose(served, local, atol=1e-5)
     from training.runs import load_policy
 
-    unguided = load_policy(tmp_path / "p")[0].predict_chunk([Observation(state, images, "push it", seed)], beta=1.0)[0]
+    policy = load_policy(tmp_path / "p")[0]
+    unguided = policy.predict_chunk([Observation(state, images, "push it", seed)], beta=1.0)[0]
     assert not np.allclose(served, unguided, atol=1e-3)  # β = 2 is what was served, not β = 1
+
+    # a per-deployment β: refused unless finite and in [0, 10], at the API and the CLI
+    with stack.client("operator") as c:
+        for bad in (11, -0.5, "strong", True):
+            r = c.post("/v1/deployments", json={"version": vid, "beta": bad})
+            assert r.status_code == 422 and "beta" in r.text, (bad, r.text)
+        r = c.post("/v1/deployments", content=f'{{"version": "{vid}", "beta": NaN}}',
+                   headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and "beta" in r.text, r.text
+    cli = [sys.executable, "-m", "data.cli_root", "fleet", "deploy", vid, "--api", stack.api.url,
+           "--token", stack.tokens["operator"]]
+    p = subprocess.run(cli + ["--beta", "inf"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--beta" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = subprocess.run(cli + ["--beta", "0.5"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and json.loads(p.stdout)["beta"] == 0.5, p.stdout + p.stderr
+
+    def served_at(beta_served: float) -> np.ndarray:
+        state_now = _wait(inf.url + "/v1/serving", lambda s: s["betas"].get("robot-0") == beta_served)
+        assert state_now["versions"][vid]["artifact_beta"] == 2.0
+        return _act(inf.url, stack.tokens["robot"], state, images, "push it", seed)
+
+    direct = policy.predict_chunk([Observation(state, images, "push it", seed)], beta=0.5)[0]
+    assert np.allclose(served_at(0.5), direct, atol=1e-5) and not np.allclose(direct, local, atol=1e-3)
+    with stack.client("operator") as c:
+        api_state = c.get("/v1/deployments/serving").json()
+        assert api_state["betas"]["robot-0"] == 0.5 and api_state["fleet_beta"] == 0.5
+        assert c.get("/v1/deployments").json()[0]["beta"] == 0.5
+        # a rollback restores what ran before: the same version at the artifact's β
+        r = c.post("/v1/deployments/rollback", json={})
+        assert r.status_code == 201 and r.json()["beta"] is None and r.json()["note"] == f"rollback from {vid} at beta 0.5"
+        assert np.allclose(served_at(2.0), local, atol=1e-5)
+        assert c.post("/v1/deployments", json={"version": vid, "beta": 0.5}).status_code == 201
+        assert np.allclose(served_at(0.5), direct, atol=1e-5)
+        assert c.post("/v1/deployments", json={"version": vid}).status_code == 201  # no β: the artifact's again
+        assert np.allclose(served_at(2.0), local, atol=1e-5)
+        assert c.get("/v1/deployments/serving").json()["betas"]["robot-0"] is None
+    with stack.client("admin") as c:
+        audit = c.get("/v1/audit", params={"limit": 10_000}).json()  # newest first
+        deployed = [a["detail"] for a in audit if a["action"] == "POST /v1/deployments" and a["status"] == 201]
+        assert [(d["version"], d["beta"]) for d in deployed] == [(vid, None), (vid, 0.5), (vid, 0.5), (vid, None)]
+        rolled = [a["detail"] for a in audit if a["action"] == "POST /v1/deployments/rollback"]
+        assert [(d["version"], d["beta"]) for d in rolled] == [(vid, None)]
