@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import typer
 
 from data.cli_errors import UserError, user_errors
+from training.recap_config import BETA_MAX  # torch-free
 
 serve = typer.Typer(help="Start the service processes (API, inference server, training worker).",
                     no_args_is_help=True)
@@ -166,11 +168,16 @@ def fleet_register(artifact_dir: Path = typer.Argument(..., help="The policy art
 @fleet.command("deploy")
 def fleet_deploy(version: str = typer.Argument(..., help="Policy version, e.g. v3."), robot: str = typer.Option(None, help="Canary: one robot."),
                  group: str = typer.Option(None, help="A group of robots."), note: str = typer.Option("", help="Why (kept in the history)."),
+                 beta: float = typer.Option(None, help=f"Serve it with this guidance strength β (0..{BETA_MAX:g}) [default: the artifact's]."),
                  api: str = API, token: str = TOKEN):
-    """Point a robot (canary), a group, or the whole fleet (default) at a version."""
+    """Point a robot (canary), a group, or the whole fleet (default) at a version, at the artifact's
+    guidance β or --beta."""
+    if beta is not None and not (math.isfinite(beta) and 0.0 <= beta <= BETA_MAX):
+        raise typer.BadParameter(f"{beta} is not a guidance strength in [0, {BETA_MAX:g}]", param_hint="'--beta'")
     kind, target, stage = ("robot", robot, "canary") if robot else ("group", group, "widen") if group else ("fleet", "*", "deploy")
     _print(_call(api, token, "POST", "/v1/deployments",
-                 json={"version": version, "target_kind": kind, "target": target, "stage": stage, "note": note}))
+                 json={"version": version, "target_kind": kind, "target": target, "stage": stage, "note": note,
+                       "beta": beta}))
 
 
 @fleet.command("rollback")
@@ -185,8 +192,9 @@ def fleet_rollback(robot: str = typer.Option(None, help="One robot."), group: st
 def fleet_history(api: str = API, token: str = TOKEN):
     """Every deployment, newest last: stage, target, version, who and why."""
     for d in _call(api, token, "GET", "/v1/deployments"):
+        beta = "artifact" if d.get("beta") is None else f"{d['beta']:g}"
         typer.echo(f"#{d['id']:<4} {d['stage']:<8} {d['target_kind']}:{d['target']:<14} -> {d['version_id']:<6} "
-                   f"by {d['created_by']} {d['note']}")
+                   f"beta {beta:<8} by {d['created_by']} {d['note']}")
 
 
 def _json_object(value: str) -> dict:
@@ -211,12 +219,12 @@ def runs_start(method: str = typer.Option("recap", help="bc|hg_dagger|filtered_b
                wait: bool = typer.Option(False, help="Follow the run's progress until it ends."),
                api: str = API, token: str = TOKEN):
     """Start a training run on a catalog selection; --wait follows its progress."""
-    from training.policies.registry import RecipeError, validate_policy_recipe
+    from training.recipe import RecipeError, check_recipe
 
     try:  # the API checks it too; here a bad field is one line before any request
-        validate_policy_recipe(recipe.get("policy") or {}) if isinstance(recipe.get("policy", {}), dict) else None
+        check_recipe(recipe)
     except RecipeError as e:
-        raise typer.BadParameter(f"policy.{e}", param_hint="'--recipe'") from None
+        raise typer.BadParameter(str(e), param_hint="'--recipe'") from None
     body = {"method": method, "selection": {k: v for k, v in {"robot": robot, "task": task}.items() if v},
             "recipe": recipe, "first_fit": first_fit, "parent_version": parent, "seed": seed}
     run = _call(api, token, "POST", "/v1/runs", json=body)

@@ -9,6 +9,7 @@ reads under the same lock and carries the number it was read at."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from data.artifact_manifest import manifest_digest, verify_artifact
 from services.control import serving_sequence
 from services.control.models import ApiToken, Deployment, PolicyVersion, Robot
+from training.recap_config import BETA_MAX
 
 
 class RegistryError(ValueError):
@@ -61,10 +63,14 @@ def register_version(s: Session, artifact_dir: str | Path, *, created_by: str, r
 
 
 def deploy(s: Session, version_id: str, target_kind: str, target: str, *, stage: str, created_by: str,
-           note: str = "") -> Deployment:
+           note: str = "", beta: float | None = None) -> Deployment:
+    """`beta`: the guidance strength to serve the version with on this target; None: the artifact's
+    (the value its run was evaluated with)."""
     serving_sequence.bump(s)
     if s.get(PolicyVersion, version_id) is None:
         raise RegistryError(f"unknown policy version {version_id!r}")
+    if beta is not None and not (math.isfinite(beta) and 0.0 <= beta <= BETA_MAX):
+        raise RegistryError(f"beta: {beta} is not a guidance strength in [0, {BETA_MAX:g}]")
     if target_kind == "fleet":
         target = "*"
     elif target_kind == "robot" and s.get(Robot, target) is None:
@@ -72,15 +78,21 @@ def deploy(s: Session, version_id: str, target_kind: str, target: str, *, stage:
     elif target_kind == "group" and s.scalar(select(func.count()).select_from(Robot).where(Robot.group == target)) == 0:
         raise RegistryError(f"no robot in group {target!r}")
     d = Deployment(target_kind=target_kind, target=target, version_id=version_id, stage=stage,
-                   created_at_ns=time.time_ns(), created_by=created_by, note=note)
+                   created_at_ns=time.time_ns(), created_by=created_by, note=note,
+                   beta=None if beta is None else float(beta))
     s.add(d)
     s.flush()
     return d
 
 
+def _served(version_id: str, beta: float | None) -> str:
+    return version_id if beta is None else f"{version_id} at beta {beta:g}"
+
+
 def rollback(s: Session, target_kind: str, target: str, *, created_by: str) -> Deployment:
-    """Deploy, to the same target, the version it ran before its newest deployment: for a canary
-    robot that is usually what its group or the fleet was running, not an earlier canary."""
+    """Deploy, to the same target, what it ran before its newest deployment (the version and its β
+    override, none meaning the artifact's): for a canary robot that is usually what its group or the
+    fleet was running, not an earlier canary. A change of β alone is rolled back like a version."""
     serving_sequence.bump(s)
     target = "*" if target_kind == "fleet" else target
     group = None
@@ -91,38 +103,46 @@ def rollback(s: Session, target_kind: str, target: str, *, created_by: str) -> D
     own = [d for d in deps if d.target_kind == target_kind and d.target == target]
     if not own:
         raise RegistryError(f"{target_kind} {target}: nothing deployed to it, nothing to roll back")
-    newest, current = own[0], own[0].version_id
+    newest = own[0]
+    current = (newest.version_id, newest.beta)
 
     def applies(d: Deployment) -> bool:  # would this deployment decide the target's version?
         return ((d.target_kind == target_kind and d.target == target) or d.target_kind == "fleet"
                 or (d.target_kind == "group" and target_kind == "robot" and d.target == group))
 
-    previous = next((d.version_id for d in deps if d.id < newest.id and applies(d) and d.version_id != current), None)
+    previous = next((d for d in deps if d.id < newest.id and applies(d) and (d.version_id, d.beta) != current), None)
     if previous is None:
         raise RegistryError(f"{target_kind} {target}: no earlier version to roll back to")
-    return deploy(s, previous, target_kind, target, stage="rollback", created_by=created_by,
-                  note=f"rollback from {current}")
+    return deploy(s, previous.version_id, target_kind, target, stage="rollback", created_by=created_by,
+                  note=f"rollback from {_served(*current)}", beta=previous.beta)
 
 
-def assignments(s: Session) -> dict[str, str | None]:
-    """robot id -> the version it should run: the newest deployment matching it (robot, its
+def _deciding(s: Session) -> dict[str, Deployment | None]:
+    """robot id -> the deployment that decides what it runs: the newest matching it (robot, its
     group, or the fleet)."""
     deps = s.scalars(select(Deployment).order_by(Deployment.id)).all()
     out = {}
     for r in s.scalars(select(Robot)).all():
         match = [d for d in deps if (d.target_kind == "robot" and d.target == r.id)
                  or (d.target_kind == "group" and d.target == r.group) or d.target_kind == "fleet"]
-        out[r.id] = match[-1].version_id if match else None
+        out[r.id] = match[-1] if match else None
     return out
 
 
+def assignments(s: Session) -> dict[str, str | None]:
+    """robot id -> the version it should run."""
+    return {r: d.version_id if d else None for r, d in _deciding(s).items()}
+
+
 def serving_state(s: Session) -> dict:
-    """Everything an inference server needs, as one JSON document: which version each robot runs,
-    where the artifacts are (and their manifest digests), which robot tokens exist, and the serving
-    sequence number (and epoch) it was read at. Published after every change; the servers swap to
+    """Everything an inference server needs, as one JSON document: which version each robot runs and
+    at which guidance β (`betas`, `fleet_beta`: the deciding deployment's override, None for the
+    artifact's), where the artifacts are (and their manifest digests), which robot tokens exist, and
+    the serving sequence number (and epoch) it was read at. Published after every change; the servers swap to
     it as a whole. Call it in a transaction of its own: it holds the sequence lock to the end."""
     epoch, seq = serving_sequence.read_locked(s)
-    assigned = assignments(s)
+    deciding = _deciding(s)
+    assigned = {r: d.version_id if d else None for r, d in deciding.items()}
     fleet = s.scalar(select(Deployment).where(Deployment.target_kind == "fleet").order_by(Deployment.id.desc()))
     fleet_version = fleet.version_id if fleet else None  # robots the registry does not know yet
     versions = {}
@@ -133,4 +153,6 @@ def serving_state(s: Session) -> dict:
     tokens = {t.token_sha256: t.robot_id for t in s.scalars(select(ApiToken).where(
         ApiToken.role == "robot", ApiToken.revoked_at_ns.is_(None))).all()}
     return {"robots": assigned, "fleet_version": fleet_version,
+            "betas": {r: d.beta if d else None for r, d in deciding.items()},
+            "fleet_beta": fleet.beta if fleet else None,
             "versions": versions, "robot_tokens": tokens, "seq": seq, "epoch": epoch, "at_ns": time.time_ns()}

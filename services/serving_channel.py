@@ -2,6 +2,9 @@
 
 The serving state is read from the control database with the serving sequence number (and the
 database's epoch) it was read at (services/control/serving_sequence.py); Redis only carries it.
+The document (services/registry.py `serving_state`): "robots" (robot -> version), "fleet_version",
+"betas" (robot -> its deployment's guidance β override, null for the artifact's), "fleet_beta",
+"versions" (version -> artifact_dir, manifest_sha256, policy_type), "robot_tokens", "seq", "epoch".
 
 Invariants:
 - The stored state (STATE_KEY) and its stamp (STAMP_KEY, "<epoch> <seq>") change together, in one

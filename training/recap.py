@@ -3,12 +3,12 @@ rewards -> normalised returns -> value targets (two-hot over bins) -> N-step adv
 per-task thresholds -> advantage indicators (corrections forced positive) -> conditioned policy.
 
 Ticks are 0-based: an episode has ticks t = 0 .. T-1 and the outcome lands on the last one.
-Every default is the design's (DESIGN.md §5).
+The hyper-parameters (RecapConfig, every default the design's, DESIGN.md §5) live in the torch-free
+training/recap_config.py, so the API checks a recipe without the model stack.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -16,17 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from data.schema import ActionSource, Outcome
-
-
-@dataclass(frozen=True)
-class RecapConfig:
-    num_bins: int = 201  # value distribution over [-1, 0]
-    c_fail: float | None = None  # failure cost; None -> L_task (the task's maximum episode length)
-    advantage_horizon: int = 50  # N control steps
-    positive_fraction_first: float = 0.3  # target share of positive indicators, first advantage-labelled fit
-    positive_fraction_later: float = 0.4  # ... later rounds
-    indicator_dropout: float = 0.3  # share of samples trained unconditionally
-    cfg_beta: float = 1.0  # 1 = condition on "positive"; > 1 = classifier-free guidance
+from training.recap_config import RecapConfig  # noqa: F401  (torch-free; re-exported here)
 
 
 # -- (1) rewards and returns -------------------------------------------------------------------

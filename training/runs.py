@@ -40,6 +40,7 @@ from training.policies.policy import Policy, load_policy as load_registered_poli
 from training.policies.registry import policy_config
 from training.policies.trainer_policy import fit_policy
 from training.recap import RecapConfig, positive_rate_by_outcome
+from training.recipe import effective_recipe
 from training.steps import load_steps
 from training.value import ValueConfig, build_value_function
 from training.value.trainer_value import cross_fit_folds, fit_value, predict_values, task_max_lengths
@@ -137,6 +138,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
             raise ValueError(f"run {spec.run_id} exists with a different spec; use a new run id")
         spec_path.write_text(json.dumps(spec.to_dict(), indent=1))
         log.info("training run %s: %s", spec.run_id, json.dumps(spec.to_dict()))
+        log.info("run %s: recipe with defaults %s", spec.run_id,
+                 json.dumps(effective_recipe(spec.policy, spec.value, asdict(spec.recap))))
     distributed.barrier()
     if (run_dir / "done.json").exists():
         manifest = load_artifact(run_dir / "policy")[0]

@@ -126,7 +126,8 @@ class Gate:
         entry = {"actor": p.name if p else "anonymous", "role": str(p.role) if p else "-",
                  "action": f"{scope['method']} {route}"[:256], "status": status,
                  "detail": {"path": _printable(scope["path"])[:1024], "request_id": rid,
-                            "client": scope["client"][0] if scope.get("client") else None}}
+                            "client": scope["client"][0] if scope.get("client") else None,
+                            **scope["state"].get("audit", {})}}  # what a route adds (e.g. a deployment's β)
         try:
             await run_in_threadpool(self.audit, entry)
         except Exception:  # the audit write must not turn a done change into an error

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from services.auth import Role
+from training.recap_config import BETA_MAX  # torch-free
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters
@@ -130,12 +131,20 @@ class Selection(Strict):
 
 
 class Recipe(Strict):
-    value: Params = Field(default_factory=dict, description="ValueConfig overrides (steps, hidden, ensemble…)")
+    """Each section overrides one typed config and is checked against it here (training/recipe.py:
+    unknown fields, non-finite or out-of-range values are a 422 naming the field); the worker fills
+    in the rest from the config's defaults and prints them all at the start of the run."""
+
+    value: Params = Field(default_factory=dict, description=(
+        "ValueConfig overrides (steps, hidden, batch_size, lr, ensemble, cross_fit, backbone…; "
+        "training/value/configuration_value.py)"))
     policy: Params = Field(default_factory=dict, description=(
         'The policy type and overrides of its config: {"type": "native_flow" (default) | "lerobot:act" | '
         '"lerobot:diffusion" | "lerobot:smolvla" | "lerobot:pi0" | "lerobot:pi05", ...}; checked against the '
         "type's config (training/policies/registry.py)"))
-    recap: Params = Field(default_factory=dict, description="RecapConfig overrides (advantage_horizon…)")
+    recap: Params = Field(default_factory=dict, description=(
+        "RecapConfig overrides (advantage_horizon, positive_fraction_later, indicator_dropout, cfg_beta in "
+        "[0, 10], c_fail, num_bins…; training/recap_config.py)"))
     task_max_len: Annotated[dict[Text, Annotated[int, Field(ge=1, le=10**9)]], Field(max_length=1000)] = Field(
         default_factory=dict, description="Episode time limit per task (ticks)")
     cameras: Annotated[list[Text], Field(max_length=64)] = Field(default_factory=list)
@@ -146,6 +155,13 @@ class Recipe(Strict):
         from training.policies.registry import validate_policy_recipe  # torch-free: configs only
 
         return validate_policy_recipe(v)  # a RecipeError (a ValueError) names the field: a 422
+
+    @field_validator("value", "recap")
+    @classmethod
+    def _section_fits_its_config(cls, v: dict, info: ValidationInfo) -> dict:
+        from training.recipe import check_section  # torch-free: configs only
+
+        return check_section(info.field_name, v)  # "recap.advantage_horizon: ..." in the 422
 
 
 class RunCreate(Strict):
@@ -197,6 +213,9 @@ class DeploymentCreate(Strict):
     target: Annotated[Text, Field(min_length=1)] = "*"
     stage: Literal["canary", "widen", "deploy"] = "deploy"
     note: LongText = ""
+    beta: Annotated[float, Field(ge=0, le=BETA_MAX, allow_inf_nan=False, strict=True)] | None = Field(None, description=(
+        f"Serve the version with this classifier-free guidance strength β in [0, {BETA_MAX:g}] on this target "
+        "(1: conditioned on 'positive' without guidance). Default: the artifact's, the β its run was evaluated with."))
 
 
 class RollbackIn(Strict):
@@ -213,12 +232,16 @@ class DeploymentOut(BaseModel):
     created_at_ns: int
     created_by: str
     note: str
+    beta: float | None = Field(description="the β override it was deployed with; null: the artifact's")
 
 
 class ServingStateOut(BaseModel):
     seq: int = Field(description="serving sequence number of the state the inference servers should hold")
     robots: dict[str, str | None] = Field(description="robot -> the version it should run")
     fleet_version: str | None = Field(description="what robots the registry does not know yet run")
+    betas: dict[str, float | None] = Field(description="robot -> the guidance β its version is served with; "
+                                                       "null: the artifact's")
+    fleet_beta: float | None = Field(description="the β of the fleet's deployment (null: the artifact's)")
     versions: list[str]
     published_seq: int | None = Field(description="the number stored in Redis; null if unreachable or "
                                                    "holding another database's state")

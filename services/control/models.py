@@ -60,7 +60,7 @@ class PolicyVersion(Base):
 
 class Deployment(Base):
     """Point a target at a version. The newest deployment matching a robot decides what it runs;
-    rollback is a new deployment of an earlier version, so history only grows."""
+    rollback is a new deployment of an earlier version (and β), so history only grows."""
 
     __tablename__ = "deployments"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -71,6 +71,8 @@ class Deployment(Base):
     created_at_ns: Mapped[int] = mapped_column(BigInteger, index=True)
     created_by: Mapped[str] = mapped_column(String(128))
     note: Mapped[str] = mapped_column(Text, default="")
+    # classifier-free guidance β the version is served with; None: the artifact's (what its run was evaluated with)
+    beta: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ServingSequence(Base):

@@ -78,9 +78,10 @@ class PolicyRuntime:
         self.spec = InputSpec(self.policy.state_dim, self.policy.action_dim, self.policy.chunk, self.policy.cameras,
                               Envelope.from_stats(stats.get("observation.state"), stats.get("action")))
 
-    def act(self, obs: list[Observation]) -> np.ndarray:
-        """(B, chunk, action_dim) float32 in the robot's action units."""
-        return self.policy.predict_chunk(obs, recap.INDICATOR_POSITIVE, self.beta)
+    def act(self, obs: list[Observation], beta: float | None = None) -> np.ndarray:
+        """(B, chunk, action_dim) float32 in the robot's action units; `beta`: a deployment's guidance
+        override, None for the artifact's."""
+        return self.policy.predict_chunk(obs, recap.INDICATOR_POSITIVE, self.beta if beta is None else beta)
 
 
 NativeRuntime = PolicyRuntime  # one runtime for every type; the older name stays importable

@@ -131,22 +131,22 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             raise WireError(401, "unknown or revoked robot token")
         return robot
 
-    def resolve(token: str | None) -> tuple[str, str, object]:
-        """(robot, version, runtime) for a token, from one snapshot of the table: before any body."""
+    def resolve(token: str | None) -> tuple[str, str, object, float | None]:
+        """(robot, version, runtime, β override) for a token, from one snapshot of the table: before any body."""
         table = watcher.table
         robot = robot_of(token, table)
         version = table.version_for(robot)
         if version is None or version not in table.runtimes:
             raise WireError(503, f"no policy version is deployed to robot {robot}")
-        return robot, version, table.runtimes[version]
+        return robot, version, table.runtimes[version], table.beta_for(robot)
 
     def body_limit(runtime) -> int:
         return min(runtime.spec.max_body_bytes(), MAX_BODY_BYTES)
 
-    async def act(body: bytes, binary: bool, robot: str, version: str, runtime) -> bytes:
+    async def act(body: bytes, binary: bool, robot: str, version: str, runtime, beta: float | None) -> bytes:
         t0 = time.perf_counter()
         obs = parse_observation(decode_request(body, binary), runtime.spec)
-        actions, timing = await batcher.submit(runtime, obs, robot)
+        actions, timing = await batcher.submit(runtime, obs, robot, beta)
         try:
             actions, clipped = runtime.spec.envelope.bound_actions(actions)
         except NonFiniteActions:
@@ -196,10 +196,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         binary = is_msgpack(request.headers.get("content-type"))
         body_read = False
         try:
-            robot, version, runtime = resolve(bearer(request.headers.get("authorization")))
+            robot, version, runtime, beta = resolve(bearer(request.headers.get("authorization")))
             body = await read_body(request, body_limit(runtime))
             body_read = True
-            payload = await act(body, binary, robot, version, runtime)
+            payload = await act(body, binary, robot, version, runtime, beta)
         except WireError as e:
             metrics.requests.labels("-", str(e.status)).inc()
             # a body left unread is not drained: the connection closes after the answer
@@ -229,11 +229,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 binary = msg.get("bytes") is not None
                 body = msg["bytes"] if binary else (msg.get("text") or "").encode()
                 try:
-                    robot, version, runtime = resolve(token)
+                    robot, version, runtime, beta = resolve(token)
                     if len(body) > body_limit(runtime):
                         raise WireError(413, f"message of {len(body)} bytes exceeds this policy's limit of "
                                              f"{body_limit(runtime)} bytes")
-                    payload = await act(body, binary, robot, version, runtime)
+                    payload = await act(body, binary, robot, version, runtime, beta)
                 except WireError as e:
                     metrics.requests.labels("-", str(e.status)).inc()
                     payload = encode_error(e.message, e.status, binary)
@@ -248,11 +248,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             with contextlib.suppress(Exception):
                 await ws.close(code=1011)
 
-    @app.get("/v1/serving", summary="The serving table: state number, robot -> version, loaded versions")
+    @app.get("/v1/serving", summary="The serving table: state number, robot -> version and the β it is served "
+                                     "with, loaded versions (with their artifact's β)")
     def serving() -> dict:
         t = watcher.table
         return {"seq": t.seq, "robots": t.robots, "fleet_version": t.fleet_version,
-                "versions": {v: rt.spec.to_dict() for v, rt in t.runtimes.items()},
+                "betas": {r: t.served_beta(r) for r in t.robots}, "fleet_beta": t.fleet_beta,
+                "versions": {v: rt.spec.to_dict() | {"artifact_beta": rt.beta} for v, rt in t.runtimes.items()},
                 "load_failures": watcher.load_failures}
 
     @app.get("/metrics", summary="Prometheus metrics")

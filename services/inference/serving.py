@@ -1,4 +1,4 @@
-"""What the server serves, as one immutable snapshot (ServingTable), kept current by a watcher on
+"""What the server serves (robot -> version and the deployment's guidance β), as one immutable snapshot (ServingTable), kept current by a watcher on
 the Redis deployment channel; and the micro-batcher that runs one model call for every request
 waiting on the same version.
 
@@ -40,6 +40,8 @@ class ServingTable:
     runtimes: dict = field(default_factory=dict)  # version -> runtime
     tokens: dict[str, str] = field(default_factory=dict)  # token sha256 -> robot id
     epoch: str | None = None  # the control database the state came from
+    betas: dict[str, float | None] = field(default_factory=dict)  # robot -> its deployment's β override
+    fleet_beta: float | None = None  # ... for robots the registry does not know yet
 
     def behind(self, epoch: str | None, seq: int) -> bool:
         """Is a state numbered (epoch, seq) newer than this table?"""
@@ -47,6 +49,17 @@ class ServingTable:
 
     def version_for(self, robot_id: str) -> str | None:
         return self.robots[robot_id] if robot_id in self.robots else self.fleet_version
+
+    def beta_for(self, robot_id: str) -> float | None:
+        """The guidance β the robot's deployment asks for; None: the artifact's."""
+        return self.betas.get(robot_id) if robot_id in self.robots else self.fleet_beta
+
+    def served_beta(self, robot_id: str) -> float | None:
+        """The β the robot's chunks are computed with: its deployment's override, else the artifact's."""
+        version, beta = self.version_for(robot_id), self.beta_for(robot_id)
+        if version not in self.runtimes:
+            return None
+        return self.runtimes[version].beta if beta is None else beta
 
 
 class StateWatcher:
@@ -76,7 +89,7 @@ class StateWatcher:
 
     def apply(self, state: dict) -> bool:
         """Load what `state` needs, then swap; False (and the old table kept) if it is not newer, is
-        not a numbered state, or a version fails to load."""
+        not a numbered state, a version fails to load or a β override is not a finite number."""
         epoch, seq = state.get("epoch"), state.get("seq")
         if not isinstance(epoch, str) or not isinstance(seq, int):
             log.warning("ignored a serving state without a sequence number")
@@ -87,16 +100,20 @@ class StateWatcher:
                 return False
             runtimes = {}
             try:
+                betas = {r: _beta(b) for r, b in state.get("betas", {}).items()}
+                fleet_beta = _beta(state.get("fleet_beta"))
                 for vid, entry in state.get("versions", {}).items():
                     runtimes[vid] = old.runtimes[vid] if vid in old.runtimes else load_runtime(vid, entry)
-            except Exception as e:  # a corrupt or missing artifact: keep serving the old versions
+            except Exception as e:  # a corrupt or missing artifact, a bad β: keep serving the old table
                 self.load_failures += 1
                 log.error("serving state %s refused, keeping %s: %s", state.get("seq"), old.seq, e)
                 return False
             new = ServingTable(seq, dict(state.get("robots", {})), state.get("fleet_version"),
-                               runtimes, dict(state.get("robot_tokens", {})), epoch)
+                               runtimes, dict(state.get("robot_tokens", {})), epoch, betas, fleet_beta)
             self.table = new  # the swap: one reference assignment
-        log.info("serving state %d: %s", new.seq, json.dumps({"robots": new.robots, "fleet": new.fleet_version}))
+        log.info("serving state %d: %s", new.seq, json.dumps({"robots": new.robots, "fleet": new.fleet_version,
+                                                             "betas": {r: b for r, b in new.betas.items() if b is not None},
+                                                             "fleet_beta": new.fleet_beta}))
         if self.on_swap:
             self.on_swap(old, new)
         return True
@@ -128,6 +145,15 @@ class StateWatcher:
                 log.warning("ignored a malformed serving state: %s", e)
 
 
+def _beta(b) -> float | None:
+    """A β override from the state document: a finite number or None (anything else refuses the state)."""
+    if b is None:
+        return None
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not np.isfinite(b):
+        raise ValueError(f"beta {b!r} is not a finite number")
+    return float(b)
+
+
 @dataclass
 class _Pending:
     runtime: object
@@ -135,6 +161,7 @@ class _Pending:
     future: asyncio.Future
     enqueued: float
     robot: str = ""
+    beta: float | None = None  # None: the artifact's
 
 
 class MicroBatcher:
@@ -174,7 +201,9 @@ class MicroBatcher:
             self._task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, runtime, obs: Observation, robot: str = "") -> tuple[np.ndarray, dict]:
+    async def submit(self, runtime, obs: Observation, robot: str = "", beta: float | None = None) -> tuple[np.ndarray, dict]:
+        """`beta`: the deployment's guidance override (None: the artifact's); requests for the same
+        version at the same β share a model call."""
         fut = asyncio.get_running_loop().create_future()
         now = time.perf_counter()
         if robot in self._answered_at:
@@ -182,7 +211,7 @@ class MicroBatcher:
             at, busy_at = self._answered_at[robot]
             ta = (now - at) - (self._blocked_s - busy_at)
             self._turnaround[robot] = ta if robot not in self._turnaround else 0.7 * self._turnaround[robot] + 0.3 * ta
-        await self.queue.put(_Pending(runtime, obs, fut, now, robot))
+        await self.queue.put(_Pending(runtime, obs, fut, now, robot, beta))
         try:
             return await fut
         finally:  # the answer goes out now: the robot's turnaround counts from here
@@ -216,15 +245,15 @@ class MicroBatcher:
                 except asyncio.TimeoutError:
                     break
             self._last_call = {it.robot for it in items}
-            groups: dict[int, list[_Pending]] = {}
+            groups: dict[tuple[int, float | None], list[_Pending]] = {}
             for it in items:
-                groups.setdefault(id(it.runtime), []).append(it)
+                groups.setdefault((id(it.runtime), it.beta), []).append(it)
             for group in groups.values():
-                rt = group[0].runtime
+                rt, beta = group[0].runtime, group[0].beta
                 t0 = time.perf_counter()
                 try:
                     obs = [g.obs for g in group]
-                    out = rt.act(obs) if self.inline else await loop.run_in_executor(self.executor, rt.act, obs)
+                    out = rt.act(obs, beta) if self.inline else await loop.run_in_executor(self.executor, rt.act, obs, beta)
                 except Exception as e:
                     for g in group:
                         if not g.future.done():

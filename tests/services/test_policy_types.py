@@ -1,13 +1,15 @@
-"""Policy types through the product path: a recipe selects the type and is checked at the door (a
-bad field is a 422 naming it); a LeRobot ACT backbone trains on the worker, registers, deploys and
+"""Policy types through the product path: a recipe selects the type and is checked at the door, every
+section of it (a bad field is a 422 naming it); a LeRobot ACT backbone trains on the worker, registers, deploys and
 answers /v1/act; the simulated arm's policy path and the running inference server give the same
 chunk for one observation and one noise seed (same processing, same β from the artifact)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import httpx
 import numpy as np
@@ -18,6 +20,7 @@ from data.stats import FeatureStats
 from data.store import EpisodeStore
 from services.inference.wire import MSGPACK, decode_answer, encode_request
 from tests.store.helpers import T0, record
+from training.recap_config import RecapConfig
 
 ACT = {"type": "lerobot:act", "chunk_size": 4, "dim_model": 16, "n_heads": 2, "dim_feedforward": 32,
        "n_encoder_layers": 1, "n_decoder_layers": 1, "use_vae": False, "vision_backbone": "resnet18",
@@ -63,6 +66,23 @@ def test_a_bad_policy_recipe_is_a_422_naming_the_field_at_the_api_and_the_cli(st
                               ({"state_dim": 3}, "state_dim")):
             r = c.post("/v1/runs", json={"selection": {"robot": ["robot-0"]}, "recipe": {"policy": policy}})
             assert r.status_code == 422 and field in r.text and "Traceback" not in r.text, (policy, r.text)
+        # every other section too: a bad key, a value of the wrong type, out of range, set by the run, not finite
+        for recipe, field in (({"recap": {"advantage_horizn": 4}}, "recap.advantage_horizn"),
+                              ({"recap": {"advantage_horizon": 0}}, "recap.advantage_horizon"),
+                              ({"recap": {"positive_fraction_later": 1.5}}, "recap.positive_fraction_later"),
+                              ({"recap": {"cfg_beta": 11}}, "recap.cfg_beta"),
+                              ({"value": {"hidden": "wide"}}, "value.hidden"),
+                              ({"value": {"backbone": "gpt"}}, "value.backbone"),
+                              ({"value": {"num_bins": 5}}, "value.num_bins"),
+                              ({"policy": {"chunk": 0}}, "chunk"),
+                              ({"task_max_len": {"push": 0}}, "task_max_len"),
+                              ({"epochs": 3}, "epochs")):
+            r = c.post("/v1/runs", json={"selection": {"robot": ["robot-0"]}, "recipe": recipe})
+            assert r.status_code == 422 and field in r.text and "Traceback" not in r.text, (recipe, r.text)
+        for raw in ('{"recap": {"cfg_beta": NaN}}', '{"recap": {"c_fail": Infinity}}', '{"value": {"lr": 1e999}}'):
+            r = c.post("/v1/runs", content=f'{{"selection": {{"robot": ["robot-0"]}}, "recipe": {raw}}}',
+                       headers={"Content-Type": "application/json"})
+            assert r.status_code == 422 and raw.split('"')[3] in r.text, (raw, r.text)
         assert c.get("/v1/runs").json() == []  # nothing queued
         ok = c.post("/v1/runs", json={"method": "bc", "selection": {"robot": ["robot-0"]},
                                       "recipe": {"policy": {"type": "lerobot:act", "chunk_size": 4}}})
@@ -71,6 +91,11 @@ def test_a_bad_policy_recipe_is_a_422_naming_the_field_at_the_api_and_the_cli(st
                         "--token", stack.tokens["researcher"], "--recipe", '{"policy": {"type": "lerobot:act", "dim_modle": 8}}'],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "dim_modle" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, "-m", "data.cli_root", "runs", "start", "--api", stack.api.url,
+                        "--token", stack.tokens["researcher"], "--recipe", '{"recap": {"advantage_horizon": -1}}'],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "recap.advantage_horizon: Input should be greater than or equal to 1" in p.stderr, p.stderr
 
 
 @pytest.mark.slow
@@ -96,7 +121,14 @@ def test_a_lerobot_act_run_from_the_api_trains_registers_deploys_and_answers_lik
     with stack.client("researcher") as c:
         v = c.get(f"/v1/versions/{run['version_id']}").json()
         assert v["policy_type"] == "lerobot:act", v
-        assert "policy lerobot:act" in c.get(f"/v1/runs/{run_id}/logs").text  # the type's config, printed
+        logs = c.get(f"/v1/runs/{run_id}/logs").text
+        assert "policy lerobot:act" in logs  # the type's config, printed
+        # the effective recipe, every section with its defaults filled in, printed at the start
+        line = next(x for x in logs.splitlines() if "recipe with defaults" in x)
+        printed = json.loads(line.split("recipe with defaults ", 1)[1])
+        assert printed["recap"] == {**asdict(RecapConfig()), "advantage_horizon": 4, "cfg_beta": 1.5}
+        assert printed["value"]["steps"] == 3 and printed["value"]["ensemble"] == 1 and "num_bins" not in printed["value"]
+        assert printed["policy"]["type"] == "lerobot:act" and printed["policy"]["lr"] == 1e-4
     with stack.client("operator") as c:
         assert c.post("/v1/deployments", json={"version": v["id"]}).status_code == 201
     inf = stack.start_inference()
@@ -112,7 +144,10 @@ def test_a_lerobot_act_run_from_the_api_trains_registers_deploys_and_answers_lik
 
 
 def test_the_simulated_policy_path_and_the_inference_server_give_the_same_guided_chunk(stack, tmp_path):
-    """A native flow policy with β = 2 in its artifact: guidance (two passes) and the noise seed, both ways."""
+    """A native flow policy with β = 2 in its artifact: guidance (two passes) and the noise seed, both ways.
+    Then a deployment that overrides β (from the CLI): the server answers with exactly that β, the
+    deployment, its audit row and the serving state record it; a rollback and a re-deploy without β
+    go back to the artifact's."""
     import torch
 
     from training.policies.native import NativePolicyConfig
@@ -137,5 +172,48 @@ def test_the_simulated_policy_path_and_the_inference_server_give_the_same_guided
     assert np.allclose(served, local, atol=1e-5)
     from training.runs import load_policy
 
-    unguided = load_policy(tmp_path / "p")[0].predict_chunk([Observation(state, images, "push it", seed)], beta=1.0)[0]
+    policy = load_policy(tmp_path / "p")[0]
+    unguided = policy.predict_chunk([Observation(state, images, "push it", seed)], beta=1.0)[0]
     assert not np.allclose(served, unguided, atol=1e-3)  # β = 2 is what was served, not β = 1
+
+    # a per-deployment β: refused unless finite and in [0, 10], at the API and the CLI
+    with stack.client("operator") as c:
+        for bad in (11, -0.5, "strong", True):
+            r = c.post("/v1/deployments", json={"version": vid, "beta": bad})
+            assert r.status_code == 422 and "beta" in r.text, (bad, r.text)
+        r = c.post("/v1/deployments", content=f'{{"version": "{vid}", "beta": NaN}}',
+                   headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and "beta" in r.text, r.text
+    cli = [sys.executable, "-m", "data.cli_root", "fleet", "deploy", vid, "--api", stack.api.url,
+           "--token", stack.tokens["operator"]]
+    p = subprocess.run(cli + ["--beta", "inf"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--beta" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = subprocess.run(cli + ["--beta", "0.5"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and json.loads(p.stdout)["beta"] == 0.5, p.stdout + p.stderr
+
+    def served_at(beta_served: float) -> np.ndarray:
+        state_now = _wait(inf.url + "/v1/serving", lambda s: s["betas"].get("robot-0") == beta_served)
+        assert state_now["versions"][vid]["artifact_beta"] == 2.0
+        return _act(inf.url, stack.tokens["robot"], state, images, "push it", seed)
+
+    direct = policy.predict_chunk([Observation(state, images, "push it", seed)], beta=0.5)[0]
+    assert np.allclose(served_at(0.5), direct, atol=1e-5) and not np.allclose(direct, local, atol=1e-3)
+    with stack.client("operator") as c:
+        api_state = c.get("/v1/deployments/serving").json()
+        assert api_state["betas"]["robot-0"] == 0.5 and api_state["fleet_beta"] == 0.5
+        assert c.get("/v1/deployments").json()[0]["beta"] == 0.5
+        # a rollback restores what ran before: the same version at the artifact's β
+        r = c.post("/v1/deployments/rollback", json={})
+        assert r.status_code == 201 and r.json()["beta"] is None and r.json()["note"] == f"rollback from {vid} at beta 0.5"
+        assert np.allclose(served_at(2.0), local, atol=1e-5)
+        assert c.post("/v1/deployments", json={"version": vid, "beta": 0.5}).status_code == 201
+        assert np.allclose(served_at(0.5), direct, atol=1e-5)
+        assert c.post("/v1/deployments", json={"version": vid}).status_code == 201  # no β: the artifact's again
+        assert np.allclose(served_at(2.0), local, atol=1e-5)
+        assert c.get("/v1/deployments/serving").json()["betas"]["robot-0"] is None
+    with stack.client("admin") as c:
+        audit = c.get("/v1/audit", params={"limit": 10_000}).json()  # newest first
+        deployed = [a["detail"] for a in audit if a["action"] == "POST /v1/deployments" and a["status"] == 201]
+        assert [(d["version"], d["beta"]) for d in deployed] == [(vid, None), (vid, 0.5), (vid, 0.5), (vid, None)]
+        rolled = [a["detail"] for a in audit if a["action"] == "POST /v1/deployments/rollback"]
+        assert [(d["version"], d["beta"]) for d in rolled] == [(vid, None)]

@@ -1,8 +1,8 @@
 """The control plane and the robot side run without the model stack. The real API process, after
-registering artifacts (good and forged), starting a run and deploying, has not loaded torch; the
-modules the bridge and the worker's parent import load none of it either. The probe is the
-process's own memory map (torch's shared libraries are mapped once it is imported), checked
-against the inference server, which does load it."""
+registering artifacts (good and forged), checking run recipes, starting a run and deploying (with a
+β override), has not loaded torch; the modules the bridge and the worker's parent import load none
+of it either. The probe is the process's own memory map (torch's shared libraries are mapped once
+it is imported), checked against the inference server, which does load it."""
 
 from __future__ import annotations
 
@@ -59,10 +59,13 @@ def test_the_api_process_serves_artifacts_runs_and_deploys_without_torch(stack, 
         assert r.status_code == 201, r.text
         version = r.json()
         assert len(version["manifest_sha256"]) == 64 and version["policy_type"] == "native_flow"
-        r = c.post("/v1/runs", json={"method": "bc"})  # the run route reads the catalog; no episode yet
+        r = c.post("/v1/runs", json={"method": "bc", "recipe": {"recap": {"advantage_horizon": 0}}})
+        assert r.status_code == 422 and "recap.advantage_horizon" in r.text, r.text  # the recipe's configs, read
+        recipe = {"policy": {"chunk": 4}, "value": {"steps": 5}, "recap": {"cfg_beta": 2.0}}
+        r = c.post("/v1/runs", json={"method": "bc", "recipe": recipe})  # the run route reads the catalog; no episode yet
         assert r.status_code == 422 and "matches no episode" in r.json()["detail"], r.text
     with stack.client("operator") as c:
-        assert c.post("/v1/deployments", json={"version": version["id"]}).status_code == 201
+        assert c.post("/v1/deployments", json={"version": version["id"], "beta": 1.5}).status_code == 201
         assert c.get("/v1/deployments/current").json()["robot-0"] == version["id"]
         assert c.get("/").status_code == 200
     assert stack.api.alive() and not maps_torch(stack.api.popen.pid)
@@ -74,7 +77,7 @@ def test_the_api_process_serves_artifacts_runs_and_deploys_without_torch(stack, 
 
 def test_api_bridge_and_worker_modules_import_no_torch(tmp_path):
     code = ("import importlib, sys\n"
-            "for name in ('services.api.app', 'services.registry', 'services.worker', 'services.cli',\n"
+            "for name in ('services.api.app', 'services.registry', 'services.worker', 'services.cli', 'training.recipe',\n"
             "             'robot_bridge.bridge_node', 'robot_bridge.policy_client', 'robot_bridge.station'):\n"
             "    module = importlib.import_module(name)\n"
             "    if name == 'services.api.app':\n"

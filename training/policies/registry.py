@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -28,21 +28,37 @@ class RecipeError(ValueError):
     """A recipe's policy section does not fit its type; the message names the field."""
 
 
-def _config_fields(cls: type) -> dict[str, tuple[Any, Any]]:
+def _bounded(hint: Any, metadata: Mapping[str, Any]) -> Any:
+    """`hint` with the field's bounds (its metadata's ge / gt / le / lt) and, for floats,
+    finiteness, also inside `float | None`."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if base not in (int, float):
+        return hint
+    constraints = {k: metadata[k] for k in ("ge", "gt", "le", "lt") if k in metadata}
+    if base is float:
+        constraints["allow_inf_nan"] = False
+    typed = Annotated[base, Field(**constraints)]
+    return typed | None if optional else typed
+
+
+def config_fields(cls: type) -> dict[str, tuple[Any, Any]]:
+    """A config dataclass's settable fields (all but its DERIVED) as Pydantic field definitions."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
         if f.name in cls.DERIVED:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out[f.name] = (hints[f.name], Field(default, allow_inf_nan=False) if hints[f.name] is float else default)
+        out[f.name] = (_bounded(hints[f.name], f.metadata), default)
     return out
 
 
 @typing.no_type_check
 def _recipe_model(type_name: str) -> type[BaseModel]:
     cls = POLICY_TYPES[type_name]
-    fields = _config_fields(cls)
+    fields = config_fields(cls)
     if cls is LeRobotAdapterConfig:
         for name, spec in lerobot_fields()[type_name.removeprefix("lerobot:")].items():
             t = _SCALARS[spec["kind"]]

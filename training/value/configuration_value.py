@@ -1,8 +1,11 @@
-"""Configuration of the native distributional value function V(o_t, l) (no action input)."""
+"""Configuration of the distributional value function V(o_t, l) (no action input): the native
+network and the VLM backbone. Torch-free, so the API checks a recipe's `value` section at the door;
+a field's `metadata` holds its bounds (training/recipe.py)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -10,22 +13,27 @@ class ValueConfig:
     state_dim: int
     cameras: list[str] = field(default_factory=list)
     image_size: tuple[int, int] = (64, 64)
-    hidden: int = 256
+    hidden: int = field(default=256, metadata={"ge": 1, "le": 65_536})
     num_bins: int = 201
-    dropout: float = 0.1  # regularises V: a memorised value labels noise (see shared/notes)
+    # regularises V: a memorised value labels noise (see shared/notes)
+    dropout: float = field(default=0.1, metadata={"ge": 0, "lt": 1})
     # training
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    batch_size: int = 256
-    steps: int = 2000
-    ensemble: int = 1  # >1 averages independently initialised members' values
+    lr: float = field(default=3e-4, metadata={"gt": 0, "le": 1})
+    weight_decay: float = field(default=1e-4, metadata={"ge": 0, "le": 1})
+    batch_size: int = field(default=256, metadata={"ge": 1, "le": 65_536})
+    steps: int = field(default=2000, metadata={"ge": 1, "le": 10_000_000})
+    # >1 averages independently initialised members' values
+    ensemble: int = field(default=1, metadata={"ge": 1, "le": 64})
     # With an ensemble, member k never sees the episodes of fold k, and the labels of the run's own
     # episodes come from the members that did not train on them (cross-fitting): a V that has seen an
     # episode predicts its realised return, and the advantage of every step collapses to noise.
     cross_fit: bool = True
     seed: int = 0
-    backbone: str = "native"  # "native" (CPU, minutes) or "vlm" (vision tower + language model, GPUs)
+    backbone: Literal["native", "vlm"] = "native"  # "native" (CPU, minutes) or "vlm" (vision tower + LM, GPUs)
     vlm: dict = field(default_factory=dict)  # VLMValueConfig overrides for backbone="vlm"
+
+    # set from the data and the run (num_bins: the recipe's recap.num_bins), never from a recipe's value section
+    DERIVED = ("state_dim", "cameras", "image_size", "num_bins", "seed")
 
     def to_dict(self) -> dict:
         return asdict(self)

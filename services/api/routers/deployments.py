@@ -1,12 +1,12 @@
 """Deployments (operator): point a robot, a group or the fleet at a version (canary, then widen),
-roll back, history, and what each robot should run now. Every change is numbered by the serving
+optionally with its own guidance β (default: the artifact's), roll back, history, and what each robot should run now. Every change is numbered by the serving
 sequence in its own transaction and published to the inference servers over Redis after it commits
 (services/api/publish.py)."""
 
 from __future__ import annotations
 
 import redis
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy import select
 
 from services.api.context import AppContext, ctx, principal, require
@@ -25,12 +25,13 @@ def _out(d: Deployment) -> dict:
 
 
 @router.post("", response_model=DeploymentOut, status_code=201, summary="Deploy a version to a target")
-def create_deployment(body: DeploymentCreate, p: Principal = Depends(require("deployments.create")),
+def create_deployment(body: DeploymentCreate, request: Request, p: Principal = Depends(require("deployments.create")),
                       c: AppContext = Depends(ctx)):
+    request.state.audit = {"version": body.version, "beta": body.beta}  # the audit row names what was asked
     try:
         with c.db.session() as s:
             out = _out(deploy(s, body.version, body.target_kind, body.target, stage=body.stage, created_by=p.name,
-                              note=body.note))
+                              note=body.note, beta=body.beta))
     except RegistryError as e:
         raise HTTPException(422, str(e)) from e
     publish_serving_state(c)
@@ -38,12 +39,13 @@ def create_deployment(body: DeploymentCreate, p: Principal = Depends(require("de
 
 
 @router.post("/rollback", response_model=DeploymentOut, status_code=201,
-             summary="Deploy, to a target, the version it ran before")
-def rollback_deployment(body: RollbackIn, p: Principal = Depends(require("deployments.rollback")),
+             summary="Deploy, to a target, the version (and β) it ran before")
+def rollback_deployment(body: RollbackIn, request: Request, p: Principal = Depends(require("deployments.rollback")),
                         c: AppContext = Depends(ctx)):
     try:
         with c.db.session() as s:
             out = _out(rollback(s, body.target_kind, body.target, created_by=p.name))
+        request.state.audit = {"version": out["version_id"], "beta": out["beta"]}
     except RegistryError as e:
         raise HTTPException(422, str(e)) from e
     publish_serving_state(c)
@@ -74,5 +76,5 @@ def serving(_: Principal = Depends(principal), c: AppContext = Depends(ctx)):
     except redis.RedisError:
         stamp = None
     return {"seq": state["seq"], "robots": state["robots"], "fleet_version": state["fleet_version"],
-            "versions": sorted(state["versions"]),
+            "betas": state["betas"], "fleet_beta": state["fleet_beta"], "versions": sorted(state["versions"]),
             "published_seq": stamp[1] if stamp and stamp[0] == state["epoch"] else None}

@@ -94,7 +94,8 @@ async function refresh() {
     plot("#plot-success", stats, "success_rate", "success rate over time");
     plot("#plot-throughput", stats, "throughput_per_h", "throughput (successes/h) over time");
     rows("#deployments", deployments, d => [{ "data-deployment": d.id },
-      [when(d.created_at_ns), d.version_id, d.target_kind + ":" + d.target, d.stage, d.created_by, d.note]]);
+      [when(d.created_at_ns), d.version_id, d.beta == null ? "artifact" : String(d.beta), d.target_kind + ":" + d.target,
+       d.stage, d.created_by, d.note]]);
     rows("#episodes", episodes.slice().reverse(), e => [{ "data-episode": e.id, "data-ticks": e.num_ticks },
       [e.id, e.robot_id, e.task_id, e.instruction,
        [{ class: e.outcome === "success" ? "ok" : e.outcome === "failure" ? "bad" : "muted" }, e.outcome],

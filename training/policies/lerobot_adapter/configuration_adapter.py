@@ -32,17 +32,17 @@ class LeRobotAdapterConfig:
     cameras: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (C, H, W)
     policy_kwargs: dict = field(default_factory=dict)  # fields of the LeRobot config (chunk_size, dims...)
     pretrained_path: str | None = None  # a local checkpoint (or hub id, for users with a hub)
-    lora_rank: int = 0  # > 0: freeze the backbone and train LoRA adapters (peft)
-    lora_alpha: int = 16
+    lora_rank: int = field(default=0, metadata={"ge": 0, "le": 4096})  # > 0: freeze the backbone and train LoRA adapters (peft)
+    lora_alpha: int = field(default=16, metadata={"ge": 1, "le": 65_536})
     lora_targets: list[str] = field(default_factory=list)  # module-name suffixes; default: all nn.Linear
     indicator_dropout: float = 0.3
     tokenizer: str | None = None  # language policies: a tokenizer folder or hub id (default: LeRobot's)
     cfg_beta: float = 1.0  # guidance at inference: the value the run was evaluated with (1 = no guidance)
     # training
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    batch_size: int = 32
-    steps: int = 2000
+    lr: float = field(default=1e-4, metadata={"gt": 0, "le": 1})  # metadata: the bounds a recipe is checked against
+    weight_decay: float = field(default=1e-4, metadata={"ge": 0, "le": 1})
+    batch_size: int = field(default=32, metadata={"ge": 1, "le": 65_536})
+    steps: int = field(default=2000, metadata={"ge": 1, "le": 10_000_000})
     seed: int = 0
 
     DERIVED = ("policy_type", "state_dim", "action_dim", "cameras", "indicator_dropout", "cfg_beta", "seed",

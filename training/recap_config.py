@@ -1,0 +1,28 @@
+"""RECAP's hyper-parameters (torch-free, so the API checks a recipe's `recap` section at the door).
+
+Every default is the design's (DESIGN.md §5). A field's `metadata` holds its bounds (Pydantic's
+ge / gt / le / lt); training/recipe.py turns them into the recipe check, so a value out of range
+is refused when the run is requested, never met in the worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BETA_MAX = 10.0  # guidance beyond this only amplifies the noise between the two passes
+
+
+@dataclass(frozen=True)
+class RecapConfig:
+    num_bins: int = field(default=201, metadata={"ge": 2, "le": 10_001})  # value distribution over [-1, 0]
+    # failure cost; None -> L_task (the task's maximum episode length)
+    c_fail: float | None = field(default=None, metadata={"gt": 0, "le": 1e9})
+    advantage_horizon: int = field(default=50, metadata={"ge": 1, "le": 1_000_000})  # N control steps
+    # target share of positive indicators, first advantage-labelled fit / later rounds
+    positive_fraction_first: float = field(default=0.3, metadata={"gt": 0, "lt": 1})
+    positive_fraction_later: float = field(default=0.4, metadata={"gt": 0, "lt": 1})
+    indicator_dropout: float = field(default=0.3, metadata={"ge": 0, "lt": 1})  # share of samples trained unconditionally
+    # 1 = condition on "positive"; > 1 = classifier-free guidance; what the run is evaluated with, kept in
+    # the artifact (a deployment may override it, services/registry.py)
+    cfg_beta: float = field(default=1.0, metadata={"ge": 0, "le": BETA_MAX})
+
+    DERIVED = ()  # every field is the recipe's to set
