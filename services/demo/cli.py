@@ -11,14 +11,28 @@ from pathlib import Path
 
 import typer
 
-from services.demo.config import DemoConfig, preset
+from services.demo.config import VLM_DIR, DemoConfig, preset
+from training.sim.rounds import POLICY_KINDS
 
 app = typer.Typer(help="The full loop on simulated arms through the real stack (Redis, API, worker, inference, "
                        "ROS 2 bridges). Ctrl-C stops every process.", invoke_without_command=True)
 
 
-def _config(quick: bool, rounds: int | None, tasks: str | None, robots: int | None) -> DemoConfig:
-    cfg = preset(quick)
+def _camera(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    h, sep, w = text.lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit() and 16 <= int(h) <= 480 and 16 <= int(w) <= 640):
+        raise typer.BadParameter(f"{text!r}: expected HxW in pixels, e.g. 96x128 (16..480 x 16..640)",
+                                 param_hint="--camera")
+    return int(h), int(w)
+
+
+def _config(quick: bool, rounds: int | None, tasks: str | None, robots: int | None, policy: str = "native",
+            camera: str | None = None, out: Path = Path("demo_out")) -> DemoConfig:
+    if policy not in POLICY_KINDS:
+        raise typer.BadParameter(f"unknown policy {policy!r} (one of {', '.join(POLICY_KINDS)})", param_hint="--policy")
+    cfg = preset(quick, policy, _camera(camera), out)
     if rounds is not None:
         cfg.rounds = rounds
     if tasks:
@@ -43,10 +57,15 @@ def _raise_interrupt(*_):
 
 @app.callback()
 def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes (report.html, logs/, home/)."),
-         rounds: int = typer.Option(None, help="RECAP rounds after the first fit (default 3; quick 1)."),
+         rounds: int = typer.Option(None, help="RECAP rounds after the first fit (default 3; quick and image policies 1)."),
          tasks: str = typer.Option(None, help="Comma-separated Meta-World tasks, one per robot in turn (default push-v3)."),
          robots: int = typer.Option(None, help="Simulated robots (default 2)."),
          quick: bool = typer.Option(False, help="A few minutes: fewer episodes, smaller models, 1 round."),
+         policy: str = typer.Option("native", help="The policy the rounds train and serve: native (state only), "
+                                                   "act (LeRobot ACT on the camera) or smolvla-tiny (LeRobot SmolVLA "
+                                                   "on a tiny SmolVLM built locally: camera and instruction)."),
+         camera: str = typer.Option(None, help="HxW of the arms' rendered camera (default 96x128 for act and "
+                                               "smolvla-tiny; none for native)."),
          fresh: bool = typer.Option(False, help="Start over (deletes OUT); by default a re-run continues after "
                                                "the last finished phase."),
          ros_domain: int = typer.Option(40, min=0, max=232,
@@ -54,7 +73,9 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes 
                                              "one, up to 99 (the tests use 100 and up)."),
          live: bool = typer.Option(None, help="Live screen (default: when stdout is a terminal).")):
     """Record demonstrations -> first fit -> deploy -> (collect with corrections -> RECAP run -> canary ->
-    fleet -> evaluate) x ROUNDS, every step through the public API and ROS 2 topics."""
+    fleet -> evaluate) x ROUNDS, every step through the public API and ROS 2 topics. With --policy act or
+    smolvla-tiny the arms render a camera, the episodes record it and the rounds train and serve that
+    LeRobot backbone (a smaller preset: 1 round, fewer episodes)."""
     from services.demo.loop import DemoLoop
     from services.demo.stack import DemoStack, StackError
     from services.demo.view import View, round_table
@@ -62,7 +83,7 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes 
     import logging
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
-    cfg = _config(quick, rounds, tasks, robots)
+    cfg = _config(quick, rounds, tasks, robots, policy, camera, out)
     state_file = out / "state.json"
     state = {}
     if fresh and out.exists():
@@ -75,6 +96,11 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes 
             raise typer.Exit(2)
     out.mkdir(parents=True, exist_ok=True)
     state["config"] = cfg.to_dict()
+    if cfg.policy_kind == "smolvla-tiny":  # its SmolVLM config, tokenizer and processor, built here (no hub)
+        from training.policies.lerobot_adapter.tiny import tiny_smolvlm
+        from training.sim.arm import task_instruction
+
+        tiny_smolvlm(out / VLM_DIR, [task_instruction(t) for t in cfg.tasks])
     signal.signal(signal.SIGTERM, _raise_interrupt)
     t0 = time.monotonic()
     stack = DemoStack(out, cfg, ros_domain=ros_domain, state=state)
