@@ -28,8 +28,53 @@ def _camera(text: str | None) -> tuple[int, int] | None:
     return int(h), int(w)
 
 
+_NOT_SETTABLE = {"tasks", "robots", "rounds", "policy_kind", "camera", "value", "policy"}  # options of their own
+
+
+def _set(cfg: DemoConfig, item: str) -> None:
+    """--set KEY=VALUE: a field of the demo's config (episodes per phase, max_steps, ...) or of the
+    recipe's value / policy section (value.steps, policy.steps, policy.dim_model, ...); VALUE is JSON."""
+    import dataclasses
+
+    from training.policies.registry import RecipeError, validate_policy_recipe
+    from training.value.configuration_value import ValueConfig
+
+    key, eq, raw = item.partition("=")
+    if not eq or not key or not raw:
+        raise typer.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. eval_per_robot=10 or policy.steps=300",
+                                 param_hint="--set")
+    try:
+        val = json.loads(raw)
+    except ValueError:
+        val = raw
+    section, dot, name = key.partition(".")
+    if dot and section == "policy":
+        try:
+            validate_policy_recipe({**cfg.policy, name: val})
+        except RecipeError as e:
+            raise typer.BadParameter(f"{item!r}: {e}", param_hint="--set") from None
+        cfg.policy[name] = val
+    elif dot and section == "value":
+        if name not in {f.name for f in dataclasses.fields(ValueConfig)} - {"state_dim", "cameras", "image_size", "seed"}:
+            raise typer.BadParameter(f"{item!r}: {name!r} is not a setting of the value function", param_hint="--set")
+        cfg.value[name] = val
+    else:
+        fields = {f.name: f for f in dataclasses.fields(cfg)}
+        if dot or key not in fields or key in _NOT_SETTABLE:
+            raise typer.BadParameter(f"{item!r}: {key!r} is not a setting of the demo (e.g. demos_per_robot, "
+                                     "collect_per_robot, eval_per_robot, max_steps, policy.KEY, value.KEY)",
+                                     param_hint="--set")
+        old = getattr(cfg, key)
+        if type(old) in (int, float) and (isinstance(val, bool) or not isinstance(val, (int, float))
+                                          or (type(old) is int and not isinstance(val, int)) or val < 0):
+            raise typer.BadParameter(f"{item!r}: {key} takes a number >= 0 (now {old})", param_hint="--set")
+        if type(old) in (dict, list) and type(val) is not type(old):
+            raise typer.BadParameter(f"{item!r}: {key} takes a JSON {type(old).__name__}", param_hint="--set")
+        setattr(cfg, key, val)
+
+
 def _config(quick: bool, rounds: int | None, tasks: str | None, robots: int | None, policy: str = "native",
-            camera: str | None = None, out: Path = Path("demo_out")) -> DemoConfig:
+            camera: str | None = None, out: Path = Path("demo_out"), sets: list[str] = ()) -> DemoConfig:
     if policy not in POLICY_KINDS:
         raise typer.BadParameter(f"unknown policy {policy!r} (one of {', '.join(POLICY_KINDS)})", param_hint="--policy")
     cfg = preset(quick, policy, _camera(camera), out)
@@ -39,6 +84,8 @@ def _config(quick: bool, rounds: int | None, tasks: str | None, robots: int | No
         cfg.tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     if robots is not None:
         cfg.robots = robots
+    for item in sets:
+        _set(cfg, item)
     if cfg.robots < 1 or cfg.rounds < 0:
         raise typer.BadParameter("need at least one robot and zero or more rounds")
     if len(cfg.tasks) > cfg.robots:
@@ -66,6 +113,10 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes 
                                                    "on a tiny SmolVLM built locally: camera and instruction)."),
          camera: str = typer.Option(None, help="HxW of the arms' rendered camera (default 96x128 for act and "
                                                "smolvla-tiny; none for native)."),
+         sets: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                        help="Override a setting (repeatable): a field of the demo's config, e.g. "
+                                             "eval_per_robot=10, max_steps=150, or of the recipe, e.g. "
+                                             "policy.steps=300, value.steps=200."),
          fresh: bool = typer.Option(False, help="Start over (deletes OUT); by default a re-run continues after "
                                                "the last finished phase."),
          ros_domain: int = typer.Option(40, min=0, max=232,
@@ -83,7 +134,7 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes 
     import logging
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
-    cfg = _config(quick, rounds, tasks, robots, policy, camera, out)
+    cfg = _config(quick, rounds, tasks, robots, policy, camera, out, sets or [])
     state_file = out / "state.json"
     state = {}
     if fresh and out.exists():

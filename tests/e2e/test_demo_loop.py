@@ -175,3 +175,49 @@ def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
     assert state["records"][1]["robot_versions"] == {"sim-arm-0": v1, "sim-arm-1": v1}
     report = (out / "report.html").read_text()
     assert "Per round" in report and v1 in report and (out / "plots" / "rounds.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("policy,policy_type", [("act", "lerobot:act"), ("smolvla-tiny", "lerobot:smolvla")])
+def test_image_policy_round_through_the_real_stack(tmp_path, policy, policy_type):
+    """One small round of a LeRobot image policy through the same processes: the arm renders its
+    camera, the bridge records it with every tick, the worker trains the backbone on it (first fit,
+    then RECAP with an image value function), the API registers the version under its type, the
+    inference server serves it and the robot runs its chunks."""
+    out = tmp_path / "demo_out"
+    cmd = [sys.executable, "-m", "data.cli_root", "demo", "--quick", "--policy", policy, "--robots", "1",
+           "--rounds", "1", "--camera", "48x64", "--out", str(out), "--ros-domain", str(random.randint(100, 200)),
+           "--no-live"]
+    for s in ("demos_per_robot=3", "collect_per_robot=2", "eval_per_robot=2", "canary_episodes=1", "max_steps=50",
+              "policy.steps=10", "value.steps=10"):
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert "Traceback" not in proc.stdout
+    state = json.loads((out / "state.json").read_text())
+    v0, v1 = state["versions"]["0"], state["versions"]["1"]
+    # the API's version listing (as the demo fetched it for its report): both versions of that type
+    registered = {v["id"]: v for v in json.loads((out / "results.json").read_text())["versions"]}
+    assert registered[v0]["policy_type"] == registered[v1]["policy_type"] == policy_type
+    assert registered[v1]["parent_version"] == v0
+    for run in state["runs"].values():  # the artifact the inference server loaded names the same type
+        config = json.loads((out / "home" / "runs" / run / "policy" / "config.json").read_text())
+        assert config["type"] == policy_type and config["cameras"] == {"front": [3, 48, 64]}
+    # every recorded episode carries the camera, one rendered frame per tick
+    store = EpisodeStore(out / "home" / "store")
+    for phase, eps in state["episodes"].items():
+        for e in eps:
+            ep = store.open(e["episode_id"])
+            frames = ep.images("front")
+            assert ep.cameras == ["front"] and frames.shape == (len(ep), 48, 64, 3), phase
+            assert frames.std() > 10 and np.abs(np.diff(frames.astype(np.int16), axis=0)).max() > 0, phase
+    # the robot ran the served version's chunks: the canary and the evaluation on v1, collection on v0
+    for phase, version in (("r1.collect", v0), ("r1.canary", v1), ("r1.eval", v1)):
+        for e in state["episodes"][phase]:
+            ep = store.open(e["episode_id"])
+            pol = np.flatnonzero(ep.action_source == ActionSource.POLICY)
+            assert len(pol) > 0 and {ep.policy_version(int(t)) for t in pol} == {version}, phase
+    for f in (out / "logs").glob("*.log"):
+        bad = [ln for ln in f.read_text(errors="replace").splitlines() if any(m in ln for m in ERROR_MARKS)]
+        assert not bad, f"{f.name}: {bad[:5]}"
