@@ -67,5 +67,5 @@ def preset(quick: bool, policy_kind: str = "native", camera: tuple[int, int] | N
     image = policy_kind in IMAGE_KINDS
     episodes = IMAGE_EPISODES[size] if image else (QUICK_EPISODES if quick else {})
     vlm = (out / VLM_DIR).resolve() if policy_kind == "smolvla-tiny" else None
-    return DemoConfig(**episodes, value=value_preset(size), policy=policy_preset(policy_kind, size, vlm_dir=vlm),
+    return DemoConfig(**episodes, value=value_preset(size, policy_kind), policy=policy_preset(policy_kind, size, vlm_dir=vlm),
                       policy_kind=policy_kind, camera=list(camera or DEFAULT_CAMERA) if image or camera else None)

@@ -45,12 +45,12 @@ _POLICY_SIZES = {
     "native": {"full": {"steps": 2500, "hidden": 256, "chunk": 8},
                "quick": {"steps": 400, "hidden": 64, "chunk": 8}},
     # ACT with a small transformer (ResNet-18 stays the vision backbone, from random weights: no hub)
-    "act": {"full": {"steps": 600, "batch_size": 16, "chunk_size": 8, "dim_model": 128, "n_heads": 4,
+    "act": {"full": {"steps": 400, "batch_size": 16, "chunk_size": 8, "dim_model": 128, "n_heads": 4,
                      "dim_feedforward": 256, "n_encoder_layers": 2, "n_decoder_layers": 1, "use_vae": False},
             "quick": {"steps": 150, "batch_size": 16, "chunk_size": 8, "dim_model": 64, "n_heads": 2,
                       "dim_feedforward": 128, "n_encoder_layers": 1, "n_decoder_layers": 1, "use_vae": False}},
     # SmolVLA on a tiny SmolVLM built locally (lerobot_adapter.tiny: vlm_model_name and tokenizer)
-    "smolvla-tiny": {"full": {"steps": 600, "batch_size": 16, "chunk_size": 8, "num_steps": 4,
+    "smolvla-tiny": {"full": {"steps": 400, "batch_size": 16, "chunk_size": 8, "num_steps": 4,
                               "resize_imgs_with_padding": [32, 32], "tokenizer_max_length": 16, "num_vlm_layers": 2,
                               "num_expert_layers": 1, "max_state_dim": 40, "max_action_dim": 8,
                               "load_vlm_weights": False},
@@ -61,6 +61,7 @@ _POLICY_SIZES = {
 }
 _VALUE_SIZES = {"full": {"steps": 1000, "hidden": 128, "ensemble": 2},
                 "quick": {"steps": 150, "hidden": 64, "ensemble": 2}}
+_IMAGE_VALUE_STEPS = {"full": 400, "quick": 100}  # the value function reads the camera too: fewer steps
 
 
 def policy_preset(kind: str = "native", size: str = "full", *, vlm_dir: str | Path | None = None) -> dict:
@@ -76,8 +77,9 @@ def policy_preset(kind: str = "native", size: str = "full", *, vlm_dir: str | Pa
     return section
 
 
-def value_preset(size: str = "full") -> dict:
-    return dict(_VALUE_SIZES[size])
+def value_preset(size: str = "full", kind: str = "native") -> dict:
+    """The recipe's value section for a round training a `kind` policy (image kinds: on the camera too)."""
+    return _VALUE_SIZES[size] | ({"steps": _IMAGE_VALUE_STEPS[size]} if kind in IMAGE_KINDS else {})
 
 
 @dataclass
