@@ -32,6 +32,10 @@ from services.demo.view import View
 from training.sim.operators import operator_mix
 from training.sim.rounds import canary_layout, collect_layout, demo_layout, eval_layout
 
+# How long a deployment may take to be served: the first LeRobot version loads the library and builds the
+# model in the inference server (SmolVLA-tiny took 50-70 s on 2 busy cores; the native policy ~1 s).
+SERVE_WAIT_S = 300
+
 
 class DemoLoop:
     def __init__(self, stack: DemoStack, cfg: DemoConfig, out: Path, view: View):
@@ -258,7 +262,7 @@ class DemoLoop:
             served = {robot: table["robots"].get(robot) or table["fleet_version"] for robot in self.robots}
             if served == want:
                 break
-            if time.monotonic() - t0 > 60:
+            if time.monotonic() - t0 > SERVE_WAIT_S:
                 raise StackError(f"inference server serves {served}, the registry says {want}")
             time.sleep(0.1)
         self.view.log(f"{stage}: {version} -> {kind} {target}; serving after {time.monotonic() - t0:.2f} s")
