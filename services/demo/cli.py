@@ -29,6 +29,7 @@ def _camera(text: str | None) -> tuple[int, int] | None:
 
 
 _NOT_SETTABLE = {"tasks", "robots", "rounds", "policy_kind", "camera", "value", "policy"}  # options of their own
+_POSITIVE = {"max_steps", "demos_per_robot", "eval_per_robot", "rate_hz", "stall_s"}
 
 
 def _set(cfg: DemoConfig, item: str) -> None:
@@ -55,8 +56,11 @@ def _set(cfg: DemoConfig, item: str) -> None:
             raise typer.BadParameter(f"{item!r}: {e}", param_hint="--set") from None
         cfg.policy[name] = val
     elif dot and section == "value":
-        if name not in {f.name for f in dataclasses.fields(ValueConfig)} - {"state_dim", "cameras", "image_size", "seed"}:
+        fields = {f.name: f for f in dataclasses.fields(ValueConfig)}
+        if name not in set(fields) - {"state_dim", "cameras", "image_size", "seed"}:
             raise typer.BadParameter(f"{item!r}: {name!r} is not a setting of the value function", param_hint="--set")
+        if fields[name].default is not dataclasses.MISSING:
+            _check_kind(item, name, cfg.value.get(name, fields[name].default), val)
         cfg.value[name] = val
     else:
         fields = {f.name: f for f in dataclasses.fields(cfg)}
@@ -64,13 +68,19 @@ def _set(cfg: DemoConfig, item: str) -> None:
             raise typer.BadParameter(f"{item!r}: {key!r} is not a setting of the demo (e.g. demos_per_robot, "
                                      "collect_per_robot, eval_per_robot, max_steps, policy.KEY, value.KEY)",
                                      param_hint="--set")
-        old = getattr(cfg, key)
-        if type(old) in (int, float) and (isinstance(val, bool) or not isinstance(val, (int, float))
-                                          or (type(old) is int and not isinstance(val, int)) or val < 0):
-            raise typer.BadParameter(f"{item!r}: {key} takes a number >= 0 (now {old})", param_hint="--set")
-        if type(old) in (dict, list) and type(val) is not type(old):
-            raise typer.BadParameter(f"{item!r}: {key} takes a JSON {type(old).__name__}", param_hint="--set")
+        _check_kind(item, key, getattr(cfg, key), val, positive=key in _POSITIVE)
         setattr(cfg, key, val)
+
+
+def _check_kind(item: str, key: str, old, val, positive: bool = False) -> None:
+    """VALUE of the same kind as the setting's default: numbers >= 0 (> 0 where zero makes no sense)."""
+    if type(old) in (int, float):
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or (type(old) is int and not isinstance(val, int)) \
+                or val < 0 or (positive and val == 0) or val != val or val in (float("inf"), float("-inf")):
+            raise typer.BadParameter(f"{item!r}: {key} takes {'an integer' if type(old) is int else 'a number'} "
+                                     f"{'> 0' if positive else '>= 0'} (now {old})", param_hint="--set")
+    elif type(old) in (dict, list, bool, str) and type(val) is not type(old):
+        raise typer.BadParameter(f"{item!r}: {key} takes a JSON {type(old).__name__}", param_hint="--set")
 
 
 def _config(quick: bool, rounds: int | None, tasks: str | None, robots: int | None, policy: str = "native",
