@@ -45,7 +45,7 @@ _POLICY_SIZES = {
     "native": {"full": {"steps": 2500, "hidden": 256, "chunk": 8},
                "quick": {"steps": 400, "hidden": 64, "chunk": 8}},
     # ACT with a small transformer (ResNet-18 stays the vision backbone, from random weights: no hub)
-    "act": {"full": {"steps": 400, "batch_size": 16, "chunk_size": 8, "dim_model": 128, "n_heads": 4,
+    "act": {"full": {"steps": 300, "batch_size": 16, "chunk_size": 8, "dim_model": 128, "n_heads": 4,
                      "dim_feedforward": 256, "n_encoder_layers": 2, "n_decoder_layers": 1, "use_vae": False},
             "quick": {"steps": 150, "batch_size": 16, "chunk_size": 8, "dim_model": 64, "n_heads": 2,
                       "dim_feedforward": 128, "n_encoder_layers": 1, "n_decoder_layers": 1, "use_vae": False}},
