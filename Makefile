@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The main job: record -> train -> deploy rounds on simulated arms through the real stack (Redis, API,
-# worker, inference server, ROS 2 bridges). ARGS: e.g. ARGS="--quick", "--rounds 2 --robots 3", "--fresh".
+# worker, inference server, ROS 2 bridges). ARGS: e.g. ARGS="--quick", "--rounds 2 --robots 3", "--fresh";
+# "--policy act" or "--policy smolvla-tiny": a LeRobot backbone on a rendered camera ("--camera 96x128").
 DEMO := demo_out
 demo: setup
 	$(VENV)/bin/recap demo --out $(DEMO) $(ARGS)

@@ -33,7 +33,8 @@ class CellSpec:
     token: str = ""
     api_url: str = ""
     teleop: bool = True
-    image: int = 0  # camera image height (width 4/3 of it); 0: no camera
+    image: int = 0  # camera image height; 0: no camera
+    image_width: int = 0  # camera image width; 0: 4/3 of the height
     fast: bool = False  # simulated time: the arm steps as fast as the bridge answers
     seed: int = 0  # the arm's first layout
     max_steps: int = 400
@@ -44,7 +45,7 @@ class CellSpec:
 
     def nodes(self) -> dict[str, tuple[str, dict]]:
         """name -> (module, ROS parameters)."""
-        w = self.image * 4 // 3
+        w = self.image_width or self.image * 4 // 3
         sim = {"use_sim_time": True} if self.fast else {}
         out = {"arm": ("robot_bridge.sim.arm_node", {
                    "task": self.task, "rate_hz": float(self.rate_hz), "image_height": self.image, "image_width": w,

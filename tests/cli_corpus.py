@@ -111,6 +111,11 @@ CORPUS: list[Invocation] = [
     bad("no robots", "demo", "--robots", "0", "--out", "{work}/demo"),
     bad("unknown demo task", "demo", "--tasks", "nope-v3", "--out", "{work}/demo"),
     bad("output folder that is a file", "demo", "--out", "{a_file}"),
+    bad("unknown demo policy", "demo", "--policy", "pi9", "--out", "{work}/demo"),
+    bad("demo camera not HxW", "demo", "--policy", "act", "--camera", "96", "--out", "{work}/demo"),
+    bad("demo setting that does not exist", "demo", "--set", "nope=1", "--out", "{work}/demo"),
+    bad("demo policy setting its type does not have", "demo", "--policy", "act", "--set", "policy.hidden=3",
+        "--out", "{work}/demo"),
 ]
 
 

@@ -1,29 +1,42 @@
-"""What one demo run does: how many robots and tasks, episodes per phase, rounds, model sizes.
-The default takes about 15 minutes on 2 CPU cores; `--quick` about 2."""
+"""What one demo run does: how many robots and tasks, episodes per phase, rounds, and which policy
+it trains. The round itself (layouts, time limit, operator mix, correction budget, the recipe's
+value and policy presets per policy kind) is training/sim/rounds.py, shared with the benchmark.
+
+Native policy: the default takes about 15 minutes on 2 CPU cores; `--quick` about 2. Image policies
+(`--policy act`, `--policy smolvla-tiny`: a rendered camera, LeRobot backbones) run a smaller
+preset (IMAGE_EPISODES, one round) so that the rounds fit in 30 minutes on 2 cores."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from training.sim.rounds import DEFAULT_CAMERA, IMAGE_KINDS, POLICY_KINDS, RoundPlan, policy_preset, value_preset
+
+# Episodes per robot with an image policy (rendering and the ResNet / VLM cost per tick and per step).
+IMAGE_EPISODES = {"full": dict(rounds=1, demos_per_robot=12, collect_per_robot=6, eval_per_robot=6, canary_episodes=1,
+                               correction_budget=400),
+                  "quick": dict(rounds=1, demos_per_robot=6, collect_per_robot=3, eval_per_robot=3, canary_episodes=1,
+                                correction_budget=300)}
+QUICK_EPISODES = dict(rounds=1, demos_per_robot=8, collect_per_robot=4, eval_per_robot=4, canary_episodes=1,
+                      correction_budget=300)
+VLM_DIR = "models/smolvlm-tiny"  # under the demo's out dir: the tiny SmolVLM smolvla-tiny builds on
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(RoundPlan):
     tasks: list[str] = field(default_factory=lambda: ["push-v3"])
     robots: int = 2
-    rounds: int = 3
     demos_per_robot: int = 25  # round 0: noisy demonstrations from the operator mix
-    demo_mix: dict[str, float] = field(default_factory=lambda: {"clean": 0.2, "slow": 0.4, "sloppy": 0.4})
     collect_per_robot: int = 20  # each round: policy episodes with the corrective teleoperator
     eval_per_robot: int = 25  # each round: autonomous episodes on fixed layouts (the figures)
     canary_episodes: int = 2  # autonomous episodes on the canary robot before widening
-    correction_budget: int = 600  # correction ticks per robot per round
-    max_steps: int = 200  # episode time limit (ticks); also L for the returns
     rate_hz: float = 80.0  # Meta-World's 12.5 ms per step, on simulated time
     reset_s: float = 2.0  # robot time charged per episode for throughput (as in the benchmarks)
     stall_s: float = 30.0  # an episode whose arm makes no step for this long is stuck: aborted, the cell restarted
     retries: int = 2  # restarts of a robot's cell for one episode before the demo stops that robot
-    value: dict = field(default_factory=lambda: {"steps": 1000, "hidden": 128, "ensemble": 2})
-    policy: dict = field(default_factory=lambda: {"steps": 2500, "hidden": 256, "chunk": 8})
+    policy_kind: str = "native"  # training/sim/rounds.py POLICY_KINDS
+    camera: list[int] | None = None  # [H, W] of the arms' rendered camera "front"; None: state only
     seed: int = 0
 
     def task_of(self, robot_index: int) -> str:
@@ -32,17 +45,27 @@ class DemoConfig:
     def robot_ids(self) -> list[str]:
         return [f"sim-arm-{i}" for i in range(self.robots)]
 
+    @property
+    def cameras(self) -> list[str]:
+        return ["front"] if self.camera else []
+
     def recipe(self) -> dict:
-        return {"value": dict(self.value), "policy": dict(self.policy),
-                "task_max_len": {t: self.max_steps for t in self.tasks}}
+        return {"value": dict(self.value), "policy": dict(self.policy), "task_max_len": self.task_max_len(self.tasks),
+                "cameras": self.cameras}
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def preset(quick: bool) -> DemoConfig:
-    if not quick:
-        return DemoConfig()
-    return DemoConfig(rounds=1, demos_per_robot=8, collect_per_robot=4, eval_per_robot=4, canary_episodes=1,
-                      correction_budget=300, value={"steps": 150, "hidden": 64, "ensemble": 2},
-                      policy={"steps": 400, "hidden": 64, "chunk": 8})
+def preset(quick: bool, policy_kind: str = "native", camera: tuple[int, int] | None = None,
+           out: Path = Path("demo_out")) -> DemoConfig:
+    """The demo's preset for a policy kind; image kinds get a camera (DEFAULT_CAMERA unless given)
+    and, for smolvla-tiny, the tiny SmolVLM folder under `out` (written by the demo at start)."""
+    if policy_kind not in POLICY_KINDS:
+        raise ValueError(f"unknown policy {policy_kind!r} (one of {', '.join(POLICY_KINDS)})")
+    size = "quick" if quick else "full"
+    image = policy_kind in IMAGE_KINDS
+    episodes = IMAGE_EPISODES[size] if image else (QUICK_EPISODES if quick else {})
+    vlm = (out / VLM_DIR).resolve() if policy_kind == "smolvla-tiny" else None
+    return DemoConfig(**episodes, value=value_preset(size, policy_kind), policy=policy_preset(policy_kind, size, vlm_dir=vlm),
+                      policy_kind=policy_kind, camera=list(camera or DEFAULT_CAMERA) if image or camera else None)

@@ -4,7 +4,8 @@ training runs through the API, an operator deploys each new version to one robot
 then the fleet. Figures per round come back from the API (the catalog of registered episodes).
 
 Layouts (the arm's initial conditions) are fixed per role: demonstrations, collection per round
-and robot, and one fixed evaluation set per robot reused every round, so rounds compare paired.
+and robot, and one fixed evaluation set per robot reused every round, so rounds compare paired
+(training/sim/rounds.py, the same layouts the benchmark uses, a robot being its group).
 
 A robot that gets stuck (no progress for `stall_s`) or loses a node mid-episode does not end the
 demo: the station aborts the episode (kept as incomplete, never in a training selection or the
@@ -29,8 +30,11 @@ from services.demo.config import DemoConfig
 from services.demo.stack import DemoStack, StackError, check
 from services.demo.view import View
 from training.sim.operators import operator_mix
+from training.sim.rounds import canary_layout, collect_layout, demo_layout, eval_layout
 
-DEMO_LAYOUT, COLLECT_LAYOUT, CANARY_LAYOUT, EVAL_LAYOUT = 100_000, 200_000, 300_000, 0
+# How long a deployment may take to be served: the first LeRobot version loads the library and builds the
+# model in the inference server (SmolVLA-tiny took 50-70 s on 2 busy cores; the native policy ~1 s).
+SERVE_WAIT_S = 300
 
 
 class DemoLoop:
@@ -176,7 +180,7 @@ class DemoLoop:
                 continue
             ops = operator_mix(self.cfg.demos_per_robot, seed=self.cfg.seed + i, mix=self.cfg.demo_mix)
             plan[robot] = [{"kind": "demonstration", "operator": op.name, "seed": 1000 * i + k,
-                            "layout": DEMO_LAYOUT + 1000 * i + k} for k, op in enumerate(ops)]
+                            "layout": demo_layout(i, k)} for k, op in enumerate(ops)]
         eps = self._episodes("demos", plan)
         self.view.log(f"demonstrations: {len(eps)} recorded, {sum(e['success'] for e in eps)} successful")
 
@@ -186,7 +190,7 @@ class DemoLoop:
         self.teleop_budget = self.cfg.correction_budget
         for st in self.stack.stations.values():  # a new round of correction budget
             st.set_teleop(budget=self.teleop_budget)
-        plan = {robot: [{"kind": "corrected", "seed": k, "layout": COLLECT_LAYOUT + 10_000 * r + 1000 * i + k}
+        plan = {robot: [{"kind": "corrected", "seed": k, "layout": collect_layout(r, i, k)}
                         for k in range(self.cfg.collect_per_robot)]
                 for i, robot in enumerate(self.robots) if robot not in self.stopped}
         self._episodes(f"r{r}.collect", plan)
@@ -194,7 +198,7 @@ class DemoLoop:
     def evaluate(self, r: int) -> None:
         v = self.state["versions"][str(r)]
         self.view.phase(f"round {r}: autonomous episodes of {v} on the fixed evaluation layouts")
-        plan = {robot: [{"kind": "autonomous", "layout": EVAL_LAYOUT + 1000 * i + k}
+        plan = {robot: [{"kind": "autonomous", "layout": eval_layout(i, k)}
                         for k in range(self.cfg.eval_per_robot)]
                 for i, robot in enumerate(self.robots) if robot not in self.stopped}
         eps = self._episodes(f"r{r}.eval", plan)
@@ -208,7 +212,7 @@ class DemoLoop:
         self.deploy(v, "robot", canary, "canary")
         self.view.phase(f"round {r}: canary — {v} on {canary} only, the rest of the fleet stays on "
                         f"{self.state['versions'][str(r - 1)]}")
-        plan = {canary: [{"kind": "autonomous", "layout": CANARY_LAYOUT + 1000 * r + k}
+        plan = {canary: [{"kind": "autonomous", "layout": canary_layout(r, k)}
                          for k in range(self.cfg.canary_episodes)]}
         eps = self._episodes(f"r{r}.canary", plan)
         seen = self._api_episodes([e["episode_id"] for e in eps])
@@ -258,7 +262,7 @@ class DemoLoop:
             served = {robot: table["robots"].get(robot) or table["fleet_version"] for robot in self.robots}
             if served == want:
                 break
-            if time.monotonic() - t0 > 60:
+            if time.monotonic() - t0 > SERVE_WAIT_S:
                 raise StackError(f"inference server serves {served}, the registry says {want}")
             time.sleep(0.1)
         self.view.log(f"{stage}: {version} -> {kind} {target}; serving after {time.monotonic() - t0:.2f} s")

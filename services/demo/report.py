@@ -54,7 +54,8 @@ def write_report(out: Path, cfg: dict, records: list[dict], versions: list[dict]
         curves = f"plots/{v['run_id']}-curves.png" if v.get("run_id") and (out / "plots" / f"{v['run_id']}-curves.png").exists() else ""
         lin = v.get("lineage", {})
         lineage.append(
-            f"<h3>{html.escape(v['id'])} <small>({html.escape(lin.get('method', '?'))}, parent "
+            f"<h3>{html.escape(v['id'])} <small>({html.escape(v.get('policy_type', '?'))}, "
+            f"{html.escape(lin.get('method', '?'))}, parent "
             f"{html.escape(v['parent_version'] if v.get('parent_version') else 'none')})</small></h3>"
             f"<p>run {html.escape(v.get('run_id') or '-')}: {run.get('status', '')}; manifest sha256 "
             f"<code>{html.escape(v['manifest_sha256'][:16])}…</code></p>"
@@ -68,7 +69,8 @@ def write_report(out: Path, cfg: dict, records: list[dict], versions: list[dict]
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}pre{{background:#f6f6f6;padding:8px;font-size:12px}}</style>
 </head><body><h1>record → train → deploy on simulated arms</h1>
 <p>{cfg['robots']} robots, tasks {html.escape(', '.join(cfg['tasks']))}, {len([r for r in records if r['round'] > 0])} RECAP rounds after a
-first fit on {cfg['demos_per_robot'] * cfg['robots']} demonstrations; {elapsed_s / 60:.1f} min. Every episode went through ROS 2
+first fit on {cfg['demos_per_robot'] * cfg['robots']} demonstrations; policy {html.escape(cfg['policy'].get('type', '?'))}{
+f", camera {cfg['camera'][0]}x{cfg['camera'][1]}" if cfg.get('camera') else ''}; {elapsed_s / 60:.1f} min. Every episode went through ROS 2
 (arm, teleoperator and bridge in separate processes), every training run and deployment through the API.</p>
 <h2>Per round</h2><p>Success and throughput: autonomous episodes (no teleoperator) on the same fixed layouts every round.
 "Collected": the round's episodes run by the previous version with the corrective teleoperator, the data the round trains on.</p>
@@ -79,5 +81,8 @@ first fit on {cfg['demos_per_robot'] * cfg['robots']} demonstrations; {elapsed_s
 </body></html>"""
     f = out / "report.html"
     f.write_text(page)
-    (out / "results.json").write_text(json.dumps({"config": cfg, "records": records, "elapsed_s": elapsed_s}, indent=1))
+    (out / "results.json").write_text(json.dumps({
+        "config": cfg, "records": records, "elapsed_s": elapsed_s,
+        "versions": [{k: v.get(k) for k in ("id", "policy_type", "run_id", "parent_version")} for v in versions]},
+        indent=1))
     return f

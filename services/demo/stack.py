@@ -125,7 +125,8 @@ class DemoStack:
                         store=self.settings.store_root, inference_url=self.inference.url,
                         token=self.state["tokens"][f"robot:{robot}"], api_url=self.api.url, fast=True,
                         seed=0, max_steps=self.cfg.max_steps, stop_when_done=True, fsync=False,
-                        extra={"refill_below": 1})
+                        image=self.cfg.camera[0] if self.cfg.camera else 0,
+                        image_width=self.cfg.camera[1] if self.cfg.camera else 0, extra={"refill_below": 1})
         env = {**ROS_ENV, "ROS_DOMAIN_ID": str(self.domains[robot])}
         self.cells[robot] = [start_process(f"{robot}-{name}", cmd, self.logs, env, ros=True)
                              for name, cmd in cell.commands().items()]

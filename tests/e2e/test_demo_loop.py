@@ -4,7 +4,8 @@ teleoperator and a bridge on its own ROS domain, in its own namespace. A first r
 (SIGINT, as Ctrl-C) after the demonstrations; every process must go; a second run continues and
 finishes one RECAP round, although one robot's arm is SIGKILLed mid-episode (the station aborts the
 episode, restarts that robot's nodes and runs the episode again). Then the artifacts are checked
-from the outside: store, runs, control-plane database."""
+from the outside: store, runs, control-plane database. A second test runs the smallest round of a
+LeRobot image policy (ACT, SmolVLA on a tiny SmolVLM) with a rendered camera through the same stack."""
 
 from __future__ import annotations
 
@@ -175,3 +176,52 @@ def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
     assert state["records"][1]["robot_versions"] == {"sim-arm-0": v1, "sim-arm-1": v1}
     report = (out / "report.html").read_text()
     assert "Per round" in report and v1 in report and (out / "plots" / "rounds.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("policy,policy_type,rounds", [("act", "lerobot:act", 1), ("smolvla-tiny", "lerobot:smolvla", 0)])
+def test_image_policy_round_through_the_real_stack(tmp_path, policy, policy_type, rounds):
+    """A LeRobot image policy through the same processes, at the smallest sizes: the arm renders its
+    camera, the bridge records it with every tick, the worker trains the backbone on it (ACT: the
+    first fit, then a RECAP round with a value function on the camera too; SmolVLA: the first fit),
+    the API registers each version under its type, the inference server serves it and the robot
+    runs its chunks (canary, then the fleet)."""
+    out = tmp_path / "demo_out"
+    cmd = [sys.executable, "-m", "data.cli_root", "demo", "--quick", "--policy", policy, "--robots", "1",
+           "--rounds", str(rounds), "--camera", "48x64", "--out", str(out),
+           "--ros-domain", str(random.randint(100, 200)), "--no-live"]
+    for s in ("demos_per_robot=2", "collect_per_robot=1", "eval_per_robot=1", "canary_episodes=1", "max_steps=50",
+              "policy.steps=8", "value.steps=8"):
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert "Traceback" not in proc.stdout
+    state = json.loads((out / "state.json").read_text())
+    versions = [state["versions"][str(r)] for r in range(rounds + 1)]
+    # the API's version listing (as the demo fetched it for its report): every version of that type
+    registered = {v["id"]: v for v in json.loads((out / "results.json").read_text())["versions"]}
+    assert [registered[v]["policy_type"] for v in versions] == [policy_type] * (rounds + 1)
+    assert [registered[v]["parent_version"] for v in versions] == [None] + versions[:-1]
+    for run in state["runs"].values():  # the artifact the inference server loaded names the same type
+        config = json.loads((out / "home" / "runs" / run / "policy" / "config.json").read_text())
+        assert config["type"] == policy_type and config["cameras"] == {"front": [3, 48, 64]}
+    # every recorded episode carries the camera, one rendered frame per tick
+    store = EpisodeStore(out / "home" / "store")
+    for phase, eps in state["episodes"].items():
+        for e in eps:
+            ep = store.open(e["episode_id"])
+            frames = ep.images("front")
+            assert ep.cameras == ["front"] and frames.shape == (len(ep), 48, 64, 3), phase
+            assert frames.std() > 10 and np.abs(np.diff(frames.astype(np.int16), axis=0)).max() > 0, phase
+    # the robot ran the served version's chunks: collection on the previous version, canary and evaluation on the new
+    runs_on = {"r0.eval": versions[0]} | {p: versions[r - (p == f"r{r}.collect")]
+                                          for r in range(1, rounds + 1) for p in (f"r{r}.collect", f"r{r}.canary", f"r{r}.eval")}
+    for phase, version in runs_on.items():
+        for e in state["episodes"][phase]:
+            ep = store.open(e["episode_id"])
+            pol = np.flatnonzero(ep.action_source == ActionSource.POLICY)
+            assert len(pol) > 0 and {ep.policy_version(int(t)) for t in pol} == {version}, phase
+    for f in (out / "logs").glob("*.log"):
+        bad = [ln for ln in f.read_text(errors="replace").splitlines() if any(m in ln for m in ERROR_MARKS)]
+        assert not bad, f"{f.name}: {bad[:5]}"

@@ -6,33 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
-from transformers.models.llama import LlamaConfig
-
-def tiny_smolvlm(d: Path) -> Path:
-    """A SmolVLM config, tokenizer and processor small enough for a CPU test, written locally (no hub)."""
-    specials = ["<unk>", "<pad>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>", "<global-img>"]
-    specials += [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
-    words = "push pick place the a it to put in on advantage positive negative : \n".split(" ")
-    vocab = {t: i for i, t in enumerate(specials + [w for w in words if w] + [chr(c) for c in range(32, 127)])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<|im_start|>",
-                                   eos_token="<end_of_utterance>",
-                                   extra_special_tokens={"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
-                                                         "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"})
-    ip = SmolVLMImageProcessor(do_image_splitting=False, max_image_size={"longest_edge": 32}, size={"longest_edge": 32})
-    proc = SmolVLMProcessor(image_processor=ip, tokenizer=fast, video_processor=SmolVLMVideoProcessor(), image_seq_len=4)
-    proc.save_pretrained(d)
-    text = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
-    cfg = SmolVLMConfig(text_config=text.to_dict(), vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                        "num_attention_heads": 2, "image_size": 32, "patch_size": 8}, scale_factor=1,
-                        image_token_id=vocab["<image>"])
-    cfg.save_pretrained(d)
-    return d
-
+from training.policies.lerobot_adapter.tiny import tiny_smolvlm  # noqa: F401 (the other tests import it from here)
 
 
 def _config(vlm: Path):

@@ -7,7 +7,8 @@ round r = 1..R: collect autonomous episodes with the corrective teleoperator (bu
     evaluation on held-out initial conditions without corrections.
 
 Everything goes through the real episode store, catalog and training runs. Seeds are fixed per
-role (demonstrations, collection per round, evaluation), so methods are compared paired.
+role (demonstrations, collection per round, evaluation: training/sim/rounds.py, the layouts the demo
+uses too), so methods are compared paired.
 """
 
 from __future__ import annotations
@@ -27,26 +28,20 @@ from training.sim.arm import MetaWorldArm
 from training.sim.collect import EpisodeResult, PolicyActor, run_episode
 from training.sim.evaluate import evaluate, metrics
 from training.sim.operators import operator_mix
+from training.sim.rounds import RoundPlan, collect_layout, demo_layout, eval_layout
 from training.sim.teleop import TakeoverRule
 
 log = logging.getLogger(__name__)
 
-DEMO_SEED, COLLECT_SEED, EVAL_SEED = 100_000, 200_000, 0
-
-
 @dataclass
-class LoopConfig:
+class LoopConfig(RoundPlan):
+    """The round (rounds, max_steps, demo_mix, correction_budget per task, value, policy) is RoundPlan's,
+    shared with the demo; a group is a task here."""
     tasks: list[str] = field(default_factory=lambda: ["push-v3", "pick-place-v3", "peg-insert-side-v3"])
-    max_steps: int = 200  # episode time limit (ticks); also L_l for the returns
     demos_per_task: int = 10
-    demo_mix: dict[str, float] = field(default_factory=lambda: {"clean": 0.2, "slow": 0.4, "sloppy": 0.4})
     episodes_per_round: int = 20  # per task
-    rounds: int = 3
     eval_episodes: int = 50  # per task, held-out seeds
-    correction_budget: int = 1500  # correction ticks per task per round
     rule: dict = field(default_factory=dict)  # TakeoverRule overrides
-    value: dict = field(default_factory=lambda: {"steps": 1500, "hidden": 256, "ensemble": 2})
-    policy: dict = field(default_factory=lambda: {"steps": 2500, "hidden": 256, "chunk": 8})
     recap: dict = field(default_factory=dict)  # RecapConfig overrides (advantage_horizon, ...)
     cfg_beta: float = 2.0  # RECAP-CFG's guidance: written into its artifacts, so served and evaluated alike
     image_size: tuple[int, int] | None = None
@@ -86,7 +81,7 @@ class SimLoop:
         results = []
         for ti, (task, arm) in enumerate(self.arms.items()):
             for i, op in enumerate(operator_mix(self.cfg.demos_per_task, seed=ti, mix=self.cfg.demo_mix)):
-                res = run_episode(arm, DEMO_SEED + 1000 * ti + i, store=self.store, robot_id="demo", operator=op)
+                res = run_episode(arm, demo_layout(ti, i), store=self.store, robot_id="demo", operator=op)
                 self.catalog.register(self.store.open(res.episode_id))
                 results.append(res)
         done.write_text(json.dumps([asdict(r) for r in results]))
@@ -97,7 +92,7 @@ class SimLoop:
         """`beta`: the guidance the policy is served and evaluated with, written into its artifact."""
         return RunSpec(run_id=run_id, method=method, selection={"robot": robots}, first_fit=first_fit,
                        recap=recap.RecapConfig(**(self.cfg.recap | {"cfg_beta": beta})), value=dict(self.cfg.value),
-                       policy=dict(self.cfg.policy), task_max_len={t: self.cfg.max_steps for t in self.cfg.tasks},
+                       policy=dict(self.cfg.policy), task_max_len=self.cfg.task_max_len(self.cfg.tasks),
                        cameras=self.cameras, parent_version=parent, seed=seed, device=self.cfg.device)
 
     def actor_factory(self, policy_dir: Path, beta: float | None, seed: int, indicator: int = recap.INDICATOR_POSITIVE):
@@ -118,7 +113,7 @@ class SimLoop:
 
     def evaluate_policy(self, policy_dir: Path, beta: float | None, seed: int,
                         indicator: int = recap.INDICATOR_POSITIVE) -> dict[str, dict]:
-        seeds = range(EVAL_SEED, EVAL_SEED + self.cfg.eval_episodes)
+        seeds = [eval_layout(0, k) for k in range(self.cfg.eval_episodes)]  # the same set for every task
         per_task = evaluate(self.actor_factory(policy_dir, beta, seed, indicator), self.arms, seeds)
         out = {t: metrics(r).to_dict() for t, r in per_task.items()}
         out["all"] = metrics([x for r in per_task.values() for x in r]).to_dict()
@@ -143,7 +138,7 @@ class SimLoop:
                 rule.reset_round()
                 actor = actors(task)
                 for i in range(self.cfg.episodes_per_round):
-                    s = COLLECT_SEED + 100_000 * r + 1000 * ti + i
+                    s = collect_layout(r, ti, i)
                     res = run_episode(arm, s, store=self.store, robot_id=robot, actor=actor, rule=rule,
                                       policy_version=f"{robot}-r{r - 1}")
                     self.catalog.register(self.store.open(res.episode_id))
