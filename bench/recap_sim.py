@@ -55,12 +55,13 @@ POLICY_PRESETS = {
                     "n_decoder_layers": 1, "use_vae": False, "vision_backbone": "resnet18", "batch_size": 8,
                     "lr": 1e-3},
 }
-# The image variant: ACT on a rendered camera, one task. Sized from a measurement on 2 shared cores: one ACT
-# step (batch 8, 96x128) 0.5-1.0 s, one 150-tick episode with images about 5 s.
-IMAGE = dict(tasks=["push-v3"], demos_per_task=12, episodes_per_round=10, rounds=1, eval_episodes=20,
-             correction_budget=600, max_steps=150, image_size=[96, 128],
-             value={"steps": 300, "hidden": 128, "ensemble": 2, "lr": 1e-3},
-             policy={"type": "lerobot:act", "steps": 400})
+# The image variant: ACT on a rendered camera, one task. Sized from a measurement on 2 cores shared with
+# other work (load 7-9): one ACT step (batch 8, 96x128) 0.5 s alone, about 2 s shared; one 150-tick episode
+# with images about 5 s alone.
+IMAGE = dict(tasks=["push-v3"], demos_per_task=10, episodes_per_round=6, rounds=1, eval_episodes=12,
+             correction_budget=400, max_steps=150, image_size=[96, 128],
+             value={"steps": 200, "hidden": 128, "ensemble": 2, "lr": 1e-3},
+             policy={"type": "lerobot:act", "steps": 200})
 IMAGE_METHODS = "recap_cfg,bc,filtered_bc"
 
 # Which policy types went through the whole loop (trained -> registered -> served -> drove a simulated
