@@ -1,6 +1,6 @@
 """Benchmark: does RECAP improve a weak policy more than the baselines, on the same data and code?
 
-    python -m bench.recap_sim [--quick] [--jobs 2]
+    python -m bench.recap_sim [--quick | --image] [--policy TYPE] [--camera HxW] [--jobs 2]
 
 Meta-World (state observations) behind the same robot interface and episode store as a real arm.
 One shared round 0 per training seed (first fit on a mix of clean, slow and sloppy operators'
@@ -9,7 +9,14 @@ budgeted corrective teleoperator) -> train, each method in its own loop; evaluat
 initial conditions without corrections, paired across methods. Then the policy-extraction
 ablation (every method trained on RECAP's final dataset) and diagnostics (value calibration on the
 next round's episodes, conditioning gap, positive-label rates). Writes bench/results/recap_sim.md,
-recap_sim.json and plots.
+recap_sim.json and plots. Every simulated episode runs through the robots' own control loop
+(`ActionArbiter`) with the policy in-process, through its type's contract.
+
+`--policy TYPE` trains any registered policy type (its recipe section: the preset's settings for that
+type, then `--set policy.KEY=VALUE`); `--camera HxW` renders a front camera that the policy sees.
+`--image` is the image variant: one task, a rendered 96x128 camera, LeRobot's ACT (small, no
+pretrained weights), RECAP-CFG vs BC vs success-filtered BC; results recap_sim-image.md/.json with a
+paired test across methods.
 """
 
 from __future__ import annotations
@@ -39,6 +46,57 @@ QUICK = dict(tasks=["push-v3", "pick-place-v3"], demos_per_task=6, episodes_per_
 FULL = dict(tasks=["push-v3", "pick-place-v3", "peg-insert-side-v3"], demos_per_task=10, episodes_per_round=16, rounds=3,
             eval_episodes=50, correction_budget=1200, value={"steps": 800, "hidden": 128, "ensemble": 2, "lr": 1e-3},
             policy={"steps": 1500, "hidden": 128, "chunk": 8, "lr": 3e-3})
+
+
+# Small settings per LeRobot backbone for 2 CPU cores (the ResNet-18 of ACT is built without pretrained
+# weights: no download). The native type's settings are the preset's own.
+POLICY_PRESETS = {
+    "lerobot:act": {"chunk_size": 8, "dim_model": 64, "n_heads": 2, "dim_feedforward": 128, "n_encoder_layers": 1,
+                    "n_decoder_layers": 1, "use_vae": False, "vision_backbone": "resnet18", "batch_size": 8,
+                    "lr": 1e-3},
+}
+# The image variant: ACT on a rendered camera, one task. Sized from a measurement on 2 cores shared with
+# other work (load 7-9): one ACT step (batch 8, 96x128) 0.5 s alone, about 2 s shared; one 150-tick episode
+# with images about 5 s alone.
+IMAGE = dict(tasks=["push-v3"], demos_per_task=10, episodes_per_round=6, rounds=1, eval_episodes=12,
+             correction_budget=400, max_steps=150, image_size=[96, 128],
+             value={"steps": 200, "hidden": 128, "ensemble": 2, "lr": 1e-3},
+             policy={"type": "lerobot:act", "steps": 200})
+IMAGE_METHODS = "recap_cfg,bc,filtered_bc"
+
+# Which policy types went through the whole loop (trained -> registered -> served -> drove a simulated
+# robot), and the test that proves it; a type whose test does not run the whole loop is listed apart.
+LOOP_EVIDENCE = [
+    {"type": "native_flow", "steps": ["train", "register", "serve", "robot"],
+     "test": "tests/e2e/test_demo_loop.py::test_demo_round_through_the_real_stack_interrupted_then_continued"},
+    {"type": "lerobot:act", "steps": ["train", "register", "serve"],
+     "test": "tests/services/test_policy_types.py::"
+             "test_a_lerobot_act_run_from_the_api_trains_registers_deploys_and_answers_like_the_sim_path"},
+]
+
+
+def loop_evidence() -> dict:
+    """LOOP_EVIDENCE, keeping only tests that exist in this checkout."""
+    found = []
+    for e in LOOP_EVIDENCE:
+        path, _, name = e["test"].partition("::")
+        f = ROOT / path
+        if f.exists() and f"def {name}(" in f.read_text():
+            found.append(e)
+    full = {"train", "register", "serve", "robot"}
+    return {"policy_types_through_loop": [e["type"] for e in found if full <= set(e["steps"])],
+            "loop_evidence": found}
+
+
+def policy_section(preset: dict, type_name: str | None) -> dict:
+    """The recipe's policy section: the preset's for its own type, else the type's small settings
+    with the preset's step budget."""
+    section = dict(preset)
+    current = section.get("type", "native_flow")
+    if type_name and type_name != current:
+        section = {"type": type_name, "steps": section.get("steps", 1000)}
+    t = section.get("type", "native_flow")
+    return {"type": t, **POLICY_PRESETS.get(t, {}), **{k: v for k, v in section.items() if k != "type"}}
 
 
 def _die_with_parent() -> None:
@@ -136,12 +194,53 @@ def paired_diff_in_se(a: list[float], b: list[float]) -> float:
     return m / se if se and se == se and se > 0 else float("nan")
 
 
+def _binom_two_sided(k: int, n: int) -> float:
+    """Exact two-sided p-value of k successes in n fair coin flips (the sign test, McNemar's exact test)."""
+    if n == 0:
+        return 1.0
+    from math import comb
+
+    tail = sum(comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2**n
+    return float(min(1.0, 2 * tail))
+
+
+def paired_tests(records: dict, methods: list[str], seeds: list[int], tasks: list[str], rounds: int) -> list[dict]:
+    """Every pair of methods on the last round's evaluation episodes, paired by (training seed, task,
+    initial condition): McNemar's exact test on success (discordant pairs only), and an exact sign test
+    on episode duration (a failure counts as the time limit; ties dropped) — the paired side of throughput."""
+    def eps(m):
+        ev = [records[(m, s)][rounds - 1]["eval"] for s in seeds]
+        return ([x for e in ev for t in tasks for x in e["per_episode_success"][t]],
+                [x for e in ev for t in tasks for x in e["per_episode_steps"][t]])
+    out = []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            (sa, ta), (sb, tb) = eps(a), eps(b)
+            a_only = sum(1 for x, y in zip(sa, sb) if x and not y)
+            b_only = sum(1 for x, y in zip(sa, sb) if y and not x)
+            faster_a = sum(1 for x, y in zip(ta, tb) if x < y)
+            faster_b = sum(1 for x, y in zip(ta, tb) if y < x)
+            out.append({"a": a, "b": b, "pairs": len(sa),
+                        "success": {"test": "McNemar exact (binomial on discordant pairs)", "a_only": a_only,
+                                    "b_only": b_only, "p": _binom_two_sided(a_only, a_only + b_only)},
+                        "duration": {"test": "exact sign test on paired episode durations (failure = time limit)",
+                                     "a_faster": faster_a, "b_faster": faster_b,
+                                     "p": _binom_two_sided(faster_a, faster_a + faster_b)}})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="Two tasks, 2 rounds, 1 seed, small models (<= 10 min).")
+    ap.add_argument("--image", action="store_true",
+                    help=f"The image variant: push-v3, a 96x128 camera, ACT; methods {IMAGE_METHODS}.")
+    ap.add_argument("--policy", default=None, metavar="TYPE",
+                    help="Registered policy type to train (native_flow, lerobot:act, ...; default: the preset's).")
+    ap.add_argument("--camera", default=None, metavar="HxW", help="Render a front camera of this size, e.g. 96x128.")
     ap.add_argument("--seeds", type=int, default=None, help="Training seeds (default 3, quick 1).")
     ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--methods", default="bc,hg_dagger,filtered_bc,awr,recap,recap_cfg")
+    ap.add_argument("--methods", default=None, help="Comma-separated (default bc,hg_dagger,filtered_bc,awr,recap,recap_cfg; "
+                    f"--image: {IMAGE_METHODS}).")
     ap.add_argument("--jobs", type=int, default=2, help="Parallel worker processes.")
     ap.add_argument("--workdir", default=str(ROOT / "bench" / "_work" / "recap_sim"))
     ap.add_argument("--no-ablation", action="store_true")
@@ -157,7 +256,17 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="Results file stem (default recap_sim, or recap_sim-quick).")
     ap.add_argument("--results-dir", default=str(RESULTS), help="Where the table, figures and plots go.")
     args = ap.parse_args()
-    cfg = dict(QUICK if args.quick else FULL)
+    if args.quick and args.image:
+        ap.error("--quick and --image are two presets: give one")
+    cfg = dict(QUICK if args.quick else IMAGE if args.image else FULL)
+    cfg["policy"] = policy_section(cfg["policy"], args.policy)
+    if args.camera:
+        try:
+            h, w = (int(x) for x in args.camera.lower().split("x"))
+            assert h > 0 and w > 0
+        except (ValueError, AssertionError):
+            ap.error(f"--camera {args.camera!r}: expected HEIGHTxWIDTH, e.g. 96x128")
+        cfg["image_size"] = [h, w]
     if args.rounds:
         cfg["rounds"] = args.rounds
     for key, val in (("tasks", args.tasks and args.tasks.split(",")), ("demos_per_task", args.demos),
@@ -172,9 +281,18 @@ def main() -> None:
         section, _, name = key.partition(".")
         if section not in ("policy", "value", "recap") or not name or not val:
             ap.error(f"--set {item!r}: expected policy.KEY=VALUE, value.KEY=VALUE or recap.KEY=VALUE")
-        cfg[section] = {**cfg.get(section, {}), name: json.loads(val)}
+        try:
+            cfg[section] = {**cfg.get(section, {}), name: json.loads(val)}
+        except json.JSONDecodeError:
+            cfg[section] = {**cfg.get(section, {}), name: val}  # a plain string, e.g. policy.vision_backbone=resnet18
+    from training.policies.registry import RecipeError, validate_policy_recipe
+
+    try:
+        validate_policy_recipe(cfg["policy"])
+    except RecipeError as e:
+        ap.error(f"policy section: {e}")
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
-    methods = args.methods.split(",")
+    methods = (args.methods or (IMAGE_METHODS if args.image else "bc,hg_dagger,filtered_bc,awr,recap,recap_cfg")).split(",")
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -200,7 +318,7 @@ def main() -> None:
     result = summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed, args)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    name = args.name or ("recap_sim-quick" if args.quick else "recap_sim")
+    name = args.name or ("recap_sim-quick" if args.quick else "recap_sim-image" if args.image else "recap_sim")
     (results / f"{name}.json").write_text(json.dumps(result, indent=1))
     (results / f"{name}.md").write_text(render_md(result, name))
     plot(result, results / f"{name}.png")
@@ -242,12 +360,19 @@ def summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed, args) -> dic
                                for m in methods}
         figures["ablation_success"] = {m: mean_se([a["eval"]["all"]["success_rate"] for a in abl if a["method"] == m])
                                        for m in methods}
+    figures["per_seed_last_round"] = {
+        m: {**{f"s{s}": {k: records[(m, s)][rounds - 1]["eval"]["all"][k] for k in ("success_rate", "throughput_per_h")}
+               for s in seeds},
+            "mean": {k: float(np.mean([records[(m, s)][rounds - 1]["eval"]["all"][k] for s in seeds]))
+                     for k in ("success_rate", "throughput_per_h")}} for m in methods}
+    figures["paired_tests"] = paired_tests(records, methods, seeds, cfg["tasks"], rounds)
     figures["table"] = table
     import sys
 
     command = "python -m bench.recap_sim " + " ".join(sys.argv[1:])
     return {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": cfg,
-            "figures": figures, "diagnostics": diag,
+            "seeds": seeds, "methods": methods, "policy_type": cfg["policy"].get("type", "native_flow"),
+            "camera": cfg.get("image_size"), **loop_evidence(), "figures": figures, "diagnostics": diag,
             "records": {f"{m}/s{s}": v for (m, s), v in records.items()}}
 
 
@@ -286,9 +411,30 @@ def render_md(r: dict, name: str) -> str:
                       for c in sorted({x['round'] for d in diag for x in d['calibration']})) + ".",
                   "Conditioning (success of the last RECAP policy conditioned positive / unconditional / negative): " + " / ".join(
                       f"{np.mean([d['conditioning'][k] for d in diag]):.2f}" for k in ("positive", "unconditional", "negative")) + "."]
+    if f.get("per_seed_last_round"):
+        seeds = r.get("seeds", [])
+        lines += ["", f"## Per training seed, round {last} (success / throughput per hour)", "",
+                  "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "| --- |" + " --- |" * (len(seeds) + 1)]
+        for m, v in f["per_seed_last_round"].items():
+            lines.append(f"| {m} | " + " | ".join(f"{v[f's{s}']['success_rate']:.2f} / {v[f's{s}']['throughput_per_h']:.0f}"
+                                                  for s in seeds) + f" | {v['mean']['success_rate']:.2f} / {v['mean']['throughput_per_h']:.0f} |")
+    if f.get("paired_tests"):
+        lines += ["", f"## Paired tests, round {last} (every evaluation episode paired by training seed and initial condition)", "",
+                  "| a vs b | pairs | success: only a / only b | McNemar exact p | duration: a faster / b faster | sign test p |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for t in f["paired_tests"]:
+            lines.append(f"| {t['a']} vs {t['b']} | {t['pairs']} | {t['success']['a_only']} / {t['success']['b_only']} | "
+                         f"{t['success']['p']:.3f} | {t['duration']['a_faster']} / {t['duration']['b_faster']} | {t['duration']['p']:.3f} |")
+    if "loop_evidence" in r:
+        lines += ["", "## Policy types through the whole loop", "",
+                  f"`policy_types_through_loop`: {json.dumps(r['policy_types_through_loop'])} — the types trained, registered, "
+                  "served and driving a simulated robot. Each type below with the steps its test in this checkout proves "
+                  "(only types with all four are in the list):", ""]
+        for e in r["loop_evidence"]:
+            lines.append(f"- `{e['type']}`: {' -> '.join(e['steps'])} — `{e['test']}`")
     lines += ["", "## Headline figures (last round)", ""]
     for k, v in f.items():
-        if k in ("table", "tasks"):
+        if k in ("table", "tasks", "per_seed_last_round", "paired_tests"):
             continue
         lines.append(f"- `{k}`: {json.dumps(v) if not isinstance(v, float) else f'{v:.3f}'}")
     lines += ["", "Targets (the paper's claims): RECAP throughput ≥ 2× BC, failure rate ≤ 0.5× BC, and above HG-DAgger, "

@@ -120,6 +120,11 @@ class ActionArbiter:
             self._starved_since = None
             self._last = np.zeros(self.action_dim, np.float32)
 
+    def next_action(self) -> np.ndarray | None:
+        """The action the policy would drive next (clipped), or None when nothing is queued."""
+        with self._lock:
+            return self._clip(self.queue.actions[0]) if self.queue.actions else None
+
     def needs_chunk(self) -> bool:
         """Ask for the next chunk ahead of time, when the queue runs low."""
         with self._lock:
@@ -166,3 +171,21 @@ class ActionArbiter:
         for i in self.hold_keep:
             a[i] = self._last[i]
         return a
+
+
+DEADLINE_S = 0.2  # no fresh policy action this long after the queue ran dry: flagged late
+REFILL_BELOW = 4  # ask for the next chunk when fewer actions than this are queued
+
+
+def build_arbiter(action_dim: int, *, period_s: float, low=-1.0, high=1.0, deadline_s: float = DEADLINE_S,
+                  refill_below: int = REFILL_BELOW, execute: int | None = None, hold_mode: str = "zero_delta",
+                  hold_keep: tuple[int, ...] = ()) -> ActionArbiter:
+    """The arbiter of one arm, from its chunk execution settings in physical units: the ROS bridge
+    and the simulated loop (training/sim) both build theirs here. `refill_below` covers the policy's
+    latency (an in-process policy answers within the tick: 1, ask when the queue is empty);
+    `execute`: actions used per chunk (None or 0: the whole chunk); `low`/`high`: one value or
+    one per dimension."""
+    return ActionArbiter(action_dim, np.broadcast_to(np.asarray(low, np.float32), (action_dim,)),
+                         np.broadcast_to(np.asarray(high, np.float32), (action_dim,)),
+                         max(1, int(round(deadline_s / period_s))), int(refill_below), execute=int(execute or 0) or None,
+                         hold_mode=hold_mode, hold_keep=tuple(i for i in hold_keep if i >= 0))

@@ -42,7 +42,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from data.schema import ActionSource, CameraSpec, EpisodeFeatures, Outcome, Tick
 from data.store import DegenerateEpisodeError, EpisodeStore
-from robot_bridge.arbitration import ActionArbiter, SampleBuffer
+from robot_bridge.arbitration import DEADLINE_S, REFILL_BELOW, SampleBuffer, build_arbiter
 from robot_bridge.policy_client import PolicyClient
 from robot_bridge.registration import PendingRegistrations
 from robot_bridge.ros import spin_node
@@ -73,8 +73,8 @@ PARAMS = {  # name: (default, description)
     "inference_token": ("", "this robot's token"),
     "api_url": ("", "control-plane API for episode registration (empty: none)"),
     "store_root": ("recap_home/store", "episode store"),
-    "deadline_ms": (200.0, "no fresh policy action this long after the queue ran dry: flagged late"),
-    "refill_below": (4, "request the next chunk when fewer actions than this are queued"),
+    "deadline_ms": (DEADLINE_S * 1e3, "no fresh policy action this long after the queue ran dry: flagged late"),
+    "refill_below": (REFILL_BELOW, "request the next chunk when fewer actions than this are queued"),
     "execute": (0, "actions executed per chunk (0: the whole chunk)"),
     "task": ("task", "task id of the next episode"),
     "instruction": ("", "instruction text of the next episode (sent to the policy)"),
@@ -110,12 +110,10 @@ class BridgeNode(Node):
         self.state_dim, self.action_dim = int(p["state_dim"]), int(p["action_dim"])
         self.cameras = {n: t for n, t in zip(p["camera_names"], p["camera_topics"]) if n}
         self.cam_shape = (int(p["camera_height"]), int(p["camera_width"]), 3)
-        low = np.broadcast_to(np.asarray(p["action_low"], np.float32), (self.action_dim,))
-        high = np.broadcast_to(np.asarray(p["action_high"], np.float32), (self.action_dim,))
-        deadline_ticks = max(1, int(round(p["deadline_ms"] * 1e6 / self.period_ns)))
-        self.arbiter = ActionArbiter(self.action_dim, low, high, deadline_ticks, int(p["refill_below"]),
-                                     execute=int(p["execute"]) or None, hold_mode=p["hold_mode"],
-                                     hold_keep=tuple(i for i in p["hold_keep"] if i >= 0))
+        self.arbiter = build_arbiter(self.action_dim, period_s=self.period_ns / 1e9, low=p["action_low"],
+                                     high=p["action_high"], deadline_s=p["deadline_ms"] / 1e3,
+                                     refill_below=int(p["refill_below"]), execute=int(p["execute"]),
+                                     hold_mode=p["hold_mode"], hold_keep=tuple(p["hold_keep"]))
         self.state_buf = SampleBuffer()
         self.image_bufs = {c: SampleBuffer() for c in self.cameras}
         self.human = SampleBuffer()

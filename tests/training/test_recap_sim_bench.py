@@ -29,6 +29,11 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
                 "conditioning_gap_success", "ablation"):
         assert key in f, key
     assert set(f["ablation"]) == {"bc", "hg_dagger", "recap"}
+    assert result["seeds"] == [0, 1] and "native_flow" in result["policy_types_through_loop"]
+    assert set(f["per_seed_last_round"]) == {"bc", "hg_dagger", "recap"}
+    pairs = {(t["a"], t["b"]): t for t in f["paired_tests"]}
+    assert set(pairs) == {("bc", "hg_dagger"), ("bc", "recap"), ("hg_dagger", "recap")}
+    assert all(t["pairs"] == 4 and 0 <= t["success"]["p"] <= 1 for t in pairs.values())
     rows = {(r["method"], r["round"]) for r in f["table"]}
     assert rows == {(m, r) for m in ("bc", "hg_dagger", "recap") for r in (0, 1)}
     assert "| recap | 1 |" in (tmp_path / "results" / "tiny.md").read_text()
@@ -37,3 +42,8 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "bench.recap_sim", "--set", "optimizer.lr=1", "--workdir", str(tmp_path / "w2")], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "--set" in bad.stderr
+    for args, says in ((["--policy", "pi05"], "unknown policy type"), (["--image", "--set", "policy.dim_modle=8"], "dim_modle"),
+                       (["--camera", "96by128"], "--camera")):
+        bad = subprocess.run([sys.executable, "-m", "bench.recap_sim", *args, "--workdir", str(tmp_path / "w3")],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

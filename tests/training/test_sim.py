@@ -44,6 +44,69 @@ def test_takeover_rule_engages_on_deviation_and_respects_budgets():
     assert n == 4 and tight.round_used <= 6  # a second takeover would overrun the round budget
 
 
+def _tiny_policy(chunk: int = 8):
+    """A small native policy with seeded random weights, predicting through its contract; every call's
+    observation and chunk are kept in `calls`."""
+    from data.stats import FeatureStats
+    from training.policies.native import NativePolicyConfig
+    from training.policies.policy import build_policy
+
+    rng = np.random.default_rng(0)
+    cfg = NativePolicyConfig(state_dim=39, action_dim=4, chunk=chunk, hidden=32, flow_steps=2, seed=0)
+    policy = build_policy("native_flow", cfg, {"observation.state": FeatureStats.of(rng.normal(size=(64, 39))),
+                                               "action": FeatureStats.of(rng.normal(size=(64, 4)))}).eval()
+    policy.calls = []
+    predict = policy.predict_chunk
+
+    def recorded(observations, indicator, beta):
+        out = predict(observations, indicator, beta)
+        policy.calls.append((observations[0].state.copy(), out[0].copy()))
+        return out
+    policy.predict_chunk = recorded
+    return policy
+
+
+def test_a_non_finite_chunk_is_refused_by_the_arbiter_and_the_arm_holds(tmp_path):
+    from data.store import EpisodeStore
+    from training.sim.collect import PolicyActor
+
+    arm, store = MetaWorldArm("push-v3", max_steps=10), EpisodeStore(tmp_path)
+    policy = _tiny_policy()
+    policy.predict_chunk = lambda obs, ind, beta: np.full((len(obs), 8, 4), np.nan, np.float32)
+    res = run_episode(arm, 3, store=store, actor=PolicyActor(policy, arm.instruction), policy_version="v-nan")
+    assert res.refused_chunks == 10 and res.hold_ticks == 10  # asked again every tick, refused every time
+    ep = store.open(res.episode_id)
+    assert (ep.action_source == ActionSource.HOLD).all() and np.isfinite(ep.action).all()
+    assert (ep.action[:, :3] == 0).all()  # a zero-delta hold: the hand stays where it is
+    assert np.abs(ep.state[-1, :3] - ep.state[0, :3]).max() < 0.01
+    assert all(ep.policy_version(t) is None for t in range(len(ep)))
+
+
+def test_after_a_hand_back_the_policy_resumes_from_a_chunk_of_the_current_observation(tmp_path):
+    from data.store import EpisodeStore
+    from training.sim.collect import PolicyActor
+
+    arm, store = MetaWorldArm("push-v3", max_steps=20), EpisodeStore(tmp_path)
+    policy = _tiny_policy()
+    rule = TakeoverRule(deviation=0.0, patience=1, takeover_ticks=5, max_takeovers=1)  # takes over at once
+    res = run_episode(arm, 3, store=store, actor=PolicyActor(policy, arm.instruction, seed=1), rule=rule,
+                      policy_version="v1")
+    ep = store.open(res.episode_id)
+    src = ep.action_source
+    # the human drives 5 ticks, the arbiter drops the plan of tick 0, holds on the release tick, then
+    # the policy drives from a chunk computed on tick 6's observation
+    assert list(src[:7]) == [ActionSource.CORRECTION] * 5 + [ActionSource.HOLD, ActionSource.POLICY]
+    assert (src[6:] == ActionSource.POLICY).all() and res.correction_ticks == 5 and res.hold_ticks == 1
+    first, resumed = policy.calls[0], policy.calls[1]
+    assert np.array_equal(first[0], ep.state[0]) and np.array_equal(resumed[0], ep.state[6])
+    assert np.array_equal(ep.proposed_action[6], resumed[1]) and not np.array_equal(resumed[1], first[1])
+    assert np.allclose(ep.action[6], np.clip(resumed[1][0], -1, 1))
+    assert ep.policy_version(6) == "v1" and ep.policy_version(2) is None
+    # chunk // 2 executed per chunk: the next chunk is asked for on tick 10, then 14, 18
+    assert [np.array_equal(c[0], ep.state[t]) for (c, t) in zip(policy.calls[2:], (10, 14, 18))] == [True] * 3
+    assert len(policy.calls) == 5
+
+
 def test_operator_mix_is_as_asked():
     ops = operator_mix(10, seed=0)
     names = sorted(o.name for o in ops)
@@ -67,7 +130,9 @@ def test_small_loop_records_corrections_and_versions(tmp_path):
     assert corr > 0  # an untrained policy gets corrected
     ep = loop.store.open(collected[0].id)
     src = ep.action_source
-    assert set(np.unique(src)) <= {ActionSource.POLICY, ActionSource.CORRECTION}
+    assert set(np.unique(src)) <= {ActionSource.POLICY, ActionSource.CORRECTION, ActionSource.HOLD}
+    holds = np.flatnonzero(src == ActionSource.HOLD)
+    assert (src[holds - 1] == ActionSource.CORRECTION).all()  # the arm holds only on the hand-back tick
     pol = np.flatnonzero(src == ActionSource.POLICY)
     if len(pol):
         assert ep.policy_version(int(pol[0])) == "recap-s0-r0"

@@ -1,5 +1,8 @@
 """Run one episode on the simulated arm — an operator demonstrating, or a policy with a corrective
-teleoperator — and record every tick through the real episode store."""
+teleoperator — and record every tick through the real episode store. A policy drives through the
+robots' own control loop (robot_bridge/arbitration.py `ActionArbiter`: chunk queue, deadline and
+hold, hand-back after a human release, refusal of non-finite chunks, clipping) with an in-process
+runtime in place of the inference server."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import numpy as np
 
 from data.schema import ActionSource, CameraSpec, EpisodeFeatures, Outcome, Tick
 from data.store import EpisodeStore
+from robot_bridge.arbitration import ActionArbiter, build_arbiter
 from training import recap
 from training.policies.policy import Observation, Policy
 from training.sim.arm import CONTROL_PERIOD_S, MetaWorldArm
@@ -19,26 +23,20 @@ from training.sim.teleop import TakeoverRule, unstick_gripper
 
 
 class PolicyActor:
-    """Runs a policy of any registered type in chunks, through its contract (the processing and
-    guidance the inference server uses): executes the first `execute` actions of each predicted
-    chunk, then predicts again from the current observation; after a human takeover it starts
-    from a fresh chunk (no stale queue). Each chunk's noise seed is drawn from `seed`."""
+    """The in-process policy runtime of the simulated arm: a policy of any registered type through
+    its contract (the processing and guidance the inference server's runtime uses; β None: the
+    artifact's, as served), answering within the tick. Each chunk's noise seed is drawn from `seed`.
+    Chunk execution, hold and hand-back are the robots' `ActionArbiter` (see `arm_arbiter`)."""
 
-    def __init__(self, policy: Policy, instruction: str, *, execute: int | None = None, beta: float | None = None,
+    def __init__(self, policy: Policy, instruction: str, *, beta: float | None = None,
                  indicator: int = recap.INDICATOR_POSITIVE, seed: int = 0):
         self.policy, self.instruction = policy, instruction
-        self.execute = execute or max(1, policy.chunk // 2)
-        self.beta, self.indicator = beta, indicator  # beta None: the artifact's, as served
+        self.beta, self.indicator = beta, indicator
         self.seeds = np.random.default_rng(seed)
-        self.queue: list[np.ndarray] = []
-        self.last_chunk: np.ndarray | None = None
 
     @property
     def chunk(self) -> int:
         return self.policy.chunk
-
-    def reset(self) -> None:
-        self.queue = []
 
     def observation(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> Observation:
         return Observation(np.asarray(obs, np.float32), dict(images or {}), self.instruction,
@@ -47,11 +45,16 @@ class PolicyActor:
     def predict(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> np.ndarray:
         return self.policy.predict_chunk([self.observation(obs, images)], self.indicator, self.beta)[0]
 
-    def act(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        if not self.queue:
-            self.last_chunk = self.predict(obs, images)
-            self.queue = list(self.last_chunk[: self.execute])
-        return np.clip(self.queue.pop(0), -1, 1)
+
+GRIPPER = 3  # the Meta-World arm's gripper command: kept, not zeroed, while the arm holds position
+
+
+def arm_arbiter(arm: MetaWorldArm, chunk: int) -> ActionArbiter:
+    """The simulated arm's arbiter, built as its ROS cell's bridge builds it (robot_bridge/cell.py:
+    half of each chunk executed, the gripper kept on a hold), with an in-process policy that answers
+    within the tick, so the next chunk is asked for when the queue is empty."""
+    return build_arbiter(arm.action_dim, period_s=CONTROL_PERIOD_S, execute=max(1, chunk // 2), refill_below=1,
+                         hold_keep=(GRIPPER,))
 
 
 @dataclass
@@ -61,6 +64,8 @@ class EpisodeResult:
     correction_ticks: int
     episode_id: str | None
     operator: str
+    hold_ticks: int = 0  # the arm held position (no valid chunk queued, e.g. right after a hand-back)
+    refused_chunks: int = 0  # policy chunks the arbiter refused (non-finite or malformed)
 
 
 def episode_features(arm: MetaWorldArm, chunk: int) -> EpisodeFeatures:
@@ -79,8 +84,9 @@ def run_episode(arm: MetaWorldArm, seed: int, *, store: EpisodeStore | None, rob
     rng = np.random.default_rng(seed + 7919)
     if operator is not None:
         operator.reset(rng)
-    if actor is not None:
-        actor.reset()
+    arbiter = arm_arbiter(arm, actor.chunk) if actor is not None else None
+    if arbiter is not None:
+        arbiter.reset(0)
     if rule is not None:
         rule.reset_episode()
     chunk = actor.chunk if actor is not None else 1
@@ -90,34 +96,25 @@ def run_episode(arm: MetaWorldArm, seed: int, *, store: EpisodeStore | None, rob
                                    fps=1.0 / CONTROL_PERIOD_S, instruction=arm.instruction, fsync=False,
                                    extra={"seed": int(seed), "operator": operator.name if operator else "policy"})
     t0 = time.time_ns()
-    success, corrections, was_engaged = False, 0, False
+    success, corrections, holds = False, 0, 0
     try:
         for t in range(arm.max_steps):
             images = arm.images()
             expert = arm.expert(obs)
-            proposed = None
+            proposed, version = None, None
             if operator is not None:
-                action, source = operator.act(expert), ActionSource.DEMONSTRATION
-            else:
-                engaged_before = rule.engaged if rule else False
-                policy_action = None if engaged_before else actor.act(obs, images)
-                human = rule.update(obs[:3], policy_action, expert) if rule else False
-                if human:
-                    action, source = unstick_gripper(obs, expert), ActionSource.CORRECTION
-                    corrections += 1
-                    was_engaged = True
-                else:
-                    if was_engaged:  # hand-back: resume from a fresh chunk on the current observation
-                        actor.reset()
-                        policy_action = actor.act(obs, images)
-                        was_engaged = False
-                    action, source = policy_action, ActionSource.POLICY
-                    proposed = actor.last_chunk
-            action = np.clip(action, -1, 1).astype(np.float32)
+                action, source = np.clip(operator.act(expert), -1, 1).astype(np.float32), ActionSource.DEMONSTRATION
+            else:  # the robots' loop: ask for a chunk when the queue runs low, then one decision per tick
+                if not (rule is not None and rule.engaged) and arbiter.needs_chunk():
+                    arbiter.offer_chunk(actor.predict(obs, images), policy_version, obs_tick=t)
+                human = rule.update(obs[:3], arbiter.next_action(), expert) if rule else False
+                d = arbiter.decide(t, obs, unstick_gripper(obs, expert) if human else None, human)
+                action, source, proposed, version = d.action, d.source, d.proposed, d.policy_version
+                corrections += source == ActionSource.CORRECTION
+                holds += source == ActionSource.HOLD
             if writer is not None:
-                writer.append(Tick(t0 + int(t * CONTROL_PERIOD_S * 1e9), obs, action, source, images,
-                                   proposed if proposed is not None else None,
-                                   policy_version if source == ActionSource.POLICY else None))
+                writer.append(Tick(t0 + int(t * CONTROL_PERIOD_S * 1e9), obs, action, source, images, proposed,
+                                   version))
             res = arm.step(action)
             obs = res.obs
             if on_tick:
@@ -133,4 +130,5 @@ def run_episode(arm: MetaWorldArm, seed: int, *, store: EpisodeStore | None, rob
         if writer is not None:
             writer.abandon()
         raise
-    return EpisodeResult(success, steps, corrections, eid, operator.name if operator else "policy")
+    return EpisodeResult(success, steps, corrections, eid, operator.name if operator else "policy", holds,
+                         arbiter.refused_chunks if arbiter is not None else 0)

@@ -44,8 +44,17 @@ class LoopConfig(RoundPlan):
     rule: dict = field(default_factory=dict)  # TakeoverRule overrides
     recap: dict = field(default_factory=dict)  # RecapConfig overrides (advantage_horizon, ...)
     cfg_beta: float = 2.0  # RECAP-CFG's guidance: written into its artifacts, so served and evaluated alike
-    image_size: tuple[int, int] | None = None
+    image_size: tuple[int, int] | None = None  # a rendered front camera (H, W) that the policy sees
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        """`policy` is a recipe's policy section ({"type": a registered type, its settings}; no type: the
+        native one), checked here so that a bad key fails before any episode is collected."""
+        from training.policies.registry import validate_policy_recipe
+
+        validate_policy_recipe(self.policy)
+        if self.image_size is not None:
+            self.image_size = tuple(int(x) for x in self.image_size)
 
     def to_dict(self) -> dict:
         return asdict(self)
