@@ -69,9 +69,10 @@ IMAGE_METHODS = "recap_cfg,bc,filtered_bc"
 LOOP_EVIDENCE = [
     {"type": "native_flow", "steps": ["train", "register", "serve", "robot"],
      "test": "tests/e2e/test_demo_loop.py::test_demo_round_through_the_real_stack_interrupted_then_continued"},
-    {"type": "lerobot:act", "steps": ["train", "register", "serve"],
-     "test": "tests/services/test_policy_types.py::"
-             "test_a_lerobot_act_run_from_the_api_trains_registers_deploys_and_answers_like_the_sim_path"},
+    {"type": "lerobot:act", "steps": ["train", "register", "serve", "robot"],
+     "test": "tests/e2e/test_demo_loop.py::test_image_policy_round_through_the_real_stack[act-lerobot:act-1]"},
+    {"type": "lerobot:smolvla", "steps": ["train", "register", "serve", "robot"],
+     "test": "tests/e2e/test_demo_loop.py::test_image_policy_round_through_the_real_stack[smolvla-tiny-lerobot:smolvla-0]"},
 ]
 
 
@@ -80,6 +81,7 @@ def loop_evidence() -> dict:
     found = []
     for e in LOOP_EVIDENCE:
         path, _, name = e["test"].partition("::")
+        name = name.partition("[")[0]  # a parametrised test: its function
         f = ROOT / path
         if f.exists() and f"def {name}(" in f.read_text():
             found.append(e)
