@@ -75,6 +75,8 @@ def test_a_bad_policy_recipe_is_a_422_naming_the_field_at_the_api_and_the_cli(st
                               ({"value": {"backbone": "gpt"}}, "value.backbone"),
                               ({"value": {"num_bins": 5}}, "value.num_bins"),
                               ({"policy": {"chunk": 0}}, "chunk"),
+                              ({"policy": {"type": "lerobot:act", "dim_model": -3}}, "dim_model"),
+                              ({"policy": {"type": "lerobot:smolvla", "prefix_length": -2}}, "prefix_length"),
                               ({"task_max_len": {"push": 0}}, "task_max_len"),
                               ({"epochs": 3}, "epochs")):
             r = c.post("/v1/runs", json={"selection": {"robot": ["robot-0"]}, "recipe": recipe})

@@ -62,7 +62,12 @@ def _recipe_model(type_name: str) -> type[BaseModel]:
     if cls is LeRobotAdapterConfig:
         for name, spec in lerobot_fields()[type_name.removeprefix("lerobot:")].items():
             t = _SCALARS[spec["kind"]]
-            fields[name] = (t | None if spec["nullable"] else t, spec["default"])
+            default = spec["default"]
+            if spec["kind"] in ("int", "float"):
+                # sizes, counts, rates and weights are not negative; a negative default is a sentinel (-1: auto)
+                low = min(0, default) if isinstance(default, (int, float)) else 0
+                t = typing.Annotated[t, Field(ge=low, allow_inf_nan=False)]
+            fields[name] = (t | None if spec["nullable"] else t, default)
     return create_model(f"Recipe_{type_name.replace(':', '_')}", __config__=ConfigDict(extra="forbid", strict=False),
                         **fields)
 
