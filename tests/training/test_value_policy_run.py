@@ -48,7 +48,7 @@ def test_value_function_learns_returns_and_labels_follow(tmp_path):
     store = _toy_store(tmp_path / "s")
     table = load_steps(store, store.episode_ids())
     max_len = task_max_lengths(table, {"reach": 40})
-    cfg = ValueConfig(state_dim=3, hidden=64, steps=400, batch_size=128, dropout=0.0)
+    cfg = ValueConfig(state_dim=3, hidden=64, steps=800, batch_size=128, dropout=0.0)
     vf, sstats, losses = fit_value(table, cfg, max_len=max_len, progress=False)
     assert np.mean(losses[-20:]) < np.mean(losses[:20])
     v = predict_values(vf, table, sstats)
