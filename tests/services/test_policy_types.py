@@ -76,6 +76,8 @@ def test_a_bad_policy_recipe_is_a_422_naming_the_field_at_the_api_and_the_cli(st
                               ({"value": {"num_bins": 5}}, "value.num_bins"),
                               ({"policy": {"chunk": 0}}, "chunk"),
                               ({"policy": {"type": "lerobot:act", "dim_model": -3}}, "dim_model"),
+                              ({"policy": {"type": "lerobot:act", "dim_model": 0}}, "dim_model"),
+                              ({"policy": {"type": "lerobot:act", "n_heads": 0}}, "n_heads"),
                               ({"policy": {"type": "lerobot:smolvla", "prefix_length": -2}}, "prefix_length"),
                               ({"task_max_len": {"push": 0}}, "task_max_len"),
                               ({"epochs": 3}, "epochs")):

@@ -40,3 +40,13 @@ def test_demo_and_benchmark_build_on_one_round_plan():
     assert isinstance(LoopConfig(), rounds.RoundPlan) and isinstance(preset(False), rounds.RoundPlan)
     assert {f: getattr(preset(False), f) for f in shared} == shared
     assert {f: getattr(LoopConfig(), f) for f in shared} == shared
+
+
+def test_lerobot_sizes_are_at_least_one_and_zero_stays_where_it_means_something():
+    from training.policies.registry import RecipeError
+    for field in ("dim_model", "n_heads", "chunk_size", "n_action_steps"):
+        with pytest.raises(RecipeError, match=field):
+            validate_policy_recipe({"type": "lerobot:act", field: 0})
+    assert validate_policy_recipe({"type": "lerobot:smolvla", "num_vlm_layers": 0})["num_vlm_layers"] == 0
+    assert validate_policy_recipe({"type": "lerobot:diffusion", "drop_n_last_frames": 0})["drop_n_last_frames"] == 0
+    assert validate_policy_recipe({"type": "lerobot:act", "lora_rank": 0})["lora_rank"] == 0

@@ -22,6 +22,9 @@ from training.policies.native.configuration_native import NativePolicyConfig
 NATIVE = "native_flow"
 POLICY_TYPES: dict[str, type] = {NATIVE: NativePolicyConfig} | {f"lerobot:{b}": LeRobotAdapterConfig for b in BACKBONES}
 _SCALARS = {"int": int, "float": float, "bool": bool, "str": str, "list": list[int | float | bool | str]}
+# Positive-default integers are sizes and counts (dim_model, n_heads, chunk_size, ...): at least 1,
+# except these, where 0 has a meaning in LeRobot (no warm-up, drop no frames, keep every VLM layer).
+_ZERO_ALLOWED = frozenset({"scheduler_warmup_steps", "drop_n_last_frames", "num_vlm_layers"})
 
 
 class RecipeError(ValueError):
@@ -66,6 +69,8 @@ def _recipe_model(type_name: str) -> type[BaseModel]:
             if spec["kind"] in ("int", "float"):
                 # sizes, counts, rates and weights are not negative; a negative default is a sentinel (-1: auto)
                 low = min(0, default) if isinstance(default, (int, float)) else 0
+                if spec["kind"] == "int" and isinstance(default, int) and default > 0 and name not in _ZERO_ALLOWED:
+                    low = 1
                 t = typing.Annotated[t, Field(ge=low, allow_inf_nan=False)]
             fields[name] = (t | None if spec["nullable"] else t, default)
     return create_model(f"Recipe_{type_name.replace(':', '_')}", __config__=ConfigDict(extra="forbid", strict=False),
