@@ -174,3 +174,34 @@ def test_diffusion_trains_and_serves_through_the_policy_contract(tmp_path):
         policy.save(tmp_path / f"d{len(cameras)}")
         again, _ = load_policy(tmp_path / f"d{len(cameras)}")
         assert np.allclose(again.predict_chunk(obs, beta=2.0), guided, atol=1e-5)
+
+
+def test_a_policy_fine_tuned_from_a_checkpoint_loads_from_its_artifact_alone(tmp_path):
+    """pretrained_path: training starts from the checkpoint's weights; the artifact carries the
+    checkpoint's architecture, so serving loads it after the checkpoint is gone."""
+    import dataclasses
+    import shutil
+
+    from training.policies.policy import Observation, Policy, load_policy
+
+    cfg = _act().cfg
+    base = LeRobotAdapter(cfg)
+    base.policy.save_pretrained(tmp_path / "ckpt")
+    tuned_cfg = dataclasses.replace(cfg, pretrained_path=str(tmp_path / "ckpt"))
+    stats = _policy(cfg).stats
+    policy = Policy("lerobot:act", tuned_cfg, stats)
+    for a, b in zip(base.policy.state_dict().values(), policy.model.policy.state_dict().values()):
+        assert torch.equal(a, b)  # started from the checkpoint's weights
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(0.01)  # "fine-tuned"
+    policy.eval()
+    rng = np.random.default_rng(0)
+    obs = [Observation(rng.normal(size=5).astype(np.float32), {"front": rng.integers(0, 255, (32, 32, 3), np.uint8)},
+                       "push", i) for i in range(2)]
+    before = policy.predict_chunk(obs)
+    policy.save(tmp_path / "artifact")
+    shutil.rmtree(tmp_path / "ckpt")
+    again, manifest = load_policy(tmp_path / "artifact")
+    assert "asset.lerobot_checkpoint_config.json" in manifest["files"]
+    assert np.allclose(again.predict_chunk(obs), before, atol=1e-5)

@@ -33,6 +33,7 @@ from training import recap
 from training.policies.lerobot_adapter.configuration_adapter import DEFAULT_TOKENIZERS, LeRobotAdapterConfig
 
 OBS_STATE, OBS_ENV_STATE, OBS_IMAGES = "observation.state", "observation.environment_state", "observation.images"
+CHECKPOINT_CONFIG = "lerobot_checkpoint_config.json"  # asset: the architecture of a fine-tuned checkpoint
 
 
 def _build_policy(cfg: LeRobotAdapterConfig, assets_dir: Path | None = None) -> nn.Module:
@@ -42,8 +43,11 @@ def _build_policy(cfg: LeRobotAdapterConfig, assets_dir: Path | None = None) -> 
     from lerobot.policies.factory import get_policy_class, make_policy_config
 
     cls = get_policy_class(cfg.policy_type)
-    if cfg.pretrained_path:  # real use: a trained checkpoint (never in tests, CI or the demo)
-        return cls.from_pretrained(cfg.pretrained_path)
+    if cfg.pretrained_path:
+        saved = assets_dir / CHECKPOINT_CONFIG if assets_dir is not None else None
+        if saved is not None and saved.exists():
+            return cls(_checkpoint_config(cfg, assets_dir))  # the artifact's weights are loaded over it
+        return cls.from_pretrained(cfg.pretrained_path)  # training: start from the checkpoint's weights
     state_dim = cfg.state_dim + (0 if cfg.indicator_as_text else 3)
     inputs = {OBS_STATE: PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))}
     for name, shape in cfg.cameras.items():
@@ -63,6 +67,24 @@ def _build_policy(cfg: LeRobotAdapterConfig, assets_dir: Path | None = None) -> 
         kwargs.update(vlm_model_name=str(assets_dir), load_vlm_weights=False)  # the weights are the artifact's
     pcfg = make_policy_config(cfg.policy_type, input_features=inputs, output_features=outputs, device="cpu", **kwargs)
     return cls(pcfg)
+
+
+def _checkpoint_config(cfg: LeRobotAdapterConfig, assets_dir: Path):
+    """The LeRobot config of the checkpoint a policy was fine-tuned from, as its artifact carries it:
+    loading an artifact builds that architecture without reading the checkpoint again (the serving
+    machine need not have it) and without fetching any pretrained weights."""
+    from lerobot.configs.policies import PreTrainedConfig
+
+    folder = assets_dir / "checkpoint"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_bytes((assets_dir / CHECKPOINT_CONFIG).read_bytes())
+    pcfg = PreTrainedConfig.from_pretrained(folder)
+    pcfg.device = "cpu"
+    if hasattr(pcfg, "pretrained_backbone_weights"):
+        pcfg.pretrained_backbone_weights = None
+    if cfg.policy_type == "smolvla":
+        pcfg.vlm_model_name, pcfg.load_vlm_weights = str(assets_dir), False
+    return pcfg
 
 
 def _state_as_env(cfg: LeRobotAdapterConfig) -> bool:
@@ -162,15 +184,20 @@ class LeRobotAdapter(nn.Module):
     def assets(self) -> dict[str, bytes]:
         """Files the policy needs besides its weights, to be saved with it: a language policy's
         tokenizer, and SmolVLA's VLM config and processor (its model is built from them)."""
+        out = {}
+        if self.cfg.pretrained_path:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.policy.config._save_pretrained(Path(tmp))
+                out[CHECKPOINT_CONFIG] = (Path(tmp) / "config.json").read_bytes()
         if self._tokenizer is None:
-            return {}
+            return out
         with tempfile.TemporaryDirectory() as tmp:
             if self.cfg.policy_type == "smolvla":
                 vlm = self.policy.model.vlm_with_expert
                 vlm.config.save_pretrained(tmp)
                 vlm.processor.save_pretrained(tmp)
             self._tokenizer.save_pretrained(tmp)
-            return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+            return out | {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
 
     def _condition(self, batch: dict, indicator: torch.Tensor) -> dict:
         batch = condition_batch(batch, indicator, as_text=self.cfg.indicator_as_text)
