@@ -52,7 +52,7 @@ def test_joints_by_name_arm_and_leader_commands_in_controller_order_and_diagnost
     store_root = tmp_path / "store"
     bridge = _node("robot_bridge.bridge_node", {
         "robot_id": "named", "joint_names": ["a", "b", "c"], "command_joint_names": ["c", "a", "b"],
-        "action_dim": 3, "hold_mode": "position", "action_low": [-1000.0], "action_high": [1000.0],
+        "action_dim": 3, "hold_mode": "position", "action_low": [-1e6], "action_high": [1e6],
         "teleop_command_type": "joint_state", "teleop_command_topic": "leader/joint_states",
         "leader_joint_names": ["la", "lb", "lc"], "engage_topic": "leader/engage", "control_rate_hz": 50.0,
         "store_root": str(store_root), "fsync": False}, tmp_path / "bridge.log", ns)
