@@ -3,7 +3,8 @@ moment, and records every control tick through the crash-safe episode writer.
 
 Topics (standard types, so it drops into a ros2_control stack):
   in   joint_state_topic     sensor_msgs/JointState        (positions by joint_names -> the state vector)
-  in   camera topics         sensor_msgs/Image (rgb8) or sensor_msgs/CompressedImage (jpeg)
+  in   camera topics         sensor_msgs/Image (rgb8) or sensor_msgs/CompressedImage (jpeg), received
+                             and decoded in a camera process of their own (robot_bridge/cameras.py)
   in   teleop_command_topic  std_msgs/Float64MultiArray    (the human's action while engaged), or a
                              leader arm's sensor_msgs/JointState (by leader_joint_names)
   in   engage_topic          std_msgs/Bool                 (pedal / button)
@@ -41,7 +42,7 @@ import numpy as np
 import rclpy
 from rclpy.node import Node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from sensor_msgs.msg import CompressedImage, Image, JointState
+from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -226,7 +227,6 @@ class BridgeNode(Node):
                                      refill_below=int(p["refill_below"]), execute=int(p["execute"]),
                                      hold_mode=p["hold_mode"], hold_keep=tuple(p["hold_keep"]))
         self.state_buf = SampleBuffer()
-        self.image_bufs = {c: SampleBuffer() for c in self.cameras}
         self.human = SampleBuffer()
         self.engaged = False
         self.counters = Counters()
@@ -244,11 +244,14 @@ class BridgeNode(Node):
         self._lock = threading.Lock()
 
         self.create_subscription(JointState, p["joint_state_topic"], self._on_joint_state, 10)
-        for cam, topic in self.cameras.items():
-            if p["camera_compressed"]:
-                self.create_subscription(CompressedImage, topic, lambda m, c=cam: self._on_compressed(c, m), 4)
-            else:
-                self.create_subscription(Image, topic, lambda m, c=cam: self._on_image(c, m), 4)
+        # cameras are received and decoded in their own process (robot_bridge/cameras.py): the control
+        # loop only copies the frame it needs out of shared memory, never waiting on them
+        self.camera_proc = None
+        if self.cameras:
+            from robot_bridge.cameras import CameraProcess
+
+            self.camera_proc = CameraProcess([self.resolve_topic_name(t) for t in self.cameras.values()],
+                                             self.cam_shape, bool(p["camera_compressed"]), self.get_namespace())
         if p["teleop_command_type"] == "joint_state":  # a leader arm: its joints by name
             self.create_subscription(JointState, p["teleop_command_topic"], self._on_leader, 10)
         else:
@@ -320,25 +323,6 @@ class BridgeNode(Node):
                     self._last_tick_ns = stamp
             except Exception as e:
                 self.get_logger().error(f"tick failed: {e!r}")
-
-    def _on_image(self, cam: str, m: Image) -> None:
-        if m.encoding != "rgb8" or (m.height, m.width, 3) != self.cam_shape or len(m.data) != m.height * m.width * 3:
-            self.counters.refused["image"] += 1
-            return
-        img = np.frombuffer(bytes(m.data), np.uint8).reshape(self.cam_shape)
-        self.image_bufs[cam].add(self._stamp_ns(m.header), img)
-
-    def _on_compressed(self, cam: str, m: CompressedImage) -> None:
-        import simplejpeg
-
-        try:
-            img = simplejpeg.decode_jpeg(bytes(m.data), colorspace="RGB")
-        except Exception:
-            img = None
-        if img is None or img.shape != self.cam_shape:
-            self.counters.refused["image"] += 1
-            return
-        self.image_bufs[cam].add(self._stamp_ns(m.header), img)
 
     def _on_teleop(self, m: Float64MultiArray) -> None:
         a = np.asarray(m.data, np.float64)
@@ -485,14 +469,14 @@ class BridgeNode(Node):
         if t_ns - s.stamp_ns > 2 * self.period_ns:
             c.stale_samples += 1
         images = {}
-        for cam, buf in self.image_bufs.items():
-            im = buf.at(t_ns)
+        for i, cam in enumerate(self.cameras):
+            im = self.camera_proc.ring.at(i, t_ns)
             if im is None:
                 c.no_state_ticks += 1
                 return False
-            if t_ns - im.stamp_ns > 2 * self.period_ns:
+            if t_ns - im[0] > 2 * self.period_ns:
                 c.stale_samples += 1
-            images[cam] = im.value
+            images[cam] = im[1]
         with self._lock:
             writer, tick, demonstrating = self.writer, self.tick_index, self.demonstrating
             if writer is not None:
@@ -533,6 +517,9 @@ class BridgeNode(Node):
             msg = Float64MultiArray(data=[float(x) for x in action])
         self.cmd_pub.publish(msg)
 
+    def _refused_images(self) -> int:
+        return sum(self.camera_proc.ring.refused(i) for i in range(len(self.cameras))) if self.camera_proc else 0
+
     def _publish_stats(self) -> None:
         c = self.counters
         lat = np.asarray(c.lateness_ms[-3000:]) if c.lateness_ms else np.zeros(1)
@@ -541,7 +528,7 @@ class BridgeNode(Node):
                "correction_ticks": c.correction_ticks,
                "demonstration_ticks": c.demonstration_ticks,
                # every command refused on its way to the arm: inputs, policy chunks, teleoperator commands
-               "refused": c.refused | {"policy_chunk": self.arbiter.refused_chunks,
+               "refused": c.refused | {"image": self._refused_images(),"policy_chunk": self.arbiter.refused_chunks,
                                        "command": self.arbiter.refused_commands,
                                        "policy_answer": self.policy.dropped if self.policy else 0},
                "joint_states": c.joint_states, "missing_joints": c.missing_joints, "last_refusal": c.last_refusal, "dropped_ticks": c.dropped_ticks,
@@ -550,6 +537,9 @@ class BridgeNode(Node):
                "policy_errors": self.policy.errors if self.policy else 0,
                "pending_registrations": len(self.registrations.pending()),
                "control_scheduling": self.control_scheduling,
+               # every camera has delivered a frame to the camera process (true without cameras)
+               "cameras_ready": all(self.camera_proc.ring.written(i) for i in range(len(self.cameras)))
+               if self.camera_proc else True,
                # is the arm talking to us? (null until its first valid joint state)
                "state_age_ms": (None if self._last_state_mono is None
                                 else round((time.monotonic() - self._last_state_mono) * 1e3, 1))}
@@ -596,6 +586,8 @@ class BridgeNode(Node):
             self._control.join(timeout=2)
         if self.policy:
             self.policy.close()
+        if self.camera_proc:
+            self.camera_proc.close()
         self.registrations.close()
 
 

@@ -87,7 +87,7 @@ class Driver:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             age = self.stats[-1].get("state_age_ms") if self.stats else None
-            if age is not None and age < 500 and all(self.node.count_publishers(t) for t in publishers):
+            if age is not None and age < 500 and self.stats[-1].get("cameras_ready", True) and all(self.node.count_publishers(t) for t in publishers):
                 self.spin(0.5)  # the nodes' own discovery of each other lags ours by a little
                 return
             self.spin(0.1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -238,3 +239,82 @@ def test_launch_description_runs_what_the_systemd_unit_runs():
     ld = launch_file.generate_launch_description()
     assert {a.name for a in ld.get_launch_arguments()} == {"robot", "params", "python", "leader_launch"}
 
+
+
+@pytest.mark.slow
+def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bridge(ros_env, ns, tmp_path):
+    """Frames go through the bridge's camera process (shared memory): each recorded frame is the one
+    published with the tick's joint state (same number k; causal: stamped at or before the tick), a
+    malformed frame is refused and counted; SIGKILL of the bridge takes the camera process and its
+    shared memory with it."""
+    import signal
+
+    import psutil
+    from sensor_msgs.msg import Image, JointState
+    from std_srvs.srv import SetBool, Trigger
+
+    h, w = 120, 160
+    store_root = tmp_path / "store"
+    bridge = _node("robot_bridge.bridge_node", {
+        "robot_id": "cams", "state_dim": 1, "action_dim": 1, "store_root": str(store_root), "fsync": False,
+        "control_rate_hz": 50.0, "camera_names": ["left", "right"], "camera_topics": ["left/image", "right/image"],
+        "camera_height": h, "camera_width": w}, tmp_path / "bridge.log", ns)
+    d = Driver(ns)
+    js_pub = d.node.create_publisher(JointState, "joint_states", 10)
+    cam_pubs = [d.node.create_publisher(Image, t, 10) for t in ("left/image", "right/image")]
+    k = 0
+    stamps: dict[int, int] = {}
+
+    def publish():
+        nonlocal k
+        now = d.node.get_clock().now()
+        stamp, stamps[k] = now.to_msg(), now.nanoseconds
+        js = JointState(position=[float(k)])
+        js.header.stamp = stamp
+        for i, pub in enumerate(cam_pubs):  # the frame's number k (mod 256) in grey levels JPEG keeps:
+            frame = np.empty((h, w, 3), np.uint8)  # low digit left, high digit right; the right camera's +8
+            frame[:, : w // 2], frame[:, w // 2:] = ((k + 8 * i) % 16) * 16 + 8, ((k // 16 + 8 * i) % 16) * 16 + 8
+            img = Image(height=h, width=w, encoding="rgb8", step=w * 3, data=frame.tobytes())
+            img.header.stamp = stamp
+            pub.publish(img)
+        cam_pubs[0].publish(Image(height=2, width=2, encoding="bgr8", step=6, data=bytes(12)))  # refused
+        js_pub.publish(js)
+        k += 1
+
+    d.node.create_timer(1 / 60, publish)
+    try:
+        d.wait_ready()
+        cams = [c for c in psutil.Process(bridge.pid).children() if "robot_bridge.cameras" in " ".join(c.cmdline())]
+        assert len(cams) == 1
+        ring = Path(json.loads(cams[0].cmdline()[-1]) and cams[0].cmdline()[-2])
+        assert ring.exists()
+        assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
+        d.spin(2.0)
+        episode = d.call(SetBool, "recap_bridge/end_episode", SetBool.Request(data=True)).message
+        d.spin(1.2)
+        stats = d.stats[-1]
+        os.kill(bridge.pid, signal.SIGKILL)
+        bridge.wait(10)
+        cams[0].wait(10)  # the camera process follows its bridge ...
+        assert not ring.exists()  # ... and removes the shared memory
+    finally:
+        d.close()
+        if bridge.poll() is None:
+            _stop(bridge)
+    ep = EpisodeStore(store_root).open(episode)
+    assert len(ep) > 30 and ep.cameras == ["left", "right"]  # (the rate is the benchmark's business)
+    ks, ts = ep.state[:, 0].astype(int), ep.timestamps_ns
+    def number(cam: str, t: int, i: int) -> int:  # the stored frames are JPEG: within a few levels
+        img = ep.image(cam, t).astype(float)
+        lo, hi = (int(np.rint((img[h // 2, x].mean() - 8) / 16)) for x in (w // 4, 3 * w // 4))
+        return (lo - 8 * i) % 16 + 16 * ((hi - 8 * i) % 16)
+
+    for i, cam in enumerate(("left", "right")):
+        fk = np.array([number(cam, t, i) for t in range(len(ep))])
+        fk = ks + (fk - ks + 128) % 256 - 128  # the frame's full number: k mod 256, next to the state's
+        assert all(stamps[x] <= t for x, t in zip(fk, ts)), cam  # causal: never a frame stamped after the tick
+        same = fk == ks
+        # mostly the frame of the tick's state (on a loaded machine one stream may arrive ahead of the other)
+        assert same.mean() > 0.5, (cam, same.mean(), list(zip(ks, fk))[:20])
+        assert np.abs(fk - ks).max() <= 10  # never an old one
+    assert stats["refused"]["image"] > 60
