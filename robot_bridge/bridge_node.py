@@ -552,7 +552,14 @@ class BridgeNode(Node):
         from robot_bridge.diagnostics import Window, assess
 
         c, m = self.counters, self._diag_mark
-        now = {"ticks": c.ticks, "lateness": len(c.lateness_ms), "dropped": c.dropped_ticks,
+        cams = {}
+        if self.camera_proc:
+            gone = self.camera_proc.restart_if_gone()
+            if gone:
+                self.get_logger().error(f"{gone}: restarted")
+            cams = {f"frames_{cam}": self.camera_proc.ring.written(i) for i, cam in enumerate(self.cameras)}
+            cams |= {"camera_refused": self._refused_images(), "camera_restarts": self.camera_proc.restarts}
+        now = {**cams, "ticks": c.ticks, "lateness": len(c.lateness_ms), "dropped": c.dropped_ticks,
                "stale": c.stale_samples, "refused": c.refused["joint_state"], "received": c.joint_states,
                "late": c.late_ticks, "round_trips": self.policy.round_trip_count if self.policy else 0,
                "policy_errors": self.policy.errors if self.policy else 0}
@@ -570,7 +577,9 @@ class BridgeNode(Node):
                    round_trips_ms=self.policy.round_trips_ms[-d["round_trips"]:] if self.policy and d["round_trips"] else [],
                    policy_errors=d["policy_errors"], pending_registrations=len(self.registrations.pending()),
                    disk_free_bytes=free, control_scheduling=self.control_scheduling,
-                   recording=self.writer.episode_id if self.writer else "")
+                   recording=self.writer.episode_id if self.writer else "",
+                   camera_frames={cam: d[f"frames_{cam}"] for cam in self.cameras},
+                   camera_refused=d.get("camera_refused", 0), camera_restarts=d.get("camera_restarts", 0))
         prefix = self.get_fully_qualified_name().lstrip("/")
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()

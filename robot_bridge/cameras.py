@@ -152,14 +152,27 @@ class CameraProcess:
 
     def __init__(self, topics: list[str], shape: tuple[int, int, int], compressed: bool, namespace: str,
                  ros_args: list[str] | None = None):
+        self.ring = FrameRing.new(len(topics), shape)
+        self._spec = {"topics": topics, "shape": list(shape), "compressed": compressed, "namespace": namespace,
+                      "parent_pid": os.getpid(), "ros_args": ros_args or []}
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
         import subprocess
 
-        self.ring = FrameRing.new(len(topics), shape)
-        spec = {"topics": topics, "shape": list(shape), "compressed": compressed, "namespace": namespace,
-                "parent_pid": os.getpid(), "ros_args": ros_args or []}
-        self.proc = subprocess.Popen([sys.executable, "-m", "robot_bridge.cameras", str(self.ring.path), json.dumps(spec)],
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([sys.executable, "-m", "robot_bridge.cameras", str(self.ring.path),
+                                      json.dumps(self._spec)], stdin=subprocess.DEVNULL)
         self.started = time.monotonic()
+
+    def restart_if_gone(self) -> str | None:
+        """Start the camera process again if it exited (the ring stays); how it exited, or None."""
+        if self.proc.poll() is None:
+            return None
+        how = f"camera process exited with {self.proc.returncode}"
+        self.restarts += 1
+        self._start()
+        return how
 
     def alive(self) -> bool:
         return self.proc.poll() is None

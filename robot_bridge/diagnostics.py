@@ -13,6 +13,7 @@ Thresholds (per one-second window; `period` is the control period, 20 ms at 50 H
 | joint state   | joint states refused (missing joints..) | >= 1                 | all of the window's     |
 | policy        | deadline holds / ticks                  | >= 1 tick            | > 50 %                  |
 | policy        | inference round trip p99                | > deadline / 2       | > deadline              |
+| cameras       | frames per camera (camera process)      | refused frames, or a restart of the camera process | a camera without a frame |
 | registration  | episodes waiting to be registered       | > 5                  | > 100                   |
 | disk          | free space under the episode store      | < 20 GiB             | < 5 GiB                 |
 
@@ -57,6 +58,9 @@ class Window:
     disk_free_bytes: int | None = None
     control_scheduling: str = "normal"
     recording: str = ""  # the running episode, if any
+    camera_frames: dict = field(default_factory=dict)  # camera -> frames received in the window
+    camera_refused: int = 0
+    camera_restarts: int = 0
 
 
 @dataclass
@@ -126,6 +130,15 @@ def assess(w: Window) -> list[Status]:
         out.append(Status("policy", level, msg, {
             "deadline_holds": w.deadline_holds, "round_trip_p99_ms": round(rt, 1),
             "answers": len(w.round_trips_ms), "errors": w.policy_errors}))
+    # cameras
+    if w.camera_frames:
+        silent = [c for c, n in w.camera_frames.items() if n == 0]
+        level = ERROR if silent else WARN if (w.camera_refused or w.camera_restarts) else OK
+        msg = (f"no frame from {', '.join(silent)}" if silent else
+               f"camera process restarted" if w.camera_restarts else
+               f"{w.camera_refused} frames refused" if w.camera_refused else "ok")
+        out.append(Status("cameras", level, msg, {**{f"frames_{c}": n for c, n in w.camera_frames.items()},
+                                                  "refused": w.camera_refused, "restarts": w.camera_restarts}))
     # registration backlog
     level = _level(w.pending_registrations, *t["pending_registrations"])
     out.append(Status("registration", level, "ok" if level == OK else

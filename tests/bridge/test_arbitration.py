@@ -158,4 +158,7 @@ def test_diagnostic_levels_follow_the_documented_thresholds():
     assert levels(policy=True, deadline_holds=1)["policy"] == WARN and levels(policy=True, deadline_holds=30)["policy"] == ERROR
     assert levels(policy=True, round_trips_ms=[60.0])["policy"] == WARN and levels(policy=True, round_trips_ms=[150.0])["policy"] == ERROR
     assert levels(pending_registrations=6)["registration"] == WARN and levels(pending_registrations=101)["registration"] == ERROR
+    assert "cameras" not in levels() and levels(camera_frames={"a": 30, "b": 29})["cameras"] == OK
+    assert levels(camera_frames={"a": 30, "b": 0})["cameras"] == ERROR
+    assert levels(camera_frames={"a": 30}, camera_refused=2)["cameras"] == WARN
     assert levels(disk_free_bytes=10 << 30)["disk"] == WARN and levels(disk_free_bytes=1 << 30)["disk"] == ERROR

@@ -245,11 +245,12 @@ def test_launch_description_runs_what_the_systemd_unit_runs():
 def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bridge(ros_env, ns, tmp_path):
     """Frames go through the bridge's camera process (shared memory): each recorded frame is the one
     published with the tick's joint state (same number k; causal: stamped at or before the tick), a
-    malformed frame is refused and counted; SIGKILL of the bridge takes the camera process and its
-    shared memory with it."""
+    malformed frame is refused and counted (/diagnostics: WARN); a killed camera process is restarted;
+    SIGKILL of the bridge takes the camera process and its shared memory with it."""
     import signal
 
     import psutil
+    from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image, JointState
     from std_srvs.srv import SetBool, Trigger
 
@@ -260,6 +261,8 @@ def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bri
         "control_rate_hz": 50.0, "camera_names": ["left", "right"], "camera_topics": ["left/image", "right/image"],
         "camera_height": h, "camera_width": w}, tmp_path / "bridge.log", ns)
     d = Driver(ns)
+    diags: list = []
+    d.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
     js_pub = d.node.create_publisher(JointState, "joint_states", 10)
     cam_pubs = [d.node.create_publisher(Image, t, 10) for t in ("left/image", "right/image")]
     k = 0
@@ -282,12 +285,25 @@ def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bri
         k += 1
 
     d.node.create_timer(1 / 60, publish)
-    try:
-        d.wait_ready()
+
+    def camera_process():
         cams = [c for c in psutil.Process(bridge.pid).children() if "robot_bridge.cameras" in " ".join(c.cmdline())]
         assert len(cams) == 1
-        ring = Path(json.loads(cams[0].cmdline()[-1]) and cams[0].cmdline()[-2])
+        return cams[0]
+
+    try:
+        d.wait_ready()
+        first = camera_process()
+        ring = Path(first.cmdline()[-2])
         assert ring.exists()
+        first.kill()  # the camera process dies: the bridge starts another on the same memory
+        first.wait(10)
+        deadline = time.monotonic() + 30
+        while camera_process().pid == first.pid and time.monotonic() < deadline:
+            d.spin(0.2)
+        cams = [camera_process()]
+        d.stats.clear()
+        d.wait_ready()
         assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
         d.spin(2.0)
         episode = d.call(SetBool, "recap_bridge/end_episode", SetBool.Request(data=True)).message
@@ -318,3 +334,6 @@ def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bri
         assert same.mean() > 0.5, (cam, same.mean(), list(zip(ks, fk))[:20])
         assert np.abs(fk - ks).max() <= 10  # never an old one
     assert stats["refused"]["image"] > 60
+    camera_status = [st for arr in diags for st in arr.status if st.name.endswith(": cameras")]
+    assert any(st.message == "camera process restarted" for st in camera_status)
+    assert any(st.level == b"\x01" and "frames refused" in st.message for st in camera_status)
