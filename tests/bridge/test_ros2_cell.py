@@ -303,6 +303,10 @@ def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bri
             d.spin(0.2)
         cams = [camera_process()]
         d.stats.clear()
+        d.spin(1.5)
+        refused = d.stats[-1]["refused"]["image"]
+        while d.stats[-1]["refused"]["image"] < refused + 10 and time.monotonic() < deadline:  # frames flow again
+            d.spin(0.2)
         d.wait_ready()
         assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
         d.spin(2.0)
