@@ -181,8 +181,8 @@ class CameraProcess:
         import signal
         import subprocess
 
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+        if self.proc.poll() is None:  # SIGTERM: ends it quietly even while it is still importing
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
