@@ -3,12 +3,21 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
+# The bridge on ROS 2 Jazzy (the LTS most ros2_control labs run) as well as on Kilted (.venv): a small
+# second environment with the Jazzy wheels, the bridge's own needs and no torch (~45 s, ~0.3 GB), and
+# the bridge tests that need no simulator or service stack.
+JAZZY := .venv-jazzy
+JAZZY_STAMP := $(JAZZY)/.setup-stamp
+JAZZY_TESTS := tests/bridge/test_ros2_cell.py tests/bridge/test_arbitration.py \
+	tests/bridge/test_bridge_dds.py::test_robot_ids_name_ros_namespaces \
+	tests/bridge/test_bridge_dds.py::test_recorded_ticks_match_published_samples_and_commands_with_known_stamps \
+	tests/bridge/test_bridge_dds.py::test_compressed_cameras_in_joint_trajectory_out
 APT_PACKAGES := redis-server ffmpeg libosmesa6 chromium chromium-driver postgresql
 # The first interpreter that really is Python 3.12 (pyenv shims answer for versions they do not select).
 PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
 	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: setup apt demo demo-store test test-fast bench clean-venv
+.PHONY: setup apt demo demo-store test test-fast test-jazzy bench clean-venv
 
 setup: apt $(STAMP)
 
@@ -46,8 +55,19 @@ demo-store: setup
 	$(VENV)/bin/recap data ls --store $(DEMO)/store-walkthrough/store
 	$(VENV)/bin/recap data export $(DEMO)/store-walkthrough/lerobot --store $(DEMO)/store-walkthrough/store --status complete
 
-test: setup
+test: setup $(JAZZY_STAMP)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-jazzy
+
+$(JAZZY_STAMP): pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found"; exit 1; }
+	@test -x $(JAZZY)/bin/python || $(PYTHON312) -m venv $(JAZZY)
+	$(JAZZY)/bin/python -m pip install -q -e '.[robot,ros-jazzy]' 'pytest>=8,<10' 'pytest-timeout>=2.3,<3' 'psutil>=5.9,<8'
+	@touch $(JAZZY_STAMP)
+
+test-jazzy: $(JAZZY_STAMP)
+	$(JAZZY)/bin/python -c 'import rclpy, importlib.metadata as m; print("bridge tests on ROS 2 Jazzy, rclpy", m.version("ros-jazzy-rclpy"))'
+	$(JAZZY)/bin/pytest -q -p no:cacheprovider $(JAZZY_TESTS)
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
@@ -56,4 +76,4 @@ bench: setup
 	$(PY) -m bench.store $(ARGS)
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(JAZZY)

@@ -189,3 +189,56 @@ def build_arbiter(action_dim: int, *, period_s: float, low=-1.0, high=1.0, deadl
                          np.broadcast_to(np.asarray(high, np.float32), (action_dim,)),
                          max(1, int(round(deadline_s / period_s))), int(refill_below), execute=int(execute or 0) or None,
                          hold_mode=hold_mode, hold_keep=tuple(i for i in hold_keep if i >= 0))
+
+
+class JointMap:
+    """A sensor_msgs/JointState's positions in a configured joint order, matched by name: any order,
+    extra joints (gripper fingers, other arms on the same topic) ignored, a missing one refused. The
+    index is computed once per distinct name list (ros2_control sends the same list every time).
+    With no configured names, positions are taken as they come and must be exactly `dim` of them."""
+
+    def __init__(self, names: list[str] | tuple[str, ...], dim: int):
+        self.names = tuple(n for n in names if n)
+        if self.names and len(self.names) != dim:
+            raise ValueError(f"{len(self.names)} joint names for {dim} dimensions")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"joint names repeat: {list(self.names)}")
+        self.dim = dim
+        self._index: dict[tuple[str, ...], np.ndarray | str] = {}
+        self.missing: set[str] = set()  # configured joints some refused message lacked
+
+    def __call__(self, names, positions) -> np.ndarray | str:
+        """The positions in the configured order as float64, or why the message is refused."""
+        pos = np.asarray(positions, np.float64)
+        if not self.names:
+            if pos.shape != (self.dim,):
+                return f"{pos.size} positions, expected {self.dim}"
+            return pos if np.all(np.isfinite(pos)) else "non-finite position"
+        key = tuple(names)
+        idx = self._index.get(key)
+        if idx is None:
+            if len(self._index) > 64:  # a publisher varying its names: do not grow without bound
+                self._index.clear()
+            where = {n: i for i, n in enumerate(key)}
+            missing = [n for n in self.names if n not in where]
+            idx = (f"missing joints {missing}" if missing else
+                   "joint names repeat" if len(where) != len(key) else np.array([where[n] for n in self.names]))
+            self._index[key] = idx
+        if isinstance(idx, str):
+            if idx.startswith("missing"):
+                self.missing.update(n for n in self.names if n not in key)
+            return idx
+        if len(pos) != len(key):
+            return f"{len(key)} names, {len(pos)} positions"
+        out = pos[idx]
+        return out if np.all(np.isfinite(out)) else "non-finite position"
+
+    def order(self, target: list[str] | tuple[str, ...]) -> np.ndarray | None:
+        """Indices putting a vector in this map's order into `target`'s order (a controller's joint
+        list); None when `target` is empty (same order). Raises when `target` is not a permutation."""
+        target = tuple(n for n in target if n)
+        if not target or target == self.names:
+            return None
+        if sorted(target) != sorted(self.names):
+            raise ValueError(f"controller joints {list(target)} are not the joints {list(self.names)}")
+        return np.array([self.names.index(n) for n in target])

@@ -2,12 +2,18 @@
 moment, and records every control tick through the crash-safe episode writer.
 
 Topics (standard types, so it drops into a ros2_control stack):
-  in   joint_state_topic     sensor_msgs/JointState        (position -> the state vector)
-  in   camera topics         sensor_msgs/Image (rgb8) or sensor_msgs/CompressedImage (jpeg)
-  in   teleop_command_topic  std_msgs/Float64MultiArray    (the human's action while engaged)
+  in   joint_state_topic     sensor_msgs/JointState        (positions by joint_names -> the state vector)
+  in   camera topics         sensor_msgs/Image (rgb8) or sensor_msgs/CompressedImage (jpeg), received
+                             and decoded in a camera process of their own (robot_bridge/cameras.py)
+  in   teleop_command_topic  std_msgs/Float64MultiArray    (the human's action while engaged), or a
+                             leader arm's sensor_msgs/JointState (by leader_joint_names)
   in   engage_topic          std_msgs/Bool                 (pedal / button)
   out  command_topic         std_msgs/Float64MultiArray or trajectory_msgs/JointTrajectory
-  out  ~/stats               std_msgs/String (JSON counters and state_age_ms, 1 Hz)
+                             (in the controller's joint order, command_joint_names)
+  out  /diagnostics          diagnostic_msgs/DiagnosticArray (1 Hz; levels and thresholds: robot_bridge/diagnostics.py)
+  out  ~/stats               std_msgs/String (JSON counters and state_age_ms, 1 Hz, for scripts)
+Parameters are declared with descriptors (`ros2 param describe`); tokens are read from the files named
+by inference_token_file / api_token_file or from the environment, never from parameters.
 Services: ~/start_episode (std_srvs/Trigger; task and instruction from parameters),
           ~/start_demonstration (std_srvs/Trigger: the human drives; engaged ticks are recorded as
           demonstration, never as correction, and no policy runs),
@@ -35,53 +41,117 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from rclpy.node import Node
-from sensor_msgs.msg import CompressedImage, Image, JointState
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from data.schema import ActionSource, CameraSpec, EpisodeFeatures, Outcome, Tick
 from data.store import DegenerateEpisodeError, EpisodeStore
-from robot_bridge.arbitration import DEADLINE_S, REFILL_BELOW, SampleBuffer, build_arbiter
+from robot_bridge.arbitration import DEADLINE_S, REFILL_BELOW, JointMap, SampleBuffer, build_arbiter
 from robot_bridge.policy_client import PolicyClient
 from robot_bridge.registration import PendingRegistrations
-from robot_bridge.ros import spin_node
+from robot_bridge.ros import ConfigError, spin_node
 
 log = logging.getLogger(__name__)
 
-PARAMS = {  # name: (default, description)
-    "robot_id": ("robot-0", "this robot's id (the API and the episode store know it by it)"),
-    "control_rate_hz": (30.0, "control ticks per second"),
-    "state_dim": (4, "joints read from the joint state"),
-    "action_dim": (4, "command dimensions"),
-    "joint_state_topic": ("joint_states", "sensor_msgs/JointState"),
-    "camera_names": ([""], "camera names (empty: none)"),
-    "camera_topics": ([""], "one topic per camera"),
-    "camera_height": (0, "image height of every camera"),
-    "camera_width": (0, "image width of every camera"),
-    "camera_compressed": (False, "CompressedImage (JPEG) instead of Image"),
-    "teleop_command_topic": ("teleop/command", "std_msgs/Float64MultiArray"),
-    "engage_topic": ("teleop/engage", "std_msgs/Bool"),
-    "command_topic": ("command", "where commands go"),
-    "command_type": ("float64_array", "float64_array or joint_trajectory"),
-    "joint_names": ([""], "for joint_trajectory commands"),
-    "action_low": ([-1.0], "per-dimension lower limit (one value: all)"),
-    "action_high": ([1.0], "per-dimension upper limit (one value: all)"),
-    "hold_mode": ("zero_delta", "zero_delta (velocity/delta commands) or position"),
-    "hold_keep": ([-1], "dimensions that keep their last command while holding (e.g. a gripper)"),
-    "inference_url": ("", "inference server, e.g. http://127.0.0.1:8001 (empty: no policy)"),
-    "inference_token": ("", "this robot's token"),
-    "api_url": ("", "control-plane API for episode registration (empty: none)"),
-    "store_root": ("recap_home/store", "episode store"),
-    "deadline_ms": (DEADLINE_S * 1e3, "no fresh policy action this long after the queue ran dry: flagged late"),
-    "refill_below": (REFILL_BELOW, "request the next chunk when fewer actions than this are queued"),
-    "execute": (0, "actions executed per chunk (0: the whole chunk)"),
-    "task": ("task", "task id of the next episode"),
-    "instruction": ("", "instruction text of the next episode (sent to the policy)"),
-    "fsync": (True, "fsync every flush (off only for tests)"),
-    "realtime_priority": (0, "SCHED_FIFO priority of the control thread (1-99, as ros2_control uses on "
-                             "PREEMPT_RT kernels; 0: normal scheduling); without the privilege it runs normally and says so"),
+@dataclass(frozen=True)
+class Param:
+    default: object
+    description: str
+    read_only: bool = True  # read once at start: `ros2 param set` cannot change it under a running loop
+    range: tuple | None = None  # (low, high), inclusive
+
+
+PARAMS = {
+    "robot_id": Param("robot-0", "this robot's id (the API and the episode store know it by it)"),
+    "control_rate_hz": Param(30.0, "control ticks per second", range=(1.0, 1000.0)),
+    "state_dim": Param(4, "dimensions of the state vector (the number of joint_names when they are given)", range=(1, 512)),
+    "action_dim": Param(4, "command dimensions", range=(1, 512)),
+    "joint_state_topic": Param("joint_states", "sensor_msgs/JointState of the arm (ros2_control's joint_state_broadcaster)"),
+    "joint_names": Param([""], "the state's joints in the state vector's order, matched by name in each JointState "
+                               "(any order, extra joints ignored, a message missing one refused and counted); "
+                               "empty: positions taken in order, exactly state_dim of them"),
+    "command_joint_names": Param([""], "the controller's joint order: commands are sent in it (a permutation of "
+                                       "joint_names; empty: joint_names' order); the JointTrajectory's joint_names"),
+    "camera_names": Param([""], "camera names (empty: none)"),
+    "camera_topics": Param([""], "one topic per camera"),
+    "camera_height": Param(0, "image height of every camera", range=(0, 8192)),
+    "camera_width": Param(0, "image width of every camera", range=(0, 8192)),
+    "camera_compressed": Param(False, "CompressedImage (JPEG) instead of Image"),
+    "teleop_command_topic": Param("teleop/command", "the human's commands while engaged (see teleop_command_type)"),
+    "teleop_command_type": Param("float64_array", "float64_array (std_msgs/Float64MultiArray in action order) or "
+                                                  "joint_state (a leader arm's sensor_msgs/JointState, by leader_joint_names)"),
+    "leader_joint_names": Param([""], "the leader arm's joints in action order, matched by name "
+                                      "(empty: joint_names)"),
+    "engage_topic": Param("teleop/engage", "std_msgs/Bool (pedal / button)"),
+    "command_topic": Param("command", "where commands go"),
+    "command_type": Param("float64_array", "float64_array or joint_trajectory"),
+    "action_low": Param([-1.0], "per-dimension lower limit (one value: all)"),
+    "action_high": Param([1.0], "per-dimension upper limit (one value: all)"),
+    "hold_mode": Param("zero_delta", "zero_delta (velocity/delta commands) or position"),
+    "hold_keep": Param([-1], "dimensions that keep their last command while holding (e.g. a gripper)"),
+    "inference_url": Param("", "inference server, e.g. http://127.0.0.1:8001 (empty: no policy)"),
+    "inference_token_file": Param("", "file holding this robot's inference token (empty: $RECAP_INFERENCE_TOKEN, "
+                                      "else $RECAP_ROBOT_TOKEN); never a parameter: anyone on the ROS domain reads those"),
+    "api_url": Param("", "control-plane API for episode registration (empty: none)"),
+    "api_token_file": Param("", "file holding the token for episode registration (empty: $RECAP_API_TOKEN, "
+                                "else the inference token's source)"),
+    "store_root": Param("recap_home/store", "episode store"),
+    "deadline_ms": Param(DEADLINE_S * 1e3, "no fresh policy action this long after the queue ran dry: flagged late",
+                         range=(1.0, 60_000.0)),
+    "refill_below": Param(REFILL_BELOW, "request the next chunk when fewer actions than this are queued", range=(0, 10_000)),
+    "execute": Param(0, "actions executed per chunk (0: the whole chunk)", range=(0, 10_000)),
+    "task": Param("task", "task id of the next episode (may change between episodes)", read_only=False),
+    "instruction": Param("", "instruction text of the next episode, sent to the policy (may change between episodes)",
+                         read_only=False),
+    "fsync": Param(True, "fsync every flush (off only for tests)"),
+    "realtime_priority": Param(0, "SCHED_FIFO priority of the control thread (1-99, as ros2_control uses on "
+                                  "PREEMPT_RT kernels; 0: normal scheduling); without the privilege it runs normally "
+                                  "and says so", range=(0, 99)),
 }
+SECRET_PARAMS = {"inference_token": ("inference_token_file", "RECAP_INFERENCE_TOKEN"),
+                 "api_token": ("api_token_file", "RECAP_API_TOKEN")}
+
+
+def _descriptor(name: str, spec: Param):
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+    d = spec.default
+    kind = (ParameterType.PARAMETER_BOOL if isinstance(d, bool) else
+            ParameterType.PARAMETER_INTEGER if isinstance(d, int) else
+            ParameterType.PARAMETER_DOUBLE if isinstance(d, float) else
+            ParameterType.PARAMETER_STRING if isinstance(d, str) else
+            ParameterType.PARAMETER_BOOL_ARRAY if isinstance(d[0], bool) else
+            ParameterType.PARAMETER_INTEGER_ARRAY if isinstance(d[0], int) else
+            ParameterType.PARAMETER_DOUBLE_ARRAY if isinstance(d[0], float) else
+            ParameterType.PARAMETER_STRING_ARRAY)
+    desc = ParameterDescriptor(name=name, type=kind, description=spec.description, read_only=spec.read_only)
+    if spec.range is not None:
+        lo, hi = spec.range
+        if kind == ParameterType.PARAMETER_DOUBLE:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+        else:
+            desc.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+    return desc
+
+
+def read_secret(path: str, env: tuple[str, ...], what: str) -> str:
+    """A token from a file (first line, stripped) or else the first set environment variable; ''
+    when none. A file others may read is used, with a warning (it should be 0600)."""
+    if path:
+        f = Path(path)
+        try:
+            text = f.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{what}: cannot read {path} ({e.strerror})") from None
+        if not text:
+            raise ConfigError(f"{what}: {path} is empty")
+        if f.stat().st_mode & 0o077:
+            log.warning("%s: %s is readable by other users (chmod 600 it)", what, path)
+        return text.splitlines()[0].strip()
+    return next((os.environ[v] for v in env if os.environ.get(v)), "")
 
 
 @dataclass
@@ -94,20 +164,62 @@ class Counters:
     correction_ticks: int = 0
     demonstration_ticks: int = 0
     refused: dict = field(default_factory=lambda: {"joint_state": 0, "image": 0, "teleop": 0})
+    dropped_ticks: int = 0  # control slots skipped because the loop fell a period or more behind
+    joint_states: int = 0  # received (valid or not)
+    # joint states refused for lacking a configured joint: the arm's, the leader arm's
+    missing_joints: dict = field(default_factory=lambda: {"joint_state": 0, "leader": 0})
+    last_refusal: str = ""
     lateness_ms: list = field(default_factory=list)
 
 
 class BridgeNode(Node):
     def __init__(self, namespace: str | None = None, **overrides):
         super().__init__("recap_bridge", namespace=namespace)
-        for name, (default, desc) in PARAMS.items():
-            self.declare_parameter(name, overrides.get(name, default))
+        given = set(getattr(self, "_parameter_overrides", {})) | set(overrides)  # params file, -p, caller
+        for secret, (file_param, env) in SECRET_PARAMS.items():
+            if secret in given:
+                raise ConfigError(f"{secret} is not accepted as a ROS parameter (anyone on the ROS domain can read "
+                                  f"parameters): put the token in a file readable only by the bridge's user and give "
+                                  f"its path as {file_param}, or set {env}")
+        for name, spec in PARAMS.items():
+            try:
+                self.declare_parameter(name, overrides.get(name, spec.default), _descriptor(name, spec))
+            except Exception as e:  # wrong type or out of range in the params file: say which, and why
+                raise ConfigError(f"parameter {name}: {str(e).splitlines()[0]}") from None
         p = {n: self.get_parameter(n).value for n in PARAMS}
         self.p = p
         self.robot_id = p["robot_id"]
         self._check_namespace()
         self.period_ns = int(1e9 / p["control_rate_hz"])
+        names = [n for n in p["joint_names"] if n]
+        if names and "state_dim" not in given:
+            p["state_dim"] = len(names)
         self.state_dim, self.action_dim = int(p["state_dim"]), int(p["action_dim"])
+        for choice, allowed in (("command_type", ("float64_array", "joint_trajectory")),
+                                ("teleop_command_type", ("float64_array", "joint_state")),
+                                ("hold_mode", ("zero_delta", "position"))):
+            if p[choice] not in allowed:
+                raise ConfigError(f"parameter {choice}: {p[choice]!r} is not one of {list(allowed)}")
+        try:
+            self.joints = JointMap(names, self.state_dim)
+            # commands go out in the controller's order; actions are in joint_names' order
+            self.command_order = self.joints.order(p["command_joint_names"]) if names else None
+            if self.command_order is not None and self.action_dim != self.state_dim:
+                raise ValueError("command_joint_names reorders joint-space actions: action_dim must be the "
+                                 "number of joint_names")
+            leader = [n for n in p["leader_joint_names"] if n] or (names if len(names) == self.action_dim else [])
+            self.leader = JointMap(leader, self.action_dim)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if p["teleop_command_type"] == "joint_state" and not self.leader.names:
+            raise ConfigError("teleop_command_type joint_state needs leader_joint_names (or joint_names)")
+        self.command_joint_names = [n for n in p["command_joint_names"] if n] or names
+        if p["command_type"] == "joint_trajectory" and len(self.command_joint_names) != self.action_dim:
+            raise ConfigError(f"joint_trajectory commands need {self.action_dim} joint names "
+                              f"(command_joint_names or joint_names), got {self.command_joint_names}")
+        inference_token = read_secret(p["inference_token_file"], ("RECAP_INFERENCE_TOKEN", "RECAP_ROBOT_TOKEN"),
+                                      "inference token")
+        api_token = read_secret(p["api_token_file"], ("RECAP_API_TOKEN",), "API token") or inference_token
         self.cameras = {n: t for n, t in zip(p["camera_names"], p["camera_topics"]) if n}
         self.cam_shape = (int(p["camera_height"]), int(p["camera_width"]), 3)
         self.arbiter = build_arbiter(self.action_dim, period_s=self.period_ns / 1e9, low=p["action_low"],
@@ -115,14 +227,13 @@ class BridgeNode(Node):
                                      refill_below=int(p["refill_below"]), execute=int(p["execute"]),
                                      hold_mode=p["hold_mode"], hold_keep=tuple(p["hold_keep"]))
         self.state_buf = SampleBuffer()
-        self.image_bufs = {c: SampleBuffer() for c in self.cameras}
         self.human = SampleBuffer()
         self.engaged = False
         self.counters = Counters()
         self.store = EpisodeStore(p["store_root"])
         self.registrations = PendingRegistrations(Path(p["store_root"]).parent / "pending_registrations" / self.robot_id,
-                                                  p["api_url"] or None, p["inference_token"] or None)
-        self.policy = (PolicyClient(p["inference_url"], p["inference_token"], self.arbiter.offer_chunk,
+                                                  p["api_url"] or None, api_token or None)
+        self.policy = (PolicyClient(p["inference_url"], inference_token, self.arbiter.offer_chunk,
                                     action_dim=self.action_dim) if p["inference_url"] else None)
         self.writer = None
         self.demonstrating = False
@@ -133,18 +244,27 @@ class BridgeNode(Node):
         self._lock = threading.Lock()
 
         self.create_subscription(JointState, p["joint_state_topic"], self._on_joint_state, 10)
-        for cam, topic in self.cameras.items():
-            if p["camera_compressed"]:
-                self.create_subscription(CompressedImage, topic, lambda m, c=cam: self._on_compressed(c, m), 4)
-            else:
-                self.create_subscription(Image, topic, lambda m, c=cam: self._on_image(c, m), 4)
-        self.create_subscription(Float64MultiArray, p["teleop_command_topic"], self._on_teleop, 10)
+        # cameras are received and decoded in their own process (robot_bridge/cameras.py): the control
+        # loop only copies the frame it needs out of shared memory, never waiting on them
+        self.camera_proc = None
+        if self.cameras:
+            from robot_bridge.cameras import CameraProcess
+
+            self.camera_proc = CameraProcess([self.resolve_topic_name(t) for t in self.cameras.values()],
+                                             self.cam_shape, bool(p["camera_compressed"]), self.get_namespace())
+        if p["teleop_command_type"] == "joint_state":  # a leader arm: its joints by name
+            self.create_subscription(JointState, p["teleop_command_topic"], self._on_leader, 10)
+        else:
+            self.create_subscription(Float64MultiArray, p["teleop_command_topic"], self._on_teleop, 10)
         self.create_subscription(Bool, p["engage_topic"], self._on_engage, 10)
         if p["command_type"] == "joint_trajectory":
             self.cmd_pub = self.create_publisher(JointTrajectory, p["command_topic"], 10)
         else:
             self.cmd_pub = self.create_publisher(Float64MultiArray, p["command_topic"], 10)
         self.stats_pub = self.create_publisher(String, "~/stats", 10)
+        # absolute, as diagnostic_updater publishes: the aggregator and rqt_robot_monitor listen there
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_mark: dict = {}
         self.create_service(Trigger, "~/start_episode", self._start_episode)
         self.create_service(Trigger, "~/start_demonstration", self._start_demonstration)
         self.create_service(SetBool, "~/end_episode", self._end_episode)
@@ -164,7 +284,7 @@ class BridgeNode(Node):
         # garbage collector from scanning it again and again while it holds the interpreter (profiled
         # at 50 Hz with 3 cameras: a quarter of the executor thread's time was spent in collections)
         gc.freeze()
-        self.get_logger().info(f"bridge for {self.robot_id}: {json.dumps({k: v for k, v in p.items() if 'token' not in k})}")
+        self.get_logger().info(f"bridge for {self.robot_id}: {json.dumps(p)}")
 
     def _check_namespace(self) -> None:
         from robot_bridge.ros import RobotNameError, robot_namespace
@@ -184,9 +304,13 @@ class BridgeNode(Node):
         return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
     def _on_joint_state(self, m: JointState) -> None:
-        pos = np.asarray(m.position, np.float64)
-        if pos.shape != (self.state_dim,) or not np.all(np.isfinite(pos)):
+        self.counters.joint_states += 1
+        pos = self.joints(m.name, m.position)
+        if isinstance(pos, str):
             self.counters.refused["joint_state"] += 1
+            if pos.startswith("missing"):
+                self.counters.missing_joints["joint_state"] += 1
+            self.counters.last_refusal = f"joint_state: {pos}"
             return
         stamp = self._stamp_ns(m.header) or self.get_clock().now().nanoseconds
         self.state_buf.add(stamp, pos.astype(np.float32))
@@ -200,29 +324,20 @@ class BridgeNode(Node):
             except Exception as e:
                 self.get_logger().error(f"tick failed: {e!r}")
 
-    def _on_image(self, cam: str, m: Image) -> None:
-        if m.encoding != "rgb8" or (m.height, m.width, 3) != self.cam_shape or len(m.data) != m.height * m.width * 3:
-            self.counters.refused["image"] += 1
-            return
-        img = np.frombuffer(bytes(m.data), np.uint8).reshape(self.cam_shape)
-        self.image_bufs[cam].add(self._stamp_ns(m.header), img)
-
-    def _on_compressed(self, cam: str, m: CompressedImage) -> None:
-        import simplejpeg
-
-        try:
-            img = simplejpeg.decode_jpeg(bytes(m.data), colorspace="RGB")
-        except Exception:
-            img = None
-        if img is None or img.shape != self.cam_shape:
-            self.counters.refused["image"] += 1
-            return
-        self.image_bufs[cam].add(self._stamp_ns(m.header), img)
-
     def _on_teleop(self, m: Float64MultiArray) -> None:
         a = np.asarray(m.data, np.float64)
         if a.shape != (self.action_dim,) or not np.all(np.isfinite(a)):
             self.counters.refused["teleop"] += 1
+            return
+        self.human.add(self.get_clock().now().nanoseconds, a.astype(np.float32))
+
+    def _on_leader(self, m: JointState) -> None:
+        a = self.leader(m.name, m.position)
+        if isinstance(a, str):
+            self.counters.refused["teleop"] += 1
+            if a.startswith("missing"):
+                self.counters.missing_joints["leader"] += 1
+            self.counters.last_refusal = f"leader: {a}"
             return
         self.human.add(self.get_clock().now().nanoseconds, a.astype(np.float32))
 
@@ -334,6 +449,7 @@ class BridgeNode(Node):
             lateness = now - self.next_tick_ns
             self.next_tick_ns += self.period_ns
             if lateness > self.period_ns:  # fell behind: skip to the next slot rather than burst
+                self.counters.dropped_ticks += lateness // self.period_ns
                 self.next_tick_ns = now + self.period_ns
             try:
                 self._tick(lateness)
@@ -353,14 +469,14 @@ class BridgeNode(Node):
         if t_ns - s.stamp_ns > 2 * self.period_ns:
             c.stale_samples += 1
         images = {}
-        for cam, buf in self.image_bufs.items():
-            im = buf.at(t_ns)
+        for i, cam in enumerate(self.cameras):
+            im = self.camera_proc.ring.at(i, t_ns)
             if im is None:
                 c.no_state_ticks += 1
                 return False
-            if t_ns - im.stamp_ns > 2 * self.period_ns:
+            if t_ns - im[0] > 2 * self.period_ns:
                 c.stale_samples += 1
-            images[cam] = im.value
+            images[cam] = im[1]
         with self._lock:
             writer, tick, demonstrating = self.writer, self.tick_index, self.demonstrating
             if writer is not None:
@@ -392,12 +508,17 @@ class BridgeNode(Node):
         return True
 
     def _publish(self, action: np.ndarray) -> None:
+        if self.command_order is not None:  # the controller's joint order
+            action = action[self.command_order]
         if self.p["command_type"] == "joint_trajectory":
-            msg = JointTrajectory(joint_names=list(self.p["joint_names"]))
+            msg = JointTrajectory(joint_names=list(self.command_joint_names))
             msg.points = [JointTrajectoryPoint(positions=[float(x) for x in action])]
         else:
             msg = Float64MultiArray(data=[float(x) for x in action])
         self.cmd_pub.publish(msg)
+
+    def _refused_images(self) -> int:
+        return sum(self.camera_proc.ring.refused(i) for i in range(len(self.cameras))) if self.camera_proc else 0
 
     def _publish_stats(self) -> None:
         c = self.counters
@@ -407,18 +528,66 @@ class BridgeNode(Node):
                "correction_ticks": c.correction_ticks,
                "demonstration_ticks": c.demonstration_ticks,
                # every command refused on its way to the arm: inputs, policy chunks, teleoperator commands
-               "refused": c.refused | {"policy_chunk": self.arbiter.refused_chunks,
+               "refused": c.refused | {"image": self._refused_images(),"policy_chunk": self.arbiter.refused_chunks,
                                        "command": self.arbiter.refused_commands,
                                        "policy_answer": self.policy.dropped if self.policy else 0},
+               "joint_states": c.joint_states, "missing_joints": c.missing_joints, "last_refusal": c.last_refusal, "dropped_ticks": c.dropped_ticks,
                "lateness_p50_ms": float(np.percentile(lat, 50)), "lateness_p99_ms": float(np.percentile(lat, 99)),
                "episode": self.writer.episode_id if self.writer else None,
                "policy_errors": self.policy.errors if self.policy else 0,
                "pending_registrations": len(self.registrations.pending()),
                "control_scheduling": self.control_scheduling,
+               # every camera has delivered a frame to the camera process (true without cameras)
+               "cameras_ready": all(self.camera_proc.ring.written(i) for i in range(len(self.cameras)))
+               if self.camera_proc else True,
                # is the arm talking to us? (null until its first valid joint state)
                "state_age_ms": (None if self._last_state_mono is None
                                 else round((time.monotonic() - self._last_state_mono) * 1e3, 1))}
         self.stats_pub.publish(String(data=json.dumps(doc)))
+        self._publish_diagnostics()
+
+    def _publish_diagnostics(self) -> None:
+        import shutil
+
+        from robot_bridge.diagnostics import Window, assess
+
+        c, m = self.counters, self._diag_mark
+        cams = {}
+        if self.camera_proc:
+            gone = self.camera_proc.restart_if_gone()
+            if gone:
+                self.get_logger().error(f"{gone}: restarted")
+            cams = {f"frames_{cam}": self.camera_proc.ring.written(i) for i, cam in enumerate(self.cameras)}
+            cams |= {"camera_refused": self._refused_images(), "camera_restarts": self.camera_proc.restarts}
+        now = {**cams, "ticks": c.ticks, "lateness": len(c.lateness_ms), "dropped": c.dropped_ticks,
+               "stale": c.stale_samples, "refused": c.refused["joint_state"], "received": c.joint_states,
+               "late": c.late_ticks, "round_trips": self.policy.round_trip_count if self.policy else 0,
+               "policy_errors": self.policy.errors if self.policy else 0}
+        d = {k: v - m.get(k, 0) for k, v in now.items()}
+        self._diag_mark = now
+        try:
+            free = shutil.disk_usage(self.store.root).free
+        except OSError:
+            free = None
+        w = Window(period_ms=self.period_ns / 1e6, ticks=d["ticks"], lateness_ms=c.lateness_ms[-d["lateness"]:] if d["lateness"] else [],
+                   dropped_ticks=d["dropped"], stale_samples=d["stale"],
+                   state_age_ms=None if self._last_state_mono is None else (time.monotonic() - self._last_state_mono) * 1e3,
+                   joint_states_refused=d["refused"], joint_states_received=d["received"], last_refusal=c.last_refusal,
+                   deadline_holds=d["late"], policy=self.policy is not None, deadline_ms=float(self.p["deadline_ms"]),
+                   round_trips_ms=self.policy.round_trips_ms[-d["round_trips"]:] if self.policy and d["round_trips"] else [],
+                   policy_errors=d["policy_errors"], pending_registrations=len(self.registrations.pending()),
+                   disk_free_bytes=free, control_scheduling=self.control_scheduling,
+                   recording=self.writer.episode_id if self.writer else "",
+                   camera_frames={cam: d[f"frames_{cam}"] for cam in self.cameras},
+                   camera_refused=d.get("camera_refused", 0), camera_restarts=d.get("camera_restarts", 0))
+        prefix = self.get_fully_qualified_name().lstrip("/")
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [DiagnosticStatus(level=bytes([st.level]), name=f"{prefix}: {st.name}", message=st.message,
+                                       hardware_id=self.robot_id,
+                                       values=[KeyValue(key=k, value=str(v)) for k, v in st.values.items()])
+                      for st in assess(w)]
+        self.diag_pub.publish(msg)
 
     def shutdown(self) -> None:
         self._running = False
@@ -426,6 +595,8 @@ class BridgeNode(Node):
             self._control.join(timeout=2)
         if self.policy:
             self.policy.close()
+        if self.camera_proc:
+            self.camera_proc.close()
         self.registrations.close()
 
 

@@ -6,6 +6,7 @@ same way."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +56,27 @@ class CellSpec:
                    "robot_id": self.robot, "state_dim": 39, "action_dim": 4, "store_root": str(Path(self.store).resolve()),
                    "task": self.task, "instruction": task_instruction(self.task), "hold_keep": [3],
                    "control_rate_hz": float(self.rate_hz), "inference_url": self.inference_url,
-                   "inference_token": self.token, "api_url": self.api_url, "execute": self.execute,
+                   **({"inference_token_file": str(self.token_file())} if self.token else {}),
+                   "api_url": self.api_url, "execute": self.execute,
                    "fsync": self.fsync, **sim,
                    **({"camera_names": ["front"], "camera_topics": ["camera/front"], "camera_height": self.image,
                        "camera_width": w} if self.image else {}), **self.extra})}
         if self.teleop:
             out["teleop"] = ("robot_bridge.sim.teleop_node", {"task": self.task, **sim})
         return out
+
+    def token_file(self) -> Path:
+        """Where the robot's token waits for its bridge (a file only the user reads: a ROS parameter
+        would be readable by anyone on the domain); written by `commands()`."""
+        return Path(self.store).resolve().parent / "tokens" / f"{self.robot}.token"
+
+    def _write_token(self) -> None:
+        f = self.token_file()
+        f.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(self.token + "\n")
+        os.chmod(f, 0o600)
 
     @property
     def namespace(self) -> str:
@@ -73,4 +88,6 @@ class CellSpec:
         from robot_bridge.ros import namespace_args
 
         ns = namespace_args(self.namespace)
+        if self.token:
+            self._write_token()
         return {n: [sys.executable, "-m", m, *ros_args(p), *ns] for n, (m, p) in self.nodes().items()}

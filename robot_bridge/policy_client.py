@@ -30,6 +30,8 @@ class PolicyClient:
         self.answers = 0
         self.dropped = 0  # answers refused as malformed, of the wrong shape or not finite
         self.last_error = ""
+        self.round_trips_ms: list[float] = []  # request sent -> answer read, the newest 1000
+        self.round_trip_count = 0
         self._thread = threading.Thread(target=self._run, name="policy-client", daemon=True)
         self._thread.start()
 
@@ -75,10 +77,13 @@ class PolicyClient:
                     return
                 tick, state, images, instruction = self._pending
             try:
+                t0 = time.perf_counter()
                 r = self.http.post(self.url, content=encode_request(state, images, instruction, seed=tick))
                 if r.status_code != 200:
                     raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
                 self.answers += 1
+                self.round_trips_ms = self.round_trips_ms[-999:] + [(time.perf_counter() - t0) * 1e3]
+                self.round_trip_count += 1
                 doc = self.check_answer(r.content)
                 if doc is not None:
                     self.on_chunk(doc["actions"], doc["version"], tick)

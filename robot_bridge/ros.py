@@ -5,11 +5,16 @@ only by sharing a robot id, never by sharing a ROS domain."""
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, ShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+
+
+class ConfigError(ValueError):
+    """A configuration a node refuses to start with (said in one line, without a traceback)."""
 
 
 def spin_node(make: Callable[[], Node], args=None, poll_s: float = 0.2) -> None:
@@ -19,7 +24,12 @@ def spin_node(make: Callable[[], Node], args=None, poll_s: float = 0.2) -> None:
     wake-up of the wait set is lost (seen about 1 in 6 stops of a node publishing from its own
     thread) still ends the process within `poll_s`, instead of never."""
     rclpy.init(args=args)
-    node = make()
+    try:
+        node = make()
+    except ConfigError as e:  # the operator's mistake: one line, no traceback
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        rclpy.shutdown()
+        raise SystemExit(2) from None
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

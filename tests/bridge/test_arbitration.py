@@ -1,6 +1,7 @@
 """Action arbitration and causal alignment, without ROS (the bridge's decisions, tick by tick)."""
 
 import numpy as np
+import pytest
 
 from data.schema import ActionSource
 from robot_bridge.arbitration import ActionArbiter, SampleBuffer
@@ -117,3 +118,47 @@ def test_policy_client_drops_malformed_or_non_finite_answers():
         assert client.dropped == len(bad)
     finally:
         client.close()
+
+
+def test_joint_state_by_name_any_order_extra_ignored_missing_refused():
+    from robot_bridge.arbitration import JointMap
+
+    m = JointMap(["a", "b", "c"], 3)
+    assert np.array_equal(m(["c", "a", "b"], [3, 1, 2]), [1, 2, 3])  # shuffled
+    assert np.array_equal(m(["x", "b", "a", "y", "c"], [9, 2, 1, 8, 3]), [1, 2, 3])  # extra joints
+    assert m(["a", "c"], [1, 3]).startswith("missing joints ['b']") and m.missing == {"b"}  # missing
+    assert m(["a", "b", "c"], [1, float("nan"), 3]) == "non-finite position"
+    assert m(["a", "b", "c"], [1, 2]) == "3 names, 2 positions"
+    assert m(["a", "a", "b", "c"], [1, 1, 2, 3]) == "joint names repeat"
+    assert np.array_equal(JointMap([""], 2)([], [5, 6]), [5, 6]) and JointMap([], 2)([], [5]) == "1 positions, expected 2"
+    # commands in the controller's order
+    assert np.array_equal(np.array([1, 2, 3])[m.order(["c", "a", "b"])], [3, 1, 2]) and m.order([""]) is None
+    with pytest.raises(ValueError, match="are not the joints"):
+        m.order(["a", "b", "d"])
+    with pytest.raises(ValueError, match="2 joint names for 3"):
+        JointMap(["a", "b"], 3)
+
+
+def test_diagnostic_levels_follow_the_documented_thresholds():
+    from robot_bridge.diagnostics import ERROR, OK, WARN, Window, assess
+
+    def levels(**kw):
+        w = Window(period_ms=20.0, ticks=50, lateness_ms=[0.5] * 50, state_age_ms=5.0, joint_states_received=100,
+                   disk_free_bytes=100 << 30)
+        for k, v in kw.items():
+            setattr(w, k, v)
+        return {s.name: s.level for s in assess(w)}
+
+    assert set(levels().values()) == {OK}
+    assert levels(lateness_ms=[6.0] * 50)["control loop"] == WARN and levels(lateness_ms=[25.0] * 50)["control loop"] == ERROR
+    assert levels(dropped_ticks=1)["control loop"] == WARN and levels(dropped_ticks=5)["control loop"] == ERROR
+    assert levels(state_age_ms=None)["joint state"] == ERROR and levels(state_age_ms=60.0)["joint state"] == WARN
+    assert levels(joint_states_refused=3)["joint state"] == WARN and levels(joint_states_refused=100)["joint state"] == ERROR
+    assert levels(stale_samples=10)["joint state"] == WARN and levels(stale_samples=30)["joint state"] == ERROR
+    assert levels(policy=True, deadline_holds=1)["policy"] == WARN and levels(policy=True, deadline_holds=30)["policy"] == ERROR
+    assert levels(policy=True, round_trips_ms=[60.0])["policy"] == WARN and levels(policy=True, round_trips_ms=[150.0])["policy"] == ERROR
+    assert levels(pending_registrations=6)["registration"] == WARN and levels(pending_registrations=101)["registration"] == ERROR
+    assert "cameras" not in levels() and levels(camera_frames={"a": 30, "b": 29})["cameras"] == OK
+    assert levels(camera_frames={"a": 30, "b": 0})["cameras"] == ERROR
+    assert levels(camera_frames={"a": 30}, camera_refused=2)["cameras"] == WARN
+    assert levels(disk_free_bytes=10 << 30)["disk"] == WARN and levels(disk_free_bytes=1 << 30)["disk"] == ERROR

@@ -87,7 +87,7 @@ class Driver:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             age = self.stats[-1].get("state_age_ms") if self.stats else None
-            if age is not None and age < 500 and all(self.node.count_publishers(t) for t in publishers):
+            if age is not None and age < 500 and self.stats[-1].get("cameras_ready", True) and all(self.node.count_publishers(t) for t in publishers):
                 self.spin(0.5)  # the nodes' own discovery of each other lags ours by a little
                 return
             self.spin(0.1)
@@ -193,9 +193,12 @@ def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(
         c.post("/v1/deployments", json={"version": v})
     inf = stack.start_inference()
     store_root = Path(stack.settings.store_root)
+    token_file = tmp_path / "sim-arm-1.token"  # never a ROS parameter: anyone on the domain reads those
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
     params = {"robot_id": "sim-arm-1", "state_dim": 39, "action_dim": 4, "store_root": str(store_root),
               "task": "push-v3", "instruction": "push", "hold_keep": [3], "fsync": False,
-              "inference_url": inf.url, "inference_token": token, "api_url": stack.api.url,
+              "inference_url": inf.url, "inference_token_file": str(token_file), "api_url": stack.api.url,
               "deadline_ms": 150.0, "execute": 4}
     arm = _node("robot_bridge.sim.arm_node", {"task": "push-v3", "rate_hz": 30.0}, tmp_path / "arm.log", ns)
     bridge = _node("robot_bridge.bridge_node", params, tmp_path / "bridge.log", ns)
@@ -394,7 +397,7 @@ def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path):
 
     def feed():
         stamp = d.node.get_clock().now().to_msg()
-        js = JointState(position=[0.1, -0.2, 0.3])
+        js = JointState(name=["j2", "j1", "j3"], position=[-0.2, 0.1, 0.3])  # by name, any order
         js.header.stamp = stamp
         js_pub.publish(js)
         img = CompressedImage(format="jpeg", data=jpeg)
@@ -418,6 +421,6 @@ def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path):
     rec = ep.image("wrist", len(ep) // 2).astype(int)
     assert np.abs(rec - frame).mean() < 6  # the frame as published (JPEG twice)
     assert (ep.action_source == ActionSource.HOLD).all() and np.allclose(ep.action, [0.1, -0.2, 0.3])
-    assert got and got[-1].joint_names == ["j1", "j2", "j3"]
+    assert got and got[-1].joint_names == ["j1", "j2", "j3"]  # joint_names' order (no command_joint_names)
     assert np.allclose(got[-1].points[0].positions, [0.1, -0.2, 0.3])
     assert d.stats[-1]["refused"]["image"] > 20

@@ -125,3 +125,16 @@ def test_two_cells_on_one_domain_stay_apart_and_a_stuck_or_killed_arm_aborts_the
                     p.kill()
     for f in tmp_path.glob("*.log"):
         assert "Traceback" not in f.read_text(), f"{f.name}:\n{f.read_text()[-3000:]}"
+
+
+def test_a_cell_hands_its_bridge_the_token_in_a_file_never_on_the_command_line(tmp_path):
+    from robot_bridge.cell import CellSpec
+
+    cell = CellSpec(robot="sim-arm-7", store=tmp_path / "home" / "store", token="rcp_cell_secret",
+                    inference_url="http://127.0.0.1:8001")
+    cmds = cell.commands()
+    assert not any("rcp_cell_secret" in " ".join(c) for c in cmds.values())
+    bridge = " ".join(cmds["bridge"])
+    f = cell.token_file()
+    assert f'inference_token_file:="{f}"' in bridge and "inference_token:=" not in bridge
+    assert f.read_text().strip() == "rcp_cell_secret" and f.stat().st_mode & 0o777 == 0o600
