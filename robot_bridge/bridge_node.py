@@ -46,6 +46,7 @@ from robot_bridge.arbitration import DEADLINE_S, REFILL_BELOW, SampleBuffer, bui
 from robot_bridge.policy_client import PolicyClient
 from robot_bridge.registration import PendingRegistrations
 from robot_bridge.ros import spin_node
+from robot_bridge.shipper import BacklogProbe, disk_refusal, disk_status
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ PARAMS = {  # name: (default, description)
     "task": ("task", "task id of the next episode"),
     "instruction": ("", "instruction text of the next episode (sent to the policy)"),
     "fsync": (True, "fsync every flush (off only for tests)"),
+    "disk_reserve_mb": (1024.0, "an episode does not start with less free disk than this under store_root (MB)"),
     "realtime_priority": (0, "SCHED_FIFO priority of the control thread (1-99, as ros2_control uses on "
                              "PREEMPT_RT kernels; 0: normal scheduling); without the privilege it runs normally and says so"),
 }
@@ -122,6 +124,7 @@ class BridgeNode(Node):
         self.store = EpisodeStore(p["store_root"])
         self.registrations = PendingRegistrations(Path(p["store_root"]).parent / "pending_registrations" / self.robot_id,
                                                   p["api_url"] or None, p["inference_token"] or None)
+        self.ship_backlog = BacklogProbe(self.store.root)  # what the shipper (`recap bridge ship`) has yet to send
         self.policy = (PolicyClient(p["inference_url"], p["inference_token"], self.arbiter.offer_chunk,
                                     action_dim=self.action_dim) if p["inference_url"] else None)
         self.writer = None
@@ -241,6 +244,11 @@ class BridgeNode(Node):
         with self._lock:
             if self.writer is not None:
                 resp.success, resp.message = False, f"episode {self.writer.episode_id} is running"
+                return resp
+            refusal = disk_refusal(self.store.root, float(self.get_parameter("disk_reserve_mb").value))
+            if refusal:  # refused at the start rather than failing mid-episode on a full disk
+                resp.success, resp.message = False, refusal
+                self.get_logger().warning(refusal)
                 return resp
             self.episode_task = self.get_parameter("task").value
             feats = EpisodeFeatures(self.state_dim, self.action_dim,
@@ -415,6 +423,8 @@ class BridgeNode(Node):
                "policy_errors": self.policy.errors if self.policy else 0,
                "pending_registrations": len(self.registrations.pending()),
                "control_scheduling": self.control_scheduling,
+               **disk_status(self.store.root, float(self.get_parameter("disk_reserve_mb").value)),
+               "ship_backlog": self.ship_backlog(),
                # is the arm talking to us? (null until its first valid joint state)
                "state_age_ms": (None if self._last_state_mono is None
                                 else round((time.monotonic() - self._last_state_mono) * 1e3, 1))}

@@ -125,6 +125,22 @@ class BacklogProbe:
         return self._value
 
 
+def disk_status(store_root: Path, reserve_mb: float) -> dict:
+    """Free space under the store against the reserve an episode may not start below."""
+    free_mb = shutil.disk_usage(store_root).free / (1 << 20)
+    return {"disk_free_mb": round(free_mb, 1), "disk_reserve_mb": reserve_mb, "disk_low": free_mb < reserve_mb}
+
+
+def disk_refusal(store_root: Path, reserve_mb: float) -> str | None:
+    """Why an episode may not start now (the disk is below the reserve), or None."""
+    d = disk_status(store_root, reserve_mb)
+    if not d["disk_low"]:
+        return None
+    return (f"refused: {d['disk_free_mb']:.0f} MB free under {store_root}, below the reserve of {reserve_mb:g} MB "
+            "(disk_reserve_mb); the shipper frees space once the central store confirms episodes past retention "
+            "(`recap bridge ship --status` shows the backlog)")
+
+
 class EpisodeShipper:
     """Ships the committed episodes of one store (module docstring). `transport`: httpx's transport
     (the default, or another, e.g. through a proxy)."""
