@@ -18,7 +18,9 @@ Invariants:
   (sorted names, zero times and owners), so its sha256 is the same after any restart; the central
   side keeps a partial upload per (episode id, that sha256) in an `IngestSpool`. A chunk is kept
   only when its own sha256 matches and it starts where the partial ends; the partial's length is
-  recorded (fsynced) only after the chunk's bytes are durable, so a crash leaves a verified prefix.
+  recorded after the chunk's bytes are written, so a killed process leaves a verified prefix (the
+  bytes are not fsynced per chunk: after a power loss the length may promise bytes the disk lost,
+  and the whole's re-hash at the commit catches that; the partial is then discarded and sent again).
   The whole is re-hashed before its headers are judged like any upload's and the episode adopted;
   the adopted episode records the sha256 it was shipped as (`extra.shipped_sha256`), which makes a
   second ship of the same bytes a no-op and a different episode under the same id a conflict.
@@ -270,10 +272,11 @@ def extract_archive(tar: tarfile.TarFile, plan: ArchivePlan, dest: Path,
 
 
 def adopt_episode(store: EpisodeStore, src: str | Path, *, uploaded_by: str, at_ns: int | None = None,
-                  extra: dict | None = None) -> str:
+                  extra: dict | None = None, move: bool = False) -> str:
     """Copy the committed episode at `src` into `store` and re-commit it there (module invariants);
-    returns its id. `extra`: more attributes to record (a shipped episode's sha256). UploadRefused
-    naming the problem for anything it will not take."""
+    returns its id. `extra`: more attributes to record (a shipped episode's sha256). `move`: `src` is
+    a scratch copy (an extracted upload): renamed instead of copied where it is on the store's file
+    system. UploadRefused naming the problem for anything it will not take."""
     src = Path(src)
     try:
         episode_id = check_episode_id(src.name)
@@ -292,7 +295,14 @@ def adopt_episode(store: EpisodeStore, src: str | Path, *, uploaded_by: str, at_
     final = store.episode_dir(episode_id)
     tmp = final.with_name(f".{episode_id}.{uuid.uuid4().hex[:8]}.adopt")
     try:
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(LOCK, JOURNAL))
+        try:
+            if not move:
+                raise OSError
+            src.rename(tmp)
+            for name in (LOCK, JOURNAL):
+                (tmp / name).unlink(missing_ok=True)
+        except OSError:  # a copy, or another file system
+            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(LOCK, JOURNAL))
         _recommit(tmp, uploaded_by, at_ns, extra or {})
         try:
             tmp.rename(final)
@@ -575,10 +585,8 @@ class IngestSpool:
                 f.truncate(offset)
                 f.seek(offset)
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             state["offset"] = offset + len(data)
-            atomic_write_json(key.with_suffix(key.suffix + ".json"), state)
+            atomic_write_json(key.with_suffix(key.suffix + ".json"), state, fsync=False)
             return IngestState(episode_id, sha256, state["size"], state["offset"])
 
     def commit(self, episode_id: str, sha256: str, *, uploaded_by: str,
@@ -611,7 +619,7 @@ class IngestSpool:
                     shutil.rmtree(d, ignore_errors=True)
                 root = extract_archive(tar, plan, extract)
             try:
-                adopt_episode(self.store, root, uploaded_by=uploaded_by, extra={SHIPPED_SHA256: sha256})
+                adopt_episode(self.store, root, uploaded_by=uploaded_by, extra={SHIPPED_SHA256: sha256}, move=True)
             except UploadRefused:
                 self._drop(key)
                 raise

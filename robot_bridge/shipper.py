@@ -67,6 +67,7 @@ class ShipCounters:
     shipped: int = 0  # episodes the central side confirmed during this run
     already_there: int = 0  # of those, confirmed at once (a second ship)
     bytes_sent: int = 0
+    send_s: float = 0.0  # wall time spent sending chunks (throughput: bytes_sent / send_s)
     chunks_refused: int = 0  # damaged in transit: refused centrally, sent again
     resumed: int = 0  # uploads continued from a central partial copy
     deleted: int = 0  # local copies removed past retention
@@ -237,7 +238,11 @@ class EpisodeShipper:
         else:
             offset = int(state["offset"])
             self.counters.resumed += offset > 0
-            self._send(episode_id, tar, sha, offset)
+            t0 = time.monotonic()
+            try:
+                self._send(episode_id, tar, sha, offset)
+            finally:
+                self.counters.send_s += time.monotonic() - t0
             labels = read_labels(tar.path)
             body = {"outcome": labels[-1]["outcome"]} if labels else {}
             r = self._call("POST", f"/v1/episodes/ingest/{episode_id}/{sha}/commit", json=body,

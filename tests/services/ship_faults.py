@@ -6,6 +6,7 @@ nothing committed on the robot lost, nothing unverified central, no duplicates."
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import threading
@@ -164,15 +165,34 @@ def ship_until_done(shipper: EpisodeShipper, timeout: float = 120.0) -> None:
             time.sleep(0.3)
 
 
+def partial_offsets(stack) -> dict[str, tuple[int, int]]:
+    """The central side's open partial uploads: name -> (bytes held, size)."""
+    out = {}
+    for f in (Path(stack.settings.uploads_dir) / "ingest").glob("*.json"):
+        try:
+            st = json.loads(f.read_text())
+            out[f.name] = (st["offset"], st["size"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
 def kill9_trial(rng: random.Random, robot: RobotSide, stack, name: str, *, rate: float, window: tuple[float, float],
-                chunk: int = 64 << 10) -> float:
-    """One new episode, the shipper started as a process and killed -9 after a random delay; the delay."""
+                chunk: int = 64 << 10) -> dict:
+    """One new episode; the shipper started as a process and, once it is at work, killed -9 after a
+    random delay. Says whether it was killed part-way through an episode it had been sending."""
     robot.record(1)
     p = shipper_process(name, robot, stack.api.url, stack.tokens["robot"], stack.logs, rate=rate, chunk=chunk)
+    deadline = time.monotonic() + 120
+    while "shipper:" not in p.log_text() and p.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)  # its imports take seconds on a loaded machine; a kill before them proves little
+    before = partial_offsets(stack)
     delay = rng.uniform(*window)
     time.sleep(delay)
+    after = partial_offsets(stack)
     p.kill()
-    return delay
+    flowing = any(before.get(k, (0, 0))[0] < held < size for k, (held, size) in after.items())
+    return {"delay_s": round(delay, 2), "mid_transfer": flowing}
 
 
 def api_kill_trial(rng: random.Random, robot: RobotSide, stack, *, rate: float, down_s: float = 0.0) -> EpisodeShipper:
