@@ -212,6 +212,7 @@ def ship(store: Optional[Path] = typer.Option(None, "--store", envvar="RECAP_STO
         raise UserError("shipping needs the central API's URL (--api or RECAP_API_URL) and this robot's token "
                         "(--token or RECAP_ROBOT_TOKEN)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per chunk otherwise
     cfg = ShipperConfig(api_url=api_url, token=token, store_root=store, rate_bytes_s=rate, chunk_bytes=chunk,
                         keep_newest=keep_newest, keep_hours=keep_hours, poll_s=poll)
     typer.echo(f"shipper: {json.dumps({k: str(v) for k, v in vars(cfg).items() if k != 'token'})}", err=True)

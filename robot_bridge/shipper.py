@@ -238,6 +238,7 @@ class EpisodeShipper:
         else:
             offset = int(state["offset"])
             self.counters.resumed += offset > 0
+            log.info("episode %s: sending from byte %d of %d", episode_id, offset, size)
             t0 = time.monotonic()
             try:
                 self._send(episode_id, tar, sha, offset)

@@ -179,13 +179,14 @@ def partial_offsets(stack) -> dict[str, tuple[int, int]]:
 
 def kill9_trial(rng: random.Random, robot: RobotSide, stack, name: str, *, rate: float, window: tuple[float, float],
                 chunk: int = 64 << 10) -> dict:
-    """One new episode; the shipper started as a process and, once it is at work, killed -9 after a
-    random delay. Says whether it was killed part-way through an episode it had been sending."""
+    """One new episode; the shipper started as a process and, once it sends an episode, killed -9
+    after a random delay (mid-chunk, between chunks, committing, deleting past retention, hashing the
+    next). Says whether it was killed part-way through an episode it had been sending."""
     robot.record(1)
     p = shipper_process(name, robot, stack.api.url, stack.tokens["robot"], stack.logs, rate=rate, chunk=chunk)
     deadline = time.monotonic() + 120
-    while "shipper:" not in p.log_text() and p.alive() and time.monotonic() < deadline:
-        time.sleep(0.05)  # its imports take seconds on a loaded machine; a kill before them proves little
+    while "sending from byte" not in p.log_text() and p.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)  # its imports take seconds on a loaded machine; a kill before it works proves little
     before = partial_offsets(stack)
     delay = rng.uniform(*window)
     time.sleep(delay)
