@@ -68,6 +68,13 @@ class Census:
 
 
 def census(robot: RobotSide, central_root: Path, api: str, admin_token: str) -> Census:
+    """Read in the order the product writes, so an episode moving on meanwhile is never miscounted: the
+    catalog (indexed after the store holds the episode), the robot (a copy goes only after the central
+    store holds it), then the central store."""
+    r = httpx.get(f"{api}/v1/episodes", params={"robot": ROBOT, "limit": 100_000},
+                  headers={"Authorization": f"Bearer {admin_token}"}, timeout=60)
+    r.raise_for_status()
+    catalog = [e["id"] for e in r.json()]
     local_store, central_store = EpisodeStore(robot.root), EpisodeStore(central_root)
     local = {e for e in local_store.episode_ids() if verify_episode(local_store.episode_dir(e)) is None}
     central, unverified = set(), []
@@ -77,10 +84,6 @@ def census(robot: RobotSide, central_root: Path, api: str, admin_token: str) -> 
             central.add(eid)
         else:
             unverified.append(eid)
-    r = httpx.get(f"{api}/v1/episodes", params={"robot": ROBOT, "limit": 100_000},
-                  headers={"Authorization": f"Bearer {admin_token}"}, timeout=60)
-    r.raise_for_status()
-    catalog = [e["id"] for e in r.json()]
     unverified += [e for e in catalog if e not in central and e not in unverified]
     duplicates = [e for e, n in Counter(catalog).items() if n > 1] + [e for e in central if e not in robot.expected]
     lost = [e for e in robot.expected if e not in local and e not in central]
