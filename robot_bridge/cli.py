@@ -202,8 +202,11 @@ def ship(store: Optional[Path] = typer.Option(None, "--store", envvar="RECAP_STO
     import json
     import logging
 
+    from data.cli_errors import user_errors
+    from data.store import StoreError
     from robot_bridge.shipper import EpisodeShipper, ShipDeferred, ShipperConfig, backlog
 
+    user_errors(StoreError)  # e.g. --store names no episode store
     store = store or default_store()
     if status:
         typer.echo(json.dumps(backlog(store)))
@@ -215,8 +218,8 @@ def ship(store: Optional[Path] = typer.Option(None, "--store", envvar="RECAP_STO
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per chunk otherwise
     cfg = ShipperConfig(api_url=api_url, token=token, store_root=store, rate_bytes_s=rate, chunk_bytes=chunk,
                         keep_newest=keep_newest, keep_hours=keep_hours, poll_s=poll)
-    typer.echo(f"shipper: {json.dumps({k: str(v) for k, v in vars(cfg).items() if k != 'token'})}", err=True)
     shipper = EpisodeShipper(cfg)
+    typer.echo(f"shipper: {json.dumps({k: str(v) for k, v in vars(cfg).items() if k != 'token'})}", err=True)
     if once:
         try:
             shipper.run_once()

@@ -89,7 +89,7 @@ def _ledger(store_root: Path, episode_id: str) -> dict:
 def backlog(store_root: Path) -> dict:
     """What waits to be shipped: committed episodes the central side has not confirmed, and their
     bytes (from their manifests), plus those refused (kept locally; the ledger says why)."""
-    store = EpisodeStore(store_root)
+    store = EpisodeStore(store_root, create=False)
     n = size = refused = 0
     oldest = None
     for eid in store.episode_ids():
@@ -148,7 +148,7 @@ class EpisodeShipper:
 
     def __init__(self, cfg: ShipperConfig, transport: httpx.BaseTransport | None = None):
         self.cfg = cfg
-        self.store = EpisodeStore(cfg.store_root)
+        self.store = EpisodeStore(cfg.store_root, create=False)  # a mistyped path is an error, not a new store
         self.ledger = ledger_dir(self.store.root)
         self.ledger.mkdir(exist_ok=True)
         self.counters = ShipCounters()
