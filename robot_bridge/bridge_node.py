@@ -53,6 +53,7 @@ from robot_bridge.arbitration import DEADLINE_S, REFILL_BELOW, JointMap, SampleB
 from robot_bridge.policy_client import PolicyClient
 from robot_bridge.registration import PendingRegistrations
 from robot_bridge.ros import ConfigError, spin_node
+from robot_bridge.shipper import BacklogProbe, disk_refusal, disk_status
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ PARAMS = {
     "instruction": Param("", "instruction text of the next episode, sent to the policy (may change between episodes)",
                          read_only=False),
     "fsync": Param(True, "fsync every flush (off only for tests)"),
+    "disk_reserve_mb": Param(1024.0, "an episode does not start with less free disk than this under store_root (MB)",
+                             read_only=False, range=(0.0, 1e12)),
     "realtime_priority": Param(0, "SCHED_FIFO priority of the control thread (1-99, as ros2_control uses on "
                                   "PREEMPT_RT kernels; 0: normal scheduling); without the privilege it runs normally "
                                   "and says so", range=(0, 99)),
@@ -233,6 +236,7 @@ class BridgeNode(Node):
         self.store = EpisodeStore(p["store_root"])
         self.registrations = PendingRegistrations(Path(p["store_root"]).parent / "pending_registrations" / self.robot_id,
                                                   p["api_url"] or None, api_token or None)
+        self.ship_backlog = BacklogProbe(self.store.root)  # what the shipper (`recap bridge ship`) has yet to send
         self.policy = (PolicyClient(p["inference_url"], inference_token, self.arbiter.offer_chunk,
                                     action_dim=self.action_dim) if p["inference_url"] else None)
         self.writer = None
@@ -356,6 +360,11 @@ class BridgeNode(Node):
         with self._lock:
             if self.writer is not None:
                 resp.success, resp.message = False, f"episode {self.writer.episode_id} is running"
+                return resp
+            refusal = disk_refusal(self.store.root, float(self.get_parameter("disk_reserve_mb").value))
+            if refusal:  # refused at the start rather than failing mid-episode on a full disk
+                resp.success, resp.message = False, refusal
+                self.get_logger().warning(refusal)
                 return resp
             self.episode_task = self.get_parameter("task").value
             feats = EpisodeFeatures(self.state_dim, self.action_dim,
@@ -537,6 +546,8 @@ class BridgeNode(Node):
                "policy_errors": self.policy.errors if self.policy else 0,
                "pending_registrations": len(self.registrations.pending()),
                "control_scheduling": self.control_scheduling,
+               **disk_status(self.store.root, float(self.get_parameter("disk_reserve_mb").value)),
+               "ship_backlog": self.ship_backlog(),
                # every camera has delivered a frame to the camera process (true without cameras)
                "cameras_ready": all(self.camera_proc.ring.written(i) for i in range(len(self.cameras)))
                if self.camera_proc else True,
@@ -576,7 +587,9 @@ class BridgeNode(Node):
                    deadline_holds=d["late"], policy=self.policy is not None, deadline_ms=float(self.p["deadline_ms"]),
                    round_trips_ms=self.policy.round_trips_ms[-d["round_trips"]:] if self.policy and d["round_trips"] else [],
                    policy_errors=d["policy_errors"], pending_registrations=len(self.registrations.pending()),
-                   disk_free_bytes=free, control_scheduling=self.control_scheduling,
+                   disk_free_bytes=free, disk_reserve_bytes=int(float(self.get_parameter("disk_reserve_mb").value) * (1 << 20)),
+                   ship_backlog=self.ship_backlog() if self.ship_backlog.shipping() else None,
+                   control_scheduling=self.control_scheduling,
                    recording=self.writer.episode_id if self.writer else "",
                    camera_frames={cam: d[f"frames_{cam}"] for cam in self.cameras},
                    camera_refused=d.get("camera_refused", 0), camera_restarts=d.get("camera_restarts", 0))

@@ -184,6 +184,61 @@ def end(success: bool = typer.Option(..., "--success/--failure", help="The episo
     raise typer.Exit(0 if r.success else 1)
 
 
+@app.command()
+def ship(store: Optional[Path] = typer.Option(None, "--store", envvar="RECAP_STORE", show_default=False,
+                                              help="The robot's episode store [default: $RECAP_HOME/store]."),
+         api_url: str = typer.Option("", "--api", envvar="RECAP_API_URL", callback=_url, help="Central API URL."),
+         token: str = typer.Option("", envvar="RECAP_ROBOT_TOKEN", help="This robot's token (role robot)."),
+         rate: float = typer.Option(0.0, min=0.0, help="Bandwidth cap in bytes/s (0: unlimited)."),
+         chunk: int = typer.Option(4 << 20, "--chunk-bytes", min=4096, max=16 << 20, help="Bytes per chunk."),
+         keep_newest: int = typer.Option(20, min=0, help="Retention: always keep this many newest episodes here."),
+         keep_hours: float = typer.Option(24.0, min=0.0, help="Retention: keep episodes younger than this here."),
+         poll: float = typer.Option(5.0, min=0.1, help="Seconds between looks for newly committed episodes."),
+         once: bool = typer.Option(False, help="Ship what is pending, apply retention and exit (1: some left)."),
+         status: bool = typer.Option(False, help="Print the backlog (episodes, bytes pending) and exit.")):
+    """Ship this robot's committed episodes to the central store, in the background, until stopped:
+    resumable, sha256-verified, idempotent, paced to --rate; local copies go only once confirmed and
+    past retention."""
+    import json
+    import logging
+
+    from data.cli_errors import user_errors
+    from data.store import StoreError
+    from robot_bridge.shipper import EpisodeShipper, ShipDeferred, ShipperConfig, backlog
+
+    user_errors(StoreError)  # e.g. --store names no episode store
+    store = store or default_store()
+    if status:
+        typer.echo(json.dumps(backlog(store)))
+        return
+    if not api_url or not token:
+        raise UserError("shipping needs the central API's URL (--api or RECAP_API_URL) and this robot's token "
+                        "(--token or RECAP_ROBOT_TOKEN)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per chunk otherwise
+    cfg = ShipperConfig(api_url=api_url, token=token, store_root=store, rate_bytes_s=rate, chunk_bytes=chunk,
+                        keep_newest=keep_newest, keep_hours=keep_hours, poll_s=poll)
+    shipper = EpisodeShipper(cfg)
+    typer.echo(f"shipper: {json.dumps({k: str(v) for k, v in vars(cfg).items() if k != 'token'})}", err=True)
+    if once:
+        try:
+            shipper.run_once()
+        except ShipDeferred as e:
+            raise UserError(f"shipping deferred: {e}") from None
+        finally:
+            shipper.stop()
+        left = backlog(store)
+        typer.echo(json.dumps(left))
+        raise typer.Exit(1 if left["episodes"] else 0)
+    signal.signal(signal.SIGTERM, lambda *_: shipper._stop.set())
+    try:
+        shipper.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shipper.stop()
+
+
 if __name__ == "__main__":
     from data import cli_errors
     from data.cli_root import click_command

@@ -15,7 +15,8 @@ Thresholds (per one-second window; `period` is the control period, 20 ms at 50 H
 | policy        | inference round trip p99                | > deadline / 2       | > deadline              |
 | cameras       | frames per camera (camera process)      | refused frames, or a restart of the camera process | a camera without a frame |
 | registration  | episodes waiting to be registered       | > 5                  | > 100                   |
-| disk          | free space under the episode store      | < 20 GiB             | < 5 GiB                 |
+| disk          | free space under the episode store      | < 20 GiB             | < 5 GiB, or below `disk_reserve_mb` (episodes are refused) |
+| shipping      | episodes not yet confirmed centrally (where a shipper runs) | > 20, or any refused | > 500         |
 
 The worst level of a status's values is its level; its message names what set it."""
 
@@ -34,6 +35,7 @@ THRESHOLDS = {
     "round_trip_deadlines": (0.5, 1.0),
     "pending_registrations": (5, 100),
     "disk_free_gib": (20.0, 5.0),
+    "ship_backlog_episodes": (20, 500),
 }
 STATE_AGE_ERROR_MS = 500.0
 
@@ -56,6 +58,8 @@ class Window:
     policy_errors: int = 0
     pending_registrations: int = 0
     disk_free_bytes: int | None = None
+    disk_reserve_bytes: int = 0  # below it the bridge refuses to start an episode
+    ship_backlog: dict | None = None  # robot_bridge.shipper.backlog(), where a shipper runs
     control_scheduling: str = "normal"
     recording: str = ""  # the running episode, if any
     camera_frames: dict = field(default_factory=dict)  # camera -> frames received in the window
@@ -151,6 +155,23 @@ def assess(w: Window) -> list[Status]:
         gib = w.disk_free_bytes / GIB
         warn, error = t["disk_free_gib"]
         level = _level(gib, warn, error, above=False)
-        out.append(Status("disk", level, "ok" if level == OK else f"{gib:.1f} GiB free under the episode store",
-                          {"free_gib": round(gib, 2)}))
+        refusing = w.disk_free_bytes < w.disk_reserve_bytes
+        level = ERROR if refusing else level
+        msg = ("episodes refused: free space below the reserve" if refusing else
+               "ok" if level == OK else f"{gib:.1f} GiB free under the episode store")
+        out.append(Status("disk", level, msg, {"free_gib": round(gib, 2),
+                                               "reserve_gib": round(w.disk_reserve_bytes / GIB, 2)}))
+    # shipping backlog
+    if w.ship_backlog is not None:
+        b = w.ship_backlog
+        if "error" in b:
+            out.append(Status("shipping", ERROR, f"backlog unreadable: {b['error']}", {}))
+        else:
+            level = max(_level(b["episodes"], *t["ship_backlog_episodes"]), WARN if b["refused"] else OK)
+            waiting = f"{b['episodes']} episodes wait to be shipped"
+            refused = f"{b['refused']} episodes refused by the central store"
+            msg = "ok" if level == OK else "; ".join(m for m, on in (
+                (waiting, b["episodes"] > t["ship_backlog_episodes"][0]), (refused, b["refused"])) if on)
+            out.append(Status("shipping", level, msg, {"episodes": b["episodes"], "bytes": b["bytes"],
+                                                       "refused": b["refused"], "oldest": b["oldest"] or ""}))
     return out

@@ -28,6 +28,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "episodes.label": frozenset({Role.TELEOPERATOR, Role.OPERATOR}),
     "episodes.upload": frozenset({Role.TELEOPERATOR}),
     "episodes.register": frozenset({Role.ROBOT, Role.TELEOPERATOR}),
+    "episodes.ship": frozenset({Role.ROBOT}),  # a robot sends its own committed episodes (robot_bridge/shipper.py)
     "runs.start": frozenset({Role.RESEARCHER}),
     "runs.cancel": frozenset({Role.RESEARCHER}),
     "versions.register": frozenset({Role.RESEARCHER}),

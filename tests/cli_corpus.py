@@ -107,6 +107,9 @@ CORPUS: list[Invocation] = [
     bad("inference URL that is not a URL", "bridge", "up", "--inference-url", "not-a-url"),
     bad("end without an outcome", "bridge", "end"),
     bad("no bridge answering", "bridge", "start", "--wait", "0.5"),
+    bad("shipping from a store that does not exist", "bridge", "ship", "--store", "{missing}", *API, "--token", "x"),
+    bad("shipping without the API's URL", "bridge", "ship", "--store", "{store}", "--token", "x"),
+    bad("shipping at a negative rate", "bridge", "ship", "--store", "{store}", *API, "--token", "x", "--rate", "-1"),
     # demo
     bad("no robots", "demo", "--robots", "0", "--out", "{work}/demo"),
     bad("unknown demo task", "demo", "--tasks", "nope-v3", "--out", "{work}/demo"),

@@ -85,7 +85,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
 
     app.add_middleware(Gate, authenticate=lambda token: authenticate(c, token), audit=lambda e: _record(c, e),
-                       default_limit=JSON_BODY_LIMIT, body_limits={"/v1/episodes/upload": episodes.MAX_UPLOAD_BYTES},
+                       default_limit=JSON_BODY_LIMIT, body_limits={"/v1/episodes/upload": episodes.MAX_UPLOAD_BYTES,
+                                                            "/v1/episodes/ingest/": episodes.MAX_CHUNK_BYTES},
                        public=PUBLIC, public_prefixes=PUBLIC_PREFIXES, docs=frozenset({"/docs"}))
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactTokens) for f in access.filters):

@@ -3,7 +3,7 @@
 Invariants:
 - A request to a non-public path is authenticated (bearer token header -> known, non-revoked token)
   before a byte of its body is read; the principal rides in `scope["state"]` for the routes.
-- A body is limited by path (`body_limits`, else `default_limit`): a declared Content-Length over the
+- A body is limited by path (`body_limits`, exact paths or prefixes ending in '/', else `default_limit`): a declared Content-Length over the
   limit is refused (413) before the app runs; a streamed body is counted as it is read, and the read
   that crosses the limit raises a 413 into the route, so no more than the limit is ever buffered.
 - Every mutating request is audited whatever its outcome (refused before routing, 4xx, 413, 500),
@@ -90,7 +90,7 @@ class Gate:
                 if refusal is not None:
                     await _json(answer, *refusal)
                     return
-            limit = self.body_limits.get(path, self.default_limit)
+            limit = self._limit(path)
             declared = headers.get("content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
                 await _json(answer, 413 if declared.isdigit() else 400,
@@ -104,6 +104,12 @@ class Gate:
             log.exception("internal error (ref %s) on %s %s", rid, method, path)
             if not answered:
                 await _json(answer, 500, {"detail": f"internal error (ref {rid})"})
+
+    def _limit(self, path: str) -> int:
+        if path in self.body_limits:
+            return self.body_limits[path]
+        return next((v for k, v in self.body_limits.items() if k.endswith("/") and path.startswith(k)),
+                    self.default_limit)
 
     def _is_public(self, path: str) -> bool:
         return path in self.public or path.startswith(self.public_prefixes)

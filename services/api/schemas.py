@@ -96,6 +96,31 @@ class EpisodeRegister(Strict):
     episode_id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
+Sha256 = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
+
+
+class IngestOpen(Strict):
+    """A robot starts (or resumes) shipping one committed episode (robot_bridge/shipper.py)."""
+
+    episode_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    sha256: Sha256 = Field(description="sha256 of the episode as a tar (data.transfer.EpisodeTar).")
+    size: int = Field(ge=1, le=2**63 - 1, description="Bytes of that tar.")
+
+
+class IngestCommit(Strict):
+    outcome: Literal["success", "failure", "unknown"] | None = Field(
+        None, description="The robot's newest outcome label made after the episode's commit, if any.")
+
+
+class IngestOut(BaseModel):
+    episode_id: str
+    sha256: str
+    size: int
+    offset: int = Field(description="Bytes the central side holds verified: send the next chunk from here.")
+    status: Literal["receiving", "done"] = Field(description="done: the episode is in the store and the catalog, "
+                                                             "verified.")
+
+
 class UploadForm(Strict):
     """The text fields of an upload's form (the archive is the `file` part)."""
 

@@ -162,3 +162,7 @@ def test_diagnostic_levels_follow_the_documented_thresholds():
     assert levels(camera_frames={"a": 30, "b": 0})["cameras"] == ERROR
     assert levels(camera_frames={"a": 30}, camera_refused=2)["cameras"] == WARN
     assert levels(disk_free_bytes=10 << 30)["disk"] == WARN and levels(disk_free_bytes=1 << 30)["disk"] == ERROR
+    assert levels(disk_free_bytes=30 << 30, disk_reserve_bytes=40 << 30)["disk"] == ERROR  # below the reserve: refusing
+    assert "shipping" not in levels()  # no shipper on this robot
+    ship = lambda **b: levels(ship_backlog={"episodes": 0, "bytes": 0, "refused": 0, "oldest": None} | b)["shipping"]
+    assert ship() == OK and ship(episodes=21) == WARN and ship(refused=1) == WARN and ship(episodes=501) == ERROR

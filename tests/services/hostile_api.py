@@ -125,6 +125,8 @@ ROUTES = [
     ("POST", "/v1/robots/robot-0/heartbeat", {"version": "v1"}),
     ("POST", "/v1/episodes/register", {"episode_id": "nope"}),
     ("POST", "/v1/episodes/nope/label", {"outcome": "failure"}),
+    ("POST", "/v1/episodes/ingest", {"episode_id": "20260101T000000-robot-0-abcdef", "sha256": "0" * 64, "size": 100}),
+    ("POST", f"/v1/episodes/ingest/20260101T000000-robot-0-abcdef/{'0' * 64}/commit", {"outcome": "success"}),
     ("POST", "/v1/runs", {"method": "bc", "selection": {"since_ns": 0},
                           "recipe": {"value": {"steps": 1}, "task_max_len": {"t": 5}}, "seed": 1}),
     ("POST", "/v1/versions", {"artifact_dir": "/nonexistent", "parent_version": None}),

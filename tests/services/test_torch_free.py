@@ -78,7 +78,8 @@ def test_the_api_process_serves_artifacts_runs_and_deploys_without_torch(stack, 
 def test_api_bridge_and_worker_modules_import_no_torch(tmp_path):
     code = ("import importlib, sys\n"
             "for name in ('services.api.app', 'services.registry', 'services.worker', 'services.cli', 'training.recipe',\n"
-            "             'robot_bridge.bridge_node', 'robot_bridge.policy_client', 'robot_bridge.station'):\n"
+            "             'robot_bridge.bridge_node', 'robot_bridge.policy_client', 'robot_bridge.station',\n"
+            "             'robot_bridge.shipper', 'robot_bridge.cli'):\n"
             "    module = importlib.import_module(name)\n"
             "    if name == 'services.api.app':\n"
             "        module.create_app()\n"

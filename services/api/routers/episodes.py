@@ -4,7 +4,13 @@ Zarr episode or of a LeRobot v3 dataset), and camera frames for playback.
 
 Uploads: the body is streamed to disk (never whole in memory) and refused past MAX_UPLOAD_BYTES;
 the archive's headers are judged before anything is extracted (data/transfer.py), with a 4xx naming
-the reason; then an import job on the worker extracts, verifies and adopts it (202 + status URL)."""
+the reason; then an import job on the worker extracts, verifies and adopts it (202 + status URL).
+
+Shipping (a robot's own committed episodes, robot_bridge/shipper.py): `POST /ingest` opens or resumes
+a partial upload keyed by episode id and the sha256 of the episode's tar and says where it ends;
+`PUT /ingest/<id>/<sha256>?offset=N` appends one chunk whose sha256 is in `X-Chunk-Sha256`;
+`POST /ingest/<id>/<sha256>/commit` verifies the whole and adopts and indexes it in the request.
+Every step is idempotent (data/transfer.py, IngestSpool); a robot token ships only its robot's episodes."""
 
 from __future__ import annotations
 
@@ -13,10 +19,11 @@ import uuid
 from pathlib import Path
 
 import simplejpeg
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi import Path as Path_
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from rq import Queue
@@ -24,12 +31,18 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from data.catalog.catalog import EpisodeRecord
-from data.store import EpisodeNotFound, StoreError
+from data.store import EPISODE_ID_RE, EpisodeNotFound, StoreError
 from data.transfer import (
     ArchiveMalformed,
     ArchivePlan,
     ArchiveTooLarge,
+    ChunkRefused,
     EpisodeExists,
+    EpisodeRefused,
+    IngestBusy,
+    IngestSpool,
+    IngestState,
+    OffsetMismatch,
     UploadRefused,
     ensure_new,
     inspect_archive,
@@ -37,13 +50,25 @@ from data.transfer import (
 )
 from services import worker
 from services.api.context import AppContext, ctx, principal, require
-from services.api.schemas import EpisodeOut, EpisodeRegister, LabelIn, Text, UploadForm, UploadJobOut
-from services.auth import Principal
+from services.api.schemas import (
+    EpisodeOut,
+    EpisodeRegister,
+    IngestCommit,
+    IngestOpen,
+    IngestOut,
+    LabelIn,
+    Sha256,
+    Text,
+    UploadForm,
+    UploadJobOut,
+)
+from services.auth import Principal, Role
 from services.worker import import_queue_name
 
 router = APIRouter(prefix="/v1/episodes", tags=["episodes"])
 
 MAX_UPLOAD_BYTES = 4 << 30
+MAX_CHUNK_BYTES = IngestSpool.MAX_CHUNK_BYTES
 
 
 def _out(r: EpisodeRecord, cameras: list[str] | None = None) -> dict:
@@ -174,11 +199,13 @@ async def _receive_upload(request: Request, dest: Path) -> dict[str, str]:
     return form.fields
 
 
-_REFUSAL_STATUS = {ArchiveMalformed: 400, ArchiveTooLarge: 413, EpisodeExists: 409}
+_REFUSAL_STATUS = {ArchiveMalformed: 400, ArchiveTooLarge: 413, EpisodeExists: 409, OffsetMismatch: 409,
+                   IngestBusy: 409, ChunkRefused: 422}
 
 
 def _refusal(e: UploadRefused) -> HTTPException:
-    return HTTPException(next((v for k, v in _REFUSAL_STATUS.items() if isinstance(e, k)), 422), str(e))
+    headers = {"X-Upload-Offset": str(e.offset)} if isinstance(e, OffsetMismatch) else None
+    return HTTPException(next((v for k, v in _REFUSAL_STATUS.items() if isinstance(e, k)), 422), str(e), headers)
 
 
 def _inspect(c: AppContext, archive: Path) -> ArchivePlan:
@@ -249,6 +276,57 @@ def upload_status(job_id: str = Path_(pattern=r"^upload-[0-9a-f]{16}$"), _: Prin
     except NoSuchJobError:
         raise HTTPException(404, f"no upload {job_id!r} (finished imports are kept 7 days)") from None
     return _job_out(job)
+
+
+# -- shipping ------------------------------------------------------------------------------------
+
+def _spool(c: AppContext, p: Principal, episode_id: str) -> IngestSpool:
+    if not EPISODE_ID_RE.match(episode_id):
+        raise HTTPException(422, f"{episode_id[:140]!r} is not an episode id (<yyyymmdd>T<hhmmss>-<robot>-<6 hex>)")
+    if p.role == Role.ROBOT and episode_id[16:-7] != p.robot_id:
+        raise HTTPException(403, f"robot {p.robot_id} may ship only its own episodes, not {episode_id}")
+    return IngestSpool(Path(c.settings.uploads_dir) / "ingest", c.store, c.catalog)
+
+
+def _ingest(step, *args, **kw) -> IngestState:
+    try:
+        return step(*args, **kw)
+    except UploadRefused as e:
+        raise _refusal(e) from None
+
+
+@router.post("/ingest", response_model=IngestOut, summary="Open or resume shipping a robot's committed episode",
+             description="Answers where the central side's verified partial copy ends (`offset`), or `status: done` "
+                         "when the episode is in the store and the catalog already (a second ship is a no-op).")
+def ingest_open(body: IngestOpen, p: Principal = Depends(require("episodes.ship")), c: AppContext = Depends(ctx)):
+    spool = _spool(c, p, body.episode_id)
+    return _ingest(spool.open, body.episode_id, body.sha256, body.size).__dict__
+
+
+@router.put("/ingest/{episode_id}/{sha256}", response_model=IngestOut, summary="One chunk of a shipped episode",
+            description=f"The raw bytes (at most {MAX_CHUNK_BYTES}) from `offset`; `X-Chunk-Sha256`: their sha256. "
+                        "A chunk that does not start where the copy ends: 409 with `X-Upload-Offset`; one whose "
+                        "sha256 differs: 422, nothing kept.",
+            openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}}})
+async def ingest_chunk(request: Request, episode_id: str, sha256: Sha256, offset: int = Query(ge=0, le=2**63 - 1),
+                       chunk_sha256: Sha256 = Header(alias="X-Chunk-Sha256"),
+                       p: Principal = Depends(require("episodes.ship")), c: AppContext = Depends(ctx)):
+    spool = _spool(c, p, episode_id)
+    try:
+        data = await request.body()
+    except ClientDisconnect:  # the robot went away mid-chunk (killed, link down): nothing to keep
+        raise HTTPException(400, "the chunk was not received whole") from None
+    return (await run_in_threadpool(_ingest, spool.append, episode_id, sha256, offset, data, chunk_sha256)).__dict__
+
+
+@router.post("/ingest/{episode_id}/{sha256}/commit", response_model=IngestOut,
+             summary="Verify a fully sent episode, adopt it into the store and index it (idempotent)")
+def ingest_commit(episode_id: str, sha256: Sha256, body: IngestCommit | None = None,
+                  p: Principal = Depends(require("episodes.ship")), c: AppContext = Depends(ctx)):
+    spool = _spool(c, p, episode_id)
+    return _ingest(spool.commit, episode_id, sha256, uploaded_by=p.name,
+                   outcome=body.outcome if body else None).__dict__
 
 
 @router.get("/{episode_id}", response_model=EpisodeOut)
