@@ -30,6 +30,7 @@ from pathlib import Path
 import zarr
 from zarr.storage import LocalStore
 
+from data.video import video_section_problem
 from data.files import PARTIAL_SUFFIX, FileLock, fsync_dir, sha256_file
 from data.schema import IMAGES, EpisodeInfo, EpisodeStatus, check_id
 from data.store import (
@@ -89,7 +90,7 @@ def manifest_problem(manifest: object) -> str | None:
         return "manifest 'num_ticks' is not a count"
     if not isinstance(manifest.get("episode_id"), str):
         return "manifest 'episode_id' is not a string"
-    return None
+    return video_section_problem(manifest)
 
 
 def verify_episode(path: Path) -> str | None:
