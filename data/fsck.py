@@ -12,7 +12,12 @@ What it does, per episode directory:
 - in flight and unlocked (its writer died): with `--repair`, truncate every array to the journal's
   flushed tick count, verify those ticks decode, and commit it as `incomplete`; an episode with no
   flushed tick is moved to quarantine;
-- leftover temporary files (`*.partial`) of dead writers are removed with `--repair`.
+- leftover temporary files (`*.partial`) of dead writers are removed with `--repair`;
+- committed, with what an interrupted transcode left (data/video.py): a half-written video, a
+  verified video the manifest does not list yet, JPEG files of a camera the manifest lists as video
+  only: reported under `transcode`; `--repair` deletes them (the manifest's tiers are whole, so the
+  episode reads the same; the next transcode pass redoes the work). An episode locked by a live
+  transcoder is left alone (`transcoding`).
 The catalog is then checked against the store (see catalog.reconcile). One `--repair` pass
 reaches a state in which a second pass finds nothing.
 """
@@ -30,7 +35,7 @@ from pathlib import Path
 import zarr
 from zarr.storage import LocalStore
 
-from data.video import video_section_problem
+from data.video import delete_unlisted_jpeg, interrupted_videos, unlisted_jpeg, video_section_problem
 from data.files import PARTIAL_SUFFIX, FileLock, fsync_dir, sha256_file
 from data.schema import IMAGES, EpisodeInfo, EpisodeStatus, check_id
 from data.store import (
@@ -57,12 +62,14 @@ class FsckReport:
     recovered: dict[str, int] = field(default_factory=dict)  # episode -> ticks kept
     quarantined: list[str] = field(default_factory=list)
     stray: dict[str, list[str]] = field(default_factory=dict)  # episode -> files the store did not write
+    transcode: dict[str, str] = field(default_factory=dict)  # episode -> interrupted transcode left behind
+    transcoding: list[str] = field(default_factory=list)  # committed, locked by a live transcoder
     partial_files_removed: int = 0
     actions: list[str] = field(default_factory=list)  # what --repair did, in words
 
     @property
     def clean(self) -> bool:
-        return not self.corrupt and not self.crashed and not self.stray
+        return not self.corrupt and not self.crashed and not self.stray and not self.transcode
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"clean": self.clean}
@@ -128,6 +135,8 @@ def stray_files(path: Path) -> list[str]:
     business). Relative paths, sorted."""
     manifest = json.loads((path / MANIFEST).read_text())
     listed, committed_at = set(manifest["files"]), manifest.get("committed_at_ns")
+    transitional = set(interrupted_videos(path, manifest))  # fsck's transcode states, not strays
+    jpeg_left = tuple(f"{IMAGES}/{c}/" for c in unlisted_jpeg(path, manifest))
     committed_at = committed_at if type(committed_at) is int else None
     out = []
     for f in sorted(path.rglob("*")):
@@ -135,6 +144,8 @@ def stray_files(path: Path) -> list[str]:
         if f.is_dir() and not f.is_symlink():
             continue
         if key in listed and not f.is_symlink() or key in UNCHECKSUMMED or f.name.endswith(PARTIAL_SUFFIX):
+            continue
+        if not f.is_symlink() and (key in transitional or key.startswith(jpeg_left)):
             continue
         if key.startswith(f"{LABELS}/") and key.count("/") == 1 and label_file_problem(f, committed_at) is None:
             continue
@@ -160,6 +171,54 @@ def _quarantine_strays(store: EpisodeStore, path: Path, keys: list[str]) -> Path
     for d in sorted({(path / k).parent for k in keys}, key=lambda p: -len(p.parts)):
         fsync_dir(d)
     return dest
+
+
+def _transcode_leftovers(path: Path) -> str:
+    """What an interrupted transcode left in a committed episode ("" if nothing): a half-written
+    video (`*.partial` under videos/), a video its manifest does not list yet, or JPEG files of a
+    camera the manifest lists as video only."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        manifest["files"].items()
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return ""  # a manifest problem is verify_episode's to report
+    parts = []
+    half = sorted(f.name for f in (path / "videos").glob(f"*{PARTIAL_SUFFIX}")) if (path / "videos").is_dir() else []
+    if half:
+        parts.append(f"{len(half)} half-written video(s)")
+    unlisted = interrupted_videos(path, manifest)
+    if unlisted:
+        parts.append("video(s) not yet recorded in the manifest: " + ", ".join(unlisted))
+    jpeg = unlisted_jpeg(path, manifest)
+    if jpeg:
+        parts.append("JPEG tier left after it was dropped: " + ", ".join(jpeg))
+    return "; ".join(parts)
+
+
+def _clean_transcode(path: Path) -> None:
+    """Delete what an interrupted transcode left (the caller holds the episode's lock)."""
+    _remove_partials(path / "videos") if (path / "videos").is_dir() else None
+    manifest = json.loads((path / MANIFEST).read_text())
+    for key in interrupted_videos(path, manifest):
+        (path / key).unlink()
+    delete_unlisted_jpeg(path, manifest["files"])
+    fsync_dir(path)
+
+
+def clean_interrupted_transcode(path: Path) -> str:
+    """For the transcode job: clean up an unlocked committed episode's transcode leftovers; returns
+    what was found ("" if nothing, or if a live process holds the episode)."""
+    left = _transcode_leftovers(path)
+    if not left:
+        return ""
+    lock = FileLock(path / LOCK)
+    if not lock.try_acquire():
+        return ""
+    try:
+        _clean_transcode(path)
+    finally:
+        lock.release()
+    return left
 
 
 def _remove_partials(path: Path) -> int:
@@ -229,9 +288,26 @@ def fsck(store: EpisodeStore, *, repair: bool = False, verify: bool = True) -> F
             problem = verify_episode(path) if verify else None
         if problem is None:
             r.ok.append(eid)
+            if FileLock.is_locked(path / LOCK):  # a transcoder is at work: its files are not leftovers
+                r.transcoding.append(eid)
+                continue
+            left = _transcode_leftovers(path)
+            if left:
+                r.transcode[eid] = left
             if repair:
-                r.partial_files_removed += _remove_partials(path)
-                (path / JOURNAL).unlink(missing_ok=True)  # left if a crash fell between manifest and unlink
+                lock = FileLock(path / LOCK)
+                if not lock.try_acquire():
+                    r.transcoding.append(eid)
+                    r.transcode.pop(eid, None)
+                    continue
+                try:
+                    r.partial_files_removed += _remove_partials(path)
+                    (path / JOURNAL).unlink(missing_ok=True)  # left if a crash fell between manifest and unlink
+                    if left:
+                        _clean_transcode(path)
+                        r.actions.append(f"{eid}: interrupted transcode cleaned up ({left}); the next transcode pass redoes it")
+                finally:
+                    lock.release()
             strays = stray_files(path) if verify else []
             if strays:
                 r.stray[eid] = strays
