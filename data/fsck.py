@@ -35,7 +35,7 @@ from pathlib import Path
 import zarr
 from zarr.storage import LocalStore
 
-from data.video import delete_unlisted_jpeg, interrupted_videos, unlisted_jpeg, video_section_problem
+from data.video import clean_leftovers, interrupted_videos, transcode_leftovers, unlisted_jpeg, video_section_problem
 from data.files import PARTIAL_SUFFIX, FileLock, fsync_dir, sha256_file
 from data.schema import IMAGES, EpisodeInfo, EpisodeStatus, check_id
 from data.store import (
@@ -173,54 +173,6 @@ def _quarantine_strays(store: EpisodeStore, path: Path, keys: list[str]) -> Path
     return dest
 
 
-def _transcode_leftovers(path: Path) -> str:
-    """What an interrupted transcode left in a committed episode ("" if nothing): a half-written
-    video (`*.partial` under videos/), a video its manifest does not list yet, or JPEG files of a
-    camera the manifest lists as video only."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        manifest["files"].items()
-    except (OSError, ValueError, KeyError, AttributeError, TypeError):
-        return ""  # a manifest problem is verify_episode's to report
-    parts = []
-    half = sorted(f.name for f in (path / "videos").glob(f"*{PARTIAL_SUFFIX}")) if (path / "videos").is_dir() else []
-    if half:
-        parts.append(f"{len(half)} half-written video(s)")
-    unlisted = interrupted_videos(path, manifest)
-    if unlisted:
-        parts.append("video(s) not yet recorded in the manifest: " + ", ".join(unlisted))
-    jpeg = unlisted_jpeg(path, manifest)
-    if jpeg:
-        parts.append("JPEG tier left after it was dropped: " + ", ".join(jpeg))
-    return "; ".join(parts)
-
-
-def _clean_transcode(path: Path) -> None:
-    """Delete what an interrupted transcode left (the caller holds the episode's lock)."""
-    _remove_partials(path / "videos") if (path / "videos").is_dir() else None
-    manifest = json.loads((path / MANIFEST).read_text())
-    for key in interrupted_videos(path, manifest):
-        (path / key).unlink()
-    delete_unlisted_jpeg(path, manifest["files"])
-    fsync_dir(path)
-
-
-def clean_interrupted_transcode(path: Path) -> str:
-    """For the transcode job: clean up an unlocked committed episode's transcode leftovers; returns
-    what was found ("" if nothing, or if a live process holds the episode)."""
-    left = _transcode_leftovers(path)
-    if not left:
-        return ""
-    lock = FileLock(path / LOCK)
-    if not lock.try_acquire():
-        return ""
-    try:
-        _clean_transcode(path)
-    finally:
-        lock.release()
-    return left
-
-
 def _remove_partials(path: Path) -> int:
     n = 0
     for f in path.rglob(f"*{PARTIAL_SUFFIX}"):
@@ -291,7 +243,7 @@ def fsck(store: EpisodeStore, *, repair: bool = False, verify: bool = True) -> F
             if FileLock.is_locked(path / LOCK):  # a transcoder is at work: its files are not leftovers
                 r.transcoding.append(eid)
                 continue
-            left = _transcode_leftovers(path)
+            left = transcode_leftovers(path)
             if left:
                 r.transcode[eid] = left
             if repair:
@@ -304,7 +256,7 @@ def fsck(store: EpisodeStore, *, repair: bool = False, verify: bool = True) -> F
                     r.partial_files_removed += _remove_partials(path)
                     (path / JOURNAL).unlink(missing_ok=True)  # left if a crash fell between manifest and unlink
                     if left:
-                        _clean_transcode(path)
+                        clean_leftovers(path)
                         r.actions.append(f"{eid}: interrupted transcode cleaned up ({left}); the next transcode pass redoes it")
                 finally:
                     lock.release()

@@ -346,6 +346,8 @@ def transcode_episode(store, episode_id: str, *, settings: VideoSettings = Video
         r.busy = True
         return r
     try:
+        if transcode_leftovers(path):
+            clean_leftovers(path)  # a transcode killed earlier: start this episode over
         ep = store.open(episode_id)
         manifest = _manifest(path)
         video = dict(manifest.get("video") or {})
@@ -445,6 +447,43 @@ def unlisted_jpeg(path: Path, manifest: dict) -> list[str]:
                   and not jpeg_keys(manifest, d.name))
 
 
+def transcode_leftovers(path: Path) -> str:
+    """What an interrupted transcode left in a committed episode ("" if nothing): a half-written
+    video (`*.partial` under videos/), a video its manifest does not list yet, or JPEG files of a
+    camera the manifest lists as video only."""
+    try:
+        manifest = _manifest(path)
+        manifest["files"].items()
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return ""  # a manifest problem is fsck's verify_episode's to report
+    parts = []
+    half = sorted((path / VIDEOS).glob(f"*{PARTIAL_SUFFIX}")) if (path / VIDEOS).is_dir() else []
+    if half:
+        parts.append(f"{len(half)} half-written video(s)")
+    unlisted = interrupted_videos(path, manifest)
+    if unlisted:
+        parts.append("video(s) not yet recorded in the manifest: " + ", ".join(unlisted))
+    jpeg = unlisted_jpeg(path, manifest)
+    if jpeg:
+        parts.append("JPEG tier left after it was dropped: " + ", ".join(jpeg))
+    return "; ".join(parts)
+
+
+def clean_leftovers(path: Path) -> None:
+    """Delete what an interrupted transcode left (the caller holds the episode's lock); the
+    manifest's tiers are whole, so the episode reads the same before and after."""
+    if (path / VIDEOS).is_dir():
+        for f in (path / VIDEOS).glob(f"*{PARTIAL_SUFFIX}"):
+            f.unlink(missing_ok=True)
+    manifest = _manifest(path)
+    for key in interrupted_videos(path, manifest):
+        (path / key).unlink()
+    delete_unlisted_jpeg(path, manifest["files"])
+    if (path / VIDEOS).is_dir():
+        fsync_dir(path / VIDEOS)
+    fsync_dir(path)
+
+
 # -- the policy pass -------------------------------------------------------------------------
 
 def is_pinned(store, episode_id: str) -> bool:
@@ -470,7 +509,7 @@ def transcode_pass(store, policy: RetentionPolicy = RetentionPolicy(), *, settin
         drop = age_s >= policy.keep_jpeg_days * 86400 and not is_pinned(store, eid)
         info = manifest.get("video") or {}
         cams = {k.split("/")[1] for k in manifest["files"] if k.startswith(f"{IMAGES}/") and k.count("/") >= 2}
-        if all(c in info for c in cams) and not (drop and cams):
+        if all(c in info for c in cams) and not (drop and cams) and not transcode_leftovers(store.episode_dir(eid)):
             continue  # nothing to do
         r = transcode_episode(store, eid, settings=settings, drop_jpeg=drop)
         out.append(r)

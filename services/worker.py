@@ -86,22 +86,10 @@ def transcode(episode_ids: list[str] | None = None) -> dict:
             done["skipped"][r.episode_id] = r.skipped
 
     try:
-        _clean_interrupted(store, episode_ids)
         transcode_pass(store, RetentionPolicy.from_env(), episode_ids=episode_ids, on_episode=on_episode)
     finally:
         catalog.close()
     return done
-
-
-def _clean_interrupted(store: EpisodeStore, episode_ids: list[str] | None) -> None:
-    """What a killed transcode left (half-written videos, unrecorded ones, unlisted JPEG files)."""
-    from data.fsck import clean_interrupted_transcode
-
-    for eid in episode_ids if episode_ids is not None else store.episode_ids():
-        if store.is_committed(eid):
-            found = clean_interrupted_transcode(store.episode_dir(eid))
-            if found:
-                log.info("episode %s: cleaned up an interrupted transcode (%s)", eid, found)
 
 
 def enqueue_transcode(conn, settings: ServiceSettings, episode_ids: list[str] | None = None):

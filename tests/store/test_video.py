@@ -239,9 +239,12 @@ def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
     refs = {e.episode_id: _frames(e) for e in eps}
     rng = random.Random(3)
     states = set()
-    for trial in range(12):
+    for trial in range(8):
         p = _transcoder(store_dir, tmp_path / "log.jsonl")
-        time.sleep(rng.uniform(0.3, 3.0))
+        deadline = time.time() + 120
+        while not any(store_dir.glob("episodes/*/videos")) and p.poll() is None and time.time() < deadline:
+            time.sleep(0.02)  # start-up (imports) done: the first video is being written
+        time.sleep(rng.uniform(0.0, 4.0))
         p.send_signal(signal.SIGKILL)
         p.wait()
         for e in eps:  # every episode reads its frames, whatever the transcoder had done
@@ -251,6 +254,8 @@ def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
                 assert _err(ep.images(cam), refs[e.episode_id][cam]) < TOL
         r = fsck(store)
         assert not r.corrupt and not r.stray, r.to_dict()
+        for why in r.transcode.values():
+            states.update(part.split(":")[0] for part in why.split("; "))
         fsck(store, repair=True)
         assert fsck(store).clean
     p = _transcoder(store_dir, tmp_path / "log.jsonl")  # a full pass finishes the work
@@ -261,4 +266,4 @@ def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
         for cam in ep.cameras:
             assert _err(ep.images(cam), refs[e.episode_id][cam]) < TOL
     assert fsck(store).clean
-    assert len(states) >= 2, states  # the kills landed in more than one state
+    assert len(states) >= 2, states  # the kills landed in more than one state (tiers, leftovers)
