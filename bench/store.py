@@ -340,6 +340,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="Fewer episodes and kills (minutes, for a smoke run).")
     ap.add_argument("--kills", type=int, default=None, help="kill -9 trials per recorder (default 100, quick 10).")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--note", default="", help="A line on the conditions of the run (e.g. other load), kept in the results.")
     args = ap.parse_args()
     quick = args.quick
     kills = args.kills or (10 if quick else 100)
@@ -434,7 +435,7 @@ def main() -> None:
     }
     command = "python -m bench.store" + (" --quick" if quick else "") + (f" --kills {args.kills}" if args.kills else "")
     result = {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{os.cpu_count()} cores", "figures": figures,
+              "machine": f"{os.cpu_count()} cores", "figures": figures, "note": args.note,
               "raw": {"ours": ours, "lerobot_streaming": lr_stream, "lerobot_default": lr_default, "ours_paced": paced,
                       "read_ours": r_ours, "read_lerobot": r_lr, "kill_ours": k_ours, "kill_lerobot": k_lr,
                       "transcode": tc, "read_video": r_video, "read_ours_1cam": r_ours1, "read_video_1cam": r_video1}}
@@ -480,6 +481,7 @@ def render_md(r: dict) -> str:
         f"Command: `{r['command']}` — {r['date']} — {r['machine']}. Same synthetic frames for both: "
         f"3 cameras {H}×{W} RGB, 14-D state and action, {FPS} Hz.",
         "",
+        *([f"**Conditions:** {r['note']}", ""] if r.get("note") else []),
         "## Recording (as fast as each can)",
         "",
         "| | ticks/s | CPU s per recorded s | commit / save_episode | bytes per tick |",
