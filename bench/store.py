@@ -15,6 +15,12 @@ subprocesses included) is measured alone. Writes bench/results/store.md and stor
 4. kill -9: a recorder process loops over short episodes; after it reports ready it is killed at a
    random moment; the same schedule for both. Counted: episodes whose commit/save_episode had
    returned that can no longer be read, and stores that no longer open.
+5. Video tier (data/video.py): a copy of our recorded store transcoded (JPEG tier dropped) in one
+   process: CPU seconds per recorded second (robot-hours per core-hour), bytes per tick against
+   LeRobot's, and the training reads of 3 again from the video tier.
+
+store.json is read, modified and written: figures this run does not make (e.g. `ship_*`, written
+by bench/ship.py) are kept.
 """
 
 from __future__ import annotations
@@ -124,14 +130,15 @@ def worker_record(impl: str, out: Path, episodes: int, ticks: int, paced: bool) 
     return rec
 
 
-def worker_read(impl: str, path: Path, samples: int, seed: int = 0) -> dict:
+def worker_read(impl: str, path: Path, samples: int, seed: int = 0, cameras: int = CAMS) -> dict:
     rng = np.random.default_rng(seed)
     if impl == "ours":
         from data.store import EpisodeStore
         from data.torch_dataset import EpisodeDataset
 
         store = EpisodeStore(path, create=False)
-        ds = EpisodeDataset(store, store.episode_ids(), horizon=HORIZON)
+        ds = EpisodeDataset(store, store.episode_ids(), horizon=HORIZON,
+                            cameras=["top", "left_wrist", "right_wrist"][:cameras])
     else:
         os.environ["HF_HUB_OFFLINE"] = "1"
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -144,7 +151,42 @@ def worker_read(impl: str, path: Path, samples: int, seed: int = 0) -> dict:
         item = ds[int(i)]
     dt = time.perf_counter() - t0
     shapes = {k: tuple(v.shape) for k, v in item.items() if hasattr(v, "shape") and k.startswith(("obs", "action"))}
-    return {"impl": impl, "samples": samples, "samples_per_s": samples / dt, "len": len(ds), "shapes": shapes}
+    images = sum(1 for k in shapes if k.startswith("observation.images."))
+    return {"impl": impl, "samples": samples, "samples_per_s": samples / dt, "len": len(ds), "shapes": shapes,
+            "images_per_sample": images}
+
+
+def worker_transcode(src: Path, out: Path) -> dict:
+    """Copy the recorded store (not timed), transcode every episode to the video tier and drop its
+    JPEG tier, timing CPU (this process and its threads: encode, verify, checksums)."""
+    from data.store import EpisodeStore
+    from data.video import transcode_episode
+
+    shutil.copytree(src, out)
+    store = EpisodeStore(out, create=False)
+    ids = store.episode_ids()
+    ticks = sum(len(store.open(e)) for e in ids)
+    fps = store.open(ids[0]).info.fps
+    jpeg_bytes = _du(out / "episodes")
+    cpu0, wall0 = _cpu(), time.perf_counter()
+    results = [transcode_episode(store, e, drop_jpeg=True) for e in ids]
+    wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+    if any(r.skipped or r.busy or not r.jpeg_dropped for r in results):
+        raise RuntimeError(f"transcode incomplete: {[r.to_dict() for r in results]}")
+    # pixel error of the video tier against the JPEG tier it replaced, on random frames
+    rng = np.random.default_rng(1)
+    ref, vid = EpisodeStore(src, create=False), store
+    errs = []
+    for _ in range(20):
+        eid = ids[int(rng.integers(len(ids)))]
+        a, b = ref.open(eid), vid.open(eid)
+        cam, t = a.cameras[int(rng.integers(len(a.cameras)))], int(rng.integers(len(a)))
+        errs.append(float(np.abs(a.image(cam, t).astype(np.int16) - b.image(cam, t).astype(np.int16)).mean()))
+    recorded_s = ticks / fps
+    return {"episodes": len(ids), "ticks": ticks, "cpu_s": cpu, "wall_s": wall, "recorded_s": recorded_s,
+            "robot_hours_per_core_hour": recorded_s / cpu, "jpeg_bytes_per_tick": jpeg_bytes / ticks,
+            "bytes_per_tick": _du(out / "episodes") / ticks, "mean_abs_error_vs_jpeg": float(np.mean(errs)),
+            "max_mean_abs_error_vs_jpeg": float(np.max(errs))}
 
 
 def worker_kill_loop(impl: str, root: Path, log: Path) -> None:
@@ -298,6 +340,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="Fewer episodes and kills (minutes, for a smoke run).")
     ap.add_argument("--kills", type=int, default=None, help="kill -9 trials per recorder (default 100, quick 10).")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--note", default="", help="A line on the conditions of the run (e.g. other load), kept in the results.")
     args = ap.parse_args()
     quick = args.quick
     kills = args.kills or (10 if quick else 100)
@@ -326,6 +369,16 @@ def main() -> None:
     r_lr = _run_worker("read", "lerobot", str(WORK / "lr-streaming"), str(samples))
     say(f"  ours {r_ours['samples_per_s']:.1f}/s, lerobot {r_lr['samples_per_s']:.1f}/s")
 
+    say("video tier: transcode our recorded store, then the same training reads from it")
+    tc = _run_worker("transcode", str(WORK / "ours"), str(WORK / "ours-video"))
+    say(f"  transcode: {tc['robot_hours_per_core_hour']:.2f} robot-hours per core-hour, "
+        f"{tc['bytes_per_tick'] / 1e3:.1f} KB per tick")
+    r_video = _run_worker("read", "ours", str(WORK / "ours-video"), str(samples))
+    r_ours1 = _run_worker("read", "ours", str(WORK / "ours"), str(samples), "1")
+    r_video1 = _run_worker("read", "ours", str(WORK / "ours-video"), str(samples), "1")
+    say(f"  video tier {r_video['samples_per_s']:.1f}/s (one camera: video {r_video1['samples_per_s']:.1f}/s, "
+        f"JPEG {r_ours1['samples_per_s']:.1f}/s)")
+
     say(f"kill -9: {kills} trials each")
     prog = lambda impl, i: (i + 1) % 10 == 0 and say(f"  {impl}: {i + 1}/{kills}")
     # Both schedules at once (they measure losses, not speed); same seed, so the same kill times.
@@ -337,6 +390,7 @@ def main() -> None:
         k_ours, k_lr = f_ours.result(), f_lr.result()
 
     best_lr = max((lr_stream, lr_default), key=lambda r: r["ticks_per_s"])
+    lr_bytes = min(lr_stream["bytes_per_tick"], lr_default["bytes_per_tick"])
     commits = np.array(ours["commit_s"]) * 1e3
     figures = {
         "record_ticks_per_s": ours["ticks_per_s"],
@@ -359,6 +413,17 @@ def main() -> None:
         "read_samples_per_s": r_ours["samples_per_s"],
         "lerobot_read_samples_per_s": r_lr["samples_per_s"],
         "read_ratio_vs_lerobot": r_ours["samples_per_s"] / r_lr["samples_per_s"],
+        "read_images_per_sample": r_ours["images_per_sample"],
+        "lerobot_read_images_per_sample": r_lr["images_per_sample"],
+        "read_1cam_samples_per_s": r_ours1["samples_per_s"],
+        "video_bytes_per_tick": tc["bytes_per_tick"],
+        "video_bytes_per_tick_ratio_vs_lerobot": tc["bytes_per_tick"] / lr_bytes,
+        "video_read_samples_per_s": r_video["samples_per_s"],
+        "video_read_ratio_vs_lerobot": r_video["samples_per_s"] / r_lr["samples_per_s"],
+        "video_read_1cam_samples_per_s": r_video1["samples_per_s"],
+        "transcode_robot_hours_per_core_hour": tc["robot_hours_per_core_hour"],
+        "transcode_cpu_s": tc["cpu_s"],
+        "video_mean_abs_error_vs_jpeg": tc["mean_abs_error_vs_jpeg"],
         "kill9_trials": k_ours["trials"],
         "kill9_committed": k_ours["committed"],
         "kill9_committed_lost": k_ours["committed_lost"],
@@ -370,14 +435,36 @@ def main() -> None:
     }
     command = "python -m bench.store" + (" --quick" if quick else "") + (f" --kills {args.kills}" if args.kills else "")
     result = {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{os.cpu_count()} cores", "figures": figures,
+              "machine": f"{os.cpu_count()} cores", "figures": figures, "note": args.note,
               "raw": {"ours": ours, "lerobot_streaming": lr_stream, "lerobot_default": lr_default, "ours_paced": paced,
-                      "read_ours": r_ours, "read_lerobot": r_lr, "kill_ours": k_ours, "kill_lerobot": k_lr}}
+                      "read_ours": r_ours, "read_lerobot": r_lr, "kill_ours": k_ours, "kill_lerobot": k_lr,
+                      "transcode": tc, "read_video": r_video, "read_ours_1cam": r_ours1, "read_video_1cam": r_video1}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "store-quick" if quick else "store"
+    result = _merge_previous(RESULTS / f"{name}.json", result)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     (RESULTS / f"{name}.md").write_text(render_md(result))
     print(render_md(result))
+
+
+def _merge_previous(path: Path, result: dict) -> dict:
+    """Keep what other benchmarks wrote into the same results file (figures and raw entries this run
+    does not make, e.g. bench/ship.py's `ship_*`): read, modify, write."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return result
+    if not isinstance(old, dict):
+        return result
+    mine = set(result["figures"])
+    kept = {k: v for k, v in (old.get("figures") or {}).items() if k not in mine}
+    result["figures"].update(kept)
+    for k, v in old.items():
+        if k not in result:
+            result[k] = v  # e.g. a section of its own another benchmark added
+    raw = old.get("raw") or {}
+    result["raw"].update({k: v for k, v in raw.items() if k.startswith("ship")})
+    return result
 
 
 def render_md(r: dict) -> str:
@@ -394,6 +481,7 @@ def render_md(r: dict) -> str:
         f"Command: `{r['command']}` — {r['date']} — {r['machine']}. Same synthetic frames for both: "
         f"3 cameras {H}×{W} RGB, 14-D state and action, {FPS} Hz.",
         "",
+        *([f"**Conditions:** {r['note']}", ""] if r.get("note") else []),
         "## Recording (as fast as each can)",
         "",
         "| | ticks/s | CPU s per recorded s | commit / save_episode | bytes per tick |",
@@ -417,7 +505,23 @@ def render_md(r: dict) -> str:
         f"| ours (EpisodeDataset) | {f['read_samples_per_s']:.1f} |",
         f"| LeRobotDataset (delta_timestamps) | {f['lerobot_read_samples_per_s']:.1f} |",
         "",
-        f"**Read ratio: {f['read_ratio_vs_lerobot']:.2f}×.**",
+        f"**Read ratio: {f['read_ratio_vs_lerobot']:.2f}×** ({f['read_images_per_sample']} images per sample, LeRobot "
+        f"{f['lerobot_read_images_per_sample']}). One camera per sample: ours {f['read_1cam_samples_per_s']:.1f}/s.",
+        "",
+        "## Video tier (committed episodes transcoded: H.264 all-intra, CRF 28; JPEG tier dropped)",
+        "",
+        "| | bytes per tick | training reads (samples/s) | read ratio vs LeRobot |",
+        "| --- | --- | --- | --- |",
+        f"| ours, JPEG tier | {f['bytes_per_tick'] / 1e3:.1f} KB | {f['read_samples_per_s']:.1f} | {f['read_ratio_vs_lerobot']:.2f}× |",
+        f"| ours, video tier | {f['video_bytes_per_tick'] / 1e3:.1f} KB | {f['video_read_samples_per_s']:.1f} | {f['video_read_ratio_vs_lerobot']:.2f}× |",
+        f"| LeRobot (AV1) | {min(f['lerobot_default_bytes_per_tick'], f['lerobot_streaming_bytes_per_tick']) / 1e3:.1f} KB | "
+        f"{f['lerobot_read_samples_per_s']:.1f} | 1× |",
+        "",
+        f"Video bytes per tick / LeRobot's (the smaller of its two): **{f['video_bytes_per_tick_ratio_vs_lerobot']:.2f}×**. "
+        f"Transcoding: **{f['transcode_robot_hours_per_core_hour']:.2f} robot-hours per core-hour** "
+        f"({f['transcode_cpu_s']:.0f} CPU s, encode + full decode check + checksums). Decoded frames differ from the "
+        f"JPEG frames they replace by {f['video_mean_abs_error_vs_jpeg']:.2f} grey levels (mean absolute, 0–255). "
+        f"One camera per sample from the video tier: {f['video_read_1cam_samples_per_s']:.1f}/s.",
         "",
         "## kill -9 while recording (30-tick episodes in a loop, killed at a random moment after start-up)",
         "",
@@ -438,8 +542,16 @@ def render_md(r: dict) -> str:
         f"- ≥ 2× LeRobot's best recording throughput: {f['record_ratio_vs_lerobot']:.2f}×.",
         f"- ≥ 3× its random-access read rate: {f['read_ratio_vs_lerobot']:.2f}×.",
         f"- commit p99 ≤ 250 ms: {f['commit_p99_ms']:.0f} ms.",
+        f"- video tier bytes per tick ≤ 1.5× LeRobot's: {f['video_bytes_per_tick_ratio_vs_lerobot']:.2f}×.",
+        f"- video tier random-access reads ≥ 3× LeRobot's: {f['video_read_ratio_vs_lerobot']:.2f}×.",
+        f"- transcoding ≥ 1 robot-hour per core-hour: {f['transcode_robot_hours_per_core_hour']:.2f}.",
         "",
     ]
+    others = {k: v for k, v in f.items() if k.startswith("ship_")}
+    if others:
+        lines += ["## Other figures in store.json (written by bench/ship.py)", ""]
+        lines += [f"- `{k}`: {v:.4g}" if isinstance(v, float) else f"- `{k}`: {v}" for k, v in sorted(others.items())]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -451,7 +563,11 @@ if __name__ == "__main__":
             print(json.dumps(worker_record(impl, Path(out), int(eps), int(ticks), paced == "1")))
         elif kind == "read":
             impl, path, samples = sys.argv[3:6]
-            print(json.dumps(worker_read(impl, Path(path), int(samples))))
+            cams = int(sys.argv[6]) if len(sys.argv) > 6 else CAMS
+            print(json.dumps(worker_read(impl, Path(path), int(samples), cameras=cams)))
+        elif kind == "transcode":
+            src, out = sys.argv[3:5]
+            print(json.dumps(worker_transcode(Path(src), Path(out))))
         elif kind == "kill-loop":
             impl, root, log = sys.argv[3:6]
             worker_kill_loop(impl, Path(root), Path(log))

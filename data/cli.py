@@ -166,6 +166,8 @@ def fsck_cmd(
             console.print(f"  [red]corrupt[/red] {eid}: {why}")
         for eid, why in report.crashed.items():
             console.print(f"  [yellow]crashed[/yellow] {eid}: {why}")
+        for eid, why in report.transcode.items():
+            console.print(f"  [yellow]interrupted transcode[/yellow] {eid}: {why}")
         for eid, keys in report.stray.items():
             console.print(f"  [yellow]stray files[/yellow] {eid}: {', '.join(keys[:5])}" + (" ..." if len(keys) > 5 else ""))
         for a in report.actions:
@@ -178,6 +180,71 @@ def fsck_cmd(
             console.print("run with --repair to fix")
     remaining = not repair and not (report.clean and rec.consistent)
     raise typer.Exit(1 if remaining else 0)
+
+
+@app.command("transcode")
+def transcode_cmd(
+    episode_ids: list[str] = typer.Argument(None, help="Only these episodes [default: every committed episode the policy selects]."),
+    store: Optional[Path] = StoreOpt,
+    catalog: Optional[str] = CatalogOpt,
+    keep_jpeg_days: Optional[float] = typer.Option(None, min=0.0, help="Keep the JPEG tier of episodes committed less than this many days ago [default: $RECAP_JPEG_KEEP_DAYS or 7]."),
+    after_s: Optional[float] = typer.Option(None, "--after-s", min=0.0, help="Transcode episodes once committed this long ago [default: $RECAP_TRANSCODE_AFTER_S or 0]."),
+    gop: int = typer.Option(1, min=1, max=600, help="Keyframe interval (1: every frame decodes alone, best for random-access training reads)."),
+    crf: int = typer.Option(28, min=0, max=51, help="H.264 quality (lower is better and larger)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON line per episode handled."),
+) -> None:
+    """Move committed episodes' cameras to the video tier (H.264) and drop JPEG tiers beyond the retention policy."""
+    import math
+
+    from data.video import RetentionPolicy, VideoSettings, transcode_pass
+
+    try:
+        env = RetentionPolicy.from_env()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    policy = RetentionPolicy(env.keep_jpeg_days if keep_jpeg_days is None else keep_jpeg_days,
+                             env.transcode_after_s if after_s is None else after_s)
+    if not all(math.isfinite(v) for v in (policy.keep_jpeg_days, policy.transcode_after_s)):
+        raise UserError("--keep-jpeg-days and --after-s must be finite")
+    st, cat = open_store(store, catalog)
+    for eid in episode_ids or []:
+        st.open(eid)  # exists and is committed, else one clear line
+
+    def done(r) -> None:
+        if r.transcoded or r.jpeg_dropped:
+            cat.register(st.open(r.episode_id))  # the episode's checksum changed
+        if as_json:
+            print(json.dumps(r.to_dict()))
+        elif r.busy:
+            console.print(f"{r.episode_id}: busy (being written, transcoded or repaired); next pass")
+        else:
+            what = ([f"video for {', '.join(r.transcoded)}"] if r.transcoded else []) + (["JPEG tier dropped"] if r.jpeg_dropped else [])
+            console.print(f"{r.episode_id}: {'; '.join(what) or 'nothing to do'}"
+                          + "".join(f"; {c} kept as JPEG: {why}" for c, why in r.skipped.items()))
+
+    results = transcode_pass(st, policy, settings=VideoSettings(crf=crf, gop=gop), episode_ids=episode_ids or None,
+                             on_episode=done)
+    if not as_json:
+        console.print(f"{len(results)} episodes handled (JPEG kept {policy.keep_jpeg_days:g} days and for pinned episodes)")
+
+
+@app.command("pin")
+def pin_cmd(
+    episode_id: str = typer.Argument(..., help="Episode id (see `recap data ls`)."),
+    by: str = typer.Option(..., "--by", help="Who pins it."),
+    reason: str = typer.Option("", "--reason", help="Why (kept with the pin)."),
+    unpin: bool = typer.Option(False, "--unpin", help="Remove the pin instead."),
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Keep an episode's JPEG tier whatever its age (or, with --unpin, let the retention policy drop it)."""
+    from data import video
+
+    st = EpisodeStore(store or default_store(), create=False)
+    if unpin:
+        console.print(f"{episode_id}: " + ("unpinned" if video.unpin(st, episode_id) else "was not pinned"))
+    else:
+        video.pin(st, episode_id, by, reason)
+        console.print(f"{episode_id}: pinned (JPEG tier kept)")
 
 
 @app.command("stats")

@@ -12,7 +12,12 @@ What it does, per episode directory:
 - in flight and unlocked (its writer died): with `--repair`, truncate every array to the journal's
   flushed tick count, verify those ticks decode, and commit it as `incomplete`; an episode with no
   flushed tick is moved to quarantine;
-- leftover temporary files (`*.partial`) of dead writers are removed with `--repair`.
+- leftover temporary files (`*.partial`) of dead writers are removed with `--repair`;
+- committed, with what an interrupted transcode left (data/video.py): a half-written video, a
+  verified video the manifest does not list yet, JPEG files of a camera the manifest lists as video
+  only: reported under `transcode`; `--repair` deletes them (the manifest's tiers are whole, so the
+  episode reads the same; the next transcode pass redoes the work). An episode locked by a live
+  transcoder is left alone (`transcoding`).
 The catalog is then checked against the store (see catalog.reconcile). One `--repair` pass
 reaches a state in which a second pass finds nothing.
 """
@@ -30,6 +35,7 @@ from pathlib import Path
 import zarr
 from zarr.storage import LocalStore
 
+from data.video import clean_leftovers, interrupted_videos, transcode_leftovers, unlisted_jpeg, video_section_problem
 from data.files import PARTIAL_SUFFIX, FileLock, fsync_dir, sha256_file
 from data.schema import IMAGES, EpisodeInfo, EpisodeStatus, check_id
 from data.store import (
@@ -56,12 +62,14 @@ class FsckReport:
     recovered: dict[str, int] = field(default_factory=dict)  # episode -> ticks kept
     quarantined: list[str] = field(default_factory=list)
     stray: dict[str, list[str]] = field(default_factory=dict)  # episode -> files the store did not write
+    transcode: dict[str, str] = field(default_factory=dict)  # episode -> interrupted transcode left behind
+    transcoding: list[str] = field(default_factory=list)  # committed, locked by a live transcoder
     partial_files_removed: int = 0
     actions: list[str] = field(default_factory=list)  # what --repair did, in words
 
     @property
     def clean(self) -> bool:
-        return not self.corrupt and not self.crashed and not self.stray
+        return not self.corrupt and not self.crashed and not self.stray and not self.transcode
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"clean": self.clean}
@@ -89,7 +97,7 @@ def manifest_problem(manifest: object) -> str | None:
         return "manifest 'num_ticks' is not a count"
     if not isinstance(manifest.get("episode_id"), str):
         return "manifest 'episode_id' is not a string"
-    return None
+    return video_section_problem(manifest)
 
 
 def verify_episode(path: Path) -> str | None:
@@ -127,6 +135,8 @@ def stray_files(path: Path) -> list[str]:
     business). Relative paths, sorted."""
     manifest = json.loads((path / MANIFEST).read_text())
     listed, committed_at = set(manifest["files"]), manifest.get("committed_at_ns")
+    transitional = set(interrupted_videos(path, manifest))  # fsck's transcode states, not strays
+    jpeg_left = tuple(f"{IMAGES}/{c}/" for c in unlisted_jpeg(path, manifest))
     committed_at = committed_at if type(committed_at) is int else None
     out = []
     for f in sorted(path.rglob("*")):
@@ -134,6 +144,8 @@ def stray_files(path: Path) -> list[str]:
         if f.is_dir() and not f.is_symlink():
             continue
         if key in listed and not f.is_symlink() or key in UNCHECKSUMMED or f.name.endswith(PARTIAL_SUFFIX):
+            continue
+        if not f.is_symlink() and (key in transitional or key.startswith(jpeg_left)):
             continue
         if key.startswith(f"{LABELS}/") and key.count("/") == 1 and label_file_problem(f, committed_at) is None:
             continue
@@ -228,9 +240,26 @@ def fsck(store: EpisodeStore, *, repair: bool = False, verify: bool = True) -> F
             problem = verify_episode(path) if verify else None
         if problem is None:
             r.ok.append(eid)
+            if FileLock.is_locked(path / LOCK):  # a transcoder is at work: its files are not leftovers
+                r.transcoding.append(eid)
+                continue
+            left = transcode_leftovers(path)
+            if left:
+                r.transcode[eid] = left
             if repair:
-                r.partial_files_removed += _remove_partials(path)
-                (path / JOURNAL).unlink(missing_ok=True)  # left if a crash fell between manifest and unlink
+                lock = FileLock(path / LOCK)
+                if not lock.try_acquire():
+                    r.transcoding.append(eid)
+                    r.transcode.pop(eid, None)
+                    continue
+                try:
+                    r.partial_files_removed += _remove_partials(path)
+                    (path / JOURNAL).unlink(missing_ok=True)  # left if a crash fell between manifest and unlink
+                    if left:
+                        clean_leftovers(path)
+                        r.actions.append(f"{eid}: interrupted transcode cleaned up ({left}); the next transcode pass redoes it")
+                finally:
+                    lock.release()
             strays = stray_files(path) if verify else []
             if strays:
                 r.stray[eid] = strays

@@ -305,6 +305,8 @@ class EpisodeData:
             self.info.outcome_labelled_at_ns = last["labelled_at_ns"]
         self._cache: dict[str, np.ndarray] = {}
         self._image_arrays: dict[str, zarr.Array] = {}
+        self._videos: dict[str, Any] = {}  # camera -> data.video.VideoFrames, opened on first read
+        self._tiers: dict[str, str] = {}
 
     @property
     def episode_id(self) -> str:
@@ -357,14 +359,72 @@ class EpisodeData:
             self._image_arrays[camera] = self.group[f"{IMAGES}/{camera}"]
         return self._image_arrays[camera]
 
+    def tier(self, camera: str) -> str:
+        """Where `camera`'s frames are read from: "jpeg" (the writer's tier, while the manifest lists
+        it) or "video" (data/video.py)."""
+        if camera not in self.info.features.cameras:
+            raise KeyError(f"episode {self.episode_id} has no camera {camera!r}; cameras: {self.cameras}")
+        if camera not in self._tiers:
+            from data.video import tiers
+
+            self._tiers[camera] = "video" if tiers(self.manifest, [camera])[camera] == {"video"} else "jpeg"
+        return self._tiers[camera]
+
+    def _video(self, camera: str):
+        from data.video import VideoFrames, video_key
+
+        v = self._videos.get(camera)
+        if v is None or v._pid != os.getpid():  # a forked DataLoader worker opens its own
+            meta = self.manifest["video"][camera]
+            v = self._videos[camera] = VideoFrames(self.path / video_key(camera), meta,
+                                                   self.info.features.cameras[camera].channels)
+        return v
+
+    def _jpeg_gone(self, camera: str, start: int, stop: int) -> bool:
+        """True when a JPEG shard of ticks [start, stop) is no longer on disk and the manifest now
+        lists the camera's video only (its JPEG tier was dropped while this reader was open): the
+        caller reads the video instead. zarr reads a missing shard as zeros, hence the check after
+        the read (a shard that existed when read stays valid; files never come back)."""
+        arr = self._image_array(camera)
+        per = int(arr.shards[0]) if arr.shards else 1
+        base = self.path / IMAGES / camera / "c"
+        if all((base / str(s) / "0" / "0" / "0").exists() for s in range(start // per, (stop - 1) // per + 1)):
+            return False
+        try:
+            fresh = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return False
+        if fresh.get("episode_id") == self.episode_id:
+            self.manifest, self._tiers = fresh, {}
+        return self.tier(camera) == "video"
+
     def image(self, camera: str, t: int) -> np.ndarray:
         if not 0 <= t < len(self):
             raise IndexError(f"tick {t} out of range for episode {self.episode_id} of {len(self)} ticks")
-        return self._image_array(camera)[t]
+        if self.tier(camera) == "jpeg":
+            img = self._image_array(camera)[t]
+            if not self._jpeg_gone(camera, t, t + 1):
+                return img
+        return self._video(camera).frame(t)
 
     def images(self, camera: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = len(self) if stop is None else min(stop, len(self))
-        return self._image_array(camera)[start:stop]
+        if self.tier(camera) == "jpeg":
+            imgs = self._image_array(camera)[start:stop]
+            if stop <= start or not self._jpeg_gone(camera, start, stop):
+                return imgs
+        spec = self.info.features.cameras[camera]
+        out = np.empty((max(0, stop - start), spec.height, spec.width, spec.channels), np.uint8)
+        v = self._video(camera)
+        for i, t in enumerate(range(start, stop)):
+            out[i] = v.frame(t)
+        return out
+
+    def frame_count(self, camera: str) -> int:
+        """Frames `camera` holds in the tier it is read from."""
+        if self.tier(camera) == "video":
+            return int(self.manifest["video"][camera]["frames"])
+        return self._image_array(camera).shape[0]
 
     def defect(self) -> str | None:
         """Why this episode cannot be trained on (too short, arrays of another length than its tick
@@ -382,7 +442,7 @@ class EpisodeData:
                     t = int(np.flatnonzero(~np.isfinite(values).reshape(n, -1).all(axis=1))[0])
                     return f"{name} has NaN or infinite values (first at tick {t})"
             for cam in self.cameras:
-                rows = self._image_array(cam).shape[0]
+                rows = self.frame_count(cam)
                 if rows < n:
                     return f"camera {cam} has {rows} frames for {n} ticks"
             if not (np.diff(self.timestamps_ns) > 0).all():
@@ -707,9 +767,11 @@ def _write_region(arr: zarr.Array, start: int, end: int, data: np.ndarray) -> No
     arr[start:end] = data[: end - start]
 
 
-def write_manifest(path: Path, info: EpisodeInfo, written: dict[str, tuple[str, int]], *, fsync: bool = True) -> dict:
+def write_manifest(path: Path, info: EpisodeInfo, written: dict[str, tuple[str, int]], *, fsync: bool = True,
+                   video: dict | None = None) -> dict:
     """The commit point: list every data file with its sha256, then atomically write the manifest.
-    The data files' directories must already be fsynced."""
+    The data files' directories must already be fsynced. `video`: the video tier's description
+    (data/video.py), for an episode that has one."""
     files = {k: {"sha256": sha, "size": size} for k, (sha, size) in sorted(written.items()) if k not in UNCHECKSUMMED}
     manifest = {
         "episode_id": info.episode_id,
@@ -719,6 +781,8 @@ def write_manifest(path: Path, info: EpisodeInfo, written: dict[str, tuple[str, 
         "files": files,
         "checksum": manifest_checksum(files),
     }
+    if video:
+        manifest["video"] = video
     atomic_write_json(path / MANIFEST, manifest, fsync=fsync)
     if fsync:
         fsync_dir(path)

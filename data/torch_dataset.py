@@ -88,7 +88,7 @@ class EpisodeDataset(Dataset):
                     self._pool, self._pool_pid = ThreadPoolExecutor(len(self.cameras), thread_name_prefix="decode"), os.getpid()
                 frames = list(self._pool.map(lambda cam: ep.image(cam, t), self.cameras))
             else:
-                frames = [ep.image(self.cameras[0], t)]
+                frames = [ep.image(cam, t) for cam in self.cameras]
             for cam, frame in zip(self.cameras, frames):
                 img = torch.from_numpy(frame)
                 if not self.uint8_images:  # convert while contiguous (HWC), then a CHW view: 5x faster

@@ -319,7 +319,10 @@ def _recommit(path: Path, uploaded_by: str, at_ns: int, extra: dict) -> None:
     old = json.loads((path / MANIFEST).read_text())
     group = zarr.open_group(LocalStore(path), mode="r+")
     info = EpisodeInfo.from_attrs(group.attrs.asdict())
-    names = list(_array_specs(info.features)) + [f"{IMAGES}/{cam}" for cam in info.features.cameras]
+    from data.video import tiers
+
+    names = list(_array_specs(info.features)) + [f"{IMAGES}/{cam}" for cam, t in
+                                                 tiers(old, info.features.cameras).items() if "jpeg" in t]
     for name in names:  # readers slice every array to num_ticks: each must hold exactly that many
         try:
             n = group[name].shape[0]
@@ -343,7 +346,7 @@ def _recommit(path: Path, uploaded_by: str, at_ns: int, extra: dict) -> None:
     files["zarr.json"] = (sha256_file(path / "zarr.json"), (path / "zarr.json").stat().st_size)
     for d in sorted({(path / k).parent for k in files}, key=lambda p: -len(p.parts)):
         fsync_dir(d)
-    write_manifest(path, info, files)
+    write_manifest(path, info, files, video=old.get("video"))
 
 
 # -- shipping: a robot's committed episode as a deterministic tar, and the central spool ---------

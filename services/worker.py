@@ -49,6 +49,7 @@ WORKER_TTL_S = 30
 
 
 IMPORT_TIMEOUT_S = 6 * 3600
+TRANSCODE_TIMEOUT_S = 6 * 3600
 
 
 class RunCancelled(Exception):
@@ -57,6 +58,58 @@ class RunCancelled(Exception):
 
 def import_queue_name(settings: ServiceSettings) -> str:
     return f"{settings.queue}-imports"
+
+
+def media_queue_name(settings: ServiceSettings) -> str:
+    return f"{settings.queue}-media"
+
+
+def transcode(episode_ids: list[str] | None = None) -> dict:
+    """The RQ job of the video tier (data/video.py): transcode the given committed episodes (None:
+    every one the retention policy selects, RECAP_JPEG_KEEP_DAYS / RECAP_TRANSCODE_AFTER_S), drop
+    JPEG tiers past retention, and re-index each changed episode. Killed midway, the episode stays
+    readable; the retry (or the next pass) starts it over after cleaning up what it left."""
+    from data.video import RetentionPolicy, transcode_pass
+
+    settings = ServiceSettings.from_env()
+    store = EpisodeStore(settings.store_root)
+    catalog = Catalog.for_store(store, settings.catalog_url)
+    done: dict = {"transcoded": [], "jpeg_dropped": [], "busy": [], "skipped": {}}
+
+    def on_episode(r) -> None:
+        if r.transcoded or r.jpeg_dropped:
+            catalog.register(store.open(r.episode_id))  # its manifest checksum changed
+        for key, flag in (("transcoded", r.transcoded), ("jpeg_dropped", r.jpeg_dropped), ("busy", r.busy)):
+            if flag:
+                done[key].append(r.episode_id)
+        if r.skipped:
+            done["skipped"][r.episode_id] = r.skipped
+
+    try:
+        transcode_pass(store, RetentionPolicy.from_env(), episode_ids=episode_ids, on_episode=on_episode)
+    finally:
+        catalog.close()
+    return done
+
+
+def enqueue_transcode(conn, settings: ServiceSettings, episode_ids: list[str] | None = None):
+    """Queue a transcode job (best effort: the next pass catches what a failed enqueue missed)."""
+    from rq import Queue
+
+    try:
+        return Queue(media_queue_name(settings), connection=conn).enqueue(
+            transcode, episode_ids, job_timeout=TRANSCODE_TIMEOUT_S, retry=_retry(),
+            result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+            description=f"transcode {len(episode_ids) if episode_ids is not None else 'all'} episodes")
+    except Exception as e:  # noqa: BLE001 - registration must not fail because Redis is away
+        log.warning("could not queue a transcode job: %s", e)
+        return None
+
+
+def _retry():
+    from rq import Retry
+
+    return Retry(max=RETRIES, interval=[30, 120, 600])
 
 
 def import_upload(job_id: str, uploaded_by: str, robot_id: str, task_id: str | None) -> dict:
@@ -110,6 +163,8 @@ def import_upload(job_id: str, uploaded_by: str, robot_id: str, task_id: str | N
                 raise UploadRefused(f"LeRobot dataset refused: {type(e).__name__}: {msg}") from None
         report("indexing", 0.95)
         catalog.register_many(store.open(eid) for eid in ids)
+        if job is not None:
+            enqueue_transcode(job.connection, settings, ids)
         result["episode_ids"] = ids
         report("done", 1.0, episode_ids=ids, format=plan.format)
     except UploadRefused as e:
@@ -274,15 +329,16 @@ def _rank_main(run_id: str) -> None:
 
 
 def work(settings: ServiceSettings, *, burst: bool = False, name: str | None = None) -> None:
-    """Run a worker on the upload-import and training queues (imports first) until stopped (SIGTERM:
-    finish the current job's step)."""
+    """Run a worker on the upload-import, training and transcode queues (in that order) until
+    stopped (SIGTERM: finish the current job's step)."""
     import redis
     from rq import Queue, Worker
 
     import training.runs  # noqa: F401  (import torch once, before forking work horses)
 
     conn = redis.Redis.from_url(settings.redis_url)
-    queues = [Queue(import_queue_name(settings), connection=conn), Queue(settings.queue, connection=conn)]
+    queues = [Queue(import_queue_name(settings), connection=conn), Queue(settings.queue, connection=conn),
+              Queue(media_queue_name(settings), connection=conn)]
     w = Worker(queues, connection=conn, name=name,
                maintenance_interval=MAINTENANCE_INTERVAL_S, job_monitoring_interval=MONITORING_INTERVAL_S,
                worker_ttl=WORKER_TTL_S)

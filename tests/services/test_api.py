@@ -10,11 +10,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 import redis
+import simplejpeg
 
 from data.schema import Outcome
 from data.store import EpisodeStore
+from data.video import transcode_episode
 from services.auth import PERMISSIONS, Role, allowed
 from services.serving_channel import read_state
 from tests.services.conftest import policy_artifact
@@ -152,6 +155,15 @@ def test_episodes_register_label_upload_and_playback(stack, tmp_path):
         jpg = c.get(f"/v1/episodes/{ep.episode_id}/frames/top/3")
         assert jpg.status_code == 200 and jpg.content[:2] == b"\xff\xd8"
         assert c.get(f"/v1/episodes/{ep.episode_id}/frames/cam9/3").status_code == 404
+        assert c.get(f"/v1/episodes/{ep.episode_id}/frames/top/999").status_code == 404
+        # the same frames once the episode is on the video tier (JPEG tier dropped)
+        ref = ep.images("top")
+        assert transcode_episode(store, ep.episode_id).jpeg_dropped
+        for t in (3, 0, len(ep) - 1):
+            got = c.get(f"/v1/episodes/{ep.episode_id}/frames/top/{t}")
+            assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+            img = simplejpeg.decode_jpeg(got.content)
+            assert img.shape == ref[t].shape and np.abs(img.astype(int) - ref[t]).mean() < 8  # video + JPEG q85
         assert c.get(f"/v1/episodes/{ep.episode_id}/frames/top/999").status_code == 404
         # upload a Zarr episode recorded elsewhere (a tar of its folder): checked at once, imported by a job
         stack.start_worker()

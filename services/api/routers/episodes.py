@@ -102,6 +102,7 @@ def register_episode(body: EpisodeRegister, _: Principal = Depends(require("epis
                      c: AppContext = Depends(ctx)):
     ep = _open(c, body.episode_id)
     c.catalog.register(ep)
+    worker.enqueue_transcode(c.redis, c.settings, [body.episode_id])  # the video tier (data/video.py)
     return _out(c.catalog.get(body.episode_id), ep.cameras)
 
 
