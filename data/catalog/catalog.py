@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from data.effort import count_takeovers
 from data.catalog.models import Episode, EpisodePolicyVersion, OutcomeLabel, Robot, Task
 from data.schema import Outcome
 from data.sqldb import current_revision, open_engine, upgrade_schema
@@ -49,6 +50,8 @@ class EpisodeRecord:
     num_correction_ticks: int
     num_demonstration_ticks: int
     num_hold_ticks: int
+    num_takeovers: int
+    evaluation: bool
     fps: float
     start_time_ns: int
     end_time_ns: int
@@ -155,8 +158,8 @@ class Catalog:
             task.instruction = info.instruction
         s.flush()
         counts = info.extra.get("source_counts", {})
+        src = ep.action_source
         if not counts:  # recovered episodes: count from the data
-            src = ep.action_source
             counts = {k: int((src == i).sum()) for i, k in enumerate(("policy", "correction", "demonstration", "hold"))}
         row = s.get(Episode, info.episode_id)
         if row is None:
@@ -172,6 +175,7 @@ class Catalog:
         row.num_correction_ticks = counts.get("correction", 0)
         row.num_demonstration_ticks = counts.get("demonstration", 0)
         row.num_hold_ticks = counts.get("hold", 0)
+        row.num_takeovers = count_takeovers(src)
         row.fps = info.fps
         row.start_time_ns = info.start_time_ns
         row.end_time_ns = info.end_time_ns or info.start_time_ns
@@ -196,6 +200,21 @@ class Catalog:
         store.label(episode_id, outcome, labeller)
         self.register(store.open(episode_id))
         return self.get(episode_id)
+
+    def set_evaluation(self, episode_ids: Sequence[str], evaluation: bool = True) -> list[EpisodeRecord]:
+        """Flag episodes as recorded for evaluation (held out: `select_for_training` leaves them out),
+        or clear the flag. KeyError names the first id the catalog does not hold; nothing changes then."""
+        with self._session.begin() as s:
+            rows = []
+            for eid in episode_ids:
+                row = s.get(Episode, eid)
+                if row is None:
+                    raise KeyError(f"episode {eid} is not in the catalog")
+                rows.append(row)
+            for row in rows:
+                row.evaluation = bool(evaluation)
+            s.flush()
+            return [EpisodeRecord.from_row(r) for r in rows]
 
     def remove(self, episode_ids: Sequence[str]) -> None:
         with self._session.begin() as s:
@@ -230,6 +249,7 @@ class Catalog:
         since_ns: int | None = None,
         until_ns: int | None = None,
         with_corrections: bool | None = None,
+        evaluation: bool | None = None,
         ids: Sequence[str] | None = None,
         limit: int | None = None,
     ) -> list[EpisodeRecord]:
@@ -256,6 +276,8 @@ class Catalog:
             q = q.where(Episode.start_time_ns < until_ns)
         if with_corrections is not None:
             q = q.where(Episode.num_correction_ticks > 0 if with_corrections else Episode.num_correction_ticks == 0)
+        if evaluation is not None:
+            q = q.where(Episode.evaluation.is_(bool(evaluation)))
         if ids is not None:
             q = q.where(Episode.id.in_(list(ids)))
         q = q.order_by(Episode.start_time_ns, Episode.id)
@@ -265,10 +287,14 @@ class Catalog:
             return [EpisodeRecord.from_row(r) for r in s.scalars(q).all()]
 
     def select_for_training(self, store: EpisodeStore, **filters) -> TrainingSelection:
-        """`episodes(**filters)` less the degenerate ones (too short, inconsistent lengths, non-finite
-        values, unreadable: `EpisodeData.defect`), which come back in `excluded` with the reason."""
+        """`episodes(**filters)` less the evaluation episodes (held out) and the degenerate ones (too
+        short, inconsistent lengths, non-finite values, unreadable: `EpisodeData.defect`), which come
+        back in `excluded` with the reason."""
         usable, excluded = [], {}
         for r in self.episodes(**filters):
+            if r.evaluation:
+                excluded[r.id] = "evaluation episode (held out from training)"
+                continue
             if r.num_ticks < MIN_EPISODE_TICKS:  # known from the row: no need to open the episode
                 excluded[r.id] = f"{r.num_ticks} tick{'s' if r.num_ticks != 1 else ''} (at least {MIN_EPISODE_TICKS} needed)"
                 continue

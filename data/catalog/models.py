@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -37,6 +37,9 @@ class Episode(Base):
     num_correction_ticks: Mapped[int] = mapped_column(Integer, default=0)
     num_demonstration_ticks: Mapped[int] = mapped_column(Integer, default=0)
     num_hold_ticks: Mapped[int] = mapped_column(Integer, default=0)
+    num_takeovers: Mapped[int] = mapped_column(Integer, default=0)  # data.effort.count_takeovers
+    # recorded to evaluate a policy (held out): never selected for training (Catalog.select_for_training)
+    evaluation: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     fps: Mapped[float] = mapped_column(Float)
     start_time_ns: Mapped[int] = mapped_column(BigInteger, index=True)
     end_time_ns: Mapped[int] = mapped_column(BigInteger)

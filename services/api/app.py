@@ -68,9 +68,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         await run_in_threadpool(_startup, c)
         reconciler = StateReconciler(c)  # heals a publish that was lost (Redis down, a crash)
         reconciler.start()
+        c.gates.start()  # canary gates decide even when no request comes (services/canary.py)
         try:
             yield
         finally:
+            c.gates.stop()
             reconciler.stop()
 
     app = FastAPIOffline(title="recap control plane", lifespan=lifespan, redoc_url=None, static_url=DOCS_ASSETS,

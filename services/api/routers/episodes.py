@@ -8,6 +8,7 @@ the reason; then an import job on the worker extracts, verifies and adopts it (2
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 from pathlib import Path
@@ -37,11 +38,12 @@ from data.transfer import (
 )
 from services import worker
 from services.api.context import AppContext, ctx, principal, require
-from services.api.schemas import EpisodeOut, EpisodeRegister, LabelIn, Text, UploadForm, UploadJobOut
+from services.api.schemas import EpisodeOut, EpisodeRegister, EvaluationFlag, LabelIn, Text, UploadForm, UploadJobOut
 from services.auth import Principal
 from services.worker import import_queue_name
 
 router = APIRouter(prefix="/v1/episodes", tags=["episodes"])
+log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 4 << 30
 
@@ -63,13 +65,25 @@ def list_episodes(robot: list[Text] | None = Query(None), task: list[Text] | Non
                   outcome: list[Text] | None = Query(None), policy_version: list[Text] | None = Query(None),
                   status: list[Text] | None = Query(None), since_ns: int | None = Query(None, ge=0, le=2**63 - 1),
                   until_ns: int | None = Query(None, ge=0, le=2**63 - 1), limit: int = Query(500, ge=1, le=100_000),
+                  evaluation: bool | None = Query(None, description="only evaluation episodes (true) or only others"),
                   _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
     for o in outcome or []:
         if o not in ("success", "failure", "unknown"):
             raise HTTPException(422, f"unknown outcome {o!r}: success, failure or unknown")
     recs = c.catalog.episodes(robot=robot, task=task, outcome=outcome, policy_version=policy_version, status=status,
-                              since_ns=since_ns, until_ns=until_ns)
+                              since_ns=since_ns, until_ns=until_ns, evaluation=evaluation)
     return [_out(r) for r in recs[-limit:]]
+
+
+@router.post("/evaluation", response_model=list[EpisodeOut],
+             summary="Flag episodes as evaluation episodes (held out: never selected for training), or unflag them")
+def flag_evaluation(body: EvaluationFlag, request: Request, _: Principal = Depends(require("episodes.label")),
+                    c: AppContext = Depends(ctx)):
+    request.state.audit = {"episodes": len(body.episode_ids), "evaluation": body.evaluation}
+    try:
+        return [_out(r) for r in c.catalog.set_evaluation(body.episode_ids, body.evaluation)]
+    except KeyError as e:
+        raise HTTPException(404, f"{e.args[0]}; nothing was flagged") from None
 
 
 @router.post("/register", response_model=EpisodeOut, summary="Index a committed episode of the shared store")
@@ -77,7 +91,16 @@ def register_episode(body: EpisodeRegister, _: Principal = Depends(require("epis
                      c: AppContext = Depends(ctx)):
     ep = _open(c, body.episode_id)
     c.catalog.register(ep)
+    _look_at_gates(c)
     return _out(c.catalog.get(body.episode_id), ep.cameras)
+
+
+def _look_at_gates(c: AppContext) -> None:
+    """A new episode or label may let a canary gate decide; its thread looks again if this fails."""
+    try:
+        c.gates.look()
+    except Exception:
+        log.exception("canary gates: look after an episode change failed")
 
 
 class _Multipart:
@@ -267,6 +290,7 @@ def label_episode(episode_id: str, body: LabelIn, p: Principal = Depends(require
                   c: AppContext = Depends(ctx)):
     ep = _open(c, episode_id)
     rec = c.catalog.label(c.store, episode_id, body.outcome, labeller=p.name)
+    _look_at_gates(c)
     return _out(rec, ep.cameras)
 
 
