@@ -26,8 +26,12 @@ def browser():
 def test_dashboard_shows_fleet_versions_runs_and_plays_back_an_episode(stack, browser, tmp_path):
     with stack.client("researcher") as c:
         v = c.post("/v1/versions", json={"artifact_dir": str(policy_artifact(tmp_path / "a", 1))}).json()["id"]
+        v2 = c.post("/v1/versions", json={"artifact_dir": str(policy_artifact(tmp_path / "b", 2))}).json()["id"]
     with stack.client("operator") as c:
         c.post("/v1/deployments", json={"version": v})
+        c.post("/v1/robots", json={"id": "robot-1"})
+        assert c.post("/v1/deployments", json={"version": v2, "target_kind": "robot", "target": "robot-1",
+                                               "stage": "canary", "gate": {"min_episodes": 5}}).status_code == 201
     store = EpisodeStore(stack.settings.store_root)
     with stack.client("robot") as c:
         c.post("/v1/robots/robot-0/heartbeat", json={"version": v})
@@ -42,6 +46,13 @@ def test_dashboard_shows_fleet_versions_runs_and_plays_back_an_episode(stack, br
     versions = browser.find_element(By.CSS_SELECTOR, f"#versions tbody tr[data-version='{v}']").text
     assert "100%" in versions  # all four episodes succeeded
     assert len(browser.find_elements(By.CSS_SELECTOR, "#plot-success circle")) == 4  # one point per hour bucket
+    gate = browser.find_element(By.CSS_SELECTOR, "#gates tbody tr[data-gate='1']").text
+    assert v2 in gate and "robot-1" in gate and "open" in gate and "cannot decide yet: the canary has 0 of 5" in gate
+    # human effort: one takeover (3 correction ticks) in each 25-tick episode at 30 fps
+    effort = browser.find_element(By.CSS_SELECTOR, "#effort-robots tbody tr[data-key='robot-0']").text
+    assert effort.split() == ["robot-0", "4", f"{4 / (4 * 25 / 30 / 3600):.1f}", "12%", f"{4 * 3 / 30 / 60:.1f}",
+                              f"{4 / (1 + 4 * 3 / 30 / 60):.2f}"]
+    assert browser.find_element(By.CSS_SELECTOR, f"#effort-versions tbody tr[data-key='{v}']").text.split()[1] == "4"
     rows = browser.find_elements(By.CSS_SELECTOR, "#episodes tbody tr")
     assert len(rows) == 4 and "12%" in rows[0].text  # 3 correction ticks of 25
     rows[0].click()

@@ -82,9 +82,21 @@ async function refresh() {
   localStorage.setItem("recap-token", tokenInput.value);
   $("#error").textContent = "";
   try {
-    const [robots, runs, stats, deployments, episodes] = await Promise.all(
-      ["/v1/robots", "/v1/runs", "/v1/stats/versions", "/v1/deployments?limit=50", "/v1/episodes?limit=200"]
+    const [robots, runs, stats, deployments, episodes, gates, effort] = await Promise.all(
+      ["/v1/robots", "/v1/runs", "/v1/stats/versions", "/v1/deployments?limit=50", "/v1/episodes?limit=200",
+       "/v1/deployments/gates?limit=50", "/v1/stats/effort"]
         .map(p => api(p).then(r => r.json())));
+    const side = (s) => s ? `${s.successes}/${s.episodes}, ${s.takeovers_per_robot_hour.toFixed(1)}` : "–";
+    const prob = (x) => x == null ? "–" : x.toFixed(2);
+    rows("#gates", gates, g => [{ "data-gate": g.id, class: "gate-" + g.status },
+      ["#" + g.id, g.version_id, g.robot_id, g.baseline_version || "–",
+       [{ class: g.status === "passed" ? "ok" : g.status === "failed" ? "bad" : "muted" }, g.status],
+       side(g.figures.canary), side(g.figures.fleet),
+       prob(g.figures.p_success_worse) + ", " + prob(g.figures.p_takeovers_worse), g.reason]]);
+    const effortRow = ([k, f]) => [{ "data-key": k }, [k, f.episodes, f.takeovers_per_robot_hour.toFixed(1),
+      pct(f.correction_tick_share), f.human_minutes.toFixed(1), f.return_on_human_effort.toFixed(2)]];
+    rows("#effort-robots", Object.entries(effort.by_robot), effortRow);
+    rows("#effort-versions", Object.entries(effort.by_version), effortRow);
     rows("#fleet", robots, r => [{ "data-robot": r.id },
       [r.id, r.group, r.assigned_version || "–", r.reported_version || "–", ago(r.last_seen_ns)]]);
     rows("#runs", runs, r => [{ "data-run": r.id },
