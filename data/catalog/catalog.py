@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from data.effort import count_takeovers
-from data.catalog.models import Episode, EpisodePolicyVersion, OutcomeLabel, Robot, Task
+from data.catalog.models import Episode, EpisodeAnnotation, EpisodePolicyVersion, OutcomeLabel, Robot, Task
 from data.schema import Outcome
 from data.sqldb import current_revision, open_engine, upgrade_schema
 from data.store import MIN_EPISODE_TICKS, EpisodeData, EpisodeStore, StoreError
@@ -96,6 +96,11 @@ def _label_history(ep: EpisodeData) -> list[dict]:
         history.append({"outcome": attrs_outcome, "labeller": ep.group.attrs["outcome_labeller"],
                         "labelled_at_ns": int(ep.group.attrs.get("outcome_labelled_at_ns") or ep.info.end_time_ns or 0)})
     return history + list(ep.labels)
+
+
+def _annotation(a: EpisodeAnnotation) -> dict:
+    return {"id": a.id, "episode_id": a.episode_id, "kind": a.kind, "start_tick": a.start_tick,
+            "end_tick": a.end_tick, "reason": a.reason, "author": a.author, "created_at_ns": a.created_at_ns}
 
 
 class Catalog:
@@ -216,6 +221,37 @@ class Catalog:
             s.flush()
             return [EpisodeRecord.from_row(r) for r in rows]
 
+    ANNOTATION_KINDS = ("bad_correction",)
+
+    def annotate(self, episode_id: str, kind: str, start_tick: int, end_tick: int, reason: str, author: str) -> dict:
+        """Mark ticks start..end (inclusive) of an episode. A `bad_correction` stretch keeps the
+        episode out of every later training selection, with this reason. KeyError: unknown episode;
+        ValueError: a kind or stretch that does not fit it."""
+        if kind not in self.ANNOTATION_KINDS:
+            raise ValueError(f"kind {kind!r}: one of {', '.join(self.ANNOTATION_KINDS)}")
+        with self._session.begin() as s:
+            row = s.get(Episode, episode_id)
+            if row is None:
+                raise KeyError(f"episode {episode_id} is not in the catalog")
+            if not 0 <= start_tick <= end_tick < row.num_ticks:
+                raise ValueError(f"ticks {start_tick}..{end_tick}: outside the episode's 0..{row.num_ticks - 1}")
+            a = EpisodeAnnotation(episode_id=episode_id, kind=kind, start_tick=start_tick, end_tick=end_tick,
+                                  reason=reason, author=author, created_at_ns=time.time_ns())
+            s.add(a)
+            s.flush()
+            return _annotation(a)
+
+    def annotations(self, episode_ids: Sequence[str] | None = None) -> dict[str, list[dict]]:
+        """episode id -> its annotations, oldest first."""
+        q = select(EpisodeAnnotation).order_by(EpisodeAnnotation.id)
+        if episode_ids is not None:
+            q = q.where(EpisodeAnnotation.episode_id.in_(list(episode_ids)))
+        out: dict[str, list[dict]] = {}
+        with self._session() as s:
+            for a in s.scalars(q).all():
+                out.setdefault(a.episode_id, []).append(_annotation(a))
+        return out
+
     def remove(self, episode_ids: Sequence[str]) -> None:
         with self._session.begin() as s:
             for eid in episode_ids:
@@ -287,11 +323,19 @@ class Catalog:
             return [EpisodeRecord.from_row(r) for r in s.scalars(q).all()]
 
     def select_for_training(self, store: EpisodeStore, **filters) -> TrainingSelection:
-        """`episodes(**filters)` less the evaluation episodes (held out) and the degenerate ones (too
+        """`episodes(**filters)` less episodes with a stretch marked as a bad correction (the pipeline
+        selects whole episodes), the evaluation episodes (held out) and the degenerate ones (too
         short, inconsistent lengths, non-finite values, unreadable: `EpisodeData.defect`), which come
         back in `excluded` with the reason."""
         usable, excluded = [], {}
-        for r in self.episodes(**filters):
+        records = self.episodes(**filters)
+        marked = self.annotations([r.id for r in records]) if records else {}
+        for r in records:
+            bad = [a for a in marked.get(r.id, []) if a["kind"] == "bad_correction"]
+            if bad:
+                excluded[r.id] = "; ".join(f"bad correction at ticks {a['start_tick']}-{a['end_tick']} marked by "
+                                           f"{a['author']}: {a['reason']}" for a in bad)
+                continue
             if r.evaluation:
                 excluded[r.id] = "evaluation episode (held out from training)"
                 continue

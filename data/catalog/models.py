@@ -75,3 +75,19 @@ class OutcomeLabel(Base):
     episode: Mapped[Episode] = relationship(back_populates="labels")
 
     __table_args__ = (Index("ix_outcome_labels_unique", "episode_id", "labelled_at_ns", "labeller", unique=True),)
+
+
+class EpisodeAnnotation(Base):
+    """A stretch of ticks a reviewer marked, with why: `bad_correction` (a teleoperator's correction
+    that should not be learnt from: the episode is left out of training selections, this row saying
+    why)."""
+
+    __tablename__ = "episode_annotations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    episode_id: Mapped[str] = mapped_column(ForeignKey("episodes.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    start_tick: Mapped[int] = mapped_column(Integer)
+    end_tick: Mapped[int] = mapped_column(Integer)  # inclusive
+    reason: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(128))
+    created_at_ns: Mapped[int] = mapped_column(BigInteger)

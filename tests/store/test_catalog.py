@@ -94,7 +94,7 @@ def test_migrations_run_once_even_when_two_processes_open_a_new_catalog(tmp_path
     code = f"from data.catalog import Catalog; c = Catalog({url!r}); print(c.current_revision())"
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs) and outs == ["0002"] * 3
+    assert all(p.returncode == 0 for p in procs) and outs == ["0003"] * 3
 
 
 def test_registering_one_episode_from_several_threads_at_once_is_idempotent(store_root):

@@ -26,6 +26,12 @@ def page() -> str:
     return PAGE.read_text()
 
 
+@router.get("/review", response_class=HTMLResponse, include_in_schema=False)
+def review_page() -> str:
+    """Episode review: scrub an episode, its frames, plots, who acted, the runs' labels; label it."""
+    return (STATIC / "review.html").read_text()
+
+
 @router.get("/v1/stats/versions", summary="Per policy version: success rate, throughput, corrections, over time")
 def version_stats(bucket_s: int = Query(3600, ge=1, le=30 * 86400), _: Principal = Depends(principal),
                   c: AppContext = Depends(ctx)) -> dict:

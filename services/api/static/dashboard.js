@@ -111,7 +111,8 @@ async function refresh() {
     rows("#episodes", episodes.slice().reverse(), e => [{ "data-episode": e.id, "data-ticks": e.num_ticks },
       [e.id, e.robot_id, e.task_id, e.instruction,
        [{ class: e.outcome === "success" ? "ok" : e.outcome === "failure" ? "bad" : "muted" }, e.outcome],
-       pct(e.correction_rate), e.num_ticks, e.policy_versions.join(", ")]]);
+       pct(e.correction_rate), e.num_ticks, e.policy_versions.join(", "),
+       el("a", { href: "/review#episode=" + encodeURIComponent(e.id), class: "review" }, "review")]]);
     document.querySelectorAll("#episodes tbody tr").forEach(tr => tr.onclick = async () => {
       document.querySelectorAll("#episodes tr.sel").forEach(x => x.classList.remove("sel"));
       tr.classList.add("sel");
