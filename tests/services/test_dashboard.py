@@ -38,9 +38,24 @@ def test_dashboard_shows_fleet_versions_runs_and_plays_back_an_episode(stack, br
         for i in range(4):
             ep, _ = record(store, robot="robot-0", cameras=1, version=v, corrections=range(3, 6), start=T0 + i * 3600 * 10**9)
             c.post("/v1/episodes/register", json={"episode_id": ep.episode_id})
+    # two training runs with TensorBoard event files (written by the run's own hook, training/tracking.py)
+    from pathlib import Path
+
+    from training.tracking import write_run_events
+
+    with stack.client("researcher") as c:
+        run_ids = [c.post("/v1/runs", json={"method": "bc"}).json()["id"] for _ in range(2)]
+    for k, run_id in enumerate(run_ids):
+        write_run_events(Path(stack.settings.runs_dir) / run_id, {"value": [1.0 / (1 + i + k) for i in range(50)],
+                                                                  "policy": [2.0 / (1 + i) for i in range(30)]}, {})
     browser.get(f"{stack.api.url}/#token={stack.tokens['operator']}")
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1")
     assert browser.find_element(By.ID, "error").text == ""
+    # every run's curves, every version's lineage
+    for run_id in run_ids:
+        lines = browser.find_elements(By.CSS_SELECTOR, f"#curves svg[data-run='{run_id}'] polyline")
+        assert sorted(len(p.get_attribute("points").split()) for p in lines) == [30, 50]
+    assert [r.get_attribute("data-version") for r in browser.find_elements(By.CSS_SELECTOR, "#version-lineage tbody tr")] == [v2, v]
     fleet = browser.find_element(By.CSS_SELECTOR, "#fleet tbody tr[data-robot='robot-0']").text
     assert v in fleet and "s ago" in fleet
     versions = browser.find_element(By.CSS_SELECTOR, f"#versions tbody tr[data-version='{v}']").text

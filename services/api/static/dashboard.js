@@ -82,9 +82,9 @@ async function refresh() {
   localStorage.setItem("recap-token", tokenInput.value);
   $("#error").textContent = "";
   try {
-    const [robots, runs, stats, deployments, episodes, gates, effort] = await Promise.all(
+    const [robots, runs, stats, deployments, episodes, gates, effort, versions] = await Promise.all(
       ["/v1/robots", "/v1/runs", "/v1/stats/versions", "/v1/deployments?limit=50", "/v1/episodes?limit=200",
-       "/v1/deployments/gates?limit=50", "/v1/stats/effort"]
+       "/v1/deployments/gates?limit=50", "/v1/stats/effort", "/v1/versions"]
         .map(p => api(p).then(r => r.json())));
     const side = (s) => s ? `${s.successes}/${s.episodes}, ${s.takeovers_per_robot_hour.toFixed(1)}` : "–";
     const prob = (x) => x == null ? "–" : x.toFixed(2);
@@ -119,13 +119,23 @@ async function refresh() {
       const ep = await (await api(`/v1/episodes/${encodeURIComponent(tr.dataset.episode)}`)).json();
       playback(ep.id, ep.cameras, ep.num_ticks);
     });
-    const done = runs.find(r => r.status === "finished");
-    if (done) {
-      const blob = await (await api(`/v1/runs/${encodeURIComponent(done.id)}/curves.png`)).blob();
-      const img = el("img", { id: "curves-img", width: "100%" });
-      img.src = URL.createObjectURL(blob);
-      $("#curves").replaceChildren(el("div", { class: "muted" }, "loss curves of " + done.id), img);
-    }
+    rows("#version-lineage", versions.slice().reverse(), v => [{ "data-version": v.id },
+      [v.id, v.policy_type, v.lineage.method || "–", v.parent_version || "–", v.run_id || "(registered)",
+       v.lineage.episodes == null ? "–" : v.lineage.episodes, (v.lineage.selection_digest || "").slice(0, 12),
+       when(v.created_at_ns), v.created_by]]);
+    const curves = await Promise.all(runs.slice(0, 20).map(r =>
+      api(`/v1/runs/${encodeURIComponent(r.id)}/scalars?max_points=200`).then(x => x.json()).then(sc => [r, sc])));
+    $("#curves").replaceChildren(...curves.filter(([, sc]) => Object.keys(sc).some(t => t.endsWith("/loss"))).map(([r, sc]) => {
+      const svg = svgEl("svg", { width: 520, height: 160, "data-run": r.id });
+      const series = {};
+      for (const [tag, pts] of Object.entries(sc)) {
+        if (tag.endsWith("/loss")) series[tag] = { series: pts.map(([t, y]) => ({ t, loss: y })) };
+      }
+      svg.id = "curve-" + r.id.replace(/[^A-Za-z0-9_-]/g, "_");
+      $("#curves").append(svg);
+      plot("#" + svg.id, series, "loss", `${r.id} (${r.spec.method}, ${r.status}): loss by step`);
+      return svg;
+    }));
     document.body.dataset.loaded = "1";
   } catch (e) { $("#error").textContent = e.message; }
 }
