@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from services.api.context import AppContext, authenticate
 from services.api.gate import Gate, RedactTokens
 from services.api.publish import StateReconciler, publish_serving_state
-from services.api.routers import audit, dashboard, deployments, episodes, review, robots, runs, tokens, versions
+from services.api.routers import audit, dashboard, deployments, episodes, live, review, robots, runs, tokens, versions
 from services.auth import Role, token_digest
 from services.control.models import ApiToken, AuditEntry
 from services.settings import ServiceSettings
@@ -82,7 +82,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                                      "services/auth.py.",
                          version="1")
     app.state.ctx = c
-    for r in (tokens, robots, episodes, review, runs, versions, deployments, audit, dashboard):
+    for r in (tokens, robots, episodes, review, runs, versions, deployments, audit, live, dashboard):
         app.include_router(r.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
 

@@ -86,3 +86,43 @@ def test_markup_in_every_user_controlled_field_is_shown_as_text(stack, browser, 
     assert '<b id=pwn0b>bold</b>' in cells
     notes = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#deployments tbody td:last-child")]
     assert '"><svg id=pwn0c onload="window.__pwned=(window.__pwned||0)+1">' in notes
+
+
+def test_live_view_follows_the_fleet_without_a_reload(stack, browser, tmp_path):
+    """Server-sent events: what a robot reports it runs, the episode it is recording, the training run
+    in progress, all on the page without a reload."""
+    from data.schema import ActionSource
+    from data.synthetic import SyntheticFrames
+    from tests.store.helpers import PERIOD, small_features
+
+    with stack.client("researcher") as c:
+        v = c.post("/v1/versions", json={"artifact_dir": str(policy_artifact(tmp_path / "a", 1))}).json()["id"]
+    browser.get(f"{stack.api.url}/#token={stack.tokens['operator']}")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-live-events"))
+    row = lambda d: d.find_element(By.CSS_SELECTOR, "#live tbody tr[data-robot='robot-0']").text  # noqa: E731
+    assert row(browser).split()[:3] == ["robot-0", "–", "–"]
+    browser.execute_script("window.__sameDocument = true")  # a reload would lose it
+    with stack.client("operator") as c:
+        c.post("/v1/deployments", json={"version": v})
+    with stack.client("robot") as c:
+        c.post("/v1/robots/robot-0/heartbeat", json={"version": v})
+    WebDriverWait(browser, 15).until(lambda d: row(d).split()[:3] == ["robot-0", v, v])
+    # an episode being recorded now
+    store = EpisodeStore(stack.settings.store_root)
+    feats = small_features(0)
+    frames = SyntheticFrames(feats, n_frames=2)
+    w = store.new_episode(robot_id="robot-0", task_id="push", features=feats, fps=30, flush_ticks=5, fsync=False)
+    try:
+        for t in range(12):
+            w.append(frames.tick(t, T0 + t * PERIOD, ActionSource.POLICY, v))
+        WebDriverWait(browser, 15).until(lambda d: "(10 ticks)" in row(d))
+        # a training run queued meanwhile
+        with stack.client("robot") as c:
+            c.post("/v1/episodes/register", json={"episode_id": record(store, robot="robot-0", cameras=0)[0].episode_id})
+        with stack.client("researcher") as c:
+            run = c.post("/v1/runs", json={"method": "bc"}).json()["id"]
+        WebDriverWait(browser, 15).until(lambda d: d.find_elements(By.CSS_SELECTOR, f"#live-runs tbody tr[data-run='{run}']"))
+        assert "queued" in browser.find_element(By.CSS_SELECTOR, f"#live-runs tbody tr[data-run='{run}']").text
+    finally:
+        w.abandon()
+    assert browser.execute_script("return window.__sameDocument") is True  # the same page, no reload

@@ -139,6 +139,40 @@ async function refresh() {
     document.body.dataset.loaded = "1";
   } catch (e) { $("#error").textContent = e.message; }
 }
+// The live view: server-sent events from /v1/live, read with fetch() so the token stays in the header.
+let liveEvents = 0;
+function showLive(state) {
+  rows("#live", state.robots, r => [{ "data-robot": r.id, class: r.reported_version !== r.assigned_version ? "muted" : "" },
+    [r.id, r.reported_version || "–", r.assigned_version || "–",
+     r.recording ? `${r.recording.episode_id} (${r.recording.ticks} ticks)` : "–"]]);
+  rows("#live-runs", state.runs, r => [{ "data-run": r.id }, [r.id, r.method, r.status, r.phase, bar(r.progress)]]);
+  document.body.dataset.liveEvents = String(++liveEvents);
+}
+async function live() {
+  for (;;) {
+    try {
+      if (!tokenInput.value) { await new Promise(r => setTimeout(r, 1000)); continue; }
+      const r = await api("/v1/live");
+      $("#live-status").textContent = "(streaming)";
+      const reader = r.body.getReader(), dec = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          const data = block.split("\n").filter(l => l.startsWith("data: ")).map(l => l.slice(6)).join("\n");
+          if (block.startsWith("event: fleet") && data) showLive(JSON.parse(data));
+        }
+      }
+    } catch (e) { $("#live-status").textContent = "(reconnecting: " + e.message + ")"; }
+    await new Promise(r => setTimeout(r, 1000));
+  }
+}
 $("#refresh").onclick = refresh;
+live();
 if (tokenInput.value) refresh();
 setInterval(() => tokenInput.value && refresh(), 5000);
