@@ -240,13 +240,16 @@ class GateKeeper:
 
     @staticmethod
     def _act(s: Session, g: CanaryGate, v: Verdict) -> Deployment:
-        from services.registry import deploy, rollback
+        from services.registry import RegistryError, deploy, rollback
 
         note = f"canary gate #{g.id}: {v.reason}"
         if v.decision == "pass":
             canary = s.get(Deployment, g.deployment_id)
             return deploy(s, g.version_id, "fleet", "*", stage="widen", created_by=ACTOR, note=note, beta=canary.beta)
-        d = rollback(s, "robot", g.robot_id, created_by=ACTOR)
+        try:
+            d = rollback(s, "robot", g.robot_id, created_by=ACTOR)
+        except RegistryError:  # nothing earlier applies to the robot any more: back to what the fleet ran
+            return deploy(s, g.baseline_version, "robot", g.robot_id, stage="rollback", created_by=ACTOR, note=note)
         d.note = note
         return d
 
