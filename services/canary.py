@@ -15,7 +15,8 @@ The rule (a one-sided Bayesian comparison, fixed sample size):
   per side (Jeffreys prior).
 - Once the canary has `min_episodes` counted episodes and the fleet at least as many:
   P_success = P(p_canary < p_fleet) and P_takeover = P(λ_canary > λ_fleet), both exact.
-  **Rolled back** if max(P_success, P_takeover) >= threshold (default 0.8), **widened** otherwise.
+  **Rolled back** if max(P_success, P_takeover) >= threshold (default 0.8), or if the canary has not
+  succeeded once (however badly the fleet does: no evidence it can do the task); **widened** otherwise.
   Before that the gate is open and says what it waits for.
 
 How a decision is made safely: `GateKeeper.look` runs after every episode registration and label in
@@ -130,6 +131,9 @@ def judge(canary: Iterable[GateEpisode], fleet: Iterable[GateEpisode], *, min_ep
             f"{b['takeovers_per_robot_hour']:.1f} (P worse {p_t:.2f}), threshold {threshold:g}")
     if max(p_s, p_t) >= threshold:
         return Verdict("fail", "rolled back: " + said, figures)
+    if c["successes"] == 0:  # nothing shows it can do the task, however bad the fleet is
+        return Verdict("fail", "rolled back: no success in its episodes (a version is widened only once it has "
+                               "succeeded); " + said, figures)
     return Verdict("pass", "widened: " + said, figures)
 
 

@@ -252,6 +252,11 @@ class DemoLoop:
             self.view.log(f"one robot: no rest of the fleet to compare a canary with; {version} goes to the fleet")
             self.deploy(version, "fleet", "*", "deploy")
             return None
+        with self.stack.client("operator") as c:
+            now = c.get("/v1/deployments/current").json()
+        if any(now.get(robot) != fleet for robot in active):  # a run that stopped mid-phase left another state
+            self.view.log(f"the fleet is not on {fleet} (an interrupted run left {now}); deploying {fleet} first")
+            self.deploy(fleet, "fleet", "*", "deploy")
         self.deploy(version, "robot", canary, "canary",
                     gate={"min_episodes": cfg.canary_episodes, "threshold": cfg.gate_threshold})
         with self.stack.client("operator") as c:

@@ -72,6 +72,10 @@ def test_the_rule_on_constructed_outcome_sequences():
     # no takeovers anywhere says nothing against the canary
     v = judge(seq("SSSS"), seq("SSSS"), min_episodes=4)
     assert v.decision == "pass" and v.figures["p_takeovers_worse"] == pytest.approx(0.5)
+    # a fleet that fails everything cannot show the canary worse, but a version with no success is not widened
+    v = judge(seq("FFF", takeovers=2), seq("FFF", takeovers=2), min_episodes=3)
+    assert v.decision == "fail" and "no success" in v.reason and v.figures["p_success_worse"] == pytest.approx(0.5)
+    assert judge(seq("FSF"), seq("FFF"), min_episodes=3).decision == "pass"
 
 
 def _episode(store: EpisodeStore, robot: str, version: str, outcome: str, start: int, holds: int = 0,
