@@ -265,6 +265,7 @@ class DemoLoop:
                         f"every robot works the same layouts until the gate decides ({cfg.canary_episodes} episodes each)")
         self._new_budget()
         self.state["episodes"].pop(phase, None)  # a re-run of the phase records it anew
+        self.state["gates"] = [g for g in self.state["gates"] if (g["round"], g["drill"]) != (r, drill)]
         k, gate = first_layout, None
         for batch in range(cfg.gate_batches):
             n = cfg.canary_episodes if batch == 0 else 1
