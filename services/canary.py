@@ -7,9 +7,10 @@ The rule (a one-sided Bayesian comparison, fixed sample size):
   the canary's are the canary robot's with the canary version, the fleet's are the other robots'
   with the baseline version (what the rest of the fleet ran when the gate opened). An episode whose
   outcome is still unknown waits for its label.
-- An episode is a success when its outcome is success **and** the arm never held for want of an
-  action (no HOLD tick: a missed deadline, an inference outage): holds count as failures, on both
-  sides, so a version that is slow or unreachable cannot pass on the episodes it did finish.
+- An episode is a success when its outcome is success **and** the arm held for want of an action
+  (HOLD ticks: missed deadlines, an inference outage) for less than HOLD_FAILS (10 %) of its ticks:
+  such holds count as failures, on both sides, so a version that is slow or unreachable cannot pass
+  on the episodes it did finish.
 - Success probability p ~ Beta(1 + successes, 1 + failures) per side (uniform prior);
   takeover rate λ (takeovers per robot-hour, data/effort.py) ~ Gamma(0.5 + takeovers, robot-hours)
   per side (Jeffreys prior).
@@ -49,10 +50,14 @@ from services.control.models import AuditEntry, CanaryGate, Deployment, Robot
 log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.8
+# An episode whose arm held (no fresh action by the deadline) for at least this share of its ticks is a
+# failure for the gate: an outage or a version too slow to serve; the few hold ticks a hand-back costs are not.
+HOLD_FAILS = 0.1
 CHECK_S = 2.0
 ACTOR = "canary-gate"
 RULE = ("one-sided Bayesian: roll back if P(p_canary < p_fleet) or P(takeovers/h canary > fleet) >= threshold; "
-        "p ~ Beta(1+s, 1+f), rate ~ Gamma(0.5+k, robot-hours); a HOLD tick makes an episode a failure")
+        "p ~ Beta(1+s, 1+f), rate ~ Gamma(0.5+k, robot-hours); holding >= 10% of ticks makes an episode a failure; "
+        "no success: rolled back")
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ def gate_episode(r: EpisodeRecord) -> GateEpisode | None:
     """None while the episode cannot be counted yet (outcome not labelled)."""
     if r.outcome == "unknown":
         return None
-    held = r.num_hold_ticks > 0
+    held = r.num_hold_ticks >= HOLD_FAILS * r.num_ticks
     return GateEpisode(success=r.outcome == "success" and not held, takeovers=r.num_takeovers, ticks=r.num_ticks,
                        correction_ticks=r.num_correction_ticks, fps=r.fps, held=held)
 

@@ -1,8 +1,7 @@
 """The rounds, driven the way the lab's people would drive them: teleoperators record
 demonstrations and stand by to correct at the robots' stations (ROS 2), a researcher starts
 training runs through the API, an operator deploys each new version to one robot as a gated canary
-(services/canary.py): every robot works on the same canary layouts, teleoperators standing by,
-until the gate compares the canary with the rest of the fleet and widens or rolls it back by
+(services/canary.py): every robot runs autonomous episodes on the same canary layouts until the gate compares the canary with the rest of the fleet and widens or rolls it back by
 itself. Figures per round come back from the API (the catalog of registered episodes).
 
 Evaluation episodes are flagged as evaluation in the catalog the moment each is recorded, so no
@@ -230,8 +229,8 @@ class DemoLoop:
         self.view.table(self.state["records"])
 
     def canary(self, r: int) -> None:
-        """The round's version to one robot under a gate; every robot works the same canary layouts
-        (teleoperators standing by) until the gate widens it to the fleet or rolls it back."""
+        """The round's version to one robot under a gate; every robot runs autonomous episodes on the
+        same canary layouts until the gate widens it to the fleet or rolls it back."""
         v, previous = self.state["versions"][str(r)], self.state["deployed"][str(r - 1)]
         gate = self.gated_canary(r, v, f"r{r}.canary", first_layout=0)
         self.state["deployed"][str(r)] = v if gate is None or gate["status"] == "passed" else previous
@@ -263,13 +262,12 @@ class DemoLoop:
             gate_id = c.get("/v1/deployments").json()[0]["gate_id"]
         self.view.phase(f"round {r}: gated canary #{gate_id}: {version} on {canary}, the rest of the fleet on {fleet}; "
                         f"every robot works the same layouts until the gate decides ({cfg.canary_episodes} episodes each)")
-        self._new_budget()
         self.state["episodes"].pop(phase, None)  # a re-run of the phase records it anew
         self.state["gates"] = [g for g in self.state["gates"] if (g["round"], g["drill"]) != (r, drill)]
         k, gate = first_layout, None
         for batch in range(cfg.gate_batches):
             n = cfg.canary_episodes if batch == 0 else 1
-            plan = {robot: [{"kind": "corrected", "seed": k + j, "layout": canary_layout(r, k + j)} for j in range(n)]
+            plan = {robot: [{"kind": "autonomous", "layout": canary_layout(r, k + j)} for j in range(n)]
                     for robot in self.active()}
             k += n
             self._episodes(phase, plan)
