@@ -166,18 +166,26 @@ def fleet_register(artifact_dir: Path = typer.Argument(..., help="The policy art
 
 
 @fleet.command("deploy")
-def fleet_deploy(version: str = typer.Argument(..., help="Policy version, e.g. v3."), robot: str = typer.Option(None, help="Canary: one robot."),
+def fleet_deploy(version: str = typer.Argument(..., help="Policy version, e.g. v3."),
+                 robot: str = typer.Option(None, "--canary", "--robot", help="Canary: one robot."),
                  group: str = typer.Option(None, help="A group of robots."), note: str = typer.Option("", help="Why (kept in the history)."),
                  beta: float = typer.Option(None, help=f"Serve it with this guidance strength β (0..{BETA_MAX:g}) [default: the artifact's]."),
+                 gate: int = typer.Option(None, min=1, max=100_000, help="Gate the canary: after this many episodes it is "
+                                          "compared with the rest of the fleet and widened or rolled back automatically."),
+                 gate_threshold: float = typer.Option(0.8, min=0.5, max=0.999, help="Roll back when the probability that "
+                                                      "the canary is worse reaches this."),
                  api: str = API, token: str = TOKEN):
     """Point a robot (canary), a group, or the whole fleet (default) at a version, at the artifact's
-    guidance β or --beta."""
+    guidance β or --beta. `--canary ROBOT --gate N`: the gate decides the rest (services/README.md)."""
     if beta is not None and not (math.isfinite(beta) and 0.0 <= beta <= BETA_MAX):
         raise typer.BadParameter(f"{beta} is not a guidance strength in [0, {BETA_MAX:g}]", param_hint="'--beta'")
+    if gate is not None and not robot:
+        raise typer.BadParameter("a gate needs a canary: --canary ROBOT", param_hint="'--gate'")
     kind, target, stage = ("robot", robot, "canary") if robot else ("group", group, "widen") if group else ("fleet", "*", "deploy")
-    _print(_call(api, token, "POST", "/v1/deployments",
-                 json={"version": version, "target_kind": kind, "target": target, "stage": stage, "note": note,
-                       "beta": beta}))
+    body = {"version": version, "target_kind": kind, "target": target, "stage": stage, "note": note, "beta": beta}
+    if gate is not None:
+        body["gate"] = {"min_episodes": gate, "threshold": gate_threshold}
+    _print(_call(api, token, "POST", "/v1/deployments", json=body))
 
 
 @fleet.command("rollback")
@@ -188,13 +196,32 @@ def fleet_rollback(robot: str = typer.Option(None, help="One robot."), group: st
     _print(_call(api, token, "POST", "/v1/deployments/rollback", json={"target_kind": kind, "target": target}))
 
 
+def gate_line(g: dict) -> str:
+    """One canary gate as `recap fleet history` prints it: status, what it compared, the decision's figures."""
+    f = g.get("figures") or {}
+    line = (f"gate #{g['id']:<3} {g['status']:<10} {g['version_id']} on {g['robot_id']} vs fleet "
+            f"{g['baseline_version'] or '-'} (N={g['min_episodes']}, threshold {g['threshold']:g})")
+    if "p_success_worse" in f:
+        c, b = f["canary"], f["fleet"]
+        line += (f": success {c['successes']}/{c['episodes']} vs {b['successes']}/{b['episodes']}, takeovers/h "
+                 f"{c['takeovers_per_robot_hour']:.1f} vs {b['takeovers_per_robot_hour']:.1f}, P(worse) "
+                 f"{f['p_success_worse']:.2f} / {f['p_takeovers_worse']:.2f}")
+    if g.get("decision_deployment_id"):
+        line += f" -> #{g['decision_deployment_id']}"
+    return line + f"\n           {g['reason']}"
+
+
 @fleet.command("history")
 def fleet_history(api: str = API, token: str = TOKEN):
-    """Every deployment, newest last: stage, target, version, who and why."""
-    for d in _call(api, token, "GET", "/v1/deployments"):
+    """Every deployment, newest last: stage, target, version, who and why; then every canary gate with
+    its decision and the figures it decided on (or what it still waits for)."""
+    for d in reversed(_call(api, token, "GET", "/v1/deployments")):
         beta = "artifact" if d.get("beta") is None else f"{d['beta']:g}"
+        gate = f" [gate #{d['gate_id']}]" if d.get("gate_id") else ""
         typer.echo(f"#{d['id']:<4} {d['stage']:<8} {d['target_kind']}:{d['target']:<14} -> {d['version_id']:<6} "
-                   f"beta {beta:<8} by {d['created_by']} {d['note']}")
+                   f"beta {beta:<8} by {d['created_by']}{gate} {d['note']}")
+    for g in reversed(_call(api, token, "GET", "/v1/deployments/gates")):
+        typer.echo(gate_line(g))
 
 
 def _json_object(value: str) -> dict:

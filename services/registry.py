@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from data.artifact_manifest import manifest_digest, verify_artifact
+from services.canary import GateError, open_gate
 from services.control import serving_sequence
 from services.control.models import ApiToken, Deployment, PolicyVersion, Robot
 from training.recap_config import BETA_MAX
@@ -63,10 +64,13 @@ def register_version(s: Session, artifact_dir: str | Path, *, created_by: str, r
 
 
 def deploy(s: Session, version_id: str, target_kind: str, target: str, *, stage: str, created_by: str,
-           note: str = "", beta: float | None = None) -> Deployment:
+           note: str = "", beta: float | None = None, gate: dict | None = None) -> Deployment:
     """`beta`: the guidance strength to serve the version with on this target; None: the artifact's
-    (the value its run was evaluated with)."""
+    (the value its run was evaluated with). `gate` ({"min_episodes", "threshold"}): a canary on one
+    robot that the canary gate (services/canary.py) widens or rolls back, opened in the same
+    transaction."""
     serving_sequence.bump(s)
+    baseline = fleet_baseline(s, target) if gate is not None and target_kind == "robot" else None
     if s.get(PolicyVersion, version_id) is None:
         raise RegistryError(f"unknown policy version {version_id!r}")
     if beta is not None and not (math.isfinite(beta) and 0.0 <= beta <= BETA_MAX):
@@ -82,7 +86,28 @@ def deploy(s: Session, version_id: str, target_kind: str, target: str, *, stage:
                    beta=None if beta is None else float(beta))
     s.add(d)
     s.flush()
+    if gate is not None:
+        try:
+            open_gate(s, d, min_episodes=gate["min_episodes"], threshold=gate["threshold"],
+                               baseline=baseline, created_by=created_by)
+        except GateError as e:
+            raise RegistryError(str(e)) from e
     return d
+
+
+def fleet_baseline(s: Session, canary_robot: str) -> str | None:
+    """What the rest of the fleet runs (the version most of the other robots are assigned; None when
+    no other robot runs one): the canary gate compares with it."""
+    counts: dict[str, int] = {}
+    for robot, v in assignments(s).items():
+        if robot != canary_robot and v is not None:
+            counts[v] = counts.get(v, 0) + 1
+    return max(sorted(counts), key=counts.get) if counts else None
+
+
+def deciding_deployment(s: Session, robot_id: str) -> Deployment | None:
+    """The deployment that decides what `robot_id` runs now."""
+    return _deciding(s).get(robot_id)
 
 
 def _served(version_id: str, beta: float | None) -> str:

@@ -42,6 +42,7 @@ from training.policies.trainer_policy import fit_policy
 from training.recap import RecapConfig, positive_rate_by_outcome
 from training.recipe import effective_recipe
 from training.steps import load_steps
+from training.tracking import write_run_events
 from training.value import ValueConfig, build_value_function
 from training.value.trainer_value import cross_fit_folds, fit_value, predict_values, task_max_lengths
 
@@ -239,6 +240,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         return RunResult(run_dir, run_dir / "policy", {}, metrics)
     if curves:
         _plot_curves(run_dir / "curves.png", curves)
+        write_run_events(run_dir, curves, metrics)  # TensorBoard (training/tracking.py)
     lineage = {"run": spec.run_id, "method": str(spec.method), "first_fit": spec.first_fit,
                "selection": sel["selection"], "selection_digest": sel["digest"], "episodes": len(sel["episodes"]),
                "parent_version": spec.parent_version, "seed": spec.seed, "recap": asdict(spec.recap),

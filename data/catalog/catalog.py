@@ -19,7 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from data.catalog.models import Episode, EpisodePolicyVersion, OutcomeLabel, Robot, Task
+from data.effort import count_takeovers
+from data.catalog.models import Episode, EpisodeAnnotation, EpisodePolicyVersion, OutcomeLabel, Robot, Task
 from data.schema import Outcome
 from data.sqldb import current_revision, open_engine, upgrade_schema
 from data.store import MIN_EPISODE_TICKS, EpisodeData, EpisodeStore, StoreError
@@ -49,6 +50,8 @@ class EpisodeRecord:
     num_correction_ticks: int
     num_demonstration_ticks: int
     num_hold_ticks: int
+    num_takeovers: int
+    evaluation: bool
     fps: float
     start_time_ns: int
     end_time_ns: int
@@ -93,6 +96,11 @@ def _label_history(ep: EpisodeData) -> list[dict]:
         history.append({"outcome": attrs_outcome, "labeller": ep.group.attrs["outcome_labeller"],
                         "labelled_at_ns": int(ep.group.attrs.get("outcome_labelled_at_ns") or ep.info.end_time_ns or 0)})
     return history + list(ep.labels)
+
+
+def _annotation(a: EpisodeAnnotation) -> dict:
+    return {"id": a.id, "episode_id": a.episode_id, "kind": a.kind, "start_tick": a.start_tick,
+            "end_tick": a.end_tick, "reason": a.reason, "author": a.author, "created_at_ns": a.created_at_ns}
 
 
 class Catalog:
@@ -155,8 +163,8 @@ class Catalog:
             task.instruction = info.instruction
         s.flush()
         counts = info.extra.get("source_counts", {})
+        src = ep.action_source
         if not counts:  # recovered episodes: count from the data
-            src = ep.action_source
             counts = {k: int((src == i).sum()) for i, k in enumerate(("policy", "correction", "demonstration", "hold"))}
         row = s.get(Episode, info.episode_id)
         if row is None:
@@ -172,6 +180,7 @@ class Catalog:
         row.num_correction_ticks = counts.get("correction", 0)
         row.num_demonstration_ticks = counts.get("demonstration", 0)
         row.num_hold_ticks = counts.get("hold", 0)
+        row.num_takeovers = count_takeovers(src)
         row.fps = info.fps
         row.start_time_ns = info.start_time_ns
         row.end_time_ns = info.end_time_ns or info.start_time_ns
@@ -196,6 +205,52 @@ class Catalog:
         store.label(episode_id, outcome, labeller)
         self.register(store.open(episode_id))
         return self.get(episode_id)
+
+    def set_evaluation(self, episode_ids: Sequence[str], evaluation: bool = True) -> list[EpisodeRecord]:
+        """Flag episodes as recorded for evaluation (held out: `select_for_training` leaves them out),
+        or clear the flag. KeyError names the first id the catalog does not hold; nothing changes then."""
+        with self._session.begin() as s:
+            rows = []
+            for eid in episode_ids:
+                row = s.get(Episode, eid)
+                if row is None:
+                    raise KeyError(f"episode {eid} is not in the catalog")
+                rows.append(row)
+            for row in rows:
+                row.evaluation = bool(evaluation)
+            s.flush()
+            return [EpisodeRecord.from_row(r) for r in rows]
+
+    ANNOTATION_KINDS = ("bad_correction",)
+
+    def annotate(self, episode_id: str, kind: str, start_tick: int, end_tick: int, reason: str, author: str) -> dict:
+        """Mark ticks start..end (inclusive) of an episode. A `bad_correction` stretch keeps the
+        episode out of every later training selection, with this reason. KeyError: unknown episode;
+        ValueError: a kind or stretch that does not fit it."""
+        if kind not in self.ANNOTATION_KINDS:
+            raise ValueError(f"kind {kind!r}: one of {', '.join(self.ANNOTATION_KINDS)}")
+        with self._session.begin() as s:
+            row = s.get(Episode, episode_id)
+            if row is None:
+                raise KeyError(f"episode {episode_id} is not in the catalog")
+            if not 0 <= start_tick <= end_tick < row.num_ticks:
+                raise ValueError(f"ticks {start_tick}..{end_tick}: outside the episode's 0..{row.num_ticks - 1}")
+            a = EpisodeAnnotation(episode_id=episode_id, kind=kind, start_tick=start_tick, end_tick=end_tick,
+                                  reason=reason, author=author, created_at_ns=time.time_ns())
+            s.add(a)
+            s.flush()
+            return _annotation(a)
+
+    def annotations(self, episode_ids: Sequence[str] | None = None) -> dict[str, list[dict]]:
+        """episode id -> its annotations, oldest first."""
+        q = select(EpisodeAnnotation).order_by(EpisodeAnnotation.id)
+        if episode_ids is not None:
+            q = q.where(EpisodeAnnotation.episode_id.in_(list(episode_ids)))
+        out: dict[str, list[dict]] = {}
+        with self._session() as s:
+            for a in s.scalars(q).all():
+                out.setdefault(a.episode_id, []).append(_annotation(a))
+        return out
 
     def remove(self, episode_ids: Sequence[str]) -> None:
         with self._session.begin() as s:
@@ -230,6 +285,7 @@ class Catalog:
         since_ns: int | None = None,
         until_ns: int | None = None,
         with_corrections: bool | None = None,
+        evaluation: bool | None = None,
         ids: Sequence[str] | None = None,
         limit: int | None = None,
     ) -> list[EpisodeRecord]:
@@ -256,6 +312,8 @@ class Catalog:
             q = q.where(Episode.start_time_ns < until_ns)
         if with_corrections is not None:
             q = q.where(Episode.num_correction_ticks > 0 if with_corrections else Episode.num_correction_ticks == 0)
+        if evaluation is not None:
+            q = q.where(Episode.evaluation.is_(bool(evaluation)))
         if ids is not None:
             q = q.where(Episode.id.in_(list(ids)))
         q = q.order_by(Episode.start_time_ns, Episode.id)
@@ -265,10 +323,22 @@ class Catalog:
             return [EpisodeRecord.from_row(r) for r in s.scalars(q).all()]
 
     def select_for_training(self, store: EpisodeStore, **filters) -> TrainingSelection:
-        """`episodes(**filters)` less the degenerate ones (too short, inconsistent lengths, non-finite
-        values, unreadable: `EpisodeData.defect`), which come back in `excluded` with the reason."""
+        """`episodes(**filters)` less episodes with a stretch marked as a bad correction (the pipeline
+        selects whole episodes), the evaluation episodes (held out) and the degenerate ones (too
+        short, inconsistent lengths, non-finite values, unreadable: `EpisodeData.defect`), which come
+        back in `excluded` with the reason."""
         usable, excluded = [], {}
-        for r in self.episodes(**filters):
+        records = self.episodes(**filters)
+        marked = self.annotations([r.id for r in records]) if records else {}
+        for r in records:
+            bad = [a for a in marked.get(r.id, []) if a["kind"] == "bad_correction"]
+            if bad:
+                excluded[r.id] = "; ".join(f"bad correction at ticks {a['start_tick']}-{a['end_tick']} marked by "
+                                           f"{a['author']}: {a['reason']}" for a in bad)
+                continue
+            if r.evaluation:
+                excluded[r.id] = "evaluation episode (held out from training)"
+                continue
             if r.num_ticks < MIN_EPISODE_TICKS:  # known from the row: no need to open the episode
                 excluded[r.id] = f"{r.num_ticks} tick{'s' if r.num_ticks != 1 else ''} (at least {MIN_EPISODE_TICKS} needed)"
                 continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -37,6 +37,9 @@ class Episode(Base):
     num_correction_ticks: Mapped[int] = mapped_column(Integer, default=0)
     num_demonstration_ticks: Mapped[int] = mapped_column(Integer, default=0)
     num_hold_ticks: Mapped[int] = mapped_column(Integer, default=0)
+    num_takeovers: Mapped[int] = mapped_column(Integer, default=0)  # data.effort.count_takeovers
+    # recorded to evaluate a policy (held out): never selected for training (Catalog.select_for_training)
+    evaluation: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     fps: Mapped[float] = mapped_column(Float)
     start_time_ns: Mapped[int] = mapped_column(BigInteger, index=True)
     end_time_ns: Mapped[int] = mapped_column(BigInteger)
@@ -72,3 +75,19 @@ class OutcomeLabel(Base):
     episode: Mapped[Episode] = relationship(back_populates="labels")
 
     __table_args__ = (Index("ix_outcome_labels_unique", "episode_id", "labelled_at_ns", "labeller", unique=True),)
+
+
+class EpisodeAnnotation(Base):
+    """A stretch of ticks a reviewer marked, with why: `bad_correction` (a teleoperator's correction
+    that should not be learnt from: the episode is left out of training selections, this row saying
+    why)."""
+
+    __tablename__ = "episode_annotations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    episode_id: Mapped[str] = mapped_column(ForeignKey("episodes.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    start_tick: Mapped[int] = mapped_column(Integer)
+    end_tick: Mapped[int] = mapped_column(Integer)  # inclusive
+    reason: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(128))
+    created_at_ns: Mapped[int] = mapped_column(BigInteger)

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from services.api.context import AppContext, authenticate
 from services.api.gate import Gate, RedactTokens
 from services.api.publish import StateReconciler, publish_serving_state
-from services.api.routers import audit, dashboard, deployments, episodes, robots, runs, tokens, versions
+from services.api.routers import audit, dashboard, deployments, episodes, live, review, robots, runs, tokens, versions
 from services.auth import Role, token_digest
 from services.control.models import ApiToken, AuditEntry
 from services.settings import ServiceSettings
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 JSON_BODY_LIMIT = 256 << 10  # every route but the upload (episodes.MAX_UPLOAD_BYTES): JSON documents are small
 DOCS_ASSETS = "/docs-assets"  # Swagger UI served from the installed package: /docs works with no internet
-PUBLIC = frozenset({"/", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+PUBLIC = frozenset({"/", "/review", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 PUBLIC_PREFIXES = ("/static/", DOCS_ASSETS + "/")
 # an absolute file-system path (/a/b or deeper) in an error message: only its last component is shown
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"():,]+/)+([^\s/'\"():,]+)")
@@ -68,9 +68,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         await run_in_threadpool(_startup, c)
         reconciler = StateReconciler(c)  # heals a publish that was lost (Redis down, a crash)
         reconciler.start()
+        c.gates.start()  # canary gates decide even when no request comes (services/canary.py)
         try:
             yield
         finally:
+            c.gates.stop()
             reconciler.stop()
 
     app = FastAPIOffline(title="recap control plane", lifespan=lifespan, redoc_url=None, static_url=DOCS_ASSETS,
@@ -80,7 +82,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                                      "services/auth.py.",
                          version="1")
     app.state.ctx = c
-    for r in (tokens, robots, episodes, runs, versions, deployments, audit, dashboard):
+    for r in (tokens, robots, episodes, review, runs, versions, deployments, audit, live, dashboard):
         app.include_router(r.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import redis
 from fastapi import Depends, HTTPException, Request
@@ -19,6 +20,9 @@ from services.auth import Principal, Role, allowed, token_digest
 from services.control import ControlDB
 from services.control.models import ApiToken
 from services.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from services.canary import GateKeeper
 
 
 @dataclass
@@ -40,6 +44,14 @@ class AppContext:
     @cached_property
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.settings.redis_url)
+
+    @cached_property
+    def gates(self) -> "GateKeeper":
+        """The canary gates' keeper: looks after episode registrations and labels, and in a thread."""
+        from services.api.publish import publish_serving_state
+        from services.canary import GateKeeper
+
+        return GateKeeper(self.db, self.catalog, publish=lambda: publish_serving_state(self))
 
     @cached_property
     def queue(self) -> Queue:

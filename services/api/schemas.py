@@ -80,6 +80,9 @@ class EpisodeOut(BaseModel):
     outcome_labeller: str | None
     num_ticks: int
     num_correction_ticks: int
+    num_hold_ticks: int = 0
+    num_takeovers: int = 0
+    evaluation: bool = Field(False, description="recorded to evaluate a policy: held out, never selected for training")
     correction_rate: float
     fps: float
     start_time_ns: int
@@ -90,6 +93,12 @@ class EpisodeOut(BaseModel):
 
 class LabelIn(Strict):
     outcome: Literal["success", "failure", "unknown"]
+
+
+class EvaluationFlag(Strict):
+    episode_ids: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=ID_PATTERN)]],
+                           Field(min_length=1, max_length=10_000)]
+    evaluation: bool = Field(True, description="true: held out for evaluation, never selected for training")
 
 
 class EpisodeRegister(Strict):
@@ -241,6 +250,17 @@ class DeploymentCreate(Strict):
     beta: Annotated[float, Field(ge=0, le=BETA_MAX, allow_inf_nan=False, strict=True)] | None = Field(None, description=(
         f"Serve the version with this classifier-free guidance strength β in [0, {BETA_MAX:g}] on this target "
         "(1: conditioned on 'positive' without guidance). Default: the artifact's, the β its run was evaluated with."))
+    gate: GateIn | None = Field(None, description=(
+        "A canary on one robot under a gate: after `min_episodes` episodes it is compared with the rest of the fleet "
+        "and widened to the fleet or rolled back automatically (services/canary.py)"))
+
+
+class GateIn(Strict):
+    min_episodes: int = Field(10, ge=1, le=100_000, description=(
+        "Counted episodes the canary (and the rest of the fleet, over the same window) must have before the gate decides"))
+    threshold: float = Field(0.8, ge=0.5, lt=1.0, allow_inf_nan=False, description=(
+        "Roll back when the posterior probability that the canary is worse (success or takeovers per robot-hour) "
+        "reaches this (services/canary.py)"))
 
 
 class RollbackIn(Strict):
@@ -258,6 +278,25 @@ class DeploymentOut(BaseModel):
     created_by: str
     note: str
     beta: float | None = Field(description="the β override it was deployed with; null: the artifact's")
+    gate_id: int | None = Field(None, description="the canary gate on this deployment, if any")
+
+
+class GateOut(BaseModel):
+    id: int
+    deployment_id: int
+    version_id: str
+    robot_id: str
+    baseline_version: str | None
+    min_episodes: int
+    threshold: float
+    started_at_ns: int
+    status: Literal["open", "passed", "failed", "superseded"]
+    reason: str = Field(description="the decision, or what an open gate waits for, in words")
+    figures: dict[str, Any] = Field(description="per side: episodes, successes, takeovers, robot-hours; the "
+                                                "posterior probabilities the canary is worse")
+    decided_at_ns: int | None
+    decision_deployment_id: int | None = Field(description="the widen or rollback deployment the gate made")
+    created_by: str
 
 
 class ServingStateOut(BaseModel):

@@ -104,3 +104,27 @@ class TrainingRun(Base):
     version_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class CanaryGate(Base):
+    """A canary deployment under a gate (services/canary.py): open until the canary robot has run
+    `min_episodes` episodes of `version_id` since `started_at_ns`, then compared with what the rest
+    of the fleet ran over the same window (`baseline_version`) and widened to the fleet (passed) or
+    rolled back (failed) in the transaction that records the decision. `figures` holds what the rule
+    saw, at the decision or at the newest look while open; `reason` says it in words."""
+
+    __tablename__ = "canary_gates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), unique=True)  # the canary
+    version_id: Mapped[str] = mapped_column(String(128))
+    robot_id: Mapped[str] = mapped_column(String(128))
+    baseline_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    min_episodes: Mapped[int] = mapped_column(Integer)
+    threshold: Mapped[float] = mapped_column(Float)
+    started_at_ns: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # open | passed | failed | superseded
+    reason: Mapped[str] = mapped_column(Text, default="")
+    figures: Mapped[dict] = mapped_column(JSON, default=dict)
+    decided_at_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    decision_deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"), nullable=True)
+    created_by: Mapped[str] = mapped_column(String(128))

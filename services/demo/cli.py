@@ -29,7 +29,7 @@ def _camera(text: str | None) -> tuple[int, int] | None:
 
 
 _NOT_SETTABLE = {"tasks", "robots", "rounds", "policy_kind", "camera", "value", "policy"}  # options of their own
-_POSITIVE = {"max_steps", "demos_per_robot", "eval_per_robot", "rate_hz", "stall_s"}
+_POSITIVE = {"max_steps", "demos_per_robot", "eval_per_robot", "rate_hz", "stall_s", "canary_episodes", "gate_batches"}
 
 
 def _set(cfg: DemoConfig, item: str) -> None:
@@ -98,6 +98,11 @@ def _config(quick: bool, rounds: int | None, tasks: str | None, robots: int | No
         _set(cfg, item)
     if cfg.robots < 1 or cfg.rounds < 0:
         raise typer.BadParameter("need at least one robot and zero or more rounds")
+    if not 0.5 <= cfg.gate_threshold < 1.0:
+        raise typer.BadParameter(f"gate_threshold={cfg.gate_threshold}: a probability in [0.5, 1)", param_hint="--set")
+    if cfg.rollback_drill_round > cfg.rounds:
+        raise typer.BadParameter(f"rollback_drill_round={cfg.rollback_drill_round}: there are {cfg.rounds} rounds",
+                                 param_hint="--set")
     if len(cfg.tasks) > cfg.robots:
         raise typer.BadParameter(f"{len(cfg.tasks)} tasks need at least as many robots (each simulated arm runs one task)")
     from training.sim.arm import unknown_tasks
@@ -218,4 +223,4 @@ def _report(stack, loop, out: Path, cfg: DemoConfig, records: list[dict], elapse
         deployments = c.get("/v1/deployments").json()
     mine = set(loop.state["versions"].values())
     return write_report(out, cfg.to_dict(), records, [v for v in versions if v["id"] in mine], runs,
-                        deployments, elapsed)
+                        deployments, elapsed, gates=loop.state.get("gates", []))

@@ -14,11 +14,11 @@ from pathlib import Path
 from training.sim.rounds import DEFAULT_CAMERA, IMAGE_KINDS, POLICY_KINDS, RoundPlan, policy_preset, value_preset
 
 # Episodes per robot with an image policy (rendering and the ResNet / VLM cost per tick and per step).
-IMAGE_EPISODES = {"full": dict(rounds=1, demos_per_robot=12, collect_per_robot=6, eval_per_robot=6, canary_episodes=1,
+IMAGE_EPISODES = {"full": dict(rounds=1, demos_per_robot=12, collect_per_robot=6, eval_per_robot=6, canary_episodes=2,
                                correction_budget=400),
                   "quick": dict(rounds=1, demos_per_robot=6, collect_per_robot=3, eval_per_robot=3, canary_episodes=1,
                                 correction_budget=300)}
-QUICK_EPISODES = dict(rounds=1, demos_per_robot=8, collect_per_robot=4, eval_per_robot=4, canary_episodes=1,
+QUICK_EPISODES = dict(rounds=1, demos_per_robot=8, collect_per_robot=4, eval_per_robot=4, canary_episodes=3,
                       correction_budget=300)
 VLM_DIR = "models/smolvlm-tiny"  # under the demo's out dir: the tiny SmolVLM smolvla-tiny builds on
 
@@ -30,7 +30,10 @@ class DemoConfig(RoundPlan):
     demos_per_robot: int = 25  # round 0: noisy demonstrations from the operator mix
     collect_per_robot: int = 20  # each round: policy episodes with the corrective teleoperator
     eval_per_robot: int = 25  # each round: autonomous episodes on fixed layouts (the figures)
-    canary_episodes: int = 2  # autonomous episodes on the canary robot before widening
+    canary_episodes: int = 6  # the gate's N: episodes per robot (canary and the rest) before it decides
+    gate_threshold: float = 0.8  # roll back at this posterior probability of "worse" (services/canary.py)
+    gate_batches: int = 4  # one more episode per robot while the gate cannot decide, at most this many times
+    rollback_drill_round: int = 0  # in this round a deliberately worse version goes through the gate first (0: none)
     rate_hz: float = 80.0  # Meta-World's 12.5 ms per step, on simulated time
     reset_s: float = 2.0  # robot time charged per episode for throughput (as in the benchmarks)
     stall_s: float = 30.0  # an episode whose arm makes no step for this long is stuck: aborted, the cell restarted

@@ -1,7 +1,13 @@
 """The rounds, driven the way the lab's people would drive them: teleoperators record
 demonstrations and stand by to correct at the robots' stations (ROS 2), a researcher starts
-training runs through the API, an operator deploys each new version to one robot (canary) and
-then the fleet. Figures per round come back from the API (the catalog of registered episodes).
+training runs through the API, an operator deploys each new version to one robot as a gated canary
+(services/canary.py): every robot runs autonomous episodes on the same canary layouts until the gate compares the canary with the rest of the fleet and widens or rolls it back by
+itself. Figures per round come back from the API (the catalog of registered episodes).
+
+Evaluation episodes are flagged as evaluation in the catalog the moment each is recorded, so no
+training run ever selects them (the figures stay held out). `rollback_drill_round`: in that round a
+deliberately worse version (a policy fit for a single step) goes through the gate first, which
+must roll it back.
 
 Layouts (the arm's initial conditions) are fixed per role: demonstrations, collection per round
 and robot, and one fixed evaluation set per robot reused every round, so rounds compare paired
@@ -26,6 +32,7 @@ import httpx
 import numpy as np
 
 from robot_bridge.station import EpisodeOutcome, StationError
+from data.effort import EpisodeEffort, effort_figures
 from services.demo.config import DemoConfig
 from services.demo.stack import DemoStack, StackError, check
 from services.demo.view import View
@@ -35,6 +42,7 @@ from training.sim.rounds import canary_layout, collect_layout, demo_layout, eval
 # How long a deployment may take to be served: the first LeRobot version loads the library and builds the
 # model in the inference server (SmolVLA-tiny took 50-70 s on 2 busy cores; the native policy ~1 s).
 SERVE_WAIT_S = 300
+GATE_LOOK_S = 5.0  # the API's gate thread looks every 2 s: an open gate after this waits for more episodes
 
 
 class DemoLoop:
@@ -45,6 +53,8 @@ class DemoLoop:
         self.state.setdefault("episodes", {})
         self.state.setdefault("versions", {})
         self.state.setdefault("records", [])
+        self.state.setdefault("gates", [])
+        self.state.setdefault("deployed", {})
         self.robots = cfg.robot_ids()  # every robot's data counts, even after it stopped
         self.stopped: dict[str, str] = {}  # robot -> why it was taken out of the run
         self.teleop_budget: int | None = None  # the round's correction budget, set again on a restarted cell
@@ -87,20 +97,23 @@ class DemoLoop:
         self._step("r0.demos", self.demonstrations)
         self._step("r0.train", lambda: self.train(0, "bc", parent=None))
         self._step("r0.deploy", lambda: self.deploy(self.state["versions"]["0"], "fleet", "*", "deploy"))
+        self.state["deployed"]["0"] = self.state["versions"]["0"]
         self._step("r0.eval", lambda: self.evaluate(0))
         for r in range(1, cfg.rounds + 1):
             parent = self.state["versions"][str(r - 1)]
             self._step(f"r{r}.collect", lambda r=r: self.collect(r))
             self._step(f"r{r}.train", lambda r=r, p=parent: self.train(r, "recap", parent=p))
+            if r == cfg.rollback_drill_round:
+                self._step(f"r{r}.drill", lambda r=r: self.rollback_drill(r))
             self._step(f"r{r}.canary", lambda r=r: self.canary(r))
-            self._step(f"r{r}.widen", lambda r=r: self.deploy(self.state["versions"][str(r)], "fleet", "*", "widen"))
             self._step(f"r{r}.eval", lambda r=r: self.evaluate(r))
         return self.state["records"]
 
     # -- robots --------------------------------------------------------------------------------
 
-    def _episodes(self, phase: str, plan: dict[str, list[dict]]) -> list[dict]:
-        """plan: robot -> episode kwargs, run on every robot at once (one thread per station)."""
+    def _episodes(self, phase: str, plan: dict[str, list[dict]], evaluation: bool = False) -> list[dict]:
+        """plan: robot -> episode kwargs, run on every robot at once (one thread per station).
+        `evaluation`: each episode is flagged as evaluation in the catalog as soon as it is recorded."""
         if not plan:
             raise StackError(f"every robot stopped: {'; '.join(f'{r}: {why}' for r, why in self.stopped.items())}")
         total = sum(len(v) for v in plan.values())
@@ -116,6 +129,8 @@ class DemoLoop:
                 o = self._episode(robot, what, kw)
                 if o is None:
                     break
+                if evaluation:
+                    self.flag_evaluation(o.episode_id)
                 out.append({**asdict(o), "robot": robot, "operator": kw.get("operator", "")})
                 done["n"] += 1
                 self.view.progress(phase, done["n"], total)
@@ -135,7 +150,7 @@ class DemoLoop:
         if not self.active():
             raise StackError(f"every robot stopped: {'; '.join(f'{r}: {why}' for r, why in self.stopped.items())}")
         self.wait_registered([e["episode_id"] for e in results])
-        self.state["episodes"][phase] = results
+        self.state["episodes"][phase] = self.state["episodes"].get(phase, []) + results
         return results
 
     def active(self) -> list[str]:
@@ -184,50 +199,116 @@ class DemoLoop:
         eps = self._episodes("demos", plan)
         self.view.log(f"demonstrations: {len(eps)} recorded, {sum(e['success'] for e in eps)} successful")
 
-    def collect(self, r: int) -> None:
-        self.view.phase(f"round {r}: the fleet runs {self.state['versions'][str(r - 1)]} with teleoperators "
-                        "standing by to correct")
+    def _new_budget(self) -> None:
         self.teleop_budget = self.cfg.correction_budget
-        for st in self.stack.stations.values():  # a new round of correction budget
-            st.set_teleop(budget=self.teleop_budget)
+        for robot, st in self.stack.stations.items():  # a new round of correction budget
+            if robot not in self.stopped:
+                st.set_teleop(budget=self.teleop_budget)
+
+    def collect(self, r: int) -> None:
+        self.view.phase(f"round {r}: the fleet runs {self.state['deployed'][str(r - 1)]} with teleoperators "
+                        "standing by to correct")
+        self._new_budget()
         plan = {robot: [{"kind": "corrected", "seed": k, "layout": collect_layout(r, i, k)}
                         for k in range(self.cfg.collect_per_robot)]
                 for i, robot in enumerate(self.robots) if robot not in self.stopped}
         self._episodes(f"r{r}.collect", plan)
 
     def evaluate(self, r: int) -> None:
-        v = self.state["versions"][str(r)]
-        self.view.phase(f"round {r}: autonomous episodes of {v} on the fixed evaluation layouts")
+        v = self.state["deployed"][str(r)]
+        self.view.phase(f"round {r}: autonomous episodes of {v} on the fixed evaluation layouts "
+                        "(flagged as evaluation: never trained on)")
         plan = {robot: [{"kind": "autonomous", "layout": eval_layout(i, k)}
                         for k in range(self.cfg.eval_per_robot)]
                 for i, robot in enumerate(self.robots) if robot not in self.stopped}
-        eps = self._episodes(f"r{r}.eval", plan)
+        self.state["episodes"].pop(f"r{r}.eval", None)  # a re-run of the phase records it anew
+        eps = self._episodes(f"r{r}.eval", plan, evaluation=True)
         collected = self.state["episodes"].get(f"r{r}.collect", self.state["episodes"].get("demos", []))
         rec = self.record(r, v, eps, collected)
         self.state["records"] = [x for x in self.state["records"] if x["round"] != r] + [rec]
         self.view.table(self.state["records"])
 
     def canary(self, r: int) -> None:
-        v, canary = self.state["versions"][str(r)], self.active()[0]
-        self.deploy(v, "robot", canary, "canary")
-        self.view.phase(f"round {r}: canary — {v} on {canary} only, the rest of the fleet stays on "
-                        f"{self.state['versions'][str(r - 1)]}")
-        plan = {canary: [{"kind": "autonomous", "layout": canary_layout(r, k)}
-                         for k in range(self.cfg.canary_episodes)]}
-        eps = self._episodes(f"r{r}.canary", plan)
-        seen = self._api_episodes([e["episode_id"] for e in eps])
-        ran = {x for e in seen for x in e["policy_versions"]}
-        if ran != {v}:
-            raise StackError(f"canary {canary} ran versions {sorted(ran)}, expected only {v}")
-        self.view.log(f"canary {canary}: {len(eps)} episodes on {v}, no errors; widening to the fleet")
+        """The round's version to one robot under a gate; every robot runs autonomous episodes on the
+        same canary layouts until the gate widens it to the fleet or rolls it back."""
+        v, previous = self.state["versions"][str(r)], self.state["deployed"][str(r - 1)]
+        gate = self.gated_canary(r, v, f"r{r}.canary", first_layout=0)
+        self.state["deployed"][str(r)] = v if gate is None or gate["status"] == "passed" else previous
+
+    def rollback_drill(self, r: int) -> None:
+        """A deliberately worse version (the round's recipe fit for one step) through the gate, which
+        must roll it back; the round's real version follows."""
+        self.view.phase(f"round {r}: rollback drill: a deliberately worse version goes to a gated canary")
+        bad = self.train(r, "bc", parent=self.state["versions"][str(r - 1)], steps=1, keep=False)
+        gate = self.gated_canary(r, bad, f"r{r}.drill", first_layout=100, drill=True)
+        if gate is not None and gate["status"] != "failed":
+            raise StackError(f"rollback drill: the gate did not roll back the worse version {bad}: {gate['reason']}")
+
+    def gated_canary(self, r: int, version: str, phase: str, first_layout: int, drill: bool = False) -> dict | None:
+        cfg, active = self.cfg, self.active()
+        canary, fleet = active[0], self.state["deployed"][str(r - 1)]
+        if len(active) < 2:  # nothing to compare a canary with
+            self.view.log(f"one robot: no rest of the fleet to compare a canary with; {version} goes to the fleet")
+            self.deploy(version, "fleet", "*", "deploy")
+            return None
+        with self.stack.client("operator") as c:
+            now = c.get("/v1/deployments/current").json()
+        if any(now.get(robot) != fleet for robot in active):  # a run that stopped mid-phase left another state
+            self.view.log(f"the fleet is not on {fleet} (an interrupted run left {now}); deploying {fleet} first")
+            self.deploy(fleet, "fleet", "*", "deploy")
+        self.deploy(version, "robot", canary, "canary",
+                    gate={"min_episodes": cfg.canary_episodes, "threshold": cfg.gate_threshold})
+        with self.stack.client("operator") as c:
+            gate_id = c.get("/v1/deployments").json()[0]["gate_id"]
+        self.view.phase(f"round {r}: gated canary #{gate_id}: {version} on {canary}, the rest of the fleet on {fleet}; "
+                        f"every robot works the same layouts until the gate decides ({cfg.canary_episodes} episodes each)")
+        self.state["episodes"].pop(phase, None)  # a re-run of the phase records it anew
+        self.state["gates"] = [g for g in self.state["gates"] if (g["round"], g["drill"]) != (r, drill)]
+        k, gate = first_layout, None
+        for batch in range(cfg.gate_batches):
+            n = cfg.canary_episodes if batch == 0 else 1
+            plan = {robot: [{"kind": "autonomous", "layout": canary_layout(r, k + j)} for j in range(n)]
+                    for robot in self.active()}
+            k += n
+            self._episodes(phase, plan)
+            gate = self.wait_gate(gate_id)
+            if gate["status"] != "open":
+                break
+            self.view.log(f"gate #{gate_id}: {gate['reason']}")
+        if gate is None or gate["status"] == "open":
+            raise StackError(f"gate #{gate_id} did not decide after {cfg.gate_batches} batches: {gate and gate['reason']}")
+        self.state["gates"].append({"round": r, "drill": drill, **{k_: gate[k_] for k_ in (
+            "id", "version_id", "robot_id", "baseline_version", "status", "reason", "figures", "min_episodes",
+            "threshold")}})
+        self.view.log(f"gate #{gate_id} {gate['status']}: {gate['reason']}")
+        self.await_serving()
+        return gate
+
+    def wait_gate(self, gate_id: int, timeout: float = GATE_LOOK_S) -> dict:
+        """The gate as the API holds it: decided, or still open after the API has had time to look at
+        every registered episode (it looks at each registration, and every 2 s in its thread)."""
+        deadline = time.monotonic() + timeout
+        with self.stack.client("operator") as c:
+            while True:
+                resp = c.get("/v1/deployments/gates")
+                check(resp)
+                gate = next(g for g in resp.json() if g["id"] == gate_id)
+                if gate["status"] != "open" or time.monotonic() > deadline:
+                    return gate
+                time.sleep(0.25)
 
     # -- the API, as a researcher and an operator ----------------------------------------------
 
-    def train(self, r: int, method: str, parent: str | None) -> None:
+    def train(self, r: int, method: str, parent: str | None, steps: int | None = None, keep: bool = True) -> str:
         who = "first fit on the demonstrations (BC)" if method == "bc" else "RECAP on all the fleet's data"
+        if steps is not None:
+            who = f"{method} for {steps} step(s), deliberately worse"
         self.view.phase(f"round {r}: a researcher starts a training run — {who}")
+        recipe = self.cfg.recipe()
+        if steps is not None:
+            recipe["policy"] = {**recipe["policy"], "steps": steps}
         body = {"method": method, "selection": {"robot": self.robots, "status": ["complete"]},
-                "recipe": self.cfg.recipe(), "parent_version": parent, "seed": self.cfg.seed}
+                "recipe": recipe, "parent_version": parent, "seed": self.cfg.seed}
         with self.stack.client("researcher") as c:
             r0 = c.post("/v1/runs", json=body)
             check(r0)
@@ -246,14 +327,22 @@ class DemoLoop:
         self.current_run = None
         if run["status"] != "finished":
             raise StackError(f"training run {run_id} {run['status']}: {run['error']}")
-        self.state["versions"][str(r)] = run["version_id"]
-        self.state.setdefault("runs", {})[str(r)] = run_id
+        if keep:
+            self.state["versions"][str(r)] = run["version_id"]
+            self.state.setdefault("runs", {})[str(r)] = run_id
         self.view.log(f"run {run_id} finished: policy version {run['version_id']} registered")
+        return run["version_id"]
 
-    def deploy(self, version: str, kind: str, target: str, stage: str) -> None:
+    def deploy(self, version: str, kind: str, target: str, stage: str, gate: dict | None = None) -> None:
         with self.stack.client("operator") as c:
             check(c.post("/v1/deployments", json={"version": version, "target_kind": kind, "target": target,
-                                                "stage": stage, "note": "recap demo"}))
+                                                "stage": stage, "note": "recap demo", "gate": gate}))
+        t0 = time.monotonic()
+        self.await_serving()
+        self.view.log(f"{stage}: {version} -> {kind} {target}; serving after {time.monotonic() - t0:.2f} s")
+
+    def await_serving(self) -> None:
+        with self.stack.client("operator") as c:
             assigned = c.get("/v1/deployments/current").json()
         want = {robot: assigned.get(robot) for robot in self.robots}
         t0 = time.monotonic()
@@ -265,7 +354,12 @@ class DemoLoop:
             if time.monotonic() - t0 > SERVE_WAIT_S:
                 raise StackError(f"inference server serves {served}, the registry says {want}")
             time.sleep(0.1)
-        self.view.log(f"{stage}: {version} -> {kind} {target}; serving after {time.monotonic() - t0:.2f} s")
+
+    def flag_evaluation(self, episode_id: str) -> None:
+        """Register the episode (if its bridge has not yet) and flag it as evaluation: held out."""
+        with self.stack.client("teleoperator") as c:
+            check(c.post("/v1/episodes/register", json={"episode_id": episode_id}))
+            check(c.post("/v1/episodes/evaluation", json={"episode_ids": [episode_id], "evaluation": True}))
 
     def wait_registered(self, ids: list[str], timeout: float = 60.0) -> None:
         """The bridges register committed episodes with the API in the background."""
@@ -291,7 +385,9 @@ class DemoLoop:
         return [by_id[i] for i in ids]
 
     def record(self, r: int, version: str, evals: list[dict], collected: list[dict]) -> dict:
-        """One row of the round table, from the catalog as the API reports it."""
+        """One row of the round table, from the catalog as the API reports it. Human effort: the
+        round's collected episodes (the previous version with teleoperators standing by;
+        data/effort.py), none for round 0 (demonstrations)."""
         ev = self._api_episodes([e["episode_id"] for e in evals])
         col = self._api_episodes([e["episode_id"] for e in collected])
         ok = np.array([e["outcome"] == "success" for e in ev])
@@ -301,12 +397,22 @@ class DemoLoop:
             robots = {x["id"]: x["assigned_version"] for x in c.get("/v1/robots").json() if x["id"] in self.robots}
         per_robot = {robot: float(np.mean([e["outcome"] == "success" for e in ev if e["robot_id"] == robot]))
                      for robot in {e["robot_id"] for e in ev}}
+        effort = None if r == 0 else effort_figures(
+            EpisodeEffort(e["num_ticks"], e["num_correction_ticks"], e["num_takeovers"], e["fps"], e["outcome"] == "success")
+            for e in col)
+        gates = [g for g in self.state["gates"] if g["round"] == r]
         return {"round": r, "version": version, "episodes": len(ev), "success_rate": float(ok.mean()),
                 "success_se": float(np.sqrt(ok.mean() * (1 - ok.mean()) / max(1, len(ok)))),
                 "success_per_robot": per_robot, "throughput_per_h": float(ok.sum() / robot_s * 3600),
                 "mean_steps": float(np.mean([e["num_ticks"] for e in ev])),
+                "evaluation_flagged": sum(bool(e["evaluation"]) for e in ev),
                 "collected_episodes": len(col), "collected_success_rate": float(np.mean(
                     [e["outcome"] == "success" for e in col])) if col else 0.0,
                 "correction_rate": float(sum(e["num_correction_ticks"] for e in col) / max(1, ticks)),
+                "takeovers": effort.takeovers if effort else None,
+                "takeovers_per_robot_hour": effort.takeovers_per_robot_hour if effort else None,
+                "human_minutes": effort.human_minutes if effort else None,
+                "return_on_human_effort": effort.return_on_human_effort if effort else None,
+                "gates": [{k: g[k] for k in ("id", "version_id", "status", "drill")} for g in gates],
                 "versions_in_ticks": sorted({x for e in ev for x in e["policy_versions"]}),
                 "robot_versions": robots}

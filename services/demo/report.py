@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from services.demo.view import _effort, _gates  # noqa: E402
+
 
 def plot_rounds(records: list[dict], path: Path) -> Path:
     recs = sorted(records, key=lambda r: r["round"])
@@ -39,15 +41,21 @@ def plot_rounds(records: list[dict], path: Path) -> Path:
 
 
 def write_report(out: Path, cfg: dict, records: list[dict], versions: list[dict], runs: dict[str, dict],
-                 deployments: list[dict], elapsed_s: float) -> Path:
+                 deployments: list[dict], elapsed_s: float, gates: list[dict] = ()) -> Path:
     plots = out / "plots"
     plot_rounds(records, plots / "rounds.png")
     rows = "".join(
         f"<tr><td>{r['round']}</td><td>{r['version']}</td><td>{100 * r['success_rate']:.0f}% ± {100 * r['success_se']:.0f}</td>"
         f"<td>{r['throughput_per_h']:.0f}</td><td>{r['mean_steps']:.0f}</td>"
         f"<td>{'demonstrations' if r['round'] == 0 else f'{r['collected_episodes']} episodes, {100 * r['collected_success_rate']:.0f}% success, {100 * r['correction_rate']:.1f}% correction ticks'}</td>"
+        f"<td>{html.escape(_effort(r))}</td><td>{html.escape(_gates(r))}</td>"
         f"<td>{html.escape(', '.join(f'{k}: {v}' for k, v in sorted(r['robot_versions'].items())))}</td></tr>"
         for r in sorted(records, key=lambda r: r["round"]))
+    gate_rows = "".join(
+        f"<tr><td>#{g['id']}</td><td>{g['round']}{' (drill)' if g['drill'] else ''}</td><td>{html.escape(g['version_id'])}</td>"
+        f"<td>{html.escape(g['robot_id'])}</td><td>{html.escape(g['baseline_version'] or '-')}</td>"
+        f"<td>{html.escape(g['status'])}</td><td style='text-align:left'>{html.escape(g['reason'])}</td></tr>"
+        for g in gates)
     lineage = []
     for v in versions:
         run = runs.get(v.get("run_id") or "", {})
@@ -73,16 +81,23 @@ first fit on {cfg['demos_per_robot'] * cfg['robots']} demonstrations; policy {ht
 f", camera {cfg['camera'][0]}x{cfg['camera'][1]}" if cfg.get('camera') else ''}; {elapsed_s / 60:.1f} min. Every episode went through ROS 2
 (arm, teleoperator and bridge in separate processes), every training run and deployment through the API.</p>
 <h2>Per round</h2><p>Success and throughput: autonomous episodes (no teleoperator) on the same fixed layouts every round.
-"Collected": the round's episodes run by the previous version with the corrective teleoperator, the data the round trains on.</p>
-<table><tr><th>round</th><th>version</th><th>success</th><th>throughput /h</th><th>mean steps</th><th>collected</th><th>versions per robot</th></tr>
-{rows}</table><p><img src="plots/rounds.png" style="max-width:100%"></p>
+"Collected": the round's episodes run by the previous version with the corrective teleoperator, the data the round trains on.
+Evaluation episodes are flagged as evaluation in the catalog and never selected for training. Human effort while
+collecting: takeovers per robot-hour and return on human effort (successes / (1 + minutes of correction), Fleet-DAgger).</p>
+<table><tr><th>round</th><th>version</th><th>success</th><th>throughput /h</th><th>mean steps</th><th>collected</th><th>takeovers /robot-h, ROHE</th><th>canary gate</th><th>versions per robot</th></tr>
+{rows}</table>
+<h2>Canary gates</h2><p>Each new version went to one robot under a gate; every robot worked the same canary layouts until the gate
+compared the canary with the rest of the fleet (services/canary.py) and widened or rolled it back by itself.</p>
+<table><tr><th>gate</th><th>round</th><th>version</th><th>canary</th><th>fleet ran</th><th>decision</th><th>figures</th></tr>{gate_rows}</table><p><img src="plots/rounds.png" style="max-width:100%"></p>
 <h2>Policy versions and their lineage</h2>{''.join(lineage)}
 <h2>Deployments</h2><table><tr><th>id</th><th>stage</th><th>target</th><th>version</th></tr>{deps}</table>
 </body></html>"""
     f = out / "report.html"
     f.write_text(page)
     (out / "results.json").write_text(json.dumps({
-        "config": cfg, "records": records, "elapsed_s": elapsed_s,
+        "config": cfg, "records": records, "elapsed_s": elapsed_s, "gate_decisions": gates,
+        "return_on_human_effort": [r.get("return_on_human_effort") for r in sorted(records, key=lambda r: r["round"])],
+        "takeovers_per_robot_hour": [r.get("takeovers_per_robot_hour") for r in sorted(records, key=lambda r: r["round"])],
         "versions": [{k: v.get(k) for k in ("id", "policy_type", "run_id", "parent_version")} for v in versions]},
         indent=1))
     return f

@@ -3,7 +3,9 @@ uvicorn, an RQ worker, the inference server, and per simulated robot an arm, a s
 teleoperator and a bridge on its own ROS domain, in its own namespace. A first run is interrupted
 (SIGINT, as Ctrl-C) after the demonstrations; every process must go; a second run continues and
 finishes one RECAP round, although one robot's arm is SIGKILLed mid-episode (the station aborts the
-episode, restarts that robot's nodes and runs the episode again). Then the artifacts are checked
+episode, restarts that robot's nodes and runs the episode again). In that round a deliberately worse
+version goes through the canary gate first, which rolls it back; then the round's version goes
+through the gate; evaluation episodes are flagged as such and no training run uses them. Then the artifacts are checked
 from the outside: store, runs, control-plane database. A second test runs the smallest round of a
 LeRobot image policy (ACT, SmolVLA on a tiny SmolVLM) with a rendered camera through the same stack."""
 
@@ -31,7 +33,7 @@ ERROR_MARKS = ("Traceback", " ERROR ", "[ERROR]", "tick failed")
 
 def _demo(out: Path, domain: int) -> list[str]:
     return [sys.executable, "-m", "data.cli_root", "demo", "--quick", "--out", str(out), "--ros-domain", str(domain),
-            "--no-live"]
+            "--no-live", "--set", "rollback_drill_round=1"]
 
 
 def _descendants(pid: int) -> set[int]:
@@ -145,6 +147,17 @@ def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
     used = set(json.loads((run_dir / "episodes.json").read_text())["episodes"])
     assert {e["episode_id"] for e in state["episodes"]["r1.collect"] + state["episodes"]["demos"]} <= used
     assert killed not in used  # the aborted episode never reaches training
+    evals = {e["episode_id"] for phase in ("r0.eval", "r1.eval") for e in state["episodes"][phase]}
+    assert len(evals) == 16 and not evals & used  # held out: flagged as evaluation, never selected
+    from data.catalog import Catalog
+
+    catalog = Catalog.for_store(store)
+    try:
+        flagged = {r.id for r in catalog.episodes(evaluation=True)}
+        takeovers = sum(r.num_takeovers for r in catalog.episodes(ids=[e["episode_id"] for e in state["episodes"]["r1.collect"]]))
+    finally:
+        catalog.close()
+    assert flagged == evals and takeovers > 0
     assert (run_dir / "value" / "model.safetensors").exists() and (run_dir / "labels").exists()
     manifest = json.loads((run_dir / "policy" / "manifest.json").read_text())
     assert manifest["lineage"]["parent_version"] == v0 and manifest["lineage"]["run"] == state["runs"]["1"]
@@ -162,20 +175,40 @@ def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
                     for d in s.scalars(select(Deployment).order_by(Deployment.id)).all()]
     finally:
         db.close()
-    assert deps == [("deploy", "fleet", "*", v0), ("canary", "robot", "sim-arm-0", v1), ("widen", "fleet", "*", v1)]
-    # after the deployment the next episodes ran the new version: the canary's, then every robot's
-    for phase, robots in (("r1.canary", {"sim-arm-0"}), ("r1.eval", {"sim-arm-0", "sim-arm-1"})):
+    # the drill: a deliberately worse version through the gate, rolled back by it; then the round's version
+    drill, real = state["gates"]
+    bad = drill["version_id"]
+    assert drill["drill"] and drill["status"] == "failed" and drill["baseline_version"] == v0, drill
+    assert drill["reason"].startswith("rolled back")
+    assert real["version_id"] == v1 and real["status"] in ("passed", "failed") and not real["drill"]
+    deployed = v1 if real["status"] == "passed" else v0
+    decided = ("widen", "fleet", "*", v1) if real["status"] == "passed" else ("rollback", "robot", "sim-arm-0", v0)
+    assert deps == [("deploy", "fleet", "*", v0), ("canary", "robot", "sim-arm-0", bad), ("rollback", "robot", "sim-arm-0", v0),
+                    ("canary", "robot", "sim-arm-0", v1), decided]
+    # under a gate every robot works the same layouts: the canary its version, the rest of the fleet the old one
+    for phase, canary_version in (("r1.drill", bad), ("r1.canary", v1)):
         eps = state["episodes"][phase]
-        assert {e["robot"] for e in eps} == robots
+        assert {e["robot"] for e in eps} == {"sim-arm-0", "sim-arm-1"} and len(eps) >= 6
         for e in eps:
             ep = store.open(e["episode_id"])
             pol = np.flatnonzero(ep.action_source == ActionSource.POLICY)
-            assert len(pol) > 0 and {ep.policy_version(int(t)) for t in pol} == {v1}
+            assert {ep.policy_version(int(t)) for t in pol} <= {canary_version if e["robot"] == "sim-arm-0" else v0}
+    for e in state["episodes"]["r1.eval"]:  # evaluation: what the gate left the fleet on
+        ep = store.open(e["episode_id"])
+        pol = np.flatnonzero(ep.action_source == ActionSource.POLICY)
+        assert len(pol) > 0 and {ep.policy_version(int(t)) for t in pol} == {deployed}
     # what the user sees: the round table and the report
     assert [r["round"] for r in state["records"]] == [0, 1]
-    assert state["records"][1]["robot_versions"] == {"sim-arm-0": v1, "sim-arm-1": v1}
+    r1 = state["records"][1]
+    assert r1["robot_versions"] == {"sim-arm-0": deployed, "sim-arm-1": deployed} and r1["evaluation_flagged"] == 8
+    assert r1["takeovers_per_robot_hour"] > 0 and r1["return_on_human_effort"] > 0
+    assert [g["status"] for g in r1["gates"]] == ["failed", real["status"]]
+    results = json.loads((out / "results.json").read_text())
+    assert [g["id"] for g in results["gate_decisions"]] == [drill["id"], real["id"]]
+    assert results["return_on_human_effort"][0] is None and results["takeovers_per_robot_hour"][1] > 0
     report = (out / "report.html").read_text()
     assert "Per round" in report and v1 in report and (out / "plots" / "rounds.png").stat().st_size > 1000
+    assert "Canary gates" in report and "(drill)" in report and "never selected for training" in report
 
 
 @pytest.mark.slow

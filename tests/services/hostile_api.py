@@ -132,6 +132,10 @@ ROUTES = [
     ("POST", "/v1/versions", {"artifact_dir": "/nonexistent", "parent_version": None}),
     ("POST", "/v1/deployments", {"version": "v-missing", "target_kind": "fleet", "target": "*", "note": ""}),
     ("POST", "/v1/deployments/rollback", {"target_kind": "robot", "target": "robot-0"}),
+    ("POST", "/v1/deployments", {"version": "v-missing", "target_kind": "robot", "target": "robot-0",
+                                 "gate": {"min_episodes": 3, "threshold": 0.8}}),
+    ("POST", "/v1/episodes/evaluation", {"episode_ids": ["nope"], "evaluation": True}),
+    ("POST", "/v1/episodes/nope/annotations", {"kind": "bad_correction", "start_tick": 1, "end_tick": 2, "reason": "r"}),
 ]
 
 HOSTILE_VALUES = [10**400, -(10**400), 2**70, -(2**64), float("inf"), float("nan"), "NaN", "a\x00b", "\x00",

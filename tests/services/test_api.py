@@ -398,12 +398,13 @@ def test_docs_work_offline_and_pages_carry_security_headers(stack):
     for u in urls:
         r = httpx.get(stack.api.url + u)
         assert r.status_code == 200 and len(r.content) > 0, u
-    page = httpx.get(stack.api.url + "/")
-    csp = page.headers["content-security-policy"]
-    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
-    assert page.headers["x-content-type-options"] == "nosniff"
-    assert "<script>" not in page.text and "style=" not in page.text  # all script and style from files
-    for asset in ("/static/dashboard.js", "/static/dashboard.css"):
+    for path in ("/", "/review"):
+        page = httpx.get(stack.api.url + path)
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert "<script>" not in page.text and "style=" not in page.text  # all script and style from files
+    for asset in ("/static/dashboard.js", "/static/dashboard.css", "/static/review.js"):
         assert httpx.get(stack.api.url + asset).status_code == 200
     assert "innerHTML" not in httpx.get(stack.api.url + "/static/dashboard.js").text
 

@@ -80,6 +80,8 @@ def test_worker_sigkill_mid_job_registers_exactly_one_version(stack):
         assert {"policy/model.safetensors", "policy/manifest.json", "value/model.safetensors", "curves.png"} <= files
         png = c.get(f"/v1/runs/{run_id}/curves.png")
         assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+        scalars = c.get(f"/v1/runs/{run_id}/scalars").json()  # its TensorBoard event files, read back
+        assert len(scalars["value/loss"]) > 10 and len(scalars["policy/loss"]) > 10 and "metrics/positive_rate" in scalars
 
 
 def test_cancel_a_queued_run_and_refuse_bad_runs(stack):

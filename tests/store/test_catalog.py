@@ -94,7 +94,7 @@ def test_migrations_run_once_even_when_two_processes_open_a_new_catalog(tmp_path
     code = f"from data.catalog import Catalog; c = Catalog({url!r}); print(c.current_revision())"
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs) and outs == ["0001"] * 3
+    assert all(p.returncode == 0 for p in procs) and outs == ["0003"] * 3
 
 
 def test_registering_one_episode_from_several_threads_at_once_is_idempotent(store_root):
@@ -122,3 +122,24 @@ def test_registering_one_episode_from_several_threads_at_once_is_idempotent(stor
     assert not errors, f"{len(errors)} registrations failed, first: {errors[0]!r}"
     assert [r.id for r in cat.episodes()] == [e.episode_id for e in eps]
     assert all(len(cat.label_history(e.episode_id)) == 1 for e in eps)
+
+
+def test_takeovers_are_counted_and_evaluation_episodes_never_reach_training(store_root):
+    store = EpisodeStore(store_root)
+    cat = Catalog.for_store(store)
+    two = record(store, corrections=[*range(3, 6), *range(10, 12)], start=T0)[0]  # two stretches: two takeovers
+    one = record(store, corrections=range(0, 4), start=T0 + 1)[0]
+    none = record(store, start=T0 + 2)[0]
+    cat.register_many([two, one, none])
+    assert [cat.get(e.episode_id).num_takeovers for e in (two, one, none)] == [2, 1, 0]
+    flagged = cat.set_evaluation([none.episode_id])
+    assert [r.evaluation for r in flagged] == [True]
+    assert [r.id for r in cat.episodes(evaluation=True)] == [none.episode_id]
+    sel = cat.select_for_training(store)
+    assert {r.id for r in sel.records} == {two.episode_id, one.episode_id}
+    assert sel.excluded == {none.episode_id: "evaluation episode (held out from training)"}
+    cat.register(store.open(none.episode_id))  # re-indexing from the store keeps the flag
+    assert cat.get(none.episode_id).evaluation
+    with pytest.raises(KeyError):
+        cat.set_evaluation([one.episode_id, "missing"])
+    assert not cat.get(one.episode_id).evaluation  # all or nothing

@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 
+from data.effort import EpisodeEffort, effort_figures
 from services.api.context import AppContext, ctx, principal
 from services.auth import Principal
 
@@ -23,6 +24,12 @@ RESET_S = 2.0  # robot time charged per episode for the throughput figure (as in
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def page() -> str:
     return PAGE.read_text()
+
+
+@router.get("/review", response_class=HTMLResponse, include_in_schema=False)
+def review_page() -> str:
+    """Episode review: scrub an episode, its frames, plots, who acted, the runs' labels; label it."""
+    return (STATIC / "review.html").read_text()
 
 
 @router.get("/v1/stats/versions", summary="Per policy version: success rate, throughput, corrections, over time")
@@ -65,3 +72,22 @@ def _summary(v: dict) -> dict:
         "series": [{"t": t, "success_rate": s / n if n else None, "throughput_per_h": s / d * 3600 if d else 0.0}
                    for t, (s, n, d) in sorted(v["series"].items())],
     }
+
+
+@router.get("/v1/stats/effort", summary="Human effort per robot and per policy version: takeovers per robot-hour, "
+                                       "correction share, return on human effort")
+def effort_stats(since_ns: int | None = Query(None, ge=0, le=2**63 - 1), _: Principal = Depends(principal),
+                 c: AppContext = Depends(ctx)) -> dict:
+    """data/effort.py over the episodes a policy drove (demonstrations left out), evaluation episodes
+    included: `by_robot`, and `by_version` (an episode counts for every version that acted in it).
+    Return on human effort = successes / (1 + minutes of correction), as Fleet-DAgger defines it."""
+    robots, versions = defaultdict(list), defaultdict(list)
+    for e in c.catalog.episodes(since_ns=since_ns):
+        if e.num_policy_ticks == 0:
+            continue
+        eff = EpisodeEffort(e.num_ticks, e.num_correction_ticks, e.num_takeovers, e.fps, e.outcome == "success")
+        robots[e.robot_id].append(eff)
+        for v in e.policy_versions:
+            versions[v].append(eff)
+    return {"by_robot": {k: effort_figures(v).as_dict() for k, v in sorted(robots.items())},
+            "by_version": {k: effort_figures(v).as_dict() for k, v in sorted(versions.items())}}

@@ -14,6 +14,7 @@ Every step is idempotent (data/transfer.py, IngestSpool); a robot token ships on
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 from pathlib import Path
@@ -53,6 +54,7 @@ from services.api.context import AppContext, ctx, principal, require
 from services.api.schemas import (
     EpisodeOut,
     EpisodeRegister,
+    EvaluationFlag,
     IngestCommit,
     IngestOpen,
     IngestOut,
@@ -66,6 +68,7 @@ from services.auth import Principal, Role
 from services.worker import import_queue_name
 
 router = APIRouter(prefix="/v1/episodes", tags=["episodes"])
+log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 4 << 30
 MAX_CHUNK_BYTES = IngestSpool.MAX_CHUNK_BYTES
@@ -88,13 +91,25 @@ def list_episodes(robot: list[Text] | None = Query(None), task: list[Text] | Non
                   outcome: list[Text] | None = Query(None), policy_version: list[Text] | None = Query(None),
                   status: list[Text] | None = Query(None), since_ns: int | None = Query(None, ge=0, le=2**63 - 1),
                   until_ns: int | None = Query(None, ge=0, le=2**63 - 1), limit: int = Query(500, ge=1, le=100_000),
+                  evaluation: bool | None = Query(None, description="only evaluation episodes (true) or only others"),
                   _: Principal = Depends(principal), c: AppContext = Depends(ctx)):
     for o in outcome or []:
         if o not in ("success", "failure", "unknown"):
             raise HTTPException(422, f"unknown outcome {o!r}: success, failure or unknown")
     recs = c.catalog.episodes(robot=robot, task=task, outcome=outcome, policy_version=policy_version, status=status,
-                              since_ns=since_ns, until_ns=until_ns)
+                              since_ns=since_ns, until_ns=until_ns, evaluation=evaluation)
     return [_out(r) for r in recs[-limit:]]
+
+
+@router.post("/evaluation", response_model=list[EpisodeOut],
+             summary="Flag episodes as evaluation episodes (held out: never selected for training), or unflag them")
+def flag_evaluation(body: EvaluationFlag, request: Request, _: Principal = Depends(require("episodes.label")),
+                    c: AppContext = Depends(ctx)):
+    request.state.audit = {"episodes": len(body.episode_ids), "evaluation": body.evaluation}
+    try:
+        return [_out(r) for r in c.catalog.set_evaluation(body.episode_ids, body.evaluation)]
+    except KeyError as e:
+        raise HTTPException(404, f"{e.args[0]}; nothing was flagged") from None
 
 
 @router.post("/register", response_model=EpisodeOut, summary="Index a committed episode of the shared store")
@@ -103,7 +118,16 @@ def register_episode(body: EpisodeRegister, _: Principal = Depends(require("epis
     ep = _open(c, body.episode_id)
     c.catalog.register(ep)
     worker.enqueue_transcode(c.redis, c.settings, [body.episode_id])  # the video tier (data/video.py)
+    _look_at_gates(c)
     return _out(c.catalog.get(body.episode_id), ep.cameras)
+
+
+def _look_at_gates(c: AppContext) -> None:
+    """A new episode or label may let a canary gate decide; its thread looks again if this fails."""
+    try:
+        c.gates.look()
+    except Exception:
+        log.exception("canary gates: look after an episode change failed")
 
 
 class _Multipart:
@@ -326,8 +350,10 @@ async def ingest_chunk(request: Request, episode_id: str, sha256: Sha256, offset
 def ingest_commit(episode_id: str, sha256: Sha256, body: IngestCommit | None = None,
                   p: Principal = Depends(require("episodes.ship")), c: AppContext = Depends(ctx)):
     spool = _spool(c, p, episode_id)
-    return _ingest(spool.commit, episode_id, sha256, uploaded_by=p.name,
-                   outcome=body.outcome if body else None).__dict__
+    out = _ingest(spool.commit, episode_id, sha256, uploaded_by=p.name, outcome=body.outcome if body else None)
+    worker.enqueue_transcode(c.redis, c.settings, [episode_id])  # a repeat is a no-op for the job
+    _look_at_gates(c)  # a shipped episode counts for a canary like a registered one
+    return out.__dict__
 
 
 @router.get("/{episode_id}", response_model=EpisodeOut)
@@ -346,6 +372,7 @@ def label_episode(episode_id: str, body: LabelIn, p: Principal = Depends(require
                   c: AppContext = Depends(ctx)):
     ep = _open(c, episode_id)
     rec = c.catalog.label(c.store, episode_id, body.outcome, labeller=p.name)
+    _look_at_gates(c)
     return _out(rec, ep.cameras)
 
 

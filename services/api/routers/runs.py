@@ -117,3 +117,13 @@ def run_curves(run_id: Id, _: Principal = Depends(principal), c: AppContext = De
     if not f.exists():
         raise HTTPException(404, f"run {run_id} has no loss curves yet")
     return FileResponse(f, media_type="image/png")
+
+
+@router.get("/{run_id}/scalars", summary="The run's TensorBoard scalars: loss curves by step and its metrics")
+def run_scalars(run_id: Id, max_points: int = Query(400, ge=2, le=100_000), _: Principal = Depends(principal),
+                c: AppContext = Depends(ctx)) -> dict[str, list[list[float]]]:
+    """tag -> [[step, value], ...] from the event files the run wrote (training/tracking.py); {} until
+    it has written some. `tensorboard --logdir <RECAP_HOME>/runs` shows the same."""
+    from training.tracking import read_run_scalars  # torch-free
+
+    return read_run_scalars(_run_dir(c, run_id), max_points=max_points)

@@ -82,9 +82,21 @@ async function refresh() {
   localStorage.setItem("recap-token", tokenInput.value);
   $("#error").textContent = "";
   try {
-    const [robots, runs, stats, deployments, episodes] = await Promise.all(
-      ["/v1/robots", "/v1/runs", "/v1/stats/versions", "/v1/deployments?limit=50", "/v1/episodes?limit=200"]
+    const [robots, runs, stats, deployments, episodes, gates, effort, versions] = await Promise.all(
+      ["/v1/robots", "/v1/runs", "/v1/stats/versions", "/v1/deployments?limit=50", "/v1/episodes?limit=200",
+       "/v1/deployments/gates?limit=50", "/v1/stats/effort", "/v1/versions"]
         .map(p => api(p).then(r => r.json())));
+    const side = (s) => s ? `${s.successes}/${s.episodes}, ${s.takeovers_per_robot_hour.toFixed(1)}` : "–";
+    const prob = (x) => x == null ? "–" : x.toFixed(2);
+    rows("#gates", gates, g => [{ "data-gate": g.id, class: "gate-" + g.status },
+      ["#" + g.id, g.version_id, g.robot_id, g.baseline_version || "–",
+       [{ class: g.status === "passed" ? "ok" : g.status === "failed" ? "bad" : "muted" }, g.status],
+       side(g.figures.canary), side(g.figures.fleet),
+       prob(g.figures.p_success_worse) + ", " + prob(g.figures.p_takeovers_worse), g.reason]]);
+    const effortRow = ([k, f]) => [{ "data-key": k }, [k, f.episodes, f.takeovers_per_robot_hour.toFixed(1),
+      pct(f.correction_tick_share), f.human_minutes.toFixed(1), f.return_on_human_effort.toFixed(2)]];
+    rows("#effort-robots", Object.entries(effort.by_robot), effortRow);
+    rows("#effort-versions", Object.entries(effort.by_version), effortRow);
     rows("#fleet", robots, r => [{ "data-robot": r.id },
       [r.id, r.group, r.assigned_version || "–", r.reported_version || "–", ago(r.last_seen_ns)]]);
     rows("#runs", runs, r => [{ "data-run": r.id },
@@ -99,23 +111,68 @@ async function refresh() {
     rows("#episodes", episodes.slice().reverse(), e => [{ "data-episode": e.id, "data-ticks": e.num_ticks },
       [e.id, e.robot_id, e.task_id, e.instruction,
        [{ class: e.outcome === "success" ? "ok" : e.outcome === "failure" ? "bad" : "muted" }, e.outcome],
-       pct(e.correction_rate), e.num_ticks, e.policy_versions.join(", ")]]);
+       pct(e.correction_rate), e.num_ticks, e.policy_versions.join(", "),
+       el("a", { href: "/review#episode=" + encodeURIComponent(e.id), class: "review" }, "review")]]);
     document.querySelectorAll("#episodes tbody tr").forEach(tr => tr.onclick = async () => {
       document.querySelectorAll("#episodes tr.sel").forEach(x => x.classList.remove("sel"));
       tr.classList.add("sel");
       const ep = await (await api(`/v1/episodes/${encodeURIComponent(tr.dataset.episode)}`)).json();
       playback(ep.id, ep.cameras, ep.num_ticks);
     });
-    const done = runs.find(r => r.status === "finished");
-    if (done) {
-      const blob = await (await api(`/v1/runs/${encodeURIComponent(done.id)}/curves.png`)).blob();
-      const img = el("img", { id: "curves-img", width: "100%" });
-      img.src = URL.createObjectURL(blob);
-      $("#curves").replaceChildren(el("div", { class: "muted" }, "loss curves of " + done.id), img);
-    }
+    rows("#version-lineage", versions.slice().reverse(), v => [{ "data-version": v.id },
+      [v.id, v.policy_type, v.lineage.method || "–", v.parent_version || "–", v.run_id || "(registered)",
+       v.lineage.episodes == null ? "–" : v.lineage.episodes, (v.lineage.selection_digest || "").slice(0, 12),
+       when(v.created_at_ns), v.created_by]]);
+    const curves = await Promise.all(runs.slice(0, 20).map(r =>
+      api(`/v1/runs/${encodeURIComponent(r.id)}/scalars?max_points=200`).then(x => x.json()).then(sc => [r, sc])));
+    $("#curves").replaceChildren(...curves.filter(([, sc]) => Object.keys(sc).some(t => t.endsWith("/loss"))).map(([r, sc]) => {
+      const svg = svgEl("svg", { width: 520, height: 160, "data-run": r.id });
+      const series = {};
+      for (const [tag, pts] of Object.entries(sc)) {
+        if (tag.endsWith("/loss")) series[tag] = { series: pts.map(([t, y]) => ({ t, loss: y })) };
+      }
+      svg.id = "curve-" + r.id.replace(/[^A-Za-z0-9_-]/g, "_");
+      $("#curves").append(svg);
+      plot("#" + svg.id, series, "loss", `${r.id} (${r.spec.method}, ${r.status}): loss by step`);
+      return svg;
+    }));
     document.body.dataset.loaded = "1";
   } catch (e) { $("#error").textContent = e.message; }
 }
+// The live view: server-sent events from /v1/live, read with fetch() so the token stays in the header.
+let liveEvents = 0;
+function showLive(state) {
+  rows("#live", state.robots, r => [{ "data-robot": r.id, class: r.reported_version !== r.assigned_version ? "muted" : "" },
+    [r.id, r.reported_version || "–", r.assigned_version || "–",
+     r.recording ? `${r.recording.episode_id} (${r.recording.ticks} ticks)` : "–"]]);
+  rows("#live-runs", state.runs, r => [{ "data-run": r.id }, [r.id, r.method, r.status, r.phase, bar(r.progress)]]);
+  document.body.dataset.liveEvents = String(++liveEvents);
+}
+async function live() {
+  for (;;) {
+    try {
+      if (!tokenInput.value) { await new Promise(r => setTimeout(r, 1000)); continue; }
+      const r = await api("/v1/live");
+      $("#live-status").textContent = "(streaming)";
+      const reader = r.body.getReader(), dec = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          const data = block.split("\n").filter(l => l.startsWith("data: ")).map(l => l.slice(6)).join("\n");
+          if (block.startsWith("event: fleet") && data) showLive(JSON.parse(data));
+        }
+      }
+    } catch (e) { $("#live-status").textContent = "(reconnecting: " + e.message + ")"; }
+    await new Promise(r => setTimeout(r, 1000));
+  }
+}
 $("#refresh").onclick = refresh;
+live();
 if (tokenInput.value) refresh();
 setInterval(() => tokenInput.value && refresh(), 5000);
