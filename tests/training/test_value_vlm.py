@@ -46,6 +46,8 @@ def test_value_trainer_runs_the_vlm_backbone(tmp_path):
     store = _toy_store(tmp_path / "s", n=6)
     table = load_steps(store, store.episode_ids())
     cfg = ValueConfig(state_dim=3, steps=10, batch_size=16, backbone="vlm")
-    vf, sstats, losses = fit_value(table, cfg, max_len=task_max_lengths(table), progress=False)
-    v = predict_values(vf, table, sstats)
+    max_len = task_max_lengths(table)
+    vf, sstats, losses = fit_value(table, cfg, max_len=max_len, progress=False)
+    assert vf.cfg.time_input  # the elapsed time joins the state token
+    v = predict_values(vf, table, sstats, max_len=max_len)
     assert len(v) == len(table) and np.isfinite(v).all() and len(losses) == 10
