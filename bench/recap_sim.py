@@ -397,6 +397,10 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="Results file stem (default recap_sim, recap_sim-short, recap_sim-quick).")
     ap.add_argument("--results-dir", default=str(RESULTS), help="Where the table, figures and plots go.")
     ap.add_argument("--note", default=None, help="A line printed at the top of the results (e.g. what a reduced run is not).")
+    ap.add_argument("--value-time-ablation", default=None, metavar="ROBOTS",
+                    help="Instead of a benchmark: fit V time-blind and time-aware on these robots' episodes of "
+                         "--workdir (a group folder of a finished run) and write NAME.json (held-out calibration, "
+                         "positive labels by quarter of failed episodes).")
     args = ap.parse_args()
     if args.quick and args.image:
         ap.error("--quick and --image are two presets: give one")
@@ -427,6 +431,17 @@ def main() -> None:
         ap.error(str(e))
     if args.validation:
         cfg["eval_role"] = "validation"
+    if args.value_time_ablation:
+        if not args.workdir or not (Path(args.workdir) / "store").exists():
+            ap.error("--value-time-ablation: give --workdir, a group folder with a store (e.g. bench/_work/NAME/tuning)")
+        import sys
+
+        res = value_time_ablation(args.workdir, args.value_time_ablation.split(","), cfg["max_steps"], cfg["value"]["steps"])
+        res = {"command": "python -m bench.recap_sim " + " ".join(sys.argv[1:]), **res}
+        out = Path(args.results_dir) / f"{args.name or 'recap_sim-value-time'}.json"
+        out.write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+        return
     from training.sim.arm import unknown_tasks
 
     unknown = unknown_tasks(cfg["tasks"] + cfg.get("test_tasks", []))
@@ -480,6 +495,40 @@ def main() -> None:
     (out / f"{name}.md").write_text(render_md(result, name))
     plot(result, out / f"{name}.png")
     print(render_md(result, name))
+
+
+def value_time_ablation(work: str, robots: list[str], limit: int, steps: int) -> dict:
+    """V time-blind vs time-aware on the same episodes of a benchmark workdir (4 members over 2 folds,
+    labels from the out-of-fold mean, N = 50, 40 % positive): held-out calibration and the positive-label
+    rate by quarter of the failed episodes."""
+    from data.catalog import Catalog
+    from data.store import EpisodeStore
+    from training import recap
+    from training.advantages import label_advantages
+    from training.calibration import correlations
+    from training.steps import load_steps
+    from training.value import ValueConfig
+    from training.value.trainer_value import fit_value, held_out_members, normalised_return_targets, predict_values
+
+    store = EpisodeStore(Path(work) / "store")
+    table = load_steps(store, [e.id for e in Catalog.for_store(store).episodes(robot=robots)])
+    limits = {t: limit for t in set(table.task_ids)}
+    ret, known = normalised_return_targets(table, limits, None)
+    out = {"robots": robots, "episodes": table.num_episodes, "ticks": len(table),
+           "failed_episodes": sum(o == "failure" for o in table.outcomes), "value_steps": steps}
+    for time_input in (False, True):
+        cfg = ValueConfig(state_dim=table.state.shape[1], hidden=128, steps=steps, lr=1e-3, ensemble=4, folds=2,
+                          time_input=time_input)
+        vf, stats, _ = fit_value(table, cfg, max_len=limits, progress=False)
+        v = predict_values(vf, table, stats, max_len=limits, held_out=held_out_members(vf, table, cfg.seed))
+        per = label_advantages(table, v, max_len=limits, horizon=50, positive_fraction=0.4).per_episode()
+        ind = [per[e] for e in table.episode_ids]
+        quarters = recap.positive_rate_by_position(ind, table.outcomes)
+        out["time_aware" if time_input else "time_blind"] = {
+            "held_out": correlations(v[known], ret[known]), "positive_rate_failed_by_quarter": quarters,
+            "positive_rate_failed_last_quarter": quarters[-1],
+            "positive_rate_by_outcome": recap.positive_rate_by_outcome(ind, table.outcomes)}
+    return out
 
 
 def run_group(pool, cfg: dict, work: str, seeds: list[int], methods: list[str], *, ablation: bool) -> dict:
