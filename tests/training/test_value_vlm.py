@@ -9,7 +9,8 @@ def _batch(B=8):
     g = torch.Generator().manual_seed(0)
     ret = -torch.rand(B, generator=g)
     return {"state": torch.randn(B, 6, generator=g), "images": {"front": torch.rand(B, 3, 32, 32, generator=g)},
-            "texts": ["push the block to the goal"] * B, "return": ret}
+            "texts": ["push the block to the goal"] * B, "return": ret,
+            "elapsed": torch.rand(B, generator=g)}  # the elapsed fraction of the time limit (a time-aware V)
 
 
 def test_tiny_vlm_value_fits_and_lora_freezes_the_rest():
