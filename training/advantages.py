@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from data.schema import Outcome
+from data.schema import ActionSource, Outcome
 from training import recap
 from training.steps import StepTable
 
@@ -52,7 +52,12 @@ def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[s
                      positive_fraction: float, c_fail: float | None = None) -> AdvantageLabels:
     """A_t for every tick of known outcome, eps_l per task for the target positive share, then
     I_t = 1[A_t > eps_l], corrections forced positive. Unknown-outcome episodes get I_t = 0 only
-    at their correction-free ticks (they carry no return to judge by)."""
+    at their correction-free ticks (they carry no return to judge by).
+
+    eps_l is the quantile over the task's *policy* ticks (the autonomous behaviour being judged):
+    demonstrations and corrections are then labelled against the same bar, and corrections forced
+    positive after, so `positive_fraction` is the share among the policy's own ticks. A task without
+    policy ticks (demonstrations only) takes its quantile over all its ticks of known outcome."""
     adv = np.full(len(table), np.nan, np.float32)
     for e in range(table.num_episodes):
         if table.outcomes[e] == Outcome.UNKNOWN:
@@ -61,7 +66,11 @@ def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[s
         adv[sl] = recap.n_step_advantages(values[sl], int(table.lengths[e]), table.outcomes[e], horizon,
                                           max_len[table.task_ids[e]], c_fail)
     task_of_tick = np.asarray(table.task_ids, dtype=object)[table.episode_index]
-    by_task = {t: adv[(task_of_tick == t) & ~np.isnan(adv)] for t in sorted(set(table.task_ids))}
+    known, policy = ~np.isnan(adv), table.source == ActionSource.POLICY
+    by_task = {}
+    for t in sorted(set(table.task_ids)):
+        of_task = (task_of_tick == t) & known
+        by_task[t] = adv[of_task & policy] if (of_task & policy).any() else adv[of_task]
     eps = recap.thresholds(by_task, positive_fraction)
     eps_tick = np.array([eps[t] for t in task_of_tick], np.float32) if len(table) else np.zeros(0, np.float32)
     with np.errstate(invalid="ignore"):

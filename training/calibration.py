@@ -7,6 +7,18 @@ from pathlib import Path
 import numpy as np
 
 
+def correlations(pred: np.ndarray, real: np.ndarray) -> dict:
+    """Pearson and Spearman correlation of predicted V and realised normalised return (NaN when
+    either is constant or there are fewer than 3 ticks)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    pred, real = np.asarray(pred, float), np.asarray(real, float)
+    if len(pred) < 3 or np.ptp(pred) == 0 or np.ptp(real) == 0:
+        return {"pearson": float("nan"), "spearman": float("nan"), "ticks": int(len(pred))}
+    return {"pearson": float(pearsonr(pred, real)[0]), "spearman": float(spearmanr(pred, real)[0]),
+            "ticks": int(len(pred))}
+
+
 def calibration_report(pred: np.ndarray, real: np.ndarray, bins: int = 10) -> dict:
     edges = np.linspace(-1, 0, bins + 1)
     which = np.clip(np.digitize(pred, edges) - 1, 0, bins - 1)
@@ -16,7 +28,8 @@ def calibration_report(pred: np.ndarray, real: np.ndarray, bins: int = 10) -> di
         if m.any():
             rows.append({"bin": [float(edges[b]), float(edges[b + 1])], "n": int(m.sum()),
                          "predicted": float(pred[m].mean()), "realised": float(real[m].mean())})
-    return {"corr": float(np.corrcoef(pred, real)[0, 1]) if len(pred) > 1 else float("nan"),
+    c = correlations(pred, real)
+    return {"corr": c["pearson"], "spearman": c["spearman"],
             "mae": float(np.abs(pred - real).mean()), "bins": rows, "ticks": int(len(pred))}
 
 

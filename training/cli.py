@@ -74,6 +74,8 @@ def policy_cmd(
     outcome: list[str] = typer.Option([], "--outcome", help="Select episodes with these outcomes."),
     policy_version: list[str] = typer.Option([], "--policy-version", help="Select episodes in which this version acted."),
     first_fit: bool = typer.Option(False, help="Demonstrations-only first fit: indicator fixed to positive."),
+    first_labelled: bool = typer.Option(False, help="The first advantage-labelled fit after the first fit: 30% of the "
+                                        "policy's ticks labelled positive (later fits: --positive-fraction)."),
     horizon: int = typer.Option(50, min=1, help="N-step advantage horizon (control steps)."),
     positive_fraction: float = typer.Option(0.4, min=0.0, max=1.0, help="Target share of positive indicators per task."),
     value_steps: int = typer.Option(1500, min=1, help="Value function training steps."),
@@ -97,7 +99,7 @@ def policy_cmd(
     selection = _selection(robot, task, outcome, policy_version)
     _selected(cat, selection)
     spec = RunSpec(run_id=run_id or f"{method}-{time.strftime('%Y%m%dT%H%M%S')}", method=kind,
-                   selection=selection, first_fit=first_fit,
+                   selection=selection, first_fit=first_fit, first_labelled=first_labelled,
                    recap=RecapConfig(advantage_horizon=horizon, positive_fraction_later=positive_fraction),
                    value={"steps": value_steps, "hidden": hidden},
                    policy={"steps": policy_steps, "hidden": hidden, "chunk": chunk},
@@ -130,7 +132,8 @@ def value_cmd(
     from training.calibration import calibration_report, plot_calibration
     from training.steps import load_steps
     from training.value import ValueConfig
-    from training.value.trainer_value import fit_value, normalised_return_targets, predict_values, task_max_lengths
+    from training.value.trainer_value import (fit_value, held_out_members, normalised_return_targets, predict_values,
+                                             task_max_lengths)
 
     st, cat = open_store(store, catalog)
     ids = [r.id for r in _selected(cat, _selection(robot, task, [], []))]
@@ -147,14 +150,15 @@ def value_cmd(
     console.print_json(json.dumps(cfg.to_dict()))
     vf, sstats, losses = fit_value(table, cfg, max_len=max_len)
     out.mkdir(parents=True, exist_ok=True)
-    pred = predict_values(vf, held, sstats)
+    pred = predict_values(vf, held, sstats, max_len=max_len)
     real, known = normalised_return_targets(held, max_len, None)
     report = calibration_report(pred[known], real[known])
     plot_calibration(pred[known], real[known], report, out / "calibration.png")
     (out / "calibration.json").write_text(json.dumps(report, indent=1))
     write_artifact(out / "value", kind="value", model=vf, config=cfg.to_dict(), stats={"observation.state": sstats},
                    lineage={"episodes": train_ids, "held_out": sorted(test)}, metrics={"calibration": report})
-    labels = label_advantages(table, predict_values(vf, table, sstats), max_len=max_len, horizon=horizon,
+    oof = held_out_members(vf, table, seed)  # labels from the members that never saw the episode
+    labels = label_advantages(table, predict_values(vf, table, sstats, max_len=max_len, held_out=oof), max_len=max_len, horizon=horizon,
                               positive_fraction=positive_fraction)
     labels.save(out / "labels")
     console.print(f"held-out calibration: corr {report['corr']:.3f}, MAE {report['mae']:.3f} on {report['ticks']} ticks "

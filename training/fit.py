@@ -30,6 +30,15 @@ class Schedule(Protocol):
     seed: int
 
 
+def scaled_steps(steps: int, epochs: float, ticks: int, batch_size: int) -> int:
+    """The training budget rule, the same for the value function and every method's policy:
+    max(steps, ceil(epochs x ticks / batch_size)); epochs 0 keeps the fixed `steps`. A dataset that
+    grows each round gets proportionally more steps instead of fewer passes over it."""
+    if epochs <= 0 or ticks <= 0:
+        return int(steps)
+    return max(int(steps), int(np.ceil(epochs * ticks / max(1, batch_size))))
+
+
 def seed_init(seed: int) -> None:
     """Before building a model: the same initial weights on every rank and every round."""
     torch.manual_seed(seed)

@@ -132,6 +132,21 @@ def guided_velocity(v_uncond: torch.Tensor, v_pos: torch.Tensor, beta: float) ->
     return v_uncond + beta * (v_pos - v_uncond)
 
 
+def positive_rate_by_position(ind: Sequence[np.ndarray], outcomes: Sequence[str], outcome: str = "failure",
+                              parts: int = 4) -> list[float]:
+    """Diagnostic: share of positive labels in each `parts`-th of the episodes of `outcome`, by
+    position within the episode (a time-blind V labels the end of a timeout positive: the last
+    quarter of failed episodes should be mostly negative)."""
+    hits, counts = np.zeros(parts), np.zeros(parts)
+    for i, oc in zip(ind, outcomes):
+        if Outcome(oc) != Outcome(outcome) or len(i) == 0:
+            continue
+        q = np.minimum((np.arange(len(i)) * parts) // len(i), parts - 1)
+        hits += np.bincount(q, weights=i.astype(float), minlength=parts)
+        counts += np.bincount(q, minlength=parts)
+    return [float(h / c) if c else float("nan") for h, c in zip(hits, counts)]
+
+
 def positive_rate_by_outcome(ind: Sequence[np.ndarray], outcomes: Sequence[str]) -> dict[str, float]:
     """Diagnostic: share of positive labels in successful vs failed episodes (should differ)."""
     out = {}

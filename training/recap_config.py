@@ -7,6 +7,7 @@ is refused when the run is requested, never met in the worker."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 BETA_MAX = 10.0  # guidance beyond this only amplifies the noise between the two passes
 
@@ -24,5 +25,18 @@ class RecapConfig:
     # 1 = condition on "positive"; > 1 = classifier-free guidance; what the run is evaluated with, kept in
     # the artifact (a deployment may override it, services/registry.py)
     cfg_beta: float = field(default=1.0, metadata={"ge": 0, "le": BETA_MAX})
+
+    # guard-rail: the value function's held-out (out-of-fold) Spearman correlation with the realised
+    # returns must reach this before its advantages label anything; below it the run stops
+    # ("stop") or trains success-filtered BC instead and says so in its lineage ("filtered_bc").
+    # -1 (the library default) lets every V through: a recipe for real data sets its bar (the
+    # benchmark: 0.2); tiny smoke runs with a few value steps would not pass one
+    min_value_corr: float = field(default=-1.0, metadata={"ge": -1, "le": 1})
+    on_weak_value: Literal["stop", "filtered_bc"] = "stop"
+    # training budgets that follow the data, the same rule for every method: steps =
+    # max(section steps, ceil(epochs x ticks / batch size)), ticks = the selection's usable ticks
+    # (value: ticks of known outcome); 0 = the section's fixed steps
+    policy_epochs: float = field(default=0.0, metadata={"ge": 0, "le": 10_000})
+    value_epochs: float = field(default=0.0, metadata={"ge": 0, "le": 10_000})
 
     DERIVED = ()  # every field is the recipe's to set

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from data.catalog import Catalog
+from data.schema import ActionSource
 from data.store import EpisodeStore
 from training.advantages import AdvantageLabels, label_advantages
 from training import distributed
@@ -39,18 +40,26 @@ from training.methods import Method, policy_data
 from training.policies.policy import Policy, load_policy as load_registered_policy
 from training.policies.registry import policy_config
 from training.policies.trainer_policy import fit_policy
-from training.recap import RecapConfig, positive_rate_by_outcome
+from training.calibration import correlations
+from training.fit import scaled_steps
+from training.recap import RecapConfig, positive_rate_by_outcome, positive_rate_by_position
 from training.recipe import effective_recipe
 from training.steps import load_steps
 from training.tracking import write_run_events
 from training.value import ValueConfig, build_value_function
-from training.value.trainer_value import cross_fit_folds, fit_value, predict_values, task_max_lengths
+from training.value.trainer_value import (fit_value, held_out_members, normalised_return_targets, predict_values,
+                                         task_max_lengths)
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDataError(ValueError):
     """The selection leaves nothing to train on; the message names the episodes and why."""
+
+
+class WeakValueError(TrainingDataError):
+    """The value function's held-out correlation is below the recipe's bar: the run stops before
+    labelling (its advantages would be noise)."""
 
 
 def _listing(reasons: dict[str, str], limit: int = 10) -> str:
@@ -65,6 +74,8 @@ class RunSpec:
     method: Method = Method.RECAP
     selection: dict[str, Any] = field(default_factory=dict)  # Catalog.episodes(**selection)
     first_fit: bool = False  # demonstrations-only first fit: indicator fixed to positive
+    # the first advantage-labelled fit after the first fit: recap.positive_fraction_first, later ones _later
+    first_labelled: bool = False
     recap: RecapConfig = field(default_factory=RecapConfig)
     value: dict[str, Any] = field(default_factory=dict)  # ValueConfig overrides
     policy: dict[str, Any] = field(default_factory=dict)  # {"type": a registered policy type, its config's overrides}
@@ -188,8 +199,14 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     # 2. value function and advantage labels (RECAP / AWR after the first fit)
     labels = None
     if spec.method.needs_value and not spec.first_fit:
+        vsection = dict(spec.value)
+        returns, known = normalised_return_targets(table, max_len, spec.recap.c_fail)
+        base = ValueConfig(state_dim=feats.state_dim, cameras=list(spec.cameras), image_size=image_size,
+                           num_bins=spec.recap.num_bins, seed=spec.seed, **vsection)
+        vsection["steps"] = scaled_steps(base.steps, spec.recap.value_epochs, int(known.sum()), base.batch_size)
         vcfg = ValueConfig(state_dim=feats.state_dim, cameras=list(spec.cameras), image_size=image_size,
-                           num_bins=spec.recap.num_bins, seed=spec.seed, **spec.value)
+                           num_bins=spec.recap.num_bins, seed=spec.seed, **vsection)
+        metrics["value_steps"] = vcfg.steps
         vdir = run_dir / "value"
         if vdir.exists():
             _, _, state, vstats = load_artifact(vdir)
@@ -205,29 +222,63 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
                 write_artifact(vdir, kind="value", model=vf, config=vcfg.to_dict(), stats={"observation.state": sstats},
                                lineage={"run": spec.run_id, "selection_digest": sel["digest"]},
                                metrics={"final_loss": float(np.mean(vlosses[-50:]))})
+        # held-out calibration: each tick's out-of-fold V (members that never saw its episode) against the
+        # realised return; the guard-rail reads it before anything is labelled
+        held_out = held_out_members(vf, table, vcfg.seed)
+        values = predict_values(vf, table, sstats, max_len=max_len, device=spec.device, held_out=held_out)
+        calib = correlations(values[known], returns[known]) if held_out is not None else {}
+        metrics["value_calibration"] = {"held_out": held_out is not None, **calib}
+        guard = None
+        rho = calib.get("spearman", float("nan"))
+        if held_out is not None and spec.recap.min_value_corr > -1 and not rho >= spec.recap.min_value_corr:
+            why = (f"the value function's held-out Spearman correlation with the realised returns is {rho:.3f}, "
+                   f"below recap.min_value_corr {spec.recap.min_value_corr:g} ({calib.get('ticks', 0)} ticks of "
+                   f"{table.num_episodes} episodes): its advantages would label noise")
+            if spec.recap.on_weak_value == "stop":
+                raise WeakValueError(f"run {spec.run_id} stopped before labelling: {why}. Collect more episodes, "
+                                     "fit V longer, or set recap.on_weak_value=filtered_bc to fall back")
+            guard = {"fallback": str(Method.FILTERED_BC), "reason": why}
+            log.warning("run %s: %s; training success-filtered BC instead (recap.on_weak_value)", spec.run_id, why)
+        metrics["value_guard"] = guard or {"passed": held_out is not None, "min_value_corr": spec.recap.min_value_corr}
         ldir = run_dir / "labels"
+        fraction = spec.recap.positive_fraction_first if spec.first_labelled else spec.recap.positive_fraction_later
         if (ldir / "advantages.json").exists():
             labels = AdvantageLabels.load(ldir)
         else:
-            values = predict_values(vf, table, sstats, device=spec.device,
-                                    held_out_fold=cross_fit_folds(vf, table, vcfg.seed))
             labels = label_advantages(table, values, max_len=max_len, horizon=spec.recap.advantage_horizon,
-                                      positive_fraction=spec.recap.positive_fraction_later, c_fail=spec.recap.c_fail)
+                                      positive_fraction=fraction, c_fail=spec.recap.c_fail)
             if main:
                 labels.save(ldir)
         distributed.barrier()
         per_ep = labels.per_episode()
+        ind_list = [per_ep[e] for e in table.episode_ids]
+        policy_ticks = table.source == ActionSource.POLICY
+        metrics["positive_fraction_target"] = fraction
         metrics["positive_rate"] = float(labels.indicators.mean())
-        metrics["positive_rate_by_outcome"] = positive_rate_by_outcome(
-            [per_ep[e] for e in table.episode_ids], table.outcomes)
+        metrics["positive_rate_policy_ticks"] = (float(labels.indicators[policy_ticks].mean())
+                                                 if policy_ticks.any() else float("nan"))
+        metrics["positive_rate_by_outcome"] = positive_rate_by_outcome(ind_list, table.outcomes)
+        quarters = positive_rate_by_position(ind_list, table.outcomes, "failure", 4)
+        metrics["positive_rate_failed_by_quarter"] = quarters
+        metrics["positive_rate_failed_last_quarter"] = quarters[-1]
         metrics["thresholds"] = labels.thresholds
+        if guard is not None:
+            metrics["fallback"] = guard
 
     # 3. policy: the recipe's type, its config from the data and the recipe (printed: the run's defaults)
-    pdata = policy_data(table, spec.method, labels, first_fit=spec.first_fit)
-    beta = spec.recap.cfg_beta if spec.method == Method.RECAP and not spec.first_fit else 1.0
+    trained = Method.FILTERED_BC if metrics.get("fallback") else spec.method
+    pdata = policy_data(table, trained, labels, first_fit=spec.first_fit)
+    beta = spec.recap.cfg_beta if trained == Method.RECAP and not spec.first_fit else 1.0
     ptype, pcfg = policy_config(spec.policy, state_dim=feats.state_dim, action_dim=feats.action_dim,
                                 cameras={c: image_size for c in spec.cameras}, seed=spec.seed,
                                 indicator_dropout=spec.recap.indicator_dropout, cfg_beta=beta)
+    usable_ticks = int((table.source != ActionSource.HOLD).sum())
+    steps = scaled_steps(pcfg.steps, spec.recap.policy_epochs, usable_ticks, pcfg.batch_size)
+    if steps != pcfg.steps:
+        ptype, pcfg = policy_config({**spec.policy, "steps": steps}, state_dim=feats.state_dim,
+                                    action_dim=feats.action_dim, cameras={c: image_size for c in spec.cameras},
+                                    seed=spec.seed, indicator_dropout=spec.recap.indicator_dropout, cfg_beta=beta)
+    metrics["policy_steps"] = pcfg.steps
     log.info("run %s: policy %s %s", spec.run_id, ptype, json.dumps(pcfg.to_dict()))
     t0 = time.time()
     policy, plosses = fit_policy(table, pdata, pcfg, device=spec.device, progress=progress,
@@ -241,7 +292,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     if curves:
         _plot_curves(run_dir / "curves.png", curves)
         write_run_events(run_dir, curves, metrics)  # TensorBoard (training/tracking.py)
-    lineage = {"run": spec.run_id, "method": str(spec.method), "first_fit": spec.first_fit,
+    lineage = {"run": spec.run_id, "method": str(spec.method), "trained_as": str(trained), "first_fit": spec.first_fit,
+               "value_guard": metrics.get("fallback") or metrics.get("value_guard"),
                "selection": sel["selection"], "selection_digest": sel["digest"], "episodes": len(sel["episodes"]),
                "parent_version": spec.parent_version, "seed": spec.seed, "recap": asdict(spec.recap),
                "task_max_len": max_len, "instructions": sorted(set(table.instructions)), "excluded": excluded}

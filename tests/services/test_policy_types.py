@@ -131,7 +131,7 @@ def test_a_lerobot_act_run_from_the_api_trains_registers_deploys_and_answers_lik
         line = next(x for x in logs.splitlines() if "recipe with defaults" in x)
         printed = json.loads(line.split("recipe with defaults ", 1)[1])
         assert printed["recap"] == {**asdict(RecapConfig()), "advantage_horizon": 4, "cfg_beta": 1.5}
-        assert printed["value"]["steps"] == 3 and printed["value"]["ensemble"] == 1 and "num_bins" not in printed["value"]
+        assert printed["value"]["steps"] == 3 and printed["value"]["ensemble"] == 4 and "num_bins" not in printed["value"]
         assert printed["policy"]["type"] == "lerobot:act" and printed["policy"]["lr"] == 1e-4
     with stack.client("operator") as c:
         assert c.post("/v1/deployments", json={"version": v["id"]}).status_code == 201

@@ -105,6 +105,17 @@ def test_after_a_hand_back_the_policy_resumes_from_a_chunk_of_the_current_observ
     # chunk // 2 executed per chunk: the next chunk is asked for on tick 10, then 14, 18
     assert [np.array_equal(c[0], ep.state[t]) for (c, t) in zip(policy.calls[2:], (10, 14, 18))] == [True] * 3
     assert len(policy.calls) == 5
+    assert res.takeovers == 1 and res.corrector is None
+
+    # an imperfect corrector: the same takeover, its own (slow) style on the expert's correction
+    from training.sim.operators import SlowOperator
+
+    rule = TakeoverRule(deviation=0.0, patience=1, takeover_ticks=5, max_takeovers=1)
+    slow = run_episode(arm, 3, store=store, actor=PolicyActor(_tiny_policy(), arm.instruction, seed=1), rule=rule,
+                       policy_version="v1", corrector=SlowOperator(pause_prob=0.0))
+    slow_ep = store.open(slow.episode_id)
+    assert slow.corrector == "slow" and slow.takeovers == 1 and slow.correction_ticks == 5
+    assert np.allclose(slow_ep.action[0, :3], 0.6 * ep.action[0, :3], atol=1e-6)
 
 
 def test_operator_mix_is_as_asked():
@@ -140,6 +151,18 @@ def test_small_loop_records_corrections_and_versions(tmp_path):
     demos = loop.catalog.episodes(robot="demo")
     assert len(demos) == 3 and all(r.num_demonstration_ticks == r.num_ticks for r in demos)
     assert recs[0]["run"]["positive_rate"] > 0
+    # resumable per round: a finished round is read back; a round whose collection was cut short is
+    # collected again without keeping the partial episodes
+    import json
+
+    def same(a, b):  # NaN-safe (a round without successes has no time to success)
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+    assert same(loop.run("recap", 0, p0), recs)
+    (tmp_path / "cells" / "recap-s0-r1.json").unlink()
+    (tmp_path / "cells" / "recap-s0-r1.collected.json").unlink()
+    again = loop.run("recap", 0, p0)
+    assert len(loop.catalog.episodes(robot="recap-s0")) == 3 and same(again[0]["eval"], recs[0]["eval"])
 
 
 def test_image_variant_records_frames_and_trains_on_them(tmp_path):

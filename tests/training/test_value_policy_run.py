@@ -17,7 +17,7 @@ from training.policies.policy import Observation
 from training.runs import RunSpec, load_policy, run_training
 from training.steps import load_steps
 from training.value import ValueConfig
-from training.value.trainer_value import (cross_fit_folds, episode_folds, fit_value, normalised_return_targets,
+from training.value.trainer_value import (episode_folds, fit_value, held_out_members, normalised_return_targets,
                                          predict_values, task_max_lengths)
 
 T0 = 1_700_000_000_000_000_000
@@ -48,10 +48,10 @@ def test_value_function_learns_returns_and_labels_follow(tmp_path):
     store = _toy_store(tmp_path / "s")
     table = load_steps(store, store.episode_ids())
     max_len = task_max_lengths(table, {"reach": 40})
-    cfg = ValueConfig(state_dim=3, hidden=64, steps=800, batch_size=128, dropout=0.0)
+    cfg = ValueConfig(state_dim=3, hidden=64, steps=800, batch_size=128, dropout=0.0, ensemble=1)
     vf, sstats, losses = fit_value(table, cfg, max_len=max_len, progress=False)
     assert np.mean(losses[-20:]) < np.mean(losses[:20])
-    v = predict_values(vf, table, sstats)
+    v = predict_values(vf, table, sstats, max_len=max_len)
     ret, known = normalised_return_targets(table, max_len, None)
     assert known.all()
     assert np.corrcoef(v, ret)[0, 1] > 0.9
@@ -62,8 +62,12 @@ def test_value_function_learns_returns_and_labels_follow(tmp_path):
     labels = label_advantages(table, v, max_len=max_len, horizon=10, positive_fraction=0.4)
     corr = table.source == ActionSource.CORRECTION
     assert labels.indicators[corr].all()
-    non_corr = ~corr
-    assert abs(labels.indicators[non_corr].mean() - 0.4) < 0.1
+    # the threshold is the quantile over the policy's own ticks: 40 % of them positive, whatever the
+    # demonstrations and corrections get
+    policy = table.source == ActionSource.POLICY
+    assert abs(labels.indicators[policy].mean() - 0.4) < 0.03
+    first = label_advantages(table, v, max_len=max_len, horizon=10, positive_fraction=0.3)
+    assert abs(first.indicators[policy].mean() - 0.3) < 0.03
     labels.save(tmp_path / "labels")
     again = AdvantageLabels.load(tmp_path / "labels")
     assert np.array_equal(again.indicators, labels.indicators) and again.thresholds == labels.thresholds
@@ -87,41 +91,91 @@ def test_value_function_learns_returns_and_labels_follow(tmp_path):
         policy_data(table, Method.AWR)
 
 
-def test_cross_fitted_value_labels_each_episode_with_a_member_that_never_saw_it(tmp_path):
+def test_cross_fitted_value_labels_each_episode_with_the_mean_of_members_that_never_saw_it(tmp_path):
     store = _toy_store(tmp_path / "s", n=24)
     table = load_steps(store, store.episode_ids())
-    folds = episode_folds(table, 3, seed=0)
-    assert np.array_equal(folds, episode_folds(table, 3, seed=0))  # a resumed run labels with the same split
+    folds = episode_folds(table, 2, seed=0)
+    assert np.array_equal(folds, episode_folds(table, 2, seed=0))  # a resumed run labels with the same split
     for outcome in ("success", "failure"):  # stratified: every member trains on both outcomes
         sel = np.asarray(table.outcomes) == outcome
-        assert set(folds[sel]) == {0, 1, 2}
+        assert set(folds[sel]) == {0, 1}
     max_len = {"reach": 40}
-    cfg = ValueConfig(state_dim=3, hidden=32, steps=150, batch_size=64, ensemble=3, dropout=0.0)
+    cfg = ValueConfig(state_dim=3, hidden=32, steps=150, batch_size=64, dropout=0.0)  # default: 4 members, 2 folds
+    assert (cfg.ensemble, cfg.num_folds) == (4, 2)
     vf, sstats, losses = fit_value(table, cfg, max_len=max_len, progress=False)
-    held_out = cross_fit_folds(vf, table, cfg.seed)
-    assert np.array_equal(held_out, folds[table.episode_index])
-    oof = predict_values(vf, table, sstats, held_out_fold=held_out)
-    members = vf.member_values(_batch(table, sstats)).numpy()  # (3, N)
-    assert np.allclose(oof, members[held_out, np.arange(len(table))])
-    assert np.allclose(predict_values(vf, table, sstats), members.mean(0), atol=1e-5)
-    # the training mask keeps member k off fold k: a batch of fold-0 ticks moves members 1 and 2 only
-    fold0 = np.flatnonzero(held_out == 0)
-    from training.value.trainer_value import make_batch
+    held_out = held_out_members(vf, table, cfg.seed)  # (members, ticks)
+    assert held_out.shape == (4, len(table)) and (held_out.sum(0) == 2).all()  # two out-of-fold members per tick
+    assert np.array_equal(held_out[0], folds[table.episode_index] == 0)  # split 0: member 0 holds out fold 0
+    assert not np.array_equal(held_out[0], held_out[2])  # split 1 is another shuffle
+    per_episode = held_out[:, table.starts]  # constant within an episode
+    assert all((held_out[:, table.episode_slice(e)] == per_episode[:, [e]]).all() for e in range(table.num_episodes))
+    oof = predict_values(vf, table, sstats, max_len=max_len, held_out=held_out)
+    members = vf.member_values(_batch(table, sstats, max_len)).numpy()  # (4, N)
+    assert np.allclose(oof, (members * held_out).sum(0) / 2, atol=1e-5)
+    assert np.allclose(predict_values(vf, table, sstats, max_len=max_len), members.mean(0), atol=1e-5)
+    # the training mask keeps a member off its held-out episodes: a batch of ticks member 0 never sees
+    # moves only the members that train on them
+    from training.value.trainer_value import elapsed_fraction, make_batch
 
-    batch = make_batch(table, fold0, sstats, torch.device("cpu"))
-    batch["return"] = torch.full((len(fold0),), -0.5)
-    batch["member_mask"] = (torch.arange(3).unsqueeze(1) != torch.from_numpy(held_out[fold0])).float()
+    idx = np.flatnonzero(held_out[0])
+    batch = make_batch(table, idx, sstats, torch.device("cpu"), elapsed_fraction(table, max_len))
+    batch["return"] = torch.full((len(idx),), -0.5)
+    batch["member_mask"] = torch.from_numpy(~held_out[:, idx]).float()
     vf.train()
     vf.zero_grad()
     vf.loss(batch).backward()
     grad_norm = [sum(float(p.grad.abs().sum()) for p in m.parameters() if p.grad is not None) for m in vf.members]
-    assert grad_norm[0] == 0.0 and grad_norm[1] > 0 and grad_norm[2] > 0
+    assert grad_norm[0] == 0.0 and all(g > 0 for g in grad_norm[1:])
 
 
-def _batch(table, sstats):
-    from training.value.trainer_value import make_batch
+def _stuck_store(root, n=24, L=60):
+    """State-only data where a timeout looks like any other state: a success waits 0-24 ticks near 0,
+    then moves the hand to 1 in 10-19 ticks; a failure stays near 0 until the time limit. Only the
+    time tells how much of a stuck episode is left."""
+    store = EpisodeStore(root)
+    feats = EpisodeFeatures(state_dim=2, action_dim=1)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        success = i % 2 == 0
+        delay, move = int(rng.integers(0, 25)), int(rng.integers(10, 20))
+        T = delay + move if success else L
+        w = store.new_episode(robot_id="toy", task_id="stuck", features=feats, fps=10, instruction="move",
+                              fsync=False, start_time_ns=T0 + i * 10**12)
+        for t in range(T):
+            pos = (t - delay) / move if success and t >= delay else 0.02 * rng.normal()
+            w.append(Tick(T0 + i * 10**12 + t * 10**8, np.array([pos, 1.0], np.float32),
+                          np.array([1.0], np.float32), ActionSource.POLICY))
+        w.commit(Outcome.SUCCESS if success else Outcome.FAILURE, "detector")
+    return store
 
-    return make_batch(table, np.arange(len(table)), sstats, torch.device("cpu"))
+
+def test_a_time_aware_value_predicts_how_much_of_a_stuck_episode_is_left(tmp_path):
+    from training.calibration import correlations
+
+    store = _stuck_store(tmp_path / "s")
+    table = load_steps(store, store.episode_ids())
+    max_len = {"stuck": 60}
+    ret, _ = normalised_return_targets(table, max_len, None)
+    # past tick 25 a hand still near 0 is a failure for sure (successes have left by then): only the
+    # time tells how much of the episode, hence of the return, is left
+    failed = (np.asarray(table.outcomes) == "failure")[table.episode_index] & (table.tick >= 25)
+    rho = {}
+    for time_input in (False, True):
+        cfg = ValueConfig(state_dim=2, hidden=64, steps=400, batch_size=128, dropout=0.0, ensemble=1, lr=2e-3,
+                          time_input=time_input)
+        vf, sstats, _ = fit_value(table, cfg, max_len=max_len, progress=False)
+        v = predict_values(vf, table, sstats, max_len=max_len)
+        rho[time_input] = correlations(v[failed], ret[failed])["pearson"]
+    # the return of a stuck tick rises to -0.5 with time; a time-blind V sees one state
+    assert rho[False] < 0.5 and rho[True] > 0.9, rho
+    with pytest.raises(ValueError, match="time limits"):
+        predict_values(vf, table, sstats)
+
+
+def _batch(table, sstats, max_len):
+    from training.value.trainer_value import elapsed_fraction, make_batch
+
+    return make_batch(table, np.arange(len(table)), sstats, torch.device("cpu"), elapsed_fraction(table, max_len))
 
 
 def test_training_run_writes_verified_artifacts_with_lineage_and_resumes(tmp_path):
@@ -227,3 +281,41 @@ def test_an_awr_run_trains_a_lerobot_diffusion_policy_state_only(tmp_path):
     assert policy.type == "lerobot:diffusion" and policy.chunk == 4
     out = policy.predict_chunk([Observation(np.zeros(3, np.float32), {}, "reach the goal", 0)])
     assert out.shape == (1, 4, 2) and np.isfinite(out).all()
+
+
+def test_a_run_reports_held_out_calibration_and_its_guard_rail_stops_or_falls_back(tmp_path):
+    from training.runs import WeakValueError
+
+    store = _toy_store(tmp_path / "s", n=12)
+    cat = Catalog.for_store(store)
+    cat.register_many(store)
+    small = dict(value={"hidden": 16, "steps": 20, "batch_size": 32}, policy={"hidden": 16, "steps": 5, "chunk": 2})
+    policy_ticks = int((load_steps(store, store.episode_ids()).source == ActionSource.POLICY).sum())
+
+    # the first labelled fit: 30 % of the policy's ticks positive; the budget follows the data
+    spec = RunSpec(run_id="first", first_labelled=True, **small,
+                   recap=recap.RecapConfig(advantage_horizon=5, policy_epochs=2.0))
+    m = run_training(store, cat, spec, tmp_path / "runs", progress=False).metrics
+    assert m["positive_fraction_target"] == 0.3 and abs(m["positive_rate_policy_ticks"] - 0.3) < 0.05
+    assert m["value_calibration"]["held_out"] and -1 <= m["value_calibration"]["spearman"] <= 1
+    assert np.isfinite(m["value_calibration"]["pearson"]) and m["value_calibration"]["ticks"] == m["ticks"]
+    assert len(m["positive_rate_failed_by_quarter"]) == 4
+    assert m["positive_rate_failed_last_quarter"] == m["positive_rate_failed_by_quarter"][-1]
+    usable = m["ticks"]  # the toy has no hold ticks
+    assert m["policy_steps"] == max(5, int(np.ceil(2.0 * usable / 256))) and policy_ticks > 0
+
+    # below the recipe's bar: stop before labelling, with a message saying why and what to do
+    bar = recap.RecapConfig(advantage_horizon=5, min_value_corr=0.999)
+    with pytest.raises(WeakValueError, match=r"held-out Spearman correlation .* below recap.min_value_corr 0.999"):
+        run_training(store, cat, RunSpec(run_id="stop", recap=bar, **small), tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs" / "stop" / "labels").exists()
+    # ... or, where the recipe allows, train success-filtered BC and say so in the lineage
+    fb = RunSpec(run_id="fallback", recap=recap.RecapConfig(advantage_horizon=5, min_value_corr=0.999,
+                                                             on_weak_value="filtered_bc", cfg_beta=2.0), **small)
+    res = run_training(store, cat, fb, tmp_path / "runs", progress=False)
+    lineage = verify_artifact(res.policy_dir)["lineage"]
+    assert lineage["method"] == "recap" and lineage["trained_as"] == "filtered_bc"
+    assert lineage["value_guard"]["fallback"] == "filtered_bc" and "0.999" in lineage["value_guard"]["reason"]
+    assert load_policy(res.policy_dir)[0].beta == 1.0  # no guidance for a policy trained without indicators
+    filtered = policy_data(load_steps(store, store.episode_ids()), Method.FILTERED_BC)
+    assert res.metrics["policy_ticks"] == len(filtered.index)

@@ -9,7 +9,8 @@ def _batch(B=8):
     g = torch.Generator().manual_seed(0)
     ret = -torch.rand(B, generator=g)
     return {"state": torch.randn(B, 6, generator=g), "images": {"front": torch.rand(B, 3, 32, 32, generator=g)},
-            "texts": ["push the block to the goal"] * B, "return": ret}
+            "texts": ["push the block to the goal"] * B, "return": ret,
+            "elapsed": torch.rand(B, generator=g)}  # the elapsed fraction of the time limit (a time-aware V)
 
 
 def test_tiny_vlm_value_fits_and_lora_freezes_the_rest():
@@ -46,6 +47,8 @@ def test_value_trainer_runs_the_vlm_backbone(tmp_path):
     store = _toy_store(tmp_path / "s", n=6)
     table = load_steps(store, store.episode_ids())
     cfg = ValueConfig(state_dim=3, steps=10, batch_size=16, backbone="vlm")
-    vf, sstats, losses = fit_value(table, cfg, max_len=task_max_lengths(table), progress=False)
-    v = predict_values(vf, table, sstats)
+    max_len = task_max_lengths(table)
+    vf, sstats, losses = fit_value(table, cfg, max_len=max_len, progress=False)
+    assert vf.cfg.time_input  # the elapsed time joins the state token
+    v = predict_values(vf, table, sstats, max_len=max_len)
     assert len(v) == len(table) and np.isfinite(v).all() and len(losses) == 10

@@ -66,6 +66,8 @@ class EpisodeResult:
     operator: str
     hold_ticks: int = 0  # the arm held position (no valid chunk queued, e.g. right after a hand-back)
     refused_chunks: int = 0  # policy chunks the arbiter refused (non-finite or malformed)
+    takeovers: int = 0  # contiguous stretches of correction (data/effort.py count_takeovers)
+    corrector: str | None = None  # the operator whose style the corrections had
 
 
 def episode_features(arm: MetaWorldArm, chunk: int) -> EpisodeFeatures:
@@ -76,14 +78,18 @@ def episode_features(arm: MetaWorldArm, chunk: int) -> EpisodeFeatures:
 def run_episode(arm: MetaWorldArm, seed: int, *, store: EpisodeStore | None, robot_id: str = "sim-arm",
                 operator: Operator | None = None, actor: PolicyActor | None = None,
                 rule: TakeoverRule | None = None, policy_version: str | None = None,
-                on_tick: Callable[[int], None] | None = None) -> EpisodeResult:
-    """Exactly one of `operator` (a demonstration) or `actor` (the policy, corrected by `rule`)."""
+                on_tick: Callable[[int], None] | None = None, corrector: Operator | None = None) -> EpisodeResult:
+    """Exactly one of `operator` (a demonstration) or `actor` (the policy, corrected by `rule`).
+    `corrector`: the teleoperator's own style when correcting (a slow or sloppy operator applied to
+    the expert's action); None: the expert's action itself (an oracle corrector)."""
     if (operator is None) == (actor is None):
         raise ValueError("give an operator (demonstration) or an actor (policy), not both")
     obs = arm.reset(seed)
     rng = np.random.default_rng(seed + 7919)
     if operator is not None:
         operator.reset(rng)
+    if corrector is not None:
+        corrector.reset(np.random.default_rng(seed + 104_729))
     arbiter = arm_arbiter(arm, actor.chunk) if actor is not None else None
     if arbiter is not None:
         arbiter.reset(0)
@@ -97,6 +103,7 @@ def run_episode(arm: MetaWorldArm, seed: int, *, store: EpisodeStore | None, rob
                                    extra={"seed": int(seed), "operator": operator.name if operator else "policy"})
     t0 = time.time_ns()
     success, corrections, holds = False, 0, 0
+    sources: list[int] = []
     try:
         for t in range(arm.max_steps):
             images = arm.images()
@@ -108,9 +115,15 @@ def run_episode(arm: MetaWorldArm, seed: int, *, store: EpisodeStore | None, rob
                 if not (rule is not None and rule.engaged) and arbiter.needs_chunk():
                     arbiter.offer_chunk(actor.predict(obs, images), policy_version, obs_tick=t)
                 human = rule.update(obs[:3], arbiter.next_action(), expert) if rule else False
-                d = arbiter.decide(t, obs, unstick_gripper(obs, expert) if human else None, human)
+                correction = None
+                if human:
+                    correction = unstick_gripper(obs, expert)
+                    if corrector is not None:
+                        correction = np.clip(corrector.act(correction), -1, 1).astype(np.float32)
+                d = arbiter.decide(t, obs, correction, human)
                 action, source, proposed, version = d.action, d.source, d.proposed, d.policy_version
                 corrections += source == ActionSource.CORRECTION
+                sources.append(int(source))
                 holds += source == ActionSource.HOLD
             if writer is not None:
                 writer.append(Tick(t0 + int(t * CONTROL_PERIOD_S * 1e9), obs, action, source, images, proposed,
@@ -130,5 +143,9 @@ def run_episode(arm: MetaWorldArm, seed: int, *, store: EpisodeStore | None, rob
         if writer is not None:
             writer.abandon()
         raise
+    from data.effort import count_takeovers
+
     return EpisodeResult(success, steps, corrections, eid, operator.name if operator else "policy", holds,
-                         arbiter.refused_chunks if arbiter is not None else 0)
+                         arbiter.refused_chunks if arbiter is not None else 0,
+                         count_takeovers(np.asarray(sources, np.int64)),
+                         corrector.name if corrector is not None else None)

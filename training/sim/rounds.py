@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Layout bases per role; a layout is base + 1000 * group + k (collection adds 100_000 * round).
-DEMO_SEED, COLLECT_SEED, CANARY_SEED, EVAL_SEED = 100_000, 200_000, 50_000, 0
+# Validation layouts are for choosing settings (learning rates, N, beta, operator settings); the
+# evaluation layouts only ever measure.
+DEMO_SEED, COLLECT_SEED, CANARY_SEED, EVAL_SEED, VALIDATION_SEED = 100_000, 200_000, 50_000, 0, 900_000
 
 
 def demo_layout(group: int, k: int) -> int:
@@ -33,6 +35,10 @@ def canary_layout(round_: int, k: int) -> int:
 
 def eval_layout(group: int, k: int) -> int:
     return EVAL_SEED + 1000 * group + k
+
+
+def validation_layout(group: int, k: int) -> int:
+    return VALIDATION_SEED + 1000 * group + k
 
 
 # Policy kinds a round can train: kind -> the registered policy type.

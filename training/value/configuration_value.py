@@ -23,7 +23,14 @@ class ValueConfig:
     batch_size: int = field(default=256, metadata={"ge": 1, "le": 65_536})
     steps: int = field(default=2000, metadata={"ge": 1, "le": 10_000_000})
     # >1 averages independently initialised members' values
-    ensemble: int = field(default=1, metadata={"ge": 1, "le": 64})
+    ensemble: int = field(default=4, metadata={"ge": 1, "le": 64})
+    # cross-fitting folds K (0: K = ensemble): member m holds out fold m % K of split m // K (each split
+    # its own stratified shuffle), so an episode is out of fold for ensemble // K members, and its
+    # labels come from the mean of those members. 4 members over 2 folds: 2 out-of-fold members each.
+    folds: int = field(default=2, metadata={"ge": 0, "le": 64})
+    # the elapsed fraction of the task's time limit (tick / L) as an input: in state-only data a stuck
+    # arm looks the same at tick 20 and at tick 190, but its return does not (DESIGN §5)
+    time_input: bool = True
     # With an ensemble, member k never sees the episodes of fold k, and the labels of the run's own
     # episodes come from the members that did not train on them (cross-fitting): a V that has seen an
     # episode predicts its realised return, and the advantage of every step collapses to noise.
@@ -42,4 +49,14 @@ class ValueConfig:
     def from_dict(cls, d: dict) -> "ValueConfig":
         d = dict(d)
         d["image_size"] = tuple(d.get("image_size", (64, 64)))
+        d.setdefault("time_input", False)  # artifacts written before V read the time
+        d.setdefault("folds", 0)  # ... and before the folds were their own setting
         return cls(**d)
+
+    @property
+    def num_folds(self) -> int:
+        """The cross-fitting folds in effect: 0 (none) without cross-fitting or with one member."""
+        if not self.cross_fit or self.ensemble < 2:
+            return 0
+        k = self.folds or self.ensemble
+        return min(k, self.ensemble) if k >= 2 else 0

@@ -10,6 +10,15 @@ from training.encoders import EncoderConfig, ObservationEncoder
 from training.value.configuration_value import ValueConfig
 
 
+def time_features(elapsed: torch.Tensor) -> torch.Tensor:
+    """(B,) elapsed fraction of the time limit -> (B, 4) features a small layer turns into an offset."""
+    e = elapsed.float().unsqueeze(-1)
+    return torch.cat([e, e * e, torch.sin(torch.pi * e), torch.cos(torch.pi * e)], dim=-1)
+
+
+TIME_FEATURES = 4
+
+
 class ValueFunction(nn.Module):
     def __init__(self, cfg: ValueConfig):
         super().__init__()
@@ -22,13 +31,21 @@ class ValueFunction(nn.Module):
                 "encoder": ObservationEncoder(enc),
                 "head": nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
                                       nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.num_bins)),
+                **({"time": nn.Linear(TIME_FEATURES, cfg.hidden)} if cfg.time_input else {}),
             }))
 
     def logits(self, batch: dict) -> torch.Tensor:
         """(ensemble, B, bins)."""
         out = []
+        tf = None
+        if self.cfg.time_input:
+            if "elapsed" not in batch:
+                raise ValueError("this value function reads the elapsed time: the batch has no 'elapsed'")
+            tf = time_features(batch["elapsed"])
         for m in self.members:
             feat = m["encoder"](batch["state"], batch["text_ids"], batch["text_offsets"], batch.get("images"))
+            if tf is not None:
+                feat = feat + m["time"](tf)
             out.append(m["head"](feat))
         return torch.stack(out)
 
@@ -64,5 +81,6 @@ def build_value_function(cfg: ValueConfig) -> nn.Module:
         from training.value.modeling_value_vlm import VLMValueConfig, VLMValueFunction
 
         return VLMValueFunction(VLMValueConfig(state_dim=cfg.state_dim, cameras=list(cfg.cameras),
-                                               image_size=cfg.image_size[0], num_bins=cfg.num_bins, **cfg.vlm))
+                                               image_size=cfg.image_size[0], num_bins=cfg.num_bins,
+                                               **({"time_input": cfg.time_input} | cfg.vlm)))
     raise ValueError(f"unknown value backbone {cfg.backbone!r}: native or vlm")

@@ -35,6 +35,7 @@ class VLMValueConfig:
     lora_rank: int = 0
     lora_alpha: int = 16
     max_text_tokens: int = 32
+    time_input: bool = True  # the elapsed fraction of the time limit joins the state token (batch["elapsed"])
 
 
 class VLMValueFunction(nn.Module):
@@ -58,7 +59,10 @@ class VLMValueFunction(nn.Module):
 
             self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
         self.image_proj = nn.Linear(self.vision.config.hidden_size, d)
-        self.state_proj = nn.Sequential(nn.Linear(cfg.state_dim, d), nn.GELU(), nn.Linear(d, d))
+        from training.value.modeling_value import TIME_FEATURES
+
+        state_in = cfg.state_dim + (TIME_FEATURES if cfg.time_input else 0)
+        self.state_proj = nn.Sequential(nn.Linear(state_in, d), nn.GELU(), nn.Linear(d, d))
         self.head = nn.Linear(d, cfg.num_bins)
         if cfg.lora_rank > 0:
             from peft import LoraConfig, inject_adapter_in_model
@@ -90,6 +94,12 @@ class VLMValueFunction(nn.Module):
         for cam in self.cfg.cameras:
             patches = self.vision(pixel_values=batch["images"][cam] * 2 - 1).last_hidden_state
             parts.append(self.image_proj(patches))
+        if self.cfg.time_input:
+            from training.value.modeling_value import time_features
+
+            if "elapsed" not in batch:
+                raise ValueError("this value function reads the elapsed time: the batch has no 'elapsed'")
+            state = torch.cat([state, time_features(batch["elapsed"]).to(state.dtype)], dim=-1)
         parts.append(self.state_proj(state)[:, None])
         parts.append(self.lm.get_input_embeddings()(self._text_ids(batch["texts"], device)))
         h = self.lm(inputs_embeds=torch.cat(parts, dim=1)).last_hidden_state[:, -1]

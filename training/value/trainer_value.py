@@ -60,19 +60,41 @@ def episode_folds(table: StepTable, folds: int, seed: int) -> np.ndarray:
     return out
 
 
-def cross_fit_folds(model, table: StepTable, seed: int) -> np.ndarray | None:
-    """Per-tick held-out fold when `model` is a cross-fitted ensemble, else None."""
+def held_out_members(model, table: StepTable, seed: int) -> np.ndarray | None:
+    """(members, ticks) bool: True where the member never trained on the tick's episode, when `model`
+    is a cross-fitted ensemble (ValueConfig.num_folds >= 2), else None. Member m holds out fold m % K
+    of split m // K; split s shuffles with seed + 7919 s (split 0 with `seed`), deterministic in
+    (episodes, seed) so a resumed run labels with the same split."""
     cfg = getattr(model, "cfg", None)
-    k = len(getattr(model, "members", []))
-    if cfg is None or not getattr(cfg, "cross_fit", False) or k < 2:
+    members = len(getattr(model, "members", []))
+    k = cfg.num_folds if isinstance(cfg, ValueConfig) else 0
+    if k < 2 or members < 2:
         return None
-    return episode_folds(table, k, seed)[table.episode_index]
+    out = np.zeros((members, len(table)), bool)
+    splits: dict[int, np.ndarray] = {}
+    for m in range(members):
+        s = m // k
+        if s not in splits:
+            splits[s] = episode_folds(table, k, seed + 7919 * s)[table.episode_index]
+        out[m] = splits[s] == m % k
+    return out
 
 
-def make_batch(table: StepTable, idx: np.ndarray, state_stats: FeatureStats, device: torch.device) -> dict:
-    """V's inputs: the native processor's (V reads observations as the native policy does)."""
+def elapsed_fraction(table: StepTable, max_len: Mapping[str, int]) -> np.ndarray:
+    """Per tick t / L_task in [0, 1]: the value function's time input."""
+    limit = np.array([max_len[t] for t in table.task_ids], np.float32)[table.episode_index]
+    return np.clip(table.tick / np.maximum(limit, 1.0), 0.0, 1.0).astype(np.float32)
+
+
+def make_batch(table: StepTable, idx: np.ndarray, state_stats: FeatureStats, device: torch.device,
+               elapsed: np.ndarray | None = None) -> dict:
+    """V's inputs: the native processor's (V reads observations as the native policy does), and the
+    elapsed fraction of the time limit (`elapsed`, per tick of the table) for a time-aware V."""
     proc = NativeProcessor({"observation.state": state_stats}, table.cameras)
-    return proc.observations(table.state[idx], table.frames(idx), table.instructions_of(idx), device)
+    batch = proc.observations(table.state[idx], table.frames(idx), table.instructions_of(idx), device)
+    if elapsed is not None:
+        batch["elapsed"] = torch.from_numpy(elapsed[idx]).to(device)
+    return batch
 
 
 def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int], c_fail: float | None = None,
@@ -91,15 +113,15 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
     sstats = FeatureStats.of(table.state)
     seed_init(cfg.seed)
     model = build_value_function(cfg)
-    tick_fold = cross_fit_folds(model, table, cfg.seed)
-    members = torch.arange(cfg.ensemble).unsqueeze(1)
+    held_out = held_out_members(model, table, cfg.seed)
+    elapsed = elapsed_fraction(table, max_len) if cfg.time_input else None
 
     def next_batch(rng: np.random.Generator, device: torch.device) -> dict:
         idx = rng.choice(usable, size=min(cfg.batch_size, len(usable)), replace=len(usable) < cfg.batch_size)
-        batch = make_batch(table, idx, sstats, device)
+        batch = make_batch(table, idx, sstats, device, elapsed)
         batch["return"] = torch.from_numpy(returns[idx]).to(device)
-        if tick_fold is not None:
-            batch["member_mask"] = (members != torch.from_numpy(tick_fold[idx])).float().to(device)
+        if held_out is not None:
+            batch["member_mask"] = torch.from_numpy(~held_out[:, idx]).float().to(device)
         return batch
 
     model, losses = fit(model, cfg, next_batch, desc="value", device=device, progress=progress,
@@ -109,18 +131,24 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
 
 @torch.no_grad()
 def predict_values(model: ValueFunction, table: StepTable, state_stats: FeatureStats, *,
-                   device: str | torch.device = "cpu", batch_size: int = 2048,
-                   held_out_fold: np.ndarray | None = None) -> np.ndarray:
-    """V for every tick: the ensemble mean, or with `held_out_fold` (per tick; the training table of
-    a cross-fitted V) the member that did not train on the tick's episode."""
+                   max_len: Mapping[str, int] | None = None, device: str | torch.device = "cpu",
+                   batch_size: int = 2048, held_out: np.ndarray | None = None) -> np.ndarray:
+    """V for every tick: the ensemble mean, or with `held_out` ((members, ticks) of the training table
+    of a cross-fitted V, `held_out_members`) the mean of the members that did not train on the tick's
+    episode (the out-of-fold mean). `max_len`: the tasks' time limits, needed by a time-aware V."""
+    time_input = bool(getattr(getattr(model, "cfg", None), "time_input", False))
+    if time_input and max_len is None:
+        raise ValueError("this value function reads the elapsed time: give the tasks' time limits (max_len)")
+    elapsed = elapsed_fraction(table, max_len) if time_input else None
     model.eval()
     out = np.empty(len(table), np.float32)
     for start in range(0, len(table), batch_size):
         idx = np.arange(start, min(start + batch_size, len(table)))
-        batch = make_batch(table, idx, state_stats, torch.device(device))
-        if held_out_fold is None:
+        batch = make_batch(table, idx, state_stats, torch.device(device), elapsed)
+        if held_out is None:
             out[idx] = model.value(batch).cpu().numpy()
         else:
             per_member = model.member_values(batch).cpu().numpy()
-            out[idx] = per_member[held_out_fold[idx], np.arange(len(idx))]
+            mask = held_out[:, idx]
+            out[idx] = (per_member * mask).sum(0) / np.maximum(mask.sum(0), 1)
     return out
