@@ -26,6 +26,7 @@ class AdvantageLabels:
     thresholds: dict[str, float]
     positive_fraction: float
     horizon: int
+    values: np.ndarray | None = None  # (N,) V(s_t) the advantages were computed from (the review page draws it)
 
     def per_episode(self, name: str = "indicators") -> dict[str, np.ndarray]:
         arr = getattr(self, name)
@@ -34,8 +35,11 @@ class AdvantageLabels:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({"advantages": self.advantages.astype(np.float32), "indicators": self.indicators.astype(np.uint8),
-                   "lengths": self.lengths.astype(np.int64)}, str(directory / "advantages.safetensors"))
+        arrays = {"advantages": self.advantages.astype(np.float32), "indicators": self.indicators.astype(np.uint8),
+                  "lengths": self.lengths.astype(np.int64)}
+        if self.values is not None:
+            arrays["values"] = np.asarray(self.values, np.float32)
+        save_file(arrays, str(directory / "advantages.safetensors"))
         (directory / "advantages.json").write_text(json.dumps({
             "episode_ids": self.episode_ids, "thresholds": self.thresholds,
             "positive_fraction": self.positive_fraction, "horizon": self.horizon}, indent=1))
@@ -45,7 +49,7 @@ class AdvantageLabels:
         arrays = load_file(str(directory / "advantages.safetensors"))
         meta = json.loads((directory / "advantages.json").read_text())
         return cls(meta["episode_ids"], arrays["lengths"], arrays["advantages"], arrays["indicators"].astype(bool),
-                   meta["thresholds"], meta["positive_fraction"], meta["horizon"])
+                   meta["thresholds"], meta["positive_fraction"], meta["horizon"], arrays.get("values"))
 
 
 def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[str, int], horizon: int,
@@ -75,4 +79,5 @@ def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[s
     eps_tick = np.array([eps[t] for t in task_of_tick], np.float32) if len(table) else np.zeros(0, np.float32)
     with np.errstate(invalid="ignore"):
         ind = recap.indicators(np.nan_to_num(adv, nan=-np.inf), eps_tick, table.source)
-    return AdvantageLabels(list(table.episode_ids), table.lengths.copy(), adv, ind, eps, positive_fraction, horizon)
+    return AdvantageLabels(list(table.episode_ids), table.lengths.copy(), adv, ind, eps, positive_fraction, horizon,
+                           np.asarray(values, np.float32).copy())

@@ -45,7 +45,8 @@ def test_review_page_scrubs_an_episode_shows_the_runs_labels_and_labels_from_the
     n = len(sources)
     adv = np.linspace(0.2, -0.3, n).astype(np.float32)
     AdvantageLabels([eid, "other-episode"], np.array([n, 5]), np.concatenate([adv, np.zeros(5, np.float32)]),
-                    np.concatenate([adv > 0, np.ones(5, bool)]), {"push": 0.0}, 0.4, 10).save(
+                    np.concatenate([adv > 0, np.ones(5, bool)]), {"push": 0.0}, 0.4, 10,
+                    np.concatenate([np.linspace(-0.2, -0.9, n), np.zeros(5)]).astype(np.float32)).save(
         tmp_path / "labels-tmp")
     run_labels = __import__("pathlib").Path(stack.settings.runs_dir) / run / "labels"
     run_labels.parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +67,8 @@ def test_review_page_scrubs_an_episode_shows_the_runs_labels_and_labels_from_the
     plot = browser.find_element(By.CSS_SELECTOR, f"#value-plots svg[data-run='{run}']")
     pts = [tuple(map(float, p.split(","))) for p in plot.find_element(By.CSS_SELECTOR, "polyline.advantage").get_attribute("points").split()]
     assert len(pts) == n and all(b[1] > a[1] for a, b in zip(pts, pts[1:]))  # falling advantage: y grows downwards
+    vpts = [tuple(map(float, p.split(","))) for p in plot.find_element(By.CSS_SELECTOR, "polyline.value").get_attribute("points").split()]
+    assert len(vpts) == n and all(b[1] > a[1] for a, b in zip(vpts, vpts[1:]))  # V(s_t) falling at the mistake
     assert len(plot.find_elements(By.CSS_SELECTOR, "rect.indicator")) == int((adv > 0).sum())
     # scrub with the keyboard: tick 12 is a correction, the frame follows
     body = browser.find_element(By.TAG_NAME, "body")
