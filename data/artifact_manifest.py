@@ -60,18 +60,18 @@ def write_manifest(directory: str | Path, *, kind: str, lineage: Mapping[str, An
     files = {p.name: sha256_file(p) for p in sorted(d.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {"format": ARTIFACT_FORMAT, "kind": kind, "created_at_ns": time.time_ns(), "files": files,
                 "lineage": dict(lineage or {}), "metrics": dict(metrics or {})}
-    (d / MANIFEST).write_text(json.dumps(_finite(manifest), indent=1, sort_keys=True, allow_nan=False))
+    (d / MANIFEST).write_text(json.dumps(finite_json(manifest), indent=1, sort_keys=True, allow_nan=False))
     return manifest
 
 
-def _finite(value):
+def finite_json(value):
     """Standard JSON: a metric that came out NaN or infinite (no data for it) is written as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite_json(v) for v in value]
     return value
 
 

@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from data.artifact_manifest import finite_json
 from data.catalog import Catalog
 from data.store import EpisodeStore
 from services.control import ControlDB
@@ -278,7 +279,7 @@ def train(run_id: str) -> str | None:
                                  parent_version=spec.parent_version)
             run = s.get(TrainingRun, run_id)
             run.status, run.phase, run.progress, run.finished_at_ns = "finished", "done", 1.0, time.time_ns()
-            run.version_id, run.metrics, run.error = v.id, result.metrics, None
+            run.version_id, run.metrics, run.error = v.id, finite_json(result.metrics), None  # NaN: null (JSON)
             vid = v.id
         log.info("run %s registered policy version %s", run_id, vid)
         return vid

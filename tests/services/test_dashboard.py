@@ -48,9 +48,23 @@ def test_dashboard_shows_fleet_versions_runs_and_plays_back_an_episode(stack, br
     for k, run_id in enumerate(run_ids):
         write_run_events(Path(stack.settings.runs_dir) / run_id, {"value": [1.0 / (1 + i + k) for i in range(50)],
                                                                   "policy": [2.0 / (1 + i) for i in range(30)]}, {})
+    # the first run's value function was weak: its held-out calibration and the guard-rail's fallback show
+    from data.artifact_manifest import finite_json
+    from services.control import ControlDB
+    from services.control.models import TrainingRun
+
+    db = ControlDB(stack.settings.control_db_url)
+    with db.session() as s:
+        s.get(TrainingRun, run_ids[0]).metrics = finite_json({
+            "value_calibration": {"held_out": True, "spearman": 0.123, "pearson": float("nan"), "ticks": 400},
+            "fallback": {"fallback": "filtered_bc", "reason": "held-out Spearman 0.123 below 0.2"}})
+    db.close()
     browser.get(f"{stack.api.url}/#token={stack.tokens['operator']}")
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1")
     assert browser.find_element(By.ID, "error").text == ""
+    weak = browser.find_element(By.CSS_SELECTOR, f"#runs tbody tr[data-run='{run_ids[0]}']").text
+    assert "0.12 / –" in weak and "weak V: trained as filtered_bc" in weak
+    assert "weak V" not in browser.find_element(By.CSS_SELECTOR, f"#runs tbody tr[data-run='{run_ids[1]}']").text
     # every run's curves, every version's lineage
     for run_id in run_ids:
         lines = browser.find_elements(By.CSS_SELECTOR, f"#curves svg[data-run='{run_id}'] polyline")

@@ -99,8 +99,15 @@ async function refresh() {
     rows("#effort-versions", Object.entries(effort.by_version), effortRow);
     rows("#fleet", robots, r => [{ "data-robot": r.id },
       [r.id, r.group, r.assigned_version || "–", r.reported_version || "–", ago(r.last_seen_ns)]]);
+    const calib = (m) => {  // the value function's held-out correlation with realised returns (guard-rail input)
+      const c = (m || {}).value_calibration || {};
+      const f = (x) => (typeof x === "number" ? x.toFixed(2) : "–");
+      return c.held_out ? f(c.spearman) + " / " + f(c.pearson) : "–";
+    };
     rows("#runs", runs, r => [{ "data-run": r.id },
-      [r.id, r.spec.method, r.status, bar(r.progress), r.version_id || "–", JSON.stringify(r.spec.recipe || {})]]);
+      [r.id, r.spec.method, r.status, bar(r.progress), r.version_id || "–", calib(r.metrics),
+       (r.metrics || {}).fallback ? "weak V: trained as " + r.metrics.fallback.fallback : "",
+       JSON.stringify(r.spec.recipe || {})]]);
     rows("#versions", Object.entries(stats), ([v, s]) => [{ "data-version": v },
       [v, s.episodes, pct(s.success_rate), s.throughput_per_h.toFixed(0), pct(s.correction_rate)]]);
     plot("#plot-success", stats, "success_rate", "success rate over time");
