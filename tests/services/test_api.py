@@ -33,6 +33,7 @@ MUTATIONS = [
     ("episodes.label", "POST", "/v1/episodes/{episode}/label", {"outcome": "failure"}),
     ("episodes.register", "POST", "/v1/episodes/register", {"episode_id": "{episode}"}),
     ("episodes.upload", "POST", "/v1/episodes/upload", "multipart"),
+    ("episodes.ship", "POST", "/v1/episodes/ingest", {"episode_id": "{episode}", "sha256": "0" * 64, "size": 1000}),
     ("runs.start", "POST", "/v1/runs", {"method": "bc", "selection": {"robot": ["nobody"]}}),
     ("runs.cancel", "POST", "/v1/runs/run-missing/cancel", None),
     ("versions.register", "POST", "/v1/versions", {"artifact_dir": "/nonexistent"}),
