@@ -208,11 +208,13 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
                            num_bins=spec.recap.num_bins, seed=spec.seed, **vsection)
         metrics["value_steps"] = vcfg.steps
         vdir = run_dir / "value"
-        if vdir.exists():
-            _, _, state, vstats = load_artifact(vdir)
+        if vdir.exists():  # a resumed run: the value function and its loss curve as the first attempt saved them
+            vmanifest, _, state, vstats = load_artifact(vdir)
             vf = build_value_function(vcfg)
             vf.load_state_dict(state)
             sstats = vstats["observation.state"]
+            curves["value"] = [float("nan") if y is None else float(y)
+                               for y in vmanifest.get("metrics", {}).get("losses", [])]
         else:
             vf, sstats, vlosses = fit_value(table, vcfg, max_len=max_len, c_fail=spec.recap.c_fail,
                                             device=spec.device, progress=progress,
@@ -221,7 +223,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
             if main:
                 write_artifact(vdir, kind="value", model=vf, config=vcfg.to_dict(), stats={"observation.state": sstats},
                                lineage={"run": spec.run_id, "selection_digest": sel["digest"]},
-                               metrics={"final_loss": float(np.mean(vlosses[-50:]))})
+                               metrics={"final_loss": float(np.mean(vlosses[-50:])), "losses": [float(x) for x in vlosses]})
         # held-out calibration: each tick's out-of-fold V (members that never saw its episode) against the
         # realised return; the guard-rail reads it before anything is labelled
         held_out = held_out_members(vf, table, vcfg.seed)

@@ -231,20 +231,37 @@ def _transcoder(store_dir, log):
                             stdout=open(log, "a"), stderr=subprocess.PIPE)
 
 
+def _start_transcoder(store_dir, log):
+    """A transcoder at work: started, and past its start-up (imports) once the first video appears."""
+    p = _transcoder(store_dir, log)
+    deadline = time.time() + 120
+    while not any(store_dir.glob("episodes/*/videos")) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    return p
+
+
 @pytest.mark.slow
 def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
-    store_dir = tmp_path / "store"
-    store = EpisodeStore(store_dir)
+    """Each trial starts from the same JPEG-tier store and SIGKILLs the transcoder at a random moment
+    of its work, as long as an uninterrupted pass takes on this machine, so the kills spread over it."""
+    template = tmp_path / "template"
+    store = EpisodeStore(template)
     eps = [_record(store, ticks=60, start=T0 + i * 10**12) for i in range(4)]
     refs = {e.episode_id: _frames(e) for e in eps}
+    timed = tmp_path / "timed"
+    shutil.copytree(template, timed)
+    p = _start_transcoder(timed, tmp_path / "log.jsonl")
+    t0 = time.monotonic()
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    work_s = time.monotonic() - t0
     rng = random.Random(3)
     states = set()
     for trial in range(8):
-        p = _transcoder(store_dir, tmp_path / "log.jsonl")
-        deadline = time.time() + 120
-        while not any(store_dir.glob("episodes/*/videos")) and p.poll() is None and time.time() < deadline:
-            time.sleep(0.02)  # start-up (imports) done: the first video is being written
-        time.sleep(rng.uniform(0.0, 4.0))
+        store_dir = tmp_path / f"trial-{trial}"
+        shutil.copytree(template, store_dir)
+        store = EpisodeStore(store_dir)
+        p = _start_transcoder(store_dir, tmp_path / "log.jsonl")
+        time.sleep(rng.uniform(0.0, work_s))
         p.send_signal(signal.SIGKILL)
         p.wait()
         for e in eps:  # every episode reads its frames, whatever the transcoder had done
@@ -258,12 +275,12 @@ def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
             states.update(part.split(":")[0] for part in why.split("; "))
         fsck(store, repair=True)
         assert fsck(store).clean
-    p = _transcoder(store_dir, tmp_path / "log.jsonl")  # a full pass finishes the work
-    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
-    for e in eps:
-        ep = store.open(e.episode_id)
-        assert [ep.tier(c) for c in ep.cameras] == ["video", "video"]
-        for cam in ep.cameras:
-            assert _err(ep.images(cam), refs[e.episode_id][cam]) < TOL
-    assert fsck(store).clean
+        p = _transcoder(store_dir, tmp_path / "log.jsonl")  # a full pass finishes the work
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+        for e in eps:
+            ep = store.open(e.episode_id)
+            assert [ep.tier(c) for c in ep.cameras] == ["video", "video"]
+            for cam in ep.cameras:
+                assert _err(ep.images(cam), refs[e.episode_id][cam]) < TOL
+        assert fsck(store).clean
     assert len(states) >= 2, states  # the kills landed in more than one state (tiers, leftovers)
