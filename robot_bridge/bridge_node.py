@@ -4,7 +4,7 @@ moment, and records every control tick through the crash-safe episode writer.
 Topics (standard types, so it drops into a ros2_control stack):
   in   joint_state_topic     sensor_msgs/JointState        (positions by joint_names -> the state vector)
   in   camera topics         sensor_msgs/Image (rgb8) or sensor_msgs/CompressedImage (jpeg), received
-                             and decoded in a camera process of their own (robot_bridge/cameras.py)
+                             in the bridge's process, or (camera_process) in a process of their own
   in   teleop_command_topic  std_msgs/Float64MultiArray    (the human's action while engaged), or a
                              leader arm's sensor_msgs/JointState (by leader_joint_names)
   in   engage_topic          std_msgs/Bool                 (pedal / button)
@@ -42,7 +42,7 @@ import numpy as np
 import rclpy
 from rclpy.node import Node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -81,6 +81,9 @@ PARAMS = {
     "camera_height": Param(0, "image height of every camera", range=(0, 8192)),
     "camera_width": Param(0, "image width of every camera", range=(0, 8192)),
     "camera_compressed": Param(False, "CompressedImage (JPEG) instead of Image"),
+    "camera_process": Param(False, "receive and decode the cameras in a process of their own, frames passed through "
+                                   "shared memory (robot_bridge/cameras.py); off: in the bridge's process, which "
+                                   "measured better on 2 cores (bench/results/bridge.md)"),
     "teleop_command_topic": Param("teleop/command", "the human's commands while engaged (see teleop_command_type)"),
     "teleop_command_type": Param("float64_array", "float64_array (std_msgs/Float64MultiArray in action order) or "
                                                   "joint_state (a leader arm's sensor_msgs/JointState, by leader_joint_names)"),
@@ -230,6 +233,8 @@ class BridgeNode(Node):
                                      refill_below=int(p["refill_below"]), execute=int(p["execute"]),
                                      hold_mode=p["hold_mode"], hold_keep=tuple(p["hold_keep"]))
         self.state_buf = SampleBuffer()
+        self.image_bufs = {c: SampleBuffer() for c in self.cameras}  # cameras received in this process
+        self.image_frames = {c: 0 for c in self.cameras}
         self.human = SampleBuffer()
         self.engaged = False
         self.counters = Counters()
@@ -251,11 +256,17 @@ class BridgeNode(Node):
         # cameras are received and decoded in their own process (robot_bridge/cameras.py): the control
         # loop only copies the frame it needs out of shared memory, never waiting on them
         self.camera_proc = None
-        if self.cameras:
+        if self.cameras and p["camera_process"]:
             from robot_bridge.cameras import CameraProcess
 
             self.camera_proc = CameraProcess([self.resolve_topic_name(t) for t in self.cameras.values()],
                                              self.cam_shape, bool(p["camera_compressed"]), self.get_namespace())
+        elif self.cameras:
+            for cam, topic in self.cameras.items():
+                if p["camera_compressed"]:
+                    self.create_subscription(CompressedImage, topic, lambda m, c=cam: self._on_compressed(c, m), 4)
+                else:
+                    self.create_subscription(Image, topic, lambda m, c=cam: self._on_image(c, m), 4)
         if p["teleop_command_type"] == "joint_state":  # a leader arm: its joints by name
             self.create_subscription(JointState, p["teleop_command_topic"], self._on_leader, 10)
         else:
@@ -327,6 +338,37 @@ class BridgeNode(Node):
                     self._last_tick_ns = stamp
             except Exception as e:
                 self.get_logger().error(f"tick failed: {e!r}")
+
+    def _on_image(self, cam: str, m: Image) -> None:
+        if m.encoding != "rgb8" or (m.height, m.width, 3) != self.cam_shape or len(m.data) != m.height * m.width * 3:
+            self.counters.refused["image"] += 1
+            return
+        img = np.frombuffer(bytes(m.data), np.uint8).reshape(self.cam_shape)
+        self.image_bufs[cam].add(self._stamp_ns(m.header), img)
+        self.image_frames[cam] += 1
+
+    def _on_compressed(self, cam: str, m: CompressedImage) -> None:
+        import simplejpeg
+
+        try:
+            img = simplejpeg.decode_jpeg(bytes(m.data), colorspace="RGB")
+        except Exception:
+            img = None
+        if img is None or img.shape != self.cam_shape:
+            self.counters.refused["image"] += 1
+            return
+        self.image_bufs[cam].add(self._stamp_ns(m.header), img)
+        self.image_frames[cam] += 1
+
+    def _frame(self, i: int, cam: str, t_ns: int) -> tuple[int, np.ndarray] | None:
+        """The newest frame of a camera at or before `t_ns`: (stamp, image), or None."""
+        if self.camera_proc:
+            return self.camera_proc.ring.at(i, t_ns)
+        im = self.image_bufs[cam].at(t_ns)
+        return None if im is None else (im.stamp_ns, im.value)
+
+    def _frames_received(self, i: int, cam: str) -> int:
+        return self.camera_proc.ring.written(i) if self.camera_proc else self.image_frames[cam]
 
     def _on_teleop(self, m: Float64MultiArray) -> None:
         a = np.asarray(m.data, np.float64)
@@ -479,7 +521,7 @@ class BridgeNode(Node):
             c.stale_samples += 1
         images = {}
         for i, cam in enumerate(self.cameras):
-            im = self.camera_proc.ring.at(i, t_ns)
+            im = self._frame(i, cam, t_ns)
             if im is None:
                 c.no_state_ticks += 1
                 return False
@@ -527,7 +569,9 @@ class BridgeNode(Node):
         self.cmd_pub.publish(msg)
 
     def _refused_images(self) -> int:
-        return sum(self.camera_proc.ring.refused(i) for i in range(len(self.cameras))) if self.camera_proc else 0
+        if self.camera_proc:
+            return sum(self.camera_proc.ring.refused(i) for i in range(len(self.cameras)))
+        return self.counters.refused.get("image", 0)
 
     def _publish_stats(self) -> None:
         c = self.counters
@@ -549,8 +593,7 @@ class BridgeNode(Node):
                **disk_status(self.store.root, float(self.get_parameter("disk_reserve_mb").value)),
                "ship_backlog": self.ship_backlog(),
                # every camera has delivered a frame to the camera process (true without cameras)
-               "cameras_ready": all(self.camera_proc.ring.written(i) for i in range(len(self.cameras)))
-               if self.camera_proc else True,
+               "cameras_ready": all(self._frames_received(i, cam) for i, cam in enumerate(self.cameras)),
                # is the arm talking to us? (null until its first valid joint state)
                "state_age_ms": (None if self._last_state_mono is None
                                 else round((time.monotonic() - self._last_state_mono) * 1e3, 1))}
@@ -563,13 +606,13 @@ class BridgeNode(Node):
         from robot_bridge.diagnostics import Window, assess
 
         c, m = self.counters, self._diag_mark
-        cams = {}
         if self.camera_proc:
             gone = self.camera_proc.restart_if_gone()
             if gone:
                 self.get_logger().error(f"{gone}: restarted")
-            cams = {f"frames_{cam}": self.camera_proc.ring.written(i) for i, cam in enumerate(self.cameras)}
-            cams |= {"camera_refused": self._refused_images(), "camera_restarts": self.camera_proc.restarts}
+        cams = {f"frames_{cam}": self._frames_received(i, cam) for i, cam in enumerate(self.cameras)}
+        cams |= {"camera_refused": self._refused_images(),
+                 "camera_restarts": self.camera_proc.restarts if self.camera_proc else 0}
         now = {**cams, "ticks": c.ticks, "lateness": len(c.lateness_ms), "dropped": c.dropped_ticks,
                "stale": c.stale_samples, "refused": c.refused["joint_state"], "received": c.joint_states,
                "late": c.late_ticks, "round_trips": self.policy.round_trip_count if self.policy else 0,

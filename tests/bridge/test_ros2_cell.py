@@ -259,7 +259,7 @@ def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bri
     bridge = _node("robot_bridge.bridge_node", {
         "robot_id": "cams", "state_dim": 1, "action_dim": 1, "store_root": str(store_root), "fsync": False,
         "control_rate_hz": 50.0, "camera_names": ["left", "right"], "camera_topics": ["left/image", "right/image"],
-        "camera_height": h, "camera_width": w}, tmp_path / "bridge.log", ns)
+        "camera_height": h, "camera_width": w, "camera_process": True}, tmp_path / "bridge.log", ns)
     d = Driver(ns)
     diags: list = []
     d.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
