@@ -318,14 +318,18 @@ class BridgeNode(Node):
     def _stamp_ns(header) -> int:
         return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
+    def _refuse_joints(self, counter: str, source: str, why: str) -> None:
+        """A JointState the joint map refused (`why`: JointMap's reason), counted and kept as the last refusal."""
+        self.counters.refused[counter] += 1
+        if why.startswith("missing"):
+            self.counters.missing_joints[source] += 1
+        self.counters.last_refusal = f"{source}: {why}"
+
     def _on_joint_state(self, m: JointState) -> None:
         self.counters.joint_states += 1
         pos = self.joints(m.name, m.position)
         if isinstance(pos, str):
-            self.counters.refused["joint_state"] += 1
-            if pos.startswith("missing"):
-                self.counters.missing_joints["joint_state"] += 1
-            self.counters.last_refusal = f"joint_state: {pos}"
+            self._refuse_joints("joint_state", "joint_state", pos)
             return
         stamp = self._stamp_ns(m.header) or self.get_clock().now().nanoseconds
         self.state_buf.add(stamp, pos.astype(np.float32))
@@ -380,10 +384,7 @@ class BridgeNode(Node):
     def _on_leader(self, m: JointState) -> None:
         a = self.leader(m.name, m.position)
         if isinstance(a, str):
-            self.counters.refused["teleop"] += 1
-            if a.startswith("missing"):
-                self.counters.missing_joints["leader"] += 1
-            self.counters.last_refusal = f"leader: {a}"
+            self._refuse_joints("teleop", "leader", a)
             return
         self.human.add(self.get_clock().now().nanoseconds, a.astype(np.float32))
 
