@@ -358,7 +358,10 @@ def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(r
     assert (state == ks[:, None]).all() and np.all(np.diff(ks) >= 0)
     sample_stamps = np.array([stamps[x] for x in ks])
     assert np.all(sample_stamps <= ts), "a tick used a sample stamped after it"
-    assert np.percentile(ts - sample_stamps, 99) < 30e6  # and a fresh one (140 Hz stream)
+    # and a fresh one: the stream is 140 Hz (a sample every 7 ms); the tail allows a loaded 2-core
+    # machine to delay the scripted publisher's own timer now and then
+    age = ts - sample_stamps
+    assert np.median(age) < 20e6 and np.percentile(age, 99) < 100e6, (np.median(age), np.percentile(age, 99))
     corr = src == ActionSource.CORRECTION
     assert np.allclose(act[corr], human) and np.allclose(act[~corr], 0)
     slack = 60_000_000  # DDS delivery of the engage message
