@@ -341,7 +341,13 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=None, help="kill -9 trials per recorder (default 100, quick 10).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--note", default="", help="A line on the conditions of the run (e.g. other load), kept in the results.")
+    ap.add_argument("--parts", default="speed,kill",
+                    help="speed (recording, reads, video tier: wants idle cores) and/or kill (the kill -9 trials, "
+                         "which count losses, not time): a part not run keeps its figures from the results file.")
     args = ap.parse_args()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - {"speed", "kill"}:
+        ap.error(f"--parts: choose from speed, kill (got {args.parts!r})")
     quick = args.quick
     kills = args.kills or (10 if quick else 100)
     ours_eps, ticks = (2, 300) if quick else (10, 600)
@@ -353,6 +359,28 @@ def main() -> None:
     def say(msg):
         print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
 
+    figures: dict = {}
+    raw: dict = {}
+    if "speed" in parts:
+        speed_figures(quick, ours_eps, ticks, lr_eps, say, figures, raw)
+    if "kill" in parts:
+        kill_figures(kills, args.seed, say, figures, raw)
+    command = ("python -m bench.store" + (" --quick" if quick else "") + (f" --kills {args.kills}" if args.kills else "")
+               + (f" --parts {','.join(sorted(parts))}" if parts != {"speed", "kill"} else ""))
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result = {"command": command, "date": now, "machine": f"{os.cpu_count()} cores", "figures": figures,
+              "note": args.note, "parts": {p: {"command": command, "date": now, "note": args.note} for p in parts},
+              "raw": raw}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "store-quick" if quick else "store"
+    result = _merge_previous(RESULTS / f"{name}.json", result)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{name}.md").write_text(render_md(result))
+    print(render_md(result))
+
+
+def speed_figures(quick, ours_eps, ticks, lr_eps, say, figures: dict, raw: dict) -> None:
+    """Recording (both recorders), real-time cores, training reads, the video tier: timed, so run on idle cores."""
     say(f"recording: ours {ours_eps}x{ticks} ticks, 3 cameras {H}x{W} at {FPS} Hz")
     ours = _run_worker("record", "ours", str(WORK / "ours"), str(ours_eps), str(ticks), "0")
     say(f"  ours: {ours['ticks_per_s']:.1f} ticks/s")
@@ -379,20 +407,10 @@ def main() -> None:
     say(f"  video tier {r_video['samples_per_s']:.1f}/s (one camera: video {r_video1['samples_per_s']:.1f}/s, "
         f"JPEG {r_ours1['samples_per_s']:.1f}/s)")
 
-    say(f"kill -9: {kills} trials each")
-    prog = lambda impl, i: (i + 1) % 10 == 0 and say(f"  {impl}: {i + 1}/{kills}")
-    # Both schedules at once (they measure losses, not speed); same seed, so the same kill times.
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(2) as pool:
-        f_ours = pool.submit(kill_trials, "ours", kills, args.seed, prog)
-        f_lr = pool.submit(kill_trials, "lerobot", kills, args.seed, prog)
-        k_ours, k_lr = f_ours.result(), f_lr.result()
-
     best_lr = max((lr_stream, lr_default), key=lambda r: r["ticks_per_s"])
     lr_bytes = min(lr_stream["bytes_per_tick"], lr_default["bytes_per_tick"])
     commits = np.array(ours["commit_s"]) * 1e3
-    figures = {
+    figures.update({
         "record_ticks_per_s": ours["ticks_per_s"],
         "lerobot_default_ticks_per_s": lr_default["ticks_per_s"],
         "lerobot_streaming_ticks_per_s": lr_stream["ticks_per_s"],
@@ -424,6 +442,23 @@ def main() -> None:
         "transcode_robot_hours_per_core_hour": tc["robot_hours_per_core_hour"],
         "transcode_cpu_s": tc["cpu_s"],
         "video_mean_abs_error_vs_jpeg": tc["mean_abs_error_vs_jpeg"],
+    })
+    raw.update({"ours": ours, "lerobot_streaming": lr_stream, "lerobot_default": lr_default, "ours_paced": paced,
+                "read_ours": r_ours, "read_lerobot": r_lr, "transcode": tc, "read_video": r_video,
+                "read_ours_1cam": r_ours1, "read_video_1cam": r_video1})
+
+
+def kill_figures(kills: int, seed: int, say, figures: dict, raw: dict) -> None:
+    """kill -9 trials of both recorders (losses, not speed: both schedules at once, same seed)."""
+    say(f"kill -9: {kills} trials each")
+    prog = lambda impl, i: (i + 1) % 10 == 0 and say(f"  {impl}: {i + 1}/{kills}")
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        f_ours = pool.submit(kill_trials, "ours", kills, seed, prog)
+        f_lr = pool.submit(kill_trials, "lerobot", kills, seed, prog)
+        k_ours, k_lr = f_ours.result(), f_lr.result()
+    figures.update({
         "kill9_trials": k_ours["trials"],
         "kill9_committed": k_ours["committed"],
         "kill9_committed_lost": k_ours["committed_lost"],
@@ -432,19 +467,8 @@ def main() -> None:
         "lerobot_kill9_committed": k_lr["committed"],
         "lerobot_kill9_committed_lost": k_lr["committed_lost"],
         "lerobot_kill9_unopenable_stores": k_lr["unopenable_stores"],
-    }
-    command = "python -m bench.store" + (" --quick" if quick else "") + (f" --kills {args.kills}" if args.kills else "")
-    result = {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{os.cpu_count()} cores", "figures": figures, "note": args.note,
-              "raw": {"ours": ours, "lerobot_streaming": lr_stream, "lerobot_default": lr_default, "ours_paced": paced,
-                      "read_ours": r_ours, "read_lerobot": r_lr, "kill_ours": k_ours, "kill_lerobot": k_lr,
-                      "transcode": tc, "read_video": r_video, "read_ours_1cam": r_ours1, "read_video_1cam": r_video1}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "store-quick" if quick else "store"
-    result = _merge_previous(RESULTS / f"{name}.json", result)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / f"{name}.md").write_text(render_md(result))
-    print(render_md(result))
+    })
+    raw.update({"kill_ours": k_ours, "kill_lerobot": k_lr})
 
 
 def _merge_previous(path: Path, result: dict) -> dict:
@@ -463,7 +487,8 @@ def _merge_previous(path: Path, result: dict) -> dict:
         if k not in result:
             result[k] = v  # e.g. a section of its own another benchmark added
     raw = old.get("raw") or {}
-    result["raw"].update({k: v for k, v in raw.items() if k.startswith("ship")})
+    result["raw"].update({k: v for k, v in raw.items() if k not in result["raw"]})  # parts not run this time
+    result["parts"] = {**(old.get("parts") or {}), **result["parts"]}
     return result
 
 

@@ -20,6 +20,7 @@ The rules that keep it crash-safe, in one place:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -30,15 +31,17 @@ import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync as zarr_sync
 from zarr.storage import LocalStore
 
-from data.codecs import JpegCodec
+from data.codecs import JpegCodec, encode_frame, jpeg_shard, jpeg_shard_layout
 from data.files import FileLock, atomic_write_json, fsync_dir, is_disk_full
 from data.schema import (
     ACTION,
@@ -305,6 +308,7 @@ class EpisodeData:
             self.info.outcome_labelled_at_ns = last["labelled_at_ns"]
         self._cache: dict[str, np.ndarray] = {}
         self._image_arrays: dict[str, zarr.Array] = {}
+        self._shard_layout: dict[str, int | None] = {}  # camera -> frames per shard (direct reads)
         self._videos: dict[str, Any] = {}  # camera -> data.video.VideoFrames, opened on first read
         self._tiers: dict[str, str] = {}
 
@@ -402,10 +406,27 @@ class EpisodeData:
         if not 0 <= t < len(self):
             raise IndexError(f"tick {t} out of range for episode {self.episode_id} of {len(self)} ticks")
         if self.tier(camera) == "jpeg":
+            img = self._jpeg_frame(camera, t)
+            if img is not None:
+                return img
             img = self._image_array(camera)[t]
             if not self._jpeg_gone(camera, t, t + 1):
                 return img
         return self._video(camera).frame(t)
+
+    def _jpeg_frame(self, camera: str, t: int) -> np.ndarray | None:
+        """Tick t's frame read straight from its shard file (data/codecs.read_sharded_jpeg), or None
+        when the array's layout is another or the shard/frame is not on disk: the zarr read then
+        decides (fill value, or the video tier after a transcode dropped the JPEG tier)."""
+        from data.codecs import jpeg_shard_layout, read_sharded_jpeg
+
+        if camera not in self._shard_layout:
+            self._shard_layout[camera] = jpeg_shard_layout(self._image_array(camera))
+        per = self._shard_layout[camera]
+        if per is None:
+            return None
+        shard = self.path / IMAGES / camera / "c" / str(t // per) / "0" / "0" / "0"
+        return read_sharded_jpeg(str(shard), t % per, per, self.info.features.cameras[camera].channels)
 
     def images(self, camera: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = len(self) if stop is None else min(stop, len(self))
@@ -460,6 +481,7 @@ class _Chunk:
     n: int
     arrays: dict[str, np.ndarray]
     images: dict[str, np.ndarray]
+    encoded: dict[str, list] = field(default_factory=dict)  # camera -> per tick, its JPEG encoding (a future)
     versions: list[str] | None = None  # policy version names known when the chunk was queued
 
 
@@ -534,6 +556,8 @@ class EpisodeWriter:
                     shards=(self.flush_ticks, *spec.shape), chunks=(1, *spec.shape),
                     serializer=JpegCodec(quality=JPEG_QUALITY), compressors=None, fill_value=0,
                 )
+                if jpeg_shard_layout(self._arrays[f"{IMAGES}/{cam}"]) != self.flush_ticks:  # the flush writes it
+                    raise StoreError(f"camera {cam}: unexpected zarr sharding layout")
         except BaseException as e:
             self._lock.release()
             if is_disk_full(e):
@@ -566,7 +590,8 @@ class EpisodeWriter:
         b.arrays[PROPOSED][i] = t.proposed
         b.arrays[POLICY_VERSION][i] = self._version_index(t.policy_version)
         for cam, img in t.images.items():
-            b.images[cam][i] = img
+            b.images[cam][i] = img  # copied: the caller may reuse its buffer; encoded now, off this thread
+            b.encoded.setdefault(cam, []).append(self._pool.submit(encode_frame, b.images[cam][i], JPEG_QUALITY))
         b.n += 1
         self._last_ts = t.timestamp_ns
         self._num_ticks += 1
@@ -750,21 +775,29 @@ class EpisodeWriter:
     def _write_chunk(self, c: _Chunk) -> None:
         end = c.start + c.n
         # Arrays only ever grow, to exactly the flushed length: shrinking would make zarr delete chunks.
-        self._resize(end)
-        jobs = [(self._arrays[f"{IMAGES}/{cam}"], c.images[cam]) for cam in self.features.cameras]
-        futures = [self._pool.submit(_write_region, arr, c.start, end, data) for arr, data in jobs]
-        for name in self._specs:
-            self._arrays[name][c.start:end] = c.arrays[name][: c.n]
-        for fut in futures:
-            fut.result()
+        # The metadata of every array, then the per-tick arrays, are written concurrently on zarr's
+        # event loop (one round trip each instead of one per array: a flush took ~150 ms, most of it
+        # waiting on those round trips, and commit() waits for the last flush).
+        grow = [a.async_array.resize((end, *a.shape[1:])) for a in self._arrays.values() if a.shape[0] != end]
+        if grow:
+            zarr_sync(_gather(grow))
+        zarr_sync(_gather([self._arrays[name].async_array.setitem(slice(c.start, end), c.arrays[name][: c.n])
+                           for name in self._specs]))
+        # Camera frames were JPEG-encoded as they were appended (the pool spreads the work over the
+        # episode instead of bunching it at each flush): the flush writes each camera's shard file,
+        # in zarr's sharding layout, through the same durable store (fsync, sha256 for the manifest).
+        for cam in self.features.cameras:
+            frames = [f.result() for f in c.encoded.get(cam, [])[: c.n]]
+            key = f"{IMAGES}/{cam}/c/{c.start // self.flush_ticks}/0/0/0"
+            self._zstore.set_sync(key, default_buffer_prototype().buffer.from_bytes(jpeg_shard(frames, self.flush_ticks)))
         self._sync_dirs()
         journal = {"flushed_ticks": end, "policy_versions": c.versions or []}
         atomic_write_json(self.path / JOURNAL, journal, fsync=self._fsync)
         self._num_flushed = end
 
 
-def _write_region(arr: zarr.Array, start: int, end: int, data: np.ndarray) -> None:
-    arr[start:end] = data[: end - start]
+async def _gather(coros: list) -> None:
+    await asyncio.gather(*coros)
 
 
 def write_manifest(path: Path, info: EpisodeInfo, written: dict[str, tuple[str, int]], *, fsync: bool = True,

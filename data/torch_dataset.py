@@ -90,10 +90,10 @@ class EpisodeDataset(Dataset):
             else:
                 frames = [ep.image(cam, t) for cam in self.cameras]
             for cam, frame in zip(self.cameras, frames):
-                img = torch.from_numpy(frame)
-                if not self.uint8_images:  # convert while contiguous (HWC), then a CHW view: 5x faster
-                    img = img.float().mul_(1.0 / 255.0)
-                item[f"observation.images.{cam}"] = img.permute(2, 0, 1)
+                if not self.uint8_images:  # convert while contiguous (HWC), then a CHW view; numpy in one pass
+                    # and one thread: torch's intra-op threads made it 10x slower on a busy 2-core machine
+                    frame = np.multiply(frame, np.float32(1.0 / 255.0), dtype=np.float32)
+                item[f"observation.images.{cam}"] = torch.from_numpy(frame).permute(2, 0, 1)
         return item
 
     def __getstate__(self) -> dict:  # DataLoader workers get no thread pool or open episodes

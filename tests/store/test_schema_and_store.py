@@ -186,3 +186,29 @@ def test_degenerate_episodes_in_an_older_store_are_named_and_left_out_of_trainin
     assert set(sel.excluded) == set(bad.values())
     assert all(expected[k] in sel.excluded[eid] for k, eid in bad.items())
     cat.close()
+
+
+def test_frames_read_straight_from_their_shard_equal_zarr_and_a_damaged_index_is_refused(store_root):
+    """Training reads take each JPEG frame from its shard file directly (data/codecs.read_sharded_jpeg);
+    every frame equals zarr's own read, an unwritten frame falls back to zarr, and a shard whose index
+    checksum no longer matches is an error, never a wrong frame."""
+    from data.codecs import jpeg_shard_layout, read_sharded_jpeg
+    from data.store import IMAGES
+
+    store = EpisodeStore(store_root)
+    ep, _ = record(store, ticks=23)
+    for cam in ep.cameras:
+        per = jpeg_shard_layout(ep._image_array(cam))
+        assert per is not None and per >= 1
+        for t in range(len(ep)):
+            np.testing.assert_array_equal(ep.image(cam, t), ep._image_array(cam)[t])
+    cam = ep.cameras[0]
+    per = jpeg_shard_layout(ep._image_array(cam))
+    shard = ep.path / IMAGES / cam / "c" / "0" / "0" / "0" / "0"
+    channels = ep.info.features.cameras[cam].channels
+    assert read_sharded_jpeg(str(shard.with_name("9")), 0, per, channels) is None  # no such shard
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # a bit of the index flipped
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        ep.image(cam, 0)
