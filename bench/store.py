@@ -341,6 +341,9 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=None, help="kill -9 trials per recorder (default 100, quick 10).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--note", default="", help="A line on the conditions of the run (e.g. other load), kept in the results.")
+    ap.add_argument("--peer-kills", type=int, default=None,
+                    help="kill -9 trials of LeRobot's recorder (default: as many as ours); 0 keeps its figures from "
+                         "the results file (its recorder is not ours to change; its trials take several times ours).")
     ap.add_argument("--parts", default="speed,kill",
                     help="speed (recording, reads, video tier: wants idle cores) and/or kill (the kill -9 trials, "
                          "which count losses, not time): a part not run keeps its figures from the results file.")
@@ -364,8 +367,9 @@ def main() -> None:
     if "speed" in parts:
         speed_figures(quick, ours_eps, ticks, lr_eps, say, figures, raw)
     if "kill" in parts:
-        kill_figures(kills, args.seed, say, figures, raw)
+        kill_figures(kills, kills if args.peer_kills is None else args.peer_kills, args.seed, say, figures, raw)
     command = ("python -m bench.store" + (" --quick" if quick else "") + (f" --kills {args.kills}" if args.kills else "")
+               + (f" --peer-kills {args.peer_kills}" if args.peer_kills is not None else "")
                + (f" --parts {','.join(sorted(parts))}" if parts != {"speed", "kill"} else ""))
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result = {"command": command, "date": now, "machine": f"{os.cpu_count()} cores", "figures": figures,
@@ -455,27 +459,32 @@ def speed_figures(quick, ours_eps, ticks, lr_eps, say, figures: dict, raw: dict)
                 "read_ours_1cam": r_ours1, "read_video_1cam": r_video1})
 
 
-def kill_figures(kills: int, seed: int, say, figures: dict, raw: dict) -> None:
+def kill_figures(kills: int, peer_kills: int, seed: int, say, figures: dict, raw: dict) -> None:
     """kill -9 trials of both recorders (losses, not speed: both schedules at once, same seed)."""
-    say(f"kill -9: {kills} trials each")
-    prog = lambda impl, i: (i + 1) % 10 == 0 and say(f"  {impl}: {i + 1}/{kills}")
+    say(f"kill -9: {kills} trials of ours, {peer_kills} of LeRobot's")
+    prog = lambda impl, i: (i + 1) % 10 == 0 and say(f"  {impl}: {i + 1}")
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(2) as pool:
         f_ours = pool.submit(kill_trials, "ours", kills, seed, prog)
-        f_lr = pool.submit(kill_trials, "lerobot", kills, seed, prog)
-        k_ours, k_lr = f_ours.result(), f_lr.result()
+        f_lr = pool.submit(kill_trials, "lerobot", peer_kills, seed, prog) if peer_kills else None
+        k_ours = f_ours.result()
+        k_lr = f_lr.result() if f_lr else None
     figures.update({
         "kill9_trials": k_ours["trials"],
         "kill9_committed": k_ours["committed"],
         "kill9_committed_lost": k_ours["committed_lost"],
         "kill9_unopenable_stores": k_ours["unopenable_stores"],
-        "lerobot_kill9_trials": k_lr["trials"],
-        "lerobot_kill9_committed": k_lr["committed"],
-        "lerobot_kill9_committed_lost": k_lr["committed_lost"],
-        "lerobot_kill9_unopenable_stores": k_lr["unopenable_stores"],
     })
-    raw.update({"kill_ours": k_ours, "kill_lerobot": k_lr})
+    raw["kill_ours"] = k_ours
+    if k_lr:
+        figures.update({
+            "lerobot_kill9_trials": k_lr["trials"],
+            "lerobot_kill9_committed": k_lr["committed"],
+            "lerobot_kill9_committed_lost": k_lr["committed_lost"],
+            "lerobot_kill9_unopenable_stores": k_lr["unopenable_stores"],
+        })
+        raw["kill_lerobot"] = k_lr
 
 
 def _merge_previous(path: Path, result: dict) -> dict:
@@ -514,6 +523,9 @@ def render_md(r: dict) -> str:
         f"3 cameras {H}×{W} RGB, 14-D state and action, {FPS} Hz.",
         "",
         *([f"**Conditions:** {r['note']}", ""] if r.get("note") else []),
+        *([f"Parts run separately (`--parts`): " + "; ".join(
+            f"{name}: `{p['command']}`, {p['date']}" + (f" ({p['note']})" if p.get("note") else "")
+            for name, p in sorted(r["parts"].items())) + ".", ""] if len(r.get("parts") or {}) > 1 else []),
         "## Recording (as fast as each can)",
         "",
         "| | ticks/s | CPU s per recorded s | commit / save_episode | bytes per tick |",
