@@ -240,13 +240,22 @@ def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
     r1 = state["records"][1]
     assert r1["robot_versions"] == {"sim-arm-0": deployed, "sim-arm-1": deployed} and r1["evaluation_flagged"] == 8
     assert r1["takeovers_per_robot_hour"] > 0 and r1["return_on_human_effort"] > 0
+    # mistake to takeover, where known: the corrective teleoperator's station recorded each takeover's mistake
+    # (when its condition first held) with the episode; the catalog times it to the recorded takeover
+    assert 0 < r1["takeovers_mistake_known"] <= r1["takeovers"], r1
+    assert 0 < r1["mistake_to_takeover_s_median"] and 0 < r1["mistake_to_takeover_s_mean"] < 10, r1
+    noted = [ev for c in collected for ev in c.info.extra.get("events", []) if ev["kind"] == "mistake"]
+    assert len(noted) >= r1["takeovers_mistake_known"] and {ev["why"] for ev in noted} <= {"deviation", "stall"}
+    assert all(0 <= ev["tick"] < len(c) for c in collected for ev in c.info.extra.get("events", []))
     assert [g["status"] for g in r1["gates"]] == ["failed", real["status"]]
     results = json.loads((out / "results.json").read_text())
     assert [g["id"] for g in results["gate_decisions"]] == [drill["id"], real["id"]]
     assert results["return_on_human_effort"][0] is None and results["takeovers_per_robot_hour"][1] > 0
+    assert results["mistake_to_takeover_s"][1]["known"] == r1["takeovers_mistake_known"]
     report = (out / "report.html").read_text()
     assert "Per round" in report and v1 in report and (out / "plots" / "rounds.png").stat().st_size > 1000
     assert "Canary gates" in report and "(drill)" in report and "never selected for training" in report
+    assert "mistake → takeover" in report and f"({r1['takeovers_mistake_known']}/{r1['takeovers']})" in report
 
 
 @pytest.mark.slow
