@@ -14,7 +14,10 @@ Run directory:
 Degenerate episodes in the selection (too short, inconsistent lengths, non-finite values,
 unreadable) are left out and listed with the reason under "excluded" in episodes.json, the
 metrics and the policy's lineage; a run stops (TrainingDataError, naming the episodes) only when
-nothing usable is left.
+nothing usable is left. A stretch a reviewer marked as a bad correction leaves only its ticks out
+of the policy's training (never a sample, never a target inside another tick's action chunk; the
+value function still sees the whole episode, whose return is what happened): listed with who
+marked it and why under "masked" in episodes.json, the metrics and the lineage.
 """
 
 from __future__ import annotations
@@ -175,7 +178,10 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
             raise TrainingDataError(f"the selection {spec.selection} matches no episode")
         records = chosen.records
         sel = {"selection": spec.selection, "episodes": [r.id for r in records],
-               "checksums": [r.checksum for r in records], "excluded": chosen.excluded}
+               "checksums": [r.checksum for r in records], "excluded": chosen.excluded, "masked": chosen.masked}
+        if chosen.masked:
+            log.info("run %s: stretches marked as bad corrections left out of the policy's training: %s", spec.run_id,
+                     _listing({e: "; ".join(m["why"] for m in ms) for e, ms in chosen.masked.items()}))
         sel["digest"] = _selection_digest(sel["episodes"], sel["checksums"])
         sel_path.write_text(json.dumps(sel, indent=1))
     if main:
@@ -183,8 +189,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     for eid, checksum in zip(sel["episodes"], sel["checksums"]):
         if store.open(eid).checksum != checksum:
             raise ValueError(f"episode {eid} changed since the run selected it")
-    excluded = sel.get("excluded", {})
-    table = load_steps(store, sel["episodes"], cameras=spec.cameras)
+    excluded, masked = sel.get("excluded", {}), sel.get("masked", {})
+    table = load_steps(store, sel["episodes"], cameras=spec.cameras, masked=masked)
     if spec.method.needs_value and not spec.first_fit and all(o == "unknown" for o in table.outcomes):
         raise TrainingDataError("no episode of the selection has a known outcome to fit the value function on: "
                                 + _listing({e: "outcome unknown" for e in table.episode_ids}))
@@ -193,7 +199,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     image_size = (feats.cameras[spec.cameras[0]].height, feats.cameras[spec.cameras[0]].width) if spec.cameras else (64, 64)
     metrics: dict[str, Any] = {"episodes": table.num_episodes, "ticks": len(table), "world_size": distributed.world(),
                                "unknown_outcome_episodes": sum(o == "unknown" for o in table.outcomes),
-                               "excluded": excluded}
+                               "excluded": excluded, "masked": masked, "masked_ticks": int(table.masked.sum())}
     curves: dict[str, list[float]] = {}
 
     # 2. value function and advantage labels (RECAP / AWR after the first fit)
@@ -274,7 +280,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     ptype, pcfg = policy_config(spec.policy, state_dim=feats.state_dim, action_dim=feats.action_dim,
                                 cameras={c: image_size for c in spec.cameras}, seed=spec.seed,
                                 indicator_dropout=spec.recap.indicator_dropout, cfg_beta=beta)
-    usable_ticks = int((table.source != ActionSource.HOLD).sum())
+    usable_ticks = int(((table.source != ActionSource.HOLD) & ~table.masked).sum())
     steps = scaled_steps(pcfg.steps, spec.recap.policy_epochs, usable_ticks, pcfg.batch_size)
     if steps != pcfg.steps:
         ptype, pcfg = policy_config({**spec.policy, "steps": steps}, state_dim=feats.state_dim,
@@ -298,7 +304,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
                "value_guard": metrics.get("fallback") or metrics.get("value_guard"),
                "selection": sel["selection"], "selection_digest": sel["digest"], "episodes": len(sel["episodes"]),
                "parent_version": spec.parent_version, "seed": spec.seed, "recap": asdict(spec.recap),
-               "task_max_len": max_len, "instructions": sorted(set(table.instructions)), "excluded": excluded}
+               "task_max_len": max_len, "instructions": sorted(set(table.instructions)), "excluded": excluded,
+               "masked": masked}
     pdir = run_dir / "policy"
     if pdir.exists():  # a crash after writing it: the manifest decides whether it is whole
         shutil.rmtree(pdir)

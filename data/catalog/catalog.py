@@ -81,10 +81,12 @@ class EpisodeRecord:
 
 @dataclass
 class TrainingSelection:
-    """What a training run may use of a query's episodes, and what it must leave out (id -> why)."""
+    """What a training run may use of a query's episodes, what it must leave out (id -> why), and the
+    stretches of usable episodes it must not learn from (id -> [{start_tick, end_tick, why}], inclusive)."""
 
     records: list[EpisodeRecord]
     excluded: dict[str, str] = field(default_factory=dict)
+    masked: dict[str, list[dict]] = field(default_factory=dict)
 
 
 @dataclass
@@ -362,19 +364,13 @@ class Catalog:
             return [EpisodeRecord.from_row(r) for r in s.scalars(q).all()]
 
     def select_for_training(self, store: EpisodeStore, **filters) -> TrainingSelection:
-        """`episodes(**filters)` less episodes with a stretch marked as a bad correction (the pipeline
-        selects whole episodes), the evaluation episodes (held out) and the degenerate ones (too
+        """`episodes(**filters)` less the evaluation episodes (held out) and the degenerate ones (too
         short, inconsistent lengths, non-finite values, unreadable: `EpisodeData.defect`), which come
-        back in `excluded` with the reason."""
-        usable, excluded = [], {}
+        back in `excluded` with the reason. A stretch marked as a bad correction leaves only its ticks
+        out: it comes back in `masked`, with who marked it and why."""
+        usable, excluded, masked = [], {}, {}
         records = self.episodes(**filters)
-        marked = self.annotations([r.id for r in records]) if records else {}
         for r in records:
-            bad = [a for a in marked.get(r.id, []) if a["kind"] == "bad_correction"]
-            if bad:
-                excluded[r.id] = "; ".join(f"bad correction at ticks {a['start_tick']}-{a['end_tick']} marked by "
-                                           f"{a['author']}: {a['reason']}" for a in bad)
-                continue
             if r.evaluation:
                 excluded[r.id] = "evaluation episode (held out from training)"
                 continue
@@ -387,9 +383,16 @@ class Catalog:
                 problem = "missing from the store" if isinstance(e, KeyError) else f"unreadable ({type(e).__name__}; see `recap data fsck`)"
             if problem:
                 excluded[r.id] = problem
-            else:
-                usable.append(r)
-        return TrainingSelection(usable, excluded)
+                continue
+            usable.append(r)
+        marks = self.annotations([r.id for r in usable]) if usable else {}
+        for eid, anns in marks.items():
+            bad = [{"start_tick": a["start_tick"], "end_tick": a["end_tick"],
+                    "why": f"bad correction at ticks {a['start_tick']}-{a['end_tick']} marked by {a['author']}: "
+                           f"{a['reason']}"} for a in anns if a["kind"] == "bad_correction"]
+            if bad:
+                masked[eid] = bad
+        return TrainingSelection(usable, excluded, masked)
 
     # -- consistency ----------------------------------------------------------------------
 

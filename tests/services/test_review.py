@@ -1,8 +1,8 @@
 """The episode review page in headless Chromium against the real API: camera frames load, the
 timeline's colours are the episode's action sources tick by tick, the curves are drawn from the
 training run's saved labels, and a teleoperator's keyboard labels (outcome; a stretch marked as a
-bad correction) change the catalog and the audit log; the marked episode leaves training selections
-with its reason."""
+bad correction; the tick of a policy mistake) change the catalog and the audit log; the marked stretch
+is left out of training selections with its reason, the rest of the episode stays in."""
 
 from __future__ import annotations
 
@@ -137,6 +137,7 @@ def test_review_page_scrubs_an_episode_shows_the_runs_labels_and_labels_from_the
         sel = catalog.select_for_training(store)
     finally:
         catalog.close()
-    assert eid not in {r.id for r in sel.records}
-    assert sel.excluded[eid] == ("bad correction at ticks 10-15 marked by test-teleoperator: "
-                                 "pushed the object off the table")
+    # the marked stretch only is left out (training/runs.py masks its ticks), with who marked it and why
+    assert eid in {r.id for r in sel.records} and eid not in sel.excluded
+    assert sel.masked[eid] == [{"start_tick": 10, "end_tick": 15, "why": "bad correction at ticks 10-15 marked by "
+                                "test-teleoperator: pushed the object off the table"}]
