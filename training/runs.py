@@ -48,7 +48,7 @@ from training.fit import scaled_steps
 from training.recap import RecapConfig, positive_rate_by_outcome, positive_rate_by_position
 from training.recipe import effective_recipe
 from training.steps import load_steps
-from training.tracking import write_run_events
+from training.tracking import WandbSettings, track_run
 from training.value import ValueConfig, build_value_function
 from training.value.trainer_value import (fit_value, held_out_members, normalised_return_targets, predict_values,
                                          task_max_lengths)
@@ -146,7 +146,10 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     run_dir = Path(runs_dir) / spec.run_id
     spec_path = run_dir / "run.json"
     distributed.init(spec.device)
-    main = distributed.is_main()  # under torchrun / accelerate only rank 0 writes; the others read after a barrier
+    main = distributed.is_main()
+    wandb_settings = WandbSettings.from_env()
+    if main:
+        wandb_settings.check()  # under torchrun / accelerate only rank 0 writes; the others read after a barrier
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if spec_path.exists() and json.loads(spec_path.read_text()) != spec.to_dict():
@@ -155,6 +158,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         log.info("training run %s: %s", spec.run_id, json.dumps(spec.to_dict()))
         log.info("run %s: recipe with defaults %s", spec.run_id,
                  json.dumps(effective_recipe(spec.policy, spec.value, asdict(spec.recap))))
+        log.info("run %s: tracking: TensorBoard in %s; W&B %s", spec.run_id, run_dir / "tensorboard",
+                 wandb_settings.describe())
     distributed.barrier()
     if (run_dir / "done.json").exists():
         manifest = load_artifact(run_dir / "policy")[0]
@@ -299,7 +304,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         return RunResult(run_dir, run_dir / "policy", {}, metrics)
     if curves:
         _plot_curves(run_dir / "curves.png", curves)
-        write_run_events(run_dir, curves, metrics)  # TensorBoard (training/tracking.py)
+        metrics.update(track_run(run_dir, spec.run_id, curves, metrics, spec.to_dict(), wandb_settings))  # TensorBoard, W&B
     lineage = {"run": spec.run_id, "method": str(spec.method), "trained_as": str(trained), "first_fit": spec.first_fit,
                "value_guard": metrics.get("fallback") or metrics.get("value_guard"),
                "selection": sel["selection"], "selection_digest": sel["digest"], "episodes": len(sel["episodes"]),
