@@ -64,10 +64,13 @@ class EpisodeRecord:
     @classmethod
     def from_row(cls, e: Episode) -> "EpisodeRecord":
         derived = ("policy_versions", "mistake_to_takeover_s")
+        by_takeover = {}  # one mistake per takeover: the newest mark wins (a reviewer's over the station's)
+        for a in e.annotations:
+            if a.kind == "mistake" and e.fps > 0:
+                by_takeover[a.end_tick] = (a.end_tick - a.start_tick) / e.fps
         return cls(**{k: getattr(e, k) for k in cls.__dataclass_fields__ if k not in derived},
                    policy_versions=sorted(p.policy_version for p in e.policy_versions),
-                   mistake_to_takeover_s=[(a.end_tick - a.start_tick) / e.fps for a in e.annotations
-                                          if a.kind == "mistake" and e.fps > 0])
+                   mistake_to_takeover_s=[by_takeover[t] for t in sorted(by_takeover)])
 
     def effort(self) -> EpisodeEffort:
         """The episode as data/effort.py counts it."""
@@ -115,9 +118,10 @@ MAX_RECORDED_MISTAKES = 1000  # per episode: a station that floods its events ca
 
 
 def recorded_mistakes(ep: EpisodeData) -> list[tuple[int, int, str]]:
-    """(mistake tick, takeover tick, why) for each mistake the teleoperator station recorded with the
-    episode (`extra["events"]`, EpisodeWriter.note_event) that a takeover followed."""
-    out, src = [], None
+    """(mistake tick, takeover tick, why) for each takeover the teleoperator station recorded a mistake
+    for with the episode (`extra["events"]`, EpisodeWriter.note_event); of two mistakes before one
+    takeover (the first one's takeover never reached the arm), the later."""
+    out, src = {}, None
     for ev in ep.info.extra.get("events", [])[:MAX_RECORDED_MISTAKES]:
         if not isinstance(ev, dict) or ev.get("kind") != "mistake" or not isinstance(ev.get("tick"), int):
             continue  # an event of another kind, or written by something else: not ours to read
@@ -127,8 +131,8 @@ def recorded_mistakes(ep: EpisodeData) -> list[tuple[int, int, str]]:
             continue
         took = takeover_after(src, ev["tick"])
         if took is not None:
-            out.append((ev["tick"], took, str(ev.get("why", ""))[:200]))
-    return out
+            out[took] = (ev["tick"], took, str(ev.get("why", ""))[:200])
+    return [out[t] for t in sorted(out)]
 
 
 def _annotation(a: EpisodeAnnotation) -> dict:

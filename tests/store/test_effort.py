@@ -71,6 +71,7 @@ def test_a_mistake_noted_while_recording_is_timed_to_its_takeover_in_the_catalog
         w.append(frames.tick(t, T0 + t * PERIOD, src, None if src == ActionSource.CORRECTION else "v1"))
         if t == 12:
             w.note_event("mistake", T0 + 5 * PERIOD, why="deviation")
+            w.note_event("mistake", T0 + 2 * PERIOD, why="stall")  # an earlier one whose takeover never came: not counted
         if t == 27:
             w.note_event("mistake", T0 + 25 * PERIOD - 1000, why="stall")  # between ticks: the next tick
     w.note_event("mistake", T0 - PERIOD, why="deviation")
@@ -79,7 +80,7 @@ def test_a_mistake_noted_while_recording_is_timed_to_its_takeover_in_the_catalog
         w.note_event("mistake", -1)
     info = w.commit(Outcome.SUCCESS, "tester")
     assert [(e["kind"], e["tick"], e.get("why")) for e in info.extra["events"]] == [
-        ("other-kind", 3, None), ("mistake", 5, "deviation"), ("mistake", 25, "stall")]
+        ("mistake", 2, "stall"), ("other-kind", 3, None), ("mistake", 5, "deviation"), ("mistake", 25, "stall")]
     catalog = Catalog.for_store(store)
     try:
         catalog.register(store.open(info.episode_id))
