@@ -542,6 +542,8 @@ class EpisodeWriter:
         self._num_ticks = 0  # appended
         self._num_flushed = 0  # durable
         self._source_counts = np.zeros(4, np.int64)
+        self._events: list[dict] = []  # note_event
+        self._events_dropped = 0
         try:
             self._group = zarr.create_group(self._zstore, attributes=self.info.to_attrs())
             self._arrays: dict[str, zarr.Array] = {}
@@ -600,6 +602,33 @@ class EpisodeWriter:
             self._enqueue(b)
             self._buffer = self._new_chunk(self._num_ticks)
 
+    MAX_EVENTS = 1000  # per episode; a flood of events beyond it is dropped (and counted)
+
+    def note_event(self, kind: str, at_ns: int, **detail: str) -> None:
+        """Something that happened during the episode at time `at_ns` (the ticks' clock), e.g. the
+        policy's mistake a teleoperator's takeover answered (kind "mistake", data/effort.py). Kept at
+        commit in the episode's attributes, `extra["events"]`, each with the tick it falls on (the
+        first tick at or after it; events outside the episode's ticks are dropped). Lost with the
+        attributes of an episode fsck recovers. Callable from any thread."""
+        check_id("event kind", kind)
+        if not isinstance(at_ns, (int, np.integer)) or isinstance(at_ns, bool) or at_ns <= 0:
+            raise SchemaError("event", f"at_ns must be a positive integer, got {at_ns!r}")
+        if len(self._events) >= self.MAX_EVENTS:
+            self._events_dropped += 1
+            return
+        self._events.append({"kind": kind, "t_ns": int(at_ns), **{str(k)[:64]: str(v)[:200] for k, v in detail.items()}})
+
+    def _placed_events(self) -> list[dict]:
+        """The noted events with their tick, in time order (after the last flush)."""
+        if not self._events:
+            return []
+        ts = self._arrays[TIMESTAMP][: self._num_flushed]
+        out = []
+        for ev in sorted(self._events, key=lambda e: e["t_ns"]):
+            if self._num_flushed and ts[0] <= ev["t_ns"] <= ts[-1]:
+                out.append({**ev, "tick": int(np.searchsorted(ts, ev["t_ns"], side="left"))})
+        return out
+
     def commit(self, outcome: Outcome | str = Outcome.UNKNOWN, labeller: str | None = None) -> EpisodeInfo:
         """Flush the rest, then make the episode visible with its manifest. Returns its attributes.
 
@@ -626,6 +655,11 @@ class EpisodeWriter:
                 self.info.outcome_labeller = labeller or self.info.robot_id
                 self.info.outcome_labelled_at_ns = time.time_ns()
             self.info.policy_versions = list(self._versions)
+            events = self._placed_events()
+            if events:
+                self.info.extra["events"] = events
+            if self._events_dropped:
+                self.info.extra["events_dropped"] = self._events_dropped
             self.info.extra["source_counts"] = {
                 "policy": int(self._source_counts[0]), "correction": int(self._source_counts[1]),
                 "demonstration": int(self._source_counts[2]), "hold": int(self._source_counts[3]),

@@ -8,6 +8,8 @@ Topics (standard types, so it drops into a ros2_control stack):
   in   teleop_command_topic  std_msgs/Float64MultiArray    (the human's action while engaged), or a
                              leader arm's sensor_msgs/JointState (by leader_joint_names)
   in   engage_topic          std_msgs/Bool                 (pedal / button)
+  in   mistake_topic         std_msgs/Header               (optional: when the policy's mistake a takeover answers
+                             was, as header.stamp on the ticks' clock, frame_id why; kept with the episode)
   out  command_topic         std_msgs/Float64MultiArray or trajectory_msgs/JointTrajectory
                              (in the controller's joint order, command_joint_names)
   out  /diagnostics          diagnostic_msgs/DiagnosticArray (1 Hz; levels and thresholds: robot_bridge/diagnostics.py)
@@ -43,7 +45,7 @@ import rclpy
 from rclpy.node import Node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray, String
+from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -90,6 +92,8 @@ PARAMS = {
     "leader_joint_names": Param([""], "the leader arm's joints in action order, matched by name "
                                       "(empty: joint_names)"),
     "engage_topic": Param("teleop/engage", "std_msgs/Bool (pedal / button)"),
+    "mistake_topic": Param("teleop/mistake", "std_msgs/Header: the stamp of the policy's mistake a takeover answers "
+                                             "(a teleoperator station that knows it; recorded with the episode)"),
     "command_topic": Param("command", "where commands go"),
     "command_type": Param("float64_array", "float64_array or joint_trajectory"),
     "action_low": Param([-1.0], "per-dimension lower limit (one value: all)"),
@@ -272,6 +276,7 @@ class BridgeNode(Node):
         else:
             self.create_subscription(Float64MultiArray, p["teleop_command_topic"], self._on_teleop, 10)
         self.create_subscription(Bool, p["engage_topic"], self._on_engage, 10)
+        self.create_subscription(Header, p["mistake_topic"], self._on_mistake, 10)
         if p["command_type"] == "joint_trajectory":
             self.cmd_pub = self.create_publisher(JointTrajectory, p["command_topic"], 10)
         else:
@@ -393,6 +398,19 @@ class BridgeNode(Node):
         if engaged and not self.engaged:
             self._wake.set()  # the human takes over now, not at the next scheduled tick
         self.engaged = engaged
+
+    def _on_mistake(self, m: Header) -> None:
+        """The teleoperator's station says when the policy went wrong: noted with the running episode
+        (data/effort.py: mistake to takeover); between episodes or in a demonstration, ignored."""
+        stamp = self._stamp_ns(m)
+        with self._lock:
+            w = None if self.demonstrating else self.writer
+        if w is None or stamp <= 0:
+            return
+        try:
+            w.note_event("mistake", stamp, why=m.frame_id[:64])
+        except Exception as e:  # a writer that just closed (the episode ended meanwhile)
+            self.get_logger().warning(f"mistake at {stamp} not recorded: {e}")
 
     # -- episodes ----------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ camera frames are read from the store per batch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from data.store import EpisodeData, EpisodeStore
@@ -25,7 +25,14 @@ class StepTable:
     action: np.ndarray  # (N, A)
     source: np.ndarray  # (N,)
     cameras: list[str] = field(default_factory=list)
+    # (N,) True on ticks the policy must not learn from (a stretch marked as a bad correction): never a
+    # training sample, and inside another tick's action chunk treated as padding (not a target)
+    masked: np.ndarray | None = None
     _episodes: dict[int, EpisodeData] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.masked is None:
+            self.masked = np.zeros(len(self.tick), bool)
 
     def __len__(self) -> int:
         return len(self.tick)
@@ -39,12 +46,13 @@ class StepTable:
 
     def action_chunks(self, idx: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """The next `horizon` actions from each tick in `idx` (vectorised data.windows.action_chunk):
-        padded past the episode end with its last action; the mask is True on padding."""
+        padded past the episode end with its last action; the mask is True on padding and on masked
+        ticks (a marked bad correction's actions are never a target)."""
         e = self.episode_index[idx]
         ticks = self.tick[idx][:, None] + np.arange(horizon)[None]
         lens = self.lengths[e][:, None]
-        pad = ticks >= lens
         flat = self.starts[e][:, None] + np.minimum(ticks, lens - 1)
+        pad = (ticks >= lens) | self.masked[flat]
         return self.action[flat], pad
 
     def frames(self, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -65,13 +73,23 @@ class StepTable:
         return [self.instructions[int(e)] for e in self.episode_index[idx]]
 
 
-def load_steps(store: EpisodeStore, episode_ids: Sequence[str], *, cameras: Sequence[str] = ()) -> StepTable:
+def load_steps(store: EpisodeStore, episode_ids: Sequence[str], *, cameras: Sequence[str] = (),
+               masked: Mapping[str, Sequence[Mapping[str, int]]] | None = None) -> StepTable:
+    """`masked`: episode id -> stretches {start_tick, end_tick} (inclusive) the policy must not learn from
+    (Catalog.select_for_training's `masked`)."""
     if not episode_ids:
         raise ValueError("no episodes selected")
     eps = [store.open(e) for e in episode_ids]
     lengths = np.array([len(ep) for ep in eps])
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    mask = np.zeros(int(lengths.sum()), bool)
+    for i, eid in enumerate(episode_ids):
+        for m in (masked or {}).get(eid, []):
+            a, b = max(0, int(m["start_tick"])), min(int(lengths[i]) - 1, int(m["end_tick"]))
+            if a <= b:
+                mask[starts[i] + a: starts[i] + b + 1] = True
     return StepTable(
+        masked=mask,
         store=store,
         episode_ids=list(episode_ids),
         task_ids=[ep.info.task_id for ep in eps],

@@ -115,6 +115,9 @@ def run_episode(arm: MetaWorldArm, seed: int, *, store: EpisodeStore | None, rob
                 if not (rule is not None and rule.engaged) and arbiter.needs_chunk():
                     arbiter.offer_chunk(actor.predict(obs, images), policy_version, obs_tick=t)
                 human = rule.update(obs[:3], arbiter.next_action(), expert) if rule else False
+                if human and rule.mistake_lag is not None and writer is not None:  # as the station records it
+                    writer.note_event("mistake", t0 + int(max(0, t - rule.mistake_lag) * CONTROL_PERIOD_S * 1e9),
+                                      why=rule.mistake_why)
                 correction = None
                 if human:
                     correction = unstick_gripper(obs, expert)
