@@ -117,6 +117,9 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
             p.wait(20)
     from data.store import EpisodeStore
 
+    if not r.success:  # the bridge's own words, before its log goes with the work directory
+        tail = (work / f"bridge-{rate}.log").read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"end_episode: {r.message}\n" + "\n".join(tail))
     ep = EpisodeStore(work / "store").open(r.message)
     elapsed = t1 - t0
     ts = ep.timestamps_ns

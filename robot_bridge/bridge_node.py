@@ -179,6 +179,7 @@ class Counters:
     last_refusal: str = ""
     lateness_ms: list = field(default_factory=list)
     camera_aborted_episodes: int = 0  # episodes the camera process could not finish (aborted, never committed)
+    unrecorded_ticks: int = 0  # ticks run but not recorded: the camera process's recording was too far behind
 
 
 class BridgeNode(Node):
@@ -249,6 +250,9 @@ class BridgeNode(Node):
                                     action_dim=self.action_dim) if p["inference_url"] else None)
         self.writer = None
         self.recording = 0  # the camera process's number of the episode being recorded (0: none, or no camera process)
+        # recorded ticks whose frames the camera process may have yet to make durable (~1 s): beyond, a
+        # tick runs unrecorded rather than memory growing or the loop waiting on the disk
+        self.max_backlog = max(50, int(p["control_rate_hz"]))
         self.demonstrating = False
         self.episode_task = ""
         self.tick_index = 0  # across episodes: a chunk asked for in one episode never lands in the next
@@ -421,7 +425,8 @@ class BridgeNode(Node):
                                         frames_elsewhere=(lambda: cam.ring.durable(serial)) if cam else None)
         if cam:  # the camera process records the frames into the arrays the writer just created
             try:
-                cam.start_episode(serial, writer.path, list(self.cameras), writer.flush_ticks, bool(self.p["fsync"]))
+                cam.start_episode(serial, writer.path, list(self.cameras), writer.flush_ticks, bool(self.p["fsync"]),
+                                  self.max_backlog)
             except CameraProcessError as e:
                 writer.discard()
                 resp.success, resp.message = False, f"cameras not ready: {e}"
@@ -619,11 +624,15 @@ class BridgeNode(Node):
 
     def _record(self, writer, tick: Tick, stamps: list[int]) -> None:
         """Append the tick to the episode, and have the camera process record its frames at the same
-        index; an episode ended meanwhile gets nothing more."""
+        index; an episode ended meanwhile gets nothing more. While the camera process is more than
+        max_backlog ticks behind with its frames (a disk or CPU stall), ticks run unrecorded (counted)."""
         with self._lock:
             if self.writer is not writer:
                 return
             k = writer.num_ticks
+            if self.recording and k - self.camera_proc.ring.durable(self.recording) > self.max_backlog:
+                self.counters.unrecorded_ticks += 1
+                return
             writer.append(tick)
             if not self.recording:
                 return
@@ -682,7 +691,7 @@ class BridgeNode(Node):
                "cameras_ready": all(self._frames_received(i, cam) for i, cam in enumerate(self.cameras)),
                # episodes the camera process could not record (aborted, never committed); frames it
                # recorded with a substitute (the chosen one already gone: the newest at or before the tick)
-               "camera_aborted_episodes": c.camera_aborted_episodes,
+               "camera_aborted_episodes": c.camera_aborted_episodes, "unrecorded_ticks": c.unrecorded_ticks,
                "camera_substituted_frames": self.camera_proc.ring.substituted() if self.camera_proc else 0,
                # is the arm talking to us? (null until its first valid joint state)
                "state_age_ms": (None if self._last_state_mono is None
@@ -707,7 +716,7 @@ class BridgeNode(Node):
         cams = {f"frames_{cam}": self._frames_received(i, cam) for i, cam in enumerate(self.cameras)}
         cams |= {"camera_refused": self._refused_images(),
                  "camera_restarts": self.camera_proc.restarts if self.camera_proc else 0,
-                 "camera_aborts": c.camera_aborted_episodes}
+                 "camera_aborts": c.camera_aborted_episodes, "unrecorded": c.unrecorded_ticks}
         now = {**cams, "ticks": c.ticks, "lateness": len(c.lateness_ms), "dropped": c.dropped_ticks,
                "stale": c.stale_samples, "refused": c.refused["joint_state"], "received": c.joint_states,
                "late": c.late_ticks, "round_trips": self.policy.round_trip_count if self.policy else 0,
@@ -731,7 +740,7 @@ class BridgeNode(Node):
                    recording=self.writer.episode_id if self.writer else "",
                    camera_frames={cam: d[f"frames_{cam}"] for cam in self.cameras},
                    camera_refused=d.get("camera_refused", 0), camera_restarts=d.get("camera_restarts", 0),
-                   camera_aborts=d.get("camera_aborts", 0))
+                   camera_aborts=d.get("camera_aborts", 0), camera_unrecorded=d.get("unrecorded", 0))
         prefix = self.get_fully_qualified_name().lstrip("/")
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -22,7 +22,10 @@ store's format, beside the bridge's EpisodeWriter, which writes everything else.
 The ring's last row carries the recording's figures back: the episode, how many of its ticks have
 durable frames (the EpisodeWriter's journal never claims more, so a crash recovers only whole ticks)
 and the frames written with a substitute (the chosen one had left the process's history: the newest
-at or before the tick instead). The bridge commits only after "done" (all frames durable); a camera
+at or before the tick instead). One thread of the camera process picks each tick's frames as its line
+arrives, another writes them (JPEG, shards, fsync); when the disk or the CPU falls behind by more than
+`max_backlog` ticks (~1 s), the bridge runs its ticks unrecorded (counted, WARN) until it catches up,
+rather than the control loop waiting or memory growing. The bridge commits only after "done" (all frames durable); a camera
 process that fails or dies during an episode ends it as an abort (kept as `incomplete`, only ticks
 with every frame), never a commit. Only the policy's requests copy frames out of the ring (without a
 policy the frames are not even copied into it: the stamps are all the control loop reads).
@@ -166,55 +169,53 @@ def _decode(msg, compressed: bool, shape: tuple[int, int, int]) -> np.ndarray | 
 
 
 class _Recorder:
-    """The camera process's recording thread: reads the bridge's messages, picks each recorded tick's
-    frames from the process's recent frames and hands them to the episode's FrameWriter."""
+    """The camera process's recording: one thread reads the bridge's messages and picks each recorded
+    tick's frames from the process's recent frames at once (so writing never delays the pick), another
+    hands them, in order, to the episode's FrameWriter (which may wait on the disk)."""
 
     def __init__(self, ring: FrameRing, history: list[deque], control_fd: int, reply_fd: int):
+        import queue
+
         self.ring, self.history = ring, history
         self._in, self._out = control_fd, reply_fd
-        self.writer = None
-        self.serial = 0
+        self._work: queue.Queue = queue.Queue()  # (op, msg, frames) in the bridge's order
+        self.serial = 0  # the episode being recorded (the reading thread's view)
+        self.max_backlog = 0
+        self.dropping = 0
+        self.writer = None  # the writing thread's, and the episode it writes
+        self.writing = 0
         self.failed: dict[int, str] = {}
 
-    def run(self) -> None:
+    def start(self) -> None:
+        threading.Thread(target=self._read, name="recorder-read", daemon=True).start()
+        threading.Thread(target=self._write, name="recorder-write", daemon=True).start()
+
+    # -- the reading thread ---------------------------------------------------------------------------
+
+    def _read(self) -> None:
         with os.fdopen(self._in, "rb") as f:
             for line in f:  # EOF: the bridge closed its end or is gone
                 try:
                     msg = json.loads(line)
-                    getattr(self, "_" + msg["op"])(msg)
+                    op = msg["op"]
+                    if op == "start":
+                        self.serial, self.max_backlog = int(msg["e"]), int(msg.get("max_backlog", 0))
+                    if op == "abort":
+                        self.dropping = int(msg["e"])  # its ticks still waiting are not written
+                    if op == "tick":
+                        frames = self._frames(msg)
+                        if isinstance(frames, str):
+                            self._work.put(("fail", msg, frames))
+                            continue
+                        if self.max_backlog and self._work.qsize() > 2 * self.max_backlog:  # the bridge holds back
+                            self._work.put(("fail", msg, f"recording {self._work.qsize()} ticks behind"))  # before this
+                            continue
+                        self._work.put((op, msg, frames))
+                    else:
+                        self._work.put((op, msg, None))
                 except Exception as e:  # a message it cannot follow: the episode cannot be recorded
-                    self._fail(f"camera process: {e!r}")
-        if self.writer is not None:
-            self.writer.abandon()
-
-    def _reply(self, msg: dict) -> None:
-        data = json.dumps(msg).encode() + b"\n"
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._out, view):]
-
-    def _fail(self, why: str) -> None:
-        if self.writer is not None:
-            self.writer.abandon()
-            self.writer = None
-        if self.serial and self.serial not in self.failed:
-            self.failed[self.serial] = why
-            print(f"camera process: episode {self.serial}: {why}", file=sys.stderr, flush=True)
-            self._reply({"op": "failed", "e": self.serial, "error": why})
-
-    def _start(self, msg: dict) -> None:
-        from data.store import FrameWriter
-
-        if self.writer is not None:
-            self.writer.abandon()
-            self.writer = None
-        self.serial = int(msg["e"])
-        self.ring.report(self.serial, 0)
-        try:
-            self.writer = FrameWriter(msg["path"], msg["cameras"], flush_ticks=int(msg["flush_ticks"]),
-                                      fsync=bool(msg["fsync"]))
-        except Exception as e:
-            self._fail(f"cannot write the episode's frames: {e}")
+                    self._work.put(("fail", {"e": self.serial}, f"camera process: {e!r}"))
+        self._work.put(("abort", {"e": self.serial}, None))
 
     def _pick(self, cam: int, stamp: int, tick_ns: int) -> np.ndarray | None:
         frames = list(self.history[cam])  # a snapshot (the receiving thread appends)
@@ -225,26 +226,75 @@ class _Recorder:
         best = max(((s, img) for s, img in frames if s <= tick_ns), key=lambda x: x[0], default=None)
         return None if best is None else best[1]
 
-    def _tick(self, msg: dict) -> None:
-        if int(msg["e"]) != self.serial or self.writer is None:
-            return  # an episode that failed (already said) or ended
-        frames = []
+    def _frames(self, msg: dict) -> list[np.ndarray] | str:
+        out = []
         for cam, stamp in enumerate(msg["s"]):
             img = self._pick(cam, int(stamp), int(msg["t"]))
             if img is None:
-                self._fail(f"no frame of camera {cam} at or before tick {msg['k']} left to record")
-                return
-            frames.append(img)
+                return f"no frame of camera {cam} at or before tick {msg['k']} left to record"
+            out.append(img)
+        return out
+
+    # -- the writing thread ---------------------------------------------------------------------------
+
+    def _write(self) -> None:
+        while True:
+            op, msg, frames = self._work.get()
+            try:
+                if op == "fail":
+                    self._fail(int(msg["e"]), frames)
+                else:
+                    getattr(self, "_" + op)(msg, frames)
+            except Exception as e:
+                self._fail(int(msg.get("e", 0)), f"camera process: {e!r}")
+
+    def _reply(self, msg: dict) -> None:
+        data = json.dumps(msg).encode() + b"\n"
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._out, view):]
+        except OSError:  # the bridge is gone: no one to tell
+            pass
+
+    def _fail(self, serial: int, why: str) -> None:
+        if self.writer is not None and self.writing == serial:
+            self.writer.abandon()
+            self.writer = None
+        if serial and serial not in self.failed:
+            self.failed[serial] = why
+            print(f"camera process: episode {serial}: {why}", file=sys.stderr, flush=True)
+            self._reply({"op": "failed", "e": serial, "error": why})
+
+    def _start(self, msg: dict, _frames=None) -> None:
+        from data.store import FrameWriter
+
+        if self.writer is not None:
+            self.writer.abandon()
+            self.writer = None
+        serial = int(msg["e"])
+        self.ring.report(serial, 0)
+        try:
+            self.writer = FrameWriter(msg["path"], msg["cameras"], flush_ticks=int(msg["flush_ticks"]),
+                                      fsync=bool(msg["fsync"]))
+            self.writing = serial
+        except Exception as e:
+            self._fail(serial, f"cannot write the episode's frames: {e}")
+
+    def _tick(self, msg: dict, frames: list[np.ndarray]) -> None:
+        serial = int(msg["e"])
+        if self.writer is None or self.writing != serial or self.dropping == serial:
+            return  # an episode that failed (already said), ended or is being aborted
         try:
             self.writer.add(int(msg["k"]), frames)
         except Exception as e:
-            self._fail(str(e))
+            self._fail(serial, str(e))
             return
-        self.ring.report(self.serial, self.writer.durable)
+        self.ring.report(serial, self.writer.durable)
 
-    def _end(self, msg: dict) -> None:
+    def _end(self, msg: dict, _frames=None) -> None:
         serial = int(msg["e"])
-        if serial != self.serial or self.writer is None:
+        if self.writer is None or self.writing != serial:
             why = self.failed.get(serial, "the camera process did not record this episode")
             self._reply({"op": "failed", "e": serial, "error": why})
             return
@@ -252,17 +302,17 @@ class _Recorder:
         try:
             written = w.finish(int(msg["ticks"]))
         except Exception as e:
-            self.writer = None
-            self._fail(str(e))
+            self._fail(serial, str(e))
             return
         self.ring.report(serial, w.durable)
         self._reply({"op": "done", "e": serial, "written": written})
 
-    def _abort(self, msg: dict) -> None:
-        if int(msg["e"]) == self.serial and self.writer is not None:
+    def _abort(self, msg: dict, _frames=None) -> None:
+        serial = int(msg["e"])
+        if self.writer is not None and self.writing == serial:
             self.writer.abandon()
             self.writer = None
-        self._reply({"op": "aborted", "e": int(msg["e"])})
+        self._reply({"op": "aborted", "e": serial})
 
 
 def run(ring_path: str, spec: dict) -> None:
@@ -278,8 +328,7 @@ def run(ring_path: str, spec: dict) -> None:
     ring = FrameRing(ring_path, len(spec["topics"]), shape)
     parent = int(spec["parent_pid"])
     history = [deque(maxlen=HISTORY) for _ in spec["topics"]]
-    recorder = _Recorder(ring, history, int(spec["control_fd"]), int(spec["reply_fd"]))
-    threading.Thread(target=recorder.run, name="recorder", daemon=True).start()
+    _Recorder(ring, history, int(spec["control_fd"]), int(spec["reply_fd"])).start()
     rclpy.init(args=["--ros-args", *spec.get("ros_args", [])])
     node = rclpy.create_node(spec.get("node_name", "recap_cameras"), namespace=spec.get("namespace") or None)
     compressed = bool(spec["compressed"])
@@ -403,13 +452,15 @@ class CameraProcess:
                 raise
             raise CameraProcessError(f"camera process gone ({e.strerror or e})") from None
 
-    def start_episode(self, serial: int, path: Path, cameras: list[str], flush_ticks: int, fsync: bool) -> None:
-        """The camera process records episode `serial` (its arrays already created at `path`)."""
+    def start_episode(self, serial: int, path: Path, cameras: list[str], flush_ticks: int, fsync: bool,
+                      max_backlog: int) -> None:
+        """The camera process records episode `serial` (its arrays already created at `path`); the
+        bridge never has more than `max_backlog` recorded ticks without durable frames."""
         with self._send_lock:
             if self.proc.poll() is not None:
                 raise CameraProcessError(f"camera process exited with {self.proc.returncode}")
             self._send({"op": "start", "e": serial, "path": str(path), "cameras": cameras,
-                        "flush_ticks": flush_ticks, "fsync": fsync}, wait_s=2.0)
+                        "flush_ticks": flush_ticks, "fsync": fsync, "max_backlog": max_backlog}, wait_s=2.0)
             self._live = serial
 
     def tick(self, serial: int, k: int, t_ns: int, stamps: list[int]) -> None:
