@@ -194,8 +194,8 @@ def main() -> None:
                             f"realtime_priority {prio}, camera_process {str(mode).lower()}")
                         r = run_rate(rate, args.duration, args.probes, work / f"{key}-{run}", prio, mode)
                         configs.setdefault(key, []).append(r)
-                    log(json.dumps(r))
-                    shutil.rmtree(work / f"{key}-{run}" / "store", ignore_errors=True)  # the next run starts on a quiet disk
+                        log(json.dumps(r))
+                        shutil.rmtree(work / f"{key}-{run}" / "store", ignore_errors=True)  # the next run starts on a quiet disk
     finally:
         shutil.rmtree(work, ignore_errors=True)  # gigabytes of frames
     summary = {k: summarize(v) for k, v in configs.items()}

@@ -4,8 +4,8 @@ moment, and records every control tick through the crash-safe episode writer.
 Topics (standard types, so it drops into a ros2_control stack):
   in   joint_state_topic     sensor_msgs/JointState        (positions by joint_names -> the state vector)
   in   camera topics         sensor_msgs/Image (rgb8) or sensor_msgs/CompressedImage (jpeg), received,
-                             decoded and recorded by the bridge's camera process (robot_bridge/cameras.py),
-                             or (camera_process false) in the bridge's own process
+                             decoded and recorded by the bridge's camera process (robot_bridge/cameras.py,
+                             the default), or (camera_process false) in the bridge's own process
   in   teleop_command_topic  std_msgs/Float64MultiArray    (the human's action while engaged), or a
                              leader arm's sensor_msgs/JointState (by leader_joint_names)
   in   engage_topic          std_msgs/Bool                 (pedal / button)
@@ -83,9 +83,9 @@ PARAMS = {
     "camera_height": Param(0, "image height of every camera", range=(0, 8192)),
     "camera_width": Param(0, "image width of every camera", range=(0, 8192)),
     "camera_compressed": Param(False, "CompressedImage (JPEG) instead of Image"),
-    "camera_process": Param(False, "receive, decode and record the cameras in a process of their own "
-                                   "(robot_bridge/cameras.py): the control process never touches image bytes; "
-                                   "off: in the bridge's process (bench/results/bridge.md compares them)"),
+    "camera_process": Param(True, "receive, decode and record the cameras in a process of their own "
+                                  "(robot_bridge/cameras.py): the control process never touches image bytes; "
+                                  "off: in the bridge's process, which measured worse (bench/results/bridge.md)"),
     "teleop_command_topic": Param("teleop/command", "the human's commands while engaged (see teleop_command_type)"),
     "teleop_command_type": Param("float64_array", "float64_array (std_msgs/Float64MultiArray in action order) or "
                                                   "joint_state (a leader arm's sensor_msgs/JointState, by leader_joint_names)"),
