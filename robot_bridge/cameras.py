@@ -13,7 +13,7 @@ episode records, the control loop sends the camera process, over a pipe, one lin
 tick into the episode through a `data.store.FrameWriter`: the episode's own image arrays, in the
 store's format, beside the bridge's EpisodeWriter, which writes everything else. Messages (JSON lines):
 
-  bridge -> cameras   {"op": "start", "e": serial, "path", "flush_ticks", "fsync"}   the episode's arrays exist
+  bridge -> cameras   {"op": "start", "e": serial, "path", "cameras", "flush_ticks", "fsync", "max_backlog"}
                       {"op": "tick", "e", "k", "t", "s": [stamp per camera]}
                       {"op": "end", "e", "ticks"} | {"op": "abort", "e"}
   cameras -> bridge   {"op": "done", "e", "written": {file: [sha256, size]}}    every frame durable
@@ -25,9 +25,10 @@ and the frames written with a substitute (the chosen one had left the process's 
 at or before the tick instead). One thread of the camera process picks each tick's frames as its line
 arrives, another writes them (JPEG, shards, fsync); when the disk or the CPU falls behind by more than
 `max_backlog` ticks (~1 s), the bridge runs its ticks unrecorded (counted, WARN) until it catches up,
-rather than the control loop waiting or memory growing. The bridge commits only after "done" (all frames durable); a camera
-process that fails or dies during an episode ends it as an abort (kept as `incomplete`, only ticks
-with every frame), never a commit. Only the policy's requests copy frames out of the ring (without a
+rather than the control loop waiting or memory growing. The bridge creates the episode's arrays
+before "start" and commits only after "done" (all frames durable); a camera process that fails or
+dies during an episode ends it as an abort (kept as `incomplete`, only ticks with every frame),
+never a commit. Only the policy's requests copy frames out of the ring (without a
 policy the frames are not even copied into it: the stamps are all the control loop reads).
 
 The camera process exits when the bridge is gone (its parent changes), and removes the ring then."""
