@@ -331,7 +331,12 @@ def run(ring_path: str, spec: dict) -> None:
     history = [deque(maxlen=HISTORY) for _ in spec["topics"]]
     _Recorder(ring, history, int(spec["control_fd"]), int(spec["reply_fd"])).start()
     rclpy.init(args=["--ros-args", *spec.get("ros_args", [])])
-    node = rclpy.create_node(spec.get("node_name", "recap_cameras"), namespace=spec.get("namespace") or None)
+    try:
+        node = rclpy.create_node(spec.get("node_name", "recap_cameras"), namespace=spec.get("namespace") or None)
+    except Exception:  # noqa: BLE001 - stopped while starting, as below
+        if rclpy.ok():
+            raise
+        return
     compressed = bool(spec["compressed"])
     frames_to_ring = bool(spec.get("frames_to_ring", True))  # only the policy's requests read them there
 
@@ -344,8 +349,13 @@ def run(ring_path: str, spec: dict) -> None:
         history[cam].append((stamp, img))  # first: a frame the ring shows is one the recorder can find
         ring.write(cam, stamp, img if frames_to_ring else None)
 
-    for i, topic in enumerate(spec["topics"]):
-        node.create_subscription(CompressedImage if compressed else Image, topic, lambda m, i=i: on_frame(i, m), 4)
+    try:
+        for i, topic in enumerate(spec["topics"]):
+            node.create_subscription(CompressedImage if compressed else Image, topic, lambda m, i=i: on_frame(i, m), 4)
+    except Exception:  # noqa: BLE001 - rclpy's RCLError
+        if rclpy.ok():
+            raise
+        return  # the bridge stopped it (SIGTERM shut the context down) while it was starting: nothing to say
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     gc.freeze()
