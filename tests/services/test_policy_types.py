@@ -251,7 +251,7 @@ def test_a_diffusion_policy_reading_two_ticks_trains_from_a_recipe_and_is_served
     cam = ep.cameras[0]
     stack.start_worker("worker")
     with stack.client("researcher") as c:
-        r = c.post("/v1/runs", json={"method": "bc", "selection": {"robot": ["robot-0"]},
+        r = c.post("/v1/runs", json={"method": "filtered_bc", "selection": {"robot": ["robot-0"]},
                                      "recipe": {"policy": DIFFUSION_2, "cameras": [cam]}})
         assert r.status_code == 202, r.text
         run_id = r.json()["id"]
