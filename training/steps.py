@@ -44,16 +44,25 @@ class StepTable:
     def episode_slice(self, e: int) -> slice:
         return slice(int(self.starts[e]), int(self.starts[e] + self.lengths[e]))
 
-    def action_chunks(self, idx: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-        """The next `horizon` actions from each tick in `idx` (vectorised data.windows.action_chunk):
-        padded past the episode end with its last action; the mask is True on padding and on masked
-        ticks (a marked bad correction's actions are never a target)."""
+    def action_chunks(self, idx: np.ndarray, horizon: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """`horizon` actions from `start` ticks after each tick in `idx` (vectorised
+        data.windows.action_chunk; `start` < 0 reaches back): padded past the episode's ends with its
+        first or last action; the mask is True on padding and on masked ticks (a marked bad
+        correction's actions are never a target)."""
         e = self.episode_index[idx]
-        ticks = self.tick[idx][:, None] + np.arange(horizon)[None]
+        ticks = self.tick[idx][:, None] + start + np.arange(horizon)[None]
         lens = self.lengths[e][:, None]
-        flat = self.starts[e][:, None] + np.minimum(ticks, lens - 1)
-        pad = (ticks >= lens) | self.masked[flat]
+        flat = self.starts[e][:, None] + np.clip(ticks, 0, lens - 1)
+        pad = (ticks >= lens) | (ticks < 0) | self.masked[flat]
         return self.action[flat], pad
+
+    def history(self, idx: np.ndarray, length: int) -> np.ndarray:
+        """(len(idx), length) flat indices of the `length` ticks ending at each tick in `idx`, oldest
+        first, padded before the episode start by repeating its first tick (vectorised
+        data.windows.history; as a robot's history fills at the start of an episode)."""
+        e = self.episode_index[idx]
+        ticks = self.tick[idx][:, None] + np.arange(1 - length, 1)[None]
+        return self.starts[e][:, None] + np.maximum(ticks, 0)
 
     def frames(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Camera frames of the ticks in `idx` as stored: name -> uint8 (B, H, W, C) (the policy's
