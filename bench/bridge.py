@@ -2,8 +2,10 @@
 over DDS and recorded, every node in its own process (the bridge's camera process included).
 
     python -m bench.bridge [--runs 5] [--duration 20] [--probes 15] [--realtime-priorities 0,40]
+                           [--camera-process default] [--note TEXT]
 
-Each configuration (rate x control-thread scheduling) runs `--runs` times; reported per configuration:
+Each configuration (rate x control-thread scheduling x where the cameras are received and recorded:
+the bridge's camera process, or the bridge's own process) runs `--runs` times; reported per configuration:
 the median and the worst run of tick lateness p99, dropped ticks (expected - recorded), stale samples,
 the CPU of the bridge's processes together (cores, the camera process included) while recording, and
 engage-to-command latency p99 (a teleoperator's engage + command -> the first command carrying the
@@ -37,7 +39,8 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_priority: int) -> dict:
+def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_priority: int,
+             camera_process: bool) -> dict:
     import rclpy
     from std_msgs.msg import Bool, Float64MultiArray, String
     from std_srvs.srv import SetBool, Trigger
@@ -47,6 +50,7 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
               "control_rate_hz": rate, "store_root": str(work / "store"), "camera_names": [f"cam{i}" for i in range(CAMS)],
               "camera_topics": [f"camera/cam{i}" for i in range(CAMS)], "camera_height": H, "camera_width": W,
               "fsync": True, "realtime_priority": realtime_priority}
+    params["camera_process"] = camera_process
     args = ["--ros-args"] + [x for k, v in params.items() for x in ("-p", f"{k}:={json.dumps(v)}")]
     feed = subprocess.Popen([sys.executable, "-m", "bench.bridge_feed", str(rate), str(H), str(W), str(CAMS), str(STATE_DIM)],
                             cwd=ROOT, stdout=open(work / f"feed-{rate}.log", "wb"), stderr=subprocess.STDOUT)
@@ -113,6 +117,9 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
             p.wait(20)
     from data.store import EpisodeStore
 
+    if not r.success:  # the bridge's own words, before its log goes with the work directory
+        tail = (work / f"bridge-{rate}.log").read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"end_episode: {r.message}\n" + "\n".join(tail))
     ep = EpisodeStore(work / "store").open(r.message)
     elapsed = t1 - t0
     ts = ep.timestamps_ns
@@ -129,7 +136,8 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
                                      "p99": float(np.percentile(latencies, 99)) if latencies else None,
                                      "n": len(latencies), "missed": probes - len(latencies)},
             "period_ms": 1000.0 / rate, "ticks_counted_by_bridge": s["ticks"] - n0,
-            "control_scheduling": s.get("control_scheduling", "normal")}
+            "control_scheduling": s.get("control_scheduling", "normal"),
+            "cameras_in": "camera process" if camera_process else "bridge process"}
 
 
 # what the bridge tests check on every `make test` (tests/bridge/test_ros2_cell.py), reported beside the figures
@@ -159,7 +167,16 @@ def main() -> None:
     ap.add_argument("--realtime-priorities", default="0,40",
                     help="the bridge's realtime_priority parameter per configuration, side by side (0: its default, "
                          "normal scheduling; 40: SCHED_FIFO control thread); the headline figures come from the first")
+    ap.add_argument("--camera-process", default="default",
+                    help="where the bridge receives and records the cameras, per configuration, side by side: "
+                         "true (its camera process), false (its own process), default (its camera_process "
+                         "parameter's default); e.g. true,false; the headline figures come from the first")
+    ap.add_argument("--note", default="", help="a line about the conditions of the measurement, kept with the figures")
     args = ap.parse_args()
+    from robot_bridge.bridge_node import PARAMS
+
+    modes = [PARAMS["camera_process"].default if m.strip() == "default" else m.strip().lower() in ("true", "1", "yes")
+             for m in args.camera_process.split(",")]
     os.environ.update({"ROS_DOMAIN_ID": str(random.randint(1, 200)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
                        "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"})
     work = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
@@ -170,13 +187,15 @@ def main() -> None:
         for run in range(args.runs):  # interleaved: a noisy minute spreads over configurations, not one
             for rate in [float(r) for r in args.rates.split(",")]:
                 for prio in prios:
-                    key = f"{rate:.0f}hz" + ("" if prio == prios[0] else f"_prio{prio}")
-                    log(f"run {run + 1}/{args.runs}: {rate:.0f} Hz, {CAMS} cameras {H}x{W}, {args.duration:.0f} s, "
-                        f"realtime_priority {prio}")
-                    r = run_rate(rate, args.duration, args.probes, work / f"{key}-{run}", prio)
-                    configs.setdefault(key, []).append(r)
-                    log(json.dumps(r))
-                    shutil.rmtree(work / f"{key}-{run}" / "store", ignore_errors=True)  # the next run starts on a quiet disk
+                    for mode in modes:
+                        key = (f"{rate:.0f}hz" + ("" if prio == prios[0] else f"_prio{prio}")
+                               + ("" if mode == modes[0] else "_camera_process" if mode else "_in_bridge"))
+                        log(f"run {run + 1}/{args.runs}: {rate:.0f} Hz, {CAMS} cameras {H}x{W}, {args.duration:.0f} s, "
+                            f"realtime_priority {prio}, camera_process {str(mode).lower()}")
+                        r = run_rate(rate, args.duration, args.probes, work / f"{key}-{run}", prio, mode)
+                        configs.setdefault(key, []).append(r)
+                        log(json.dumps(r))
+                        shutil.rmtree(work / f"{key}-{run}" / "store", ignore_errors=True)  # the next run starts on a quiet disk
     finally:
         shutil.rmtree(work, ignore_errors=True)  # gigabytes of frames
     summary = {k: summarize(v) for k, v in configs.items()}
@@ -195,15 +214,16 @@ def main() -> None:
     figures = {
         "runs_per_config": args.runs, "smoke_run": smoke, "duration_s": args.duration,
         "cameras": f"{CAMS} x {H}x{W} rgb8", "machine_cores": os.cpu_count(), "ros_distro": distro,
+        "camera_process": modes[0], "camera_process_default": PARAMS["camera_process"].default,
         "ros_distros_tested": ROS_DISTROS_TESTED, "joint_order_cases_tested": JOINT_ORDER_CASES_TESTED,
         # the names: the worst run with normal scheduling (the bridge's default)
         "lateness_p99_ms_50hz": s50["lateness_p99_ms"]["worst"], "lateness_p99_ms_30hz": s30["lateness_p99_ms"]["worst"],
         "dropped_ticks_50hz": s50["dropped_ticks"]["worst"], "dropped_ticks": max(
-            summary[k]["dropped_ticks"]["worst"] for k in summary if "_prio" not in k),
+            summary[k]["dropped_ticks"]["worst"] for k in summary if "_" not in k),
         "record_cores": s50["bridge_cores"]["worst"], "engage_to_command_ms_50hz": s50["engage_p99_ms"]["worst"],
         "period_ms_50hz": 20.0, "summary": summary, "runs": configs}
     out = {"command": ("python -m bench.bridge " + " ".join(sys.argv[1:])).strip(),
-           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "note": args.note,
            "wall_s": round(time.monotonic() - started), "figures": figures}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=1))
@@ -214,15 +234,19 @@ def main() -> None:
                   "come from `python -m bench.bridge` (5 runs of 20 s per configuration) on a quiet machine.", ""]
     lines += [f"Command: `{out['command']}` — {out['date']} — {os.cpu_count()} cores, ROS 2 {distro}; feed, bridge (its "
               "camera process included) and driver are separate processes over Fast DDS (loopback); episodes fsync'd. "
-              f"{args.runs} run(s) per configuration, interleaved; median / worst run.", "",
-              "| config | control thread | lateness p99 ms | dropped ticks | stale samples | bridge CPU (cores) | engage -> command p99 ms |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              f"{args.runs} run(s) per configuration, interleaved; median / worst run. Cameras received and recorded "
+              f"in: the bridge's camera process (camera_process true, the default: "
+              f"{str(PARAMS['camera_process'].default).lower()}) or the bridge's own process (false).", ""]
+    if args.note:
+        lines += [f"Note: {args.note}", ""]
+    lines += ["| config | cameras in | control thread | lateness p99 ms | dropped ticks | stale samples | bridge CPU (cores) | engage -> command p99 ms |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def mw(x, fmt="{:.2f}"):
         return f"{fmt.format(x['median'])} / {fmt.format(x['worst'])}"
 
     for k, sm in summary.items():
-        lines.append(f"| {k} | {configs[k][0]['control_scheduling']} | {mw(sm['lateness_p99_ms'])} | "
+        lines.append(f"| {k} | {configs[k][0]['cameras_in']} | {configs[k][0]['control_scheduling']} | {mw(sm['lateness_p99_ms'])} | "
                      f"{mw(sm['dropped_ticks'], '{:.0f}')} of ~{configs[k][0]['expected_ticks']} | "
                      f"{mw(sm['stale_samples'], '{:.0f}')} | {mw(sm['bridge_cores'])} | "
                      f"{mw(sm['engage_p99_ms'], '{:.1f}')} ({sm['engage_missed']} missed) |")

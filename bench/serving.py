@@ -260,7 +260,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     procs: list = []
     figures: dict = {"torch_threads": torch.get_num_threads(), "act": ACT_KWARGS | {"image": CAMERAS["top"]},
-               "batch_company_ms": float(os.environ.get("RECAP_BATCH_COMPANY_MS", "10"))}
+               "batch_company_ms": float(os.environ.get("RECAP_BATCH_COMPANY_MS", "10")),
+               "batch_company_share": float(os.environ.get("RECAP_BATCH_COMPANY_SHARE", "0.25"))}
     try:
         log("building the ACT policy from config")
         lerobot_dir, artifacts = build_policy(work, args.promotions)
@@ -514,8 +515,9 @@ def render(out: dict) -> str:
         "model + post-processing, matched by timestep). 'server model ms' = that reported time at the run's batch size. "
         "8 LeRobot robots run against 8 LeRobot servers; 'own chunk' = the answer equals the chunk computed in process "
         "from the robot's own observation (and seed) alone; 'mean batch' = requests per model call as our server "
-        "reports them (micro-batching waits up to "
-        f"{f.get('batch_company_ms', 0)} ms for robots that ask again within that, RECAP_BATCH_COMPANY_MS).", "",
+        "reports them (micro-batching waits for the robots of the previous call that ask again within "
+        f"max({f.get('batch_company_ms', 0)} ms, {f.get('batch_company_share', 0)} x that call's model time), "
+        "RECAP_BATCH_COMPANY_MS and RECAP_BATCH_COMPANY_SHARE).", "",
         *rows, "",
         f"Promote to serving (deploy call -> first answer from the new version, 8 robots running): "
         f"p50 {f['promote_to_serving_s']['p50']:.2f} s, p99 {f['promote_to_serving_s']['p99']:.2f} s over "

@@ -31,9 +31,9 @@ import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import zarr
@@ -197,7 +197,10 @@ class EpisodeStore:
         episode_id: str | None = None,
         start_time_ns: int | None = None,
         extra: dict[str, Any] | None = None,
+        frames_elsewhere: Callable[[], int] | None = None,
     ) -> "EpisodeWriter":
+        """`frames_elsewhere`: the camera frames are written by a FrameWriter in another process (the
+        bridge's camera process); the function says for how many ticks they are durable."""
         return EpisodeWriter(
             self,
             robot_id=robot_id,
@@ -210,6 +213,7 @@ class EpisodeStore:
             episode_id=episode_id,
             start_time_ns=start_time_ns,
             extra=extra or {},
+            frames_elsewhere=frames_elsewhere,
         )
 
     # -- listing and reading --------------------------------------------------------------
@@ -490,13 +494,19 @@ class EpisodeWriter:
 
     Memory is bounded: at most one full chunk waits for the flush thread; `append` blocks beyond that.
     `commit()` makes the episode visible atomically; a crash before it leaves the episode for fsck.
+
+    With `frames_elsewhere` the camera frames are written by a FrameWriter in another process: this
+    writer creates the image arrays (their metadata exists before the other side writes), then never
+    writes them again; ticks come without images; the journal never claims more ticks than
+    `frames_elsewhere()` says have durable frames; `commit` takes the FrameWriter's file checksums.
     """
 
     _QUEUE_DEPTH = 1  # one chunk may wait: bounds memory and what commit() has to drain
 
     def __init__(self, store: EpisodeStore, *, robot_id: str, task_id: str, features: EpisodeFeatures, fps: float,
                  instruction: str, flush_ticks: int, fsync: bool, episode_id: str | None,
-                 start_time_ns: int | None, extra: dict[str, Any]):
+                 start_time_ns: int | None, extra: dict[str, Any],
+                 frames_elsewhere: Callable[[], int] | None = None):
         check_id("robot_id", robot_id)
         check_id("task_id", task_id)
         if not (fps > 0):
@@ -533,6 +543,10 @@ class EpisodeWriter:
         self._zstore = DurableLocalStore(self.path, fsync=fsync)
         self._fsync = fsync
         self._specs = _array_specs(features)
+        self._frames_elsewhere = frames_elsewhere
+        # the cameras this writer writes itself (none when a FrameWriter elsewhere does)
+        self._own_cameras = {} if frames_elsewhere else dict(features.cameras)
+        self._tick_features = replace(features, cameras=self._own_cameras) if frames_elsewhere else features
         # Cameras encode in parallel (libjpeg-turbo releases the GIL).
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(features.cameras)), thread_name_prefix="jpeg")
         self._closed = False
@@ -542,6 +556,8 @@ class EpisodeWriter:
         self._num_ticks = 0  # appended
         self._num_flushed = 0  # durable
         self._source_counts = np.zeros(4, np.int64)
+        self._events: list[dict] = []  # note_event
+        self._events_dropped = 0
         try:
             self._group = zarr.create_group(self._zstore, attributes=self.info.to_attrs())
             self._arrays: dict[str, zarr.Array] = {}
@@ -551,13 +567,15 @@ class EpisodeWriter:
                     fill_value=-1 if name == POLICY_VERSION else 0,
                 )
             for cam, spec in features.cameras.items():
-                self._arrays[f"{IMAGES}/{cam}"] = self._group.create_array(
+                arr = self._group.create_array(
                     f"{IMAGES}/{cam}", shape=(0, *spec.shape), dtype="uint8",
                     shards=(self.flush_ticks, *spec.shape), chunks=(1, *spec.shape),
                     serializer=JpegCodec(quality=JPEG_QUALITY), compressors=None, fill_value=0,
                 )
-                if jpeg_shard_layout(self._arrays[f"{IMAGES}/{cam}"]) != self.flush_ticks:  # the flush writes it
+                if jpeg_shard_layout(arr) != self.flush_ticks:  # the flushes (here or a FrameWriter's) write it
                     raise StoreError(f"camera {cam}: unexpected zarr sharding layout")
+                if cam in self._own_cameras:  # else the FrameWriter's from here on
+                    self._arrays[f"{IMAGES}/{cam}"] = arr
         except BaseException as e:
             self._lock.release()
             if is_disk_full(e):
@@ -581,7 +599,7 @@ class EpisodeWriter:
     def append(self, tick: Tick) -> None:
         """Validate and append one tick. A bad tick raises SchemaError and changes nothing."""
         self._check_usable()
-        t = validate_tick(tick, self.features, self._last_ts)
+        t = validate_tick(tick, self._tick_features, self._last_ts)
         b, i = self._buffer, self._buffer.n
         b.arrays[TIMESTAMP][i] = t.timestamp_ns
         b.arrays[STATE][i] = t.state
@@ -590,8 +608,7 @@ class EpisodeWriter:
         b.arrays[PROPOSED][i] = t.proposed
         b.arrays[POLICY_VERSION][i] = self._version_index(t.policy_version)
         for cam, img in t.images.items():
-            b.images[cam][i] = img  # copied: the caller may reuse its buffer; encoded now, off this thread
-            b.encoded.setdefault(cam, []).append(self._pool.submit(encode_frame, b.images[cam][i], JPEG_QUALITY))
+            _add_frame(self._pool, b, cam, img)
         b.n += 1
         self._last_ts = t.timestamp_ns
         self._num_ticks += 1
@@ -600,12 +617,44 @@ class EpisodeWriter:
             self._enqueue(b)
             self._buffer = self._new_chunk(self._num_ticks)
 
-    def commit(self, outcome: Outcome | str = Outcome.UNKNOWN, labeller: str | None = None) -> EpisodeInfo:
+    MAX_EVENTS = 1000  # per episode; a flood of events beyond it is dropped (and counted)
+
+    def note_event(self, kind: str, at_ns: int, **detail: str) -> None:
+        """Something that happened during the episode at time `at_ns` (the ticks' clock), e.g. the
+        policy's mistake a teleoperator's takeover answered (kind "mistake", data/effort.py). Kept at
+        commit in the episode's attributes, `extra["events"]`, each with the tick it falls on (the
+        first tick at or after it; events outside the episode's ticks are dropped). Lost with the
+        attributes of an episode fsck recovers. Callable from any thread."""
+        check_id("event kind", kind)
+        if not isinstance(at_ns, (int, np.integer)) or isinstance(at_ns, bool) or at_ns <= 0:
+            raise SchemaError("event", f"at_ns must be a positive integer, got {at_ns!r}")
+        if len(self._events) >= self.MAX_EVENTS:
+            self._events_dropped += 1
+            return
+        self._events.append({"kind": kind, "t_ns": int(at_ns), **{str(k)[:64]: str(v)[:200] for k, v in detail.items()}})
+
+    def _placed_events(self) -> list[dict]:
+        """The noted events with their tick, in time order (after the last flush)."""
+        if not self._events:
+            return []
+        ts = self._arrays[TIMESTAMP][: self._num_flushed]
+        out = []
+        for ev in sorted(self._events, key=lambda e: e["t_ns"]):
+            if self._num_flushed and ts[0] <= ev["t_ns"] <= ts[-1]:
+                out.append({**ev, "tick": int(np.searchsorted(ts, ev["t_ns"], side="left"))})
+        return out
+
+    def commit(self, outcome: Outcome | str = Outcome.UNKNOWN, labeller: str | None = None,
+               frames_written: dict[str, tuple[str, int]] | None = None) -> EpisodeInfo:
         """Flush the rest, then make the episode visible with its manifest. Returns its attributes.
 
         An episode of fewer than MIN_EPISODE_TICKS ticks is refused: the writer closes, the episode is
-        discarded (there is nothing to recover) and DegenerateEpisodeError says so."""
+        discarded (there is nothing to recover) and DegenerateEpisodeError says so.
+        `frames_written`: with frames written elsewhere, what FrameWriter.finish returned, after it
+        returned: every frame of every tick is durable then."""
         self._check_usable()
+        if self._frames_elsewhere is not None and frames_written is None:
+            raise StoreError(f"episode {self.episode_id}: its frames are written elsewhere; commit needs their files")
         outcome = Outcome(outcome)
         if self._num_ticks < MIN_EPISODE_TICKS:
             self._discard()
@@ -626,6 +675,11 @@ class EpisodeWriter:
                 self.info.outcome_labeller = labeller or self.info.robot_id
                 self.info.outcome_labelled_at_ns = time.time_ns()
             self.info.policy_versions = list(self._versions)
+            events = self._placed_events()
+            if events:
+                self.info.extra["events"] = events
+            if self._events_dropped:
+                self.info.extra["events_dropped"] = self._events_dropped
             self.info.extra["source_counts"] = {
                 "policy": int(self._source_counts[0]), "correction": int(self._source_counts[1]),
                 "demonstration": int(self._source_counts[2]), "hold": int(self._source_counts[3]),
@@ -633,6 +687,7 @@ class EpisodeWriter:
             self._group.attrs.put(self.info.to_attrs())
             self._sync_dirs()
             files = {k: v for k, v in self._zstore.written.items() if (self.path / k).is_file()}
+            files |= frames_written or {}  # the image arrays' metadata, last written there
             write_manifest(self.path, self.info, files, fsync=self._fsync)
             (self.path / JOURNAL).unlink(missing_ok=True)
         except BaseException as e:
@@ -652,6 +707,11 @@ class EpisodeWriter:
         self._fail(StoreError("abandoned"))
         self._finish_thread()
         self._close()
+
+    def discard(self) -> None:
+        """Stop writing and delete the episode: nothing of it is kept (e.g. it could not start)."""
+        if not self._closed:
+            self._discard()
 
     def _discard(self) -> None:
         """Stop writing and delete the episode directory while still holding its lock."""
@@ -690,7 +750,7 @@ class EpisodeWriter:
     def _new_chunk(self, start: int) -> _Chunk:
         n = self.flush_ticks
         arrays = {name: np.zeros((n, *shape), dtype) for name, (shape, dtype) in self._specs.items()}
-        images = {cam: np.zeros((n, *spec.shape), np.uint8) for cam, spec in self.features.cameras.items()}
+        images = {cam: np.zeros((n, *spec.shape), np.uint8) for cam, spec in self._own_cameras.items()}
         return _Chunk(start, 0, arrays, images)
 
     def _check_usable(self) -> None:
@@ -746,19 +806,7 @@ class EpisodeWriter:
                 arr.resize((n, *arr.shape[1:]))
 
     def _sync_dirs(self) -> None:
-        """fsync the directories of keys renamed into place since the last call (and their parents)."""
-        if not self._fsync:
-            self._zstore.take_dirty()
-            return
-        dirs: set[Path] = set()
-        for key in self._zstore.take_dirty():
-            d = (self.path / key).parent
-            while d != self.path and d not in dirs:
-                dirs.add(d)
-                d = d.parent
-        for d in sorted(dirs, key=lambda p: -len(p.parts)):
-            fsync_dir(d)
-        fsync_dir(self.path)
+        _sync_dirs(self._zstore, self.path, self._fsync)
 
     def _flush_loop(self) -> None:
         while True:
@@ -783,21 +831,163 @@ class EpisodeWriter:
             zarr_sync(_gather(grow))
         zarr_sync(_gather([self._arrays[name].async_array.setitem(slice(c.start, end), c.arrays[name][: c.n])
                            for name in self._specs]))
-        # Camera frames were JPEG-encoded as they were appended (the pool spreads the work over the
-        # episode instead of bunching it at each flush): the flush writes each camera's shard file,
-        # in zarr's sharding layout, through the same durable store (fsync, sha256 for the manifest).
-        for cam in self.features.cameras:
-            frames = [f.result() for f in c.encoded.get(cam, [])[: c.n]]
-            key = f"{IMAGES}/{cam}/c/{c.start // self.flush_ticks}/0/0/0"
-            self._zstore.set_sync(key, default_buffer_prototype().buffer.from_bytes(jpeg_shard(frames, self.flush_ticks)))
+        _write_shards(self._zstore, c, self._own_cameras, self.flush_ticks)
         self._sync_dirs()
-        journal = {"flushed_ticks": end, "policy_versions": c.versions or []}
+        durable = end
+        if self._frames_elsewhere is not None:  # recovery keeps only ticks whose frames are on disk too
+            durable = min(end, int(self._frames_elsewhere()))
+        journal = {"flushed_ticks": durable, "policy_versions": c.versions or []}
         atomic_write_json(self.path / JOURNAL, journal, fsync=self._fsync)
         self._num_flushed = end
 
 
 async def _gather(coros: list) -> None:
     await asyncio.gather(*coros)
+
+
+def _add_frame(pool: ThreadPoolExecutor, b: _Chunk, cam: str, img: np.ndarray) -> None:
+    """Copy a camera frame into the chunk (the caller may reuse its buffer) and JPEG-encode it now, on
+    the pool: encoding is spread over the episode instead of bunched at each flush."""
+    b.images[cam][b.n] = img
+    b.encoded.setdefault(cam, []).append(pool.submit(encode_frame, b.images[cam][b.n], JPEG_QUALITY))
+
+
+def _write_shards(zstore: DurableLocalStore, c: _Chunk, cameras, flush_ticks: int) -> None:
+    """Write the chunk's shard file of each camera (its frames' JPEG bytes in zarr's sharding layout,
+    data/codecs.jpeg_shard) through the durable store (fsync, sha256 for the manifest). The chunk
+    starts a shard: chunks are `flush_ticks` long, the last one shorter."""
+    for cam in cameras:
+        frames = [f.result() for f in c.encoded.get(cam, [])[: c.n]]
+        key = f"{IMAGES}/{cam}/c/{c.start // flush_ticks}/0/0/0"
+        zstore.set_sync(key, default_buffer_prototype().buffer.from_bytes(jpeg_shard(frames, flush_ticks)))
+
+
+def _sync_dirs(zstore: DurableLocalStore, root: Path, fsync: bool) -> None:
+    """fsync the directories of keys renamed into place since the last call (and their parents)."""
+    if not fsync:
+        zstore.take_dirty()
+        return
+    dirs: set[Path] = set()
+    for key in zstore.take_dirty():
+        d = (root / key).parent
+        while d != root and d not in dirs:
+            dirs.add(d)
+            d = d.parent
+    for d in sorted(dirs, key=lambda p: -len(p.parts)):
+        fsync_dir(d)
+    fsync_dir(root)
+
+
+class FrameWriter:
+    """Writes one episode's camera frames from another process than its EpisodeWriter's (the bridge's
+    camera process, which receives the frames): the EpisodeWriter (`frames_elsewhere`) created the
+    image arrays and writes everything else; this writes only `images/<camera>` (its shards and, as
+    they grow, its metadata), so no file has two writers. The format is the EpisodeWriter's own: one
+    JPEG per frame, one shard per `flush_ticks`, written and fsynced the same way.
+
+    `add` takes each tick's frames in tick order; full chunks are flushed from a background thread
+    (one may wait: `add` blocks beyond that). `durable` is how many ticks' frames are on disk: the
+    EpisodeWriter's journal never claims more. `finish(n)` flushes the rest and returns the sha256 of
+    every file written, for the EpisodeWriter's commit; `abandon()` stops without flushing."""
+
+    def __init__(self, path: str | Path, cameras: list[str], *, flush_ticks: int, fsync: bool = True):
+        self.path = Path(path)
+        self.cameras = list(cameras)
+        self.flush_ticks = int(flush_ticks)
+        self._zstore = DurableLocalStore(self.path, fsync=fsync)
+        self._fsync = fsync
+        self._arrays = {cam: zarr.open_array(self._zstore, path=f"{IMAGES}/{cam}", mode="r+") for cam in self.cameras}
+        for cam, arr in self._arrays.items():
+            if arr.shape[0] != 0 or jpeg_shard_layout(arr) != self.flush_ticks:
+                raise StoreError(f"episode {self.path.name}: {IMAGES}/{cam} is not a new image array of "
+                                 f"{self.flush_ticks}-tick shards")
+        self._shape = {cam: tuple(arr.shape[1:]) for cam, arr in self._arrays.items()}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.cameras)), thread_name_prefix="jpeg")
+        self.count = 0  # ticks added
+        self.durable = 0  # ticks whose frames are on disk
+        self._error: BaseException | None = None
+        self._buffer = self._new_chunk(0)
+        self._queue: queue.Queue[_Chunk | None] = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._flush_loop, name=f"frames-{self.path.name}", daemon=True)
+        self._thread.start()
+
+    def add(self, tick: int, frames: list[np.ndarray]) -> None:
+        """The frames (in `cameras` order) of tick `tick`, which must be the next one."""
+        self._raise_if_failed()
+        if tick != self.count:
+            raise StoreError(f"episode {self.path.name}: frames of tick {tick} given, tick {self.count} expected")
+        b = self._buffer
+        for cam, img in zip(self.cameras, frames):
+            if img.shape != self._shape[cam]:
+                raise StoreError(f"episode {self.path.name}: camera {cam} frame of shape {img.shape}, "
+                                 f"expected {self._shape[cam]}")
+            _add_frame(self._pool, b, cam, img)
+        b.n += 1
+        self.count += 1
+        if b.n == self.flush_ticks:
+            self._put(b)
+            self._buffer = self._new_chunk(self.count)
+
+    def finish(self, ticks: int) -> dict[str, tuple[str, int]]:
+        """Flush the rest; once every one of `ticks` ticks' frames is durable, the files written
+        (key -> (sha256, size)). Raises StoreError when frames are missing or writing failed."""
+        if self.count != ticks:
+            self.abandon()
+            raise StoreError(f"episode {self.path.name}: frames of {self.count} ticks, {ticks} recorded")
+        if self._buffer.n:
+            self._put(self._buffer)
+        self._stop()
+        self._raise_if_failed()
+        return dict(self._zstore.written)
+
+    def abandon(self) -> None:
+        self._fail(StoreError("abandoned"))
+        self._stop()
+
+    def _new_chunk(self, start: int) -> _Chunk:
+        images = {cam: np.zeros((self.flush_ticks, *shape), np.uint8) for cam, shape in self._shape.items()}
+        return _Chunk(start, 0, {}, images)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            if is_disk_full(self._error):
+                raise StoreFullError(f"disk full while writing the frames of episode {self.path.name}") from self._error
+            raise StoreError(f"writing the frames of episode {self.path.name} failed: {self._error!r}") from self._error
+
+    def _fail(self, e: BaseException) -> None:
+        if self._error is None:
+            self._error = e
+
+    def _put(self, chunk: _Chunk | None) -> None:
+        while self._thread.is_alive():
+            try:
+                self._queue.put(chunk, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _stop(self) -> None:
+        self._put(None)
+        self._thread.join()
+        self._pool.shutdown(wait=True)
+
+    def _flush_loop(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            if chunk is None:
+                return
+            if self._error is not None:
+                continue  # drain without writing after a failure
+            try:
+                end = chunk.start + chunk.n
+                grow = [a.async_array.resize((end, *a.shape[1:])) for a in self._arrays.values() if a.shape[0] < end]
+                if grow:  # grow first, as the EpisodeWriter does
+                    zarr_sync(_gather(grow))
+                _write_shards(self._zstore, chunk, self.cameras, self.flush_ticks)
+                _sync_dirs(self._zstore, self.path, self._fsync)
+                self.durable = end
+            except BaseException as e:  # reported to the caller on its next call
+                self._fail(e)
 
 
 def write_manifest(path: Path, info: EpisodeInfo, written: dict[str, tuple[str, int]], *, fsync: bool = True,

@@ -18,7 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import math
-from typing import Annotated, Union
+from typing import Annotated, Sequence, Union
 
 import msgspec
 import numpy as np
@@ -46,14 +46,27 @@ class BinaryArray(Struct, forbid_unknown_fields=True):
     data: bytes
 
 
+MAX_HISTORY = 15  # earlier observations a request may carry (a policy reads at most 16 control ticks)
+
+
+class PastObservation(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """An earlier control tick's state and images, for a policy that reads a history."""
+
+    state: Union[list[float], BinaryArray]
+    images: dict[str, Union[list[list[list[Pixel]]], BinaryArray]] = {}
+
+
 class ActRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
     """An observation: the robot's state, one image per camera of the policy, the task instruction,
-    and the seed of the flow's starting noise (same seed, same chunk, batched or not)."""
+    and the seed of the flow's starting noise (same seed, same chunk, batched or not). A policy that
+    reads the last n control ticks (n_obs_steps in the serving table's spec) also gets the n - 1
+    ticks before this one in `history`, oldest first: the robot keeps them, as it sees every tick."""
 
     state: Union[list[float], BinaryArray]
     images: dict[str, Union[list[list[list[Pixel]]], BinaryArray]] = {}
     instruction: Annotated[str, Meta(max_length=MAX_INSTRUCTION)] = ""
     seed: Annotated[int, Meta(ge=0, le=MAX_SEED)] = 0
+    history: Annotated[list[PastObservation], Meta(max_length=MAX_HISTORY)] = []
 
 
 class ActAnswer(Struct, forbid_unknown_fields=True):
@@ -124,16 +137,17 @@ def _wire_array(x: np.ndarray, dtype: str) -> BinaryArray:
 
 
 def encode_request(state: np.ndarray, images: dict[str, np.ndarray] | None = None, instruction: str = "",
-                   seed: int = 0, binary: bool = True) -> bytes:
-    """Client side: an act request body."""
-    images = images or {}
+                   seed: int = 0, binary: bool = True,
+                   history: Sequence[tuple[np.ndarray, dict[str, np.ndarray]]] = ()) -> bytes:
+    """Client side: an act request body; `history`: the (state, images) of earlier ticks, oldest first."""
     if binary:
-        req = ActRequest(_wire_array(state, "float32"), {k: _wire_array(v, "uint8") for k, v in images.items()},
-                         instruction, seed)
-        return _msgpack.encode(req)
-    req = ActRequest(np.asarray(state, np.float64).tolist(), {k: np.asarray(v, np.uint8).tolist() for k, v in images.items()},
-                     instruction, seed)
-    return _json.encode(req)
+        def wire(st, ims):
+            return _wire_array(st, "float32"), {k: _wire_array(v, "uint8") for k, v in (ims or {}).items()}
+    else:
+        def wire(st, ims):
+            return np.asarray(st, np.float64).tolist(), {k: np.asarray(v, np.uint8).tolist() for k, v in (ims or {}).items()}
+    req = ActRequest(*wire(state, images), instruction, seed, [PastObservation(*wire(s, im)) for s, im in history])
+    return (_msgpack if binary else _json).encode(req)
 
 
 def encode_answer(actions: np.ndarray, version: str, timing: dict, binary: bool, flags: list[str] | tuple = ()) -> bytes:

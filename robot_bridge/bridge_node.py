@@ -3,11 +3,14 @@ moment, and records every control tick through the crash-safe episode writer.
 
 Topics (standard types, so it drops into a ros2_control stack):
   in   joint_state_topic     sensor_msgs/JointState        (positions by joint_names -> the state vector)
-  in   camera topics         sensor_msgs/Image (rgb8) or sensor_msgs/CompressedImage (jpeg), received
-                             in the bridge's process, or (camera_process) in a process of their own
+  in   camera topics         sensor_msgs/Image (rgb8) or sensor_msgs/CompressedImage (jpeg), received,
+                             decoded and recorded by the bridge's camera process (robot_bridge/cameras.py,
+                             the default), or (camera_process false) in the bridge's own process
   in   teleop_command_topic  std_msgs/Float64MultiArray    (the human's action while engaged), or a
                              leader arm's sensor_msgs/JointState (by leader_joint_names)
   in   engage_topic          std_msgs/Bool                 (pedal / button)
+  in   mistake_topic         std_msgs/Header               (optional: when the policy's mistake a takeover answers
+                             was, as header.stamp on the ticks' clock, frame_id why; kept with the episode)
   out  command_topic         std_msgs/Float64MultiArray or trajectory_msgs/JointTrajectory
                              (in the controller's joint order, command_joint_names)
   out  /diagnostics          diagnostic_msgs/DiagnosticArray (1 Hz; levels and thresholds: robot_bridge/diagnostics.py)
@@ -43,13 +46,14 @@ import rclpy
 from rclpy.node import Node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray, String
+from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from data.schema import ActionSource, CameraSpec, EpisodeFeatures, Outcome, Tick
 from data.store import DegenerateEpisodeError, EpisodeStore
 from robot_bridge.arbitration import DEADLINE_S, REFILL_BELOW, JointMap, SampleBuffer, build_arbiter
+from robot_bridge.cameras import CameraProcessError
 from robot_bridge.policy_client import PolicyClient
 from robot_bridge.registration import PendingRegistrations
 from robot_bridge.ros import ConfigError, spin_node
@@ -81,15 +85,17 @@ PARAMS = {
     "camera_height": Param(0, "image height of every camera", range=(0, 8192)),
     "camera_width": Param(0, "image width of every camera", range=(0, 8192)),
     "camera_compressed": Param(False, "CompressedImage (JPEG) instead of Image"),
-    "camera_process": Param(False, "receive and decode the cameras in a process of their own, frames passed through "
-                                   "shared memory (robot_bridge/cameras.py); off: in the bridge's process, which "
-                                   "measured better on 2 cores (bench/results/bridge.md)"),
+    "camera_process": Param(True, "receive, decode and record the cameras in a process of their own "
+                                  "(robot_bridge/cameras.py): the control process never touches image bytes; "
+                                  "off: in the bridge's process, which measured worse (bench/results/bridge.md)"),
     "teleop_command_topic": Param("teleop/command", "the human's commands while engaged (see teleop_command_type)"),
     "teleop_command_type": Param("float64_array", "float64_array (std_msgs/Float64MultiArray in action order) or "
                                                   "joint_state (a leader arm's sensor_msgs/JointState, by leader_joint_names)"),
     "leader_joint_names": Param([""], "the leader arm's joints in action order, matched by name "
                                       "(empty: joint_names)"),
     "engage_topic": Param("teleop/engage", "std_msgs/Bool (pedal / button)"),
+    "mistake_topic": Param("teleop/mistake", "std_msgs/Header: the stamp of the policy's mistake a takeover answers "
+                                             "(a teleoperator station that knows it; recorded with the episode)"),
     "command_topic": Param("command", "where commands go"),
     "command_type": Param("float64_array", "float64_array or joint_trajectory"),
     "action_low": Param([-1.0], "per-dimension lower limit (one value: all)"),
@@ -176,6 +182,8 @@ class Counters:
     missing_joints: dict = field(default_factory=lambda: {"joint_state": 0, "leader": 0})
     last_refusal: str = ""
     lateness_ms: list = field(default_factory=list)
+    camera_aborted_episodes: int = 0  # episodes the camera process could not finish (aborted, never committed)
+    unrecorded_ticks: int = 0  # ticks run but not recorded: the camera process's recording was too far behind
 
 
 class BridgeNode(Node):
@@ -245,6 +253,10 @@ class BridgeNode(Node):
         self.policy = (PolicyClient(p["inference_url"], inference_token, self.arbiter.offer_chunk,
                                     action_dim=self.action_dim) if p["inference_url"] else None)
         self.writer = None
+        self.recording = 0  # the camera process's number of the episode being recorded (0: none, or no camera process)
+        # recorded ticks whose frames the camera process may have yet to make durable (~1 s): beyond, a
+        # tick runs unrecorded rather than memory growing or the loop waiting on the disk
+        self.max_backlog = max(50, int(p["control_rate_hz"]))
         self.demonstrating = False
         self.episode_task = ""
         self.tick_index = 0  # across episodes: a chunk asked for in one episode never lands in the next
@@ -253,14 +265,15 @@ class BridgeNode(Node):
         self._lock = threading.Lock()
 
         self.create_subscription(JointState, p["joint_state_topic"], self._on_joint_state, 10)
-        # cameras are received and decoded in their own process (robot_bridge/cameras.py): the control
-        # loop only copies the frame it needs out of shared memory, never waiting on them
+        # cameras are received, decoded and recorded in their own process (robot_bridge/cameras.py): the
+        # control loop reads which frame each tick takes from shared memory and tells the camera process
         self.camera_proc = None
         if self.cameras and p["camera_process"]:
             from robot_bridge.cameras import CameraProcess
 
             self.camera_proc = CameraProcess([self.resolve_topic_name(t) for t in self.cameras.values()],
-                                             self.cam_shape, bool(p["camera_compressed"]), self.get_namespace())
+                                             self.cam_shape, bool(p["camera_compressed"]), self.get_namespace(),
+                                             frames_to_ring=self.policy is not None)
         elif self.cameras:
             for cam, topic in self.cameras.items():
                 if p["camera_compressed"]:
@@ -272,6 +285,7 @@ class BridgeNode(Node):
         else:
             self.create_subscription(Float64MultiArray, p["teleop_command_topic"], self._on_teleop, 10)
         self.create_subscription(Bool, p["engage_topic"], self._on_engage, 10)
+        self.create_subscription(Header, p["mistake_topic"], self._on_mistake, 10)
         if p["command_type"] == "joint_trajectory":
             self.cmd_pub = self.create_publisher(JointTrajectory, p["command_topic"], 10)
         else:
@@ -364,13 +378,6 @@ class BridgeNode(Node):
         self.image_bufs[cam].add(self._stamp_ns(m.header), img)
         self.image_frames[cam] += 1
 
-    def _frame(self, i: int, cam: str, t_ns: int) -> tuple[int, np.ndarray] | None:
-        """The newest frame of a camera at or before `t_ns`: (stamp, image), or None."""
-        if self.camera_proc:
-            return self.camera_proc.ring.at(i, t_ns)
-        im = self.image_bufs[cam].at(t_ns)
-        return None if im is None else (im.stamp_ns, im.value)
-
     def _frames_received(self, i: int, cam: str) -> int:
         return self.camera_proc.ring.written(i) if self.camera_proc else self.image_frames[cam]
 
@@ -394,43 +401,80 @@ class BridgeNode(Node):
             self._wake.set()  # the human takes over now, not at the next scheduled tick
         self.engaged = engaged
 
+    def _on_mistake(self, m: Header) -> None:
+        """The teleoperator's station says when the policy went wrong: noted with the running episode
+        (data/effort.py: mistake to takeover); between episodes or in a demonstration, ignored."""
+        stamp = self._stamp_ns(m)
+        with self._lock:
+            w = None if self.demonstrating else self.writer
+        if w is None or stamp <= 0:
+            return
+        try:
+            w.note_event("mistake", stamp, why=m.frame_id[:64])
+        except Exception as e:  # a writer that just closed (the episode ended meanwhile)
+            self.get_logger().warning(f"mistake at {stamp} not recorded: {e}")
+
     # -- episodes ----------------------------------------------------------------------------------
 
     def _start_demonstration(self, req, resp):
         return self._start_episode(req, resp, demonstration=True)
 
     def _start_episode(self, _req, resp, demonstration: bool = False):
+        # services run one at a time (the executor's thread); the lock is the control loop's, held only
+        # to hand the new writer over: creating the episode (files, fsyncs) never holds a tick up
         with self._lock:
-            if self.writer is not None:
-                resp.success, resp.message = False, f"episode {self.writer.episode_id} is running"
+            running = self.writer.episode_id if self.writer is not None else None
+        if running:
+            resp.success, resp.message = False, f"episode {running} is running"
+            return resp
+        refusal = disk_refusal(self.store.root, float(self.get_parameter("disk_reserve_mb").value))
+        if refusal:  # refused at the start rather than failing mid-episode on a full disk
+            resp.success, resp.message = False, refusal
+            self.get_logger().warning(refusal)
+            return resp
+        self.episode_task = self.get_parameter("task").value
+        feats = EpisodeFeatures(self.state_dim, self.action_dim,
+                                {c: CameraSpec(*self.cam_shape[:2]) for c in self.cameras}, proposed_chunk=1)
+        cam = self.camera_proc
+        serial = cam.next_serial() if cam else 0
+        writer = self.store.new_episode(robot_id=self.robot_id, task_id=self.episode_task, features=feats,
+                                        fps=1e9 / self.period_ns, instruction=self.get_parameter("instruction").value,
+                                        fsync=bool(self.p["fsync"]),
+                                        frames_elsewhere=(lambda: cam.ring.durable(serial)) if cam else None)
+        if cam:  # the camera process records the frames into the arrays the writer just created
+            try:
+                cam.start_episode(serial, writer.path, list(self.cameras), writer.flush_ticks, bool(self.p["fsync"]),
+                                  self.max_backlog)
+            except CameraProcessError as e:
+                writer.discard()
+                resp.success, resp.message = False, f"cameras not ready: {e}"
+                self.get_logger().error(resp.message)
                 return resp
-            refusal = disk_refusal(self.store.root, float(self.get_parameter("disk_reserve_mb").value))
-            if refusal:  # refused at the start rather than failing mid-episode on a full disk
-                resp.success, resp.message = False, refusal
-                self.get_logger().warning(refusal)
-                return resp
-            self.episode_task = self.get_parameter("task").value
-            feats = EpisodeFeatures(self.state_dim, self.action_dim,
-                                    {c: CameraSpec(*self.cam_shape[:2]) for c in self.cameras}, proposed_chunk=1)
-            self.writer = self.store.new_episode(robot_id=self.robot_id, task_id=self.episode_task, features=feats,
-                                                 fps=1e9 / self.period_ns,
-                                                 instruction=self.get_parameter("instruction").value,
-                                                 fsync=bool(self.p["fsync"]))
+        with self._lock:
+            self.writer, self.recording = writer, serial
             self.demonstrating = demonstration
             self.arbiter.reset(self.tick_index)
-            resp.success, resp.message = True, self.writer.episode_id
+        resp.success, resp.message = True, writer.episode_id
         kind = "demonstration" if demonstration else "episode"
         self.get_logger().info(f"{kind} {resp.message} started ({self.episode_task})")
         return resp
 
     def _end_episode(self, req, resp):
         with self._lock:
-            w, self.writer = self.writer, None
+            w, self.writer, serial = self.writer, None, self.recording
         if w is None:
             resp.success, resp.message = False, "no episode is running"
             return resp
+        frames = None
+        if self.camera_proc:  # every frame durable first (the control loop runs on meanwhile)
+            try:
+                frames = self.camera_proc.end_episode(serial, w.num_ticks)
+            except CameraProcessError as e:
+                resp.success, resp.message = False, self._abort_for_cameras(w, serial, str(e))
+                return resp
         try:
-            info = w.commit(Outcome.SUCCESS if req.data else Outcome.FAILURE, f"bridge:{self.robot_id}")
+            info = w.commit(Outcome.SUCCESS if req.data else Outcome.FAILURE, f"bridge:{self.robot_id}",
+                            frames_written=frames)
         except DegenerateEpisodeError as e:  # e.g. no joint state arrived: nothing worth keeping
             resp.success, resp.message = False, str(e)
             self.get_logger().warning(str(e))
@@ -445,22 +489,50 @@ class BridgeNode(Node):
     def _abort_episode(self, _req, resp):
         """End the running episode without an outcome: the writer stops, what it flushed is committed as
         `incomplete` (as fsck would after a crash) and never registered for training."""
-        from data.fsck import recover_episode
-
         with self._lock:
-            w, self.writer = self.writer, None
+            w, self.writer, serial = self.writer, None, self.recording
         if w is None:
             resp.success, resp.message = False, "no episode is running"
             return resp
-        w.abandon()
-        try:
-            kept = recover_episode(w.path)
-        except ValueError as e:  # nothing flushed yet: fsck --repair moves the directory aside
-            kept = 0
-            self.get_logger().warning(f"episode {w.episode_id} aborted before any tick was flushed ({e})")
+        if self.camera_proc:
+            self.camera_proc.abort_episode(serial)  # it stops writing the frames before the recovery
+        kept = self._recover(w)
         resp.success, resp.message = True, w.episode_id
         self.get_logger().info(f"episode {w.episode_id} aborted: {kept} ticks kept as incomplete")
         return resp
+
+    def _recover(self, w) -> int:
+        """Stop `w` and keep its flushed ticks (with every frame) as an `incomplete` episode; how many."""
+        from data.fsck import recover_episode
+
+        w.abandon()
+        try:
+            return recover_episode(w.path)
+        except ValueError as e:  # nothing flushed yet: fsck --repair moves the directory aside
+            self.get_logger().warning(f"episode {w.episode_id} aborted before any tick was flushed ({e})")
+            return 0
+
+    def _abort_for_cameras(self, w, serial: int, why: str) -> str:
+        """The camera process cannot finish the episode's frames: the episode is aborted (its ticks with
+        every frame on disk kept as `incomplete`), never committed. Returns what happened, in words."""
+        self.counters.camera_aborted_episodes += 1
+        if self.camera_proc:
+            self.camera_proc.abort_episode(serial)
+        kept = self._recover(w)
+        msg = (f"episode {w.episode_id} aborted, not committed: the camera process could not record it ({why}); "
+               f"{kept} ticks with all their frames kept as incomplete")
+        self.get_logger().error(msg)
+        return msg
+
+    def _camera_failed(self, why: str) -> None:
+        """The running episode's frames cannot be recorded: the episode ends now (aborted off the
+        control loop's thread); the loop goes on, leaving the arm alone as between episodes."""
+        with self._lock:
+            w, serial = self.writer, self.recording
+            if w is None or not serial:
+                return
+            self.writer, self.recording = None, 0
+        threading.Thread(target=self._abort_for_cameras, args=(w, serial, why), name="camera-abort", daemon=True).start()
 
     def _label_last(self, req, resp):
         """Relabel the last committed episode (an operator's later judgement); the label is a file in
@@ -520,15 +592,21 @@ class BridgeNode(Node):
             return False
         if t_ns - s.stamp_ns > 2 * self.period_ns:
             c.stale_samples += 1
-        images = {}
+        images, stamps = {}, []  # the tick's frames: received here, or only their stamps (camera process)
         for i, cam in enumerate(self.cameras):
-            im = self._frame(i, cam, t_ns)
-            if im is None:
+            if self.camera_proc:
+                stamp = self.camera_proc.ring.newest(i, t_ns)
+            else:
+                im = self.image_bufs[cam].at(t_ns)
+                stamp = None if im is None else im.stamp_ns
+            if stamp is None:
                 c.no_state_ticks += 1
                 return False
-            if t_ns - im[0] > 2 * self.period_ns:
+            if t_ns - stamp > 2 * self.period_ns:
                 c.stale_samples += 1
-            images[cam] = im[1]
+            stamps.append(stamp)
+            if not self.camera_proc:
+                images[cam] = im.value
         with self._lock:
             writer, tick, demonstrating = self.writer, self.tick_index, self.demonstrating
             if writer is not None:
@@ -537,7 +615,9 @@ class BridgeNode(Node):
         engaged = self.engaged and human is not None
         if writer is not None and self.policy is not None and not engaged and not demonstrating \
                 and self.arbiter.needs_chunk() and not self.policy.busy:
-            self.policy.request(tick, s.value, images, self.get_parameter("instruction").value)
+            frames = self._policy_frames(t_ns) if self.camera_proc else images
+            if frames is not None:
+                self.policy.request(tick, s.value, frames, self.get_parameter("instruction").value)
             if self.sim_time:  # simulated time stands still while the policy thinks (wall-clock bound)
                 deadline = time.monotonic() + 2.0
                 while self.policy.busy and not self.arbiter.queue.actions and time.monotonic() < deadline:
@@ -555,9 +635,41 @@ class BridgeNode(Node):
         c.correction_ticks += d.source == ActionSource.CORRECTION
         c.demonstration_ticks += d.source == ActionSource.DEMONSTRATION
         if writer is not None:
-            writer.append(Tick(t_ns, s.value, d.action, d.source, images=images,
-                               proposed=None if d.proposed is None else d.action, policy_version=d.policy_version))
+            self._record(writer, Tick(t_ns, s.value, d.action, d.source, images=images,
+                                      proposed=None if d.proposed is None else d.action,
+                                      policy_version=d.policy_version), stamps)
         return True
+
+    def _record(self, writer, tick: Tick, stamps: list[int]) -> None:
+        """Append the tick to the episode, and have the camera process record its frames at the same
+        index; an episode ended meanwhile gets nothing more. While the camera process is more than
+        max_backlog ticks behind with its frames (a disk or CPU stall), ticks run unrecorded (counted)."""
+        with self._lock:
+            if self.writer is not writer:
+                return
+            k = writer.num_ticks
+            if self.recording and k - self.camera_proc.ring.durable(self.recording) > self.max_backlog:
+                self.counters.unrecorded_ticks += 1
+                return
+            writer.append(tick)
+            if not self.recording:
+                return
+            try:
+                self.camera_proc.tick(self.recording, k, tick.timestamp_ns, stamps)
+            except CameraProcessError as e:  # the episode ends (aborted off this thread); the loop goes on
+                serial, self.writer, self.recording = self.recording, None, 0
+                threading.Thread(target=self._abort_for_cameras, args=(writer, serial, str(e)),
+                                 name="camera-abort", daemon=True).start()
+
+    def _policy_frames(self, t_ns: int) -> dict[str, np.ndarray] | None:
+        """The frames for a policy request, copied out of the camera process's ring (None: not there)."""
+        out = {}
+        for i, cam in enumerate(self.cameras):
+            im = self.camera_proc.ring.at(i, t_ns)
+            if im is None:
+                return None
+            out[cam] = im[1]
+        return out
 
     def _publish(self, action: np.ndarray) -> None:
         if self.command_order is not None:  # the controller's joint order
@@ -582,7 +694,7 @@ class BridgeNode(Node):
                "correction_ticks": c.correction_ticks,
                "demonstration_ticks": c.demonstration_ticks,
                # every command refused on its way to the arm: inputs, policy chunks, teleoperator commands
-               "refused": c.refused | {"image": self._refused_images(),"policy_chunk": self.arbiter.refused_chunks,
+               "refused": c.refused | {"image": self._refused_images(), "policy_chunk": self.arbiter.refused_chunks,
                                        "command": self.arbiter.refused_commands,
                                        "policy_answer": self.policy.dropped if self.policy else 0},
                "joint_states": c.joint_states, "missing_joints": c.missing_joints, "last_refusal": c.last_refusal, "dropped_ticks": c.dropped_ticks,
@@ -595,6 +707,10 @@ class BridgeNode(Node):
                "ship_backlog": self.ship_backlog(),
                # every camera has delivered a frame to the camera process (true without cameras)
                "cameras_ready": all(self._frames_received(i, cam) for i, cam in enumerate(self.cameras)),
+               # episodes the camera process could not record (aborted, never committed); frames it
+               # recorded with a substitute (the chosen one already gone: the newest at or before the tick)
+               "camera_aborted_episodes": c.camera_aborted_episodes, "unrecorded_ticks": c.unrecorded_ticks,
+               "camera_substituted_frames": self.camera_proc.ring.substituted() if self.camera_proc else 0,
                # is the arm talking to us? (null until its first valid joint state)
                "state_age_ms": (None if self._last_state_mono is None
                                 else round((time.monotonic() - self._last_state_mono) * 1e3, 1))}
@@ -608,12 +724,17 @@ class BridgeNode(Node):
 
         c, m = self.counters, self._diag_mark
         if self.camera_proc:
+            serial = self.recording
+            why = self.camera_proc.failure(serial) if serial else None
             gone = self.camera_proc.restart_if_gone()
             if gone:
                 self.get_logger().error(f"{gone}: restarted")
+            if serial and (why or gone):  # the running episode's frames cannot be finished
+                self._camera_failed(why or gone)
         cams = {f"frames_{cam}": self._frames_received(i, cam) for i, cam in enumerate(self.cameras)}
         cams |= {"camera_refused": self._refused_images(),
-                 "camera_restarts": self.camera_proc.restarts if self.camera_proc else 0}
+                 "camera_restarts": self.camera_proc.restarts if self.camera_proc else 0,
+                 "camera_aborts": c.camera_aborted_episodes, "unrecorded": c.unrecorded_ticks}
         now = {**cams, "ticks": c.ticks, "lateness": len(c.lateness_ms), "dropped": c.dropped_ticks,
                "stale": c.stale_samples, "refused": c.refused["joint_state"], "received": c.joint_states,
                "late": c.late_ticks, "round_trips": self.policy.round_trip_count if self.policy else 0,
@@ -636,7 +757,8 @@ class BridgeNode(Node):
                    control_scheduling=self.control_scheduling,
                    recording=self.writer.episode_id if self.writer else "",
                    camera_frames={cam: d[f"frames_{cam}"] for cam in self.cameras},
-                   camera_refused=d.get("camera_refused", 0), camera_restarts=d.get("camera_restarts", 0))
+                   camera_refused=d.get("camera_refused", 0), camera_restarts=d.get("camera_restarts", 0),
+                   camera_aborts=d.get("camera_aborts", 0), camera_unrecorded=d.get("unrecorded", 0))
         prefix = self.get_fully_qualified_name().lstrip("/")
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -13,7 +13,7 @@ Thresholds (per one-second window; `period` is the control period, 20 ms at 50 H
 | joint state   | joint states refused (missing joints..) | >= 1                 | all of the window's     |
 | policy        | deadline holds / ticks                  | >= 1 tick            | > 50 %                  |
 | policy        | inference round trip p99                | > deadline / 2       | > deadline              |
-| cameras       | frames per camera (camera process)      | refused frames, or a restart of the camera process | a camera without a frame |
+| cameras       | frames per camera (camera process)      | refused frames, a restart of the camera process, or ticks run unrecorded (its recording behind) | a camera without a frame, or an episode aborted because the camera process could not record it |
 | registration  | episodes waiting to be registered       | > 5                  | > 100                   |
 | disk          | free space under the episode store      | < 20 GiB             | < 5 GiB, or below `disk_reserve_mb` (episodes are refused) |
 | shipping      | episodes not yet confirmed centrally (where a shipper runs) | > 20, or any refused | > 500         |
@@ -65,6 +65,8 @@ class Window:
     camera_frames: dict = field(default_factory=dict)  # camera -> frames received in the window
     camera_refused: int = 0
     camera_restarts: int = 0
+    camera_aborts: int = 0  # episodes aborted: the camera process could not record their frames
+    camera_unrecorded: int = 0  # ticks run unrecorded: the camera process's recording was too far behind
 
 
 @dataclass
@@ -137,12 +139,17 @@ def assess(w: Window) -> list[Status]:
     # cameras
     if w.camera_frames:
         silent = [c for c, n in w.camera_frames.items() if n == 0]
-        level = ERROR if silent else WARN if (w.camera_refused or w.camera_restarts) else OK
+        level = (ERROR if silent or w.camera_aborts else
+                 WARN if (w.camera_refused or w.camera_restarts or w.camera_unrecorded) else OK)
         msg = (f"no frame from {', '.join(silent)}" if silent else
+               "episode aborted: the camera process could not record it" if w.camera_aborts else
+               f"{w.camera_unrecorded} ticks not recorded: the recording is behind" if w.camera_unrecorded else
                f"camera process restarted" if w.camera_restarts else
                f"{w.camera_refused} frames refused" if w.camera_refused else "ok")
         out.append(Status("cameras", level, msg, {**{f"frames_{c}": n for c, n in w.camera_frames.items()},
-                                                  "refused": w.camera_refused, "restarts": w.camera_restarts}))
+                                                  "refused": w.camera_refused, "restarts": w.camera_restarts,
+                                                  "aborted_episodes": w.camera_aborts,
+                                                  "unrecorded_ticks": w.camera_unrecorded}))
     # registration backlog
     level = _level(w.pending_registrations, *t["pending_registrations"])
     out.append(Status("registration", level, "ok" if level == OK else

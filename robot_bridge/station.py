@@ -94,7 +94,7 @@ class Station:
         return fut.result()
 
     def wait_ready(self, timeout: float = 120.0, topics: tuple[str, ...] = (
-            "joint_states", "command", "teleop/command", "teleop/engage")) -> None:
+            "joint_states", "command", "teleop/command", "teleop/engage", "teleop/mistake")) -> None:
         """Until the bridge, the arm and the teleoperator answer (nodes take seconds to start) and
         each topic between them has a publisher and a subscriber (DDS discovery), so the first
         episode does not start while the bridge cannot hear the teleoperator yet."""

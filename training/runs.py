@@ -14,7 +14,10 @@ Run directory:
 Degenerate episodes in the selection (too short, inconsistent lengths, non-finite values,
 unreadable) are left out and listed with the reason under "excluded" in episodes.json, the
 metrics and the policy's lineage; a run stops (TrainingDataError, naming the episodes) only when
-nothing usable is left.
+nothing usable is left. A stretch a reviewer marked as a bad correction leaves only its ticks out
+of the policy's training (never a sample, never a target inside another tick's action chunk; the
+value function still sees the whole episode, whose return is what happened): listed with who
+marked it and why under "masked" in episodes.json, the metrics and the lineage.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from training.fit import scaled_steps
 from training.recap import RecapConfig, positive_rate_by_outcome, positive_rate_by_position
 from training.recipe import effective_recipe
 from training.steps import load_steps
-from training.tracking import write_run_events
+from training.tracking import WandbSettings, track_run
 from training.value import ValueConfig, build_value_function
 from training.value.trainer_value import (fit_value, held_out_members, normalised_return_targets, predict_values,
                                          task_max_lengths)
@@ -143,7 +146,10 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     run_dir = Path(runs_dir) / spec.run_id
     spec_path = run_dir / "run.json"
     distributed.init(spec.device)
-    main = distributed.is_main()  # under torchrun / accelerate only rank 0 writes; the others read after a barrier
+    main = distributed.is_main()
+    wandb_settings = WandbSettings.from_env()
+    if main:
+        wandb_settings.check()  # under torchrun / accelerate only rank 0 writes; the others read after a barrier
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if spec_path.exists() and json.loads(spec_path.read_text()) != spec.to_dict():
@@ -152,6 +158,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         log.info("training run %s: %s", spec.run_id, json.dumps(spec.to_dict()))
         log.info("run %s: recipe with defaults %s", spec.run_id,
                  json.dumps(effective_recipe(spec.policy, spec.value, asdict(spec.recap))))
+        log.info("run %s: tracking: TensorBoard in %s; W&B %s", spec.run_id, run_dir / "tensorboard",
+                 wandb_settings.describe())
     distributed.barrier()
     if (run_dir / "done.json").exists():
         manifest = load_artifact(run_dir / "policy")[0]
@@ -175,7 +183,10 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
             raise TrainingDataError(f"the selection {spec.selection} matches no episode")
         records = chosen.records
         sel = {"selection": spec.selection, "episodes": [r.id for r in records],
-               "checksums": [r.checksum for r in records], "excluded": chosen.excluded}
+               "checksums": [r.checksum for r in records], "excluded": chosen.excluded, "masked": chosen.masked}
+        if chosen.masked:
+            log.info("run %s: stretches marked as bad corrections left out of the policy's training: %s", spec.run_id,
+                     _listing({e: "; ".join(m["why"] for m in ms) for e, ms in chosen.masked.items()}))
         sel["digest"] = _selection_digest(sel["episodes"], sel["checksums"])
         sel_path.write_text(json.dumps(sel, indent=1))
     if main:
@@ -183,8 +194,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     for eid, checksum in zip(sel["episodes"], sel["checksums"]):
         if store.open(eid).checksum != checksum:
             raise ValueError(f"episode {eid} changed since the run selected it")
-    excluded = sel.get("excluded", {})
-    table = load_steps(store, sel["episodes"], cameras=spec.cameras)
+    excluded, masked = sel.get("excluded", {}), sel.get("masked", {})
+    table = load_steps(store, sel["episodes"], cameras=spec.cameras, masked=masked)
     if spec.method.needs_value and not spec.first_fit and all(o == "unknown" for o in table.outcomes):
         raise TrainingDataError("no episode of the selection has a known outcome to fit the value function on: "
                                 + _listing({e: "outcome unknown" for e in table.episode_ids}))
@@ -193,7 +204,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     image_size = (feats.cameras[spec.cameras[0]].height, feats.cameras[spec.cameras[0]].width) if spec.cameras else (64, 64)
     metrics: dict[str, Any] = {"episodes": table.num_episodes, "ticks": len(table), "world_size": distributed.world(),
                                "unknown_outcome_episodes": sum(o == "unknown" for o in table.outcomes),
-                               "excluded": excluded}
+                               "excluded": excluded, "masked": masked, "masked_ticks": int(table.masked.sum())}
     curves: dict[str, list[float]] = {}
 
     # 2. value function and advantage labels (RECAP / AWR after the first fit)
@@ -274,7 +285,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     ptype, pcfg = policy_config(spec.policy, state_dim=feats.state_dim, action_dim=feats.action_dim,
                                 cameras={c: image_size for c in spec.cameras}, seed=spec.seed,
                                 indicator_dropout=spec.recap.indicator_dropout, cfg_beta=beta)
-    usable_ticks = int((table.source != ActionSource.HOLD).sum())
+    usable_ticks = int(((table.source != ActionSource.HOLD) & ~table.masked).sum())
     steps = scaled_steps(pcfg.steps, spec.recap.policy_epochs, usable_ticks, pcfg.batch_size)
     if steps != pcfg.steps:
         ptype, pcfg = policy_config({**spec.policy, "steps": steps}, state_dim=feats.state_dim,
@@ -293,12 +304,13 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         return RunResult(run_dir, run_dir / "policy", {}, metrics)
     if curves:
         _plot_curves(run_dir / "curves.png", curves)
-        write_run_events(run_dir, curves, metrics)  # TensorBoard (training/tracking.py)
+        metrics.update(track_run(run_dir, spec.run_id, curves, metrics, spec.to_dict(), wandb_settings))  # TensorBoard, W&B
     lineage = {"run": spec.run_id, "method": str(spec.method), "trained_as": str(trained), "first_fit": spec.first_fit,
                "value_guard": metrics.get("fallback") or metrics.get("value_guard"),
                "selection": sel["selection"], "selection_digest": sel["digest"], "episodes": len(sel["episodes"]),
                "parent_version": spec.parent_version, "seed": spec.seed, "recap": asdict(spec.recap),
-               "task_max_len": max_len, "instructions": sorted(set(table.instructions)), "excluded": excluded}
+               "task_max_len": max_len, "instructions": sorted(set(table.instructions)), "excluded": excluded,
+               "masked": masked}
     pdir = run_dir / "policy"
     if pdir.exists():  # a crash after writing it: the manifest decides whether it is whole
         shutil.rmtree(pdir)

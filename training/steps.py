@@ -4,7 +4,7 @@ camera frames are read from the store per batch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from data.store import EpisodeData, EpisodeStore
@@ -25,7 +25,14 @@ class StepTable:
     action: np.ndarray  # (N, A)
     source: np.ndarray  # (N,)
     cameras: list[str] = field(default_factory=list)
+    # (N,) True on ticks the policy must not learn from (a stretch marked as a bad correction): never a
+    # training sample, and inside another tick's action chunk treated as padding (not a target)
+    masked: np.ndarray | None = None
     _episodes: dict[int, EpisodeData] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.masked is None:
+            self.masked = np.zeros(len(self.tick), bool)
 
     def __len__(self) -> int:
         return len(self.tick)
@@ -37,15 +44,25 @@ class StepTable:
     def episode_slice(self, e: int) -> slice:
         return slice(int(self.starts[e]), int(self.starts[e] + self.lengths[e]))
 
-    def action_chunks(self, idx: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-        """The next `horizon` actions from each tick in `idx` (vectorised data.windows.action_chunk):
-        padded past the episode end with its last action; the mask is True on padding."""
+    def action_chunks(self, idx: np.ndarray, horizon: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """`horizon` actions from `start` ticks after each tick in `idx` (vectorised
+        data.windows.action_chunk; `start` < 0 reaches back): padded past the episode's ends with its
+        first or last action; the mask is True on padding and on masked ticks (a marked bad
+        correction's actions are never a target)."""
         e = self.episode_index[idx]
-        ticks = self.tick[idx][:, None] + np.arange(horizon)[None]
+        ticks = self.tick[idx][:, None] + start + np.arange(horizon)[None]
         lens = self.lengths[e][:, None]
-        pad = ticks >= lens
-        flat = self.starts[e][:, None] + np.minimum(ticks, lens - 1)
+        flat = self.starts[e][:, None] + np.clip(ticks, 0, lens - 1)
+        pad = (ticks >= lens) | (ticks < 0) | self.masked[flat]
         return self.action[flat], pad
+
+    def history(self, idx: np.ndarray, length: int) -> np.ndarray:
+        """(len(idx), length) flat indices of the `length` ticks ending at each tick in `idx`, oldest
+        first, padded before the episode start by repeating its first tick (vectorised
+        data.windows.history; as a robot's history fills at the start of an episode)."""
+        e = self.episode_index[idx]
+        ticks = self.tick[idx][:, None] + np.arange(1 - length, 1)[None]
+        return self.starts[e][:, None] + np.maximum(ticks, 0)
 
     def frames(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """Camera frames of the ticks in `idx` as stored: name -> uint8 (B, H, W, C) (the policy's
@@ -65,13 +82,23 @@ class StepTable:
         return [self.instructions[int(e)] for e in self.episode_index[idx]]
 
 
-def load_steps(store: EpisodeStore, episode_ids: Sequence[str], *, cameras: Sequence[str] = ()) -> StepTable:
+def load_steps(store: EpisodeStore, episode_ids: Sequence[str], *, cameras: Sequence[str] = (),
+               masked: Mapping[str, Sequence[Mapping[str, int]]] | None = None) -> StepTable:
+    """`masked`: episode id -> stretches {start_tick, end_tick} (inclusive) the policy must not learn from
+    (Catalog.select_for_training's `masked`)."""
     if not episode_ids:
         raise ValueError("no episodes selected")
     eps = [store.open(e) for e in episode_ids]
     lengths = np.array([len(ep) for ep in eps])
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    mask = np.zeros(int(lengths.sum()), bool)
+    for i, eid in enumerate(episode_ids):
+        for m in (masked or {}).get(eid, []):
+            a, b = max(0, int(m["start_tick"])), min(int(lengths[i]) - 1, int(m["end_tick"]))
+            if a <= b:
+                mask[starts[i] + a: starts[i] + b + 1] = True
     return StepTable(
+        masked=mask,
         store=store,
         episode_ids=list(episode_ids),
         task_ids=[ep.info.task_id for ep in eps],

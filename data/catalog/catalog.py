@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from data.effort import count_takeovers
+from data.effort import EpisodeEffort, count_takeovers, takeover_after
 from data.catalog.models import Episode, EpisodeAnnotation, EpisodePolicyVersion, OutcomeLabel, Robot, Task
 from data.schema import Outcome
 from data.sqldb import current_revision, open_engine, upgrade_schema
@@ -58,11 +58,24 @@ class EpisodeRecord:
     location: str
     checksum: str
     policy_versions: list[str] = field(default_factory=list)
+    # per takeover whose mistake is known (a `mistake` annotation): seconds from the mistake to the takeover
+    mistake_to_takeover_s: list[float] = field(default_factory=list)
 
     @classmethod
     def from_row(cls, e: Episode) -> "EpisodeRecord":
-        return cls(**{k: getattr(e, k) for k in cls.__dataclass_fields__ if k != "policy_versions"},
-                   policy_versions=sorted(p.policy_version for p in e.policy_versions))
+        derived = ("policy_versions", "mistake_to_takeover_s")
+        by_takeover = {}  # one mistake per takeover: the newest mark wins (a reviewer's over the station's)
+        for a in e.annotations:
+            if a.kind == "mistake" and e.fps > 0:
+                by_takeover[a.end_tick] = (a.end_tick - a.start_tick) / e.fps
+        return cls(**{k: getattr(e, k) for k in cls.__dataclass_fields__ if k not in derived},
+                   policy_versions=sorted(p.policy_version for p in e.policy_versions),
+                   mistake_to_takeover_s=[by_takeover[t] for t in sorted(by_takeover)])
+
+    def effort(self) -> EpisodeEffort:
+        """The episode as data/effort.py counts it."""
+        return EpisodeEffort(self.num_ticks, self.num_correction_ticks, self.num_takeovers, self.fps,
+                             self.outcome == "success", tuple(self.mistake_to_takeover_s))
 
     @property
     def correction_rate(self) -> float:
@@ -71,10 +84,12 @@ class EpisodeRecord:
 
 @dataclass
 class TrainingSelection:
-    """What a training run may use of a query's episodes, and what it must leave out (id -> why)."""
+    """What a training run may use of a query's episodes, what it must leave out (id -> why), and the
+    stretches of usable episodes it must not learn from (id -> [{start_tick, end_tick, why}], inclusive)."""
 
     records: list[EpisodeRecord]
     excluded: dict[str, str] = field(default_factory=dict)
+    masked: dict[str, list[dict]] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +111,28 @@ def _label_history(ep: EpisodeData) -> list[dict]:
         history.append({"outcome": attrs_outcome, "labeller": ep.group.attrs["outcome_labeller"],
                         "labelled_at_ns": int(ep.group.attrs.get("outcome_labelled_at_ns") or ep.info.end_time_ns or 0)})
     return history + list(ep.labels)
+
+
+RECORDED_BY = "station:"  # author prefix of what a robot's station recorded (token names cannot hold a colon)
+MAX_RECORDED_MISTAKES = 1000  # per episode: a station that floods its events cannot flood the catalog
+
+
+def recorded_mistakes(ep: EpisodeData) -> list[tuple[int, int, str]]:
+    """(mistake tick, takeover tick, why) for each takeover the teleoperator station recorded a mistake
+    for with the episode (`extra["events"]`, EpisodeWriter.note_event); of two mistakes before one
+    takeover (the first one's takeover never reached the arm), the later."""
+    out, src = {}, None
+    for ev in ep.info.extra.get("events", [])[:MAX_RECORDED_MISTAKES]:
+        if not isinstance(ev, dict) or ev.get("kind") != "mistake" or not isinstance(ev.get("tick"), int):
+            continue  # an event of another kind, or written by something else: not ours to read
+        if src is None:
+            src = ep.action_source
+        if not 0 <= ev["tick"] < len(src):
+            continue
+        took = takeover_after(src, ev["tick"])
+        if took is not None:
+            out[took] = (ev["tick"], took, str(ev.get("why", ""))[:200])
+    return [out[t] for t in sorted(out)]
 
 
 def _annotation(a: EpisodeAnnotation) -> dict:
@@ -193,6 +230,13 @@ class Catalog:
         s.flush()
         for v in sorted(set(info.policy_versions)):
             s.add(EpisodePolicyVersion(episode_id=info.episode_id, policy_version=v))
+        if not any(a.author.startswith(RECORDED_BY) for a in row.annotations):  # committed data never changes
+            for start, took, why in recorded_mistakes(ep):
+                row.annotations.append(EpisodeAnnotation(
+                    episode_id=info.episode_id, kind="mistake", start_tick=start, end_tick=took,
+                    reason=f"recorded by the teleoperator station ({why or 'takeover condition'}): "
+                           f"{(took - start) / info.fps:.2f} s to the takeover",
+                    author=RECORDED_BY + info.robot_id, created_at_ns=now))
         seen = set()
         for lab in _label_history(ep):
             key = (lab["labelled_at_ns"], lab["labeller"])
@@ -221,12 +265,13 @@ class Catalog:
             s.flush()
             return [EpisodeRecord.from_row(r) for r in rows]
 
-    ANNOTATION_KINDS = ("bad_correction",)
+    ANNOTATION_KINDS = ("bad_correction", "mistake")
 
     def annotate(self, episode_id: str, kind: str, start_tick: int, end_tick: int, reason: str, author: str) -> dict:
-        """Mark ticks start..end (inclusive) of an episode. A `bad_correction` stretch keeps the
-        episode out of every later training selection, with this reason. KeyError: unknown episode;
-        ValueError: a kind or stretch that does not fit it."""
+        """Mark ticks start..end (inclusive) of an episode. A `bad_correction` stretch is left out of
+        every later training run (select_for_training), with this reason; a `mistake` runs from the
+        policy's mistake to the takeover that followed it (data.effort.takeover_after). KeyError:
+        unknown episode; ValueError: a kind or stretch that does not fit it."""
         if kind not in self.ANNOTATION_KINDS:
             raise ValueError(f"kind {kind!r}: one of {', '.join(self.ANNOTATION_KINDS)}")
         with self._session.begin() as s:
@@ -323,19 +368,13 @@ class Catalog:
             return [EpisodeRecord.from_row(r) for r in s.scalars(q).all()]
 
     def select_for_training(self, store: EpisodeStore, **filters) -> TrainingSelection:
-        """`episodes(**filters)` less episodes with a stretch marked as a bad correction (the pipeline
-        selects whole episodes), the evaluation episodes (held out) and the degenerate ones (too
+        """`episodes(**filters)` less the evaluation episodes (held out) and the degenerate ones (too
         short, inconsistent lengths, non-finite values, unreadable: `EpisodeData.defect`), which come
-        back in `excluded` with the reason."""
-        usable, excluded = [], {}
+        back in `excluded` with the reason. A stretch marked as a bad correction leaves only its ticks
+        out: it comes back in `masked`, with who marked it and why."""
+        usable, excluded, masked = [], {}, {}
         records = self.episodes(**filters)
-        marked = self.annotations([r.id for r in records]) if records else {}
         for r in records:
-            bad = [a for a in marked.get(r.id, []) if a["kind"] == "bad_correction"]
-            if bad:
-                excluded[r.id] = "; ".join(f"bad correction at ticks {a['start_tick']}-{a['end_tick']} marked by "
-                                           f"{a['author']}: {a['reason']}" for a in bad)
-                continue
             if r.evaluation:
                 excluded[r.id] = "evaluation episode (held out from training)"
                 continue
@@ -348,9 +387,16 @@ class Catalog:
                 problem = "missing from the store" if isinstance(e, KeyError) else f"unreadable ({type(e).__name__}; see `recap data fsck`)"
             if problem:
                 excluded[r.id] = problem
-            else:
-                usable.append(r)
-        return TrainingSelection(usable, excluded)
+                continue
+            usable.append(r)
+        marks = self.annotations([r.id for r in usable]) if usable else {}
+        for eid, anns in marks.items():
+            bad = [{"start_tick": a["start_tick"], "end_tick": a["end_tick"],
+                    "why": f"bad correction at ticks {a['start_tick']}-{a['end_tick']} marked by {a['author']}: "
+                           f"{a['reason']}"} for a in anns if a["kind"] == "bad_correction"]
+            if bad:
+                masked[eid] = bad
+        return TrainingSelection(usable, excluded, masked)
 
     # -- consistency ----------------------------------------------------------------------
 

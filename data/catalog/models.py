@@ -52,6 +52,8 @@ class Episode(Base):
         back_populates="episode", cascade="all, delete-orphan", lazy="selectin")
     labels: Mapped[list["OutcomeLabel"]] = relationship(
         back_populates="episode", cascade="all, delete-orphan", order_by="OutcomeLabel.labelled_at_ns")
+    annotations: Mapped[list["EpisodeAnnotation"]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="EpisodeAnnotation.id")
 
 
 class EpisodePolicyVersion(Base):
@@ -78,9 +80,10 @@ class OutcomeLabel(Base):
 
 
 class EpisodeAnnotation(Base):
-    """A stretch of ticks a reviewer marked, with why: `bad_correction` (a teleoperator's correction
-    that should not be learnt from: the episode is left out of training selections, this row saying
-    why)."""
+    """A stretch of ticks marked, with why: `bad_correction` (a reviewer's: a teleoperator's correction
+    that should not be learnt from: training leaves these ticks out, this row saying why); `mistake`
+    (from the tick where the policy went wrong, `start_tick`, to the takeover that followed, `end_tick`:
+    recorded by the teleoperator station, author `station:<robot>`, or marked by a reviewer)."""
 
     __tablename__ = "episode_annotations"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -2,7 +2,10 @@
 
 - `mode:=correct` (default): watches the arm's state and the commands sent to it and, with the
   task's Meta-World expert and the training harness's TakeoverRule (one implementation), engages
-  (std_msgs/Bool) and commands corrections (std_msgs/Float64MultiArray), then releases;
+  (std_msgs/Bool) and commands corrections (std_msgs/Float64MultiArray), then releases; on each
+  takeover it says when the policy's mistake was (std_msgs/Header on `mistake_topic`: the stamp of
+  the arm state where its takeover condition first held, frame_id which condition), which the bridge
+  records with the episode;
 - `mode:=demonstrate`: holds the pedal down and drives the whole episode as one of the scripted
   operators (`operator:=clean|slow|sloppy`, training/sim/operators.py), so demonstrations come from
   the same mix of better and worse people as in the simulation benchmark;
@@ -17,11 +20,13 @@ count reset), and a change of `budget` starts a new round of correction budget.
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, Float64MultiArray
+from std_msgs.msg import Bool, Float64MultiArray, Header
 
 from robot_bridge.ros import spin_node
 
@@ -33,6 +38,7 @@ class ScriptedTeleopNode(Node):
         super().__init__("scripted_teleop")
         for name, default in (("task", "push-v3"), ("state_topic", "joint_states"), ("command_topic", "command"),
                               ("teleop_command_topic", "teleop/command"), ("engage_topic", "teleop/engage"),
+                              ("mistake_topic", "teleop/mistake"),
                               ("deviation", 1.0), ("patience", 8), ("takeover_ticks", 25), ("max_takeovers", 3),
                               ("budget", 10_000), ("mode", "correct"), ("operator", "clean"), ("seed", 0)):
             self.declare_parameter(name, default)
@@ -50,7 +56,9 @@ class ScriptedTeleopNode(Node):
         self.last_cmd: np.ndarray | None = None
         self.engaged = False
         self.engaged_ticks = 0
+        self.stamps: deque = deque(maxlen=max(self.rule.stall_ticks, self.rule.patience) + 1)  # recent states' stamps
         self.engage_pub = self.create_publisher(Bool, g("engage_topic"), 10)
+        self.mistake_pub = self.create_publisher(Header, g("mistake_topic"), 10)
         self.cmd_pub = self.create_publisher(Float64MultiArray, g("teleop_command_topic"), 10)
         self.create_subscription(JointState, g("state_topic"), self._on_state, 10)
         self.create_subscription(Float64MultiArray, g("command_topic"), self._on_command, 10)
@@ -89,6 +97,7 @@ class ScriptedTeleopNode(Node):
         obs = np.asarray(m.position, np.float64)
         if obs.shape != (39,) or not np.all(np.isfinite(obs)):  # not the arm's state: ignore it
             return
+        self.stamps.append(m.header.stamp)
         if self.mode == "off":
             drive = False
         else:
@@ -98,6 +107,9 @@ class ScriptedTeleopNode(Node):
             else:
                 drive = self.rule.update(obs[:3], None if self.engaged else self.last_cmd, expert)
                 command = unstick_gripper(obs, expert)
+                if self.rule.mistake_lag is not None:  # a takeover: when the policy went wrong, as the rule saw it
+                    stamp = self.stamps[-1 - min(self.rule.mistake_lag, len(self.stamps) - 1)]
+                    self.mistake_pub.publish(Header(stamp=stamp, frame_id=self.rule.mistake_why))
             if drive:
                 self.cmd_pub.publish(Float64MultiArray(data=[float(x) for x in np.clip(command, -1, 1)]))
                 self.engaged_ticks += 1

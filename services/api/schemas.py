@@ -89,6 +89,9 @@ class EpisodeOut(BaseModel):
     end_time_ns: int
     policy_versions: list[str]
     cameras: list[str] = []
+    mistake_to_takeover_s: list[float] = Field([], description="per takeover whose mistake is known (recorded by the "
+                                                            "teleoperator station or marked on the review page): "
+                                                            "seconds from the policy's mistake to the takeover")
 
 
 class LabelIn(Strict):

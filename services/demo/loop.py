@@ -387,7 +387,8 @@ class DemoLoop:
     def record(self, r: int, version: str, evals: list[dict], collected: list[dict]) -> dict:
         """One row of the round table, from the catalog as the API reports it. Human effort: the
         round's collected episodes (the previous version with teleoperators standing by;
-        data/effort.py), none for round 0 (demonstrations)."""
+        data/effort.py, mistake to takeover where the station recorded the mistake), none for
+        round 0 (demonstrations)."""
         ev = self._api_episodes([e["episode_id"] for e in evals])
         col = self._api_episodes([e["episode_id"] for e in collected])
         ok = np.array([e["outcome"] == "success" for e in ev])
@@ -398,7 +399,8 @@ class DemoLoop:
         per_robot = {robot: float(np.mean([e["outcome"] == "success" for e in ev if e["robot_id"] == robot]))
                      for robot in {e["robot_id"] for e in ev}}
         effort = None if r == 0 else effort_figures(
-            EpisodeEffort(e["num_ticks"], e["num_correction_ticks"], e["num_takeovers"], e["fps"], e["outcome"] == "success")
+            EpisodeEffort(e["num_ticks"], e["num_correction_ticks"], e["num_takeovers"], e["fps"], e["outcome"] == "success",
+                          tuple(e["mistake_to_takeover_s"]))
             for e in col)
         gates = [g for g in self.state["gates"] if g["round"] == r]
         return {"round": r, "version": version, "episodes": len(ev), "success_rate": float(ok.mean()),
@@ -413,6 +415,10 @@ class DemoLoop:
                 "takeovers_per_robot_hour": effort.takeovers_per_robot_hour if effort else None,
                 "human_minutes": effort.human_minutes if effort else None,
                 "return_on_human_effort": effort.return_on_human_effort if effort else None,
+                # where known: the corrective teleoperator's station records when its takeover condition first held
+                "takeovers_mistake_known": effort.takeovers_mistake_known if effort else None,
+                "mistake_to_takeover_s_mean": effort.mistake_to_takeover_s_mean if effort else None,
+                "mistake_to_takeover_s_median": effort.mistake_to_takeover_s_median if effort else None,
                 "gates": [{k: g[k] for k in ("id", "version_id", "status", "drill")} for g in gates],
                 "versions_in_ticks": sorted({x for e in ev for x in e["policy_versions"]}),
                 "robot_versions": robots}

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from services.demo.view import _effort, _gates  # noqa: E402
+from services.demo.view import _effort, _gates, _mistake  # noqa: E402
 
 
 def plot_rounds(records: list[dict], path: Path) -> Path:
@@ -48,7 +48,7 @@ def write_report(out: Path, cfg: dict, records: list[dict], versions: list[dict]
         f"<tr><td>{r['round']}</td><td>{r['version']}</td><td>{100 * r['success_rate']:.0f}% ± {100 * r['success_se']:.0f}</td>"
         f"<td>{r['throughput_per_h']:.0f}</td><td>{r['mean_steps']:.0f}</td>"
         f"<td>{'demonstrations' if r['round'] == 0 else f'{r['collected_episodes']} episodes, {100 * r['collected_success_rate']:.0f}% success, {100 * r['correction_rate']:.1f}% correction ticks'}</td>"
-        f"<td>{html.escape(_effort(r))}</td><td>{html.escape(_gates(r))}</td>"
+        f"<td>{html.escape(_effort(r))}</td><td>{html.escape(_mistake(r))}</td><td>{html.escape(_gates(r))}</td>"
         f"<td>{html.escape(', '.join(f'{k}: {v}' for k, v in sorted(r['robot_versions'].items())))}</td></tr>"
         for r in sorted(records, key=lambda r: r["round"]))
     gate_rows = "".join(
@@ -83,8 +83,10 @@ f", camera {cfg['camera'][0]}x{cfg['camera'][1]}" if cfg.get('camera') else ''};
 <h2>Per round</h2><p>Success and throughput: autonomous episodes (no teleoperator) on the same fixed layouts every round.
 "Collected": the round's episodes run by the previous version with the corrective teleoperator, the data the round trains on.
 Evaluation episodes are flagged as evaluation in the catalog and never selected for training. Human effort while
-collecting: takeovers per robot-hour and return on human effort (successes / (1 + minutes of correction), Fleet-DAgger).</p>
-<table><tr><th>round</th><th>version</th><th>success</th><th>throughput /h</th><th>mean steps</th><th>collected</th><th>takeovers /robot-h, ROHE</th><th>canary gate</th><th>versions per robot</th></tr>
+collecting: takeovers per robot-hour and return on human effort (successes / (1 + minutes of correction), Fleet-DAgger),
+and the time from the policy's mistake to the takeover where the teleoperator's station knew it (mean / median seconds;
+takeovers whose mistake is known / all takeovers).</p>
+<table><tr><th>round</th><th>version</th><th>success</th><th>throughput /h</th><th>mean steps</th><th>collected</th><th>takeovers /robot-h, ROHE</th><th>mistake → takeover</th><th>canary gate</th><th>versions per robot</th></tr>
 {rows}</table>
 <h2>Canary gates</h2><p>Each new version went to one robot under a gate; every robot worked the same canary layouts until the gate
 compared the canary with the rest of the fleet (services/canary.py) and widened or rolled it back by itself.</p>
@@ -98,6 +100,10 @@ compared the canary with the rest of the fleet (services/canary.py) and widened 
         "config": cfg, "records": records, "elapsed_s": elapsed_s, "gate_decisions": gates,
         "return_on_human_effort": [r.get("return_on_human_effort") for r in sorted(records, key=lambda r: r["round"])],
         "takeovers_per_robot_hour": [r.get("takeovers_per_robot_hour") for r in sorted(records, key=lambda r: r["round"])],
+        "mistake_to_takeover_s": [None if r.get("mistake_to_takeover_s_mean") is None else {
+            "mean": r["mistake_to_takeover_s_mean"], "median": r["mistake_to_takeover_s_median"],
+            "known": r["takeovers_mistake_known"], "takeovers": r["takeovers"]}
+            for r in sorted(records, key=lambda r: r["round"])],
         "versions": [{k: v.get(k) for k in ("id", "policy_type", "run_id", "parent_version")} for v in versions]},
         indent=1))
     return f

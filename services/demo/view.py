@@ -21,6 +21,16 @@ def _effort(r: dict) -> str:
     return f"{r['takeovers_per_robot_hour']:.0f}, {r['return_on_human_effort']:.1f}"
 
 
+def _mistake(r: dict) -> str:
+    """Mistake to takeover while collecting, where known: mean / median s (takeovers with a known mistake of all)."""
+    if r.get("takeovers") is None:
+        return "-"
+    if r.get("mistake_to_takeover_s_mean") is None:
+        return "unknown"
+    return (f"{r['mistake_to_takeover_s_mean']:.2f} / {r['mistake_to_takeover_s_median']:.2f} s "
+            f"({r['takeovers_mistake_known']}/{r['takeovers']})")
+
+
 def _gates(r: dict) -> str:
     return " ".join(f"#{g['id']} {g['version_id']} {g['status']}{' (drill)' if g['drill'] else ''}"
                     for g in r.get("gates", [])) or "-"
@@ -31,17 +41,19 @@ def round_table(records: list[dict]) -> Table:
     t = Table(title="per round (evaluation: autonomous episodes on fixed layouts, flagged as evaluation in the catalog "
                     "and never selected for training)", header_style="bold",
               caption=f"version per robot: {', '.join(robots)}; corrections: share of collected ticks; takeovers per "
-                      "robot-hour and return on human effort (successes / (1 + correction minutes)) while collecting")
+                      "robot-hour and return on human effort (successes / (1 + correction minutes)) while collecting; mistake "
+                      "to takeover: mean / median seconds (takeovers whose mistake is known / all)")
     for col, wrap in (("round", False), ("version", False), ("success", False), ("successes /h", False),
                       ("mean steps", False), ("collected: success, corrections", True),
-                      ("takeovers /robot-h, ROHE", True), ("canary gate", True), ("version per robot", True)):
+                      ("takeovers /robot-h, ROHE", True), ("mistake → takeover", True), ("canary gate", True),
+                      ("version per robot", True)):
         t.add_column(col, justify="left" if col in ("version per robot", "canary gate") else "right",
                      no_wrap=not wrap, min_width=None if wrap else len(col.split()[0]))
     for r in sorted(records, key=lambda x: x["round"]):
         coll = ("demos" if r["round"] == 0 else
                 f"{r['collected_episodes']}: {100 * r['collected_success_rate']:.0f}%, {100 * r['correction_rate']:.0f}%")
         t.add_row(str(r["round"]), r["version"], f"{100 * r['success_rate']:.0f}% ± {100 * r['success_se']:.0f}",
-                  f"{r['throughput_per_h']:.0f}", f"{r['mean_steps']:.0f}", coll, _effort(r), _gates(r),
+                  f"{r['throughput_per_h']:.0f}", f"{r['mean_steps']:.0f}", coll, _effort(r), _mistake(r), _gates(r),
                   " ".join(v or "-" for _, v in sorted(r["robot_versions"].items())))
     return t
 

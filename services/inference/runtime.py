@@ -29,16 +29,19 @@ class InputSpec:
     chunk: int
     cameras: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (H, W, C) uint8
     envelope: Envelope = Envelope()  # what observations may hold and where actions are clipped
+    n_obs_steps: int = 1  # control ticks a request carries: the current one and n_obs_steps - 1 in `history`
 
     def to_dict(self) -> dict:
         return {"state_dim": self.state_dim, "action_dim": self.action_dim, "chunk": self.chunk,
-                "cameras": {k: list(v) for k, v in self.cameras.items()}, "envelope": self.envelope.to_dict()}
+                "cameras": {k: list(v) for k, v in self.cameras.items()}, "envelope": self.envelope.to_dict(),
+                "n_obs_steps": self.n_obs_steps}
 
     def max_body_bytes(self) -> int:
         """The largest act request body this spec can need, in its most verbose form (JSON nested
-        lists, up to 6 bytes a pixel and 32 a state value), doubled for whitespace, plus 64 KiB."""
+        lists, up to 6 bytes a pixel and 32 a state value, for each tick it reads), doubled for
+        whitespace, plus 64 KiB."""
         pixels = sum(h * w * c for h, w, c in self.cameras.values())
-        return 2 * (32 * self.state_dim + 6 * pixels + 6 * MAX_INSTRUCTION) + (64 << 10)
+        return 2 * (self.n_obs_steps * (32 * self.state_dim + 6 * pixels) + 6 * MAX_INSTRUCTION) + (64 << 10)
 
 
 def _stats_dict(feature) -> dict | None:
@@ -76,7 +79,8 @@ class PolicyRuntime:
         stats = self.policy.envelope_stats() if hasattr(self.policy, "envelope_stats") else {
             k: _stats_dict(v) for k, v in self.policy.stats.items()}
         self.spec = InputSpec(self.policy.state_dim, self.policy.action_dim, self.policy.chunk, self.policy.cameras,
-                              Envelope.from_stats(stats.get("observation.state"), stats.get("action")))
+                              Envelope.from_stats(stats.get("observation.state"), stats.get("action")),
+                              int(getattr(self.policy, "n_obs_steps", 1)))
 
     def act(self, obs: list[Observation], beta: float | None = None) -> np.ndarray:
         """(B, chunk, action_dim) float32 in the robot's action units; `beta`: a deployment's guidance

@@ -103,6 +103,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                            max_wait_s=float(os.environ.get("RECAP_BATCH_WAIT_MS", "0")) / 1e3,
                            inline=os.environ.get("RECAP_MODEL_THREAD", "0") != "1",
                            company_wait_s=float(os.environ.get("RECAP_BATCH_COMPANY_MS", "10")) / 1e3,
+                           company_share=float(os.environ.get("RECAP_BATCH_COMPANY_SHARE", "0.25")),
                            on_batch=lambda n, ms: (metrics.batch.observe(n), metrics.infer.observe(ms / 1e3)))
 
     @asynccontextmanager

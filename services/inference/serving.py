@@ -171,15 +171,20 @@ class MicroBatcher:
 
     `company_wait_s`: robots that ask again at once after an answer (closed loop, as in a
     saturated fleet) would otherwise split into alternating half batches: whoever is back first
-    starts a call while the rest queue behind it. So a call waits up to `company_wait_s` for the
-    robots of the previous call whose usual turnaround (answer -> next request) is shorter than
-    that. A robot alone, or robots that run their chunk before asking again (the bridge asks ahead
-    of time, hundreds of ms later), are never waited for."""
+    starts a call while the rest queue behind it. So a call waits for the robots of the previous
+    call whose usual turnaround (answer -> next request) is shorter than the company limit:
+    `company_wait_s`, or `company_share` of the previous call's model time where that is longer. A
+    robot left behind waits for the whole call it missed, then for its own: while the wait is a
+    small share of a call, waiting is cheaper (with 8 robots over HTTP, each answer and request is
+    handled in turn on the server, and each client takes its turn on its own machine, so the last
+    robot's turnaround is several times one robot's). A robot alone, or robots that run their chunk
+    before asking again (the bridge asks ahead of time, hundreds of ms later), are never waited for."""
 
     def __init__(self, max_batch: int = 32, max_wait_s: float = 0.0, on_batch=None, inline: bool = True,
-                 company_wait_s: float = 0.0):
+                 company_wait_s: float = 0.0, company_share: float = 0.25):
         self.max_batch, self.max_wait_s, self.on_batch = max_batch, max_wait_s, on_batch
-        self.company_wait_s = company_wait_s
+        self.company_wait_s, self.company_share = company_wait_s, company_share
+        self._last_model_s = 0.0  # model time of the previous loop's calls
         self._answered_at: dict[str, tuple[float, float]] = {}  # robot -> (its last answer went out, _blocked_s)
         self._blocked_s = 0.0  # total time inline model calls held the event loop
         self._turnaround: dict[str, float] = {}  # robot -> running mean of answer -> next request (s)
@@ -217,18 +222,25 @@ class MicroBatcher:
         finally:  # the answer goes out now: the robot's turnaround counts from here
             self._answered_at[robot] = (time.perf_counter(), self._blocked_s)
 
+    def company_limit(self) -> float:
+        """How long a call waits for the robots of the previous one, at most (s); 0: never."""
+        if self.company_wait_s <= 0:
+            return 0.0
+        return max(self.company_wait_s, self.company_share * self._last_model_s)
+
     def _company(self, now: float) -> set[str]:
         """The robots the next call waits for (see the class docstring)."""
-        if self.company_wait_s <= 0 or now - self._last_call_end > self.company_wait_s:
+        limit = self.company_limit()
+        if limit <= 0 or now - self._last_call_end > limit:
             return set()
-        return {r for r in self._last_call if self._turnaround.get(r, float("inf")) < self.company_wait_s}
+        return {r for r in self._last_call if self._turnaround.get(r, float("inf")) < limit}
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             items = [await self.queue.get()]
             company = self._company(time.perf_counter())
-            deadline = loop.time() + max(self.max_wait_s, self.company_wait_s if company else 0.0)
+            deadline = loop.time() + max(self.max_wait_s, self.company_limit() if company else 0.0)
             while len(items) < self.max_batch:
                 try:
                     items.append(self.queue.get_nowait())
@@ -248,6 +260,7 @@ class MicroBatcher:
             groups: dict[tuple[int, float | None], list[_Pending]] = {}
             for it in items:
                 groups.setdefault((id(it.runtime), it.beta), []).append(it)
+            model_s = 0.0
             for group in groups.values():
                 rt, beta = group[0].runtime, group[0].beta
                 t0 = time.perf_counter()
@@ -262,6 +275,8 @@ class MicroBatcher:
                 t1 = time.perf_counter()
                 infer_ms = (t1 - t0) * 1e3
                 self._last_call_end = t1
+                model_s += t1 - t0
+                self._last_model_s = model_s  # what a robot left behind now would wait for
                 if self.inline:
                     self._blocked_s += t1 - t0
                 if self.on_batch:

@@ -373,9 +373,11 @@ def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(r
 
 
 @pytest.mark.slow
-def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path):
+@pytest.mark.parametrize("camera_process", [True, False], ids=["camera_process", "in_bridge"])
+def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path, camera_process):
     """A ros2_control-style configuration: JPEG CompressedImage cameras recorded, JointTrajectory commands
-    (position hold) published with the configured joint names; an unknown-size frame is refused."""
+    (position hold) published with the configured joint names; an unknown-size frame is refused. Cameras
+    received and recorded by the bridge's camera process (the default) or in its own process."""
     import simplejpeg
     from sensor_msgs.msg import CompressedImage, JointState
     from std_srvs.srv import SetBool, Trigger
@@ -386,8 +388,8 @@ def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path):
         "robot_id": "r2c", "state_dim": 3, "action_dim": 3, "store_root": str(store_root), "fsync": False,
         "camera_names": ["wrist"], "camera_topics": ["wrist/image/compressed"], "camera_compressed": True,
         "camera_height": 48, "camera_width": 64, "command_type": "joint_trajectory",
-        "joint_names": ["j1", "j2", "j3"], "hold_mode": "position", "action_low": [-1.0], "action_high": [1.0]},
-        tmp_path / "bridge.log", ns)
+        "joint_names": ["j1", "j2", "j3"], "hold_mode": "position", "action_low": [-1.0], "action_high": [1.0],
+        "camera_process": camera_process}, tmp_path / "bridge.log", ns)
     d = Driver(ns)
     got: list[JointTrajectory] = []
     d.node.create_subscription(JointTrajectory, "command", got.append, 100)

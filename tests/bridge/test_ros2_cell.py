@@ -243,16 +243,22 @@ def test_launch_description_runs_what_the_systemd_unit_runs():
 
 @pytest.mark.slow
 def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bridge(ros_env, ns, tmp_path):
-    """Frames go through the bridge's camera process (shared memory): each recorded frame is the one
-    published with the tick's joint state (same number k; causal: stamped at or before the tick), a
-    malformed frame is refused and counted (/diagnostics: WARN); a killed camera process is restarted;
-    SIGKILL of the bridge takes the camera process and its shared memory with it."""
+    """The bridge's camera process receives the frames and records them itself: each recorded frame is
+    the one published with the tick's joint state (same number k; causal: stamped at or before the
+    tick); a malformed frame is refused and counted (/diagnostics: WARN). SIGKILL of the camera process
+    mid-episode ends that episode, never committed whole (at most its ticks with every frame, as
+    `incomplete`), counted and at ERROR, while the loop runs on: the arm is left alone, a new camera
+    process is started and the next episode records. SIGKILL of the bridge takes the camera process
+    and its shared memory with it."""
     import signal
 
     import psutil
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Float64MultiArray
     from std_srvs.srv import SetBool, Trigger
+
+    from data.schema import EpisodeStatus
 
     h, w = 120, 160
     store_root = tmp_path / "store"
@@ -262,7 +268,9 @@ def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bri
         "camera_height": h, "camera_width": w, "camera_process": True}, tmp_path / "bridge.log", ns)
     d = Driver(ns)
     diags: list = []
+    commands: list[float] = []
     d.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+    d.node.create_subscription(Float64MultiArray, "command", lambda m: commands.append(time.monotonic()), 100)
     js_pub = d.node.create_publisher(JointState, "joint_states", 10)
     cam_pubs = [d.node.create_publisher(Image, t, 10) for t in ("left/image", "right/image")]
     k = 0
@@ -291,28 +299,46 @@ def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bri
         assert len(cams) == 1
         return cams[0]
 
+    def record(seconds: float) -> str:
+        assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
+        d.spin(seconds)
+        r = d.call(SetBool, "recap_bridge/end_episode", SetBool.Request(data=True))
+        assert r.success, r.message
+        return r.message
+
     try:
         d.wait_ready()
         first = camera_process()
         ring = Path(first.cmdline()[-2])
         assert ring.exists()
-        first.kill()  # the camera process dies: the bridge starts another on the same memory
+        committed = [record(1.5)]
+        # the camera process dies mid-episode: the episode ends (aborted), the loop runs on
+        r = d.call(Trigger, "recap_bridge/start_episode", Trigger.Request())
+        assert r.success
+        killed = r.message
+        d.spin(1.0)
+        first.kill()
         first.wait(10)
         deadline = time.monotonic() + 30
-        while camera_process().pid == first.pid and time.monotonic() < deadline:
+        while not (d.stats and d.stats[-1]["episode"] is None and d.stats[-1]["camera_aborted_episodes"] == 1):
+            assert time.monotonic() < deadline, d.stats[-1:]
+            d.spin(0.1)
+        ended = time.monotonic()
+        assert not d.call(SetBool, "recap_bridge/end_episode", SetBool.Request(data=True)).success  # none runs
+        while camera_process().pid == first.pid and time.monotonic() < deadline:  # a new camera process ...
             d.spin(0.2)
-        cams = [camera_process()]
         d.stats.clear()
         d.spin(1.5)
         refused = d.stats[-1]["refused"]["image"]
-        while d.stats[-1]["refused"]["image"] < refused + 10 and time.monotonic() < deadline:  # frames flow again
+        while d.stats[-1]["refused"]["image"] < refused + 10 and time.monotonic() < deadline:  # ... frames flow
             d.spin(0.2)
+        assert not [t for t in commands if t > ended + 0.2]  # between episodes the arm is left alone
         d.wait_ready()
-        assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
-        d.spin(2.0)
-        episode = d.call(SetBool, "recap_bridge/end_episode", SetBool.Request(data=True)).message
+        d.spin(1.0)  # the new process settles (its first second shares the cores with its start-up)
+        committed.append(record(1.5))  # ... and the next episode records
         d.spin(1.2)
         stats = d.stats[-1]
+        cams = [camera_process()]
         os.kill(bridge.pid, signal.SIGKILL)
         bridge.wait(10)
         cams[0].wait(10)  # the camera process follows its bridge ...
@@ -321,23 +347,33 @@ def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bri
         d.close()
         if bridge.poll() is None:
             _stop(bridge)
-    ep = EpisodeStore(store_root).open(episode)
-    assert len(ep) > 30 and ep.cameras == ["left", "right"]  # (the rate is the benchmark's business)
-    ks, ts = ep.state[:, 0].astype(int), ep.timestamps_ns
-    def number(cam: str, t: int, i: int) -> int:  # the stored frames are JPEG: within a few levels
+    store = EpisodeStore(store_root)
+    assert store.in_flight_ids() == [] and set(store.episode_ids()) <= {*committed, killed}
+    episodes = [store.open(e) for e in committed]
+    assert all(len(ep) > 30 for ep in episodes)  # (the rate is the benchmark's business)
+    if killed in store.episode_ids():  # never whole: at most its ticks with every frame, as incomplete
+        ep = store.open(killed)
+        assert ep.info.status == EpisodeStatus.INCOMPLETE and ep.defect() is None
+        episodes.append(ep)
+
+    def number(ep, cam: str, t: int, i: int) -> int:  # the stored frames are JPEG: within a few levels
         img = ep.image(cam, t).astype(float)
         lo, hi = (int(np.rint((img[h // 2, x].mean() - 8) / 16)) for x in (w // 4, 3 * w // 4))
         return (lo - 8 * i) % 16 + 16 * ((hi - 8 * i) % 16)
 
-    for i, cam in enumerate(("left", "right")):
-        fk = np.array([number(cam, t, i) for t in range(len(ep))])
-        fk = ks + (fk - ks + 128) % 256 - 128  # the frame's full number: k mod 256, next to the state's
-        assert all(stamps[x] <= t for x, t in zip(fk, ts)), cam  # causal: never a frame stamped after the tick
-        same = fk == ks
-        # mostly the frame of the tick's state (on a loaded machine one stream may arrive ahead of the other)
-        assert same.mean() > 0.5, (cam, same.mean(), list(zip(ks, fk))[:20])
-        assert np.abs(fk - ks).max() <= 10  # never an old one
-    assert stats["refused"]["image"] > 60
+    for ep in episodes:
+        assert ep.cameras == ["left", "right"]
+        ks, ts = ep.state[:, 0].astype(int), ep.timestamps_ns
+        for i, cam in enumerate(("left", "right")):
+            fk = np.array([number(ep, cam, t, i) for t in range(len(ep))])
+            fk = ks + (fk - ks + 128) % 256 - 128  # the frame's full number: k mod 256, next to the state's
+            assert all(stamps[x] <= t for x, t in zip(fk, ts)), cam  # causal: never a frame stamped after the tick
+            same = fk == ks
+            # mostly the frame of the tick's state (on a loaded machine one stream may arrive ahead of the other)
+            assert same.mean() > 0.5, (cam, same.mean(), list(zip(ks, fk))[:20])
+            assert np.abs(fk - ks).max() <= 10  # never an old one
+    assert stats["refused"]["image"] > 60 and stats["camera_aborted_episodes"] == 1
     camera_status = [st for arr in diags for st in arr.status if st.name.endswith(": cameras")]
-    assert any(st.message == "camera process restarted" for st in camera_status)
+    assert any(st.level == b"\x02" and "episode aborted" in st.message for st in camera_status)
+    assert sum(int({kv.key: kv.value for kv in st.values}["restarts"]) for st in camera_status) >= 1
     assert any(st.level == b"\x01" and "frames refused" in st.message for st in camera_status)

@@ -4,8 +4,9 @@ teleoperator and a bridge on its own ROS domain, in its own namespace. A first r
 (SIGINT, as Ctrl-C) after the demonstrations; every process must go; a second run continues and
 finishes one RECAP round, although one robot's arm is SIGKILLed mid-episode (the station aborts the
 episode, restarts that robot's nodes and runs the episode again). In that round a deliberately worse
-version goes through the canary gate first, which rolls it back; then the round's version goes
-through the gate; evaluation episodes are flagged as such and no training run uses them. Then the artifacts are checked
+version goes through the canary gate first, which rolls it back by itself (the decision with its
+figures in the audit log and in `recap fleet history`, run by an operator while the round goes on, and
+the fleet back on the previous version); then the round's version goes through the gate; evaluation episodes are flagged as such and no training run uses them. Then the artifacts are checked
 from the outside: store, runs, control-plane database. A second test runs the smallest round of a
 LeRobot image policy (ACT, SmolVLA on a tiny SmolVLM) with a rendered camera through the same stack."""
 
@@ -42,6 +43,14 @@ def _descendants(pid: int) -> set[int]:
         return {c.pid for c in psutil.Process(pid).children(recursive=True)}
     except psutil.NoSuchProcess:
         return set()
+
+
+def _fleet_history(log: Path, state: dict) -> subprocess.CompletedProcess:
+    """`recap fleet history` against the running demo's API, with its operator token."""
+    url = re.search(r"API on (http://127\.0\.0\.1:\d+)", log.read_text()).group(1)
+    env = {**__import__("os").environ, "RECAP_API_URL": url, "RECAP_TOKEN": state["tokens"]["operator"]}
+    return subprocess.run([sys.executable, "-m", "data.cli_root", "fleet", "history"], capture_output=True, text=True,
+                          env=env, timeout=120)
 
 
 def _flushed(store: EpisodeStore, episode_id: str) -> int:
@@ -87,9 +96,12 @@ def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
     store = EpisodeStore(out / "home" / "store")
     second = subprocess.Popen(_demo(out, domain), stdout=open(tmp_path / "run2.log", "wb"), stderr=subprocess.STDOUT)
     killed = None
+    history = None  # `recap fleet history` as an operator runs it once the drill's gate has decided
     deadline = time.monotonic() + 700
     try:
         while second.poll() is None and time.monotonic() < deadline:
+            if history is None and state_file.exists() and "r1.drill" in json.loads(state_file.read_text())["done"]:
+                history = _fleet_history(tmp_path / "run2.log", json.loads(state_file.read_text()))
             if killed is None and "autonomous episodes of" in (tmp_path / "run2.log").read_text():  # round 0's eval
                 flying = [e for e in store.in_flight_ids() if "-sim-arm-1-" in e and _flushed(store, e) >= 20]
                 arms = [p for p in psutil.Process(second.pid).children(recursive=True) if _is_arm_of(p, "/sim_arm_1")]
@@ -163,9 +175,10 @@ def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
     assert manifest["lineage"]["parent_version"] == v0 and manifest["lineage"]["run"] == state["runs"]["1"]
     # the registry: the version with its run and parent; canary to one robot, then the fleet
     from services.control import ControlDB
-    from services.control.models import Deployment, PolicyVersion
+    from services.control.models import AuditEntry, CanaryGate, Deployment, PolicyVersion
     from services.settings import ServiceSettings
 
+    drill, real = state["gates"]
     db = ControlDB(ServiceSettings(home=str(out / "home")).control_db_url)
     try:
         with db.session() as s:
@@ -173,18 +186,43 @@ def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
             assert v.run_id == state["runs"]["1"] and v.parent_version == v0
             deps = [(d.stage, d.target_kind, d.target, d.version_id)
                     for d in s.scalars(select(Deployment).order_by(Deployment.id)).all()]
+            decision = s.get(Deployment, s.get(CanaryGate, drill["id"]).decision_deployment_id)
+            decided_by = (decision.id, decision.stage, decision.target, decision.version_id, decision.created_by)
+            gate_audit = [(a.action, a.role, a.detail) for a in s.scalars(
+                select(AuditEntry).where(AuditEntry.actor == "canary-gate").order_by(AuditEntry.id)).all()]
     finally:
         db.close()
     # the drill: a deliberately worse version through the gate, rolled back by it; then the round's version
-    drill, real = state["gates"]
     bad = drill["version_id"]
     assert drill["drill"] and drill["status"] == "failed" and drill["baseline_version"] == v0, drill
     assert drill["reason"].startswith("rolled back")
+    # the decision is a rollback made by the gate itself, to the previous version, on the figures it states
+    assert decided_by[1:] == ("rollback", "sim-arm-0", v0, "canary-gate")
+    f = drill["figures"]
+    assert f["canary"]["episodes"] >= drill["min_episodes"] and f["fleet"]["episodes"] >= drill["min_episodes"], f
+    assert 0 <= f["p_success_worse"] <= 1 and 0 <= f["p_takeovers_worse"] <= 1 and f["threshold"] == drill["threshold"]
+    assert max(f["p_success_worse"], f["p_takeovers_worse"]) >= f["threshold"] or f["canary"]["successes"] == 0, f
+    assert f"success {f['canary']['successes']}/{f['canary']['episodes']} vs " in drill["reason"]
+    # audited: the gate's decision with its figures and the rollback deployment it made
+    action, role, detail = gate_audit[0]
+    assert action == f"GATE canary #{drill['id']}" and role == "system"
+    assert (detail["status"], detail["version"], detail["baseline"]) == ("failed", bad, v0)
+    assert detail["figures"] == f and detail["deployment"] == decided_by[0]
+    # `recap fleet history`, as an operator ran it while the round went on: the canary, the gate's rollback, the gate
+    assert history is not None and history.returncode == 0, history and history.stderr
+    hist = history.stdout
+    assert re.search(rf"#\d+ +canary +robot:sim-arm-0 +-> {bad} .*\[gate #{drill['id']}\]", hist), hist
+    assert re.search(rf"#\d+ +rollback +robot:sim-arm-0 +-> {v0} .* by canary-gate canary gate #{drill['id']}: rolled back", hist), hist
+    assert f"gate #{drill['id']:<3} failed     {bad} on sim-arm-0 vs fleet {v0}" in hist
+    assert f"success {f['canary']['successes']}/{f['canary']['episodes']} vs {f['fleet']['successes']}/{f['fleet']['episodes']}" in hist
     assert real["version_id"] == v1 and real["status"] in ("passed", "failed") and not real["drill"]
     deployed = v1 if real["status"] == "passed" else v0
     decided = ("widen", "fleet", "*", v1) if real["status"] == "passed" else ("rollback", "robot", "sim-arm-0", v0)
     assert deps == [("deploy", "fleet", "*", v0), ("canary", "robot", "sim-arm-0", bad), ("rollback", "robot", "sim-arm-0", v0),
                     ("canary", "robot", "sim-arm-0", v1), decided]
+    # the rollback left the whole fleet on the previous version: the round's canary found it there (the demo
+    # deploys the fleet's version first, and says so, when it does not)
+    assert "the fleet is not on" not in log
     # under a gate every robot works the same layouts: the canary its version, the rest of the fleet the old one
     for phase, canary_version in (("r1.drill", bad), ("r1.canary", v1)):
         eps = state["episodes"][phase]
@@ -202,13 +240,22 @@ def test_demo_round_through_the_real_stack_interrupted_then_continued(tmp_path):
     r1 = state["records"][1]
     assert r1["robot_versions"] == {"sim-arm-0": deployed, "sim-arm-1": deployed} and r1["evaluation_flagged"] == 8
     assert r1["takeovers_per_robot_hour"] > 0 and r1["return_on_human_effort"] > 0
+    # mistake to takeover, where known: the corrective teleoperator's station recorded each takeover's mistake
+    # (when its condition first held) with the episode; the catalog times it to the recorded takeover
+    assert 0 < r1["takeovers_mistake_known"] <= r1["takeovers"], r1
+    assert 0 < r1["mistake_to_takeover_s_median"] and 0 < r1["mistake_to_takeover_s_mean"] < 10, r1
+    noted = [ev for c in collected for ev in c.info.extra.get("events", []) if ev["kind"] == "mistake"]
+    assert len(noted) >= r1["takeovers_mistake_known"] and {ev["why"] for ev in noted} <= {"deviation", "stall"}
+    assert all(0 <= ev["tick"] < len(c) for c in collected for ev in c.info.extra.get("events", []))
     assert [g["status"] for g in r1["gates"]] == ["failed", real["status"]]
     results = json.loads((out / "results.json").read_text())
     assert [g["id"] for g in results["gate_decisions"]] == [drill["id"], real["id"]]
     assert results["return_on_human_effort"][0] is None and results["takeovers_per_robot_hour"][1] > 0
+    assert results["mistake_to_takeover_s"][1]["known"] == r1["takeovers_mistake_known"]
     report = (out / "report.html").read_text()
     assert "Per round" in report and v1 in report and (out / "plots" / "rounds.png").stat().st_size > 1000
     assert "Canary gates" in report and "(drill)" in report and "never selected for training" in report
+    assert "mistake → takeover" in report and f"({r1['takeovers_mistake_known']}/{r1['takeovers']})" in report
 
 
 @pytest.mark.slow

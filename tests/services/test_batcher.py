@@ -60,3 +60,43 @@ def test_a_lone_robot_is_never_held(tmp_path):
     timings = asyncio.run(_closed_loop(MicroBatcher(company_wait_s=0.05), rt, {"alone": 0.001}, 20))
     assert all(t["batch_size"] == 1 for t in timings["alone"])
     assert np.median([t["queue_ms"] for t in timings["alone"]]) < 25
+
+
+def test_robots_slower_than_the_company_wait_are_waited_for_while_that_is_a_small_share_of_a_call(tmp_path):
+    """Robots whose turnaround is longer than `company_wait_s` but a small share of the model call
+    they would otherwise miss (8 robots over HTTP: each answer and request handled in turn) still
+    share full batches; with `company_share` 0 they fall apart into smaller ones."""
+    import time
+
+    rt = NativeRuntime("v1", policy_artifact(tmp_path / "p", 1, chunk=8, cameras=["top"], image_size=(96, 128)))
+    obs = [Observation(np.full(4, 0.1, np.float32), {"top": np.zeros((96, 128, 3), np.uint8)}, "", k) for k in range(4)]
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        rt.act(obs)
+        times.append(time.perf_counter() - t0)
+    model_s = float(np.median(times))
+
+    def batches(share: float) -> float:
+        robots = {f"arm-{k}": model_s * (0.04 + 0.02 * k) for k in range(4)}  # 2-5x company_wait_s
+        b = MicroBatcher(company_wait_s=0.02 * model_s, company_share=share)
+
+        async def run():
+            b.start()
+            sizes = []
+
+            async def robot(name, pause, k):
+                for _ in range(16):
+                    _, timing = await b.submit(rt, obs[k], name)
+                    sizes.append(timing["batch_size"])
+                    await asyncio.sleep(pause)
+
+            await asyncio.gather(*(robot(n, p, k) for k, (n, p) in enumerate(robots.items())))
+            await b.stop()
+            return sizes
+
+        sizes = asyncio.run(run())
+        return float(np.mean(np.asarray(sizes[16:-8]) == 4))
+
+    waited, not_waited = batches(0.25), batches(0.0)
+    assert waited > 0.75 and not_waited < 0.4, (waited, not_waited, model_s)

@@ -38,6 +38,11 @@ def test_dashboard_shows_fleet_versions_runs_and_plays_back_an_episode(stack, br
         for i in range(4):
             ep, _ = record(store, robot="robot-0", cameras=1, version=v, corrections=range(3, 6), start=T0 + i * 3600 * 10**9)
             c.post("/v1/episodes/register", json={"episode_id": ep.episode_id})
+            if i == 0:
+                first = ep.episode_id
+    with stack.client("teleoperator") as c:  # the first episode's mistake at tick 0, 3 ticks before its takeover
+        assert c.post(f"/v1/episodes/{first}/annotations",
+                      json={"kind": "mistake", "start_tick": 0, "reason": "drifted left"}).status_code == 201
     # two training runs with TensorBoard event files (written by the run's own hook, training/tracking.py)
     from pathlib import Path
 
@@ -77,10 +82,10 @@ def test_dashboard_shows_fleet_versions_runs_and_plays_back_an_episode(stack, br
     assert len(browser.find_elements(By.CSS_SELECTOR, "#plot-success circle")) == 4  # one point per hour bucket
     gate = browser.find_element(By.CSS_SELECTOR, "#gates tbody tr[data-gate='1']").text
     assert v2 in gate and "robot-1" in gate and "open" in gate and "cannot decide yet: the canary has 0 of 5" in gate
-    # human effort: one takeover (3 correction ticks) in each 25-tick episode at 30 fps
+    # human effort: one takeover (3 correction ticks) in each 25-tick episode at 30 fps; one mistake known, 0.1 s
     effort = browser.find_element(By.CSS_SELECTOR, "#effort-robots tbody tr[data-key='robot-0']").text
     assert effort.split() == ["robot-0", "4", f"{4 / (4 * 25 / 30 / 3600):.1f}", "12%", f"{4 * 3 / 30 / 60:.1f}",
-                              f"{4 / (1 + 4 * 3 / 30 / 60):.2f}"]
+                              f"{4 / (1 + 4 * 3 / 30 / 60):.2f}", "0.10", "/", "0.10", "(1", "of", "4)"]
     assert browser.find_element(By.CSS_SELECTOR, f"#effort-versions tbody tr[data-key='{v}']").text.split()[1] == "4"
     rows = browser.find_elements(By.CSS_SELECTOR, "#episodes tbody tr")
     assert len(rows) == 4 and "12%" in rows[0].text  # 3 correction ticks of 25

@@ -48,9 +48,13 @@ def _sim_chunk(artifact_dir, state, images, instruction, seed) -> tuple[np.ndarr
     return policy.predict_chunk([obs], actor.indicator, actor.beta)[0], obs.seed
 
 
-def _act(url: str, token: str, state, images, instruction: str, seed: int) -> np.ndarray:
-    r = httpx.post(url + "/v1/act", content=encode_request(state, images, instruction, seed=seed),
-                   headers={"Authorization": f"Bearer {token}", "Content-Type": MSGPACK}, timeout=60)
+def _post_act(url: str, token: str, state, images, instruction: str, seed: int, history=()) -> httpx.Response:
+    return httpx.post(url + "/v1/act", content=encode_request(state, images, instruction, seed=seed, history=history),
+                      headers={"Authorization": f"Bearer {token}", "Content-Type": MSGPACK}, timeout=60)
+
+
+def _act(url: str, token: str, state, images, instruction: str, seed: int, history=()) -> np.ndarray:
+    r = _post_act(url, token, state, images, instruction, seed, history)
     assert r.status_code == 200, r.text
     return decode_answer(r.content, binary=True)["actions"]
 
@@ -79,6 +83,10 @@ def test_a_bad_policy_recipe_is_a_422_naming_the_field_at_the_api_and_the_cli(st
                               ({"policy": {"type": "lerobot:act", "dim_model": 0}}, "dim_model"),
                               ({"policy": {"type": "lerobot:act", "n_heads": 0}}, "n_heads"),
                               ({"policy": {"type": "lerobot:smolvla", "prefix_length": -2}}, "prefix_length"),
+                              ({"policy": {"type": "lerobot:act", "n_obs_steps": 2}}, "n_obs_steps"),
+                              ({"policy": {"type": "lerobot:diffusion", "n_obs_steps": 0}}, "n_obs_steps"),
+                              ({"policy": {"type": "lerobot:diffusion", "n_obs_steps": 3, "horizon": 8,
+                                           "n_action_steps": 8}}, "n_action_steps"),
                               ({"task_max_len": {"push": 0}}, "task_max_len"),
                               ({"epochs": 3}, "epochs")):
             r = c.post("/v1/runs", json={"selection": {"robot": ["robot-0"]}, "recipe": recipe})
@@ -221,3 +229,64 @@ def test_the_simulated_policy_path_and_the_inference_server_give_the_same_guided
         assert [(d["version"], d["beta"]) for d in deployed] == [(vid, None), (vid, 0.5), (vid, 0.5), (vid, None)]
         rolled = [a["detail"] for a in audit if a["action"] == "POST /v1/deployments/rollback"]
         assert [(d["version"], d["beta"]) for d in rolled] == [(vid, None)]
+
+
+DIFFUSION_2 = {"type": "lerobot:diffusion", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4, "down_dims": [16, 32],
+               "kernel_size": 3, "n_groups": 4, "diffusion_step_embed_dim": 16, "num_inference_steps": 4,
+               "spatial_softmax_num_keypoints": 4, "use_group_norm": True, "steps": 3, "batch_size": 4}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_diffusion_policy_reading_two_ticks_trains_from_a_recipe_and_is_served_like_the_sim_path(stack):
+    """lerobot:diffusion with n_obs_steps = 2 from the API: the worker trains it on two-tick windows, it
+    registers and deploys; the server's spec says it reads 2 ticks; a request carrying the tick before
+    (`history`) is answered with the chunk the simulated robot's policy path computes from the same
+    sequence of observations and seed; a request without that history is a 422 naming it."""
+    store = EpisodeStore(stack.settings.store_root)
+    with stack.client("robot") as c:
+        for i in range(3):
+            ep, _ = record(store, robot="robot-0", cameras=1, ticks=12, start=T0 + i * 10**12)
+            assert c.post("/v1/episodes/register", json={"episode_id": ep.episode_id}).status_code == 200
+    cam = ep.cameras[0]
+    stack.start_worker("worker")
+    with stack.client("researcher") as c:
+        r = c.post("/v1/runs", json={"method": "filtered_bc", "selection": {"robot": ["robot-0"]},
+                                     "recipe": {"policy": DIFFUSION_2, "cameras": [cam]}})
+        assert r.status_code == 202, r.text
+        run_id = r.json()["id"]
+    hdr = {"Authorization": f"Bearer {stack.tokens['researcher']}"}
+    run = _wait(f"{stack.api.url}/v1/runs/{run_id}", lambda x: x["status"] not in ("queued", "running"), 600, hdr)
+    assert run["status"] == "finished", run
+    with stack.client("researcher") as c:
+        v = c.get(f"/v1/versions/{run['version_id']}").json()
+        assert v["policy_type"] == "lerobot:diffusion", v
+    with stack.client("operator") as c:
+        assert c.post("/v1/deployments", json={"version": v["id"]}).status_code == 201
+    inf = stack.start_inference()
+    serving = _wait(inf.url + "/v1/serving", lambda s: v["id"] in s["versions"])
+    assert serving["versions"][v["id"]]["n_obs_steps"] == 2
+
+    from training.runs import load_policy
+    from training.sim.collect import PolicyActor
+
+    rng = np.random.default_rng(5)
+    ticks = [(rng.normal(size=4).astype(np.float32), {cam: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)})
+             for _ in range(3)]
+    policy, _ = load_policy(v["artifact_dir"])
+    actor = PolicyActor(policy, "push it", seed=11)
+    actor.reset()  # the episode starts: the robot's loop observes every tick, asks at the last one
+    for state, images in ticks[:-1]:
+        actor.observe(state, images)
+    obs = actor.observation(*ticks[-1])
+    local = policy.predict_chunk([obs], actor.indicator, actor.beta)[0]
+    served = _act(inf.url, stack.tokens["robot"], *ticks[-1], "push it", obs.seed, history=ticks[-2:-1])
+    assert served.shape == (4, 3) and np.allclose(served, local, atol=1e-4)
+    # the same tick with another history is another chunk: the history is read
+    other = _act(inf.url, stack.tokens["robot"], *ticks[-1], "push it", obs.seed, history=ticks[:1])
+    assert not np.allclose(other, served, atol=1e-4)
+    r = _post_act(inf.url, stack.tokens["robot"], *ticks[-1], "push it", obs.seed)
+    assert r.status_code == 422 and "history" in r.text, r.text
+    bad = (np.full(4, np.nan, np.float32), ticks[0][1])
+    r = _post_act(inf.url, stack.tokens["robot"], *ticks[-1], "push it", obs.seed, history=[bad])
+    assert r.status_code == 422 and "history[0].state[0]" in r.text, r.text

@@ -1,12 +1,13 @@
 """The episode review page in headless Chromium against the real API: camera frames load, the
 timeline's colours are the episode's action sources tick by tick, the curves are drawn from the
 training run's saved labels, and a teleoperator's keyboard labels (outcome; a stretch marked as a
-bad correction) change the catalog and the audit log; the marked episode leaves training selections
-with its reason."""
+bad correction; the tick of a policy mistake) change the catalog and the audit log; the marked stretch
+is left out of training selections with its reason, the rest of the episode stays in."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -91,17 +92,41 @@ def test_review_page_scrubs_an_episode_shows_the_runs_labels_and_labels_from_the
     WebDriverWait(browser, 10).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-marked") == "1")
     assert browser.find_element(By.ID, "error").text == ""
     assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline rect.bad-stretch")) == 1
+    # the policy's mistake at tick 4 (m): timed to the takeover that followed it, at tick 10
+    for _ in range(11):
+        body.send_keys(Keys.ARROW_LEFT)
+    browser.find_element(By.ID, "reason").clear()
+    body.send_keys("m")
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-marked") == "2")
+    assert browser.find_element(By.ID, "error").text == ""
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline rect.mistake-stretch")) == 1
+    assert "takeover at 10 (0.20 s later)" in browser.find_element(By.CSS_SELECTOR, "li[data-kind='mistake']").text
     # the catalog and the audit log
     with stack.client("admin") as c:
         e = c.get(f"/v1/episodes/{eid}").json()
         assert (e["outcome"], e["outcome_labeller"], e["num_takeovers"], e["num_hold_ticks"]) == (
             "failure", "test-teleoperator", 1, 3)
-        [a] = c.get(f"/v1/episodes/{eid}/annotations").json()
-        assert (a["start_tick"], a["end_tick"], a["author"], a["reason"]) == (10, 15, "test-teleoperator",
-                                                                              "pushed the object off the table")
+        a, m = c.get(f"/v1/episodes/{eid}/annotations").json()
+        assert (a["kind"], a["start_tick"], a["end_tick"], a["author"], a["reason"]) == (
+            "bad_correction", 10, 15, "test-teleoperator", "pushed the object off the table")
+        assert (m["kind"], m["start_tick"], m["end_tick"], m["author"]) == ("mistake", 4, 10, "test-teleoperator")
+        assert e["mistake_to_takeover_s"] == [pytest.approx(6 / 30)]
+        effort = c.get("/v1/stats/effort").json()["by_robot"]["robot-0"]
+        assert (effort["takeovers"], effort["takeovers_mistake_known"]) == (1, 1)
+        assert effort["mistake_to_takeover_s_mean"] == pytest.approx(0.2) == effort["mistake_to_takeover_s_median"]
+        # a mistake needs a takeover after it
+        r = c.post(f"/v1/episodes/{eid}/annotations", json={"kind": "mistake", "start_tick": 20, "reason": "x"})
+        assert r.status_code == 422 and "no takeover follows tick 20" in r.json()["detail"]
+        assert c.post(f"/v1/episodes/{eid}/annotations", json={"kind": "mistake", "start_tick": 4000,
+                                                               "reason": "x"}).status_code == 422
+        assert c.post(f"/v1/episodes/{eid}/annotations", json={"kind": "bad_correction", "start_tick": 4,
+                                                               "reason": "x"}).status_code == 422
         audit = {(x["actor"], x["action"], x["status"]) for x in c.get("/v1/audit").json()}
         assert ("test-teleoperator", "POST /v1/episodes/{episode_id}/label", 200) in audit
         assert ("test-teleoperator", "POST /v1/episodes/{episode_id}/annotations", 201) in audit
+        marks = [x for x in c.get("/v1/audit").json() if x["action"] == "POST /v1/episodes/{episode_id}/annotations"
+                 and x["actor"] == "test-teleoperator"]
+        assert len(marks) == 2  # the bad correction and the mistake, each audited
         # a robot may not label
         assert c.post(f"/v1/episodes/{eid}/annotations", headers={"Authorization": f"Bearer {stack.tokens['robot']}"},
                       json={"start_tick": 1, "end_tick": 2, "reason": "x"}).status_code == 403
@@ -112,6 +137,7 @@ def test_review_page_scrubs_an_episode_shows_the_runs_labels_and_labels_from_the
         sel = catalog.select_for_training(store)
     finally:
         catalog.close()
-    assert eid not in {r.id for r in sel.records}
-    assert sel.excluded[eid] == ("bad correction at ticks 10-15 marked by test-teleoperator: "
-                                 "pushed the object off the table")
+    # the marked stretch only is left out (training/runs.py masks its ticks), with who marked it and why
+    assert eid in {r.id for r in sel.records} and eid not in sel.excluded
+    assert sel.masked[eid] == [{"start_tick": 10, "end_tick": 15, "why": "bad correction at ticks 10-15 marked by "
+                                "test-teleoperator: pushed the object off the table"}]

@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 
@@ -212,3 +214,46 @@ def test_frames_read_straight_from_their_shard_equal_zarr_and_a_damaged_index_is
     shard.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="checksum"):
         ep.image(cam, 0)
+
+
+def test_frames_written_elsewhere_commit_in_the_same_format_and_recover_only_whole_ticks(store_root):
+    """The bridge's camera process writes an episode's frames (FrameWriter) beside the EpisodeWriter
+    that writes the rest: the committed episode reads and verifies as any other; the journal never
+    claims a tick whose frames are not on disk, so a crash recovers whole ticks only."""
+    from data.fsck import recover_episode, verify_episode
+    from data.store import FrameWriter
+
+    store = EpisodeStore(store_root)
+    feats = small_features()
+    frames = SyntheticFrames(feats, n_frames=4)
+    cams = list(feats.cameras)
+    for crash in (False, True):
+        durable = []
+        w = store.new_episode(robot_id="r1", task_id="push", features=feats, fps=30, flush_ticks=4, fsync=False,
+                              frames_elsewhere=lambda: durable[0].durable)
+        fw = FrameWriter(w.path, cams, flush_ticks=4, fsync=False)
+        durable.append(fw)
+        with pytest.raises(SchemaError):  # the frames are not this writer's any more
+            w.append(frames.tick(0, T0))
+        ticks = [frames.tick(t, T0 + t * PERIOD) for t in range(11)]
+        for t, tick in enumerate(ticks[:6] if crash else ticks):  # crash: the camera side is behind, then dies
+            fw.add(t, [tick.images[c] for c in cams])
+        while crash and fw.durable < 4:
+            time.sleep(0.01)
+        for tick in ticks:
+            w.append(Tick(tick.timestamp_ns, tick.state, tick.action, tick.source, proposed=tick.proposed))
+        if crash:
+            with pytest.raises(StoreError, match="frames of 6 ticks, 11 recorded"):  # never a partial commit
+                fw.finish(11)
+            while w.num_flushed < 8:
+                time.sleep(0.01)
+            w.abandon()
+            assert recover_episode(w.path) == 4  # the frames' one durable chunk, not the 8 flushed ticks
+            ep = store.open(w.episode_id)
+        else:
+            ep = store.open(w.commit(Outcome.SUCCESS, "tester", frames_written=fw.finish(11)).episode_id)
+            assert len(ep) == 11
+        assert verify_episode(ep.path) is None and ep.defect() is None
+        for t in (0, 3, len(ep) - 1):
+            for cam in cams:
+                assert_images_close(ep.image(cam, t), ticks[t].images[cam])

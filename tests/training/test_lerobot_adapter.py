@@ -205,3 +205,62 @@ def test_a_policy_fine_tuned_from_a_checkpoint_loads_from_its_artifact_alone(tmp
     again, manifest = load_policy(tmp_path / "artifact")
     assert "asset.lerobot_checkpoint_config.json" in manifest["files"]
     assert np.allclose(again.predict_chunk(obs), before, atol=1e-5)
+
+
+def test_diffusion_with_a_history_trains_on_the_window_the_robot_sends(tmp_path):
+    """lerobot:diffusion with n_obs_steps = 2: a training sample holds the tick and the one before it
+    (the episode's first tick standing in before the start) and its actions from the older one on, as
+    LeRobot windows them; the simulated robot's observation at each tick is exactly that window, and
+    the policy predicts from it. A type that reads one observation refuses a history."""
+    from data.store import EpisodeStore
+    from tests.store.helpers import record
+    from training.methods import PolicyData
+    from training.policies.trainer_policy import policy_batch
+    from training.sim.collect import PolicyActor
+    from training.steps import load_steps
+
+    store = EpisodeStore(tmp_path / "store")
+    ep, _ = record(store, ticks=6, cameras=1)
+    cam = ep.cameras[0]
+    table = load_steps(store, [ep.episode_id], cameras=[cam])
+    assert table.history(np.array([0, 1, 5]), 2).tolist() == [[0, 0], [0, 1], [4, 5]]
+    acts, pad = table.action_chunks(np.array([0, 4]), 3, start=-1)
+    assert np.array_equal(acts[0], table.action[[0, 0, 1]]) and pad.tolist() == [[True, False, False], [False] * 3]
+    assert table.action_chunks(np.array([5]), 3, start=-1)[1].tolist() == [[False, False, True]]
+
+    h, w, _ = ep.image(cam, 0).shape
+    S, A = table.state.shape[1], table.action.shape[1]
+    cfg = LeRobotAdapterConfig(policy_type="diffusion", state_dim=S, action_dim=A, cameras={cam: (3, h, w)},
+                               n_obs_steps=2, policy_kwargs=dict(horizon=8, n_action_steps=4, down_dims=[16, 32],
+                                                                 kernel_size=3, n_groups=4, diffusion_step_embed_dim=16,
+                                                                 num_inference_steps=4, spatial_softmax_num_keypoints=4,
+                                                                 use_group_norm=True))
+    from data.stats import FeatureStats
+    from training.policies.policy import Policy
+
+    torch.manual_seed(0)
+    policy = Policy("lerobot:diffusion", cfg, {"observation.state": FeatureStats.of(table.state),
+                                               "action": FeatureStats.of(table.action)})
+    assert (policy.n_obs_steps, policy.action_start, policy.train_horizon, policy.chunk) == (2, -1, 8, 4)
+    data = PolicyData(np.arange(len(table)), np.ones(len(table), np.int64), None)
+    batch = policy_batch(policy, table, data, np.array([0, 3]), "cpu")
+    assert batch["observation.state"].shape == (2, 2, S) and batch[f"observation.images.{cam}"].shape == (2, 2, 3, h, w)
+    assert batch["action"].shape == (2, 8, A) and batch["action_is_pad"][0, 0]
+    assert batch["action_is_pad"][1].tolist() == [False] * 4 + [True] * 4  # ticks 2..9 of 6
+    loss = policy.model.train()(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+    policy.eval()
+    actor = PolicyActor(policy, "push it", seed=1)
+    actor.reset()
+    for t in range(4):
+        obs = actor.observation(ep.state[t], {cam: ep.image(cam, t)})
+        window = table.history(np.array([t]), 2)[0]
+        assert np.array_equal(obs.state, table.state[window])
+        assert np.array_equal(obs.images[cam], np.stack([ep.image(cam, int(i)) for i in window]))
+        actor.observe(ep.state[t], {cam: ep.image(cam, t)})
+    out = policy.predict_chunk([obs])
+    assert out.shape == (1, 4, A) and np.isfinite(out).all()
+    with pytest.raises(ValueError, match="n_obs_steps"):
+        LeRobotAdapterConfig(policy_type="act", state_dim=S, action_dim=A, n_obs_steps=2)

@@ -27,12 +27,17 @@ def test_takeover_rule_engages_on_deviation_and_respects_budgets():
     rule = TakeoverRule(deviation=0.5, patience=3, takeover_ticks=4, max_takeovers=2, round_budget=100)
     hand = np.zeros(3)
     good, bad, expert = np.zeros(4), np.ones(4), np.zeros(4)
-    driven = []
+    driven, mistakes = [], []
     for t in range(40):
         hand = hand + 0.01  # moving, so no stall
         driven.append(rule.update(hand, bad if t >= 5 else good, expert))
+        if rule.mistake_lag is not None:
+            mistakes.append((t, rule.mistake_lag, rule.mistake_why))
     # engages after 3 bad ticks, drives 4, hands back, engages again, then the episode cap stops it
     assert driven[:7] == [False] * 7 and driven[7:11] == [True] * 4
+    # late, like a person: the mistake (the first bad tick, 5) 2 ticks before the takeover at 7; the same again
+    # after the hand-back (bad from 11, taken over at 13)
+    assert mistakes == [(7, 2, "deviation"), (13, 2, "deviation")]
     assert sum(driven) == 8 and rule.takeovers == 2
     rule.reset_episode()
     tight = TakeoverRule(deviation=0.5, patience=1, takeover_ticks=4, round_budget=6)

@@ -247,6 +247,35 @@ def test_run_labels_export_as_lerobot_columns(tmp_path):
         assert abs(float(ds[i]["advantage"]) - float(labels.advantages[i])) < 1e-6
 
 
+def test_a_stretch_marked_as_a_bad_correction_leaves_only_its_ticks_out_of_training(tmp_path):
+    """Catalog.select_for_training -> episodes.json -> the step table -> the policy's samples and targets:
+    the marked ticks are neither, the rest of the episode is trained on; the reason is in the lineage."""
+    store = _toy_store(tmp_path / "s", n=6)
+    cat = Catalog.for_store(store)
+    cat.register_many(store)
+    ids = store.episode_ids()
+    corrected = next(e for e in ids if (store.open(e).action_source == ActionSource.CORRECTION).any())
+    cat.annotate(corrected, "bad_correction", 3, 5, "drove into the table", author="reviewer")
+    spec = RunSpec(run_id="masked", method=Method.HG_DAGGER, policy={"hidden": 16, "steps": 5, "chunk": 4})
+    res = run_training(store, cat, spec, tmp_path / "runs", progress=False)
+    sel = json.loads((res.run_dir / "episodes.json").read_text())
+    why = "bad correction at ticks 3-5 marked by reviewer: drove into the table"
+    assert corrected in sel["episodes"] and sel["excluded"] == {}
+    assert sel["masked"] == {corrected: [{"start_tick": 3, "end_tick": 5, "why": why}]}
+    assert verify_artifact(res.policy_dir)["lineage"]["masked"] == sel["masked"] and res.metrics["masked_ticks"] == 3
+    # demonstrations + corrections, less the three marked correction ticks
+    whole = policy_data(load_steps(store, sel["episodes"]), Method.HG_DAGGER)
+    assert res.metrics["policy_ticks"] == len(whole.index) - 3
+    table = load_steps(store, sel["episodes"], masked=sel["masked"])
+    e = sel["episodes"].index(corrected)
+    start = int(table.starts[e])
+    kept = policy_data(table, Method.HG_DAGGER).index
+    assert not set(range(start + 3, start + 6)) & set(kept) and set(whole.index) - set(kept) == set(range(start + 3, start + 6))
+    # a tick before the stretch keeps its own action as a target, never the marked ones
+    _, pad = table.action_chunks(np.array([start + 1]), 4)
+    assert pad.tolist() == [[False, False, True, True]]
+
+
 def test_policy_training_resumes_exactly_from_its_last_checkpoint(tmp_path):
     from training.policies.native import NativePolicyConfig
     from training.policies.trainer_policy import fit_policy

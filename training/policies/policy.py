@@ -28,6 +28,10 @@ from training.policies import registry
 
 @dataclass
 class Observation:
+    """One robot's input to a chunk. A policy that reads a history (`Policy.n_obs_steps` > 1) gets its
+    last n_obs_steps control ticks, oldest first: state (n_obs_steps, state_dim), images
+    (n_obs_steps, H, W, C)."""
+
     state: np.ndarray  # (state_dim,) float32, robot units
     images: dict[str, np.ndarray]  # name -> (H, W, C) uint8
     instruction: str
@@ -67,6 +71,16 @@ class Policy:
     def train_horizon(self) -> int:
         """Actions per training sample (diffusion: its horizon, longer than the chunk it serves)."""
         return self.chunk if self.type == registry.NATIVE else int(self.model.train_horizon)
+
+    @property
+    def n_obs_steps(self) -> int:
+        """Control ticks of observations the policy reads: this one and the n_obs_steps - 1 before it."""
+        return int(getattr(self.cfg, "n_obs_steps", 1))
+
+    @property
+    def action_start(self) -> int:
+        """Where a training sample's actions start relative to its tick (diffusion: its oldest observation)."""
+        return 0 if self.type == registry.NATIVE else int(self.model.action_start)
 
     @property
     def action_dim(self) -> int:

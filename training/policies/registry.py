@@ -16,7 +16,8 @@ from typing import Annotated, Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from training.policies.lerobot_adapter.configuration_adapter import BACKBONES, LeRobotAdapterConfig, lerobot_fields
+from training.policies.lerobot_adapter.configuration_adapter import (BACKBONES, HISTORY_POLICIES, LeRobotAdapterConfig,
+                                                                   lerobot_fields)
 from training.policies.native.configuration_native import NativePolicyConfig
 
 NATIVE = "native_flow"
@@ -100,7 +101,21 @@ def validate_policy_recipe(section: Mapping[str, Any]) -> dict[str, Any]:
         where = ".".join(str(x) for x in err["loc"]) or "policy"
         msg = "not a field of this policy type" if err["type"] == "extra_forbidden" else err["msg"]
         raise RecipeError(f"{where}: {msg} ({type_name})") from None
+    _check_history(type_name, checked.model_dump())
     return {"type": type_name} | checked.model_dump(include=set(section))
+
+
+def _check_history(type_name: str, cfg: Mapping[str, Any]) -> None:
+    """n_obs_steps > 1 only for a policy that reads a history; diffusion then serves the actions from
+    its newest observation on, so its horizon must hold them: n_action_steps <= horizon - n_obs_steps + 1."""
+    n = cfg.get("n_obs_steps", 1)
+    if n > 1 and type_name.removeprefix("lerobot:") not in HISTORY_POLICIES:
+        raise RecipeError(f"n_obs_steps: {type_name} reads only the current observation; a history of "
+                          f"{n} is for {', '.join(f'lerobot:{p}' for p in sorted(HISTORY_POLICIES))} ({type_name})")
+    if type_name == "lerobot:diffusion" and cfg["n_action_steps"] > cfg["horizon"] - n + 1:
+        raise RecipeError(f"n_action_steps: {cfg['n_action_steps']} actions from the newest of {n} observation "
+                          f"step(s) do not fit a horizon of {cfg['horizon']} (at most horizon - n_obs_steps + 1 = "
+                          f"{cfg['horizon'] - n + 1}) ({type_name})")
 
 
 def policy_config(section: Mapping[str, Any], *, state_dim: int, action_dim: int, cameras: Mapping[str, tuple[int, int]],

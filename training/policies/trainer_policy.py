@@ -20,10 +20,18 @@ from training.steps import StepTable
 
 def policy_batch(policy: Policy, table: StepTable, data: PolicyData, pick: np.ndarray, device: torch.device) -> dict:
     """The selected ticks `data.index[pick]` through the type's processor, with their indicators and
-    (AWR) weights, which every type's loss applies per sample."""
+    (AWR) weights, which every type's loss applies per sample. A policy that reads a history gets each
+    tick's last n_obs_steps ticks (states (B, n, S), frames (B, n, H, W, C))."""
     idx = data.index[pick]
-    chunks, pad = table.action_chunks(idx, policy.train_horizon)
-    batch = policy.training_batch(table.state[idx], table.frames(idx), table.instructions_of(idx), chunks, pad, device)
+    chunks, pad = table.action_chunks(idx, policy.train_horizon, policy.action_start)
+    n = policy.n_obs_steps
+    if n == 1:
+        states, frames = table.state[idx], table.frames(idx)
+    else:
+        hist = table.history(idx, n)
+        states = table.state[hist]
+        frames = {c: f.reshape(len(idx), n, *f.shape[1:]) for c, f in table.frames(hist.reshape(-1)).items()}
+    batch = policy.training_batch(states, frames, table.instructions_of(idx), chunks, pad, device)
     batch["indicator"] = torch.from_numpy(data.indicator[pick]).to(device)
     if data.weight is not None:
         batch["weight"] = torch.from_numpy(data.weight[pick]).to(device)

@@ -7,6 +7,7 @@ runtime in place of the inference server."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,21 +27,41 @@ class PolicyActor:
     """The in-process policy runtime of the simulated arm: a policy of any registered type through
     its contract (the processing and guidance the inference server's runtime uses; β None: the
     artifact's, as served), answering within the tick. Each chunk's noise seed is drawn from `seed`.
-    Chunk execution, hold and hand-back are the robots' `ActionArbiter` (see `arm_arbiter`)."""
+    Chunk execution, hold and hand-back are the robots' `ActionArbiter` (see `arm_arbiter`).
+
+    A policy that reads a history (n_obs_steps > 1) gets the last n_obs_steps control ticks, as a robot
+    sends them (`observe` every tick, `reset` at the episode start; until the history is full the
+    oldest known tick stands in for the missing ones, as LeRobot's select_action fills its queue)."""
 
     def __init__(self, policy: Policy, instruction: str, *, beta: float | None = None,
                  indicator: int = recap.INDICATOR_POSITIVE, seed: int = 0):
         self.policy, self.instruction = policy, instruction
         self.beta, self.indicator = beta, indicator
         self.seeds = np.random.default_rng(seed)
+        self._past: deque = deque(maxlen=policy.n_obs_steps - 1)  # the ticks before the current one
 
     @property
     def chunk(self) -> int:
         return self.policy.chunk
 
+    def reset(self) -> None:
+        """A new episode: no history."""
+        self._past.clear()
+
+    def observe(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> None:
+        """Every control tick, after the tick's decision: it becomes history for the next ones."""
+        if self._past.maxlen:
+            self._past.append((np.asarray(obs, np.float32), dict(images or {})))
+
     def observation(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> Observation:
-        return Observation(np.asarray(obs, np.float32), dict(images or {}), self.instruction,
-                           int(self.seeds.integers(0, 2**31 - 1)))
+        """This tick's input: `obs` and `images`, with the history before it for a policy that reads one."""
+        state, images = np.asarray(obs, np.float32), dict(images or {})
+        if self._past.maxlen:
+            ticks = list(self._past) + [(state, images)]
+            ticks = [ticks[0]] * (self.policy.n_obs_steps - len(ticks)) + ticks
+            state = np.stack([s for s, _ in ticks])
+            images = {c: np.stack([im[c] for _, im in ticks]) for c in images}
+        return Observation(state, images, self.instruction, int(self.seeds.integers(0, 2**31 - 1)))
 
     def predict(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> np.ndarray:
         return self.policy.predict_chunk([self.observation(obs, images)], self.indicator, self.beta)[0]
@@ -93,6 +114,7 @@ def run_episode(arm: MetaWorldArm, seed: int, *, store: EpisodeStore | None, rob
     arbiter = arm_arbiter(arm, actor.chunk) if actor is not None else None
     if arbiter is not None:
         arbiter.reset(0)
+        actor.reset()
     if rule is not None:
         rule.reset_episode()
     chunk = actor.chunk if actor is not None else 1
@@ -115,6 +137,9 @@ def run_episode(arm: MetaWorldArm, seed: int, *, store: EpisodeStore | None, rob
                 if not (rule is not None and rule.engaged) and arbiter.needs_chunk():
                     arbiter.offer_chunk(actor.predict(obs, images), policy_version, obs_tick=t)
                 human = rule.update(obs[:3], arbiter.next_action(), expert) if rule else False
+                if human and rule.mistake_lag is not None and writer is not None:  # as the station records it
+                    writer.note_event("mistake", t0 + int(max(0, t - rule.mistake_lag) * CONTROL_PERIOD_S * 1e9),
+                                      why=rule.mistake_why)
                 correction = None
                 if human:
                     correction = unstick_gripper(obs, expert)
@@ -125,6 +150,7 @@ def run_episode(arm: MetaWorldArm, seed: int, *, store: EpisodeStore | None, rob
                 corrections += source == ActionSource.CORRECTION
                 sources.append(int(source))
                 holds += source == ActionSource.HOLD
+                actor.observe(obs, images)
             if writer is not None:
                 writer.append(Tick(t0 + int(t * CONTROL_PERIOD_S * 1e9), obs, action, source, images, proposed,
                                    version))

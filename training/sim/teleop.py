@@ -5,6 +5,11 @@ Calibrated on Meta-World (shared/notes/metaworld.md): the policy is "going wrong
 motion disagrees with the expert's by more than `deviation` for `patience` consecutive ticks,
 or when the hand has not moved for `stall_ticks`. The human then drives `takeover_ticks` ticks
 and hands back. At most `max_takeovers` per episode and `round_budget` correction ticks per round.
+
+Like a person, it takes over late: the mistake (the first tick of the deviation it waited `patience`
+ticks on, or the first tick of the stall window) comes before the takeover. On the tick it takes over,
+`mistake_lag` says how many ticks earlier the mistake was and `mistake_why` which condition held (the
+station records it with the episode: data/effort.py's mistake to takeover); None on every other tick.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ class TakeoverRule:
         self.reset_episode()
 
     def reset_episode(self) -> None:
+        self.mistake_lag: int | None = None
+        self.mistake_why = ""
         self._bad = 0
         self._engaged = 0
         self.takeovers = 0
@@ -43,6 +50,7 @@ class TakeoverRule:
 
     def update(self, hand_pos: np.ndarray, policy_action: np.ndarray | None, expert_action: np.ndarray) -> bool:
         """Call once per tick before acting; True when the human drives this tick."""
+        self.mistake_lag = None
         self._hand_hist.append(np.asarray(hand_pos, np.float64))
         if len(self._hand_hist) > self.stall_ticks:
             self._hand_hist.pop(0)
@@ -59,6 +67,11 @@ class TakeoverRule:
         if (self._bad >= self.patience or stalled) and self.takeovers < self.max_takeovers \
                 and self.round_used + self.takeover_ticks <= self.round_budget:
             self.takeovers += 1
+            # ticks back to where the condition first held: the deviation's first tick, the stall window's first
+            lags = {"deviation": self._bad - 1 if self._bad >= self.patience else -1,
+                    "stall": len(self._hand_hist) - 1 if stalled else -1}
+            self.mistake_why = max(lags, key=lags.get)
+            self.mistake_lag = lags[self.mistake_why]
             self._bad = 0
             self._hand_hist.clear()
             self._engaged = self.takeover_ticks - 1

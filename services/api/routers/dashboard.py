@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 
-from data.effort import EpisodeEffort, effort_figures
+from data.effort import effort_figures
 from services.api.context import AppContext, ctx, principal
 from services.auth import Principal
 
@@ -75,17 +75,19 @@ def _summary(v: dict) -> dict:
 
 
 @router.get("/v1/stats/effort", summary="Human effort per robot and per policy version: takeovers per robot-hour, "
-                                       "correction share, return on human effort")
+                                       "correction share, return on human effort, mistake to takeover")
 def effort_stats(since_ns: int | None = Query(None, ge=0, le=2**63 - 1), _: Principal = Depends(principal),
                  c: AppContext = Depends(ctx)) -> dict:
     """data/effort.py over the episodes a policy drove (demonstrations left out), evaluation episodes
     included: `by_robot`, and `by_version` (an episode counts for every version that acted in it).
-    Return on human effort = successes / (1 + minutes of correction), as Fleet-DAgger defines it."""
+    Return on human effort = successes / (1 + minutes of correction), as Fleet-DAgger defines it.
+    Mistake to takeover (mean, median; `takeovers_mistake_known` of the takeovers): where known, i.e.
+    recorded by the teleoperator station or marked on the review page; null when none is."""
     robots, versions = defaultdict(list), defaultdict(list)
     for e in c.catalog.episodes(since_ns=since_ns):
         if e.num_policy_ticks == 0:
             continue
-        eff = EpisodeEffort(e.num_ticks, e.num_correction_ticks, e.num_takeovers, e.fps, e.outcome == "success")
+        eff = e.effort()
         robots[e.robot_id].append(eff)
         for v in e.policy_versions:
             versions[v].append(eff)

@@ -1,8 +1,10 @@
 """Episode review (the dashboard's review page, `/review`): an episode tick by tick (states, actions,
 who acted, the policy version, the deadline holds), the advantage labels (and values, where a run
-saved them) every training run gave it, and the stretches reviewers marked. Marking a stretch as a
-bad correction (teleoperator, operator; audited like every mutation) keeps the episode out of later
-training selections, with the reason in the catalog."""
+saved them) every training run gave it, and the stretches marked on it. Marking a stretch as a
+bad correction (teleoperator, operator; audited like every mutation) leaves those ticks out of later
+training runs, with the reason in the catalog and the runs' lineage. Marking the tick where the
+policy went wrong (kind `mistake`, same roles) stretches to the takeover that followed it: the
+mistake-to-takeover time where the station did not record it (data/effort.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import Field
 from sqlalchemy import select
 
+from data.effort import takeover_after
 from data.schema import ActionSource
 from data.store import EpisodeNotFound, StoreError
 from services.api.context import AppContext, ctx, principal, require
@@ -25,9 +28,10 @@ router = APIRouter(prefix="/v1/episodes", tags=["episode review"])
 
 
 class AnnotationIn(Strict):
-    kind: str = Field("bad_correction", pattern=r"^bad_correction$")
+    kind: str = Field("bad_correction", pattern=r"^(bad_correction|mistake)$")
     start_tick: int = Field(ge=0, le=10**9)
-    end_tick: int = Field(ge=0, le=10**9)
+    end_tick: int | None = Field(None, ge=0, le=10**9, description="bad_correction: the stretch's last tick; "
+                                 "mistake: left out (the takeover that follows start_tick)")
     reason: LongText = Field(min_length=1)
 
 
@@ -94,13 +98,25 @@ def annotations(episode_id: str, _: Principal = Depends(principal), c: AppContex
 
 
 @router.post("/{episode_id}/annotations", status_code=201,
-             summary="Mark a stretch as a bad correction: the episode is left out of later training selections")
+             summary="Mark a stretch as a bad correction (its ticks are left out of later training runs), or the "
+                     "tick of a policy mistake (to the takeover that followed it)")
 def annotate(episode_id: str, body: AnnotationIn, p: Principal = Depends(require("episodes.label")),
              c: AppContext = Depends(ctx)) -> dict:
-    if body.end_tick < body.start_tick:
-        raise HTTPException(422, f"end_tick {body.end_tick} is before start_tick {body.start_tick}")
+    end = body.end_tick
+    if body.kind == "mistake":
+        ep = _open(c, episode_id)
+        if body.start_tick >= len(ep):
+            raise HTTPException(422, f"tick {body.start_tick}: outside the episode's 0..{len(ep) - 1}")
+        end = takeover_after(ep.action_source, body.start_tick)
+        if end is None:
+            raise HTTPException(422, f"no takeover follows tick {body.start_tick}: a mistake is marked before the "
+                                     "takeover that answered it")
+    elif end is None:
+        raise HTTPException(422, "end_tick: a bad correction needs the stretch's last tick")
+    if end < body.start_tick:
+        raise HTTPException(422, f"end_tick {end} is before start_tick {body.start_tick}")
     try:
-        return c.catalog.annotate(episode_id, body.kind, body.start_tick, body.end_tick, body.reason, author=p.name)
+        return c.catalog.annotate(episode_id, body.kind, body.start_tick, end, body.reason, author=p.name)
     except KeyError:
         raise HTTPException(404, f"episode {episode_id!r} is not in the catalog") from None
     except ValueError as e:

@@ -93,8 +93,10 @@ async function refresh() {
        [{ class: g.status === "passed" ? "ok" : g.status === "failed" ? "bad" : "muted" }, g.status],
        side(g.figures.canary), side(g.figures.fleet),
        prob(g.figures.p_success_worse) + ", " + prob(g.figures.p_takeovers_worse), g.reason]]);
+    const mistake = (f) => f.mistake_to_takeover_s_mean == null ? "unknown"
+      : `${f.mistake_to_takeover_s_mean.toFixed(2)} / ${f.mistake_to_takeover_s_median.toFixed(2)} (${f.takeovers_mistake_known} of ${f.takeovers})`;
     const effortRow = ([k, f]) => [{ "data-key": k }, [k, f.episodes, f.takeovers_per_robot_hour.toFixed(1),
-      pct(f.correction_tick_share), f.human_minutes.toFixed(1), f.return_on_human_effort.toFixed(2)]];
+      pct(f.correction_tick_share), f.human_minutes.toFixed(1), f.return_on_human_effort.toFixed(2), mistake(f)]];
     rows("#effort-robots", Object.entries(effort.by_robot), effortRow);
     rows("#effort-versions", Object.entries(effort.by_version), effortRow);
     rows("#fleet", robots, r => [{ "data-robot": r.id },

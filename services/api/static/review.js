@@ -54,8 +54,10 @@ function timeline() {
   const names = ep.ticks.source_names;
   const out = ep.ticks.source.map((s, t) => svgEl("rect", { x: (t * w).toFixed(2), y: 0, width: Math.max(w, 1).toFixed(2),
     height: 28, fill: SOURCE_COLOURS[names[s]] || "#999", "data-tick": t, "data-source": names[s] }));
-  for (const a of ep.annotations) {
-    out.push(svgEl("rect", { class: "bad-stretch", x: (a.start_tick * w).toFixed(2), y: 30, height: 8, fill: "#7c3aed",
+  for (const a of ep.annotations) {  // bad corrections purple; mistake -> takeover red
+    const mistake = a.kind === "mistake";
+    out.push(svgEl("rect", { class: mistake ? "mistake-stretch" : "bad-stretch", x: (a.start_tick * w).toFixed(2),
+                             y: 30, height: 8, fill: mistake ? "#dc2626" : "#7c3aed",
                              width: Math.max((a.end_tick - a.start_tick + 1) * w, 2).toFixed(2) }));
   }
   out.push(svgEl("line", { class: "cursor", x1: 0, x2: 0, y1: 0, y2: 40, stroke: "#111", "stroke-width": 2 }));
@@ -107,8 +109,11 @@ function showEpisode(e) {
   $("#labeller").textContent = e.outcome_labeller ? "labelled by " + e.outcome_labeller : "";
   $("#summary").textContent = `${e.robot_id}, ${e.task_id}: ${e.num_ticks} ticks, ${e.num_takeovers} takeovers, ` +
     `${e.num_hold_ticks} hold ticks, versions ${e.policy_versions.join(", ") || "–"}` + (e.evaluation ? " (evaluation episode)" : "");
-  $("#annotations").replaceChildren(...ep.annotations.map(a => el("li", { "data-annotation": a.id },
-    `bad correction, ticks ${a.start_tick}–${a.end_tick}, by ${a.author}: ${a.reason}`)));
+  const fps = ep.ticks ? ep.ticks.fps : e.fps;
+  $("#annotations").replaceChildren(...ep.annotations.map(a => el("li", { "data-annotation": a.id, "data-kind": a.kind },
+    a.kind === "mistake"
+      ? `policy mistake at tick ${a.start_tick}, takeover at ${a.end_tick} (${((a.end_tick - a.start_tick) / fps).toFixed(2)} s later), by ${a.author}: ${a.reason}`
+      : `bad correction, ticks ${a.start_tick}–${a.end_tick} (left out of training), by ${a.author}: ${a.reason}`)));
 }
 
 async function load(id) {
@@ -142,8 +147,16 @@ async function markBad() {
   if (a == null || b == null) throw new Error("mark the stretch first: [ at its first tick, ] at its last");
   const reason = $("#reason").value.trim();
   if (!reason) throw new Error("say why the correction is bad (the reason is kept in the catalog)");
-  await post(`/v1/episodes/${encodeURIComponent(ep.id)}/annotations`,
-             { kind: "bad_correction", start_tick: Math.min(a, b), end_tick: Math.max(a, b), reason });
+  await annotate({ kind: "bad_correction", start_tick: Math.min(a, b), end_tick: Math.max(a, b), reason });
+}
+
+async function markMistake() {  // the current tick: where the policy went wrong (the server finds the takeover after it)
+  const reason = $("#reason").value.trim() || "policy mistake marked on the review page";
+  await annotate({ kind: "mistake", start_tick: ep.tick, reason });
+}
+
+async function annotate(body) {
+  await post(`/v1/episodes/${encodeURIComponent(ep.id)}/annotations`, body);
   ep.annotations = await (await api(`/v1/episodes/${encodeURIComponent(ep.id)}/annotations`)).json();
   const e = await (await api(`/v1/episodes/${encodeURIComponent(ep.id)}`)).json();
   showEpisode(e);
@@ -164,8 +177,10 @@ document.addEventListener("keydown", guard(async (ev) => {
   else if (ev.key === "[") { ep.stretch[0] = ep.tick; $("#stretch").textContent = `${ep.stretch[0]}–${ep.stretch[1] ?? "?"}`; }
   else if (ev.key === "]") { ep.stretch[1] = ep.tick; $("#stretch").textContent = `${ep.stretch[0] ?? "?"}–${ep.stretch[1]}`; }
   else if (ev.key === "b") await markBad();
+  else if (ev.key === "m") await markMistake();
 }));
 $("#mark-bad").onclick = guard(markBad);
+$("#mark-mistake").onclick = guard(markMistake);
 $("#scrub").oninput = guard(() => setTick(+$("#scrub").value));
 $("#episode").onchange = guard(() => load($("#episode").value));
 

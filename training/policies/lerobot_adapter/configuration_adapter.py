@@ -21,7 +21,9 @@ FIELDS_FILE = Path(__file__).with_name("lerobot_fields.json")
 # LeRobot config fields the adapter sets itself (features, device, hub publishing, processors' normalisation)
 NOT_SETTABLE = {"input_features", "output_features", "device", "use_amp", "use_peft", "push_to_hub", "repo_id",
                 "private", "tags", "license", "pretrained_path", "pretrained_revision", "normalization_mapping",
-                "n_obs_steps"}  # one observation per request: the adapter gives diffusion n_obs_steps = 1
+                "n_obs_steps"}  # the adapter's own field (below): it sizes the processing and the wire too
+# Policies that read a history of observations (n_obs_steps > 1); the others read the current one.
+HISTORY_POLICIES = {"diffusion"}
 
 
 @dataclass
@@ -38,6 +40,8 @@ class LeRobotAdapterConfig:
     indicator_dropout: float = 0.3
     tokenizer: str | None = None  # language policies: a tokenizer folder or hub id (default: LeRobot's)
     cfg_beta: float = 1.0  # guidance at inference: the value the run was evaluated with (1 = no guidance)
+    # observations the policy reads: this tick's and the n_obs_steps - 1 before it (diffusion only)
+    n_obs_steps: int = field(default=1, metadata={"ge": 1, "le": 16})
     # training
     lr: float = field(default=1e-4, metadata={"gt": 0, "le": 1})  # metadata: the bounds a recipe is checked against
     weight_decay: float = field(default=1e-4, metadata={"ge": 0, "le": 1})
@@ -47,6 +51,10 @@ class LeRobotAdapterConfig:
 
     DERIVED = ("policy_type", "state_dim", "action_dim", "cameras", "indicator_dropout", "cfg_beta", "seed",
                "policy_kwargs")
+
+    def __post_init__(self):
+        if self.n_obs_steps > 1 and self.policy_type not in HISTORY_POLICIES:
+            raise ValueError(f"n_obs_steps: {self.policy_type} reads only the current observation")
 
     @property
     def indicator_as_text(self) -> bool:

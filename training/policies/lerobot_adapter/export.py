@@ -100,6 +100,8 @@ class ExportedLeRobotPolicy:
         self.state_dim, self.action_dim, self.chunk = config["state_dim"], config["action_dim"], config["chunk"]
         self.cameras = {c: (s[1], s[2], s[0]) for c, s in config["cameras"].items()}  # (C, H, W) -> wire (H, W, C)
         self._noise_shape = _noise_shape(policy.config)
+        # LeRobot's diffusion reads its last n_obs_steps ticks (its default is 2): requests carry them
+        self.n_obs_steps = int(policy.config.n_obs_steps) if policy.config.type == "diffusion" else 1
 
     def envelope_stats(self) -> dict:
         return {"observation.state": _processor_stats(self.pre, "observation.state"),
@@ -110,8 +112,8 @@ class ExportedLeRobotPolicy:
         batch = {"observation.state": torch.from_numpy(np.stack([o.state for o in obs])),
                  "task": [o.instruction for o in obs]}
         for c in self.cameras:
-            batch[f"observation.images.{c}"] = (torch.from_numpy(np.stack([o.images[c] for o in obs]))
-                                                .permute(0, 3, 1, 2).float().div(255))
+            frames = torch.from_numpy(np.stack([o.images[c] for o in obs]))  # (B, [n_obs_steps,] H, W, C)
+            batch[f"observation.images.{c}"] = frames.movedim(-1, -3).float().div(255)
         kwargs = {}
         if self._noise_shape is not None:  # drawn on the CPU from each request's seed: alone or batched, the same
             kwargs["noise"] = torch.stack([torch.randn(self._noise_shape, generator=torch.Generator().manual_seed(o.seed))

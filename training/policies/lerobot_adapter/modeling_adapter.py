@@ -11,9 +11,10 @@ Normalisation is ours (mean/std stats), applied before the batch reaches the pol
   the same computation per sample);
 - a policy without cameras gets its state as LeRobot's environment state too (ACT and diffusion need
   an image or an environment state);
-- diffusion sees one observation step (n_obs_steps = 1: a request carries one observation) and trains
-  on its whole horizon of actions; its default sampler is DDIM, deterministic given the starting noise,
-  so guidance's two passes and a batched request start and end alike;
+- diffusion reads the last `n_obs_steps` observations (the config's; observations then carry a time
+  axis, oldest first: (B, n_obs_steps, ...)) and trains on its whole horizon of actions, from the oldest
+  of them on, as LeRobot's own dataset windows it; its default sampler is DDIM, deterministic given the
+  starting noise, so guidance's two passes and a batched request start and end alike;
 - language policies keep their tokenizer (SmolVLA: also its VLM's config and processor) as `assets()`,
   saved with the artifact and read back from it: serving never needs the folders of training time.
 """
@@ -59,7 +60,7 @@ def _build_policy(cfg: LeRobotAdapterConfig, assets_dir: Path | None = None) -> 
     if cfg.policy_type in ("act", "diffusion"):
         kwargs.setdefault("pretrained_backbone_weights", None)  # no download
     if cfg.policy_type == "diffusion":
-        kwargs["n_obs_steps"] = 1  # one observation per request (not settable: NOT_SETTABLE)
+        kwargs["n_obs_steps"] = cfg.n_obs_steps  # the adapter's field: the processing and the wire follow it
         kwargs.setdefault("noise_scheduler_type", "DDIM")  # deterministic given the starting noise
     if "chunk_size" in kwargs and cfg.policy_type in ("act", "smolvla", "pi0", "pi05"):
         kwargs.setdefault("n_action_steps", kwargs["chunk_size"])  # LeRobot refuses n_action_steps > chunk_size
@@ -141,8 +142,11 @@ def condition_batch(batch: dict, indicator: torch.Tensor, *, as_text: bool) -> d
     if as_text:
         batch["task"] = [recap.advantage_prompt(t, int(i)) for t, i in zip(batch["task"], indicator)]
     else:
-        onehot = torch.nn.functional.one_hot(indicator, 3).to(batch["observation.state"].dtype)
-        batch["observation.state"] = torch.cat([batch["observation.state"], onehot], dim=-1)
+        state = batch["observation.state"]
+        onehot = torch.nn.functional.one_hot(indicator, 3).to(state.dtype)
+        if state.dim() == 3:  # a history (B, n_obs_steps, S): the same indicator at every step
+            onehot = onehot[:, None].expand(-1, state.shape[1], -1)
+        batch["observation.state"] = torch.cat([state, onehot], dim=-1)
     return batch
 
 
@@ -225,7 +229,7 @@ class LeRobotAdapter(nn.Module):
         b = {k: v for k, v in self._condition(batch, indicator).items() if k not in ("indicator", "weight", "texts")}
         if _state_as_env(self.cfg):
             b[OBS_ENV_STATE] = b[OBS_STATE]
-        if self.cfg.policy_type == "diffusion":  # its time axis: one observation step
+        if self.cfg.policy_type == "diffusion" and b[OBS_STATE].dim() == 2:  # its time axis: one observation step
             b = {k: v.unsqueeze(1) if k.startswith("observation.") and torch.is_tensor(v) else v for k, v in b.items()}
         return b
 
@@ -253,6 +257,12 @@ class LeRobotAdapter(nn.Module):
         """Actions per training sample: the chunk (diffusion: its whole horizon, of which it serves
         n_action_steps)."""
         return int(self.policy.config.horizon) if self.cfg.policy_type == "diffusion" else self.cfg.chunk
+
+    @property
+    def action_start(self) -> int:
+        """Where a training sample's actions start, relative to its tick: diffusion's horizon begins at
+        its oldest observation (1 - n_obs_steps), the others' at the tick itself."""
+        return 1 - self.cfg.n_obs_steps if self.cfg.policy_type == "diffusion" else 0
 
     @property
     def noise_shape(self) -> tuple[int, int] | None:
