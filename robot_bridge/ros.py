@@ -37,6 +37,9 @@ def spin_node(make: Callable[[], Node], args=None, poll_s: float = 0.2) -> None:
             executor.spin_once(timeout_sec=poll_s)
     except (KeyboardInterrupt, ExternalShutdownException, ShutdownException):
         pass
+    except Exception:  # noqa: BLE001 - a callback caught by the context shutting down (SIGTERM) under it
+        if rclpy.ok():
+            raise
     finally:
         if hasattr(node, "shutdown"):
             node.shutdown()

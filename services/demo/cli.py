@@ -168,6 +168,8 @@ def demo(out: Path = typer.Option(Path("demo_out"), help="Where everything goes 
 
         tiny_smolvlm(out / VLM_DIR, [task_instruction(t) for t in cfg.tasks])
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C stops the demo even when it was started from a background job, which inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     t0 = time.monotonic()
     stack = DemoStack(out, cfg, ros_domain=ros_domain, state=state)
     code = 0

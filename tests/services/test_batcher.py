@@ -78,8 +78,10 @@ def test_robots_slower_than_the_company_wait_are_waited_for_while_that_is_a_smal
     model_s = float(np.median(times))
 
     def batches(share: float) -> float:
-        robots = {f"arm-{k}": model_s * (0.04 + 0.02 * k) for k in range(4)}  # 2-5x company_wait_s
-        b = MicroBatcher(company_wait_s=0.02 * model_s, company_share=share)
+        # 5-8x company_wait_s, and a quarter to 40 % of a model call: milliseconds, not the fractions of
+        # a millisecond in which the event loop's own scheduling would line the robots up anyway
+        robots = {f"arm-{k}": model_s * (0.25 + 0.05 * k) for k in range(4)}
+        b = MicroBatcher(company_wait_s=0.05 * model_s, company_share=share)
 
         async def run():
             b.start()
@@ -98,5 +100,5 @@ def test_robots_slower_than_the_company_wait_are_waited_for_while_that_is_a_smal
         sizes = asyncio.run(run())
         return float(np.mean(np.asarray(sizes[16:-8]) == 4))
 
-    waited, not_waited = batches(0.25), batches(0.0)
+    waited, not_waited = batches(1.0), batches(0.0)
     assert waited > 0.75 and not_waited < 0.4, (waited, not_waited, model_s)
