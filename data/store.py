@@ -489,7 +489,24 @@ class _Chunk:
     versions: list[str] | None = None  # policy version names known when the chunk was queued
 
 
-class EpisodeWriter:
+class _FlushThread:
+    """The background flush loop both writers run: chunks from `_queue` to `_write_chunk` until None;
+    after a failure the rest is drained unwritten and the error waits for the caller's next call."""
+
+    def _flush_loop(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            if chunk is None:
+                return
+            if self._error is not None:
+                continue  # drain without writing after a failure
+            try:
+                self._write_chunk(chunk)
+            except BaseException as e:  # reported to the caller on its next call
+                self._fail(e)
+
+
+class EpisodeWriter(_FlushThread):
     """Appends ticks to one episode, flushing every `flush_ticks` from a background thread.
 
     Memory is bounded: at most one full chunk waits for the flush thread; `append` blocks beyond that.
@@ -808,18 +825,6 @@ class EpisodeWriter:
     def _sync_dirs(self) -> None:
         _sync_dirs(self._zstore, self.path, self._fsync)
 
-    def _flush_loop(self) -> None:
-        while True:
-            chunk = self._queue.get()
-            if chunk is None:
-                return
-            if self._error is not None:
-                continue  # drain without writing after a failure
-            try:
-                self._write_chunk(chunk)
-            except BaseException as e:  # reported to the caller on its next call
-                self._fail(e)
-
     def _write_chunk(self, c: _Chunk) -> None:
         end = c.start + c.n
         # Arrays only ever grow, to exactly the flushed length: shrinking would make zarr delete chunks.
@@ -878,7 +883,7 @@ def _sync_dirs(zstore: DurableLocalStore, root: Path, fsync: bool) -> None:
     fsync_dir(root)
 
 
-class FrameWriter:
+class FrameWriter(_FlushThread):
     """Writes one episode's camera frames from another process than its EpisodeWriter's (the bridge's
     camera process, which receives the frames): the EpisodeWriter (`frames_elsewhere`) created the
     image arrays and writes everything else; this writes only `images/<camera>` (its shards and, as
@@ -971,23 +976,14 @@ class FrameWriter:
         self._thread.join()
         self._pool.shutdown(wait=True)
 
-    def _flush_loop(self) -> None:
-        while True:
-            chunk = self._queue.get()
-            if chunk is None:
-                return
-            if self._error is not None:
-                continue  # drain without writing after a failure
-            try:
-                end = chunk.start + chunk.n
-                grow = [a.async_array.resize((end, *a.shape[1:])) for a in self._arrays.values() if a.shape[0] < end]
-                if grow:  # grow first, as the EpisodeWriter does
-                    zarr_sync(_gather(grow))
-                _write_shards(self._zstore, chunk, self.cameras, self.flush_ticks)
-                _sync_dirs(self._zstore, self.path, self._fsync)
-                self.durable = end
-            except BaseException as e:  # reported to the caller on its next call
-                self._fail(e)
+    def _write_chunk(self, chunk: _Chunk) -> None:
+        end = chunk.start + chunk.n
+        grow = [a.async_array.resize((end, *a.shape[1:])) for a in self._arrays.values() if a.shape[0] < end]
+        if grow:  # grow first, as the EpisodeWriter does
+            zarr_sync(_gather(grow))
+        _write_shards(self._zstore, chunk, self.cameras, self.flush_ticks)
+        _sync_dirs(self._zstore, self.path, self._fsync)
+        self.durable = end
 
 
 def write_manifest(path: Path, info: EpisodeInfo, written: dict[str, tuple[str, int]], *, fsync: bool = True,
