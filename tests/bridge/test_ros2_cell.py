@@ -361,6 +361,7 @@ def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bri
         lo, hi = (int(np.rint((img[h // 2, x].mean() - 8) / 16)) for x in (w // 4, 3 * w // 4))
         return (lo - 8 * i) % 16 + 16 * ((hi - 8 * i) % 16)
 
+    old_frames = 0
     for ep in episodes:
         assert ep.cameras == ["left", "right"]
         ks, ts = ep.state[:, 0].astype(int), ep.timestamps_ns
@@ -372,7 +373,12 @@ def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bri
             # often the frame of the tick's state; state and frames are separate streams, and on a loaded
             # machine the frame stream may run a few ticks behind (0.45 seen), never ahead (asserted above)
             assert same.mean() > 0.3, (cam, same.mean(), list(zip(ks, fk))[:20])
-            assert np.abs(fk - ks).max() <= 10  # never an old one
+            # an old frame (CI's two loaded cores: 11 ticks behind at an episode's first tick) is never
+            # recorded silently: every frame older than two control periods is a stale sample in the stats
+            age = ts - np.array([stamps[x] for x in fk])
+            old_frames += int((age > 2 * 20_000_000).sum())
+            assert np.abs(fk - ks).max() <= 30  # and never one from long ago
+    assert old_frames <= stats["stale_samples"], (old_frames, stats["stale_samples"])
     assert stats["refused"]["image"] > 60 and stats["camera_aborted_episodes"] == 1
     camera_status = [st for arr in diags for st in arr.status if st.name.endswith(": cameras")]
     assert any(st.level == b"\x02" and "episode aborted" in st.message for st in camera_status)
