@@ -219,6 +219,18 @@ class OursWS:
         self.ws.close()
 
 
+def stop_all(procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    """Terminate the processes and wait until they are gone (killed after `timeout`)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 400) -> None:
     import socket
 
@@ -310,7 +322,7 @@ def main() -> None:
             log(f"openpi-style, {n} robot(s)")
             results[f"openpi_style_{n}"] = run_clients(lambda k: OpenpiStyleClient(f"ws://127.0.0.1:{port}"), n,
                                                        args.duration, refs)
-        op.terminate()
+        stop_all([op])  # gone before LeRobot's servers are timed
 
         # -- LeRobot PolicyServer: 1 server, then 8 servers for 8 robots; 8 robots on 1 server ----
         ports = [free_port() for _ in range(8)]
@@ -329,8 +341,7 @@ def main() -> None:
         results["lerobot_8_on_1_server"] = run_clients(
             lambda k: LeRobotClient(f"127.0.0.1:{ports[0]}", str(lerobot_dir), STATE_DIM, CAMERAS, CHUNK), 8,
             min(args.duration, 5.0), refs)
-        for pr in lr:
-            pr.terminate()
+        stop_all(lr)  # gone before the promotions are timed (8 servers tearing down would share the cores)
         figures["runs"] = results
 
         # -- promote to serving, under load from 8 robots ----------------------------------------
