@@ -48,6 +48,7 @@ from data.store import (
     EpisodeStore,
     label_file_problem,
     manifest_checksum,
+    place_events,
     write_manifest,
 )
 
@@ -209,6 +210,9 @@ def recover_episode(path: Path) -> int:
     info.status = EpisodeStatus.INCOMPLETE
     info.extra["recovered_at_ns"] = time.time_ns()
     info.policy_versions = list(journal.get("policy_versions", []))
+    events = place_events([e for e in journal.get("events", []) if isinstance(e, dict) and isinstance(e.get("t_ns"), int)], ts)
+    if events:
+        info.extra["events"] = events
     used = group["policy_version_index"][:n]
     if used.size and int(used.max()) >= len(info.policy_versions):
         raise ValueError("journal lacks the names of policy versions used by flushed ticks")

@@ -640,8 +640,9 @@ class EpisodeWriter(_FlushThread):
         """Something that happened during the episode at time `at_ns` (the ticks' clock), e.g. the
         policy's mistake a teleoperator's takeover answered (kind "mistake", data/effort.py). Kept at
         commit in the episode's attributes, `extra["events"]`, each with the tick it falls on (the
-        first tick at or after it; events outside the episode's ticks are dropped). Lost with the
-        attributes of an episode fsck recovers. Callable from any thread."""
+        first tick at or after it; events outside the episode's ticks are dropped). Each flush's
+        journal carries the events noted so far, so an episode fsck recovers keeps those that fall on
+        its kept ticks. Callable from any thread."""
         check_id("event kind", kind)
         if not isinstance(at_ns, (int, np.integer)) or isinstance(at_ns, bool) or at_ns <= 0:
             raise SchemaError("event", f"at_ns must be a positive integer, got {at_ns!r}")
@@ -654,12 +655,7 @@ class EpisodeWriter(_FlushThread):
         """The noted events with their tick, in time order (after the last flush)."""
         if not self._events:
             return []
-        ts = self._arrays[TIMESTAMP][: self._num_flushed]
-        out = []
-        for ev in sorted(self._events, key=lambda e: e["t_ns"]):
-            if self._num_flushed and ts[0] <= ev["t_ns"] <= ts[-1]:
-                out.append({**ev, "tick": int(np.searchsorted(ts, ev["t_ns"], side="left"))})
-        return out
+        return place_events(self._events, self._arrays[TIMESTAMP][: self._num_flushed])
 
     def commit(self, outcome: Outcome | str = Outcome.UNKNOWN, labeller: str | None = None,
                frames_written: dict[str, tuple[str, int]] | None = None) -> EpisodeInfo:
@@ -842,8 +838,20 @@ class EpisodeWriter(_FlushThread):
         if self._frames_elsewhere is not None:  # recovery keeps only ticks whose frames are on disk too
             durable = min(end, int(self._frames_elsewhere()))
         journal = {"flushed_ticks": durable, "policy_versions": c.versions or []}
+        if self._events:  # placed on the kept ticks by recovery (fsck) if the episode never commits
+            journal["events"] = list(self._events)
         atomic_write_json(self.path / JOURNAL, journal, fsync=self._fsync)
         self._num_flushed = end
+
+
+def place_events(events: list[dict], ts: np.ndarray) -> list[dict]:
+    """Episode events (each with `t_ns`) on the episode's ticks (timestamps `ts`): each gets the first
+    tick at or after it; those outside the ticks are dropped; in time order."""
+    out = []
+    for ev in sorted(events, key=lambda e: e["t_ns"]):
+        if len(ts) and ts[0] <= ev["t_ns"] <= ts[-1]:
+            out.append({**ev, "tick": int(np.searchsorted(ts, ev["t_ns"], side="left"))})
+    return out
 
 
 async def _gather(coros: list) -> None:

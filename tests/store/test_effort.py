@@ -102,3 +102,34 @@ def test_a_mistake_noted_while_recording_is_timed_to_its_takeover_in_the_catalog
     root = export_lerobot(store, [info.episode_id], tmp_path / "export", use_videos=False)
     side = json.loads((root / "meta" / "recap_episodes.json").read_text())
     assert "mistake" in json.dumps(side)
+
+
+def test_an_episode_recovered_after_a_crash_keeps_the_mistakes_on_its_kept_ticks(tmp_path):
+    """The journal of each flush carries the events noted so far: fsck's recovery places them on the
+    ticks it keeps (an event after the last kept tick is dropped), so a crashed episode's mistakes still
+    reach the catalog's effort figures."""
+    import time
+
+    from data.fsck import recover_episode
+    from data.schema import EpisodeStatus
+    from data.store import EpisodeStore
+    from data.synthetic import SyntheticFrames
+    from tests.store.helpers import PERIOD, T0, small_features
+
+    store = EpisodeStore(tmp_path / "store")
+    feats = small_features(0)
+    frames = SyntheticFrames(feats, n_frames=4)
+    w = store.new_episode(robot_id="r1", task_id="push", features=feats, fps=30, flush_ticks=4, fsync=False,
+                          start_time_ns=T0)
+    for t in range(10):
+        w.append(frames.tick(t, T0 + t * PERIOD, ActionSource.CORRECTION if t >= 6 else ActionSource.POLICY, "v1"))
+        if t == 6:
+            w.note_event("mistake", T0 + 3 * PERIOD, why="deviation")
+            w.note_event("mistake", T0 + 9 * PERIOD, why="stall")  # on a tick the crash loses
+    while w.num_flushed < 8:
+        time.sleep(0.01)
+    w.abandon()  # the process dies: no commit
+    assert recover_episode(w.path) == 8
+    ep = store.open(w.episode_id)
+    assert ep.info.status == EpisodeStatus.INCOMPLETE
+    assert [(e["kind"], e["tick"], e["why"]) for e in ep.info.extra["events"]] == [("mistake", 3, "deviation")]
