@@ -28,8 +28,9 @@ arrives, another writes them (JPEG, shards, fsync); when the disk or the CPU fal
 rather than the control loop waiting or memory growing. The bridge creates the episode's arrays
 before "start" and commits only after "done" (all frames durable); a camera process that fails or
 dies during an episode ends it as an abort (kept as `incomplete`, only ticks with every frame),
-never a commit. Only the policy's requests copy frames out of the ring (without a
-policy the frames are not even copied into it: the stamps are all the control loop reads).
+never a commit. Only the policy's requests copy frames out of the ring, and, for a policy reading
+the last n control ticks, each tick's newly arrived frames for its history (without a policy the
+frames are not even copied into it: the stamps are all the control loop reads).
 
 The camera process exits when the bridge is gone (its parent changes), and removes the ring then."""
 
