@@ -628,7 +628,7 @@ class BridgeNode(Node):
         engaged = self.engaged and human is not None
         if writer is not None and self.policy is not None and not engaged and not demonstrating \
                 and self.arbiter.needs_chunk() and not self.policy.busy:
-            frames = self._policy_frames(t_ns) if self.camera_proc else images
+            frames = self._policy_frames(stamps) if self.camera_proc else images
             if frames is not None:
                 self.policy.request(tick, s.value, frames, self.get_parameter("instruction").value,
                                     self.history.past())
@@ -650,7 +650,7 @@ class BridgeNode(Node):
         c.demonstration_ticks += d.source == ActionSource.DEMONSTRATION
         if keep and self.history.n_obs_steps > 1:  # this tick becomes history for the next requests
             if frames is None:
-                frames = self._policy_frames(t_ns) if self.camera_proc else images
+                frames = self._policy_frames(stamps) if self.camera_proc else images
             if frames is not None:
                 self.history.observe(s.value, frames)
         if writer is not None:
@@ -680,15 +680,16 @@ class BridgeNode(Node):
                 threading.Thread(target=self._abort_for_cameras, args=(writer, serial, str(e)),
                                  name="camera-abort", daemon=True).start()
 
-    def _policy_frames(self, t_ns: int) -> dict[str, np.ndarray] | None:
-        """The frames for a policy request (or its history), copied out of the camera process's ring
-        (None: not there); a frame the last call copied is not copied again."""
+    def _policy_frames(self, stamps: list[int]) -> dict[str, np.ndarray] | None:
+        """The tick's frames (by the stamps it chose, the ones it records) for a policy request or its
+        history, copied out of the camera process's ring (None: no longer there); a frame the last call
+        copied is not copied again."""
         out = {}
         ring = self.camera_proc.ring
-        for i, cam in enumerate(self.cameras):
+        for i, (cam, stamp) in enumerate(zip(self.cameras, stamps)):
             last = self._ring_frames.get(i)
-            if last is None or ring.newest(i, t_ns) != last[0]:
-                last = ring.at(i, t_ns)
+            if last is None or last[0] != stamp:
+                last = ring.at(i, stamp)
                 if last is None:
                     return None
                 self._ring_frames[i] = last
