@@ -321,7 +321,7 @@ def run(ring_path: str, spec: dict) -> None:
     """The camera process: subscribe, check, decode, write into the ring (and record the episode's
     frames) until the bridge is gone."""
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, ShutdownException, SingleThreadedExecutor
     from sensor_msgs.msg import CompressedImage, Image
 
     import data.store  # noqa: F401  (zarr and the JPEG codec, loaded before the first episode rather than in it)
@@ -363,8 +363,8 @@ def run(ring_path: str, spec: dict) -> None:
     try:
         while rclpy.ok() and os.getppid() == parent:
             executor.spin_once(timeout_sec=0.2)
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, ExternalShutdownException, ShutdownException):
+        pass  # stopped (SIGINT, or SIGTERM shutting the context down under the wait): nothing to say
     finally:
         if os.getppid() != parent:  # the bridge died without removing the ring
             ring.unlink()

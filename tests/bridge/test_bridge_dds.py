@@ -260,7 +260,7 @@ def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(
 def _recording_tap(target: str):
     """A transparent HTTP recorder between the bridge and the inference server: each act request's
     body is kept (decoded with the wire codec) and forwarded unchanged; the server's answer goes back
-    unchanged. Returns (server, the decoded requests)."""
+    unchanged. Returns (server, the decoded requests, the server's statuses)."""
     import http.server
     import threading
 
@@ -268,7 +268,7 @@ def _recording_tap(target: str):
 
     from data.wire import decode_request
 
-    seen, client = [], httpx.Client(timeout=30)
+    seen, answered, client = [], [], httpx.Client(timeout=30)
 
     class Forward(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -279,11 +279,15 @@ def _recording_tap(target: str):
                 seen.append(decode_request(body, binary=True))
             r = client.request(method, target + self.path, content=body or None,
                                headers={k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")})
-            self.send_response(r.status_code)
-            self.send_header("Content-Type", r.headers.get("content-type", "application/octet-stream"))
-            self.send_header("Content-Length", str(len(r.content)))
-            self.end_headers()
-            self.wfile.write(r.content)
+            answered.append(r.status_code)
+            try:
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", r.headers.get("content-type", "application/octet-stream"))
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+            except (BrokenPipeError, ConnectionResetError):  # the bridge gave up waiting (its timeout)
+                pass
 
         def do_GET(self):
             self._forward("GET")
@@ -296,7 +300,7 @@ def _recording_tap(target: str):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, seen
+    return server, seen, answered
 
 
 @pytest.mark.slow
@@ -319,12 +323,12 @@ def test_a_policy_reading_two_ticks_drives_the_arm_with_each_requests_history_th
     token = stack.robot_token("hist-arm")
     with stack.client("operator") as c:
         assert c.post("/v1/deployments", json={"version": v}).status_code == 201
-    inf = stack.start_inference()
+    inf = stack.start_inference(OMP_NUM_THREADS="1")  # answers in time on a small, shared machine
     deadline = time.monotonic() + 120
     while v not in httpx.get(inf.url + "/v1/serving", timeout=10).json()["versions"]:
         assert time.monotonic() < deadline, "the version was never served"
         time.sleep(0.2)
-    tap, requests = _recording_tap(inf.url)
+    tap, requests, statuses = _recording_tap(inf.url)
     token_file = tmp_path / "hist-arm.token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
@@ -333,7 +337,7 @@ def test_a_policy_reading_two_ticks_drives_the_arm_with_each_requests_history_th
         "robot_id": "hist-arm", "state_dim": 4, "action_dim": 3, "store_root": str(store_root), "fsync": False,
         "camera_names": ["wrist"], "camera_topics": ["wrist/image"], "camera_height": 48, "camera_width": 64,
         "inference_url": f"http://127.0.0.1:{tap.server_address[1]}", "inference_token_file": str(token_file),
-        "instruction": "push it", "execute": 2}, tmp_path / "bridge.log", ns)
+        "instruction": "push it"}, tmp_path / "bridge.log", ns)
     d = Driver(ns)
     js_pub = d.node.create_publisher(JointState, "joint_states", 10)
     cam_pub = d.node.create_publisher(Image, "wrist/image", 10)
@@ -358,7 +362,9 @@ def test_a_policy_reading_two_ticks_drives_the_arm_with_each_requests_history_th
             assert time.monotonic() < deadline + 60, d.stats[-1]
             d.spin(0.2)
         assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
-        d.spin(3.0)
+        until = time.monotonic() + 60
+        while statuses.count(200) < 8 and time.monotonic() < until:  # a few chunks, however loaded the machine
+            d.spin(0.2)
         good = len(requests)
         bad = True  # a state outside what the policy was trained on: every request refused
         d.spin(1.5)
@@ -371,11 +377,11 @@ def test_a_policy_reading_two_ticks_drives_the_arm_with_each_requests_history_th
         tap.shutdown()
     ep = EpisodeStore(store_root).open(episode)
     pol = np.flatnonzero(ep.action_source == ActionSource.POLICY)
-    assert len(pol) > 30 and {ep.policy_version(int(t)) for t in pol} == {v}  # the policy drove the arm
+    assert len(pol) >= 16 and {ep.policy_version(int(t)) for t in pol} == {v}  # the policy drove the arm
     assert np.abs(ep.action[pol]).max() > 0.01
     # every request: the current tick and, in `history`, the tick before it (the first tick itself at the start)
     first = requests[:good]
-    assert len(first) > 20 and first[0].seed == 0
+    assert len(first) >= 8 and first[0].seed == 0
     matched = 0
     for r in first:
         j = r.seed  # the bridge's tick index: the episode's tick (its first episode)
