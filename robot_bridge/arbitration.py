@@ -1,6 +1,7 @@
 """Who drives the arm this tick, without ROS: the teleoperator while engaged, else the next action
 of the current policy chunk, else hold position (after the deadline for a fresh chunk). And the
-causal alignment of sensor samples to a tick. Pure Python + numpy, so it is tested directly.
+causal alignment of sensor samples to a tick, and the ticks a policy reading several of them gets
+(`TickHistory`). Pure Python + numpy, so it is tested directly.
 
 Safety invariant: every action `decide` returns is finite, of size action_dim and within [low, high].
 A policy chunk that is not (n >= 1, action_dim) or holds NaN/infinity is refused whole at
@@ -82,6 +83,7 @@ class ActionArbiter:
         self._lock = threading.Lock()
         self._was_engaged = False
         self._released_at = -1
+        self._start = -1  # the tick the current episode started at (reset)
         self._starved_since: int | None = None
         self.late_ticks = 0
         # "zero_delta": delta/velocity commands, hold = 0 (except `hold_keep` dims, e.g. a gripper,
@@ -112,8 +114,10 @@ class ActionArbiter:
             return True
 
     def reset(self, tick: int) -> None:
-        """A new episode starts at `tick`: nothing planned before it is executed in it."""
+        """A new episode starts at `tick`: nothing planned before it is executed in it, and no decision
+        for an earlier tick (one of the last episode the control loop was still deciding) changes it."""
         with self._lock:
+            self._start = tick
             self.queue = ChunkQueue(obs_tick=tick - 1)
             self._was_engaged = False
             self._released_at = tick
@@ -132,6 +136,11 @@ class ActionArbiter:
 
     def decide(self, tick: int, state: np.ndarray, human: np.ndarray | None, engaged: bool) -> Decision:
         with self._lock:
+            if tick < self._start:  # a tick from before the reset, decided after it: the new episode's
+                # queue, hand-over, deadline clock and last command stay as the reset left them
+                if engaged and human is not None and self._valid(human, 1):
+                    return Decision(self._clip(human), ActionSource.CORRECTION, None, None)
+                return Decision(self._hold(state), ActionSource.HOLD, None, None)
             if engaged and human is not None:
                 self._was_engaged = True
                 self.queue = ChunkQueue(obs_tick=self.queue.obs_tick)  # drop the stale plan
@@ -171,6 +180,48 @@ class ActionArbiter:
         for i in self.hold_keep:
             a[i] = self._last[i]
         return a
+
+
+class TickHistory:
+    """The control ticks before the current one that a policy reading the last `n_obs_steps` ticks
+    (LeRobot diffusion) gets with it, kept by whoever sees every tick: the bridge, the simulated arm's
+    PolicyActor. `observe` each tick of an episode after its decision (whoever drove: policy, human or
+    hold, as the recorded episode that training windows holds them), `reset` at the episode's start.
+    Until the history is full, the oldest known tick (the episode's first) stands in for the missing
+    ones, as training windows an episode's first ticks (training/steps.py `history`) and as LeRobot's
+    select_action fills its queue. An item is (state, {camera: frame}); nothing here copies."""
+
+    def __init__(self, n_obs_steps: int = 1):
+        self._past: deque = deque(maxlen=max(0, int(n_obs_steps) - 1))
+
+    @property
+    def n_obs_steps(self) -> int:
+        return self._past.maxlen + 1
+
+    def resize(self, n_obs_steps: int) -> None:
+        """Another policy reads another number of ticks: the newest ones kept are kept."""
+        if max(0, int(n_obs_steps) - 1) != self._past.maxlen:
+            self._past = deque(self._past, maxlen=max(0, int(n_obs_steps) - 1))
+
+    def reset(self) -> None:
+        """A new episode: no history."""
+        self._past.clear()
+
+    def observe(self, state: np.ndarray, images: dict | None = None) -> None:
+        """A tick seen: it becomes history for the next ones (kept only for a policy that reads it)."""
+        if self._past.maxlen:
+            self._past.append((state, dict(images or {})))
+
+    def past(self) -> list[tuple[np.ndarray, dict]]:
+        """The ticks kept, oldest first (fewer than n_obs_steps - 1 early in an episode)."""
+        return list(self._past)
+
+    @staticmethod
+    def window(past, current: tuple, n_obs_steps: int) -> list[tuple]:
+        """The last `n_obs_steps` ticks ending with `current`, oldest first: the newest of `past`
+        before it, the oldest known tick standing in for those not seen."""
+        ticks = (list(past) + [current])[-max(1, int(n_obs_steps)):]
+        return [ticks[0]] * (int(n_obs_steps) - len(ticks)) + ticks
 
 
 DEADLINE_S = 0.2  # no fresh policy action this long after the queue ran dry: flagged late

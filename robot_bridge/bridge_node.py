@@ -15,6 +15,9 @@ Topics (standard types, so it drops into a ros2_control stack):
                              (in the controller's joint order, command_joint_names)
   out  /diagnostics          diagnostic_msgs/DiagnosticArray (1 Hz; levels and thresholds: robot_bridge/diagnostics.py)
   out  ~/stats               std_msgs/String (JSON counters and state_age_ms, 1 Hz, for scripts)
+The policy (inference_url) is asked for chunks ahead of time (policy_client.py); a policy reading the
+last n control ticks (n_obs_steps, learnt from the server) gets the episode's n - 1 ticks before the
+current one with each request (TickHistory), and a request it refuses (422) is counted in ~/stats.
 Parameters are declared with descriptors (`ros2 param describe`); tokens are read from the files named
 by inference_token_file / api_token_file or from the environment, never from parameters.
 Services: ~/start_episode (std_srvs/Trigger; task and instruction from parameters),
@@ -52,7 +55,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from data.schema import ActionSource, CameraSpec, EpisodeFeatures, Outcome, Tick
 from data.store import DegenerateEpisodeError, EpisodeStore
-from robot_bridge.arbitration import DEADLINE_S, REFILL_BELOW, JointMap, SampleBuffer, build_arbiter
+from robot_bridge.arbitration import DEADLINE_S, REFILL_BELOW, JointMap, SampleBuffer, TickHistory, build_arbiter
 from robot_bridge.cameras import CameraProcessError
 from robot_bridge.policy_client import PolicyClient
 from robot_bridge.registration import PendingRegistrations
@@ -260,6 +263,9 @@ class BridgeNode(Node):
         self.demonstrating = False
         self.episode_task = ""
         self.tick_index = 0  # across episodes: a chunk asked for in one episode never lands in the next
+        # the episode's ticks a policy reading several gets with the current one (control thread only)
+        self.history, self._history_of = TickHistory(), None
+        self._ring_frames: dict[int, tuple[int, np.ndarray]] = {}  # camera -> (stamp, frame) last copied
         self._last_tick_ns = -1
         self._last_state_mono: float | None = None  # when the last valid joint state arrived (wall clock)
         self._lock = threading.Lock()
@@ -611,13 +617,21 @@ class BridgeNode(Node):
             writer, tick, demonstrating = self.writer, self.tick_index, self.demonstrating
             if writer is not None:
                 self.tick_index += 1
+        if writer is not self._history_of:  # another episode (or none): its history starts empty
+            self.history.reset()
+            self._history_of = writer
+        # the ticks the served policy reads before this one: kept through the episode's every tick
+        keep = writer is not None and self.policy is not None and not demonstrating
+        self.history.resize(self.policy.n_obs_steps if keep else 1)
+        frames = None  # the tick's frames as a policy request sends them
         human = self.human.at(t_ns)
         engaged = self.engaged and human is not None
         if writer is not None and self.policy is not None and not engaged and not demonstrating \
                 and self.arbiter.needs_chunk() and not self.policy.busy:
-            frames = self._policy_frames(t_ns) if self.camera_proc else images
+            frames = self._policy_frames(stamps) if self.camera_proc else images
             if frames is not None:
-                self.policy.request(tick, s.value, frames, self.get_parameter("instruction").value)
+                self.policy.request(tick, s.value, frames, self.get_parameter("instruction").value,
+                                    self.history.past())
             if self.sim_time:  # simulated time stands still while the policy thinks (wall-clock bound)
                 deadline = time.monotonic() + 2.0
                 while self.policy.busy and not self.arbiter.queue.actions and time.monotonic() < deadline:
@@ -634,6 +648,11 @@ class BridgeNode(Node):
         c.hold_ticks += d.source == ActionSource.HOLD
         c.correction_ticks += d.source == ActionSource.CORRECTION
         c.demonstration_ticks += d.source == ActionSource.DEMONSTRATION
+        if keep and self.history.n_obs_steps > 1:  # this tick becomes history for the next requests
+            if frames is None:
+                frames = self._policy_frames(stamps) if self.camera_proc else images
+            if frames is not None:
+                self.history.observe(s.value, frames)
         if writer is not None:
             self._record(writer, Tick(t_ns, s.value, d.action, d.source, images=images,
                                       proposed=None if d.proposed is None else d.action,
@@ -661,14 +680,20 @@ class BridgeNode(Node):
                 threading.Thread(target=self._abort_for_cameras, args=(writer, serial, str(e)),
                                  name="camera-abort", daemon=True).start()
 
-    def _policy_frames(self, t_ns: int) -> dict[str, np.ndarray] | None:
-        """The frames for a policy request, copied out of the camera process's ring (None: not there)."""
+    def _policy_frames(self, stamps: list[int]) -> dict[str, np.ndarray] | None:
+        """The tick's frames (by the stamps it chose, the ones it records) for a policy request or its
+        history, copied out of the camera process's ring (None: no longer there); a frame the last call
+        copied is not copied again."""
         out = {}
-        for i, cam in enumerate(self.cameras):
-            im = self.camera_proc.ring.at(i, t_ns)
-            if im is None:
-                return None
-            out[cam] = im[1]
+        ring = self.camera_proc.ring
+        for i, (cam, stamp) in enumerate(zip(self.cameras, stamps)):
+            last = self._ring_frames.get(i)
+            if last is None or last[0] != stamp:
+                last = ring.at(i, stamp)
+                if last is None:
+                    return None
+                self._ring_frames[i] = last
+            out[cam] = last[1]
         return out
 
     def _publish(self, action: np.ndarray) -> None:
@@ -701,6 +726,10 @@ class BridgeNode(Node):
                "lateness_p50_ms": float(np.percentile(lat, 50)), "lateness_p99_ms": float(np.percentile(lat, 99)),
                "episode": self.writer.episode_id if self.writer else None,
                "policy_errors": self.policy.errors if self.policy else 0,
+               # requests the server refused (422: it cannot answer them; the arm holds) and why
+               "policy_rejected": self.policy.rejected if self.policy else 0,
+               "policy_last_rejection": self.policy.last_rejection if self.policy else "",
+               "policy_n_obs_steps": self.policy.n_obs_steps if self.policy else None,  # ticks each request carries
                "pending_registrations": len(self.registrations.pending()),
                "control_scheduling": self.control_scheduling,
                **disk_status(self.store.root, float(self.get_parameter("disk_reserve_mb").value)),
@@ -738,7 +767,8 @@ class BridgeNode(Node):
         now = {**cams, "ticks": c.ticks, "lateness": len(c.lateness_ms), "dropped": c.dropped_ticks,
                "stale": c.stale_samples, "refused": c.refused["joint_state"], "received": c.joint_states,
                "late": c.late_ticks, "round_trips": self.policy.round_trip_count if self.policy else 0,
-               "policy_errors": self.policy.errors if self.policy else 0}
+               "policy_errors": self.policy.errors if self.policy else 0,
+               "policy_rejected": self.policy.rejected if self.policy else 0}
         d = {k: v - m.get(k, 0) for k, v in now.items()}
         self._diag_mark = now
         try:
@@ -751,7 +781,8 @@ class BridgeNode(Node):
                    joint_states_refused=d["refused"], joint_states_received=d["received"], last_refusal=c.last_refusal,
                    deadline_holds=d["late"], policy=self.policy is not None, deadline_ms=float(self.p["deadline_ms"]),
                    round_trips_ms=self.policy.round_trips_ms[-d["round_trips"]:] if self.policy and d["round_trips"] else [],
-                   policy_errors=d["policy_errors"], pending_registrations=len(self.registrations.pending()),
+                   policy_errors=d["policy_errors"], policy_rejected=d["policy_rejected"],
+                   last_rejection=self.policy.last_rejection if self.policy else "", pending_registrations=len(self.registrations.pending()),
                    disk_free_bytes=free, disk_reserve_bytes=int(float(self.get_parameter("disk_reserve_mb").value) * (1 << 20)),
                    ship_backlog=self.ship_backlog() if self.ship_backlog.shipping() else None,
                    control_scheduling=self.control_scheduling,

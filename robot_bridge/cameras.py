@@ -28,8 +28,9 @@ arrives, another writes them (JPEG, shards, fsync); when the disk or the CPU fal
 rather than the control loop waiting or memory growing. The bridge creates the episode's arrays
 before "start" and commits only after "done" (all frames durable); a camera process that fails or
 dies during an episode ends it as an abort (kept as `incomplete`, only ticks with every frame),
-never a commit. Only the policy's requests copy frames out of the ring (without a
-policy the frames are not even copied into it: the stamps are all the control loop reads).
+never a commit. Only the policy's requests copy frames out of the ring, and, for a policy reading
+the last n control ticks, each tick's newly arrived frames for its history (without a policy the
+frames are not even copied into it: the stamps are all the control loop reads).
 
 The camera process exits when the bridge is gone (its parent changes), and removes the ring then."""
 
@@ -320,7 +321,7 @@ def run(ring_path: str, spec: dict) -> None:
     """The camera process: subscribe, check, decode, write into the ring (and record the episode's
     frames) until the bridge is gone."""
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, ShutdownException, SingleThreadedExecutor
     from sensor_msgs.msg import CompressedImage, Image
 
     import data.store  # noqa: F401  (zarr and the JPEG codec, loaded before the first episode rather than in it)
@@ -362,8 +363,8 @@ def run(ring_path: str, spec: dict) -> None:
     try:
         while rclpy.ok() and os.getppid() == parent:
             executor.spin_once(timeout_sec=0.2)
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, ExternalShutdownException, ShutdownException):
+        pass  # stopped (SIGINT, or SIGTERM shutting the context down under the wait): nothing to say
     finally:
         if os.getppid() != parent:  # the bridge died without removing the ring
             ring.unlink()

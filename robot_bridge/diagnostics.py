@@ -13,6 +13,7 @@ Thresholds (per one-second window; `period` is the control period, 20 ms at 50 H
 | joint state   | joint states refused (missing joints..) | >= 1                 | all of the window's     |
 | policy        | deadline holds / ticks                  | >= 1 tick            | > 50 %                  |
 | policy        | inference round trip p99                | > deadline / 2       | > deadline              |
+| policy        | requests the server refused (422)       | >= 1                 | every request of the window |
 | cameras       | frames per camera (camera process)      | refused frames, a restart of the camera process, or ticks run unrecorded (its recording behind) | a camera without a frame, or an episode aborted because the camera process could not record it |
 | registration  | episodes waiting to be registered       | > 5                  | > 100                   |
 | disk          | free space under the episode store      | < 20 GiB             | < 5 GiB, or below `disk_reserve_mb` (episodes are refused) |
@@ -56,6 +57,8 @@ class Window:
     deadline_ms: float = 100.0
     round_trips_ms: list = field(default_factory=list)
     policy_errors: int = 0
+    policy_rejected: int = 0  # requests the server refused (422): it cannot answer this observation
+    last_rejection: str = ""  # the server's message for the last of them
     pending_registrations: int = 0
     disk_free_bytes: int | None = None
     disk_reserve_bytes: int = 0  # below it the bridge refuses to start an episode
@@ -130,12 +133,16 @@ def assess(w: Window) -> list[Status]:
         hold_level = _level(hold_share, *t["deadline_hold_share"])
         rt = _p99(w.round_trips_ms)
         rt_level = _level(rt / w.deadline_ms, *t["round_trip_deadlines"]) if w.round_trips_ms else OK
-        level = max(hold_level, rt_level)
-        msg = ("ok" if level == OK else f"{w.deadline_holds} ticks held past the deadline" if hold_level == level
+        rej_level = OK if not w.policy_rejected else ERROR if not w.round_trips_ms else WARN
+        level = max(hold_level, rt_level, rej_level)
+        msg = ("ok" if level == OK else
+               f"{w.policy_rejected} requests refused by the server: {w.last_rejection}" if rej_level == level else
+               f"{w.deadline_holds} ticks held past the deadline" if hold_level == level
                else f"inference round trip p99 {rt:.0f} ms")
         out.append(Status("policy", level, msg, {
             "deadline_holds": w.deadline_holds, "round_trip_p99_ms": round(rt, 1),
-            "answers": len(w.round_trips_ms), "errors": w.policy_errors}))
+            "answers": len(w.round_trips_ms), "errors": w.policy_errors, "rejected": w.policy_rejected,
+            "last_rejection": w.last_rejection or "none"}))
     # cameras
     if w.camera_frames:
         silent = [c for c, n in w.camera_frames.items() if n == 0]

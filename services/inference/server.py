@@ -1,6 +1,7 @@
 """The inference server (FastAPI under uvicorn): POST /v1/act and the /v1/stream WebSocket answer an
 observation with an action chunk, the version that computed it and the server's timing; robot
-tokens only; Prometheus metrics at /metrics.
+tokens only; GET /v1/spec tells a robot what its version reads (the bridge learns `n_obs_steps`
+there); Prometheus metrics at /metrics.
 
 Invariants: the token is checked before any body is read (HTTP: the Authorization header; the
 WebSocket: the handshake's, else closed with 1008), and a body never grows past the served policy's
@@ -248,6 +249,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             log.exception("stream failed")
             with contextlib.suppress(Exception):
                 await ws.close(code=1011)
+
+    @app.get("/v1/spec", summary="What this robot's version reads and answers (robot token): the served "
+                                  "version and its input spec (state_dim, action_dim, chunk, cameras, envelope, "
+                                  "n_obs_steps: the ticks a request carries, the current one and n - 1 in `history`)",
+             responses={401: {"description": "robot token missing or unknown"},
+                        503: {"description": "nothing deployed to this robot"}})
+    def spec(request: Request):
+        try:
+            robot, version, runtime, _ = resolve(bearer(request.headers.get("authorization")))
+        except WireError as e:
+            return JSONResponse({"detail": e.message}, status_code=e.status)
+        return {"robot": robot, "version": version, **runtime.spec.to_dict()}
 
     @app.get("/v1/serving", summary="The serving table: state number, robot -> version and the β it is served "
                                      "with, loaded versions (with their artifact's β)")

@@ -69,6 +69,48 @@ def test_a_new_episode_never_executes_what_was_planned_in_the_last_one():
     assert np.allclose(arb.decide(13, np.zeros(2), None, False).action, -0.1)
 
 
+def test_a_decision_for_a_tick_before_the_reset_leaves_the_new_episode_alone():
+    """The bridge's control loop may still be deciding the last episode's tick when the next episode
+    starts (reset from the service thread): that decision still gives the human's command or a hold,
+    but the new episode's queue, hand-over, deadline clock and kept gripper command stay as reset."""
+    arb = _arbiter(hold_keep=(1,))
+    arb.offer_chunk(np.full((5, 2), 0.7), "v1", obs_tick=10)
+    assert arb.decide(11, np.zeros(2), None, False).source == ActionSource.POLICY  # gripper at 0.7
+    arb.reset(13)
+    d = arb.decide(12, np.zeros(2), np.array([0.2, 0.9]), True)  # the last episode's tick, the human driving
+    assert d.source == ActionSource.CORRECTION and np.allclose(d.action, [0.2, 0.9])
+    d = arb.decide(12, np.zeros(2), None, False)
+    assert d.source == ActionSource.HOLD and np.allclose(d.action, 0) and not d.late
+    assert arb.needs_chunk() and arb.offer_chunk(np.full((5, 2), -0.3), "v2", obs_tick=13)  # not a hand-back
+    assert np.allclose(arb.decide(13, np.zeros(2), None, False).action, -0.3)
+    arb.reset(20)
+    arb.decide(19, np.zeros(2), None, False)  # starved in the last episode: the new one's clock starts at 20
+    holds = [arb.decide(t, np.zeros(2), None, False) for t in range(20, 24)]
+    assert [h.late for h in holds] == [False, False, False, True]
+    assert all(np.allclose(h.action, 0) for h in holds)  # the gripper command reset: nothing kept from before
+
+
+def test_tick_history_is_the_last_ticks_with_the_first_standing_in():
+    """The ticks a policy reading n_obs_steps of them gets: the episode's last ones before the current,
+    oldest first, its first tick standing in until there are enough (as training windows it)."""
+    from robot_bridge.arbitration import TickHistory
+
+    h = TickHistory(3)
+    windows = []
+    for t in range(4):
+        windows.append([s for s, _ in TickHistory.window(h.past(), (t, {}), h.n_obs_steps)])
+        h.observe(t, {"cam": t})
+    assert windows == [[0, 0, 0], [0, 0, 1], [0, 1, 2], [1, 2, 3]]
+    assert h.past() == [(2, {"cam": 2}), (3, {"cam": 3})]
+    h.resize(2)  # another version reads 2 ticks: the newest kept
+    assert h.past() == [(3, {"cam": 3})] and h.n_obs_steps == 2
+    h.reset()  # a new episode
+    assert h.past() == [] and TickHistory.window(h.past(), (9, {}), 2) == [(9, {}), (9, {})]
+    one = TickHistory(1)
+    one.observe(0)
+    assert one.past() == [] and TickHistory.window([], (5, {}), 1) == [(5, {})]
+
+
 def test_a_non_finite_or_wrong_size_command_never_reaches_the_arm():
     arb = _arbiter(hold_keep=(1,))
     for bad in (np.array([[0.1, np.nan]] * 3), np.array([[np.inf, 0.0]]), np.ones((3, 3)), np.ones(2),
@@ -157,6 +199,9 @@ def test_diagnostic_levels_follow_the_documented_thresholds():
     assert levels(stale_samples=10)["joint state"] == WARN and levels(stale_samples=30)["joint state"] == ERROR
     assert levels(policy=True, deadline_holds=1)["policy"] == WARN and levels(policy=True, deadline_holds=30)["policy"] == ERROR
     assert levels(policy=True, round_trips_ms=[60.0])["policy"] == WARN and levels(policy=True, round_trips_ms=[150.0])["policy"] == ERROR
+    # requests the server refused (422): some of the window's -> WARN, all of them (only holds) -> ERROR
+    assert levels(policy=True, policy_rejected=1, round_trips_ms=[5.0])["policy"] == WARN
+    assert levels(policy=True, policy_rejected=3)["policy"] == ERROR
     assert levels(pending_registrations=6)["registration"] == WARN and levels(pending_registrations=101)["registration"] == ERROR
     assert "cameras" not in levels() and levels(camera_frames={"a": 30, "b": 29})["cameras"] == OK
     assert levels(camera_frames={"a": 30, "b": 0})["cameras"] == ERROR

@@ -257,6 +257,152 @@ def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(
     assert "tick failed" not in bridge_log
 
 
+def _recording_tap(target: str):
+    """A transparent HTTP recorder between the bridge and the inference server: each act request's
+    body is kept (decoded with the wire codec) and forwarded unchanged; the server's answer goes back
+    unchanged. Returns (server, the decoded requests, the server's statuses)."""
+    import http.server
+    import threading
+
+    import httpx
+
+    from data.wire import decode_request
+
+    seen, answered, client = [], [], httpx.Client(timeout=30)
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self, method: str) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            if self.path == "/v1/act":
+                seen.append(decode_request(body, binary=True))
+            r = client.request(method, target + self.path, content=body or None,
+                               headers={k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")})
+            answered.append(r.status_code)
+            try:
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", r.headers.get("content-type", "application/octet-stream"))
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+            except (BrokenPipeError, ConnectionResetError):  # the bridge gave up waiting (its timeout)
+                pass
+
+        def do_GET(self):
+            self._forward("GET")
+
+        def do_POST(self):
+            self._forward("POST")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen, answered
+
+
+@pytest.mark.slow
+def test_a_policy_reading_two_ticks_drives_the_arm_with_each_requests_history_the_tick_before(ros_env, ns, stack, tmp_path):
+    """A lerobot:diffusion policy with n_obs_steps 2, served by the real inference server: the bridge
+    learns from the server that it reads two ticks, and every request carries the tick before it in
+    `history` (the episode's first tick standing in at its start): the state and the camera frame
+    (from the camera process's ring) that tick recorded. The arm is driven by the policy, not
+    held. States the policy cannot take are refused by the server (422): counted in ~/stats with the
+    server's message, and logged once, not once per request."""
+    import httpx
+    from sensor_msgs.msg import Image, JointState
+    from std_srvs.srv import SetBool, Trigger
+
+    from data.wire import to_array
+    from tests.services.conftest import diffusion_artifact
+
+    with stack.client("researcher") as c:
+        v = c.post("/v1/versions", json={"artifact_dir": str(diffusion_artifact(tmp_path / "p", 3))}).json()["id"]
+    token = stack.robot_token("hist-arm")
+    with stack.client("operator") as c:
+        assert c.post("/v1/deployments", json={"version": v}).status_code == 201
+    inf = stack.start_inference(OMP_NUM_THREADS="1")  # answers in time on a small, shared machine
+    deadline = time.monotonic() + 120
+    while v not in httpx.get(inf.url + "/v1/serving", timeout=10).json()["versions"]:
+        assert time.monotonic() < deadline, "the version was never served"
+        time.sleep(0.2)
+    tap, requests, statuses = _recording_tap(inf.url)
+    token_file = tmp_path / "hist-arm.token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    store_root = tmp_path / "store"
+    bridge = _node("robot_bridge.bridge_node", {
+        "robot_id": "hist-arm", "state_dim": 4, "action_dim": 3, "store_root": str(store_root), "fsync": False,
+        "camera_names": ["wrist"], "camera_topics": ["wrist/image"], "camera_height": 48, "camera_width": 64,
+        "inference_url": f"http://127.0.0.1:{tap.server_address[1]}", "inference_token_file": str(token_file),
+        "instruction": "push it"}, tmp_path / "bridge.log", ns)
+    d = Driver(ns)
+    js_pub = d.node.create_publisher(JointState, "joint_states", 10)
+    cam_pub = d.node.create_publisher(Image, "wrist/image", 10)
+    k, bad = 0, False
+
+    def feed():  # a scripted arm and camera: state k / 100, a flat frame whose grey level counts up with k
+        nonlocal k
+        stamp = d.node.get_clock().now().to_msg()
+        js = JointState(position=[1e4 if bad else k / 100] * 4)
+        js.header.stamp = stamp
+        js_pub.publish(js)
+        img = Image(height=48, width=64, encoding="rgb8", step=64 * 3,
+                    data=bytes([min(250, 20 + k // 2)]) * (48 * 64 * 3))
+        img.header.stamp = stamp
+        cam_pub.publish(img)
+        k += 1
+
+    d.node.create_timer(1 / 60, feed)
+    try:
+        d.wait_ready()
+        while d.stats[-1].get("policy_n_obs_steps") != 2:  # learnt from the server's spec of the served version
+            assert time.monotonic() < deadline + 60, d.stats[-1]
+            d.spin(0.2)
+        assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
+        until = time.monotonic() + 60
+        while statuses.count(200) < 8 and time.monotonic() < until:  # a few chunks, however loaded the machine
+            d.spin(0.2)
+        good = len(requests)
+        bad = True  # a state outside what the policy was trained on: every request refused
+        d.spin(1.5)
+        stats = d.stats[-1]
+        episode = d.call(SetBool, "recap_bridge/end_episode", SetBool.Request(data=True)).message
+    finally:
+        d.close()
+        bridge.terminate()
+        bridge.wait(10)
+        tap.shutdown()
+    ep = EpisodeStore(store_root).open(episode)
+    pol = np.flatnonzero(ep.action_source == ActionSource.POLICY)
+    assert len(pol) >= 16 and {ep.policy_version(int(t)) for t in pol} == {v}  # the policy drove the arm
+    assert np.abs(ep.action[pol]).max() > 0.01
+    # every request: the current tick and, in `history`, the tick before it (the first tick itself at the start)
+    first = requests[:good]
+    assert len(first) >= 8 and first[0].seed == 0
+    matched = 0
+    for r in first:
+        j = r.seed  # the bridge's tick index: the episode's tick (its first episode)
+        assert len(r.history) == 1, len(r.history)
+        state, past = to_array(r.state, "state", "float32", (4,)), r.history[0]
+        assert np.array_equal(state, ep.state[j])
+        assert np.array_equal(to_array(past.state, "state", "float32", (4,)), ep.state[max(j - 1, 0)]), j
+        now_frame = to_array(r.images["wrist"], "wrist", "uint8", (48, 64, 3))
+        past_frame = to_array(past.images["wrist"], "wrist", "uint8", (48, 64, 3))
+        assert past_frame.min() == past_frame.max() <= now_frame.min()  # a frame as published, never a newer one
+        # the frames those ticks recorded (JPEG of a flat frame): the same stamps, so the same frames
+        matched += (abs(float(now_frame[0, 0, 0]) - ep.image("wrist", j).mean()) < 1.5
+                    and abs(float(past_frame[0, 0, 0]) - ep.image("wrist", max(j - 1, 0)).mean()) < 1.5)
+    assert matched >= 0.95 * len(first), (matched, len(first))
+    # refused requests: counted, with the server's message, logged once each, never once per request
+    assert stats["policy_rejected"] >= 3 and "outside" in stats["policy_last_rejection"], stats
+    log = (tmp_path / "bridge.log").read_text()
+    assert 1 <= log.count("refused a request (422)") < stats["policy_rejected"], log[-3000:]
+    assert "Traceback" not in log and "tick failed" not in log
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fast", [False, True], ids=["real-time", "sim-time"])
 def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path, fast):

@@ -154,3 +154,26 @@ def policy_artifact(directory: Path, seed: int, *, state_dim: int = 4, action_di
     write_artifact(directory, kind="policy", model=model, config=cfg.to_dict() | {"type": "native_flow"}, stats=stats,
                    lineage={"run": f"handmade-{seed}"}, metrics={})
     return directory
+
+
+def diffusion_artifact(directory: Path, seed: int, *, state_dim: int = 4, action_dim: int = 3, camera: str = "wrist",
+                       image_size=(48, 64), n_obs_steps: int = 2) -> Path:
+    """A small lerobot:diffusion policy reading the last `n_obs_steps` control ticks (seeded random
+    weights, actions within +-0.5), written as a real verified artifact."""
+    import torch
+
+    from data.stats import FeatureStats
+    from training.policies.lerobot_adapter import LeRobotAdapterConfig
+    from training.policies.policy import Policy
+
+    torch.manual_seed(seed)
+    cfg = LeRobotAdapterConfig(policy_type="diffusion", state_dim=state_dim, action_dim=action_dim,
+                               cameras={camera: (3, *image_size)}, n_obs_steps=n_obs_steps,
+                               policy_kwargs=dict(horizon=8, n_action_steps=4, down_dims=[16, 32], kernel_size=3,
+                                                  n_groups=4, diffusion_step_embed_dim=16, num_inference_steps=4,
+                                                  spatial_softmax_num_keypoints=4, use_group_norm=True))
+    rng = np.random.default_rng(seed)
+    stats = {"observation.state": FeatureStats.of(rng.uniform(-1, 5, size=(64, state_dim))),
+             "action": FeatureStats.of(rng.uniform(-0.5, 0.5, size=(64, action_dim)))}
+    Policy("lerobot:diffusion", cfg, stats).eval().save(directory, lineage={"run": f"handmade-{seed}"})
+    return directory

@@ -90,6 +90,12 @@ def test_act_answers_validates_and_authenticates(stack, tmp_path):
         assert words.split()[0].lower() in resp.json()["detail"].lower(), (words, resp.json())
     assert cases["bytes"].status_code == 413 and cases["missing bearer"].status_code == 401
 
+    # what this robot's version reads (the bridge learns n_obs_steps here); robot tokens only
+    spec = httpx.get(inf.url + "/v1/spec", headers=auth).json()
+    assert (spec["version"], spec["state_dim"], spec["n_obs_steps"], spec["cameras"]) == (v1, STATE_DIM, 1, {"top": [H, W, 3]})
+    assert httpx.get(inf.url + "/v1/spec").status_code == 401
+    assert httpx.get(inf.url + "/v1/spec", headers={"Authorization": "Bearer rcp_nope"}).status_code == 401
+
     # the WebSocket stream: answers, errors in kind, and keeps the connection after an error
     with connect(inf.url.replace("http", "ws") + "/v1/stream", additional_headers=auth) as ws:
         ws.send(encode_request(state, images, "push it", seed=7))

@@ -7,7 +7,6 @@ runtime in place of the inference server."""
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from data.schema import ActionSource, CameraSpec, EpisodeFeatures, Outcome, Tick
 from data.store import EpisodeStore
-from robot_bridge.arbitration import ActionArbiter, build_arbiter
+from robot_bridge.arbitration import ActionArbiter, TickHistory, build_arbiter
 from training import recap
 from training.policies.policy import Observation, Policy
 from training.sim.arm import CONTROL_PERIOD_S, MetaWorldArm
@@ -29,16 +28,16 @@ class PolicyActor:
     artifact's, as served), answering within the tick. Each chunk's noise seed is drawn from `seed`.
     Chunk execution, hold and hand-back are the robots' `ActionArbiter` (see `arm_arbiter`).
 
-    A policy that reads a history (n_obs_steps > 1) gets the last n_obs_steps control ticks, as a robot
-    sends them (`observe` every tick, `reset` at the episode start; until the history is full the
-    oldest known tick stands in for the missing ones, as LeRobot's select_action fills its queue)."""
+    A policy that reads a history (n_obs_steps > 1) gets the last n_obs_steps control ticks, as a robot's
+    bridge sends them (robot_bridge/arbitration.py `TickHistory`: `observe` every tick, `reset` at the
+    episode start; until the history is full the episode's first tick stands in for the missing ones)."""
 
     def __init__(self, policy: Policy, instruction: str, *, beta: float | None = None,
                  indicator: int = recap.INDICATOR_POSITIVE, seed: int = 0):
         self.policy, self.instruction = policy, instruction
         self.beta, self.indicator = beta, indicator
         self.seeds = np.random.default_rng(seed)
-        self._past: deque = deque(maxlen=policy.n_obs_steps - 1)  # the ticks before the current one
+        self.history = TickHistory(policy.n_obs_steps)  # the ticks before the current one
 
     @property
     def chunk(self) -> int:
@@ -46,19 +45,18 @@ class PolicyActor:
 
     def reset(self) -> None:
         """A new episode: no history."""
-        self._past.clear()
+        self.history.reset()
 
     def observe(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> None:
         """Every control tick, after the tick's decision: it becomes history for the next ones."""
-        if self._past.maxlen:
-            self._past.append((np.asarray(obs, np.float32), dict(images or {})))
+        self.history.observe(np.asarray(obs, np.float32), images)
 
     def observation(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> Observation:
         """This tick's input: `obs` and `images`, with the history before it for a policy that reads one."""
         state, images = np.asarray(obs, np.float32), dict(images or {})
-        if self._past.maxlen:
-            ticks = list(self._past) + [(state, images)]
-            ticks = [ticks[0]] * (self.policy.n_obs_steps - len(ticks)) + ticks
+        n = self.history.n_obs_steps
+        if n > 1:
+            ticks = TickHistory.window(self.history.past(), (state, images), n)
             state = np.stack([s for s, _ in ticks])
             images = {c: np.stack([im[c] for _, im in ticks]) for c in images}
         return Observation(state, images, self.instruction, int(self.seeds.integers(0, 2**31 - 1)))
