@@ -63,7 +63,7 @@ def test_worker_sigkill_mid_job_registers_exactly_one_version(stack):
         r = c.post("/v1/runs", json={"method": "recap", "selection": {"robot": ["robot-0"]}, "recipe": RECIPE})
         assert r.status_code == 202, r.text
         run_id = r.json()["id"]
-    w1 = stack.start_worker("worker-1", RECAP_WORKER_ABANDON_S=ABANDON_S)
+    w1 = stack.start_worker("worker-1", RECAP_WORKER_ABANDON_S=ABANDON_S, OMP_NUM_THREADS="1")  # a small MLP
     # progress 0.4 + 0.6 x the policy's share of its steps: past 0.7, the step-500 checkpoint is written
     mid = _wait_run(stack, run_id, lambda run: run["phase"] == "policy" and run["progress"] > 0.7)
     assert mid["status"] == "running" and mid["attempts"] == 1
@@ -72,7 +72,7 @@ def test_worker_sigkill_mid_job_registers_exactly_one_version(stack):
     checkpoint = stack.settings.runs_dir / run_id / "checkpoints" / "policy" / "meta.json"
     assert json.loads(checkpoint.read_text())["step"] == CHECKPOINT_EVERY
     # finds the job abandoned (its heartbeat expired) and retries it
-    stack.start_worker("worker-2", RECAP_WORKER_ABANDON_S=ABANDON_S)
+    stack.start_worker("worker-2", RECAP_WORKER_ABANDON_S=ABANDON_S, OMP_NUM_THREADS="1")
     resumed = _wait_run(stack, run_id, lambda run: run["attempts"] == 2 and run["phase"] == "policy")
     assert resumed["progress"] >= 0.7, resumed  # the policy resumed at its checkpoint (0.4 had it started over)
     done = _wait_run(stack, run_id, lambda run: run["status"] in ("finished", "failed"), timeout=400)
