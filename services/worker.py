@@ -3,9 +3,9 @@ streams phase and progress into the control-plane database, and registers the po
 once the artifact is complete and verified.
 
 Crash behaviour: a job whose worker dies (SIGKILL, power loss) is found abandoned by the next
-worker's registry maintenance and retried (RQ `Retry`); the training run resumes from its last
-checkpoint (training/runs.py), and the version registration is unique per run, so the retry
-registers exactly once.
+worker's registry maintenance once its heartbeat is `RECAP_WORKER_ABANDON_S` old (default 70 s) and
+retried (RQ `Retry`); the training run resumes from its last checkpoint (training/runs.py), and the
+version registration is unique per run, so the retry registers exactly once.
 
     recap serve worker            # one per GPU / CPU box; RECAP_* environment as the API's
 
@@ -41,12 +41,11 @@ log = logging.getLogger(__name__)
 
 JOB_TIMEOUT_S = 24 * 3600
 RETRIES = 3
-# A dead worker's job is declared abandoned when its execution heartbeat (monitoring interval + 60 s,
-# RQ's fixed margin) expires; idle workers look for such jobs every maintenance interval, and wake
-# from their blocking wait every worker TTL - 15 s to do so.
-MAINTENANCE_INTERVAL_S = 10
-MONITORING_INTERVAL_S = 10
-WORKER_TTL_S = 30
+# A dead worker's job is declared abandoned when its execution heartbeat (sent every monitoring
+# interval) has not been renewed for `abandon_after_s()` (70 s: RQ's 10 s interval + its 60 s margin);
+# idle workers look for such jobs every maintenance interval, and wake from their blocking wait every
+# worker TTL - 15 s to do so.
+ABANDON_AFTER_S = 70
 
 
 IMPORT_TIMEOUT_S = 6 * 3600
@@ -187,6 +186,31 @@ def train_device() -> str:
 
 def train_procs() -> int:
     return max(1, int(os.environ.get("RECAP_TRAIN_PROCS", "1")))
+
+
+def abandon_after_s() -> int:
+    """`RECAP_WORKER_ABANDON_S`: seconds without a heartbeat after which a worker's job counts as
+    abandoned (the worker died) and another worker retries it; shorter: a quicker failover, but a
+    worker starved of CPU for that long loses its job to a retry."""
+    return max(8, int(os.environ.get("RECAP_WORKER_ABANDON_S", ABANDON_AFTER_S)))
+
+
+def _worker_class():
+    """RQ's worker with the heartbeat timing derived from `abandon_after_s()`: RQ renews a running
+    job's heartbeat every monitoring interval with a fixed 60 s margin; here the margin is the rest of
+    the abandon time, and idle workers look for abandoned jobs about as often as heartbeats come."""
+    from rq import Worker
+
+    abandon = abandon_after_s()
+    interval = min(10, abandon // 4)
+
+    class TrainingWorker(Worker):
+        def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+            left = job.timeout - working_time if job.timeout and job.timeout > 0 else interval
+            return int(min(left, interval)) + abandon - interval
+
+    return TrainingWorker, dict(maintenance_interval=interval, job_monitoring_interval=interval,
+                                worker_ttl=15 + min(15, abandon // 4))
 
 
 def spec_for(run: TrainingRun):
@@ -333,16 +357,15 @@ def work(settings: ServiceSettings, *, burst: bool = False, name: str | None = N
     """Run a worker on the upload-import, training and transcode queues (in that order) until
     stopped (SIGTERM: finish the current job's step)."""
     import redis
-    from rq import Queue, Worker
+    from rq import Queue
 
     import training.runs  # noqa: F401  (import torch once, before forking work horses)
 
     conn = redis.Redis.from_url(settings.redis_url)
     queues = [Queue(import_queue_name(settings), connection=conn), Queue(settings.queue, connection=conn),
               Queue(media_queue_name(settings), connection=conn)]
-    w = Worker(queues, connection=conn, name=name,
-               maintenance_interval=MAINTENANCE_INTERVAL_S, job_monitoring_interval=MONITORING_INTERVAL_S,
-               worker_ttl=WORKER_TTL_S)
+    worker_class, timing = _worker_class()
+    w = worker_class(queues, connection=conn, name=name, **timing)
     w.work(burst=burst, with_scheduler=True)
 
 

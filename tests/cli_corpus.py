@@ -2,7 +2,8 @@
 runs it: a bad path, size, method, URL or JSON recipe; a selection that matches nothing; an
 unknown episode, run or version; a missing or wrong token; an API, Redis or bridge that does not
 answer. Each must end with exit status 2 and exactly one `error: ...` line on stderr, never a
-traceback. Shared by tests/test_cli_errors.py and bench/probes/cli.py.
+traceback. Shared by tests/test_cli_errors.py (which forks the processes from one that has imported
+the command groups, `forked_runs`) and bench/probes/cli.py (fresh processes, as timed by users).
 
 Nothing here downloads or starts a service: API cases talk to a running API (the `stack` of
 tests/services/conftest.py) or to a closed port; the ROS case waits half a second for a bridge
@@ -11,6 +12,7 @@ that is not there, on a domain of its own.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -182,19 +184,105 @@ def prepare(work: Path, api_url: str, tokens: dict[str, str]) -> dict[str, str]:
 
 
 def run_corpus(work: Path, api_url: str, tokens: dict[str, str], workers: int = 4,
-               corpus: list[Invocation] = CORPUS) -> list[Result]:
-    """Every invocation as a fresh process, `workers` at a time."""
+               corpus: list[Invocation] = CORPUS, shared_start: bool = False) -> list[Result]:
+    """Every invocation as a fresh process, `workers` at a time. `shared_start`: forked from one
+    process that has imported the command groups, torch and Meta-World once (`forked_runs`), instead
+    of each starting Python and importing them (~3-6 s of CPU per invocation)."""
     names = prepare(work, api_url, tokens)
+    runs = [([a.format(**names) for a in inv.args], {k: v.format(**names) for k, v in inv.env}) for inv in corpus]
+    if shared_start:
+        done = forked_runs(work, runs, workers)
+        return [Result(inv, argv, *d) for inv, (argv, _), d in zip(corpus, runs, done)]
 
-    def one(inv: Invocation) -> Result:
-        argv = [a.format(**names) for a in inv.args]
-        env = {k: v.format(**names) for k, v in inv.env}
+    def one(inv: Invocation, argv: list[str], env: dict[str, str]) -> Result:
         t0 = time.monotonic()
         p = recap(argv, work, **env)
         return Result(inv, argv, p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
 
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, corpus))
+        return list(pool.map(one, corpus, *zip(*runs)))
+
+
+def forked_runs(work: Path, runs: list[tuple[list[str], dict[str, str]]], workers: int,
+                timeout: float = 600) -> list[tuple[int, str, str, float]]:
+    """(exit status, stdout, stderr, seconds) of `recap ARGS` with extra environment, for each run,
+    each in its own process forked from one that imported what the commands import (`_fork_server`):
+    the process runs `recap` from there as `python -m data.cli_root` would, in the user's environment
+    (`cli_env`) with its own stdin, stdout and stderr, and ends as a forked multiprocessing child does
+    (no interpreter teardown). The forking process must itself print nothing, so an import that warns
+    still shows."""
+    out = work / "forked"
+    out.mkdir(parents=True, exist_ok=True)
+    requests = [{"argv": argv, "env": cli_env(work, **env), "cwd": str(work), "stdout": str(out / f"{i}.out"),
+                 "stderr": str(out / f"{i}.err")} for i, (argv, env) in enumerate(runs)]
+    p = subprocess.run([sys.executable, "-m", "tests.cli_corpus", str(workers)], input=json.dumps(requests),
+                       capture_output=True, text=True, cwd=work, env=cli_env(work), timeout=timeout)
+    assert p.returncode == 0 and p.stderr == "", p.stderr[-3000:]
+    return [(code, Path(r["stdout"]).read_text(), Path(r["stderr"]).read_text(), seconds)
+            for r, (code, seconds) in zip(requests, json.loads(p.stdout))]
+
+
+def _fork_server(workers: int) -> None:
+    """`python -m tests.cli_corpus N`: import every command group and what the commands import when
+    they run, then run each request of the JSON list on stdin in a forked child, N at a time; print
+    [exit status, seconds] per request."""
+    import atexit
+    import gc
+    import threading
+    from importlib.metadata import entry_points
+
+    import metaworld  # noqa: F401  (the simulated tasks' names)
+    import torch  # noqa: F401
+
+    from data import cli_root
+
+    for ep in entry_points(group="recap.cli"):
+        ep.load()
+    requests = json.loads(sys.stdin.read())
+    assert threading.active_count() == 1, "a thread at fork: the children could deadlock"
+    gc.freeze()  # the children's collections then leave the imported objects (and their shared pages) alone
+    results: list = [None] * len(requests)
+    running: dict[int, tuple[int, float]] = {}
+
+    def reap() -> None:
+        pid, status = os.wait()
+        i, t0 = running.pop(pid)
+        results[i] = [os.waitstatus_to_exitcode(status), time.monotonic() - t0]
+
+    for i, req in enumerate(requests):
+        while len(running) >= workers:
+            reap()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child becomes `recap ARGS`
+            os.chdir(req["cwd"])
+            os.environ.clear()
+            os.environ.update(req["env"])
+            for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["stdout"], os.O_WRONLY | os.O_CREAT),
+                                    (2, req["stderr"], os.O_WRONLY | os.O_CREAT)):
+                f = os.open(path, flags, 0o644)
+                os.dup2(f, fd)
+                os.close(f)
+            sys.argv = [cli_root.__file__, *req["argv"]]
+            code = None
+            try:
+                cli_root.main()
+            except SystemExit as e:  # how `recap` ends (any other exception ends the child with its traceback)
+                code = e.code
+            if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, status 1
+                print(code, file=sys.stderr)
+                code = 1
+            # then as multiprocessing's forked children end: exit handlers run, streams flushed, and no
+            # interpreter teardown (freeing everything the server imported would copy each shared page)
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code or 0)
+        running[pid] = (i, time.monotonic())
+    while running:
+        reap()
+    print(json.dumps(results))
 
 
 def help_seconds(work: Path, tries: int = 3) -> float:
@@ -207,3 +295,7 @@ def help_seconds(work: Path, tries: int = 3) -> float:
         best = min(best, time.perf_counter() - t0)
         assert p.returncode == 0, p.stderr
     return best
+
+
+if __name__ == "__main__":
+    _fork_server(int(sys.argv[1]))

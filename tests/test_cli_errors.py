@@ -26,7 +26,7 @@ def test_corpus_covers_every_group():
 
 @pytest.mark.slow
 def test_every_bad_invocation_is_one_line_and_status_2(api, tmp_path):
-    results = run_corpus(tmp_path / "corpus", api.api.url, api.tokens)
+    results = run_corpus(tmp_path / "corpus", api.api.url, api.tokens, shared_start=True)
     failed = [r.describe() for r in results if not r.ok]
     assert not failed, f"{len(failed)} of {len(results)}:\n\n" + "\n\n".join(failed)
     # the API's own answers come through as its message, not as a generic failure

@@ -100,6 +100,14 @@ def stack(tmp_path: Path):
         yield s
 
 
+@pytest.fixture(scope="module")
+def shared_stack(tmp_path_factory):
+    """One stack for the tests of a module that each add their own robots, episodes, tokens or
+    uploads, assert only on those, and leave every process running: started once per module."""
+    with running_stack(tmp_path_factory.mktemp("stack")) as s:
+        yield s
+
+
 @pytest.fixture
 def postgres():
     """A real PostgreSQL server (Debian's `postgresql`) in a fresh cluster on a free port, with two

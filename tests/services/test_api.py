@@ -46,13 +46,13 @@ def _fill(obj, **kw):
     return json.loads(json.dumps(obj).replace("{role}", kw["role"]).replace("{episode}", kw["episode"])) if obj else obj
 
 
-def test_role_matrix_every_mutation_by_every_role(stack):
-    store = EpisodeStore(stack.settings.store_root)
+def test_role_matrix_every_mutation_by_every_role(shared_stack):
+    store = EpisodeStore(shared_stack.settings.store_root)
     ep, _ = record(store, robot="robot-0", cameras=1)
     assert {a for a, *_ in MUTATIONS} == set(PERMISSIONS) - {"audit.read", "exports.create"}
     for action, method, path, body in MUTATIONS:
         for role in Role:
-            with stack.client(str(role)) as c:
+            with shared_stack.client(str(role)) as c:
                 path_ = path.replace("{episode}", ep.episode_id)
                 if body == "multipart":
                     r = c.post(path_, files={"file": ("x.tar", b"not a tar")})
@@ -65,19 +65,19 @@ def test_role_matrix_every_mutation_by_every_role(stack):
                 assert "may not" in r.json()["detail"]
     # no token, or a made-up one: 401 everywhere
     for _, method, path, body in MUTATIONS:
-        r = httpx.request(method, stack.api.url + path.replace("{episode}", ep.episode_id), json=None)
+        r = httpx.request(method, shared_stack.api.url + path.replace("{episode}", ep.episode_id), json=None)
         assert r.status_code == 401, (path, r.text)
-        r = httpx.request(method, stack.api.url + path.replace("{episode}", ep.episode_id),
+        r = httpx.request(method, shared_stack.api.url + path.replace("{episode}", ep.episode_id),
                           headers={"Authorization": "Bearer rcp_forged"})
         assert r.status_code == 401
     # the audit log holds every attempt with who made it; only admins read it
-    with stack.client("admin") as c:
+    with shared_stack.client("admin") as c:
         log = c.get("/v1/audit", params={"limit": 10_000}).json()
     assert len(log) >= len(MUTATIONS) * len(Role)
     denied = [a for a in log if a["status"] == 403]
     assert {a["role"] for a in denied} >= {"teleoperator", "operator", "researcher", "robot"}
     assert any(a["actor"] == "anonymous" and a["status"] == 401 for a in log)
-    with stack.client("operator") as c:
+    with shared_stack.client("operator") as c:
         assert c.get("/v1/audit").status_code == 403
 
 
@@ -203,17 +203,17 @@ def test_episodes_register_label_upload_and_playback(stack, tmp_path):
     assert out.returncode == 2 and "error: 409" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
-def test_the_same_new_episode_or_robot_from_requests_at_once(stack):
+def test_the_same_new_episode_or_robot_from_requests_at_once(shared_stack):
     """A robot registers an episode while the demo (or a person) already asks for it, and two
     operators add the same robot: every request gets its answer, none a 500."""
-    store = EpisodeStore(stack.settings.store_root)
+    store = EpisodeStore(shared_stack.settings.store_root)
     eps = [record(store, robot=f"racer-{i % 2}", task=f"race-{i}", cameras=1)[0] for i in range(6)]
 
     def hit(call):
         barrier.wait()
         return call()
 
-    with stack.client("robot") as robot, stack.client("operator") as op, ThreadPoolExecutor(6) as pool:
+    with shared_stack.client("robot") as robot, shared_stack.client("operator") as op, ThreadPoolExecutor(6) as pool:
         for ep in eps:
             barrier = threading.Barrier(4)
             calls = [lambda e=ep.episode_id: robot.post("/v1/episodes/register", json={"episode_id": e}),
@@ -229,8 +229,8 @@ def test_the_same_new_episode_or_robot_from_requests_at_once(stack):
 
 
 @pytest.mark.parametrize("path", ["/openapi.json", "/healthz"])
-def test_public_documents(stack, path):
-    r = httpx.get(stack.api.url + path)
+def test_public_documents(shared_stack, path):
+    r = httpx.get(shared_stack.api.url + path)
     assert r.status_code == 200
     if path == "/openapi.json":
         paths = r.json()["paths"]
@@ -262,7 +262,7 @@ def test_cli_talks_to_the_api_with_the_callers_role(stack, tmp_path):
     assert help_.returncode == 0 and "inference" in help_.stdout and "worker" in help_.stdout
 
 
-def test_upload_a_lerobot_v3_dataset_as_demonstrations(stack, tmp_path):
+def test_upload_a_lerobot_v3_dataset_as_demonstrations(shared_stack, tmp_path):
     from data.lerobot_io import export_lerobot
 
     other = EpisodeStore(tmp_path / "elsewhere")
@@ -271,8 +271,8 @@ def test_upload_a_lerobot_v3_dataset_as_demonstrations(stack, tmp_path):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(root, arcname="dataset")
-    with stack.client("teleoperator") as c:
-        stack.start_worker()
+    with shared_stack.client("teleoperator") as c:
+        worker = shared_stack.start_worker()
         r = c.post("/v1/episodes/upload", files={"file": ("ds.tar", buf.getvalue())},
                    data={"robot_id": "teleop-rig", "task_id": "push"})
         assert r.status_code == 202, r.text
@@ -280,6 +280,7 @@ def test_upload_a_lerobot_v3_dataset_as_demonstrations(stack, tmp_path):
         assert job["status"] == "finished" and job["format"] == "lerobot" and len(job["episode_ids"]) == 2, job
         got = c.get("/v1/episodes", params={"robot": "teleop-rig"}).json()
         assert len(got) == 2 and all(e["num_ticks"] == 25 and e["outcome"] == "success" for e in got)
+    worker.stop()  # nothing the later tests on this stack may queue gets trained
 
 
 def _audit_rows(stack) -> dict[str, dict]:
@@ -288,7 +289,7 @@ def _audit_rows(stack) -> dict[str, dict]:
         return {a["detail"].get("request_id"): a for a in c.get("/v1/audit", params={"limit": 100_000}).json()}
 
 
-def test_every_mutating_request_is_audited_and_malformed_bodies_get_a_4xx_message(stack):
+def test_every_mutating_request_is_audited_and_malformed_bodies_get_a_4xx_message(shared_stack):
     """Hundreds of malformed JSON bodies (seeded) across every mutating JSON route, plus requests
     refused before routing (no token, a forged token, a declared body over the limit): each gets a
     JSON 4xx, none a 5xx, and each has its audit row, matched by its request id."""
@@ -296,21 +297,21 @@ def test_every_mutating_request_is_audited_and_malformed_bodies_get_a_4xx_messag
 
     m = marker()
     bodies = bad_bodies(300, seed=1)
-    ep, _ = record(EpisodeStore(stack.settings.store_root), robot="robot-0", cameras=1)
-    with stack.client("admin") as c:
+    ep, _ = record(EpisodeStore(shared_stack.settings.store_root), robot="robot-0", cameras=1)
+    with shared_stack.client("admin") as c:
         assert c.post("/v1/episodes/register", json={"episode_id": ep.episode_id}).status_code == 200
         counts = send_bad_bodies(c, bodies, m)
     assert not any(s >= 500 for s in counts) and sum(counts.values()) == len(bodies), counts
     assert counts.get(422, 0) > 100, counts
-    refused = {f"{m}-anon": httpx.post(stack.api.url + "/v1/robots", json={"id": "x"}, headers={"X-Request-Id": f"{m}-anon"}),
-               f"{m}-forged": httpx.post(stack.api.url + "/v1/robots", json={"id": "x"},
+    refused = {f"{m}-anon": httpx.post(shared_stack.api.url + "/v1/robots", json={"id": "x"}, headers={"X-Request-Id": f"{m}-anon"}),
+               f"{m}-forged": httpx.post(shared_stack.api.url + "/v1/robots", json={"id": "x"},
                                          headers={"X-Request-Id": f"{m}-forged", "Authorization": "Bearer rcp_forged"})}
-    with stack.client("operator") as c:
+    with shared_stack.client("operator") as c:
         refused[f"{m}-big"] = c.post("/v1/robots", content=b"{" + b" " * (1 << 20) + b"}",
                                      headers={"X-Request-Id": f"{m}-big", "Content-Type": "application/json"})
     assert [r.status_code for r in refused.values()] == [401, 401, 413]
     assert all(r.json()["detail"] for r in refused.values())
-    rows = _audit_rows(stack)
+    rows = _audit_rows(shared_stack)
     sent = [f"{m}-{i}" for i, (method, *_) in enumerate(bodies) if method in ("POST", "DELETE")] + list(refused)
     missing = [rid for rid in sent if rid not in rows]
     assert not missing, missing[:10]
@@ -318,11 +319,11 @@ def test_every_mutating_request_is_audited_and_malformed_bodies_get_a_4xx_messag
     assert rows[f"{m}-big"]["actor"] == "test-operator"
 
 
-def test_error_bodies_name_no_internals(stack, tmp_path):
+def test_error_bodies_name_no_internals(shared_stack, tmp_path):
     """Messages about files name them relative to what the caller gave, never by this machine's
     absolute paths; a conflict does not echo the database's error."""
-    home = stack.settings.home
-    with stack.client("researcher") as c:
+    home = shared_stack.settings.home
+    with shared_stack.client("researcher") as c:
         bad = tmp_path / "deep" / "corrupt"
         policy_artifact(bad, 9)
         (bad / "model.safetensors").write_bytes(b"garbage")
@@ -331,10 +332,10 @@ def test_error_bodies_name_no_internals(stack, tmp_path):
         assert str(tmp_path) not in r.text, r.text
         r = c.post("/v1/versions", json={"artifact_dir": "/tmp/a\x00b"})
         assert r.status_code == 422 and r.json()["detail"].startswith("body.artifact_dir")
-    with stack.client("teleoperator") as c:
+    with shared_stack.client("teleoperator") as c:
         r = c.get("/v1/episodes/no-such-episode")
         assert r.status_code == 404 and home not in r.text and "no committed episode" in r.json()["detail"]
-    with stack.client("operator") as c:
+    with shared_stack.client("operator") as c:
         r = c.get("/v1/robots/%00")
         assert r.status_code == 422 and r.headers["x-request-id"]
 
@@ -363,12 +364,12 @@ def test_an_internal_error_is_a_500_with_a_ref_audited_and_logged(tmp_path):
             assert "internal error (ref broken-catalog-1)" in log and "no such table: episodes" in log
 
 
-def test_anonymous_bodies_are_refused_before_they_are_read(stack):
+def test_anonymous_bodies_are_refused_before_they_are_read(shared_stack):
     """Auth comes before the body: anonymous 100 MB bodies (declared, or streamed without a length)
     are answered 401 without the API buffering them; an authenticated one over the limit gets 413."""
     import psutil
 
-    proc = psutil.Process(stack.api.popen.pid)
+    proc = psutil.Process(shared_stack.api.popen.pid)
     before = proc.memory_info().rss
 
     def chunks(n=100):
@@ -378,39 +379,39 @@ def test_anonymous_bodies_are_refused_before_they_are_read(stack):
     for headers in ({}, {"Authorization": "Bearer rcp_forged"}):
         for content in (b"x" * (100 << 20), chunks()):
             try:
-                r = httpx.post(stack.api.url + "/v1/episodes/upload", content=content, headers=headers, timeout=60)
+                r = httpx.post(shared_stack.api.url + "/v1/episodes/upload", content=content, headers=headers, timeout=60)
                 assert r.status_code == 401, r.text
             except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
                 pass  # the server answered and closed while the client still sent: refused either way
     assert proc.memory_info().rss - before < 16 << 20
-    with stack.client("operator") as c:
+    with shared_stack.client("operator") as c:
         r = c.post("/v1/robots", content=chunks(2), headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and r.json()["detail"]
 
 
-def test_docs_work_offline_and_pages_carry_security_headers(stack):
+def test_docs_work_offline_and_pages_carry_security_headers(shared_stack):
     import re
 
-    docs = httpx.get(stack.api.url + "/docs")
+    docs = httpx.get(shared_stack.api.url + "/docs")
     assert docs.status_code == 200
     urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", docs.text) + re.findall(r"url: ?'([^']+)'", docs.text)
     assert urls and not [u for u in urls if "://" in u or u.startswith("//")], urls
     assert "https://" not in docs.text and "http://" not in docs.text
     for u in urls:
-        r = httpx.get(stack.api.url + u)
+        r = httpx.get(shared_stack.api.url + u)
         assert r.status_code == 200 and len(r.content) > 0, u
     for path in ("/", "/review"):
-        page = httpx.get(stack.api.url + path)
+        page = httpx.get(shared_stack.api.url + path)
         csp = page.headers["content-security-policy"]
         assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
         assert page.headers["x-content-type-options"] == "nosniff"
         assert "<script>" not in page.text and "style=" not in page.text  # all script and style from files
     for asset in ("/static/dashboard.js", "/static/dashboard.css", "/static/review.js"):
-        assert httpx.get(stack.api.url + asset).status_code == 200
-    assert "innerHTML" not in httpx.get(stack.api.url + "/static/dashboard.js").text
+        assert httpx.get(shared_stack.api.url + asset).status_code == 200
+    assert "innerHTML" not in httpx.get(shared_stack.api.url + "/static/dashboard.js").text
 
 
-def test_tokens_in_a_query_string_never_reach_the_access_log(stack, tmp_path):
+def test_tokens_in_a_query_string_never_reach_the_access_log(shared_stack, tmp_path):
     """`recap serve api` logs every request; a client that puts a token in the query string does not
     get it written there (the API reads tokens from the Authorization header only)."""
     import sys
@@ -419,7 +420,7 @@ def test_tokens_in_a_query_string_never_reach_the_access_log(stack, tmp_path):
 
     port = free_port()
     api = start_process("api-logged", [sys.executable, "-m", "data.cli_root", "serve", "api", "--port", str(port)],
-                        tmp_path / "logs", {**stack.env(), "RECAP_HOME": str(tmp_path / "home2")})
+                        tmp_path / "logs", {**shared_stack.env(), "RECAP_HOME": str(tmp_path / "home2")})
     api.url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(api)

@@ -19,12 +19,22 @@ from data.schema import Outcome
 from data.stats import FeatureStats
 from data.store import EpisodeStore
 from services.inference.wire import MSGPACK, decode_answer, encode_request
+from tests.services.conftest import running_stack
 from tests.store.helpers import T0, record
 from training.recap_config import RecapConfig
 
 ACT = {"type": "lerobot:act", "chunk_size": 4, "dim_model": 16, "n_heads": 2, "dim_feedforward": 32,
        "n_encoder_layers": 1, "n_decoder_layers": 1, "use_vae": False, "vision_backbone": "resnet18",
        "steps": 3, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def served_stack(tmp_path_factory):
+    """One stack with a worker and an inference server for the tests that train a LeRobot type from the
+    API and ask the server: each registers, deploys and asks its own version."""
+    with running_stack(tmp_path_factory.mktemp("types")) as stack:
+        stack.start_worker("worker")
+        yield stack, stack.start_inference()
 
 
 def _wait(url: str, pred, timeout: float = 120.0, headers=None) -> dict:
@@ -112,7 +122,8 @@ def test_a_bad_policy_recipe_is_a_422_naming_the_field_at_the_api_and_the_cli(st
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_lerobot_act_run_from_the_api_trains_registers_deploys_and_answers_like_the_sim_path(stack):
+def test_a_lerobot_act_run_from_the_api_trains_registers_deploys_and_answers_like_the_sim_path(served_stack):
+    stack, inf = served_stack
     store = EpisodeStore(stack.settings.store_root)
     with stack.client("robot") as c:
         for i in range(4):
@@ -122,7 +133,6 @@ def test_a_lerobot_act_run_from_the_api_trains_registers_deploys_and_answers_lik
     cam = ep.cameras[0]
     recipe = {"policy": ACT, "value": {"steps": 3, "hidden": 16, "batch_size": 16},
               "recap": {"advantage_horizon": 4, "cfg_beta": 1.5}, "cameras": [cam]}
-    stack.start_worker("worker")
     with stack.client("researcher") as c:
         r = c.post("/v1/runs", json={"method": "recap", "selection": {"robot": ["robot-0"]}, "recipe": recipe})
         assert r.status_code == 202, r.text
@@ -143,8 +153,7 @@ def test_a_lerobot_act_run_from_the_api_trains_registers_deploys_and_answers_lik
         assert printed["policy"]["type"] == "lerobot:act" and printed["policy"]["lr"] == 1e-4
     with stack.client("operator") as c:
         assert c.post("/v1/deployments", json={"version": v["id"]}).status_code == 201
-    inf = stack.start_inference()
-    _wait(inf.url + "/v1/serving", lambda s: v["id"] in s["versions"])
+    _wait(inf.url + "/v1/serving", lambda s: v["id"] in s["versions"] and s["fleet_version"] == v["id"])
     rng = np.random.default_rng(5)
     state, images = rng.normal(size=4).astype(np.float32), {cam: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)}
     local, seed = _sim_chunk(v["artifact_dir"], state, images, "push it", seed=11)
@@ -238,18 +247,18 @@ DIFFUSION_2 = {"type": "lerobot:diffusion", "n_obs_steps": 2, "horizon": 8, "n_a
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_diffusion_policy_reading_two_ticks_trains_from_a_recipe_and_is_served_like_the_sim_path(stack):
+def test_a_diffusion_policy_reading_two_ticks_trains_from_a_recipe_and_is_served_like_the_sim_path(served_stack):
     """lerobot:diffusion with n_obs_steps = 2 from the API: the worker trains it on two-tick windows, it
     registers and deploys; the server's spec says it reads 2 ticks; a request carrying the tick before
     (`history`) is answered with the chunk the simulated robot's policy path computes from the same
     sequence of observations and seed; a request without that history is a 422 naming it."""
+    stack, inf = served_stack
     store = EpisodeStore(stack.settings.store_root)
     with stack.client("robot") as c:
         for i in range(3):
             ep, _ = record(store, robot="robot-0", cameras=1, ticks=12, start=T0 + i * 10**12)
             assert c.post("/v1/episodes/register", json={"episode_id": ep.episode_id}).status_code == 200
     cam = ep.cameras[0]
-    stack.start_worker("worker")
     with stack.client("researcher") as c:
         r = c.post("/v1/runs", json={"method": "filtered_bc", "selection": {"robot": ["robot-0"]},
                                      "recipe": {"policy": DIFFUSION_2, "cameras": [cam]}})
@@ -263,8 +272,7 @@ def test_a_diffusion_policy_reading_two_ticks_trains_from_a_recipe_and_is_served
         assert v["policy_type"] == "lerobot:diffusion", v
     with stack.client("operator") as c:
         assert c.post("/v1/deployments", json={"version": v["id"]}).status_code == 201
-    inf = stack.start_inference()
-    serving = _wait(inf.url + "/v1/serving", lambda s: v["id"] in s["versions"])
+    serving = _wait(inf.url + "/v1/serving", lambda s: v["id"] in s["versions"] and s["fleet_version"] == v["id"])
     assert serving["versions"][v["id"]]["n_obs_steps"] == 2
 
     from training.runs import load_policy

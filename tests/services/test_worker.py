@@ -4,6 +4,7 @@ from its checkpoint and registers exactly one version; cancelling a queued run."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -15,8 +16,12 @@ from data.schema import Outcome
 from data.store import EpisodeStore
 from tests.store.helpers import T0, record
 
-RECIPE = {"value": {"steps": 200, "hidden": 32, "ensemble": 2}, "policy": {"steps": 2000, "hidden": 32, "chunk": 4},
-          "recap": {"advantage_horizon": 5}}
+# The crash test kills its run past the policy's first checkpoint (fit's checkpoint_every: 500 steps),
+# by a worker whose job counts as abandoned 20 s after its last heartbeat (70 s by default).
+CHECKPOINT_EVERY = 500
+ABANDON_S = "20"
+RECIPE = {"value": {"steps": 100, "hidden": 32, "ensemble": 2},
+          "policy": {"steps": 2 * CHECKPOINT_EVERY, "hidden": 32, "chunk": 4}, "recap": {"advantage_horizon": 5}}
 
 
 def _episodes(stack, n: int = 8) -> None:
@@ -58,12 +63,18 @@ def test_worker_sigkill_mid_job_registers_exactly_one_version(stack):
         r = c.post("/v1/runs", json={"method": "recap", "selection": {"robot": ["robot-0"]}, "recipe": RECIPE})
         assert r.status_code == 202, r.text
         run_id = r.json()["id"]
-    w1 = stack.start_worker("worker-1")
+    w1 = stack.start_worker("worker-1", RECAP_WORKER_ABANDON_S=ABANDON_S, OMP_NUM_THREADS="1")  # a small MLP
+    # progress 0.4 + 0.6 x the policy's share of its steps: past 0.7, the step-500 checkpoint is written
     mid = _wait_run(stack, run_id, lambda run: run["phase"] == "policy" and run["progress"] > 0.7)
     assert mid["status"] == "running" and mid["attempts"] == 1
     _kill_tree(w1.popen.pid)
     assert _wait_run(stack, run_id, lambda run: True)["status"] == "running"  # nobody left to say otherwise
-    stack.start_worker("worker-2")  # finds the job abandoned (after RQ's heartbeat expiry) and retries it
+    checkpoint = stack.settings.runs_dir / run_id / "checkpoints" / "policy" / "meta.json"
+    assert json.loads(checkpoint.read_text())["step"] == CHECKPOINT_EVERY
+    # finds the job abandoned (its heartbeat expired) and retries it
+    stack.start_worker("worker-2", RECAP_WORKER_ABANDON_S=ABANDON_S, OMP_NUM_THREADS="1")
+    resumed = _wait_run(stack, run_id, lambda run: run["attempts"] == 2 and run["phase"] == "policy")
+    assert resumed["progress"] >= 0.7, resumed  # the policy resumed at its checkpoint (0.4 had it started over)
     done = _wait_run(stack, run_id, lambda run: run["status"] in ("finished", "failed"), timeout=400)
     assert done["status"] == "finished", done
     assert done["attempts"] == 2 and done["version_id"] == "v1"
@@ -105,7 +116,7 @@ def test_a_worker_trains_each_job_data_parallel_under_torchrun(stack):
     streams progress; the worker registers the one artifact."""
     _episodes(stack)
     stack.start_worker("worker-ddp", RECAP_TRAIN_PROCS="2", OMP_NUM_THREADS="1")
-    small = {**RECIPE, "policy": {**RECIPE["policy"], "steps": 200}}
+    small = {**RECIPE, "value": {**RECIPE["value"], "steps": 40}, "policy": {**RECIPE["policy"], "steps": 40}}
     with stack.client("researcher") as c:
         r = c.post("/v1/runs", json={"method": "recap", "selection": {"robot": ["robot-0"]}, "recipe": small})
         assert r.status_code == 202, r.text
