@@ -1,6 +1,7 @@
 """The native value function: observation encoder -> logits over B bins on [-1, 0] (DESIGN §5).
 With `ValueConfig.chunk` > 0 the same network is the chunk critic Q(o_t, l, t, a_{t:t+H}): each member
-adds an encoding of the (normalised) action chunk to its observation features, as it adds the time."""
+adds an encoding of the (normalised) action chunk, read with the state, to its observation features, as
+it adds the time."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ class ValueFunction(nn.Module):
                 "head": nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
                                       nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.num_bins)),
                 **({"time": nn.Linear(TIME_FEATURES, cfg.hidden)} if cfg.time_input else {}),
-                **({"chunk": nn.Sequential(nn.Linear(cfg.chunk * cfg.action_dim, cfg.hidden), nn.GELU(),
-                                           nn.Linear(cfg.hidden, cfg.hidden))} if cfg.chunk else {}),
+                # the chunk read together with the state, so which chunk is better may depend on where the arm is
+                **({"chunk": nn.Sequential(nn.Linear(cfg.state_dim + cfg.chunk * cfg.action_dim, cfg.hidden),
+                                           nn.GELU(), nn.Linear(cfg.hidden, cfg.hidden))} if cfg.chunk else {}),
             }))
 
     def logits(self, batch: dict) -> torch.Tensor:
@@ -53,7 +55,7 @@ class ValueFunction(nn.Module):
         if self.cfg.chunk:
             if "chunk" not in batch:
                 raise ValueError("this chunk critic scores an action chunk: the batch has no 'chunk'")
-            chunk = batch["chunk"].float().reshape(len(batch["chunk"]), -1)
+            chunk = torch.cat([batch["state"], batch["chunk"].float().reshape(len(batch["chunk"]), -1)], dim=-1)
         for m in self.members:
             feat = m["encoder"](batch["state"], batch["text_ids"], batch["text_offsets"], batch.get("images"))
             if tf is not None:
