@@ -105,7 +105,12 @@ class ChunkCritic:
 
         from training.value import ValueConfig, build_value_function
 
+        from training.recap_config import SELECT_MAX
+
         meta = json.loads((directory / CRITIC_CONFIG).read_text())
+        k = meta.get("select_chunks")
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= SELECT_MAX:
+            raise ArtifactError(f"{directory.name}: {CRITIC_CONFIG}: select_chunks {str(k)[:16]!r} is not in 0..{SELECT_MAX}")
         model = build_value_function(ValueConfig.from_dict(meta["value"]))
         model.load_state_dict(load_file(str(directory / CRITIC_WEIGHTS)))
         return cls(model.eval(), stats, meta["select_chunks"], meta.get("time_limits", {}))
