@@ -69,7 +69,10 @@ class PolicyActor:
         return Observation(state, images, self.instruction, int(self.seeds.integers(0, 2**31 - 1)), self._tick)
 
     def predict(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        return self.policy.predict_chunk([self.observation(obs, images)], self.indicator, self.beta, self.select)[0]
+        o = [self.observation(obs, images)]
+        if self.select is None:  # the artifact's own K (plain sampling without a chunk critic)
+            return self.policy.predict_chunk(o, self.indicator, self.beta)[0]
+        return self.policy.predict_chunk(o, self.indicator, self.beta, self.select)[0]
 
 
 GRIPPER = 3  # the Meta-World arm's gripper command: kept, not zeroed, while the arm holds position
