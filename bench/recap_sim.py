@@ -7,7 +7,9 @@ One shared round 0 per training seed (first fit on a mix of clean, slow and slop
 demonstrations, indicator fixed to positive), then R rounds of collect (autonomous episodes with a
 budgeted corrective teleoperator) -> train, each method in its own loop; evaluation on held-out
 initial conditions without corrections, paired across methods. Then the policy-extraction
-ablation (every method trained on RECAP's final dataset) and diagnostics (value calibration on the
+ablation (every method trained on RECAP's final dataset; with it RECAP + selection and filtered BC +
+selection, value-guided chunk selection from K sampled chunks by a chunk critic, and its per-chunk
+latency measured against plain sampling in one process) and diagnostics (value calibration on the
 next round's episodes, conditioning gap, positive-label rates). Writes bench/results/recap_sim.md,
 recap_sim.json and plots. Every simulated episode runs through the robots' own control loop
 (`ActionArbiter`) with the policy in-process, through its type's contract.
@@ -70,7 +72,11 @@ HARD = dict(tasks=TUNING_TASKS, test_tasks=TEST_TASKS, demos_per_task=10, episod
 SETTINGS = {"hard": HARD, "short": SHORT}
 LOOP_KEYS = ("tasks", "demos_per_task", "episodes_per_round", "rounds", "eval_episodes", "max_steps",
              "correction_budget", "corrector_mix", "rule", "value", "policy", "recap", "cfg_beta", "image_size",
-             "eval_role")
+             "eval_role", "select_chunks")
+# value-guided chunk selection beside its method in the ablation (the "+ selection" methods train the same
+# policy with a chunk critic; recap.select_chunks sets their K, the loop's default 4)
+SELECTION_ABLATION = ["recap_select", "filtered_bc", "filtered_bc_select"]
+SELECTION_PAIRS = {"recap_select": "recap", "filtered_bc_select": "filtered_bc"}
 
 
 # Small settings per LeRobot backbone for 2 CPU cores (the ResNet-18 of ACT is built without pretrained
@@ -130,7 +136,8 @@ def apply_overrides(cfg: dict, items: list[str]) -> dict:
     """`--set SECTION.KEY=VALUE` items over a preset; every accepted key is used by the runs. The policy
     section is checked against its type, value and recap against their configs (unknown keys, keys the
     data decides, values out of bounds refused); `recap.cfg_beta` is RECAP-CFG's guidance (plain RECAP
-    is conditioned at β = 1). ValueError naming the item otherwise."""
+    is conditioned at β = 1) and `recap.select_chunks` the K of the "+ selection" methods (the others
+    sample plainly). ValueError naming the item otherwise."""
     from training.recipe import check_section
     from training.policies.registry import RecipeError, validate_policy_recipe
 
@@ -153,6 +160,8 @@ def apply_overrides(cfg: dict, items: list[str]) -> dict:
             raise ValueError(f"--set {item!r}: {e}") from None
         if section == "recap" and name == "cfg_beta":
             cfg["cfg_beta"] = float(parsed)
+        elif section == "recap" and name == "select_chunks":
+            cfg["select_chunks"] = int(parsed)
         else:
             cfg[section] = {**cfg.get(section, {}), name: parsed}
     try:
@@ -264,17 +273,60 @@ def job_ablation(cfg_dict: dict, workdir: str, name: str, seed: int, rounds: int
     (method, seed) so the ablation compares paired."""
     def compute():
         from training.runs import run_training
-        from training.sim.loop import method_of
+        from training.sim.loop import method_of, selects
 
         loop = _loop(cfg_dict, workdir)
         method, beta = method_of(name)
         beta = loop.cfg.cfg_beta if beta is None else beta
         robots = ["demo"] if name == "bc" else ["demo", f"recap-s{seed}"]
-        spec = loop._spec(f"ablation-{name}-s{seed}", method, robots, seed, False, f"recap-s{seed}-r{rounds}", beta)
+        spec = loop._spec(f"ablation-{name}-s{seed}", method, robots, seed, False, f"recap-s{seed}-r{rounds}", beta,
+                          select=selects(name))
         run = run_training(loop.store, loop.catalog, spec, loop.runs_dir)
         return {"method": name, "seed": seed, "eval": loop.evaluate_policy(run.policy_dir, None, seed),
                 "fallback": run.metrics.get("fallback")}
     return _cached(workdir, f"ablation-{name}-s{seed}", compute)
+
+
+def job_selection_latency(cfg_dict: dict, workdir: str, seed: int, rounds: int, reps: int = 5,
+                          ticks: int = 24) -> dict:
+    """Per-chunk latency of value-guided selection against plain sampling, one observation per call as a
+    robot asks: the same policy artifact (RECAP + selection), the same observations (demonstration ticks,
+    with their tick), calls interleaved in this one process (which goes first alternates), so both are
+    measured on the same cores at the same moment."""
+    from training.policies.policy import Observation
+    from training.runs import load_policy
+    from training.steps import load_steps
+
+    loop = _loop(cfg_dict, workdir)
+    found = [d for d in (loop.runs_dir / f"ablation-recap_select-s{seed}" / "policy",
+                         loop.runs_dir / f"recap_select-s{seed}-r{rounds}" / "policy") if d.exists()]
+    if not found:
+        return {}
+    policy, _ = load_policy(found[0])
+    k = policy.select_chunks
+    table = load_steps(loop.store, [e.id for e in loop.catalog.episodes(robot="demo")], cameras=loop.cameras)
+    idx = np.linspace(0, len(table) - 1, ticks).astype(int)
+    frames = table.frames(idx)
+    obs = [Observation(table.state[i], {c: f[j] for c, f in frames.items()}, table.instructions_of(idx[j:j + 1])[0],
+                       1000 + j, int(table.tick[i])) for j, i in enumerate(idx)]
+    for o in obs[:2]:  # warm-up
+        policy.predict_chunk([o], select=0), policy.predict_chunk([o], select=k)
+    times = {"plain": [], "selection": []}
+    for r in range(reps):
+        for j, o in enumerate(obs):
+            order = ("plain", "selection") if (r + j) % 2 == 0 else ("selection", "plain")
+            for name in order:
+                t0 = time.perf_counter()
+                policy.predict_chunk([o], select=0 if name == "plain" else k)
+                times[name].append(1e3 * (time.perf_counter() - t0))
+    med = {n: float(np.median(v)) for n, v in times.items()}
+    return {"select_chunks": k, "calls_each": len(times["plain"]), "policy": str(found[0].relative_to(workdir)),
+            "plain_ms_median": med["plain"], "selection_ms_median": med["selection"],
+            "plain_ms_p90": float(np.quantile(times["plain"], 0.9)),
+            "selection_ms_p90": float(np.quantile(times["selection"], 0.9)),
+            "selection_cost_ms": med["selection"] - med["plain"],
+            "selection_latency_ratio": med["selection"] / max(med["plain"], 1e-9),
+            "threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def mean_se(x) -> tuple[float, float]:
@@ -377,7 +429,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None, help="Training seeds (default 5, short 3, quick 1).")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--methods", default=None, help="Comma-separated (default bc,hg_dagger,filtered_bc,awr,recap,recap_cfg; "
-                    f"--image: {IMAGE_METHODS}).")
+                    f"--image: {IMAGE_METHODS}); also recap_select, filtered_bc_select (value-guided chunk selection, "
+                    "K = recap.select_chunks, default 4), which the ablation runs beside RECAP in any case "
+                    "(--set recap.select_chunks=0: not).")
     ap.add_argument("--jobs", type=int, default=2, help="Parallel worker processes.")
     ap.add_argument("--workdir", default=None,
                     help="Where the stores, runs and finished cells live (default bench/_work/NAME). A rerun with the "
@@ -461,6 +515,9 @@ def main() -> None:
     bad = [m for m in methods if m not in METHODS]
     if bad:
         ap.error(f"--methods: unknown {', '.join(bad)} (one of {', '.join(METHODS)})")
+    if any(selects(m) for m in methods) and cfg["policy"].get("type", "native_flow") != "native_flow":
+        ap.error(f"--methods: value-guided chunk selection (the *_select methods) needs the native_flow policy type, "
+                 f"not {cfg['policy']['type']}")
     name = args.name or ("recap_sim-quick" if args.quick else "recap_sim-image" if args.image
                          else "recap_sim" if preset is HARD else "recap_sim-short")
     if args.validation:
@@ -541,17 +598,35 @@ def run_group(pool, cfg: dict, work: str, seeds: list[int], methods: list[str], 
     diag = []
     if "recap" in methods:
         diag = list(pool.map(job_diagnostics, [cfg] * len(seeds), [work] * len(seeds), seeds, [cfg["rounds"]] * len(seeds)))
-    abl = []
+    abl, latency = [], []
     if ablation and "recap" in methods:
-        fa = [pool.submit(job_ablation, cfg, work, m, s, cfg["rounds"]) for s in seeds for m in methods]
+        fa = [pool.submit(job_ablation, cfg, work, m, s, cfg["rounds"]) for s in seeds
+              for m in methods + [x for x in selection_ablation(cfg) if x not in methods]]
         abl = [f.result() for f in fa]
-    return {"cfg": cfg, "r0": r0, "records": records, "diag": diag, "abl": abl}
+    if any(selects(m) for m in methods) or any(selects(a["method"]) for a in abl):
+        latency = list(pool.map(job_selection_latency, [cfg] * len(seeds), [work] * len(seeds), seeds,
+                                [cfg["rounds"]] * len(seeds)))
+    return {"cfg": cfg, "r0": r0, "records": records, "diag": diag, "abl": abl, "latency": latency}
+
+
+def selects(name: str) -> bool:
+    from training.sim.loop import selects as loop_selects
+
+    return loop_selects(name)
+
+
+def selection_ablation(cfg: dict) -> list[str]:
+    """The ablation's value-guided selection methods: for the native policy with K > 1 (others sample
+    one chunk or are refused a critic at the door)."""
+    native = cfg["policy"].get("type", "native_flow") == "native_flow"
+    return SELECTION_ABLATION if native and cfg.get("select_chunks", 4) > 1 else []
 
 
 def summarise_groups(cfg: dict, seeds: list[int], methods: list[str], results: dict, elapsed: float) -> dict:
     """The tuning tasks' summary is the result; the test tasks' headline figures join it as test_*."""
     primary = "tuning" if "tuning" in results else next(iter(results))
-    parts = {g: summarise(r["cfg"], seeds, methods, r["r0"], r["records"], r["diag"], r["abl"], elapsed)
+    parts = {g: summarise(r["cfg"], seeds, methods, r["r0"], r["records"], r["diag"], r["abl"], elapsed,
+                          r.get("latency"))
              for g, r in results.items()}
     out = parts[primary]
     out["groups"] = {g: p["figures"]["tasks"] for g, p in parts.items()}
@@ -569,7 +644,47 @@ def summarise_groups(cfg: dict, seeds: list[int], methods: list[str], results: d
     return out
 
 
-def summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed) -> dict:
+def selection_figures(records: dict, methods: list[str], seeds: list[int], tasks: list[str], rounds: int,
+                      abl: list[dict], latency: list[dict] | None) -> dict:
+    """Value-guided chunk selection (report only, no target): `selection_gain_throughput` = RECAP +
+    selection's throughput over RECAP's in the ablation (same data, same policy weights, the same paired
+    evaluation layouts: only the selection differs), filtered BC's likewise, the paired bootstrap CI of
+    the difference and McNemar's p; the same in the loops when the "+ selection" methods ran there; and
+    the per-chunk latency cost measured beside plain sampling."""
+    out: dict = {}
+
+    def episodes(rows):
+        return ([x for a in rows for t in tasks for x in a["eval"]["per_episode_success"][t]],
+                [x for a in rows for t in tasks for x in a["eval"]["per_episode_steps"][t]])
+
+    for sel, base in SELECTION_PAIRS.items():
+        key = "" if base == "recap" else f"_{base}"
+        a = sorted((x for x in abl if x["method"] == sel), key=lambda x: x["seed"])
+        b = sorted((x for x in abl if x["method"] == base), key=lambda x: x["seed"])
+        if a and b and [x["seed"] for x in a] == [x["seed"] for x in b]:
+            ta = np.mean([x["eval"]["all"]["throughput_per_h"] for x in a])
+            tb = np.mean([x["eval"]["all"]["throughput_per_h"] for x in b])
+            ea, eb = episodes(a), episodes(b)
+            out[f"selection_gain_throughput{key}"] = float(ta / tb) if tb > 0 else float("nan")
+            out[f"selection_throughput_per_h{key}"] = {"with": float(ta), "without": float(tb)}
+            out[f"selection_success{key}"] = {"with": float(np.mean(ea[0])), "without": float(np.mean(eb[0]))}
+            out[f"selection_throughput_diff_ci95{key}"] = bootstrap_throughput_diff(ea, eb)
+            out[f"selection_mcnemar_p{key}"] = mcnemar_p(ea[0], eb[0])
+        if sel in methods and base in methods:
+            ta = np.mean([records[(sel, s)][rounds - 1]["eval"]["all"]["throughput_per_h"] for s in seeds])
+            tb = np.mean([records[(base, s)][rounds - 1]["eval"]["all"]["throughput_per_h"] for s in seeds])
+            out[f"selection_gain_throughput_loop{key}"] = float(ta / tb) if tb > 0 else float("nan")
+    lat = [x for x in (latency or []) if x]
+    if lat:
+        out["selection_latency"] = {
+            "select_chunks": lat[0]["select_chunks"],
+            **{k: float(np.mean([x[k] for x in lat])) for k in ("plain_ms_median", "selection_ms_median",
+                                                                "selection_cost_ms", "selection_latency_ratio")},
+            "per_seed": lat}
+    return out
+
+
+def summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed, latency=None) -> dict:
     rounds = cfg["rounds"]
     table = []  # per method, round: mean +- se over seeds, overall and per task
     for m in methods:
@@ -613,10 +728,12 @@ def summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed) -> dict:
                                                       for i in range(4)]
         figures["value_guard_fallbacks"] = sum(1 for d in diag for v in d.get("fallback", {}).values() if v)
     if abl:
+        abl_methods = list(dict.fromkeys(a["method"] for a in abl))
         figures["ablation"] = {m: mean_se([a["eval"]["all"]["throughput_per_h"] for a in abl if a["method"] == m])
-                               for m in methods}
+                               for m in abl_methods}
         figures["ablation_success"] = {m: mean_se([a["eval"]["all"]["success_rate"] for a in abl if a["method"] == m])
-                                       for m in methods}
+                                       for m in abl_methods}
+    figures.update(selection_figures(records, methods, seeds, cfg["tasks"], rounds, abl, latency))
     figures["per_seed_last_round"] = {
         m: {**{f"s{s}": {k: records[(m, s)][rounds - 1]["eval"]["all"][k] for k in ("success_rate", "throughput_per_h")}
                for s in seeds},
@@ -718,6 +835,25 @@ def render_md(r: dict, name: str) -> str:
             lines.append(f"| {t['a']} vs {t['b']} | {t['pairs']} | {t['success']['a_only']} / {t['success']['b_only']} | "
                          f"{t['success']['p']:.3f} | {t['duration']['a_faster']} / {t['duration']['b_faster']} | {t['duration']['p']:.3f} | "
                          f"[{ci[0]:.0f}, {ci[1]:.0f}] |")
+    if f.get("selection_latency") or "selection_gain_throughput" in f:
+        lat = f.get("selection_latency", {})
+        lines += ["", "## Value-guided chunk selection (ablation on RECAP's final data; report only)", "",
+                  f"K = {lat.get('select_chunks', r['config'].get('select_chunks', 4))} chunks sampled per observation "
+                  "(one batch), the chunk critic's best executed; the same policy weights with and without.", "",
+                  "| method | throughput without / with selection (/h) | success without / with | gain | "
+                  "throughput with − without, paired bootstrap 95 % CI (/h) | McNemar p |", "| --- | --- | --- | --- | --- | --- |"]
+        for base in ("recap", "filtered_bc"):
+            key = "" if base == "recap" else f"_{base}"
+            if f"selection_gain_throughput{key}" not in f:
+                continue
+            tp, sc, ci = f[f"selection_throughput_per_h{key}"], f[f"selection_success{key}"], f[f"selection_throughput_diff_ci95{key}"]
+            lines.append(f"| {base} | {tp['without']:.0f} / {tp['with']:.0f} | {sc['without']:.2f} / {sc['with']:.2f} | "
+                         f"{f[f'selection_gain_throughput{key}']:.2f}× | [{ci[0]:.0f}, {ci[1]:.0f}] | "
+                         f"{f[f'selection_mcnemar_p{key}']:.3f} |")
+        if lat:
+            lines += ["", f"Latency per chunk (one observation a call, interleaved in one process): plain "
+                          f"{lat['plain_ms_median']:.1f} ms, with selection {lat['selection_ms_median']:.1f} ms (median; "
+                          f"+{lat['selection_cost_ms']:.1f} ms, {lat['selection_latency_ratio']:.2f}×)."]
     if f.get("human_effort"):
         lines += ["", "## Human effort during collection (all rounds, data/effort.py)", "",
                   "| method | correction ticks per round (mean over seeds) | takeovers | takeovers per robot-hour | human minutes | "
@@ -745,8 +881,9 @@ def render_md(r: dict, name: str) -> str:
             lines.append(f"- `{e['type']}`: {' -> '.join(e['steps'])} — `{e['test']}`")
     lines += ["", "## Headline figures (last round)", ""]
     for k, v in f.items():
-        if k in ("table", "tasks", "per_seed_last_round", "paired_tests", "human_effort") or k.startswith("test_") and \
-                k.removeprefix("test_") in ("table", "per_seed_last_round", "paired_tests", "human_effort"):
+        if k in ("table", "tasks", "per_seed_last_round", "paired_tests", "human_effort", "selection_latency") or \
+                k.startswith("test_") and k.removeprefix("test_") in ("table", "per_seed_last_round", "paired_tests",
+                                                                       "human_effort", "selection_latency"):
             continue
         lines.append(f"- `{k}`: {json.dumps(v) if not isinstance(v, float) else f'{v:.3f}'}")
     lines += ["", "Targets (the paper's claims): RECAP throughput ≥ 2× BC, failure rate ≤ 0.5× BC, above HG-DAgger, "

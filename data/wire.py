@@ -46,6 +46,7 @@ class BinaryArray(Struct, forbid_unknown_fields=True):
     data: bytes
 
 
+MAX_TICK = 10**9  # a control tick within an episode (the recipe's largest task time limit)
 MAX_HISTORY = 15  # earlier observations a request may carry (a policy reads at most 16 control ticks)
 
 
@@ -67,6 +68,8 @@ class ActRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
     instruction: Annotated[str, Meta(max_length=MAX_INSTRUCTION)] = ""
     seed: Annotated[int, Meta(ge=0, le=MAX_SEED)] = 0
     history: Annotated[list[PastObservation], Meta(max_length=MAX_HISTORY)] = []
+    # the control tick within the episode (optional): the time input of a chunk critic's value-guided selection
+    tick: Union[Annotated[int, Meta(ge=0, le=MAX_TICK)], None] = None
 
 
 class ActAnswer(Struct, forbid_unknown_fields=True):
@@ -138,15 +141,17 @@ def _wire_array(x: np.ndarray, dtype: str) -> BinaryArray:
 
 def encode_request(state: np.ndarray, images: dict[str, np.ndarray] | None = None, instruction: str = "",
                    seed: int = 0, binary: bool = True,
-                   history: Sequence[tuple[np.ndarray, dict[str, np.ndarray]]] = ()) -> bytes:
-    """Client side: an act request body; `history`: the (state, images) of earlier ticks, oldest first."""
+                   history: Sequence[tuple[np.ndarray, dict[str, np.ndarray]]] = (), tick: int | None = None) -> bytes:
+    """Client side: an act request body; `history`: the (state, images) of earlier ticks, oldest first;
+    `tick`: the control tick within the episode, for a policy with value-guided chunk selection."""
     if binary:
         def wire(st, ims):
             return _wire_array(st, "float32"), {k: _wire_array(v, "uint8") for k, v in (ims or {}).items()}
     else:
         def wire(st, ims):
             return np.asarray(st, np.float64).tolist(), {k: np.asarray(v, np.uint8).tolist() for k, v in (ims or {}).items()}
-    req = ActRequest(*wire(state, images), instruction, seed, [PastObservation(*wire(s, im)) for s, im in history])
+    req = ActRequest(*wire(state, images), instruction, seed, [PastObservation(*wire(s, im)) for s, im in history],
+                     tick)
     return (_msgpack if binary else _json).encode(req)
 
 

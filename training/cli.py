@@ -82,6 +82,8 @@ def policy_cmd(
     policy_steps: int = typer.Option(2500, min=1, help="Policy training steps."),
     hidden: int = typer.Option(256, min=1, help="Hidden width of both networks."),
     chunk: int = typer.Option(8, min=1, help="Action chunk length H."),
+    select_chunks: int = typer.Option(0, min=0, max=64, help="Value-guided chunk selection: train a chunk critic and "
+                                      "execute the best of K sampled chunks (0: off)."),
     max_len: list[str] = typer.Option([], "--max-len", help="TASK=L: the task's episode time limit (default: longest seen)."),
     camera: list[str] = typer.Option([], "--camera", help="Cameras to condition on (default: state only)."),
     parent: Optional[str] = typer.Option(None, help="Parent policy version (lineage)."),
@@ -100,7 +102,8 @@ def policy_cmd(
     _selected(cat, selection)
     spec = RunSpec(run_id=run_id or f"{method}-{time.strftime('%Y%m%dT%H%M%S')}", method=kind,
                    selection=selection, first_fit=first_fit, first_labelled=first_labelled,
-                   recap=RecapConfig(advantage_horizon=horizon, positive_fraction_later=positive_fraction),
+                   recap=RecapConfig(advantage_horizon=horizon, positive_fraction_later=positive_fraction,
+                                     select_chunks=select_chunks),
                    value={"steps": value_steps, "hidden": hidden},
                    policy={"steps": policy_steps, "hidden": hidden, "chunk": chunk},
                    task_max_len=limits,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 BETA_MAX = 10.0  # guidance beyond this only amplifies the noise between the two passes
+SELECT_MAX = 64  # candidate chunks per observation: one batch of K x robots through the policy
 
 
 @dataclass(frozen=True)
@@ -38,5 +39,10 @@ class RecapConfig:
     # (value: ticks of known outcome); 0 = the section's fixed steps
     policy_epochs: float = field(default=0.0, metadata={"ge": 0, "le": 10_000})
     value_epochs: float = field(default=0.0, metadata={"ge": 0, "le": 10_000})
+    # value-guided chunk selection (V-GPS style; native_flow policies): K > 1 trains a chunk critic
+    # Q(o, l, t, chunk) beside the policy (the value section's network and budget, V's targets), saved in
+    # the policy's artifact; at inference K chunks are sampled and the one Q scores highest is executed.
+    # 0 or 1 = off. Costs about K times the sampling compute per chunk (one batch).
+    select_chunks: int = field(default=0, metadata={"ge": 0, "le": SELECT_MAX})
 
     DERIVED = ()  # every field is the recipe's to set

@@ -25,7 +25,7 @@ SECTIONS: dict[str, type] = {"value": ValueConfig, "recap": RecapConfig}
 TOP_LEVEL = ("policy", "value", "recap", "task_max_len", "cameras")
 MAX_TASK_LEN = 10**9
 
-__all__ = ["RecipeError", "check_recipe", "check_section", "effective_recipe", "section_model"]
+__all__ = ["RecipeError", "check_recipe", "check_section", "check_selection", "effective_recipe", "section_model"]
 
 
 @typing.no_type_check
@@ -74,6 +74,16 @@ def _check_task_max_len(limits: Any) -> dict[str, int]:
     return dict(limits)
 
 
+def check_selection(policy: Mapping[str, Any] | None, recap: Mapping[str, Any] | None) -> None:
+    """Value-guided chunk selection (recap.select_chunks > 1) samples chunks from noise seeds and scores
+    them with a critic of the native backbone: the native_flow policy type only."""
+    k = (recap or {}).get("select_chunks", 0)
+    ptype = (policy or {}).get("type", "native_flow")
+    if isinstance(k, int) and k > 1 and ptype != "native_flow":
+        raise RecipeError(f"recap.select_chunks: value-guided chunk selection is available for the native_flow "
+                          f"policy type, not {ptype} (set it to 0)")
+
+
 def check_recipe(recipe: Any) -> dict[str, Any]:
     """The whole recipe checked (the CLI's check before a request; the API checks the same sections
     through its schema): each section's explicit overrides; RecipeError naming the field otherwise."""
@@ -93,6 +103,7 @@ def check_recipe(recipe: Any) -> dict[str, Any]:
     for name in SECTIONS:
         if name in recipe:
             out[name] = check_section(name, recipe[name])
+    check_selection(out.get("policy"), out.get("recap"))
     if "task_max_len" in recipe:
         out["task_max_len"] = _check_task_max_len(recipe["task_max_len"])
     if "cameras" in recipe and not (isinstance(recipe["cameras"], list)

@@ -7,7 +7,8 @@ Run directory:
     episodes.json       the selection and every episode used, with its checksum
     value/              value-function artifact (when the method needs one)
     labels/             advantage labels (when the method needs them)
-    policy/             the policy artifact: what gets registered and deployed
+    policy/             the policy artifact: what gets registered and deployed (with the chunk critic,
+                        critic.*, when recap.select_chunks > 1: value-guided chunk selection)
     curves.png          loss curves
     done.json           written last
 
@@ -46,7 +47,7 @@ from training.policies.trainer_policy import fit_policy
 from training.calibration import correlations
 from training.fit import scaled_steps
 from training.recap import RecapConfig, positive_rate_by_outcome, positive_rate_by_position
-from training.recipe import effective_recipe
+from training.recipe import check_selection, effective_recipe
 from training.steps import load_steps
 from training.tracking import WandbSettings, track_run
 from training.value import ValueConfig, build_value_function
@@ -143,6 +144,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     def stepper(phase: str):
         return (lambda done, total: on_progress(phase, done / max(total, 1))) if on_progress else None
 
+    check_selection(spec.policy, asdict(spec.recap))
     run_dir = Path(runs_dir) / spec.run_id
     spec_path = run_dir / "run.json"
     distributed.init(spec.device)
@@ -299,6 +301,12 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     curves["policy"] = plosses
     metrics.update({"policy_ticks": int(len(pdata.index)), "policy_final_loss": float(np.mean(plosses[-50:])),
                     "policy_fit_s": time.time() - t0})
+
+    # 4. the chunk critic of value-guided selection (recap.select_chunks > 1), saved in the policy's artifact
+    if spec.recap.select_chunks > 1:
+        policy.critic, metrics["chunk_critic"], curves["critic"] = fit_chunk_critic(
+            table, spec, policy, max_len=max_len, image_size=image_size, progress=progress,
+            checkpoint_dir=run_dir / "checkpoints" / "critic", on_step=stepper("critic"))
     if not main:  # the weights are identical on every rank (DDP); rank 0 writes the artifact
         distributed.barrier()
         return RunResult(run_dir, run_dir / "policy", {}, metrics)
@@ -319,6 +327,42 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the artifacts supersede them
     distributed.barrier()
     return RunResult(run_dir, pdir, manifest, metrics)
+
+
+def fit_chunk_critic(table, spec: RunSpec, policy: Policy, *, max_len: dict[str, int], image_size: tuple[int, int],
+                     progress: bool = True, checkpoint_dir: Path | None = None,
+                     on_step: Callable[[int, int], None] | None = None):
+    """Q(o, l, t, a_{t:t+H}) over the run's whole selection: V's native network with the policy's chunk
+    as one more input, V's two-hot targets (the normalised return from the tick), the value section's
+    settings and budget rule; a quarter of its samples hide the time (a robot may not send the tick).
+    Returns (ChunkCritic, metrics with its held-out calibration like V's, losses)."""
+    from training.calibration import correlations
+    from training.policies.policy import ChunkCritic
+
+    returns, known = normalised_return_targets(table, max_len, spec.recap.c_fail)
+    if not known.any():
+        raise TrainingDataError("recap.select_chunks: no episode of the selection has a known outcome to fit the "
+                                "chunk critic on")
+    section = {k: v for k, v in spec.value.items() if k not in ("backbone", "vlm")}  # the critic is native
+    derived = dict(state_dim=table.state.shape[1], cameras=list(spec.cameras), image_size=image_size,
+                   num_bins=spec.recap.num_bins, seed=spec.seed + 1, chunk=policy.chunk,
+                   action_dim=table.action.shape[1], time_dropout=0.25)
+    base = ValueConfig(**derived, **section)
+    section["steps"] = scaled_steps(base.steps, spec.recap.value_epochs, int(known.sum()), base.batch_size)
+    cfg = ValueConfig(**derived, **section)
+    t0 = time.time()
+    model, sstats, losses = fit_value(table, cfg, max_len=max_len, c_fail=spec.recap.c_fail, device=spec.device,
+                                      progress=progress, checkpoint_dir=checkpoint_dir, on_step=on_step)
+    held_out = held_out_members(model, table, cfg.seed)
+    q = predict_values(model, table, sstats, max_len=max_len, device=spec.device, held_out=held_out,
+                       action_stats=policy.stats["action"])
+    limits = {instr: max_len[task] for instr, task in zip(table.instructions, table.task_ids)}
+    critic = ChunkCritic(model.eval(), policy.stats, spec.recap.select_chunks, limits)
+    metrics = {"select_chunks": spec.recap.select_chunks, "steps": cfg.steps, "fit_s": time.time() - t0,
+               "final_loss": float(np.mean(losses[-50:])),
+               "calibration": {"held_out": held_out is not None,
+                               **(correlations(q[known], returns[known]) if held_out is not None else {})}}
+    return critic, metrics, losses
 
 
 def load_policy(directory: str | Path, device: str = "cpu") -> tuple[Policy, dict]:

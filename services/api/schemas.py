@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from services.auth import Role
 from training.recap_config import BETA_MAX  # torch-free
@@ -199,6 +199,13 @@ class Recipe(Strict):
         from training.recipe import check_section  # torch-free: configs only
 
         return check_section(info.field_name, v)  # "recap.advantage_horizon: ..." in the 422
+
+    @model_validator(mode="after")
+    def _selection_fits_the_policy(self) -> "Recipe":
+        from training.recipe import check_selection  # torch-free
+
+        check_selection(self.policy, self.recap)  # "recap.select_chunks: ..." in the 422
+        return self
 
 
 class RunCreate(Strict):

@@ -18,6 +18,7 @@ from services.inference.guard import Envelope
 from training import recap
 from training.artifacts import ArtifactError
 from training.policies.policy import Observation
+from training.recap_config import SELECT_MAX
 
 __all__ = ["InputSpec", "Observation", "PolicyRuntime", "load_runtime", "check_registered_digest"]
 
@@ -62,11 +63,25 @@ def inference_device() -> str:
     return os.environ.get("RECAP_INFERENCE_DEVICE", "cpu")
 
 
+def inference_select_chunks() -> int | None:
+    """RECAP_INFERENCE_SELECT_CHUNKS: K of value-guided chunk selection for every version served (0: off);
+    unset: each artifact's own (the run's recap.select_chunks; off without a chunk critic)."""
+    raw = os.environ.get("RECAP_INFERENCE_SELECT_CHUNKS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) > SELECT_MAX:
+        raise ValueError(f"RECAP_INFERENCE_SELECT_CHUNKS={raw[:16]!r}: a whole number of chunks in 0..{SELECT_MAX}")
+    return int(raw)
+
+
 class PolicyRuntime:
     """A version of any registered policy type behind the contract (training/policies/policy.py):
-    the type's processor, its model, its guidance at the artifact's β, noise from each request's seed."""
+    the type's processor, its model, its guidance at the artifact's β, noise from each request's seed,
+    and value-guided chunk selection when the artifact has a chunk critic (`select_chunks`: K, None for
+    the artifact's own, 0 off; RECAP_INFERENCE_SELECT_CHUNKS sets it for a server)."""
 
-    def __init__(self, version: str, artifact_dir: Path, expected_manifest_sha256: str | None = None):
+    def __init__(self, version: str, artifact_dir: Path, expected_manifest_sha256: str | None = None,
+                 select_chunks: int | None = None):
         from training.policies.lerobot_adapter.export import is_exported, load_exported_policy
         from training.policies.policy import load_policy
 
@@ -76,6 +91,10 @@ class PolicyRuntime:
         self.policy, self.manifest = load(d, inference_device())
         self.version = version
         self.beta = self.policy.beta
+        chosen = inference_select_chunks() if select_chunks is None else int(select_chunks)
+        # K in effect: the chosen one where the artifact has a critic, else plain sampling
+        self.select_chunks = (getattr(self.policy, "select_chunks", 0) if chosen is None else chosen) \
+            if getattr(self.policy, "critic", None) is not None else 0
         stats = self.policy.envelope_stats() if hasattr(self.policy, "envelope_stats") else {
             k: _stats_dict(v) for k, v in self.policy.stats.items()}
         self.spec = InputSpec(self.policy.state_dim, self.policy.action_dim, self.policy.chunk, self.policy.cameras,
@@ -85,6 +104,9 @@ class PolicyRuntime:
     def act(self, obs: list[Observation], beta: float | None = None) -> np.ndarray:
         """(B, chunk, action_dim) float32 in the robot's action units; `beta`: a deployment's guidance
         override, None for the artifact's."""
+        if getattr(self.policy, "critic", None) is not None:  # K (0: off) given explicitly, over the artifact's
+            return self.policy.predict_chunk(obs, recap.INDICATOR_POSITIVE, self.beta if beta is None else beta,
+                                             self.select_chunks)
         return self.policy.predict_chunk(obs, recap.INDICATOR_POSITIVE, self.beta if beta is None else beta)
 
 

@@ -41,4 +41,4 @@ def parse_observation(req: ActRequest, spec: InputSpec) -> Observation:
         ticks.append((state, images))
         state = np.stack([s for s, _ in ticks])
         images = {c: np.stack([im[c] for _, im in ticks]) for c in spec.cameras}
-    return Observation(state, images, req.instruction, req.seed)
+    return Observation(state, images, req.instruction, req.seed, req.tick)

@@ -268,3 +268,51 @@ def test_a_tampered_artifact_is_refused_and_the_old_version_keeps_serving(stack,
     r = httpx.post(inf.url + "/v1/act", content=encode_request(np.zeros(STATE_DIM), {}, "push"),
                    headers={"Authorization": f"Bearer {stack.tokens['robot']}", "Content-Type": MSGPACK})
     assert r.status_code == 200 and decode_answer(r.content, binary=True)["version"] == v1
+
+
+def _critic_artifact(directory, seed: int):
+    """A native policy with a chunk critic (seeded random weights), saved through the policy's contract."""
+    import torch
+
+    from data.stats import FeatureStats
+    from training.policies.native import NativePolicyConfig
+    from training.policies.policy import ChunkCritic, Policy
+    from training.value import ValueConfig, build_value_function
+
+    def wide(n):  # a wide envelope: nothing clipped, so answers compare exactly
+        return FeatureStats(mean=[0.0] * n, std=[1.0] * n, min=[-100.0] * n, max=[100.0] * n, q01=[-2.0] * n,
+                            q99=[2.0] * n, count=64)
+    torch.manual_seed(seed)
+    stats = {"observation.state": wide(STATE_DIM), "action": wide(ACTION_DIM)}
+    policy = Policy("native_flow", NativePolicyConfig(state_dim=STATE_DIM, action_dim=ACTION_DIM, chunk=CHUNK, hidden=32,
+                                                      flow_steps=4, seed=seed), stats)
+    critic = build_value_function(ValueConfig(state_dim=STATE_DIM, hidden=32, ensemble=1, chunk=CHUNK,
+                                              action_dim=ACTION_DIM))
+    policy.critic = ChunkCritic(critic.eval(), stats, 4, {"push it": 100})
+    policy.save(directory, lineage={"run": f"handmade-critic-{seed}"})
+    return directory
+
+
+def test_a_version_with_a_chunk_critic_answers_the_best_of_k_chunks(stack, tmp_path):
+    from training.policies.policy import Observation, load_policy
+
+    d = _critic_artifact(tmp_path / "critic-art", 3)
+    local, _ = load_policy(d)
+    state = np.full(STATE_DIM, 0.3, np.float32)
+    # a seed whose best-scored chunk is not the plain one (its own seed's), so the answer tells them apart
+    seed = next(s for s in range(50) if not np.allclose(
+        local.predict_chunk([Observation(state, {}, "push it", s, 10)]),
+        local.predict_chunk([Observation(state, {}, "push it", s, 10)], select=0)))
+    chosen = local.predict_chunk([Observation(state, {}, "push it", seed, 10)])[0]
+    with stack.client("researcher") as c:
+        r = c.post("/v1/versions", json={"artifact_dir": str(d)})
+        assert r.status_code == 201, r.text
+        version = r.json()["id"]
+    with stack.client("operator") as c:
+        assert c.post("/v1/deployments", json={"version": version}).status_code == 201
+    inf = stack.start_inference()
+    _wait_serving(inf.url, lambda s: s["fleet_version"] == version and version in s["versions"])
+    r = httpx.post(inf.url + "/v1/act", content=encode_request(state, {}, "push it", seed=seed, tick=10),
+                   headers={"Authorization": f"Bearer {stack.tokens['robot']}", "Content-Type": MSGPACK})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(decode_answer(r.content, binary=True)["actions"], chosen, atol=1e-5, rtol=1e-5)

@@ -97,6 +97,8 @@ def test_a_bad_policy_recipe_is_a_422_naming_the_field_at_the_api_and_the_cli(st
                               ({"policy": {"type": "lerobot:diffusion", "n_obs_steps": 0}}, "n_obs_steps"),
                               ({"policy": {"type": "lerobot:diffusion", "n_obs_steps": 3, "horizon": 8,
                                            "n_action_steps": 8}}, "n_action_steps"),
+                              ({"recap": {"select_chunks": 65}}, "recap.select_chunks"),
+                              ({"policy": {"type": "lerobot:act"}, "recap": {"select_chunks": 4}}, "recap.select_chunks"),
                               ({"task_max_len": {"push": 0}}, "task_max_len"),
                               ({"epochs": 3}, "epochs")):
             r = c.post("/v1/runs", json={"selection": {"robot": ["robot-0"]}, "recipe": recipe})
@@ -118,6 +120,11 @@ def test_a_bad_policy_recipe_is_a_422_naming_the_field_at_the_api_and_the_cli(st
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "recap.advantage_horizon: Input should be greater than or equal to 1" in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, "-m", "data.cli_root", "runs", "start", "--api", stack.api.url,
+                        "--token", stack.tokens["researcher"], "--recipe",
+                        '{"policy": {"type": "lerobot:act"}, "recap": {"select_chunks": 4}}'],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "recap.select_chunks" in p.stderr, p.stderr
 
 
 @pytest.mark.slow

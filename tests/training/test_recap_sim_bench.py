@@ -28,7 +28,10 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
     for key in ("recap_throughput_ratio_vs_bc", "recap_failure_ratio_vs_bc", "recap_vs_hgdagger_throughput_diff_in_se",
                 "conditioning_gap_success", "ablation"):
         assert key in f, key
-    assert set(f["ablation"]) == {"bc", "hg_dagger", "recap"}
+    # the ablation's value-guided selection beside its methods, with its latency measured beside plain sampling
+    assert set(f["ablation"]) == {"bc", "hg_dagger", "recap", "recap_select", "filtered_bc", "filtered_bc_select"}
+    assert {"selection_gain_throughput", "selection_gain_throughput_filtered_bc", "selection_latency"} <= set(f)
+    assert f["selection_latency"]["select_chunks"] == 4 and f["selection_latency"]["selection_ms_median"] > 0
     assert result["seeds"] == [0, 1] and "native_flow" in result["policy_types_through_loop"]
     assert set(f["per_seed_last_round"]) == {"bc", "hg_dagger", "recap"}
     pairs = {(t["a"], t["b"]): t for t in f["paired_tests"]}
@@ -40,8 +43,8 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
     assert (tmp_path / "results" / "tiny.png").stat().st_size > 1000
     assert {"recap_vs_hgdagger_mcnemar_p", "recap_vs_hgdagger_throughput_diff_ci95", "value_calibration_spearman_next_round",
             "positive_rate_failed_last_quarter", "return_on_human_effort", "tuning_tasks", "test_tasks"} <= set(f)
-    assert {(a["method"], a["seed"]) for a in result["ablation_per_seed"]} == {(m, s) for m in ("bc", "hg_dagger", "recap")
-                                                                               for s in (0, 1)}
+    assert {(a["method"], a["seed"]) for a in result["ablation_per_seed"]} == {
+        (m, s) for m in ("bc", "hg_dagger", "recap", "recap_select", "filtered_bc", "filtered_bc_select") for s in (0, 1)}
     assert set(f["human_effort"]) == {"bc", "hg_dagger", "recap"}
     # resumable: a rerun with the same config reads every finished cell back and trains nothing
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=580)
@@ -71,7 +74,8 @@ def test_overrides_are_checked_and_every_accepted_key_is_used():
     from training.sim.loop import LoopConfig
 
     assert LoopConfig(**{k: v for k, v in cfg.items() if k in LoopConfig.__dataclass_fields__}).cfg_beta == 1.5
-    for bad, says in (("recap.cfg_betta=2", "recap.cfg_betta"), ("value.seed=3", "value.seed"),
+    assert apply_overrides(HARD, ["recap.select_chunks=8"])["select_chunks"] == 8  # the "+ selection" methods' K
+    for bad, says in (("recap.select_chunks=99", "recap.select_chunks"), ("recap.cfg_betta=2", "recap.cfg_betta"), ("value.seed=3", "value.seed"),
                       ("recap.cfg_beta=99", "recap.cfg_beta"), ("policy.hiden=8", "hiden"), ("loop.x=1", "expected")):
         with pytest.raises(ValueError, match=says):
             apply_overrides(HARD, [bad])

@@ -30,14 +30,17 @@ class PolicyActor:
 
     A policy that reads a history (n_obs_steps > 1) gets the last n_obs_steps control ticks, as a robot's
     bridge sends them (robot_bridge/arbitration.py `TickHistory`: `observe` every tick, `reset` at the
-    episode start; until the history is full the episode's first tick stands in for the missing ones)."""
+    episode start; until the history is full the episode's first tick stands in for the missing ones).
+    Value-guided chunk selection (`select`, the policy's contract) sees the tick within the episode."""
 
     def __init__(self, policy: Policy, instruction: str, *, beta: float | None = None,
-                 indicator: int = recap.INDICATOR_POSITIVE, seed: int = 0):
+                 indicator: int = recap.INDICATOR_POSITIVE, seed: int = 0, select: int | None = None):
         self.policy, self.instruction = policy, instruction
         self.beta, self.indicator = beta, indicator
+        self.select = select  # value-guided chunk selection's K (None: the artifact's; 0: off)
         self.seeds = np.random.default_rng(seed)
         self.history = TickHistory(policy.n_obs_steps)  # the ticks before the current one
+        self._tick = 0  # control ticks observed this episode: the chunk critic's time input
 
     @property
     def chunk(self) -> int:
@@ -46,9 +49,11 @@ class PolicyActor:
     def reset(self) -> None:
         """A new episode: no history."""
         self.history.reset()
+        self._tick = 0
 
     def observe(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> None:
         """Every control tick, after the tick's decision: it becomes history for the next ones."""
+        self._tick += 1
         self.history.observe(np.asarray(obs, np.float32), images)
 
     def observation(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> Observation:
@@ -59,10 +64,13 @@ class PolicyActor:
             ticks = TickHistory.window(self.history.past(), (state, images), n)
             state = np.stack([s for s, _ in ticks])
             images = {c: np.stack([im[c] for _, im in ticks]) for c in images}
-        return Observation(state, images, self.instruction, int(self.seeds.integers(0, 2**31 - 1)))
+        return Observation(state, images, self.instruction, int(self.seeds.integers(0, 2**31 - 1)), self._tick)
 
     def predict(self, obs: np.ndarray, images: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        return self.policy.predict_chunk([self.observation(obs, images)], self.indicator, self.beta)[0]
+        o = [self.observation(obs, images)]
+        if self.select is None:  # the artifact's own K (plain sampling without a chunk critic)
+            return self.policy.predict_chunk(o, self.indicator, self.beta)[0]
+        return self.policy.predict_chunk(o, self.indicator, self.beta, self.select)[0]
 
 
 GRIPPER = 3  # the Meta-World arm's gripper command: kept, not zeroed, while the arm holds position

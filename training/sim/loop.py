@@ -50,6 +50,9 @@ class LoopConfig(RoundPlan):
     eval_role: str = "evaluation"
     recap: dict = field(default_factory=dict)  # RecapConfig overrides (advantage_horizon, ...)
     cfg_beta: float = 2.0  # RECAP-CFG's guidance: written into its artifacts, so served and evaluated alike
+    # K of value-guided chunk selection for the "+ selection" methods (recap_select, filtered_bc_select): their
+    # runs train a chunk critic (recap.select_chunks K) and their artifacts execute the best of K chunks
+    select_chunks: int = 4
     image_size: tuple[int, int] | None = None  # a rendered front camera (H, W) that the policy sees
     device: str = "cpu"
 
@@ -66,12 +69,19 @@ class LoopConfig(RoundPlan):
         return asdict(self)
 
 
-METHODS = ["bc", "hg_dagger", "filtered_bc", "awr", "recap", "recap_cfg"]
+METHODS = ["bc", "hg_dagger", "filtered_bc", "awr", "recap", "recap_cfg", "recap_select", "filtered_bc_select"]
+SELECT_SUFFIX = "_select"  # "+ selection": the method's run also trains a chunk critic, its policy selects
 
 
 def method_of(name: str) -> tuple[Method, float]:
     """Loop name -> (training method, beta at inference)."""
+    name = name.removesuffix(SELECT_SUFFIX)
     return (Method.RECAP, None) if name == "recap_cfg" else (Method(name), 1.0)
+
+
+def selects(name: str) -> bool:
+    """Whether a loop method is a "+ selection" one (value-guided chunk selection)."""
+    return name.endswith(SELECT_SUFFIX)
 
 
 class SimLoop:
@@ -103,11 +113,13 @@ class SimLoop:
         return results
 
     def _spec(self, run_id: str, method: Method, robots: list[str], seed: int, first_fit: bool, parent: str | None,
-              beta: float = 1.0, first_labelled: bool = False) -> RunSpec:
-        """`beta`: the guidance the policy is served and evaluated with, written into its artifact."""
+              beta: float = 1.0, first_labelled: bool = False, select: bool = False) -> RunSpec:
+        """`beta`: the guidance the policy is served and evaluated with, written into its artifact;
+        `select`: the run trains a chunk critic and its policy selects (K = cfg.select_chunks)."""
+        k = {"select_chunks": self.cfg.select_chunks} if select else {}
         return RunSpec(run_id=run_id, method=method, selection={"robot": robots}, first_fit=first_fit,
                        first_labelled=first_labelled,
-                       recap=recap.RecapConfig(**(self.cfg.recap | {"cfg_beta": beta})), value=dict(self.cfg.value),
+                       recap=recap.RecapConfig(**(self.cfg.recap | {"cfg_beta": beta} | k)), value=dict(self.cfg.value),
                        policy=dict(self.cfg.policy), task_max_len=self.cfg.task_max_len(self.cfg.tasks),
                        cameras=self.cameras, parent_version=parent, seed=seed, device=self.cfg.device)
 
@@ -177,7 +189,8 @@ class SimLoop:
                 marker.write_text(json.dumps([asdict(x) for x in collected]))
             # BC keeps training on demonstrations only but still collects, as the reference
             robots = ["demo"] if method == Method.BC else ["demo", robot]
-            spec = self._spec(f"{robot}-r{r}", method, robots, seed, False, version, beta, first_labelled=r == 1)
+            spec = self._spec(f"{robot}-r{r}", method, robots, seed, False, version, beta, first_labelled=r == 1,
+                              select=selects(name))
             run = run_training(self.store, self.catalog, spec, self.runs_dir, progress=self.progress)
             policy = run.policy_dir
             ev = self.evaluate_policy(policy, None, seed)  # the artifact's β: what the server would use

@@ -1,5 +1,6 @@
-"""Configuration of the distributional value function V(o_t, l) (no action input): the native
-network and the VLM backbone. Torch-free, so the API checks a recipe's `value` section at the door;
+"""Configuration of the distributional value function V(o_t, l), and of the chunk critic
+Q(o_t, l, a_{t:t+H}) that is the same network with the action chunk as one more input (`chunk` > 0;
+value-guided chunk selection, training/policies/policy.py): the native network and the VLM backbone. Torch-free, so the API checks a recipe's `value` section at the door;
 a field's `metadata` holds its bounds (training/recipe.py)."""
 
 from __future__ import annotations
@@ -38,9 +39,16 @@ class ValueConfig:
     seed: int = 0
     backbone: Literal["native", "vlm"] = "native"  # "native" (CPU, minutes) or "vlm" (vision tower + LM, GPUs)
     vlm: dict = field(default_factory=dict)  # VLMValueConfig overrides for backbone="vlm"
+    # the chunk critic: Q reads the chunk of `chunk` x `action_dim` actions (normalised) executed from the
+    # tick; 0 = V (no action input). Its target is V's: the normalised return from the tick.
+    chunk: int = 0
+    action_dim: int = 0
+    # share of training samples whose elapsed time is hidden (the time offset left out), so the critic
+    # also scores a chunk when a request does not say the tick (a robot that sends no `tick`)
+    time_dropout: float = 0.0
 
     # set from the data and the run (num_bins: the recipe's recap.num_bins), never from a recipe's value section
-    DERIVED = ("state_dim", "cameras", "image_size", "num_bins", "seed")
+    DERIVED = ("state_dim", "cameras", "image_size", "num_bins", "seed", "chunk", "action_dim", "time_dropout")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,4 +1,7 @@
-"""The native value function: observation encoder -> logits over B bins on [-1, 0] (DESIGN §5)."""
+"""The native value function: observation encoder -> logits over B bins on [-1, 0] (DESIGN §5).
+With `ValueConfig.chunk` > 0 the same network is the chunk critic Q(o_t, l, t, a_{t:t+H}): each member
+adds an encoding of the (normalised) action chunk, read with the state, to its observation features, as
+it adds the time."""
 
 from __future__ import annotations
 
@@ -32,20 +35,33 @@ class ValueFunction(nn.Module):
                 "head": nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
                                       nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.num_bins)),
                 **({"time": nn.Linear(TIME_FEATURES, cfg.hidden)} if cfg.time_input else {}),
+                # the chunk read together with the state, so which chunk is better may depend on where the arm is
+                **({"chunk": nn.Sequential(nn.Linear(cfg.state_dim + cfg.chunk * cfg.action_dim, cfg.hidden),
+                                           nn.GELU(), nn.Linear(cfg.hidden, cfg.hidden))} if cfg.chunk else {}),
             }))
 
     def logits(self, batch: dict) -> torch.Tensor:
-        """(ensemble, B, bins)."""
+        """(ensemble, B, bins). `elapsed` NaN: the tick is not known (the time offset is left out);
+        `chunk` (B, chunk, action_dim): the critic's action chunk."""
         out = []
-        tf = None
+        tf = known = None
         if self.cfg.time_input:
             if "elapsed" not in batch:
                 raise ValueError("this value function reads the elapsed time: the batch has no 'elapsed'")
-            tf = time_features(batch["elapsed"])
+            elapsed = batch["elapsed"].float()
+            known = (~torch.isnan(elapsed)).float().unsqueeze(-1)
+            tf = time_features(torch.nan_to_num(elapsed))
+        chunk = None
+        if self.cfg.chunk:
+            if "chunk" not in batch:
+                raise ValueError("this chunk critic scores an action chunk: the batch has no 'chunk'")
+            chunk = torch.cat([batch["state"], batch["chunk"].float().reshape(len(batch["chunk"]), -1)], dim=-1)
         for m in self.members:
             feat = m["encoder"](batch["state"], batch["text_ids"], batch["text_offsets"], batch.get("images"))
             if tf is not None:
-                feat = feat + m["time"](tf)
+                feat = feat + m["time"](tf) * known
+            if chunk is not None:
+                feat = feat + m["chunk"](chunk)
             out.append(m["head"](feat))
         return torch.stack(out)
 
@@ -77,6 +93,8 @@ def build_value_function(cfg: ValueConfig) -> nn.Module:
     """The configured backbone; both answer loss(batch), value(batch) and forward = loss."""
     if cfg.backbone == "native":
         return ValueFunction(cfg)
+    if cfg.chunk:
+        raise ValueError("the chunk critic has the native backbone only (value.backbone native)")
     if cfg.backbone == "vlm":
         from training.value.modeling_value_vlm import VLMValueConfig, VLMValueFunction
 

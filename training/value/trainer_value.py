@@ -1,5 +1,7 @@
 """Fit V on all data of a selection (demos, autonomous successes and failures, corrections) by
-cross-entropy against two-hot normalised Monte-Carlo returns; predict V for every tick."""
+cross-entropy against two-hot normalised Monte-Carlo returns; predict V for every tick. The chunk
+critic (ValueConfig.chunk > 0) is fitted the same way, on the same targets, with each tick's executed
+action chunk (the recorded actions from the tick on, the episode's last one repeated past its end)."""
 
 from __future__ import annotations
 
@@ -87,13 +89,17 @@ def elapsed_fraction(table: StepTable, max_len: Mapping[str, int]) -> np.ndarray
 
 
 def make_batch(table: StepTable, idx: np.ndarray, state_stats: FeatureStats, device: torch.device,
-               elapsed: np.ndarray | None = None) -> dict:
+               elapsed: np.ndarray | None = None, action_stats: FeatureStats | None = None, chunk: int = 0) -> dict:
     """V's inputs: the native processor's (V reads observations as the native policy does), and the
-    elapsed fraction of the time limit (`elapsed`, per tick of the table) for a time-aware V."""
+    elapsed fraction of the time limit (`elapsed`, per tick of the table) for a time-aware V; the chunk
+    critic's also the `chunk` actions executed from each tick, normalised with `action_stats`."""
     proc = NativeProcessor({"observation.state": state_stats}, table.cameras)
     batch = proc.observations(table.state[idx], table.frames(idx), table.instructions_of(idx), device)
     if elapsed is not None:
         batch["elapsed"] = torch.from_numpy(elapsed[idx]).to(device)
+    if chunk:
+        actions, _ = table.action_chunks(idx, chunk)
+        batch["chunk"] = torch.from_numpy(action_stats.normalize(actions)).float().to(device)
     return batch
 
 
@@ -111,6 +117,7 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
     if len(usable) == 0:
         raise ValueError("no episode with a known outcome in the selection")
     sstats = FeatureStats.of(table.state)
+    astats = FeatureStats.of(table.action) if cfg.chunk else None  # the policy's action stats (fit_policy's)
     seed_init(cfg.seed)
     model = build_value_function(cfg)
     held_out = held_out_members(model, table, cfg.seed)
@@ -118,7 +125,10 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
 
     def next_batch(rng: np.random.Generator, device: torch.device) -> dict:
         idx = rng.choice(usable, size=min(cfg.batch_size, len(usable)), replace=len(usable) < cfg.batch_size)
-        batch = make_batch(table, idx, sstats, device, elapsed)
+        batch = make_batch(table, idx, sstats, device, elapsed, astats, cfg.chunk)
+        if elapsed is not None and cfg.time_dropout > 0:
+            hide = torch.from_numpy(rng.random(len(idx)) < cfg.time_dropout).to(device)
+            batch["elapsed"] = torch.where(hide, torch.full_like(batch["elapsed"], float("nan")), batch["elapsed"])
         batch["return"] = torch.from_numpy(returns[idx]).to(device)
         if held_out is not None:
             batch["member_mask"] = torch.from_numpy(~held_out[:, idx]).float().to(device)
@@ -132,19 +142,24 @@ def fit_value(table: StepTable, cfg: ValueConfig, *, max_len: Mapping[str, int],
 @torch.no_grad()
 def predict_values(model: ValueFunction, table: StepTable, state_stats: FeatureStats, *,
                    max_len: Mapping[str, int] | None = None, device: str | torch.device = "cpu",
-                   batch_size: int = 2048, held_out: np.ndarray | None = None) -> np.ndarray:
+                   batch_size: int = 2048, held_out: np.ndarray | None = None,
+                   action_stats: FeatureStats | None = None) -> np.ndarray:
     """V for every tick: the ensemble mean, or with `held_out` ((members, ticks) of the training table
     of a cross-fitted V, `held_out_members`) the mean of the members that did not train on the tick's
-    episode (the out-of-fold mean). `max_len`: the tasks' time limits, needed by a time-aware V."""
+    episode (the out-of-fold mean). `max_len`: the tasks' time limits, needed by a time-aware V.
+    A chunk critic scores each tick's executed chunk (`action_stats`: the actions' normalisation)."""
     time_input = bool(getattr(getattr(model, "cfg", None), "time_input", False))
     if time_input and max_len is None:
         raise ValueError("this value function reads the elapsed time: give the tasks' time limits (max_len)")
     elapsed = elapsed_fraction(table, max_len) if time_input else None
+    chunk = int(getattr(getattr(model, "cfg", None), "chunk", 0) or 0)
+    if chunk and action_stats is None:
+        action_stats = FeatureStats.of(table.action)
     model.eval()
     out = np.empty(len(table), np.float32)
     for start in range(0, len(table), batch_size):
         idx = np.arange(start, min(start + batch_size, len(table)))
-        batch = make_batch(table, idx, state_stats, torch.device(device), elapsed)
+        batch = make_batch(table, idx, state_stats, torch.device(device), elapsed, action_stats, chunk)
         if held_out is None:
             out[idx] = model.value(batch).cpu().numpy()
         else:
