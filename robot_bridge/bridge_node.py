@@ -265,6 +265,7 @@ class BridgeNode(Node):
         self.tick_index = 0  # across episodes: a chunk asked for in one episode never lands in the next
         # the episode's ticks a policy reading several gets with the current one (control thread only)
         self.history, self._history_of = TickHistory(), None
+        self._episode_first_tick = 0  # tick_index at the episode's first tick (a chunk critic's time input)
         self._ring_frames: dict[int, tuple[int, np.ndarray]] = {}  # camera -> (stamp, frame) last copied
         self._last_tick_ns = -1
         self._last_state_mono: float | None = None  # when the last valid joint state arrived (wall clock)
@@ -619,7 +620,7 @@ class BridgeNode(Node):
                 self.tick_index += 1
         if writer is not self._history_of:  # another episode (or none): its history starts empty
             self.history.reset()
-            self._history_of = writer
+            self._history_of, self._episode_first_tick = writer, tick
         # the ticks the served policy reads before this one: kept through the episode's every tick
         keep = writer is not None and self.policy is not None and not demonstrating
         self.history.resize(self.policy.n_obs_steps if keep else 1)
@@ -631,7 +632,7 @@ class BridgeNode(Node):
             frames = self._policy_frames(stamps) if self.camera_proc else images
             if frames is not None:
                 self.policy.request(tick, s.value, frames, self.get_parameter("instruction").value,
-                                    self.history.past())
+                                    self.history.past(), episode_tick=tick - self._episode_first_tick)
             if self.sim_time:  # simulated time stands still while the policy thinks (wall-clock bound)
                 deadline = time.monotonic() + 2.0
                 while self.policy.busy and not self.arbiter.queue.actions and time.monotonic() < deadline:

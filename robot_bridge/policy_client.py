@@ -53,11 +53,12 @@ class PolicyClient:
         self._thread.start()
 
     def request(self, tick: int, state: np.ndarray, images: dict[str, np.ndarray], instruction: str,
-                past: list[tuple[np.ndarray, dict]] = ()) -> None:
+                past: list[tuple[np.ndarray, dict]] = (), episode_tick: int | None = None) -> None:
         """Non-blocking: replaces any request not yet sent. `past`: the episode's ticks before this
-        one, oldest first (TickHistory.past)."""
+        one, oldest first (TickHistory.past); `episode_tick`: this tick's index within the episode
+        (the time input of a version's value-guided chunk selection)."""
         with self._cv:
-            self._pending = (tick, state, images, instruction, list(past))
+            self._pending = (tick, state, images, instruction, list(past), episode_tick)
             self._cv.notify()
 
     @property
@@ -124,14 +125,14 @@ class PolicyClient:
                     self._cv.wait()
                 if self._stop:
                     return
-                tick, state, images, instruction, past = self._pending
+                tick, state, images, instruction, past, episode_tick = self._pending
             try:
                 self._learn_spec()
                 n = self.n_obs_steps
                 history = TickHistory.window(past, (state, images), n)[:-1] if n > 1 else ()
                 t0 = time.perf_counter()
                 r = self.http.post(self.url, content=encode_request(state, images, instruction, seed=tick,
-                                                                    history=history))
+                                                                    history=history, tick=episode_tick))
                 if r.status_code != 200:
                     detail = _detail(r)
                     if r.status_code == 422:

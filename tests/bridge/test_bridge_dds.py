@@ -385,6 +385,7 @@ def test_a_policy_reading_two_ticks_drives_the_arm_with_each_requests_history_th
     matched = 0
     for r in first:
         j = r.seed  # the bridge's tick index: the episode's tick (its first episode)
+        assert r.tick == j  # the tick within the episode (a chunk critic's time input)
         assert len(r.history) == 1, len(r.history)
         state, past = to_array(r.state, "state", "float32", (4,)), r.history[0]
         assert np.array_equal(state, ep.state[j])
