@@ -229,16 +229,18 @@ def spec_for(run: TrainingRun):
 class _Progress:
     """Writes (phase, fraction) to the run's row at most every `every_s`; raises when cancelled."""
 
-    def __init__(self, db: ControlDB, run_id: str, every_s: float = 1.0):
+    def __init__(self, db: ControlDB, run_id: str, every_s: float = 1.0, critic: bool = False):
         self.db, self.run_id, self.every_s, self.last = db, run_id, every_s, 0.0
+        # each phase's share of the run's time, roughly; a chunk critic (value-guided selection) comes last
+        self.weights = {"value": (0.0, 0.4), "policy": (0.4, 0.45), "critic": (0.85, 0.15)} if critic else \
+            {"value": (0.0, 0.4), "policy": (0.4, 0.6)}
 
     def __call__(self, phase: str, fraction: float) -> None:
         now = time.monotonic()
         if now - self.last < self.every_s and fraction < 1.0:
             return
         self.last = now
-        weights = {"value": (0.0, 0.4), "policy": (0.4, 0.6)}  # share of the run's time, roughly
-        lo, span = weights.get(phase, (0.0, 1.0))
+        lo, span = self.weights.get(phase, (0.0, 1.0))
         with self.db.session() as s:
             run = s.get(TrainingRun, self.run_id)
             run.phase, run.progress = phase, round(lo + span * fraction, 4)
@@ -279,7 +281,7 @@ def train(run_id: str) -> str | None:
                 result = _run_under_torchrun(run_id, train_procs(), db)
             else:
                 result = run_training(store, catalog, spec, settings.runs_dir, progress=False,
-                                      on_progress=_Progress(db, run_id))
+                                      on_progress=_Progress(db, run_id, critic=spec.recap.select_chunks > 1))
         except RunCancelled:
             with db.session() as s:
                 run = s.get(TrainingRun, run_id)
@@ -350,7 +352,7 @@ def _rank_main(run_id: str) -> None:
     distributed.init(spec.device)
     main = distributed.is_main()
     run_training(store, catalog, spec, settings.runs_dir, progress=False,
-                 on_progress=_Progress(db, run_id) if main else None)
+                 on_progress=_Progress(db, run_id, critic=spec.recap.select_chunks > 1) if main else None)
 
 
 def work(settings: ServiceSettings, *, burst: bool = False, name: str | None = None) -> None:
