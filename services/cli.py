@@ -56,7 +56,8 @@ def serve_api(host: str = Host, port: int = _port(8000)):
 def serve_inference(host: str = Host, port: int = _port(8001)):
     """The inference server (RECAP_REDIS_URL; RECAP_INFERENCE_DEVICE cpu|cuda; RECAP_MAX_BATCH,
     RECAP_BATCH_WAIT_MS, RECAP_BATCH_COMPANY_MS (default 10: wait that long for robots that ask again
-    within it, so a saturated fleet shares full batches); RECAP_MODEL_THREAD=1 runs the model in its own thread instead of on the event loop)."""
+    within it, so a saturated fleet shares full batches); RECAP_MODEL_THREAD=1 runs the model in its own thread instead of on the event loop;
+    torch's CPU threads: OMP_NUM_THREADS, where 1 is often several times faster on cores shared with other work)."""
     _uvicorn("services.inference.server:create_app", host, port)
 
 
