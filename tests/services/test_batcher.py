@@ -68,19 +68,24 @@ def test_robots_slower_than_the_company_wait_are_waited_for_while_that_is_a_smal
     share full batches; with `company_share` 0 they fall apart into smaller ones."""
     import time
 
-    rt = NativeRuntime("v1", policy_artifact(tmp_path / "p", 1, chunk=8, cameras=["top"], image_size=(96, 128)))
-    obs = [Observation(np.full(4, 0.1, np.float32), {"top": np.zeros((96, 128, 3), np.uint8)}, "", k) for k in range(4)]
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        rt.act(obs)
-        times.append(time.perf_counter() - t0)
-    model_s = float(np.median(times))
+    # the event loop sleeps in whole milliseconds (epoll), so the robots' turnarounds must lie
+    # milliseconds apart: a camera large enough that a call of 4 takes >= 25 ms on this machine
+    for hw in ((96, 128), (192, 256), (384, 512), (768, 1024)):
+        rt = NativeRuntime("v1", policy_artifact(tmp_path / f"p{hw[0]}", 1, chunk=8, cameras=["top"], image_size=hw))
+        obs = [Observation(np.full(4, 0.1, np.float32), {"top": np.zeros((*hw, 3), np.uint8)}, "", k) for k in range(4)]
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            rt.act(obs)
+            times.append(time.perf_counter() - t0)
+        model_s = float(np.median(times))
+        if model_s >= 0.025:
+            break
 
     def batches(share: float) -> float:
-        # 5-8x company_wait_s, and a quarter to 40 % of a model call: milliseconds, not the fractions of
-        # a millisecond in which the event loop's own scheduling would line the robots up anyway
-        robots = {f"arm-{k}": model_s * (0.25 + 0.05 * k) for k in range(4)}
+        # 4-10x company_wait_s, and a fifth to a half of a model call: >= 2.5 ms apart, not the
+        # fractions of a millisecond in which the event loop's own scheduling lines the robots up anyway
+        robots = {f"arm-{k}": model_s * (0.2 + 0.1 * k) for k in range(4)}
         b = MicroBatcher(company_wait_s=0.05 * model_s, company_share=share)
 
         async def run():
