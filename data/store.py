@@ -858,11 +858,16 @@ async def _gather(coros: list) -> None:
     await asyncio.gather(*coros)
 
 
-def _add_frame(pool: ThreadPoolExecutor, b: _Chunk, cam: str, img: np.ndarray) -> None:
+def _add_frame(pool: ThreadPoolExecutor, b: _Chunk, cam: str, img: np.ndarray, encoded=None):
     """Copy a camera frame into the chunk (the caller may reuse its buffer) and JPEG-encode it now, on
-    the pool: encoding is spread over the episode instead of bunched at each flush."""
-    b.images[cam][b.n] = img
-    b.encoded.setdefault(cam, []).append(pool.submit(encode_frame, b.images[cam][b.n], JPEG_QUALITY))
+    the pool: encoding is spread over the episode instead of bunched at each flush. `encoded`: this
+    very frame's encoding at an earlier tick (a camera slower than the control loop repeats its
+    frame), stored again without encoding it again. Returns the frame's encoding (a future)."""
+    if encoded is None:
+        b.images[cam][b.n] = img
+        encoded = pool.submit(encode_frame, b.images[cam][b.n], JPEG_QUALITY)
+    b.encoded.setdefault(cam, []).append(encoded)
+    return encoded
 
 
 def _write_shards(zstore: DurableLocalStore, c: _Chunk, cameras, flush_ticks: int) -> None:
@@ -918,23 +923,33 @@ class FrameWriter(_FlushThread):
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.cameras)), thread_name_prefix="jpeg")
         self.count = 0  # ticks added
         self.durable = 0  # ticks whose frames are on disk
+        self.encodes = 0  # frames encoded (a repeated frame is not encoded again)
+        self._last: dict[str, tuple[int | None, object]] = {}  # camera -> its previous frame's (stamp, encoding)
         self._error: BaseException | None = None
         self._buffer = self._new_chunk(0)
         self._queue: queue.Queue[_Chunk | None] = queue.Queue(maxsize=1)
         self._thread = threading.Thread(target=self._flush_loop, name=f"frames-{self.path.name}", daemon=True)
         self._thread.start()
 
-    def add(self, tick: int, frames: list[np.ndarray]) -> None:
-        """The frames (in `cameras` order) of tick `tick`, which must be the next one."""
+    def add(self, tick: int, frames: list[np.ndarray], stamps: list[int] | None = None) -> None:
+        """The frames (in `cameras` order) of tick `tick`, which must be the next one. `stamps`: each
+        frame's own stamp; a frame with the stamp of the camera's previous tick's frame is that same
+        frame (a 30 fps camera under a 50 Hz loop repeats 2 frames in 5) and is not encoded again."""
         self._raise_if_failed()
         if tick != self.count:
             raise StoreError(f"episode {self.path.name}: frames of tick {tick} given, tick {self.count} expected")
+        if stamps is not None and len(stamps) != len(self.cameras):
+            raise StoreError(f"episode {self.path.name}: {len(stamps)} stamps for {len(self.cameras)} cameras")
         b = self._buffer
-        for cam, img in zip(self.cameras, frames):
+        for i, (cam, img) in enumerate(zip(self.cameras, frames)):
             if img.shape != self._shape[cam]:
                 raise StoreError(f"episode {self.path.name}: camera {cam} frame of shape {img.shape}, "
                                  f"expected {self._shape[cam]}")
-            _add_frame(self._pool, b, cam, img)
+            stamp = None if stamps is None else int(stamps[i])
+            last = self._last.get(cam)
+            again = last[1] if stamp is not None and last is not None and last[0] == stamp else None
+            self._last[cam] = (stamp, _add_frame(self._pool, b, cam, img, again))
+            self.encodes += again is None
         b.n += 1
         self.count += 1
         if b.n == self.flush_ticks:

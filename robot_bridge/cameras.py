@@ -219,23 +219,24 @@ class _Recorder:
                     self._work.put(("fail", {"e": self.serial}, f"camera process: {e!r}"))
         self._work.put(("abort", {"e": self.serial}, None))
 
-    def _pick(self, cam: int, stamp: int, tick_ns: int) -> np.ndarray | None:
+    def _pick(self, cam: int, stamp: int, tick_ns: int) -> tuple[int, np.ndarray] | None:
         frames = list(self.history[cam])  # a snapshot (the receiving thread appends)
         for s, img in reversed(frames):
             if s == stamp:
-                return img
+                return s, img
         self.ring.substituted_one()  # gone already: the newest at or before the tick
-        best = max(((s, img) for s, img in frames if s <= tick_ns), key=lambda x: x[0], default=None)
-        return None if best is None else best[1]
+        return max(((s, img) for s, img in frames if s <= tick_ns), key=lambda x: x[0], default=None)
 
-    def _frames(self, msg: dict) -> list[np.ndarray] | str:
-        out = []
+    def _frames(self, msg: dict) -> tuple[list[np.ndarray], list[int]] | str:
+        """The tick's frames and their own stamps (a frame repeated from the previous tick is encoded once)."""
+        out, stamps = [], []
         for cam, stamp in enumerate(msg["s"]):
-            img = self._pick(cam, int(stamp), int(msg["t"]))
-            if img is None:
+            picked = self._pick(cam, int(stamp), int(msg["t"]))
+            if picked is None:
                 return f"no frame of camera {cam} at or before tick {msg['k']} left to record"
-            out.append(img)
-        return out
+            stamps.append(picked[0])
+            out.append(picked[1])
+        return out, stamps
 
     # -- the writing thread ---------------------------------------------------------------------------
 
@@ -283,12 +284,12 @@ class _Recorder:
         except Exception as e:
             self._fail(serial, f"cannot write the episode's frames: {e}")
 
-    def _tick(self, msg: dict, frames: list[np.ndarray]) -> None:
+    def _tick(self, msg: dict, frames: tuple[list[np.ndarray], list[int]]) -> None:
         serial = int(msg["e"])
         if self.writer is None or self.writing != serial or self.dropping == serial:
             return  # an episode that failed (already said), ended or is being aborted
         try:
-            self.writer.add(int(msg["k"]), frames)
+            self.writer.add(int(msg["k"]), *frames)
         except Exception as e:
             self._fail(serial, str(e))
             return

@@ -236,8 +236,11 @@ def test_frames_written_elsewhere_commit_in_the_same_format_and_recover_only_who
         with pytest.raises(SchemaError):  # the frames are not this writer's any more
             w.append(frames.tick(0, T0))
         ticks = [frames.tick(t, T0 + t * PERIOD) for t in range(11)]
-        for t, tick in enumerate(ticks[:6] if crash else ticks):  # crash: the camera side is behind, then dies
-            fw.add(t, [tick.images[c] for c in cams])
+        # no crash: a camera at half the loop's rate, each frame recorded at two ticks (same stamp)
+        shown = ticks if crash else [ticks[t - t % 2] for t in range(11)]
+        for t, tick in enumerate(shown[:6] if crash else shown):  # crash: the camera side is behind, then dies
+            fw.add(t, [tick.images[c] for c in cams], None if crash else [t - t % 2] * len(cams))
+        assert fw.encodes == 6 * len(cams)  # crash: 6 ticks added; else 11 ticks showing 6 distinct frames
         while crash and fw.durable < 4:
             time.sleep(0.01)
         for tick in ticks:
@@ -256,4 +259,4 @@ def test_frames_written_elsewhere_commit_in_the_same_format_and_recover_only_who
         assert verify_episode(ep.path) is None and ep.defect() is None
         for t in (0, 3, len(ep) - 1):
             for cam in cams:
-                assert_images_close(ep.image(cam, t), ticks[t].images[cam])
+                assert_images_close(ep.image(cam, t), shown[t].images[cam])
