@@ -39,8 +39,44 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+CAMERA_VIEWS = ("corner", "corner2", "gripperPOV")  # two scene cameras and a wrist camera
+SENSOR_NOISE = 4.0  # grey levels (std): what a real camera's sensor adds to a rendered scene
+
+
+def camera_frames(path: Path) -> Path:
+    """4 frames per camera, as a camera in a cell sends them: the simulated arm's scene rendered at
+    480x640 from CAMERA_VIEWS while the expert pushes (the frames differ), plus sensor noise. Such
+    frames encode as JPEG in ~1.6 ms and ~60 KB each; uniform noise (`--frames noise`, the worst case
+    for JPEG) takes ~3.8 ms and ~275 KB."""
+    from training.sim.arm import MetaWorldArm
+
+    rng = np.random.default_rng(0)
+    stack = np.zeros((CAMS, 4, H, W, 3), np.uint8)
+    for c, view in enumerate(CAMERA_VIEWS[:CAMS]):
+        arm = MetaWorldArm("push-v3", image_size=(H, W), camera=view)
+        arm.reset(0)
+        for f in range(4):
+            for _ in range(8):
+                arm.step(arm.expert())
+            img = arm.images()["front"].astype(np.float32) + rng.normal(0, SENSOR_NOISE, (H, W, 3))
+            stack[c, f] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        arm.close()
+    np.save(path, stack)
+    return path
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs so far (/proc/stat): the time this machine's hypervisor gave
+    its cores to others shows as steal."""
+    try:
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (v[7] if len(v) > 7 else 0), sum(v[:8])
+
+
 def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_priority: int,
-             camera_process: bool) -> dict:
+             camera_process: bool, frames_file: Path | None = None) -> dict:
     import rclpy
     from std_msgs.msg import Bool, Float64MultiArray, String
     from std_srvs.srv import SetBool, Trigger
@@ -52,7 +88,8 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
               "fsync": True, "realtime_priority": realtime_priority}
     params["camera_process"] = camera_process
     args = ["--ros-args"] + [x for k, v in params.items() for x in ("-p", f"{k}:={json.dumps(v)}")]
-    feed = subprocess.Popen([sys.executable, "-m", "bench.bridge_feed", str(rate), str(H), str(W), str(CAMS), str(STATE_DIM)],
+    feed = subprocess.Popen([sys.executable, "-m", "bench.bridge_feed", str(rate), str(H), str(W), str(CAMS), str(STATE_DIM),
+                             *([str(frames_file)] if frames_file else [])],
                             cwd=ROOT, stdout=open(work / f"feed-{rate}.log", "wb"), stderr=subprocess.STDOUT)
     bridge = subprocess.Popen([sys.executable, "-m", "robot_bridge.bridge_node", *args], cwd=ROOT,
                               stdout=open(work / f"bridge-{rate}.log", "wb"), stderr=subprocess.STDOUT)
@@ -87,7 +124,9 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
         r = call(Trigger, "/recap_bridge/start_episode", Trigger.Request())
         assert r.success, r.message
         procs = [psutil.Process(bridge.pid), *psutil.Process(bridge.pid).children(recursive=True)]
-        cpu0, t0 = [p.cpu_times() for p in procs], time.monotonic()
+        floor = subprocess.Popen([sys.executable, "-m", "bench.bridge_floor", str(rate), str(duration)], cwd=ROOT,
+                                 stdout=subprocess.PIPE, text=True)  # the machine's floor, at the same moment
+        cpu0, t0, j0 = [p.cpu_times() for p in procs], time.monotonic(), cpu_jiffies()
         n0 = stats[-1]["ticks"] if stats else 0
         latencies = []
         gap = duration / (probes + 1)
@@ -105,12 +144,15 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
             engage.publish(Bool(data=False))
             spin(gap * 0.3)
         spin(max(0.0, duration - (time.monotonic() - t0)))
-        cpu1, t1 = [p.cpu_times() for p in procs], time.monotonic()
+        cpu1, t1, j1 = [p.cpu_times() for p in procs], time.monotonic(), cpu_jiffies()
+        floor_out = json.loads(floor.communicate(timeout=60)[0].strip().splitlines()[-1])
         r = call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=True))
         spin(1.5)
     finally:
         node.destroy_node()
         rclpy.shutdown()
+        if "floor" in locals() and floor.poll() is None and "floor_out" not in locals():
+            floor.kill()
         for p in (bridge, feed):
             p.terminate()
         for p in (bridge, feed):
@@ -129,6 +171,8 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
             "dropped_ticks": max(0, expected - len(ep)),
             "tick_interval_p99_ms": float(np.percentile(np.diff(ts) / 1e6, 99)),
             "lateness_p50_ms": s["lateness_p50_ms"], "lateness_p99_ms": s["lateness_p99_ms"],
+            "floor_lateness_p99_ms": floor_out["lateness_p99_ms"], "floor": floor_out,
+            "steal_share": (j1[0] - j0[0]) / max(1, j1[1] - j0[1]),
             "stale_samples": s["stale_samples"], "no_state_ticks": s["no_state_ticks"],
             "bridge_cores": sum((b.user + b.system) - (a.user + a.system) for a, b in zip(cpu0, cpu1)) / elapsed,
             "bridge_processes": len(cpu0),
@@ -143,7 +187,8 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
 # what the bridge tests check on every `make test` (tests/bridge/test_ros2_cell.py), reported beside the figures
 ROS_DISTROS_TESTED = ["kilted", "jazzy"]  # .venv (ros-kilted wheels) and .venv-jazzy (make test-jazzy)
 JOINT_ORDER_CASES_TESTED = ["shuffled", "extra", "missing"]
-SUMMARY = ("lateness_p99_ms", "dropped_ticks", "bridge_cores", "engage_p99_ms", "stale_samples")
+SUMMARY = ("lateness_p99_ms", "floor_lateness_p99_ms", "dropped_ticks", "bridge_cores", "engage_p99_ms", "stale_samples",
+           "steal_share")
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -171,6 +216,9 @@ def main() -> None:
                     help="where the bridge receives and records the cameras, per configuration, side by side: "
                          "true (its camera process), false (its own process), default (its camera_process "
                          "parameter's default); e.g. true,false; the headline figures come from the first")
+    ap.add_argument("--frames", choices=("camera", "noise"), default="camera",
+                    help="what the cameras show: camera (the simulated scene rendered from three views, with "
+                         "sensor noise: what a cell's cameras send) or noise (uniform noise: the worst case for JPEG)")
     ap.add_argument("--note", default="", help="a line about the conditions of the measurement, kept with the figures")
     args = ap.parse_args()
     from robot_bridge.bridge_node import PARAMS
@@ -180,6 +228,7 @@ def main() -> None:
     os.environ.update({"ROS_DOMAIN_ID": str(random.randint(1, 200)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
                        "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"})
     work = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
+    frames_file = camera_frames(work / "frames.npy") if args.frames == "camera" else None
     prios = [int(p) for p in args.realtime_priorities.split(",")]
     configs: dict[str, list[dict]] = {}
     started = time.monotonic()
@@ -192,7 +241,7 @@ def main() -> None:
                                + ("" if mode == modes[0] else "_camera_process" if mode else "_in_bridge"))
                         log(f"run {run + 1}/{args.runs}: {rate:.0f} Hz, {CAMS} cameras {H}x{W}, {args.duration:.0f} s, "
                             f"realtime_priority {prio}, camera_process {str(mode).lower()}")
-                        r = run_rate(rate, args.duration, args.probes, work / f"{key}-{run}", prio, mode)
+                        r = run_rate(rate, args.duration, args.probes, work / f"{key}-{run}", prio, mode, frames_file)
                         configs.setdefault(key, []).append(r)
                         log(json.dumps(r))
                         shutil.rmtree(work / f"{key}-{run}" / "store", ignore_errors=True)  # the next run starts on a quiet disk
@@ -213,7 +262,7 @@ def main() -> None:
         pass
     figures = {
         "runs_per_config": args.runs, "smoke_run": smoke, "duration_s": args.duration,
-        "cameras": f"{CAMS} x {H}x{W} rgb8", "machine_cores": os.cpu_count(), "ros_distro": distro,
+        "cameras": f"{CAMS} x {H}x{W} rgb8", "frames": args.frames, "machine_cores": os.cpu_count(), "ros_distro": distro,
         "camera_process": modes[0], "camera_process_default": PARAMS["camera_process"].default,
         "ros_distros_tested": ROS_DISTROS_TESTED, "joint_order_cases_tested": JOINT_ORDER_CASES_TESTED,
         # the issue's names: the worst run with normal scheduling (the bridge's default)
@@ -234,23 +283,30 @@ def main() -> None:
                   "come from `python -m bench.bridge` (5 runs of 20 s per configuration) on a quiet machine.", ""]
     lines += [f"Command: `{out['command']}` — {out['date']} — {os.cpu_count()} cores, ROS 2 {distro}; feed, bridge (its "
               "camera process included) and driver are separate processes over Fast DDS (loopback); episodes fsync'd. "
-              f"{args.runs} run(s) per configuration, interleaved; median / worst run. Cameras received and recorded "
+              + ("Cameras show the simulated scene from " + ", ".join(CAMERA_VIEWS) + f" with sensor noise (std "
+                 f"{SENSOR_NOISE:g}); " if args.frames == "camera" else "Cameras show uniform noise (JPEG's worst case); ")
+              + f"{args.runs} run(s) per configuration, interleaved; median / worst run. Cameras received and recorded "
               f"in: the bridge's camera process (camera_process true, the default: "
               f"{str(PARAMS['camera_process'].default).lower()}) or the bridge's own process (false).", ""]
     if args.note:
         lines += [f"Note: {args.note}", ""]
-    lines += ["| config | cameras in | control thread | lateness p99 ms | dropped ticks | stale samples | bridge CPU (cores) | engage -> command p99 ms |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["| config | cameras in | control thread | lateness p99 ms | floor p99 ms | dropped ticks | stale samples | bridge CPU (cores) | engage -> command p99 ms | CPU stolen |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def mw(x, fmt="{:.2f}"):
         return f"{fmt.format(x['median'])} / {fmt.format(x['worst'])}"
 
     for k, sm in summary.items():
-        lines.append(f"| {k} | {configs[k][0]['cameras_in']} | {configs[k][0]['control_scheduling']} | {mw(sm['lateness_p99_ms'])} | "
+        lines.append(f"| {k} | {configs[k][0]['cameras_in']} | {configs[k][0]['control_scheduling']} | {mw(sm['lateness_p99_ms'])} | {mw(sm['floor_lateness_p99_ms'])} | "
                      f"{mw(sm['dropped_ticks'], '{:.0f}')} of ~{configs[k][0]['expected_ticks']} | "
                      f"{mw(sm['stale_samples'], '{:.0f}')} | {mw(sm['bridge_cores'])} | "
-                     f"{mw(sm['engage_p99_ms'], '{:.1f}')} ({sm['engage_missed']} missed) |")
-    lines += ["", "Targets, for the worst run with normal scheduling: p99 lateness <= 5 ms at 50 Hz, 0 dropped ticks, "
+                     f"{mw(sm['engage_p99_ms'], '{:.1f}')} ({sm['engage_missed']} missed) | "
+                     f"{sm['steal_share']['median']:.1%} / {sm['steal_share']['worst']:.1%} |")
+    lines += ["", "Floor: a bare thread in its own process at normal priority, waking at the same rate the same way and "
+              "doing nothing else (bench/bridge_floor.py), run beside the bridge during each recording: what this "
+              "machine gives any such control loop at that moment. CPU stolen: the share of the cores' time the "
+              "hypervisor gave to other machines during the recording (/proc/stat steal).",
+              "", "Targets, for the worst run with normal scheduling: p99 lateness <= 5 ms at 50 Hz, 0 dropped ticks, "
               "the bridge's processes within one core, engage-to-command <= one control period (20 ms at 50 Hz). "
               f"Bridge tests run on ROS 2 {' and '.join(ROS_DISTROS_TESTED)} in `make test`, joint orders "
               f"{', '.join(JOINT_ORDER_CASES_TESTED)}.", ""]

@@ -91,6 +91,8 @@ PARAMS = {
     "camera_process": Param(True, "receive, decode and record the cameras in a process of their own "
                                   "(robot_bridge/cameras.py): the control process never touches image bytes; "
                                   "off: in the bridge's process, which measured worse (bench/results/bridge.md)"),
+    "camera_nice": Param(10, "niceness of the camera process (0-19): on busy cores the control thread, at the "
+                             "bridge's own niceness, wakes ahead of recording, which tolerates a backlog", range=(0, 19)),
     "teleop_command_topic": Param("teleop/command", "the human's commands while engaged (see teleop_command_type)"),
     "teleop_command_type": Param("float64_array", "float64_array (std_msgs/Float64MultiArray in action order) or "
                                                   "joint_state (a leader arm's sensor_msgs/JointState, by leader_joint_names)"),
@@ -280,7 +282,7 @@ class BridgeNode(Node):
 
             self.camera_proc = CameraProcess([self.resolve_topic_name(t) for t in self.cameras.values()],
                                              self.cam_shape, bool(p["camera_compressed"]), self.get_namespace(),
-                                             frames_to_ring=self.policy is not None)
+                                             frames_to_ring=self.policy is not None, nice=int(p["camera_nice"]))
         elif self.cameras:
             for cam, topic in self.cameras.items():
                 if p["camera_compressed"]:

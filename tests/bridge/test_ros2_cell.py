@@ -311,6 +311,7 @@ def test_camera_process_frames_recorded_aligned_with_ticks_and_gone_with_the_bri
         first = camera_process()
         ring = Path(first.cmdline()[-2])
         assert ring.exists()
+        assert first.nice() == min(19, psutil.Process(bridge.pid).nice() + 10)  # camera_nice 10: behind the control loop
         committed = [record(1.5)]
         # the camera process dies mid-episode: the episode ends (aborted), the loop runs on
         r = d.call(Trigger, "recap_bridge/start_episode", Trigger.Request())
