@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
-import logging
 from importlib.metadata import PackageNotFoundError, entry_points, version
 
 import typer
@@ -22,9 +21,8 @@ from typer import _click as click
 from typer.core import TyperGroup
 
 from data import cli_errors
+from data.logs import setup_logging
 
-# Log lines of libraries that speak per request or per migration: shown with --verbose only.
-QUIET_LOGGERS = ("httpx", "httpcore", "alembic")
 
 
 def _short_help_in_source(value: str) -> str:
@@ -121,10 +119,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
           show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                             help="Print the version and exit.")) -> None:
     cli_errors.set_verbose(verbose)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    setup_logging(verbose)  # libraries that speak per request: with --verbose only
 
 
 def main() -> None:

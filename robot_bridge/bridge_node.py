@@ -53,6 +53,7 @@ from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from data.logs import setup_logging
 from data.schema import ActionSource, CameraSpec, EpisodeFeatures, Outcome, Tick
 from data.store import DegenerateEpisodeError, EpisodeStore
 from robot_bridge.arbitration import DEADLINE_S, REFILL_BELOW, JointMap, SampleBuffer, TickHistory, build_arbiter
@@ -823,7 +824,7 @@ def main(args=None) -> None:
 
     from robot_bridge.ros import RobotNameError, robot_namespace
 
-    logging.basicConfig(level=logging.INFO)
+    setup_logging()  # httpx quiet: a line per policy request otherwise
     args = sys.argv if args is None else args
     parser = argparse.ArgumentParser(prog="python -m robot_bridge.bridge_node")
     parser.add_argument("--robot", help="robot id; the node runs in its namespace")

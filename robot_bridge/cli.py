@@ -17,6 +17,7 @@ import typer
 
 from data.cli_errors import UserError
 from data.home import default_store, recap_home
+from data.logs import setup_logging
 
 app = typer.Typer(help="The robot side: bring up a bridge, start and end episodes.", no_args_is_help=True)
 
@@ -200,7 +201,6 @@ def ship(store: Optional[Path] = typer.Option(None, "--store", envvar="RECAP_STO
     resumable, sha256-verified, idempotent, paced to --rate; local copies go only once confirmed and
     past retention."""
     import json
-    import logging
 
     from data.cli_errors import user_errors
     from data.store import StoreError
@@ -214,8 +214,7 @@ def ship(store: Optional[Path] = typer.Option(None, "--store", envvar="RECAP_STO
     if not api_url or not token:
         raise UserError("shipping needs the central API's URL (--api or RECAP_API_URL) and this robot's token "
                         "(--token or RECAP_ROBOT_TOKEN)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per chunk otherwise
+    setup_logging()  # httpx quiet: a line per chunk otherwise
     cfg = ShipperConfig(api_url=api_url, token=token, store_root=store, rate_bytes_s=rate, chunk_bytes=chunk,
                         keep_newest=keep_newest, keep_hours=keep_hours, poll_s=poll)
     shipper = EpisodeShipper(cfg)

@@ -5,7 +5,6 @@ can do exactly what the caller's role may do."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import typer
 
 from data.cli_errors import UserError, user_errors
+from data.logs import setup_logging
 from training.recap_config import BETA_MAX  # torch-free
 
 serve = typer.Typer(help="Start the service processes (API, inference server, training worker).",
@@ -35,7 +35,7 @@ TOKEN = typer.Option(None, "--token", envvar="RECAP_TOKEN", help="Your API token
 def _uvicorn(factory: str, host: str, port: int) -> None:
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     uvicorn.run(factory, factory=True, host=host, port=port, log_level="info")
 
 
@@ -72,7 +72,7 @@ def serve_worker(name: str = typer.Option(None, help="Worker name (unique per ho
     from services.worker import work
 
     user_errors(redis.exceptions.ConnectionError)  # RECAP_REDIS_URL names no running Redis
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     work(ServiceSettings.from_env(), burst=burst, name=name)
 
 

@@ -372,5 +372,7 @@ def work(settings: ServiceSettings, *, burst: bool = False, name: str | None = N
 
 
 if __name__ == "__main__":  # a torchrun rank: python -m services.worker RUN_ID
-    logging.basicConfig(level=logging.INFO)
+    from data.logs import setup_logging
+
+    setup_logging()
     _rank_main(sys.argv[1])
