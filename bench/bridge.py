@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from bench.machine import cpu_jiffies
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 H, W, CAMS, STATE_DIM = 480, 640, 3, 14
@@ -63,16 +65,6 @@ def camera_frames(path: Path) -> Path:
         arm.close()
     np.save(path, stack)
     return path
-
-
-def cpu_jiffies() -> tuple[int, int]:
-    """(steal, total) jiffies of all CPUs so far (/proc/stat): the time this machine's hypervisor gave
-    its cores to others shows as steal."""
-    try:
-        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    return (v[7] if len(v) > 7 else 0), sum(v[:8])
 
 
 def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_priority: int,

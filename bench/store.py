@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.machine import Steal
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "_work" / "store"
 RESULTS = ROOT / "bench" / "results"
@@ -378,6 +380,9 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "store-quick" if quick else "store"
     result = _merge_previous(RESULTS / f"{name}.json", result)
+    if "speed" in parts:  # the single reads of earlier runs, now the rounds' `reads`
+        for k in ("read_ours", "read_lerobot", "read_video", "read_ours_1cam", "read_video_1cam"):
+            result["raw"].pop(k, None)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     (RESULTS / f"{name}.md").write_text(render_md(result))
     print(render_md(result))
@@ -386,6 +391,7 @@ def main() -> None:
 def speed_figures(quick, ours_eps, ticks, lr_eps, say, figures: dict, raw: dict) -> None:
     """Recording (both recorders), real-time cores, training reads, the video tier: timed, so run on idle cores."""
     say(f"recording: ours {ours_eps}x{ticks} ticks, 3 cameras {H}x{W} at {FPS} Hz")
+    steal_rec = Steal().__enter__()
     ours = _run_worker("record", "ours", str(WORK / "ours"), str(ours_eps), str(ticks), "0")
     say(f"  ours: {ours['ticks_per_s']:.1f} ticks/s")
     lr_stream = _run_worker("record", "lerobot-streaming", str(WORK / "lr-streaming"), str(2 if not quick else 1), str(ticks), "0")
@@ -394,30 +400,50 @@ def speed_figures(quick, ours_eps, ticks, lr_eps, say, figures: dict, raw: dict)
     say(f"  lerobot default: {lr_default['ticks_per_s']:.1f} ticks/s")
     paced = _run_worker("record", "ours", str(WORK / "ours-paced"), "1", str(ticks), "1")
     say(f"  ours at 30 Hz: {paced['cpu_s_per_recorded_s']:.2f} cores")
+    steal_rec.__exit__(None, None, None)
 
-    say("training reads (random samples, 3 images + state + 50-step chunk)")
-    samples = 150 if quick else 400
-    r_ours = _run_worker("read", "ours", str(WORK / "ours"), str(samples))
-    try:
-        r_lr = _run_worker("read", "lerobot", str(WORK / "lr-streaming"), str(samples))
-        r_lr["dataset"] = "streaming"
-    except RuntimeError as e:  # seen once on a busy machine: its video held fewer frames than its rows
-        why = str(e).strip().splitlines()[-1]
-        say(f"  lerobot's streaming-encoded dataset does not read back ({why}); reading its default-encoded one")
-        r_lr = _run_worker("read", "lerobot", str(WORK / "lr-default"), str(samples))
-        r_lr["dataset"], r_lr["streaming_read_error"] = "default", why
-    say(f"  ours {r_ours['samples_per_s']:.1f}/s, lerobot {r_lr['samples_per_s']:.1f}/s")
-
-    say("video tier: transcode our recorded store, then the same training reads from it")
+    say("video tier: transcode our recorded store (its training reads follow, beside the others)")
     tc = _run_worker("transcode", str(WORK / "ours"), str(WORK / "ours-video"))
     say(f"  transcode: {tc['robot_hours_per_core_hour']:.2f} robot-hours per core-hour, "
         f"{tc['bytes_per_tick'] / 1e3:.1f} KB per tick")
-    r_video = _run_worker("read", "ours", str(WORK / "ours-video"), str(samples))
-    r_ours1 = _run_worker("read", "ours", str(WORK / "ours"), str(samples), "1")
-    r_video1 = _run_worker("read", "ours", str(WORK / "ours-video"), str(samples), "1")
-    say(f"  video tier {r_video['samples_per_s']:.1f}/s (one camera: video {r_video1['samples_per_s']:.1f}/s, "
-        f"JPEG {r_ours1['samples_per_s']:.1f}/s)")
 
+    # reads interleaved in rounds (ours, LeRobot's, the video tier; the same samples each time): a slow
+    # minute of a shared machine falls on every reader alike; ratios are taken within a round
+    rounds = 1 if quick else 3
+    samples = 150 if quick else 400
+    say(f"training reads (random samples, 3 images + state + 50-step chunk), {rounds} interleaved round(s)")
+    lr_path = WORK / "lr-streaming"
+    reads: dict[str, list[dict]] = {"ours": [], "lerobot": [], "video": [], "ours_1cam": [], "video_1cam": []}
+    steal = []
+    for k in range(rounds):
+        with Steal() as st:
+            reads["ours"].append(_run_worker("read", "ours", str(WORK / "ours"), str(samples)))
+            try:
+                r_lr = _run_worker("read", "lerobot", str(lr_path), str(samples))
+            except RuntimeError as e:  # seen once on a busy machine: its video held fewer frames than its rows
+                if lr_path.name != "lr-streaming":
+                    raise
+                why = str(e).strip().splitlines()[-1]
+                say(f"  lerobot's streaming-encoded dataset does not read back ({why}); reading its default-encoded one")
+                lr_path = WORK / "lr-default"
+                r_lr = _run_worker("read", "lerobot", str(lr_path), str(samples))
+                r_lr["streaming_read_error"] = why
+            r_lr["dataset"] = "streaming" if lr_path.name == "lr-streaming" else "default"
+            reads["lerobot"].append(r_lr)
+            reads["video"].append(_run_worker("read", "ours", str(WORK / "ours-video"), str(samples)))
+            reads["ours_1cam"].append(_run_worker("read", "ours", str(WORK / "ours"), str(samples), "1"))
+            reads["video_1cam"].append(_run_worker("read", "ours", str(WORK / "ours-video"), str(samples), "1"))
+        steal.append(st.share)
+        say(f"  round {k + 1}: ours {reads['ours'][-1]['samples_per_s']:.1f}/s, lerobot {r_lr['samples_per_s']:.1f}/s, "
+            f"video tier {reads['video'][-1]['samples_per_s']:.1f}/s (CPU stolen {st.share:.0%})")
+
+    def med(key: str) -> float:
+        return float(np.median([r["samples_per_s"] for r in reads[key]]))
+
+    def ratio(key: str) -> float:
+        return float(np.median([a["samples_per_s"] / b["samples_per_s"] for a, b in zip(reads[key], reads["lerobot"])]))
+
+    r_ours, r_lr = reads["ours"][-1], reads["lerobot"][-1]
     best_lr = max((lr_stream, lr_default), key=lambda r: r["ticks_per_s"])
     lr_bytes = min(lr_stream["bytes_per_tick"], lr_default["bytes_per_tick"])
     commits = np.array(ours["commit_s"]) * 1e3
@@ -426,6 +452,7 @@ def speed_figures(quick, ours_eps, ticks, lr_eps, say, figures: dict, raw: dict)
         "lerobot_default_ticks_per_s": lr_default["ticks_per_s"],
         "lerobot_streaming_ticks_per_s": lr_stream["ticks_per_s"],
         "record_ratio_vs_lerobot": ours["ticks_per_s"] / best_lr["ticks_per_s"],
+        "record_steal_share": steal_rec.share,
         "cpu_s_per_recorded_s": ours["cpu_s_per_recorded_s"],
         "lerobot_default_cpu_s_per_recorded_s": lr_default["cpu_s_per_recorded_s"],
         "lerobot_streaming_cpu_s_per_recorded_s": lr_stream["cpu_s_per_recorded_s"],
@@ -439,24 +466,24 @@ def speed_figures(quick, ours_eps, ticks, lr_eps, say, figures: dict, raw: dict)
         "bytes_per_tick": ours["bytes_per_tick"],
         "lerobot_default_bytes_per_tick": lr_default["bytes_per_tick"],
         "lerobot_streaming_bytes_per_tick": lr_stream["bytes_per_tick"],
-        "read_samples_per_s": r_ours["samples_per_s"],
-        "lerobot_read_samples_per_s": r_lr["samples_per_s"],
-        "read_ratio_vs_lerobot": r_ours["samples_per_s"] / r_lr["samples_per_s"],
+        "read_samples_per_s": med("ours"),
+        "lerobot_read_samples_per_s": med("lerobot"),
+        "read_ratio_vs_lerobot": ratio("ours"),
+        "read_rounds": rounds, "read_steal_share": steal,
         "read_images_per_sample": r_ours["images_per_sample"],
         "lerobot_read_images_per_sample": r_lr["images_per_sample"],
-        "read_1cam_samples_per_s": r_ours1["samples_per_s"],
+        "read_1cam_samples_per_s": med("ours_1cam"),
         "video_bytes_per_tick": tc["bytes_per_tick"],
         "video_bytes_per_tick_ratio_vs_lerobot": tc["bytes_per_tick"] / lr_bytes,
-        "video_read_samples_per_s": r_video["samples_per_s"],
-        "video_read_ratio_vs_lerobot": r_video["samples_per_s"] / r_lr["samples_per_s"],
-        "video_read_1cam_samples_per_s": r_video1["samples_per_s"],
+        "video_read_samples_per_s": med("video"),
+        "video_read_ratio_vs_lerobot": ratio("video"),
+        "video_read_1cam_samples_per_s": med("video_1cam"),
         "transcode_robot_hours_per_core_hour": tc["robot_hours_per_core_hour"],
         "transcode_cpu_s": tc["cpu_s"],
         "video_mean_abs_error_vs_jpeg": tc["mean_abs_error_vs_jpeg"],
     })
     raw.update({"ours": ours, "lerobot_streaming": lr_stream, "lerobot_default": lr_default, "ours_paced": paced,
-                "read_ours": r_ours, "read_lerobot": r_lr, "transcode": tc, "read_video": r_video,
-                "read_ours_1cam": r_ours1, "read_video_1cam": r_video1})
+                "reads": reads, "transcode": tc})
 
 
 def kill_figures(kills: int, peer_kills: int, seed: int, say, figures: dict, raw: dict) -> None:
@@ -508,6 +535,12 @@ def _merge_previous(path: Path, result: dict) -> dict:
     return result
 
 
+def _lerobot_read_error(r: dict) -> str | None:
+    raw = r.get("raw") or {}
+    reads = (raw.get("reads") or {}).get("lerobot") or [raw.get("read_lerobot") or {}]
+    return next((x["streaming_read_error"] for x in reads if x.get("streaming_read_error")), None)
+
+
 def render_md(r: dict) -> str:
     f = r["figures"]
 
@@ -540,7 +573,9 @@ def render_md(r: dict) -> str:
         f"**Recording throughput ratio (ours / LeRobot's faster): {f['record_ratio_vs_lerobot']:.2f}×** (LeRobot best {best:.1f} ticks/s).",
         f"Real time at 30 Hz, ours: **{f['record_cores_3cam_30hz']:.2f} cores** (tick lateness p99 "
         f"{f['record_lateness_p99_ms_30hz']:.1f} ms). Bytes: ours store JPEG per frame (random access), "
-        "LeRobot stores AV1 video (far smaller, but a frame needs its neighbours to decode).",
+        "LeRobot stores AV1 video (far smaller, but a frame needs its neighbours to decode)."
+        + (f" CPU stolen by the hypervisor during the recordings: {f['record_steal_share']:.0%}."
+           if f.get("record_steal_share") is not None else ""),
         "",
         "## Training reads (random samples: 3 images + state + 50-step action chunk, float CHW, one process)",
         "",
@@ -552,9 +587,12 @@ def render_md(r: dict) -> str:
         f"**Read ratio: {f['read_ratio_vs_lerobot']:.2f}×** ({f['read_images_per_sample']} images per sample, LeRobot "
         f"{f['lerobot_read_images_per_sample']}). One camera per sample: ours {f['read_1cam_samples_per_s']:.1f}/s.",
         "",
+        *([f"Reads ran in {f['read_rounds']} interleaved rounds (ours, LeRobot's, the video tier, the same samples "
+           "each round); samples/s are the rounds' medians, ratios the median of the ratios within a round. CPU "
+           "stolen by the hypervisor per round: " + ", ".join(f"{x:.0%}" for x in f["read_steal_share"]) + ".", ""]
+          if f.get("read_rounds") else []),
         *([f"LeRobot's reads came from its default-encoded dataset: its streaming-encoded one did not read "
-           f"back ({r['raw']['read_lerobot']['streaming_read_error']}).", ""]
-          if (r.get("raw") or {}).get("read_lerobot", {}).get("streaming_read_error") else []),
+           f"back ({_lerobot_read_error(r)}).", ""] if _lerobot_read_error(r) else []),
         "## Video tier (committed episodes transcoded: H.264 all-intra, CRF 28; JPEG tier dropped)",
         "",
         "| | bytes per tick | training reads (samples/s) | read ratio vs LeRobot |",
