@@ -87,14 +87,16 @@ def start_redis(data_dir: Path, port: int | None = None) -> Process:
 
 
 def start_uvicorn(name: str, factory: str, log_dir: Path, env: dict[str, str], port: int | None = None,
-                  timeout: float = 90.0, health: str = "/healthz") -> Process:
-    """`factory`: "module:function" returning the ASGI app (uvicorn --factory)."""
+                  timeout: float = 90.0, health: str = "/healthz", wait: bool = True) -> Process:
+    """`factory`: "module:function" returning the ASGI app (uvicorn --factory). `wait`: return once
+    it answers `health` (else at once: its URL is known; `wait_healthy` later)."""
     port = port or free_port()
     cmd = [sys.executable, "-m", "uvicorn", factory, "--factory", "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "info", "--no-access-log"]
     proc = Process(name, _spawn(name, cmd, log_dir, env), log_dir / f"{name}.log", url=f"http://127.0.0.1:{port}",
                    port=port)
-    wait_healthy(proc, health, timeout)
+    if wait:
+        wait_healthy(proc, health, timeout)
     return proc
 
 

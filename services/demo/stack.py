@@ -23,7 +23,7 @@ import httpx
 
 from robot_bridge.cell import ROS_ENV, CellSpec
 from services.demo.config import DemoConfig
-from services.launch import Process, start_process, start_python, start_redis, start_uvicorn
+from services.launch import Process, start_process, start_python, start_redis, start_uvicorn, wait_healthy
 from services.settings import ServiceSettings
 
 
@@ -69,12 +69,15 @@ class DemoStack:
             f"{self.state['tokens']['operator']}); starting the worker and the inference server")
         self.procs.append(start_python("worker", ["-m", "services.cli", "worker", "--name", f"demo-{os.getpid()}"],
                                        self.logs, self.settings.to_env()))
+        # the cells start while the inference server loads (its URL is known; a bridge asks again
+        # until it answers), then both are waited for
         self.inference = start_uvicorn("inference", "services.inference.server:create_app", self.logs,
-                                       self.settings.to_env())
+                                       self.settings.to_env(), wait=False)
         self.procs.append(self.inference)
         self._take_domains(say)
         for robot in self.cfg.robot_ids():
             self._start_cell(robot)
+        wait_healthy(self.inference)
         say(f"{self.cfg.robots} simulated robots up ({', '.join(f'{r} on ROS domain {d}' for r, d in self.domains.items())}); "
             "waiting for their nodes")
         from robot_bridge.station import Station
