@@ -1,5 +1,6 @@
 """Starting the real processes on one machine (Redis, the API, the inference server, workers): used
-by `recap serve up`, the demo and the tests, so all three run the stack the same way."""
+by the demo, the benchmarks and the tests, so all of them run the stack the same way. Whatever is
+started here ends when the process that started it does, even killed with SIGKILL (services/reaper.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        _REAPER.forget(self.popen.pid)
         return self.popen.returncode
 
     def kill(self) -> None:
@@ -50,16 +53,60 @@ class Process:
         if self.alive():
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait()
+        _REAPER.forget(self.popen.pid)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class _Reaper:
+    """This process's reaper (services/reaper.py), started with the first process this module starts:
+    whatever it started ends when this process does, even killed with SIGKILL."""
+
+    GRACE_S = 10.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._pid = 0  # the launcher the reaper belongs to (a forked child needs its own)
+
+    def _pipe(self):
+        if self._proc is None or self._pid != os.getpid() or self._proc.poll() is not None:
+            self._proc = subprocess.Popen([sys.executable, "-m", "services.reaper", str(self.GRACE_S)],
+                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+            self._pid = os.getpid()
+        return self._proc.stdin
+
+    def _say(self, line: str) -> None:
+        with self._lock:
+            try:
+                pipe = self._pipe()
+                pipe.write(line.encode())
+                pipe.flush()
+            except (OSError, ValueError):  # the reaper is gone: the processes are stopped as before, by their owner
+                pass
+
+    def watch(self, pid: int) -> None:
+        from services.reaper import start_time
+
+        self._say(f"+{pid} {start_time(pid) or 0}\n")
+
+    def forget(self, pid: int) -> None:
+        if self._proc is not None and self._pid == os.getpid():
+            self._say(f"-{pid}\n")
+
+
+_REAPER = _Reaper()
 
 
 def _spawn(name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     log_dir.mkdir(parents=True, exist_ok=True)
     out = open(log_dir / f"{name}.log", "ab")
     full_env = {**os.environ, **(env or {})}
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+    _REAPER.watch(p.pid)  # its own session: pid = process group id
+    return p
 
 
 def start_redis(data_dir: Path, port: int | None = None) -> Process:
