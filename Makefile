@@ -56,7 +56,7 @@ demo-store: setup
 	$(VENV)/bin/recap data export $(DEMO)/store-walkthrough/lerobot --store $(DEMO)/store-walkthrough/store --status complete
 
 test: setup $(JAZZY_STAMP)
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=20 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-jazzy
 
 $(JAZZY_STAMP): pyproject.toml
