@@ -234,9 +234,15 @@ def _log(log: Path, rec: dict) -> None:
 # orchestration
 # --------------------------------------------------------------------------------------------
 
-def _run_worker(*args: str, timeout: float = 3600) -> dict:
+# glibc's allocator as our reader sets it for itself (data.torch_dataset.keep_freed_frames), given to
+# LeRobot's reader from outside for a row beside its stock figure
+KEEP_FREED_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+
+
+def _run_worker(*args: str, timeout: float = 3600, env: dict | None = None) -> dict:
     cmd = [sys.executable, "-m", "bench.store", "worker", *args]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **env} if env else None)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -413,7 +419,8 @@ def speed_figures(quick, ours_eps, ticks, lr_eps, say, figures: dict, raw: dict)
     samples = 150 if quick else 400
     say(f"training reads (random samples, 3 images + state + 50-step chunk), {rounds} interleaved round(s)")
     lr_path = WORK / "lr-streaming"
-    reads: dict[str, list[dict]] = {"ours": [], "lerobot": [], "video": [], "ours_1cam": [], "video_1cam": []}
+    reads: dict[str, list[dict]] = {"ours": [], "lerobot": [], "lerobot_keep_freed": [], "video": [], "ours_1cam": [],
+                                    "video_1cam": []}
     steal = []
     for k in range(rounds):
         with Steal() as st:
@@ -430,6 +437,7 @@ def speed_figures(quick, ours_eps, ticks, lr_eps, say, figures: dict, raw: dict)
                 r_lr["streaming_read_error"] = why
             r_lr["dataset"] = "streaming" if lr_path.name == "lr-streaming" else "default"
             reads["lerobot"].append(r_lr)
+            reads["lerobot_keep_freed"].append(_run_worker("read", "lerobot", str(lr_path), str(samples), env=KEEP_FREED_ENV))
             reads["video"].append(_run_worker("read", "ours", str(WORK / "ours-video"), str(samples)))
             reads["ours_1cam"].append(_run_worker("read", "ours", str(WORK / "ours"), str(samples), "1"))
             reads["video_1cam"].append(_run_worker("read", "ours", str(WORK / "ours-video"), str(samples), "1"))
@@ -470,6 +478,9 @@ def speed_figures(quick, ours_eps, ticks, lr_eps, say, figures: dict, raw: dict)
         "lerobot_read_samples_per_s": med("lerobot"),
         "read_ratio_vs_lerobot": ratio("ours"),
         "read_rounds": rounds, "read_steal_share": steal,
+        "lerobot_keep_freed_read_samples_per_s": med("lerobot_keep_freed"),
+        "read_ratio_vs_lerobot_keep_freed": float(np.median([a["samples_per_s"] / b["samples_per_s"] for a, b in
+                                                             zip(reads["ours"], reads["lerobot_keep_freed"])])),
         "read_images_per_sample": r_ours["images_per_sample"],
         "lerobot_read_images_per_sample": r_lr["images_per_sample"],
         "read_1cam_samples_per_s": med("ours_1cam"),
@@ -583,6 +594,9 @@ def render_md(r: dict) -> str:
         "| --- | --- |",
         f"| ours (EpisodeDataset) | {f['read_samples_per_s']:.1f} |",
         f"| LeRobotDataset (delta_timestamps) | {f['lerobot_read_samples_per_s']:.1f} |",
+        *([f"| LeRobotDataset, glibc's allocator set as ours sets it (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) | "
+           f"{f['lerobot_keep_freed_read_samples_per_s']:.1f} (ours / this: {f['read_ratio_vs_lerobot_keep_freed']:.2f}×) |"]
+          if f.get("lerobot_keep_freed_read_samples_per_s") else []),
         "",
         f"**Read ratio: {f['read_ratio_vs_lerobot']:.2f}×** ({f['read_images_per_sample']} images per sample, LeRobot "
         f"{f['lerobot_read_images_per_sample']}). One camera per sample: ours {f['read_1cam_samples_per_s']:.1f}/s.",

@@ -6,6 +6,8 @@ every episode are loaded once (they are small); images are decoded per sample fr
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -17,6 +19,30 @@ from torch.utils.data import Dataset
 from data.stats import NormalizationStats
 from data.store import EpisodeData, EpisodeStore
 from data.windows import action_chunk, history
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_malloc_tuned = False
+
+
+def keep_freed_frames() -> None:
+    """Every sample allocates its frames afresh (a 480x640 frame is 0.9 MB decoded, 3.7 MB as float)
+    and frees them when the batch is done. glibc serves blocks that large with mmap and hands them
+    back to the kernel on free, so each sample page-faults its frames in again: measured on the
+    store benchmark's 3-camera samples, 3343 page faults and 9.0 ms a sample, against 0 and 4.6 ms
+    with freed blocks kept in the heap for the next sample (mmap only above 32 MB, the heap trimmed
+    back to the kernel above 256 MB free). Process-wide, inherited by DataLoader workers; glibc only
+    (elsewhere nothing changes)."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class EpisodeDataset(Dataset):
@@ -48,6 +74,8 @@ class EpisodeDataset(Dataset):
         self._ends = np.cumsum(lengths)
         self._episodes: dict[int, EpisodeData] = {}  # opened lazily per worker process
         self._pool: ThreadPoolExecutor | None = None  # per process; cameras decode in parallel
+        if self.cameras:
+            keep_freed_frames()
 
     def __len__(self) -> int:
         return int(self._ends[-1])
