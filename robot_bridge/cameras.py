@@ -74,9 +74,10 @@ class FrameRing:
             os.ftruncate(fd, size)
             os.close(fd)
         self._mm = np.memmap(self.path, np.uint8, "r+", shape=(size,))
-        allmeta = self._mm[:meta].view(np.int64).reshape(cameras + 1, self._cols)
+        mm = np.asarray(self._mm)  # plain views of the mapping: no memmap bookkeeping at every index on the control loop
+        allmeta = mm[:meta].view(np.int64).reshape(cameras + 1, self._cols)
         self.meta, self.rec = allmeta[:cameras], allmeta[cameras]
-        self.frames = self._mm[meta:].reshape(cameras, SLOTS, *shape)
+        self.frames = mm[meta:].reshape(cameras, SLOTS, *shape)
 
     @classmethod
     def new(cls, cameras: int, shape: tuple[int, int, int]) -> "FrameRing":
