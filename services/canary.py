@@ -38,7 +38,6 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from scipy.special import betainc, betaln
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -84,6 +83,8 @@ def gate_episode(r: EpisodeRecord) -> GateEpisode | None:
 def p_beta_below(s_a: int, f_a: int, s_b: int, f_b: int) -> float:
     """P(p_a < p_b) for p_a ~ Beta(1 + s_a, 1 + f_a), p_b ~ Beta(1 + s_b, 1 + f_b), exactly (the sum
     over the integer shape of b: Evan Miller's closed form)."""
+    from scipy.special import betaln  # here: the API starts without scipy (~0.2 s of its import)
+
     a_a, b_a, a_b, b_b = 1 + s_a, 1 + f_a, 1 + s_b, 1 + f_b
     total = 0.0
     for i in range(a_b):
@@ -94,6 +95,8 @@ def p_beta_below(s_a: int, f_a: int, s_b: int, f_b: int) -> float:
 def p_rate_above(k_a: int, hours_a: float, k_b: int, hours_b: float) -> float:
     """P(λ_a > λ_b) for λ ~ Gamma(0.5 + k, rate = hours): with X ~ Gamma(shape, 1), λ_a > λ_b iff
     X_a / (X_a + X_b) > h_a / (h_a + h_b), and that fraction is Beta(0.5 + k_a, 0.5 + k_b)."""
+    from scipy.special import betainc
+
     x = hours_a / (hours_a + hours_b)
     return float(1.0 - betainc(0.5 + k_a, 0.5 + k_b, x))
 
