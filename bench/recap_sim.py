@@ -78,6 +78,10 @@ LOOP_KEYS = ("tasks", "demos_per_task", "episodes_per_round", "rounds", "eval_ep
 SELECTION_ABLATION = ["recap_select", "filtered_bc", "filtered_bc_select"]
 SELECTION_PAIRS = {"recap_select": "recap", "filtered_bc_select": "filtered_bc"}
 
+# the validation sweep (--validation --sweep): RECAP's advantage horizon N ("end": the episode time limit) and
+# the guidance beta, each against the preset's value on the same paired validation episodes
+SWEEP_HORIZONS = "10,25,50,end"
+SWEEP_BETAS = "1,1.5,2,3"
 
 # Small settings per LeRobot backbone for 2 CPU cores (the ResNet-18 of ACT is built without pretrained
 # weights: no download). The native type's settings are the preset's own.
@@ -287,6 +291,39 @@ def job_ablation(cfg_dict: dict, workdir: str, name: str, seed: int, rounds: int
     return _cached(workdir, f"ablation-{name}-s{seed}", compute)
 
 
+def job_sweep(cfg_dict: dict, workdir: str, seed: int, rounds: int, horizon: int, beta: float) -> dict:
+    """One cell of the validation sweep: RECAP trained on RECAP's final dataset (the ablation's data) with
+    advantage horizon N = `horizon`, evaluated at guidance `beta` on the loop's held-out layouts. At the
+    preset's N the loop's final RECAP policy is that policy (same data, same labelling, same seed) and is
+    reused, not trained again; beta only changes inference (classifier-free guidance), so every beta of a
+    policy shares its training run."""
+    def compute():
+        from training.recap_config import RecapConfig
+        from training.runs import run_training
+        from training.sim.loop import Method
+
+        if cfg_dict.get("eval_role") != "validation":
+            raise ValueError("the sweep chooses settings: it evaluates on the validation layouts only")
+        preset = cfg_dict.get("recap", {}).get("advantage_horizon", RecapConfig.advantage_horizon)
+        cfg_n = {**cfg_dict, "recap": {**cfg_dict.get("recap", {}), "advantage_horizon": horizon}}
+        loop = _loop(cfg_n, workdir)
+        fallback = None
+        if horizon == preset:
+            pdir = loop.runs_dir / f"recap-s{seed}-r{rounds}" / "policy"
+            fallback = json.loads((pdir.parent / "done.json").read_text()).get("fallback")
+        else:
+            spec = loop._spec(f"sweep-N{horizon}-s{seed}", Method.RECAP, ["demo", f"recap-s{seed}"], seed, False,
+                              f"recap-s{seed}-r{rounds}", 1.0, first_labelled=rounds == 1)
+            run = run_training(loop.store, loop.catalog, spec, loop.runs_dir)
+            pdir, fallback = run.policy_dir, run.metrics.get("fallback")
+        ev = loop.evaluate_policy(pdir, beta, seed)
+        print(f"[{time.strftime('%H:%M:%S')}] sweep seed {seed} N {horizon} beta {beta:g}: success "
+              f"{ev['all']['success_rate']:.2f} throughput {ev['all']['throughput_per_h']:.0f}/h", flush=True)
+        return {"seed": seed, "advantage_horizon": horizon, "beta": beta, "eval_role": loop.cfg.eval_role,
+                "policy_dir": str(Path(pdir).relative_to(workdir)), "fallback": fallback, "eval": ev}
+    return _cached(workdir, f"sweep-N{horizon}-b{beta:g}-s{seed}", compute)
+
+
 def job_selection_latency(cfg_dict: dict, workdir: str, seed: int, rounds: int, reps: int = 5,
                           ticks: int = 24) -> dict:
     """Per-chunk latency of value-guided selection against plain sampling, one observation per call as a
@@ -410,6 +447,87 @@ def paired_tests(records: dict, methods: list[str], seeds: list[int], tasks: lis
     return out
 
 
+def parse_sweep(horizons: str, betas: str, max_steps: int) -> tuple[list[tuple[str, int]], list[float]]:
+    """`--sweep-horizons` -> [(label, N)] ("end" is N = the episode time limit) and `--sweep-betas` -> [beta],
+    within RecapConfig's bounds, no value twice; ValueError naming the option otherwise."""
+    from training.recap_config import BETA_MAX, RecapConfig
+
+    hi = RecapConfig.__dataclass_fields__["advantage_horizon"].metadata["le"]
+    hs = []
+    for item in horizons.split(","):
+        item = item.strip()
+        n = max_steps if item == "end" else int(item) if item.isdigit() else None
+        if n is None or not 1 <= n <= hi:
+            raise ValueError(f"--sweep-horizons: {item!r} is not a horizon (an integer 1..{hi} or 'end')")
+        hs.append((item, n))
+    bs = []
+    for item in betas.split(","):
+        try:
+            b = float(item)
+        except ValueError:
+            b = float("nan")
+        if not 0 <= b <= BETA_MAX:
+            raise ValueError(f"--sweep-betas: {item.strip()!r} is not a guidance beta (a number 0..{BETA_MAX:g})")
+        bs.append(b)
+    if len({n for _, n in hs}) < len(hs) or len(set(bs)) < len(bs):
+        raise ValueError(f"--sweep-horizons {horizons} / --sweep-betas {betas}: a value given twice "
+                         f"('end' is N = {max_steps})")
+    return hs, bs
+
+
+def sweep_figures(cells: list[dict], tasks: list[str], seeds: list[int], sweep: dict) -> dict:
+    """The validation sweep's figures, per parameter: per value, success rate, throughput per hour, mean
+    episode duration (a failure counts as the time limit) and episodes, per training seed and pooled over
+    the paired episodes; `chosen` = the value of best pooled throughput (the preset's on a tie) and its
+    paired comparison with the preset's value on the same (seed, task, layout) episodes: McNemar's exact p
+    on success, the sign test on duration and the paired bootstrap CI of the throughput difference."""
+    from training.sim.arm import CONTROL_PERIOD_S
+    from training.sim.evaluate import RESET_S
+
+    def episodes(rows):
+        rows = sorted(rows, key=lambda c: c["seed"])
+        return ([x for c in rows for t in tasks for x in c["eval"]["per_episode_success"][t]],
+                [x for c in rows for t in tasks for x in c["eval"]["per_episode_steps"][t]])
+
+    def stats(succ, steps):
+        robot_s = sum(n * CONTROL_PERIOD_S + RESET_S for n in steps)
+        return {"success_rate": float(np.mean(succ)), "throughput_per_h": 3600.0 * sum(succ) / robot_s,
+                "mean_duration_s": float(np.mean(steps)) * CONTROL_PERIOD_S, "episodes": len(succ)}
+
+    def parameter(name, values, preset, cell_of):
+        rows = []
+        for label, v in values:
+            cs = [cell_of(v, s) for s in seeds]
+            rows.append({"value": label, name: v, "per_seed": {f"s{c['seed']}": stats(*episodes([c])) for c in cs},
+                         "pooled": stats(*episodes(cs)), "_episodes": episodes(cs)})
+        ref = next(r for r in rows if r[name] == preset)
+        best = max(rows, key=lambda r: (r["pooled"]["throughput_per_h"], r is ref))
+        (sa, ta), (sb, tb) = best["_episodes"], ref["_episodes"]
+        a_only = sum(1 for x, y in zip(sa, sb) if x and not y)
+        b_only = sum(1 for x, y in zip(sa, sb) if y and not x)
+        faster_a = sum(1 for x, y in zip(ta, tb) if x < y)
+        faster_b = sum(1 for x, y in zip(ta, tb) if y < x)
+        for r in rows:
+            del r["_episodes"]
+        return {"values": rows, "preset": preset, "chosen": best[name], "chosen_value": best["value"],
+                "chosen_vs_preset": {"pairs": len(sa), "success_chosen_only": a_only, "success_preset_only": b_only,
+                                     "mcnemar_p": mcnemar_p(sa, sb), "duration_chosen_faster": faster_a,
+                                     "duration_preset_faster": faster_b,
+                                     "sign_test_p": _binom_two_sided(faster_a, faster_a + faster_b),
+                                     "throughput_diff_ci95": bootstrap_throughput_diff((sa, ta), (sb, tb))}}
+
+    by = {(c["advantage_horizon"], c["beta"], c["seed"]): c for c in cells}
+    n0 = sweep["preset_horizon"]
+    horizon = parameter("N", [tuple(x) for x in sweep["horizons"]], n0, lambda n, s: by[(n, 1.0, s)])
+    beta = parameter("beta", [(f"{b:g}", b) for b in sweep["betas"]], sweep["preset_beta"], lambda b, s: by[(n0, b, s)])
+    return {"eval_role": "validation", "tasks": tasks, "seeds": len(seeds),
+            "note": "N: RECAP trained on RECAP's final dataset with each advantage horizon, conditioned at beta 1; "
+                    "beta: the policy at the preset's N evaluated with each guidance beta; chosen = best pooled "
+                    "throughput, compared with the preset's value on the same paired episodes (chosen as the best "
+                    "of several on these episodes, so its p-value is optimistic)",
+            "horizon": horizon, "beta": beta, "chosen_horizon": horizon["chosen"], "chosen_beta": beta["chosen"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="hard",
@@ -423,6 +541,17 @@ def main() -> None:
     ap.add_argument("--validation", action="store_true",
                     help="Evaluate on the validation layouts (for choosing settings), never the evaluation ones; "
                          "results get a -validation suffix.")
+    ap.add_argument("--sweep", action="store_true",
+                    help="With --validation: after the loop, choose RECAP's advantage horizon N and guidance beta on the "
+                         "validation layouts (per training seed, on RECAP's final dataset, like the ablation): RECAP "
+                         "trained at each N of --sweep-horizons (beta 1), the preset's N evaluated at each beta of "
+                         "--sweep-betas; figures['sweep'] with the best pooled throughput and its paired test "
+                         "against the preset's value.")
+    ap.add_argument("--sweep-horizons", default=SWEEP_HORIZONS, metavar="N,N,...",
+                    help=f"Advantage horizons of the sweep, 'end' = the episode time limit (default {SWEEP_HORIZONS}); "
+                         "must include the preset's N.")
+    ap.add_argument("--sweep-betas", default=SWEEP_BETAS, metavar="B,B,...",
+                    help=f"Guidance betas of the sweep (default {SWEEP_BETAS}); must include 1, plain RECAP's.")
     ap.add_argument("--policy", default=None, metavar="TYPE",
                     help="Registered policy type to train (native_flow, lerobot:act, ...; default: the preset's).")
     ap.add_argument("--camera", default=None, metavar="HxW", help="Render a front camera of this size, e.g. 96x128.")
@@ -485,6 +614,22 @@ def main() -> None:
         ap.error(str(e))
     if args.validation:
         cfg["eval_role"] = "validation"
+    sweep = None
+    if args.sweep:
+        from training.recap_config import RecapConfig
+
+        if not args.validation:
+            ap.error("--sweep chooses settings: it needs --validation (the evaluation layouts are never used to choose)")
+        try:
+            horizons, betas = parse_sweep(args.sweep_horizons, args.sweep_betas, cfg.get("max_steps", 200))
+        except ValueError as e:
+            ap.error(str(e))
+        n0 = cfg.get("recap", {}).get("advantage_horizon", RecapConfig.advantage_horizon)
+        if n0 not in [n for _, n in horizons]:
+            ap.error(f"--sweep-horizons {args.sweep_horizons}: include the preset's N ({n0}), the sweep's reference")
+        if 1.0 not in betas:
+            ap.error(f"--sweep-betas {args.sweep_betas}: include 1 (plain RECAP's beta), the sweep's reference")
+        sweep = {"horizons": horizons, "betas": betas, "preset_horizon": n0, "preset_beta": 1.0}
     if args.value_time_ablation:
         if not args.workdir or not (Path(args.workdir) / "store").exists():
             ap.error("--value-time-ablation: give --workdir, a group folder with a store (e.g. bench/_work/NAME/tuning)")
@@ -507,10 +652,15 @@ def main() -> None:
     groups = {g: t for g, t in groups.items() if t}
     if not groups:
         ap.error(f"--split {args.split}: the preset declares no such tasks")
+    if sweep and "tuning" not in groups:
+        ap.error("--sweep chooses settings on the tuning tasks: not with --split test")
     default_seeds = 1 if args.quick else 5 if preset is HARD else 3
     seeds = list(range(args.seeds or default_seeds))
     methods = (args.methods or (IMAGE_METHODS if args.image else "bc,hg_dagger,filtered_bc,awr,recap,recap_cfg")).split(",")
     from training.sim.loop import METHODS
+
+    if sweep and "recap" not in methods:
+        ap.error("--sweep works on RECAP's final dataset: include recap in --methods")
 
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -541,9 +691,14 @@ def main() -> None:
             gcfg = {**{k: v for k, v in cfg.items() if k != "test_tasks"}, "tasks": tasks}
             gwork = str(work / group)
             Path(gwork).mkdir(parents=True, exist_ok=True)
-            results[group] = run_group(pool, gcfg, gwork, seeds, methods, ablation=not args.no_ablation)
+            results[group] = run_group(pool, gcfg, gwork, seeds, methods, ablation=not args.no_ablation,
+                                       sweep=sweep if group == "tuning" else None)
     elapsed = time.time() - started
     result = summarise_groups(cfg, seeds, methods, results, elapsed)
+    if sweep:
+        result["sweep_config"] = sweep
+        result["figures"]["sweep"] = sweep_figures(results["tuning"]["sweep"], results["tuning"]["cfg"]["tasks"],
+                                                   seeds, sweep)
     if args.note:
         result["note"] = args.note
     out = Path(args.results_dir)
@@ -588,9 +743,11 @@ def value_time_ablation(work: str, robots: list[str], limit: int, steps: int) ->
     return out
 
 
-def run_group(pool, cfg: dict, work: str, seeds: list[int], methods: list[str], *, ablation: bool) -> dict:
+def run_group(pool, cfg: dict, work: str, seeds: list[int], methods: list[str], *, ablation: bool,
+              sweep: dict | None = None) -> dict:
     """One declared task set: demonstrations, each seed's round 0, every (method, seed) cell, the
-    diagnostics and the per-seed ablation; finished cells are read back from WORK/cells."""
+    diagnostics, the per-seed ablation and the validation sweep's cells (`sweep`: parse_sweep's horizons
+    and betas with the preset's N); finished cells are read back from WORK/cells."""
     _loop(cfg, work).collect_demos()
     r0 = {r["seed"]: r for r in pool.map(job_round0, [cfg] * len(seeds), [work] * len(seeds), seeds)}
     futs = {(m, s): pool.submit(job_method, cfg, work, m, s, r0[s]["policy_dir"]) for s in seeds for m in methods}
@@ -603,10 +760,15 @@ def run_group(pool, cfg: dict, work: str, seeds: list[int], methods: list[str], 
         fa = [pool.submit(job_ablation, cfg, work, m, s, cfg["rounds"]) for s in seeds
               for m in methods + [x for x in selection_ablation(cfg) if x not in methods]]
         abl = [f.result() for f in fa]
+    sweep_cells = []
+    if sweep:
+        cells = dict.fromkeys([(n, 1.0) for _, n in sweep["horizons"]] + [(sweep["preset_horizon"], b) for b in sweep["betas"]])
+        fs = [pool.submit(job_sweep, cfg, work, s, cfg["rounds"], n, b) for s in seeds for n, b in cells]
+        sweep_cells = [f.result() for f in fs]
     if any(selects(m) for m in methods) or any(selects(a["method"]) for a in abl):
         latency = list(pool.map(job_selection_latency, [cfg] * len(seeds), [work] * len(seeds), seeds,
                                 [cfg["rounds"]] * len(seeds)))
-    return {"cfg": cfg, "r0": r0, "records": records, "diag": diag, "abl": abl, "latency": latency}
+    return {"cfg": cfg, "r0": r0, "records": records, "diag": diag, "abl": abl, "latency": latency, "sweep": sweep_cells}
 
 
 def selects(name: str) -> bool:
@@ -835,6 +997,8 @@ def render_md(r: dict, name: str) -> str:
             lines.append(f"| {t['a']} vs {t['b']} | {t['pairs']} | {t['success']['a_only']} / {t['success']['b_only']} | "
                          f"{t['success']['p']:.3f} | {t['duration']['a_faster']} / {t['duration']['b_faster']} | {t['duration']['p']:.3f} | "
                          f"[{ci[0]:.0f}, {ci[1]:.0f}] |")
+    if f.get("sweep"):
+        lines += render_sweep(f["sweep"], r.get("seeds", []))
     if f.get("selection_latency") or "selection_gain_throughput" in f:
         lat = f.get("selection_latency", {})
         lines += ["", "## Value-guided chunk selection (ablation on RECAP's final data; report only)", "",
@@ -881,7 +1045,7 @@ def render_md(r: dict, name: str) -> str:
             lines.append(f"- `{e['type']}`: {' -> '.join(e['steps'])} — `{e['test']}`")
     lines += ["", "## Headline figures (last round)", ""]
     for k, v in f.items():
-        if k in ("table", "tasks", "per_seed_last_round", "paired_tests", "human_effort", "selection_latency") or \
+        if k in ("table", "tasks", "per_seed_last_round", "paired_tests", "human_effort", "selection_latency", "sweep") or \
                 k.startswith("test_") and k.removeprefix("test_") in ("table", "per_seed_last_round", "paired_tests",
                                                                        "human_effort", "selection_latency"):
             continue
@@ -891,6 +1055,51 @@ def render_md(r: dict, name: str) -> str:
               "V's next-round Spearman ≥ 0.6; conditioning gap > 0.1; on the test tasks throughput ≥ 1.5× BC and above "
               "HG-DAgger by ≥ 1 s.e.", ""]
     return "\n".join(lines)
+
+
+def render_sweep(sw: dict, seeds: list[int]) -> list[str]:
+    """The "Validation sweep" section: a table per parameter and the sentence saying what would be chosen."""
+    lines = ["", "## Validation sweep (validation layouts only; the evaluation layouts are not used)", "",
+             f"{sw['note']}. Tasks {', '.join(sw['tasks'])}; {sw['seeds']} training seed(s); a failure's duration is "
+             "the time limit; throughput counts a 2 s reset per episode."]
+    for key, title, unit in (("horizon", "Advantage horizon N (beta 1)", "N"), ("beta", "Guidance beta (the preset's N)", "beta")):
+        p = sw[key]
+        lines += ["", f"### {title}", "",
+                  f"| {unit} | " + " | ".join(f"seed {s} (success / throughput /h)" for s in seeds) +
+                  " | success (pooled) | throughput /h (pooled) | mean duration (s) | episodes |",
+                  "| --- |" + " --- |" * (len(seeds) + 4)]
+        for v in p["values"]:
+            label = v["value"] + (f" (N = {v['N']})" if key == "horizon" and v["value"] == "end" else "")
+            label += " — preset" if v[unit] == p["preset"] else ""
+            label += " — chosen" if v[unit] == p["chosen"] else ""
+            pooled = v["pooled"]
+            lines.append(f"| {label} | " + " | ".join(
+                f"{v['per_seed'][f's{s}']['success_rate']:.2f} / {v['per_seed'][f's{s}']['throughput_per_h']:.0f}" for s in seeds) +
+                f" | {pooled['success_rate']:.2f} | {pooled['throughput_per_h']:.0f} | {pooled['mean_duration_s']:.2f} | "
+                f"{pooled['episodes']} |")
+    sentences = []
+    for key, name in (("horizon", "N"), ("beta", "beta")):
+        p = sw[key]
+        c = p["chosen_vs_preset"]
+        ci = c["throughput_diff_ci95"]
+        chosen = next(v for v in p["values"] if v[name] == p["chosen"])
+        preset = next(v for v in p["values"] if v[name] == p["preset"])
+        if p["chosen"] == p["preset"]:
+            sentences.append(f"{name} = {p['preset']:g} (the preset's) has the best pooled throughput "
+                             f"({preset['pooled']['throughput_per_h']:.0f}/h): it would be kept")
+            continue
+        noise = c["mcnemar_p"] > 0.05 and ci[0] <= 0 <= ci[1]
+        shown = chosen["value"] + (f" ({p['chosen']} ticks)" if chosen["value"] == "end" else "")
+        sentences.append(
+            f"{name} = {shown} would be chosen "
+            f"({chosen['pooled']['throughput_per_h']:.0f}/h, success {chosen['pooled']['success_rate']:.2f}, against "
+            f"{preset['pooled']['throughput_per_h']:.0f}/h and {preset['pooled']['success_rate']:.2f} at the preset's "
+            f"{p['preset']:g}; success only chosen / only preset {c['success_chosen_only']} / {c['success_preset_only']} of "
+            f"{c['pairs']} pairs, McNemar p = {c['mcnemar_p']:.3f}; throughput difference 95 % CI [{ci[0]:.0f}, {ci[1]:.0f}]/h): "
+            + ("not distinguishable from noise, so the preset stands until a larger sweep says otherwise" if noise
+               else "distinguishable from noise on these episodes (best of several, so optimistic)"))
+    lines += ["", "**Choice:** " + "; ".join(sentences) + "."]
+    return lines
 
 
 def plot(r: dict, path: Path) -> None:

@@ -91,3 +91,46 @@ def test_paired_statistics_on_known_episodes():
     assert 0 < lo < hi
     lo, hi = bootstrap_throughput_diff(a, a)
     assert lo == hi == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_validation_sweep_chooses_horizon_and_beta_on_validation_layouts(tmp_path):
+    cmd = [sys.executable, "-m", "bench.recap_sim", "--jobs", "2", "--seeds", "1", "--rounds", "1", "--split", "tuning",
+           "--methods", "recap", "--no-ablation", "--tasks", "push-v3", "--demos", "2", "--episodes", "2",
+           "--eval-episodes", "2", "--max-steps", "40", "--policy-steps", "20",
+           "--set", "value.steps=20", "--set", "value.hidden=32", "--set", "policy.hidden=32",
+           "--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results"), "--name", "tiny",
+           "--validation", "--sweep", "--sweep-horizons", "end,50", "--sweep-betas", "1,2"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    result = json.loads((tmp_path / "results" / "tiny-validation.json").read_text())
+    sw = result["figures"]["sweep"]
+    assert sw["eval_role"] == "validation" and result["config"]["eval_role"] == "validation"
+    # "end" is the episode time limit; the preset's N (50) is the loop's own final policy, not trained again
+    assert [(v["value"], v["N"]) for v in sw["horizon"]["values"]] == [("end", 40), ("50", 50)]
+    assert [v["beta"] for v in sw["beta"]["values"]] == [1.0, 2.0]
+    assert sw["chosen_horizon"] in (40, 50) and sw["chosen_beta"] in (1.0, 2.0)
+    for p in (sw["horizon"], sw["beta"]):
+        for v in p["values"]:
+            assert v["pooled"]["episodes"] == 2 and set(v["per_seed"]) == {"s0"}
+            assert {"success_rate", "throughput_per_h", "mean_duration_s"} <= set(v["pooled"])
+        assert p["chosen_vs_preset"]["pairs"] == 2 and 0 <= p["chosen_vs_preset"]["mcnemar_p"] <= 1
+    runs = {p.name for p in (tmp_path / "work" / "tuning" / "runs").iterdir()}
+    assert runs == {"r0-s0", "recap-s0-r1", "sweep-N40-s0"}
+    md = (tmp_path / "results" / "tiny-validation.md").read_text()
+    assert "## Validation sweep" in md and "| end (N = 40) |" in md and "**Choice:**" in md
+    # resumable: a rerun reads the sweep's cells back
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    assert again.returncode == 0 and "sweep seed" not in again.stdout, (again.stdout + again.stderr)[-4000:]
+    assert json.loads((tmp_path / "results" / "tiny-validation.json").read_text())["figures"]["sweep"] == sw
+    # the sweep never chooses on the evaluation layouts; bad values are refused before any work
+    for args, says in ((["--sweep"], "--validation"),
+                       (["--validation", "--sweep", "--sweep-horizons", "10,x"], "--sweep-horizons"),
+                       (["--validation", "--sweep", "--sweep-horizons", "10,25"], "preset's N"),
+                       (["--validation", "--sweep", "--sweep-betas", "1,99"], "--sweep-betas")):
+        bad = subprocess.run([sys.executable, "-m", "bench.recap_sim", *args, "--workdir", str(tmp_path / "w4")],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert len([x for x in bad.stderr.splitlines() if x.startswith("recap_sim.py: error") or "error:" in x]) == 1
+    assert not (tmp_path / "w4").exists()
