@@ -19,6 +19,11 @@ type, then `--set policy.KEY=VALUE`); `--camera HxW` renders a front camera that
 `--image` is the image variant: one task, a rendered 96x128 camera, LeRobot's ACT (small, no
 pretrained weights), RECAP-CFG vs BC vs success-filtered BC; results recap_sim-image.md/.json with a
 paired test across methods.
+
+`--validation --sweep` chooses RECAP's settings on the validation layouts, never the evaluation ones: after
+the loop, RECAP trained on its final dataset at each advantage horizon N of `--sweep-horizons` (10, 25, 50
+and the episode's end) and the preset's N evaluated at each guidance beta of `--sweep-betas` (1, 1.5, 2, 3);
+the best pooled throughput per parameter and its paired test against the preset's value.
 """
 
 from __future__ import annotations
@@ -516,6 +521,9 @@ def sweep_figures(cells: list[dict], tasks: list[str], seeds: list[int], sweep: 
                                      "sign_test_p": _binom_two_sided(faster_a, faster_a + faster_b),
                                      "throughput_diff_ci95": bootstrap_throughput_diff((sa, ta), (sb, tb))}}
 
+    roles = {c["eval_role"] for c in cells}
+    if roles != {"validation"}:
+        raise ValueError(f"sweep cells evaluated on {sorted(roles)}: settings are chosen on the validation layouts only")
     by = {(c["advantage_horizon"], c["beta"], c["seed"]): c for c in cells}
     n0 = sweep["preset_horizon"]
     horizon = parameter("N", [tuple(x) for x in sweep["horizons"]], n0, lambda n, s: by[(n, 1.0, s)])

@@ -126,11 +126,21 @@ def test_validation_sweep_chooses_horizon_and_beta_on_validation_layouts(tmp_pat
     assert json.loads((tmp_path / "results" / "tiny-validation.json").read_text())["figures"]["sweep"] == sw
     # the sweep never chooses on the evaluation layouts; bad values are refused before any work
     for args, says in ((["--sweep"], "--validation"),
-                       (["--validation", "--sweep", "--sweep-horizons", "10,x"], "--sweep-horizons"),
-                       (["--validation", "--sweep", "--sweep-horizons", "10,25"], "preset's N"),
-                       (["--validation", "--sweep", "--sweep-betas", "1,99"], "--sweep-betas")):
+                       (["--validation", "--sweep", "--sweep-horizons", "10,25"], "preset's N")):
         bad = subprocess.run([sys.executable, "-m", "bench.recap_sim", *args, "--workdir", str(tmp_path / "w4")],
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
         assert len([x for x in bad.stderr.splitlines() if x.startswith("recap_sim.py: error") or "error:" in x]) == 1
     assert not (tmp_path / "w4").exists()
+
+
+def test_sweep_values_are_parsed_within_recap_bounds():
+    from bench.recap_sim import SWEEP_BETAS, SWEEP_HORIZONS, parse_sweep
+
+    assert parse_sweep(SWEEP_HORIZONS, SWEEP_BETAS, 200) == ([("10", 10), ("25", 25), ("50", 50), ("end", 200)],
+                                                             [1.0, 1.5, 2.0, 3.0])
+    for horizons, betas, says in (("10,x", "1", "--sweep-horizons"), ("0,50", "1", "--sweep-horizons"),
+                                  ("50", "1,99", "--sweep-betas"), ("50", "1,nan", "--sweep-betas"),
+                                  ("50,end", "1", "given twice")):
+        with pytest.raises(ValueError, match=says):
+            parse_sweep(horizons, betas, 50)
