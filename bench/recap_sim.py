@@ -1105,7 +1105,9 @@ def render_sweep(sw: dict, seeds: list[int]) -> list[str]:
             f"{p['preset']:g}; success only chosen / only preset {c['success_chosen_only']} / {c['success_preset_only']} of "
             f"{c['pairs']} pairs, McNemar p = {c['mcnemar_p']:.3f}; throughput difference 95 % CI [{ci[0]:.0f}, {ci[1]:.0f}]/h): "
             + ("not distinguishable from noise, so the preset stands until a larger sweep says otherwise" if noise
-               else "distinguishable from noise on these episodes (best of several, so optimistic)"))
+               else "distinguishable from noise on these episodes (best of several, so optimistic)")
+            + f" (paired durations: chosen faster in {c['duration_chosen_faster']}, preset in "
+              f"{c['duration_preset_faster']}, sign test p = {c['sign_test_p']:.3g})")
     lines += ["", "**Choice:** " + "; ".join(sentences) + "."]
     return lines
 
