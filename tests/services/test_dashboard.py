@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.support.ui import WebDriverWait
 
 from data.store import EpisodeStore
@@ -125,7 +126,9 @@ def test_live_view_follows_the_fleet_without_a_reload(stack, browser, tmp_path):
         c.post("/v1/deployments", json={"version": v})
     with stack.client("robot") as c:
         c.post("/v1/robots/robot-0/heartbeat", json={"version": v})
-    WebDriverWait(browser, 15).until(lambda d: row(d).split()[:3] == ["robot-0", v, v])
+    # the live table is re-rendered at each event: a row found just before one is gone when read
+    live = WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,))
+    live.until(lambda d: row(d).split()[:3] == ["robot-0", v, v])
     # an episode being recorded now
     store = EpisodeStore(stack.settings.store_root)
     feats = small_features(0)
@@ -134,7 +137,7 @@ def test_live_view_follows_the_fleet_without_a_reload(stack, browser, tmp_path):
     try:
         for t in range(12):
             w.append(frames.tick(t, T0 + t * PERIOD, ActionSource.POLICY, v))
-        WebDriverWait(browser, 15).until(lambda d: "(10 ticks)" in row(d))
+        live.until(lambda d: "(10 ticks)" in row(d))
         # a training run queued meanwhile
         with stack.client("robot") as c:
             c.post("/v1/episodes/register", json={"episode_id": record(store, robot="robot-0", cameras=0)[0].episode_id})
