@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from bench.machine import cpu_jiffies
+from bench.machine import Steal
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -118,7 +118,7 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
         procs = [psutil.Process(bridge.pid), *psutil.Process(bridge.pid).children(recursive=True)]
         floor = subprocess.Popen([sys.executable, "-m", "bench.bridge_floor", str(rate), str(duration)], cwd=ROOT,
                                  stdout=subprocess.PIPE, text=True)  # the machine's floor, at the same moment
-        cpu0, t0, j0 = [p.cpu_times() for p in procs], time.monotonic(), cpu_jiffies()
+        cpu0, t0, steal = [p.cpu_times() for p in procs], time.monotonic(), Steal().start()
         n0 = stats[-1]["ticks"] if stats else 0
         latencies = []
         gap = duration / (probes + 1)
@@ -136,7 +136,7 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
             engage.publish(Bool(data=False))
             spin(gap * 0.3)
         spin(max(0.0, duration - (time.monotonic() - t0)))
-        cpu1, t1, j1 = [p.cpu_times() for p in procs], time.monotonic(), cpu_jiffies()
+        cpu1, t1, steal_share = [p.cpu_times() for p in procs], time.monotonic(), steal.stop()
         floor_out = json.loads(floor.communicate(timeout=60)[0].strip().splitlines()[-1])
         r = call(SetBool, "/recap_bridge/end_episode", SetBool.Request(data=True))
         spin(1.5)
@@ -164,7 +164,7 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
             "tick_interval_p99_ms": float(np.percentile(np.diff(ts) / 1e6, 99)),
             "lateness_p50_ms": s["lateness_p50_ms"], "lateness_p99_ms": s["lateness_p99_ms"],
             "floor_lateness_p99_ms": floor_out["lateness_p99_ms"], "floor": floor_out,
-            "steal_share": (j1[0] - j0[0]) / max(1, j1[1] - j0[1]),
+            "steal_share": steal_share,
             "stale_samples": s["stale_samples"], "no_state_ticks": s["no_state_ticks"],
             "bridge_cores": sum((b.user + b.system) - (a.user + a.system) for a, b in zip(cpu0, cpu1)) / elapsed,
             "bridge_processes": len(cpu0),

@@ -17,14 +17,22 @@ def cpu_jiffies() -> tuple[int, int]:
 
 
 class Steal:
-    """`with Steal() as s: ...` then `s.share`: the steal share of the cores' time within the block."""
+    """The steal share of the cores' time between `start()` and `stop()` (or within `with Steal() as s:`),
+    then in `share`."""
 
     share = 0.0
 
-    def __enter__(self) -> "Steal":
+    def start(self) -> "Steal":
         self._j0 = cpu_jiffies()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> float:
         j1 = cpu_jiffies()
         self.share = (j1[0] - self._j0[0]) / max(1, j1[1] - self._j0[1])
+        return self.share
+
+    def __enter__(self) -> "Steal":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

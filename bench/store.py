@@ -397,7 +397,7 @@ def main() -> None:
 def speed_figures(quick, ours_eps, ticks, lr_eps, say, figures: dict, raw: dict) -> None:
     """Recording (both recorders), real-time cores, training reads, the video tier: timed, so run on idle cores."""
     say(f"recording: ours {ours_eps}x{ticks} ticks, 3 cameras {H}x{W} at {FPS} Hz")
-    steal_rec = Steal().__enter__()
+    steal_rec = Steal().start()
     ours = _run_worker("record", "ours", str(WORK / "ours"), str(ours_eps), str(ticks), "0")
     say(f"  ours: {ours['ticks_per_s']:.1f} ticks/s")
     lr_stream = _run_worker("record", "lerobot-streaming", str(WORK / "lr-streaming"), str(2 if not quick else 1), str(ticks), "0")
@@ -406,7 +406,7 @@ def speed_figures(quick, ours_eps, ticks, lr_eps, say, figures: dict, raw: dict)
     say(f"  lerobot default: {lr_default['ticks_per_s']:.1f} ticks/s")
     paced = _run_worker("record", "ours", str(WORK / "ours-paced"), "1", str(ticks), "1")
     say(f"  ours at 30 Hz: {paced['cpu_s_per_recorded_s']:.2f} cores")
-    steal_rec.__exit__(None, None, None)
+    steal_rec.stop()
 
     say("video tier: transcode our recorded store (its training reads follow, beside the others)")
     tc = _run_worker("transcode", str(WORK / "ours"), str(WORK / "ours-video"))
