@@ -18,6 +18,8 @@ from data.video import (
     PINS,
     RetentionPolicy,
     TranscodeError,
+    VideoFrames,
+    VideoSettings,
     pin,
     transcode_episode,
     transcode_pass,
@@ -98,6 +100,44 @@ def test_every_reader_reads_the_video_tier_like_the_jpeg_tier(store_root, tmp_pa
     for t in (0, 9, 22):
         img = (ds[t]["observation.images.top"].numpy() * 255).round().astype(np.uint8).transpose(1, 2, 0)
         np.testing.assert_array_equal(img, vid.image("top", t))
+
+
+def test_all_intra_video_reads_by_packet_like_seeking_and_longer_gops_seek(store_root):
+    store = EpisodeStore(store_root)
+    ep = _record(store)
+    ref = _frames(ep)
+    transcode_episode(store, ep.episode_id)
+    vid = store.open(ep.episode_id)
+    meta = vid.manifest["video"]["top"]
+    assert meta["gop"] == 1 and meta["deblock"] is False
+    path = vid.path / video_key("top")
+    assert b"deblock=0:" in path.read_bytes()  # the encoder's own record of its settings (x264's SEI)
+    by_packet, by_seek = VideoFrames(path, meta, 3), VideoFrames(path, meta, 3)
+    assert by_packet._packets is not None and len(by_packet._packets) == len(ep)
+    by_seek._packets = None
+    for t in (22, 0, 5, 6, 7, 3, 22, 21):
+        a = by_packet.frame(t)
+        np.testing.assert_array_equal(a, by_seek.frame(t))  # the same picture, bit for bit
+        assert _err(a, ref["top"][t]) < TOL
+    for t in (len(ep), -1):
+        with pytest.raises(OSError):
+            by_packet.frame(t)
+    # a table that disagrees with the manifest's frame count is not trusted: the reader seeks
+    assert VideoFrames(path, {**meta, "frames": len(ep) + 1}, 3)._packets is None
+    by_packet.close(), by_seek.close()
+
+    # GOP 5: the filter stays on (later frames are predicted from filtered ones) and reads seek
+    ep5 = _record(store, start=T0 + 10**10)
+    ref5 = _frames(ep5)["top"]
+    transcode_episode(store, ep5.episode_id, settings=VideoSettings(gop=5))
+    vid5 = store.open(ep5.episode_id)
+    meta5 = vid5.manifest["video"]["top"]
+    assert meta5["gop"] == 5 and meta5["deblock"] is True
+    v5 = VideoFrames(vid5.path / video_key("top"), meta5, 3)
+    assert v5._packets is None
+    for t in (17, 2, 3, 11):
+        assert _err(v5.frame(t), ref5[t]) < TOL
+    v5.close()
 
 
 def test_a_reader_open_across_the_jpeg_drop_switches_to_the_video(store_root):
