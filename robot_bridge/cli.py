@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Optional
@@ -63,6 +62,7 @@ def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulate
                                            help="Where each node logs [default $RECAP_HOME/logs].")):
     """Simulated arm + scripted teleoperator + bridge for a task, until Ctrl-C (stops them all)."""
     from robot_bridge.cell import CellSpec
+    from services.launch import start_process, stop_together
     from training.sim.arm import unknown_tasks  # the simulated arm's own task list
 
     if unknown_tasks([task]):
@@ -72,9 +72,10 @@ def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulate
     logs.mkdir(parents=True, exist_ok=True)
     cell = CellSpec(robot=robot, task=task, rate_hz=rate, store=store, inference_url=inference_url, token=token,
                     api_url=api_url, teleop=teleop, image=image, fast=fast)
-    procs = {n: subprocess.Popen(cmd, stdout=open(logs / f"{n}.log", "ab"), stderr=subprocess.STDOUT)
-             for n, cmd in cell.commands().items()}
-    typer.echo(f"up: {', '.join(f'{n} (pid {p.pid})' for n, p in procs.items())} in namespace {cell.namespace}; "
+    # each node in its own process group, registered with this process's reaper: the nodes end with
+    # this command however it ends, SIGKILL included (services/reaper.py)
+    procs = {n: start_process(n, cmd, logs, {}) for n, cmd in cell.commands().items()}
+    typer.echo(f"up: {', '.join(f'{n} (pid {p.popen.pid})' for n, p in procs.items())} in namespace {cell.namespace}; "
                f"logs in {logs}. Ctrl-C stops.")
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -82,21 +83,14 @@ def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulate
         _wait_ready(procs, stop, cell.namespace)
         while not stop["now"]:
             for n, p in procs.items():
-                if p.poll() is not None:
-                    typer.echo(f"{n} exited with {p.returncode}; see {logs / (n + '.log')}", err=True)
+                if not p.alive():
+                    typer.echo(f"{n} exited with {p.popen.returncode}; see {p.log}", err=True)
                     stop["now"] = True
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_together(list(procs.values()), signal.SIGINT, timeout=10)
 
 
 def _wait_ready(procs: dict, stop: dict, namespace: str, timeout: float = 180.0) -> None:
@@ -114,7 +108,7 @@ def _wait_ready(procs: dict, stop: dict, namespace: str, timeout: float = 180.0)
     client = node.create_client(Trigger, "recap_bridge/start_episode")
     deadline = time.monotonic() + timeout
     try:
-        while not stop["now"] and time.monotonic() < deadline and all(p.poll() is None for p in procs.values()):
+        while not stop["now"] and time.monotonic() < deadline and all(p.alive() for p in procs.values()):
             rclpy.spin_once(node, timeout_sec=0.1)
             if heard and client.service_is_ready():
                 settle = time.monotonic() + 1.0  # the bridge's own discovery of the arm lags ours a little
@@ -122,7 +116,7 @@ def _wait_ready(procs: dict, stop: dict, namespace: str, timeout: float = 180.0)
                     rclpy.spin_once(node, timeout_sec=0.1)
                 typer.echo("ready: the arm publishes and the bridge answers")
                 return
-        if not stop["now"] and all(p.poll() is None for p in procs.values()):
+        if not stop["now"] and all(p.alive() for p in procs.values()):
             typer.echo(f"not ready after {timeout:.0f} s (no joint state or no bridge service); see the logs", err=True)
     finally:
         node.destroy_node()

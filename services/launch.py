@@ -1,5 +1,6 @@
-"""Starting the real processes on one machine (Redis, the API, the inference server, workers): used
-by the demo, the benchmarks and the tests, so all of them run the stack the same way. Whatever is
+"""Starting the real processes on one machine (Redis, the API, the inference server, workers, a
+simulated cell's ROS nodes): used by the demo, `recap bridge up`, the benchmarks and the tests, so all
+of them run the stack the same way. Whatever is
 started here ends when the process that started it does, even killed with SIGKILL (services/reaper.py)."""
 
 from __future__ import annotations
@@ -154,6 +155,22 @@ def start_python(name: str, args: list[str], log_dir: Path, env: dict[str, str])
 def start_process(name: str, cmd: list[str], log_dir: Path, env: dict[str, str], **extra) -> Process:
     """Any command in its own session (so a group kill reaches its children), logging to `name`.log."""
     return Process(name, _spawn(name, cmd, log_dir, env), log_dir / f"{name}.log", extra=extra)
+
+
+def stop_together(procs: list[Process], sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """`sig` to every process's group at once (their shutdowns overlap), then SIGKILL to any group
+    still running `timeout` s later; each is unregistered from the reaper. ROS nodes stop on SIGINT
+    (the bridge closes its writer and registrations)."""
+    for p in procs:
+        if p.alive():
+            os.killpg(p.popen.pid, sig)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        p.kill()
 
 
 def wait_healthy(proc: Process, path: str = "/healthz", timeout: float = 90.0) -> None:

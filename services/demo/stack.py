@@ -23,7 +23,8 @@ import httpx
 
 from robot_bridge.cell import ROS_ENV, CellSpec
 from services.demo.config import DemoConfig
-from services.launch import Process, start_process, start_python, start_redis, start_uvicorn, wait_healthy
+from services.launch import (Process, start_process, start_python, start_redis, start_uvicorn, stop_together,
+                             wait_healthy)
 from services.settings import ServiceSettings
 
 
@@ -142,7 +143,7 @@ class DemoStack:
     def restart_cell(self, robot: str) -> None:
         """Stop what is left of the robot's cell and start all of it again; its station waits until the
         new nodes answer."""
-        _stop_ros(self.cells.pop(robot, []))
+        stop_together(self.cells.pop(robot, []), signal.SIGINT)
         self._start_cell(robot)
         st = self.stations[robot]
         st.forget()
@@ -156,7 +157,7 @@ class DemoStack:
                 st.close()
             except Exception:
                 pass
-        _stop_ros(self.cells.pop(robot, []))
+        stop_together(self.cells.pop(robot, []), signal.SIGINT)
 
     def client(self, role: str) -> httpx.Client:
         return httpx.Client(base_url=self.api.url, timeout=60,
@@ -187,21 +188,9 @@ class DemoStack:
             except Exception:
                 pass
         self.stations.clear()
-        _stop_ros([p for cell in self.cells.values() for p in cell])
+        stop_together([p for cell in self.cells.values() for p in cell], signal.SIGINT)
         for p in reversed(self.procs):
             p.stop()
-
-
-def _stop_ros(procs: list[Process]) -> None:
-    """ROS nodes shut down on SIGINT (the bridge closes its writer and registrations); SIGKILL after 15 s."""
-    for p in procs:
-        if p.alive():
-            os.killpg(p.popen.pid, signal.SIGINT)
-    for p in procs:
-        try:
-            p.popen.wait(15)
-        except Exception:
-            p.kill()
 
 
 def check(r: httpx.Response) -> None:

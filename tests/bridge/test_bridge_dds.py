@@ -450,6 +450,52 @@ def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path, fast):
 
 
 @pytest.mark.slow
+def test_recap_bridge_up_killed_with_sigkill_takes_its_nodes_with_it(ros_env, tmp_path):
+    """No orphaned nodes holding the domain and the robot's node names: the cell's nodes are
+    registered with the command's reaper (services/reaper.py), which ends them when the command dies."""
+    import re
+    import signal
+
+    import psutil
+
+    def gone(p: psutil.Process) -> bool:
+        try:
+            return p.status() == psutil.STATUS_ZOMBIE  # ended, waiting for whoever adopted it
+        except psutil.NoSuchProcess:
+            return True
+
+    up = subprocess.Popen([sys.executable, "-m", "data.cli_root", "bridge", "up", "--robot", f"test-{secrets.token_hex(4)}",
+                           "--no-teleop", "--store", str(tmp_path / "store"), "--logs", str(tmp_path / "logs")],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    nodes: list[psutil.Process] = []
+    try:
+        lines = [""]
+        while not lines[-1].startswith(("up:", "ready", "not ready")) and up.poll() is None:
+            lines.append(up.stdout.readline())
+        nodes = [psutil.Process(int(pid)) for pid in re.findall(r"\(pid (\d+)\)", lines[-1])]
+        assert lines[-1].startswith("up:") and len(nodes) == 2, "".join(lines)  # the arm and the bridge
+        while not lines[-1].startswith(("ready", "not ready")) and up.poll() is None:
+            lines.append(up.stdout.readline())
+        assert lines[-1].startswith("ready"), "".join(lines)
+        assert {p.pid for p in nodes} <= {c.pid for c in psutil.Process(up.pid).children()}
+        assert not any(gone(p) for p in nodes)
+        up.send_signal(signal.SIGKILL)
+        up.wait(10)
+        killed = time.monotonic()
+        while not all(gone(p) for p in nodes) and time.monotonic() < killed + 20:  # SIGTERM, SIGKILL after 10 s
+            time.sleep(0.1)
+        assert all(gone(p) for p in nodes), [(p.pid, gone(p)) for p in nodes]
+    finally:
+        up.kill()
+        up.wait()
+        for p in nodes:
+            try:
+                p.kill()  # psutil checks the process is still the one started (no recycled pid)
+            except psutil.NoSuchProcess:
+                pass
+
+
+@pytest.mark.slow
 def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(ros_env, ns, tmp_path):
     """A scripted robot: joint states numbered k with known stamps, an engage window with a known
     teleop command. Each recorded tick holds the newest sample stamped at or before it (never a
