@@ -22,9 +22,9 @@ new `recap data transcode` pass starts the episode over where needed.
 
 Codec (measured, data/README.md): H.264 (libx264, preset superfast, CRF 28) with every frame a
 keyframe (GOP 1). On the bench's camera scenes all-intra costs 15 % more bytes than GOP 30 but a
-random frame decodes in ~1.5 ms instead of ~11 ms (no neighbours to decode first), which is what
+random frame decodes in ~1 ms instead of ~11 ms (no neighbours to decode first), which is what
 training's random (episode, tick) reads need; longer GOPs are a setting (`gop`) for footage whose
-scenes stand still. The JPEG bytes are decoded by FFmpeg's mjpeg decoder straight to full-range
+scenes stand still. All-intra video is encoded without the deblocking filter (VideoSettings.deblock). The JPEG bytes are decoded by FFmpeg's mjpeg decoder straight to full-range
 YUV 4:2:0 (the JPEG's own colour space, no RGB round trip) and encoded as is.
 """
 
@@ -156,10 +156,9 @@ class VideoFrames:
 
     All-intra video (every packet a keyframe: what transcode_episode writes by default) is read by
     packet: the file is demuxed once at open into each frame's (offset, size), and a frame is then
-    one read and one decode, with no seek and no demuxer (2.3 -> 1.0 ms per random 480x640 frame
-    with RGB conversion, measured with the deblocking filter off). Other videos keep the container
-    open and seek to the keyframe before t; a read right after the previous frame continues decoding
-    without a seek."""
+    one read and one decode, with no seek and no demuxer (0.96 against 1.02 ms per random 480x640
+    frame with its RGB conversion; data/README.md). Other videos keep the container open and seek to
+    the keyframe before t; a read right after the previous frame continues decoding without a seek."""
 
     def __init__(self, path: Path, meta: dict[str, Any], channels: int):
         import av
