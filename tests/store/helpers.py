@@ -34,3 +34,21 @@ def assert_images_close(a: np.ndarray, b: np.ndarray, tol: float = 6.0):
     """JPEG q90: mean absolute error a few grey levels."""
     err = np.abs(a.astype(np.int16) - b.astype(np.int16)).mean()
     assert err < tol, f"mean abs image error {err:.2f} >= {tol}"
+
+
+def run_cli(args: list[str], env: dict[str, str], stdout: str, stderr: str) -> None:
+    """`recap ARGS` in this process, as `python -m data.cli_root ARGS` runs it, with this environment and
+    its output appended to these files (a multiprocessing target: the exit code is the command's)."""
+    import os
+    import sys
+
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, stdout), (2, stderr)):
+        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(f, fd)
+        os.close(f)
+    sys.argv = ["recap", *args]
+    from data.cli_root import main
+
+    main()

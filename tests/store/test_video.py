@@ -2,6 +2,7 @@
 policy, fsck's view of every intermediate state, and SIGKILL in the middle of transcoding."""
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -271,28 +272,59 @@ def _transcoder(store_dir, log):
                             stdout=open(log, "a"), stderr=subprocess.PIPE)
 
 
-def _start_transcoder(store_dir, log):
-    """A transcoder at work: started, and past its start-up (imports) once the first video appears."""
-    p = _transcoder(store_dir, log)
+def _wait_for_work(store_dir, alive) -> None:
+    """Until the transcoder is past its start-up: the first video appears (or it exits, or 120 s)."""
     deadline = time.time() + 120
-    while not any(store_dir.glob("episodes/*/videos")) and p.poll() is None and time.time() < deadline:
+    while not any(store_dir.glob("episodes/*/videos")) and alive() and time.time() < deadline:
         time.sleep(0.01)
+
+
+# `recap data transcode` forked from a server that imported the CLI once (multiprocessing's forkserver),
+# so a trial pays no interpreter start-up: the child runs the command's own main() on the same arguments.
+_FORK_PRELOAD = ["__main__", "data.cli_root", "data.cli", "data.video", "data.catalog", "tests.store.helpers"]
+
+
+def _forked_transcoder(store_dir, log):
+    import multiprocessing
+
+    from tests.store.helpers import run_cli
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_FORK_PRELOAD)
+    args = ["data", "transcode", "--store", str(store_dir), "--keep-jpeg-days", "0", "--json"]
+    p = ctx.Process(target=run_cli, args=(args, dict(os.environ), str(log), str(log) + ".err"))
+    p.start()
     return p
+
+
+def _forked_stderr(log) -> str:
+    from pathlib import Path
+
+    err = Path(str(log) + ".err")
+    return err.read_text()[-2000:] if err.exists() else ""
 
 
 @pytest.mark.slow
 def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
     """Each trial starts from the same JPEG-tier store and SIGKILLs the transcoder at a random moment
-    of its work, as long as an uninterrupted pass takes on this machine, so the kills spread over it."""
+    of its work, as long as an uninterrupted pass takes on this machine, so the kills spread over it.
+    Every transcoder here runs `recap data transcode` forked from a process that imported the CLI once
+    (no interpreter start-up per trial); `python -m data.cli_root` itself runs it once at the end."""
+    import multiprocessing
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(_FORK_PRELOAD)
+    multiprocessing.forkserver.ensure_running()  # its imports overlap the recording below
     template = tmp_path / "template"
     store = EpisodeStore(template)
     eps = [_record(store, ticks=60, start=T0 + i * 10**12) for i in range(4)]
     refs = {e.episode_id: _frames(e) for e in eps}
     timed = tmp_path / "timed"
     shutil.copytree(template, timed)
-    p = _start_transcoder(timed, tmp_path / "log.jsonl")
+    p = _forked_transcoder(timed, tmp_path / "log.jsonl")  # timed as the trials' transcoders run
+    _wait_for_work(timed, p.is_alive)
     t0 = time.monotonic()
-    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    p.join(timeout=300)
+    assert p.exitcode == 0, _forked_stderr(tmp_path / "log.jsonl")
     work_s = time.monotonic() - t0
     rng = random.Random(3)
     states = set()
@@ -300,10 +332,11 @@ def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
         store_dir = tmp_path / f"trial-{trial}"
         shutil.copytree(template, store_dir)
         store = EpisodeStore(store_dir)
-        p = _start_transcoder(store_dir, tmp_path / "log.jsonl")
+        p = _forked_transcoder(store_dir, tmp_path / "log.jsonl")
+        _wait_for_work(store_dir, p.is_alive)
         time.sleep(rng.uniform(0.0, work_s))
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+        p.kill()  # SIGKILL
+        p.join()
         for e in eps:  # every episode reads its frames, whatever the transcoder had done
             ep = store.open(e.episode_id)
             states.add(tuple(sorted(ep.tier(c) for c in ep.cameras)))
@@ -315,8 +348,9 @@ def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
             states.update(part.split(":")[0] for part in why.split("; "))
         fsck(store, repair=True)
         assert fsck(store).clean
-        p = _transcoder(store_dir, tmp_path / "log.jsonl")  # a full pass finishes the work
-        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+        p = _forked_transcoder(store_dir, tmp_path / "log.jsonl")  # a full pass finishes the work
+        p.join(timeout=300)
+        assert p.exitcode == 0, _forked_stderr(tmp_path / "log.jsonl")
         for e in eps:
             ep = store.open(e.episode_id)
             assert [ep.tier(c) for c in ep.cameras] == ["video", "video"]
@@ -324,3 +358,8 @@ def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
                 assert _err(ep.images(cam), refs[e.episode_id][cam]) < TOL
         assert fsck(store).clean
     assert len(states) >= 2, states  # the kills landed in more than one state (tiers, leftovers)
+    shutil.copytree(template, tmp_path / "process")  # the command as its own process does the same work
+    p = _transcoder(tmp_path / "process", tmp_path / "log.jsonl")
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    store = EpisodeStore(tmp_path / "process")
+    assert all(store.open(e.episode_id).tier(c) == "video" for e in eps for c in e.cameras) and fsck(store).clean
