@@ -649,6 +649,14 @@ def main() -> None:
         out.write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
         return
+    name = args.name or ("recap_sim-quick" if args.quick else "recap_sim-image" if args.image
+                         else "recap_sim" if preset is HARD else "recap_sim-short")
+    if args.validation:
+        name += "-validation"
+    work = Path(args.workdir or ROOT / "bench" / "_work" / name)
+    known = work / "config.json"  # checked before the simulator and the training stack are imported
+    if not args.fresh and known.exists() and json.loads(known.read_text())["config"] != cfg:
+        ap.error(f"--workdir {work} holds a benchmark with another config; give --fresh to start over or another --workdir")
     from training.sim.arm import unknown_tasks
 
     unknown = unknown_tasks(cfg["tasks"] + cfg.get("test_tasks", []))
@@ -676,19 +684,10 @@ def main() -> None:
     if any(selects(m) for m in methods) and cfg["policy"].get("type", "native_flow") != "native_flow":
         ap.error(f"--methods: value-guided chunk selection (the *_select methods) needs the native_flow policy type, "
                  f"not {cfg['policy']['type']}")
-    name = args.name or ("recap_sim-quick" if args.quick else "recap_sim-image" if args.image
-                         else "recap_sim" if preset is HARD else "recap_sim-short")
-    if args.validation:
-        name += "-validation"
-    work = Path(args.workdir or ROOT / "bench" / "_work" / name)
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    ident = {"config": cfg, "seeds": seeds}
-    known = work / "config.json"
-    if known.exists() and json.loads(known.read_text())["config"] != cfg:
-        ap.error(f"--workdir {work} holds a benchmark with another config; give --fresh to start over or another --workdir")
-    known.write_text(json.dumps(ident, indent=1))
+    known.write_text(json.dumps({"config": cfg, "seeds": seeds}, indent=1))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.time()
     print(f"config: {json.dumps(cfg)}\nseeds {seeds} methods {methods} jobs {args.jobs} groups {groups}", flush=True)
