@@ -108,9 +108,13 @@ def run_rate(rate: float, duration: float, probes: int, work: Path, realtime_pri
         return fut.result()
 
     try:
-        ready_by = time.monotonic() + 120  # a cold start (first imports) takes seconds: wait for the feed
-        while not (stats and stats[-1].get("state_age_ms") is not None and stats[-1]["state_age_ms"] < 500):
-            assert time.monotonic() < ready_by, f"the bridge never heard the feed: {stats[-1:]}"
+        # a cold start (first imports) takes seconds: wait for the feed's state and every camera's first
+        # frame, as an operator starts an episode once ~/stats says the cell is ready (a tick needs each
+        # camera's frame: started earlier, the first ticks, and an engage probe among them, wait for it)
+        ready_by = time.monotonic() + 120
+        while not (stats and stats[-1].get("state_age_ms") is not None and stats[-1]["state_age_ms"] < 500
+                   and stats[-1].get("cameras_ready")):
+            assert time.monotonic() < ready_by, f"the bridge never heard the feed and every camera: {stats[-1:]}"
             spin(0.1)
         spin(1.0)
         r = call(Trigger, "/recap_bridge/start_episode", Trigger.Request())
