@@ -155,55 +155,75 @@ class VideoFrames:
     """Random and sequential access to one camera's video: `frame(t)` -> uint8 (H, W, C).
 
     All-intra video (every packet a keyframe: what transcode_episode writes by default) is read by
-    packet: the file is demuxed once at open into each frame's (offset, size), and a frame is then
-    one read and one decode, with no seek and no demuxer (0.96 against 1.02 ms per random 480x640
-    frame with its RGB conversion; data/README.md). Other videos keep the container open and seek to
-    the keyframe before t; a read right after the previous frame continues decoding without a seek."""
+    packet from a reader's second read on (one pass over the file then gives each frame's offset and
+    size): a frame is one read and one decode, with no seek and no demuxer (0.96 against 1.02 ms per
+    random 480x640 frame with its RGB conversion; data/README.md). Other videos keep the container
+    open and seek to the keyframe before t; a read right after the previous frame continues decoding
+    without a seek."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], channels: int):
+    def __init__(self, path: Path, meta: dict[str, Any], channels: int, *, by_packet: bool = True):
         import av
 
         self.path, self.meta, self.channels = path, meta, channels
-        self._container = av.open(str(path))
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "NONE"  # one frame at a time: frame threading only adds latency
         self._rate = Fraction(meta.get("rate", 30))
-        self._tb = self._stream.time_base
         self._iter = None
         self._next = None  # the index the running decoder yields next
         self._pid = os.getpid()
-        self._packets = self._packet_table()
-        self._fd = self._ctx = None
-        if self._packets is not None:
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            self._ctx = av.CodecContext.create(self._stream.codec_context.name, "r")
-            self._ctx.extradata = self._stream.codec_context.extradata
-            self._ctx.thread_type = "NONE"
+        self._file = self._ctx = self._offsets = self._sizes = None
+        self._reads = 0 if by_packet else -1  # -1: never by packet
+        self._container = av.open(str(path))
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "NONE"  # one frame at a time: frame threading only adds latency
+        self._tb = self._stream.time_base
+
+    def _by_packet(self) -> None:
+        """Read by packet from now on if the video allows it (at the second read: the table costs a
+        pass over the file, which a reader opened for one frame, as the API's frame endpoint is,
+        never pays)."""
+        import av
+
+        self._container.seek(0, stream=self._stream, backward=True)
+        self._iter = self._next = None
+        table = self._packet_table()
+        if table is None:
+            return
+        # a file object, not a bare descriptor: it closes with this reader or when it is collected
+        self._file = open(self.path, "rb", buffering=0)
+        ctx = av.CodecContext.create(self._stream.codec_context.name, "r")
+        ctx.extradata = self._stream.codec_context.extradata
+        ctx.thread_type = "NONE"
+        self._ctx, (self._offsets, self._sizes) = ctx, table
+        self._container.close()  # the table and the decoder are all a read needs from here
+        self._container = self._stream = None
 
     def _index(self, frame) -> int:
         return int(round(frame.pts * self._tb * self._rate))
 
-    def _packet_table(self) -> list[tuple[int, int]] | None:
-        """Frame index -> (file offset, size) of its packet when every packet is a keyframe at a known
-        offset and the indices are exactly 0..frames-1; None otherwise (read by seeking)."""
-        table: dict[int, tuple[int, int]] = {}
+    def _packet_table(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(file offset, size) of each frame's packet, by frame index, when every packet is a keyframe
+        at a known offset and the indices are exactly 0..frames-1 (the manifest's count); None
+        otherwise (read by seeking). Stops at the first packet past the manifest's count."""
+        n = self.meta.get("frames")
+        if type(n) is not int or n <= 0:
+            return None
+        offsets, sizes = np.full(n, -1, np.int64), np.zeros(n, np.int64)
+        seen = 0
         for pk in self._container.demux(self._stream):
             if pk.size == 0:  # the demuxer's end-of-stream marker
                 continue
-            if not pk.is_keyframe or pk.pts is None or pk.pos is None or pk.pos < 0:
-                table = {}
-                break
-            table[self._index(pk)] = (int(pk.pos), int(pk.size))
-        n = len(table)
-        if not n or sorted(table) != list(range(n)) or self.meta.get("frames", n) != n:
-            return None
-        return [table[i] for i in range(n)]
+            i = self._index(pk) if pk.pts is not None else -1
+            if (seen == n or not 0 <= i < n or offsets[i] >= 0 or not pk.is_keyframe
+                    or pk.pos is None or pk.pos < 0):
+                return None
+            offsets[i], sizes[i] = pk.pos, pk.size
+            seen += 1
+        return (offsets, sizes) if seen == n else None
 
     def _decode_packet(self, t: int):
         import av
 
-        off, size = self._packets[t]
-        data = os.pread(self._fd, size, off)
+        off, size = int(self._offsets[t]), int(self._sizes[t])
+        data = os.pread(self._file.fileno(), size, off)
         if len(data) != size:
             raise OSError(f"frame {t} of {self.path.name}: short read ({len(data)} of {size} bytes)")
         frames = self._ctx.decode(av.Packet(data))
@@ -215,7 +235,16 @@ class VideoFrames:
         return frames[0]
 
     def frame(self, t: int) -> np.ndarray:
-        fr = self._decode_packet(t) if self._packets is not None and 0 <= t < len(self._packets) else self._seek_decode(t)
+        if self._reads >= 0:
+            self._reads += 1
+            if self._reads == 2:
+                self._by_packet()
+        if self._offsets is not None:
+            if not 0 <= t < len(self._offsets):
+                raise OSError(f"frame {t} missing from {self.path.name} ({len(self._offsets)} frames)")
+            fr = self._decode_packet(t)
+        else:
+            fr = self._seek_decode(t)
         img = fr.to_ndarray(format="gray" if self.channels == 1 else "rgb24")
         return img.reshape(*img.shape[:2], self.channels)
 
@@ -234,10 +263,10 @@ class VideoFrames:
         raise OSError(f"frame {t} missing from {self.path.name}")
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._container.close()
+        if self._file is not None:
+            self._file.close()
+        if self._container is not None:
+            self._container.close()
 
 
 def _decode_all(path: Path, channels: int, check: Callable[[int, np.ndarray], None]) -> int:

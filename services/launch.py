@@ -170,6 +170,10 @@ def stop_together(procs: list[Process], sig: int = signal.SIGTERM, timeout: floa
             p.popen.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
+        try:  # the group, even when its leader has exited: a child it left behind (the group id is not
+            os.killpg(p.popen.pid, signal.SIGKILL)  # reused while any member lives) ends here too
+        except ProcessLookupError:
+            pass
         p.kill()
 
 

@@ -1,6 +1,7 @@
 """The video tier: every reader reads a transcoded episode like its JPEG original, the retention
 policy, fsck's view of every intermediate state, and SIGKILL in the middle of transcoding."""
 
+import gc
 import json
 import os
 import random
@@ -113,18 +114,30 @@ def test_all_intra_video_reads_by_packet_like_seeking_and_longer_gops_seek(store
     assert meta["gop"] == 1 and meta["deblock"] is False
     path = vid.path / video_key("top")
     assert b"deblock=0:" in path.read_bytes()  # the encoder's own record of its settings (x264's SEI)
-    by_packet, by_seek = VideoFrames(path, meta, 3), VideoFrames(path, meta, 3)
-    assert by_packet._packets is not None and len(by_packet._packets) == len(ep)
-    by_seek._packets = None
-    for t in (22, 0, 5, 6, 7, 3, 22, 21):
+    by_packet, by_seek = VideoFrames(path, meta, 3), VideoFrames(path, meta, 3, by_packet=False)
+    for i, t in enumerate((22, 0, 5, 6, 7, 3, 22, 21)):
         a = by_packet.frame(t)
         np.testing.assert_array_equal(a, by_seek.frame(t))  # the same picture, bit for bit
         assert _err(a, ref["top"][t]) < TOL
+        # the table is built at the second read (a reader opened for one frame never pays for it)
+        assert (by_packet._offsets is not None) == (i >= 1)
+    assert len(by_packet._offsets) == len(ep) and by_seek._offsets is None
+    assert by_packet._container is None  # one descriptor per reader: the file the packets are read from
     for t in (len(ep), -1):
         with pytest.raises(OSError):
             by_packet.frame(t)
     # a table that disagrees with the manifest's frame count is not trusted: the reader seeks
-    assert VideoFrames(path, {**meta, "frames": len(ep) + 1}, 3)._packets is None
+    for frames in (len(ep) + 1, len(ep) - 1):
+        v = VideoFrames(path, {**meta, "frames": frames}, 3)
+        assert [_err(v.frame(t), ref["top"][t]) < TOL for t in (4, 9, 2)] == [True] * 3 and v._offsets is None
+    # readers dropped without close() (the API opens an episode per frame request) leave no descriptor open
+    gc.collect()
+    fds = len(os.listdir("/proc/self/fd"))
+    for t in range(40):
+        v = VideoFrames(path, meta, 3)
+        v.frame(t % len(ep)), v.frame(0)
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= fds
     by_packet.close(), by_seek.close()
 
     # GOP 5: the filter stays on (later frames are predicted from filtered ones) and reads seek
@@ -135,9 +148,9 @@ def test_all_intra_video_reads_by_packet_like_seeking_and_longer_gops_seek(store
     meta5 = vid5.manifest["video"]["top"]
     assert meta5["gop"] == 5 and meta5["deblock"] is True
     v5 = VideoFrames(vid5.path / video_key("top"), meta5, 3)
-    assert v5._packets is None
     for t in (17, 2, 3, 11):
         assert _err(v5.frame(t), ref5[t]) < TOL
+    assert v5._offsets is None
     v5.close()
 
 
@@ -304,6 +317,15 @@ def _forked_stderr(log) -> str:
     return err.read_text()[-2000:] if err.exists() else ""
 
 
+def _finish(p, log) -> None:
+    """Wait for a forked transcoder's whole pass: it must exit 0 (one stuck past 300 s is killed, not left)."""
+    p.join(timeout=300)
+    if p.is_alive():
+        p.kill()
+        p.join()
+    assert p.exitcode == 0, _forked_stderr(log)
+
+
 @pytest.mark.slow
 def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
     """Each trial starts from the same JPEG-tier store and SIGKILLs the transcoder at a random moment
@@ -320,11 +342,10 @@ def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
     refs = {e.episode_id: _frames(e) for e in eps}
     timed = tmp_path / "timed"
     shutil.copytree(template, timed)
-    p = _forked_transcoder(timed, tmp_path / "log.jsonl")  # timed as the trials' transcoders run
+    p = _forked_transcoder(timed, tmp_path / "timed.jsonl")  # timed as the trials' transcoders run
     _wait_for_work(timed, p.is_alive)
     t0 = time.monotonic()
-    p.join(timeout=300)
-    assert p.exitcode == 0, _forked_stderr(tmp_path / "log.jsonl")
+    _finish(p, tmp_path / "timed.jsonl")
     work_s = time.monotonic() - t0
     rng = random.Random(3)
     states = set()
@@ -332,7 +353,7 @@ def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
         store_dir = tmp_path / f"trial-{trial}"
         shutil.copytree(template, store_dir)
         store = EpisodeStore(store_dir)
-        p = _forked_transcoder(store_dir, tmp_path / "log.jsonl")
+        p = _forked_transcoder(store_dir, tmp_path / f"killed-{trial}.jsonl")
         _wait_for_work(store_dir, p.is_alive)
         time.sleep(rng.uniform(0.0, work_s))
         p.kill()  # SIGKILL
@@ -348,9 +369,8 @@ def test_sigkill_mid_transcode_keeps_every_episode_readable(tmp_path):
             states.update(part.split(":")[0] for part in why.split("; "))
         fsck(store, repair=True)
         assert fsck(store).clean
-        p = _forked_transcoder(store_dir, tmp_path / "log.jsonl")  # a full pass finishes the work
-        p.join(timeout=300)
-        assert p.exitcode == 0, _forked_stderr(tmp_path / "log.jsonl")
+        p = _forked_transcoder(store_dir, tmp_path / f"finish-{trial}.jsonl")  # a full pass finishes the work
+        _finish(p, tmp_path / f"finish-{trial}.jsonl")
         for e in eps:
             ep = store.open(e.episode_id)
             assert [ep.tier(c) for c in ep.cameras] == ["video", "video"]
