@@ -24,8 +24,9 @@ Codec (measured, data/README.md): H.264 (libx264, preset superfast, CRF 28) with
 keyframe (GOP 1). On the bench's camera scenes all-intra costs 15 % more bytes than GOP 30 but a
 random frame decodes in ~1 ms instead of ~11 ms (no neighbours to decode first), which is what
 training's random (episode, tick) reads need; longer GOPs are a setting (`gop`) for footage whose
-scenes stand still. All-intra video is encoded without the deblocking filter (VideoSettings.deblock). The JPEG bytes are decoded by FFmpeg's mjpeg decoder straight to full-range
-YUV 4:2:0 (the JPEG's own colour space, no RGB round trip) and encoded as is.
+scenes stand still. All-intra video is encoded without the deblocking filter
+(VideoSettings.deblock). The JPEG bytes are decoded by FFmpeg's mjpeg decoder straight to
+full-range YUV 4:2:0 (the JPEG's own colour space, no RGB round trip) and encoded as is.
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ class VideoFrames:
         return frames[0]
 
     def frame(self, t: int) -> np.ndarray:
-        if self._reads >= 0:
+        if 0 <= self._reads < 2:  # counted up to the second read, where the table is built
             self._reads += 1
             if self._reads == 2:
                 self._by_packet()

@@ -1,7 +1,7 @@
 """Starting the real processes on one machine (Redis, the API, the inference server, workers, a
 simulated cell's ROS nodes): used by the demo, `recap bridge up`, the benchmarks and the tests, so all
-of them run the stack the same way. Whatever is
-started here ends when the process that started it does, even killed with SIGKILL (services/reaper.py)."""
+of them run the stack the same way. Whatever is started here ends when the process that started it
+does, even killed with SIGKILL (services/reaper.py)."""
 
 from __future__ import annotations
 
