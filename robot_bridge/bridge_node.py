@@ -20,7 +20,8 @@ last n control ticks (n_obs_steps, learnt from the server) gets the episode's n 
 current one with each request (TickHistory), and a request it refuses (422) is counted in ~/stats.
 Parameters are declared with descriptors (`ros2 param describe`); tokens are read from the files named
 by inference_token_file / api_token_file or from the environment, never from parameters.
-Services: ~/start_episode (std_srvs/Trigger; task and instruction from parameters),
+Services: ~/start_episode (std_srvs/Trigger; task and instruction from parameters; refused while the arm
+          talks and a camera has delivered no frame, ~/stats cameras_ready),
           ~/start_demonstration (std_srvs/Trigger: the human drives; engaged ticks are recorded as
           demonstration, never as correction, and no policy runs),
           ~/end_episode (std_srvs/SetBool: data = success),
@@ -391,6 +392,17 @@ class BridgeNode(Node):
     def _frames_received(self, i: int, cam: str) -> int:
         return self.camera_proc.ring.written(i) if self.camera_proc else self.image_frames[cam]
 
+    def _cameras_refusal(self) -> str | None:
+        """Why an episode cannot start for want of frames: the arm talks but a camera has delivered no
+        frame, and a tick records and asks the policy only with every camera's frame, so the episode would
+        run unrecorded, the arm holding, until it does. None when every camera has (or the arm is silent
+        too: the episode then waits for both, as it waits for the arm without cameras)."""
+        silent = [cam for i, cam in enumerate(self.cameras) if not self._frames_received(i, cam)]
+        if not silent or self._last_state_mono is None:  # nothing heard yet (a simulated arm before its
+            return None  # first reset): the episode waits for the arm, as without cameras
+        return (f"cameras not ready: no frame yet from {', '.join(silent)} "
+                f"(~/stats says cameras_ready once every camera has delivered one)")
+
     def _on_teleop(self, m: Float64MultiArray) -> None:
         a = np.asarray(m.data, np.float64)
         if a.shape != (self.action_dim,) or not np.all(np.isfinite(a)):
@@ -437,8 +449,9 @@ class BridgeNode(Node):
         if running:
             resp.success, resp.message = False, f"episode {running} is running"
             return resp
-        refusal = disk_refusal(self.store.root, float(self.get_parameter("disk_reserve_mb").value))
-        if refusal:  # refused at the start rather than failing mid-episode on a full disk
+        refusal = self._cameras_refusal() or disk_refusal(self.store.root,
+                                                           float(self.get_parameter("disk_reserve_mb").value))
+        if refusal:  # refused at the start rather than failing mid-episode on a full disk or without frames
             resp.success, resp.message = False, refusal
             self.get_logger().warning(refusal)
             return resp
@@ -611,7 +624,7 @@ class BridgeNode(Node):
                 stamp = None if im is None else im.stamp_ns
             if stamp is None:
                 c.no_state_ticks += 1
-                return False
+                return self._human_only(s.value, t_ns)
             if t_ns - stamp > 2 * self.period_ns:
                 c.stale_samples += 1
             stamps.append(stamp)
@@ -661,6 +674,20 @@ class BridgeNode(Node):
             self._record(writer, Tick(t_ns, s.value, d.action, d.source, images=images,
                                       proposed=None if d.proposed is None else d.action,
                                       policy_version=d.policy_version), stamps)
+        return True
+
+    def _human_only(self, state: np.ndarray, t_ns: int) -> bool:
+        """A tick without every camera's frame: nothing is recorded and no policy is asked, but an engaged
+        human still drives the arm through the arbiter's checks (a takeover never waits for a camera)."""
+        human = self.human.at(t_ns)
+        if not (self.engaged and human is not None):
+            return False
+        with self._lock:
+            tick = self.tick_index
+        d = self.arbiter.decide(tick, state, human.value, True)
+        self._publish(d.action)
+        self.counters.ticks += 1
+        self.counters.correction_ticks += d.source == ActionSource.CORRECTION
         return True
 
     def _record(self, writer, tick: Tick, stamps: list[int]) -> None:

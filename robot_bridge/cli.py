@@ -5,6 +5,7 @@ several robots on one ROS domain never answer for each other."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -80,7 +81,7 @@ def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulate
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
-        _wait_ready(procs, stop, cell.namespace)
+        _wait_ready(procs, stop, cell.namespace, cameras=image > 0)
         while not stop["now"]:
             for n, p in procs.items():
                 if not p.alive():
@@ -93,31 +94,38 @@ def up(task: str = typer.Option("push-v3", help="Meta-World task of the simulate
         stop_together(list(procs.values()), signal.SIGINT, timeout=10)
 
 
-def _wait_ready(procs: dict, stop: dict, namespace: str, timeout: float = 180.0) -> None:
-    """Print `ready` once the arm publishes its joint state and the bridge's services answer: the
-    nodes take seconds to start (first imports of MuJoCo and torch), and an episode started before
-    the arm talks would record nothing."""
+def _wait_ready(procs: dict, stop: dict, namespace: str, timeout: float = 180.0, cameras: bool = False) -> None:
+    """Print `ready` once the arm publishes its joint state and the bridge's services answer (and, with
+    `cameras`, once the bridge's ~/stats says every camera delivered a frame: it refuses to start an
+    episode before): the nodes take seconds to start (first imports of MuJoCo and torch), and an
+    episode started before the arm talks would record nothing."""
     import rclpy
     from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
     from std_srvs.srv import Trigger
 
     rclpy.init()
     node = rclpy.create_node("recap_bridge_up", namespace=namespace)
     heard: list[bool] = []
     node.create_subscription(JointState, "joint_states", lambda _m: heard.append(True), 10)
+    frames: list[bool] = []  # the bridge's ~/stats said cameras_ready
+    node.create_subscription(String, "recap_bridge/stats",
+                             lambda m: frames.append(bool(json.loads(m.data).get("cameras_ready"))), 10)
     client = node.create_client(Trigger, "recap_bridge/start_episode")
     deadline = time.monotonic() + timeout
     try:
         while not stop["now"] and time.monotonic() < deadline and all(p.alive() for p in procs.values()):
             rclpy.spin_once(node, timeout_sec=0.1)
-            if heard and client.service_is_ready():
+            if heard and client.service_is_ready() and (not cameras or any(frames)):
                 settle = time.monotonic() + 1.0  # the bridge's own discovery of the arm lags ours a little
                 while time.monotonic() < settle:
                     rclpy.spin_once(node, timeout_sec=0.1)
-                typer.echo("ready: the arm publishes and the bridge answers")
+                typer.echo("ready: the arm publishes" + (", the cameras deliver" if cameras else "")
+                           + " and the bridge answers")
                 return
         if not stop["now"] and all(p.alive() for p in procs.values()):
-            typer.echo(f"not ready after {timeout:.0f} s (no joint state or no bridge service); see the logs", err=True)
+            what = "no joint state, no bridge service" + (" or no camera frame" if cameras else "")
+            typer.echo(f"not ready after {timeout:.0f} s ({what}); see the logs", err=True)
     finally:
         node.destroy_node()
         rclpy.shutdown()

@@ -417,13 +417,15 @@ def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path, fast):
                               capture_output=True, text=True, timeout=60, **kw)
 
     up = subprocess.Popen([sys.executable, "-m", "data.cli_root", "bridge", "up", "--robot", robot, "--task", "push-v3", "--store",
-                           str(tmp_path / "store"), "--logs", str(tmp_path / "logs"), "--fast" if fast else "--no-fast"],
+                           str(tmp_path / "store"), "--logs", str(tmp_path / "logs"), "--fast" if fast else "--no-fast",
+                           *([] if fast else ["--image", "24"])],  # real time with a camera: ready once it delivers
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
         while not (lines and lines[-1].startswith(("ready", "not ready"))) and up.poll() is None:
             lines.append(up.stdout.readline())
         assert lines[-1].startswith("ready"), "".join(lines)
+        assert ("the cameras deliver" in lines[-1]) == (not fast), lines[-1]
         started = recap("start")
         assert started.returncode == 0 and started.stdout.startswith("started "), started.stdout + started.stderr
         assert recap("start").returncode == 1  # one episode at a time
@@ -440,6 +442,7 @@ def test_recap_bridge_up_start_end_from_the_cli(ros_env, tmp_path, fast):
     assert up.returncode == 0, "".join(lines) + out
     ep = EpisodeStore(tmp_path / "store").open(episode)
     assert len(ep) > 30 and ep.info.outcome == "failure" and ep.info.robot_id == robot
+    assert ep.cameras == ([] if fast else ["front"])
     dt = np.diff(ep.timestamps_ns)
     assert np.all(dt > 0)
     if fast:  # simulated time: exactly one control period per tick, however fast the wall clock went
@@ -570,10 +573,13 @@ def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(r
 @pytest.mark.parametrize("camera_process", [True, False], ids=["camera_process", "in_bridge"])
 def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path, camera_process):
     """A ros2_control-style configuration: JPEG CompressedImage cameras recorded, JointTrajectory commands
-    (position hold) published with the configured joint names; an unknown-size frame is refused. Cameras
-    received and recorded by the bridge's camera process (the default) or in its own process."""
+    (position hold) published with the configured joint names; an unknown-size frame is refused. While the
+    arm talks and the camera has sent nothing, no episode starts (with the reason) and a takeover still
+    drives the arm. Cameras received and recorded by the bridge's camera process (the default) or in its own
+    process."""
     import simplejpeg
     from sensor_msgs.msg import CompressedImage, JointState
+    from std_msgs.msg import Bool, Float64MultiArray
     from std_srvs.srv import SetBool, Trigger
     from trajectory_msgs.msg import JointTrajectory
 
@@ -593,12 +599,15 @@ def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path, camer
     frame[:, :32] = (200, 40, 40)
     jpeg = simplejpeg.encode_jpeg(frame, quality=95)
     bad = simplejpeg.encode_jpeg(np.zeros((10, 10, 3), np.uint8))
+    camera_on = []  # the camera starts late: the arm talks first
 
     def feed():
         stamp = d.node.get_clock().now().to_msg()
         js = JointState(name=["j2", "j1", "j3"], position=[-0.2, 0.1, 0.3])  # by name, any order
         js.header.stamp = stamp
         js_pub.publish(js)
+        if not camera_on:
+            return
         img = CompressedImage(format="jpeg", data=jpeg)
         img.header.stamp = stamp
         cam_pub.publish(img)
@@ -606,6 +615,27 @@ def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path, camer
 
     d.node.create_timer(0.02, feed)
     try:
+        # the arm talks, the camera has delivered nothing: no episode starts (it would record nothing and
+        # command nothing until the first frame), with the reason
+        deadline = time.monotonic() + 120
+        while not (d.stats and d.stats[-1].get("state_age_ms") is not None and d.stats[-1]["state_age_ms"] < 500):
+            assert time.monotonic() < deadline, d.stats[-1:]
+            d.spin(0.1)
+        assert d.stats[-1]["cameras_ready"] is False
+        early = d.call(Trigger, "recap_bridge/start_episode", Trigger.Request())
+        assert not early.success and early.message.startswith("cameras not ready: no frame yet from wrist"), early.message
+        # a takeover does not wait for the camera: the human's command reaches the arm, clipped to its limits
+        engage_pub = d.node.create_publisher(Bool, "teleop/engage", 10)
+        teleop_pub = d.node.create_publisher(Float64MultiArray, "teleop/command", 10)
+        deadline = time.monotonic() + 30
+        while not any(np.allclose(g.points[0].positions, [0.25, -0.5, 1.0]) for g in got):
+            assert time.monotonic() < deadline, [list(g.points[0].positions) for g in got[-3:]]
+            engage_pub.publish(Bool(data=True))
+            teleop_pub.publish(Float64MultiArray(data=[0.25, -0.5, 3.0]))
+            d.spin(0.05)
+        engage_pub.publish(Bool(data=False))
+        d.spin(0.5)
+        camera_on.append(True)
         d.wait_ready()
         assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
         d.spin(1.5)
