@@ -158,24 +158,37 @@ class VideoFrames:
     All-intra video (every packet a keyframe: what transcode_episode writes by default) is read by
     packet from a reader's second read on (one pass over the file then gives each frame's offset and
     size): a frame is one read and one decode, with no seek and no demuxer (0.96 against 1.02 ms per
-    random 480x640 frame with its RGB conversion; data/README.md). Other videos keep the container
-    open and seek to the keyframe before t; a read right after the previous frame continues decoding
-    without a seek."""
+    random 480x640 frame with its RGB conversion; data/README.md). Such a reader holds no descriptor
+    between reads (the container is closed after the first read and the table's pass, each packet is
+    read through a descriptor opened for it), so a training set of thousands of episodes and cameras
+    stays within the process's open-file limit. Other videos keep the container open and seek to the
+    keyframe before t; a read right after the previous frame continues decoding without a seek."""
 
     def __init__(self, path: Path, meta: dict[str, Any], channels: int, *, by_packet: bool = True):
-        import av
-
         self.path, self.meta, self.channels = path, meta, channels
         self._rate = Fraction(meta.get("rate", 30))
         self._iter = None
         self._next = None  # the index the running decoder yields next
         self._pid = os.getpid()
-        self._file = self._ctx = self._offsets = self._sizes = None
+        self._ctx = self._offsets = self._sizes = None
         self._reads = 0 if by_packet else -1  # -1: never by packet
-        self._container = av.open(str(path))
+        self._container = None
+        self._open()
+
+    def _open(self) -> None:
+        import av
+
+        self._container = av.open(str(self.path))
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "NONE"  # one frame at a time: frame threading only adds latency
         self._tb = self._stream.time_base
+        self._iter = self._next = None
+
+    def _close_container(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = self._stream = None
+        self._iter = self._next = None
 
     def _by_packet(self) -> None:
         """Read by packet from now on if the video allows it (at the second read: the table costs a
@@ -183,19 +196,17 @@ class VideoFrames:
         never pays)."""
         import av
 
-        self._container.seek(0, stream=self._stream, backward=True)
-        self._iter = self._next = None
+        self._open()  # closed after the first read
         table = self._packet_table()
-        if table is None:
+        if table is None:  # read by seeking: the container stays open
+            self._container.seek(0, stream=self._stream, backward=True)
+            self._iter = self._next = None
             return
-        # a file object, not a bare descriptor: it closes with this reader or when it is collected
-        self._file = open(self.path, "rb", buffering=0)
         ctx = av.CodecContext.create(self._stream.codec_context.name, "r")
         ctx.extradata = self._stream.codec_context.extradata
         ctx.thread_type = "NONE"
         self._ctx, (self._offsets, self._sizes) = ctx, table
-        self._container.close()  # the table and the decoder are all a read needs from here
-        self._container = self._stream = None
+        self._close_container()  # the table and the decoder are all a read needs from here
 
     def _index(self, frame) -> int:
         return int(round(frame.pts * self._tb * self._rate))
@@ -224,7 +235,11 @@ class VideoFrames:
         import av
 
         off, size = int(self._offsets[t]), int(self._sizes[t])
-        data = os.pread(self._file.fileno(), size, off)
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # ~3 us against ~1 ms of decoding
+        try:
+            data = os.pread(fd, size, off)
+        finally:
+            os.close(fd)
         if len(data) != size:
             raise OSError(f"frame {t} of {self.path.name}: short read ({len(data)} of {size} bytes)")
         frames = self._ctx.decode(av.Packet(data))
@@ -245,7 +260,13 @@ class VideoFrames:
                 raise OSError(f"frame {t} missing from {self.path.name} ({len(self._offsets)} frames)")
             fr = self._decode_packet(t)
         else:
-            fr = self._seek_decode(t)
+            if self._container is None:
+                self._open()
+            try:
+                fr = self._seek_decode(t)
+            finally:
+                if self._reads == 1:  # the second read opens it again for the table's pass
+                    self._close_container()
         img = fr.to_ndarray(format="gray" if self.channels == 1 else "rgb24")
         return img.reshape(*img.shape[:2], self.channels)
 
@@ -264,10 +285,7 @@ class VideoFrames:
         raise OSError(f"frame {t} missing from {self.path.name}")
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        if self._container is not None:
-            self._container.close()
+        self._close_container()
 
 
 def _decode_all(path: Path, channels: int, check: Callable[[int, np.ndarray], None]) -> int:

@@ -122,7 +122,7 @@ def test_all_intra_video_reads_by_packet_like_seeking_and_longer_gops_seek(store
         # the table is built at the second read (a reader opened for one frame never pays for it)
         assert (by_packet._offsets is not None) == (i >= 1)
     assert len(by_packet._offsets) == len(ep) and by_seek._offsets is None
-    assert by_packet._container is None  # one descriptor per reader: the file the packets are read from
+    assert by_packet._container is None  # the table and a decoder: no container, no descriptor
     for t in (len(ep), -1):
         with pytest.raises(OSError):
             by_packet.frame(t)
@@ -137,6 +137,16 @@ def test_all_intra_video_reads_by_packet_like_seeking_and_longer_gops_seek(store
         v = VideoFrames(path, meta, 3)
         v.frame(t % len(ep)), v.frame(0)
     gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= fds
+    # readers kept (a training set's every episode and camera) hold no descriptor between reads: after
+    # one read (the container closed) and after the table's pass, whatever their number
+    kept = [VideoFrames(path, meta, 3) for _ in range(60)]
+    for i, v in enumerate(kept):
+        v.frame(i % len(ep))
+    assert len(os.listdir("/proc/self/fd")) <= fds
+    for i, v in enumerate(kept):
+        np.testing.assert_array_equal(v.frame((i + 3) % len(ep)), by_seek.frame((i + 3) % len(ep)))
+        assert v._offsets is not None
     assert len(os.listdir("/proc/self/fd")) <= fds
     by_packet.close(), by_seek.close()
 
