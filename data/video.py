@@ -171,8 +171,10 @@ class VideoFrames:
         self._next = None  # the index the running decoder yields next
         self._pid = os.getpid()
         self._ctx = self._offsets = self._sizes = None
+        self._file_id = None  # (inode, size) of the file the packet table was read from
         self._reads = 0 if by_packet else -1  # -1: never by packet
         self._container = None
+        self._closed = False
         self._open()
 
     def _open(self) -> None:
@@ -206,6 +208,8 @@ class VideoFrames:
         ctx.extradata = self._stream.codec_context.extradata
         ctx.thread_type = "NONE"
         self._ctx, (self._offsets, self._sizes) = ctx, table
+        st = os.stat(self.path)
+        self._file_id = (st.st_ino, st.st_size)
         self._close_container()  # the table and the decoder are all a read needs from here
 
     def _index(self, frame) -> int:
@@ -237,6 +241,9 @@ class VideoFrames:
         off, size = int(self._offsets[t]), int(self._sizes[t])
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # ~3 us against ~1 ms of decoding
         try:
+            st = os.fstat(fd)
+            if (st.st_ino, st.st_size) != self._file_id:  # the table would point into other bytes
+                raise OSError(f"{self.path} changed since its packet table was read")
             data = os.pread(fd, size, off)
         finally:
             os.close(fd)
@@ -251,6 +258,8 @@ class VideoFrames:
         return frames[0]
 
     def frame(self, t: int) -> np.ndarray:
+        if self._closed:
+            raise ValueError(f"{self.path.name}: read after close()")
         if 0 <= self._reads < 2:  # counted up to the second read, where the table is built
             self._reads += 1
             if self._reads == 2:
@@ -285,6 +294,7 @@ class VideoFrames:
         raise OSError(f"frame {t} missing from {self.path.name}")
 
     def close(self) -> None:
+        self._closed = True
         self._close_container()
 
 

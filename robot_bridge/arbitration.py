@@ -162,6 +162,13 @@ class ActionArbiter:
             late = tick - self._starved_since >= self.deadline_ticks
             return self._out(Decision(self._hold(state), ActionSource.HOLD, None, None, late=late))
 
+    def hold(self, state: np.ndarray) -> Decision:
+        """A hold outside the tick-by-tick arbitration: what the bridge sends once when the arm is about
+        to be left alone right after a human drove it, so that a controller keeping its last command
+        (a delta, a velocity) stops instead of applying the human's last one."""
+        with self._lock:
+            return self._out(Decision(self._hold(state), ActionSource.HOLD, None, None))
+
     def _out(self, d: Decision) -> Decision:
         self._last = d.action
         return d

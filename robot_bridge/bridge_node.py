@@ -190,7 +190,7 @@ class Counters:
     last_refusal: str = ""
     lateness_ms: list = field(default_factory=list)
     camera_aborted_episodes: int = 0  # episodes the camera process could not finish (aborted, never committed)
-    unrecorded_ticks: int = 0  # ticks run but not recorded: the camera process's recording was too far behind
+    unrecorded_ticks: int = 0  # ticks run, not recorded: the camera process too far behind, or a camera without a frame
 
 
 class BridgeNode(Node):
@@ -252,6 +252,7 @@ class BridgeNode(Node):
         self.image_frames = {c: 0 for c in self.cameras}
         self.human = SampleBuffer()
         self.engaged = False
+        self._human_drove = False  # the last command sent was a human's (see _left_alone)
         self.counters = Counters()
         self.store = EpisodeStore(p["store_root"])
         self.registrations = PendingRegistrations(Path(p["store_root"]).parent / "pending_registrations" / self.robot_id,
@@ -654,11 +655,12 @@ class BridgeNode(Node):
                 while self.policy.busy and not self.arbiter.queue.actions and time.monotonic() < deadline:
                     time.sleep(0.001)
         if writer is None and not engaged:
-            return False  # between episodes the arm is left alone (only a human may drive it)
+            return self._left_alone(s.value)  # between episodes the arm is left alone (only a human may drive it)
         d = self.arbiter.decide(tick, s.value, human.value if human else None, engaged)
         if demonstrating and d.source == ActionSource.CORRECTION:
             d.source = ActionSource.DEMONSTRATION
         self._publish(d.action)
+        self._human_drove = engaged
         c.ticks += 1
         c.lateness_ms.append(lateness_ns / 1e6)
         c.late_ticks += d.late
@@ -677,17 +679,34 @@ class BridgeNode(Node):
         return True
 
     def _human_only(self, state: np.ndarray, t_ns: int) -> bool:
-        """A tick without every camera's frame: nothing is recorded and no policy is asked, but an engaged
-        human still drives the arm through the arbiter's checks (a takeover never waits for a camera)."""
+        """A tick without every camera's frame: nothing is recorded (a running episode counts the tick as
+        unrecorded) and no policy is asked, but an engaged human still drives the arm through the
+        arbiter's checks (a takeover never waits for a camera)."""
         human = self.human.at(t_ns)
         if not (self.engaged and human is not None):
-            return False
+            return self._left_alone(state)
         with self._lock:
-            tick = self.tick_index
+            tick, recording, demonstrating = self.tick_index, self.writer is not None, self.demonstrating
         d = self.arbiter.decide(tick, state, human.value, True)
         self._publish(d.action)
+        self._human_drove = True
+        c = self.counters
+        c.ticks += 1
+        c.unrecorded_ticks += recording
+        if d.source == ActionSource.CORRECTION:
+            c.demonstration_ticks += demonstrating
+            c.correction_ticks += not demonstrating
+        return True
+
+    def _left_alone(self, state: np.ndarray) -> bool:
+        """No command this tick; but right after a human drove the arm, one hold is sent first, so that a
+        controller keeping its last command (a delta, a velocity) does not go on applying the human's."""
+        if not self._human_drove:
+            return False
+        self._human_drove = False
+        self._publish(self.arbiter.hold(state).action)
         self.counters.ticks += 1
-        self.counters.correction_ticks += d.source == ActionSource.CORRECTION
+        self.counters.hold_ticks += 1
         return True
 
     def _record(self, writer, tick: Tick, stamps: list[int]) -> None:

@@ -625,6 +625,7 @@ def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path, camer
         early = d.call(Trigger, "recap_bridge/start_episode", Trigger.Request())
         assert not early.success and early.message.startswith("cameras not ready: no frame yet from wrist"), early.message
         # a takeover does not wait for the camera: the human's command reaches the arm, clipped to its limits
+        assert not got  # nobody drives: the arm is left alone
         engage_pub = d.node.create_publisher(Bool, "teleop/engage", 10)
         teleop_pub = d.node.create_publisher(Float64MultiArray, "teleop/command", 10)
         deadline = time.monotonic() + 30
@@ -635,6 +636,11 @@ def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path, camer
             d.spin(0.05)
         engage_pub.publish(Bool(data=False))
         d.spin(0.5)
+        # released: one hold (position mode: the measured joints), then the arm is left alone again
+        sent = len(got)
+        assert np.allclose(got[-1].points[0].positions, [0.1, -0.2, 0.3]), got[-1].points[0].positions
+        d.spin(0.3)
+        assert len(got) == sent
         camera_on.append(True)
         d.wait_ready()
         assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success

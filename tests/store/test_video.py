@@ -149,6 +149,17 @@ def test_all_intra_video_reads_by_packet_like_seeking_and_longer_gops_seek(store
         assert v._offsets is not None
     assert len(os.listdir("/proc/self/fd")) <= fds
     by_packet.close(), by_seek.close()
+    with pytest.raises(ValueError, match="after close"):
+        by_packet.frame(0)
+    # a file replaced under a reader (another inode, here with the same bytes) is never read through the
+    # old table: the reader says so; a new reader reads it
+    v = VideoFrames(path, meta, 3)
+    v.frame(1), v.frame(2)
+    shutil.copyfile(path, path.with_name("copy.tmp"))
+    os.replace(path.with_name("copy.tmp"), path)
+    with pytest.raises(OSError, match="changed since its packet table"):
+        v.frame(3)
+    np.testing.assert_array_equal(VideoFrames(path, meta, 3).frame(3), VideoFrames(path, meta, 3, by_packet=False).frame(3))
 
     # GOP 5: the filter stays on (later frames are predicted from filtered ones) and reads seek
     ep5 = _record(store, start=T0 + 10**10)
