@@ -398,11 +398,21 @@ class BridgeNode(Node):
         frame, and a tick records and asks the policy only with every camera's frame, so the episode would
         run unrecorded, the arm holding, until it does. None when every camera has (or the arm is silent
         too: the episode then waits for both, as it waits for the arm without cameras)."""
-        silent = [cam for i, cam in enumerate(self.cameras) if not self._frames_received(i, cam)]
+        silent = self._cameras_without_frame()
         if not silent or self._last_state_mono is None:  # nothing heard yet (a simulated arm before its
             return None  # first reset): the episode waits for the arm, as without cameras
-        return (f"cameras not ready: no frame yet from {', '.join(silent)} "
+        ahead = [cam for i, cam in enumerate(self.cameras) if cam in silent and self._frames_received(i, cam)]
+        why = (f"; {', '.join(ahead)} sent frames stamped after the bridge's clock (a camera clock ahead?)"
+               if ahead else "")
+        return (f"cameras not ready: no frame yet from {', '.join(silent)}{why} "
                 f"(~/stats says cameras_ready once every camera has delivered one)")
+
+    def _cameras_without_frame(self) -> list[str]:
+        """The cameras with no frame a tick taken now could use (one stamped at or before the clock)."""
+        now = self.get_clock().now().nanoseconds
+        if self.camera_proc:
+            return [cam for i, cam in enumerate(self.cameras) if self.camera_proc.ring.newest(i, now) is None]
+        return [cam for cam in self.cameras if self.image_bufs[cam].at(now) is None]
 
     def _on_teleop(self, m: Float64MultiArray) -> None:
         a = np.asarray(m.data, np.float64)
@@ -785,7 +795,7 @@ class BridgeNode(Node):
                **disk_status(self.store.root, float(self.get_parameter("disk_reserve_mb").value)),
                "ship_backlog": self.ship_backlog(),
                # every camera has delivered a frame to the camera process (true without cameras)
-               "cameras_ready": all(self._frames_received(i, cam) for i, cam in enumerate(self.cameras)),
+               "cameras_ready": not self._cameras_without_frame(),
                # episodes the camera process could not record (aborted, never committed); frames it
                # recorded with a substitute (the chosen one already gone: the newest at or before the tick)
                "camera_aborted_episodes": c.camera_aborted_episodes, "unrecorded_ticks": c.unrecorded_ticks,

@@ -600,12 +600,17 @@ def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path, camer
     jpeg = simplejpeg.encode_jpeg(frame, quality=95)
     bad = simplejpeg.encode_jpeg(np.zeros((10, 10, 3), np.uint8))
     camera_on = []  # the camera starts late: the arm talks first
+    camera_ahead = []  # then its clock runs an hour ahead of the bridge's
 
     def feed():
         stamp = d.node.get_clock().now().to_msg()
         js = JointState(name=["j2", "j1", "j3"], position=[-0.2, 0.1, 0.3])  # by name, any order
         js.header.stamp = stamp
         js_pub.publish(js)
+        if camera_ahead and not camera_on:
+            img = CompressedImage(format="jpeg", data=jpeg)
+            img.header.stamp.sec = stamp.sec + 3600
+            cam_pub.publish(img)
         if not camera_on:
             return
         img = CompressedImage(format="jpeg", data=jpeg)
@@ -641,6 +646,14 @@ def test_compressed_cameras_in_joint_trajectory_out(ros_env, ns, tmp_path, camer
         assert np.allclose(got[-1].points[0].positions, [0.1, -0.2, 0.3]), got[-1].points[0].positions
         d.spin(0.3)
         assert len(got) == sent
+        # frames stamped an hour ahead: received, but no tick could take one, so still not ready
+        camera_ahead.append(True)
+        deadline = time.monotonic() + 60  # until the camera process (starting on a busy machine) has some
+        while "stamped after" not in (ahead := d.call(Trigger, "recap_bridge/start_episode", Trigger.Request())).message:
+            assert not ahead.success and time.monotonic() < deadline, ahead.message
+            d.spin(0.5)
+        assert not ahead.success and "stamped after the bridge's clock" in ahead.message, ahead.message
+        assert d.stats[-1]["cameras_ready"] is False
         camera_on.append(True)
         d.wait_ready()
         assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
