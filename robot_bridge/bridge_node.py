@@ -306,11 +306,12 @@ class BridgeNode(Node):
         # absolute, as diagnostic_updater publishes: the aggregator and rqt_robot_monitor listen there
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_mark: dict = {}
-        self.create_service(Trigger, "~/start_episode", self._start_episode)
-        self.create_service(Trigger, "~/start_demonstration", self._start_demonstration)
-        self.create_service(SetBool, "~/end_episode", self._end_episode)
-        self.create_service(Trigger, "~/abort_episode", self._abort_episode)
-        self.create_service(SetBool, "~/label_last_episode", self._label_last)
+        for srv_type, name, handler in ((Trigger, "start_episode", self._start_episode),
+                                        (Trigger, "start_demonstration", self._start_demonstration),
+                                        (SetBool, "end_episode", self._end_episode),
+                                        (Trigger, "abort_episode", self._abort_episode),
+                                        (SetBool, "label_last_episode", self._label_last)):
+            self.create_service(srv_type, f"~/{name}", self._answered(name, handler))
         self.last_committed: str | None = None
         self.next_tick_ns = time.monotonic_ns() + self.period_ns
         self._wake = threading.Event()
@@ -448,6 +449,21 @@ class BridgeNode(Node):
             self.get_logger().warning(f"mistake at {stamp} not recorded: {e}")
 
     # -- episodes ----------------------------------------------------------------------------------
+
+    def _answered(self, name: str, handler):
+        """`handler` as a service: an error it did not expect (a store failing under it: a full or
+        read-only disk, a directory replaced) is answered as a refusal naming it, and logged, instead of
+        ending the bridge, and the arm's commands, with the executor that ran it."""
+        def answer(req, resp):
+            try:
+                return handler(req, resp)
+            except Exception as e:  # noqa: BLE001 - the control loop goes on; the caller is told
+                import traceback
+
+                resp.success, resp.message = False, f"{name} failed: {type(e).__name__}: {e}"
+                self.get_logger().error(f"{resp.message}\n{traceback.format_exc()}")
+                return resp
+        return answer
 
     def _start_demonstration(self, req, resp):
         return self._start_episode(req, resp, demonstration=True)

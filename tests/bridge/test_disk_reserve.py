@@ -43,3 +43,37 @@ def test_a_bridge_low_on_disk_refuses_to_start_and_reports_it(ros_env, ns, tmp_p
         except subprocess.TimeoutExpired:
             bridge.kill()
     assert "Traceback" not in (tmp_path / "bridge.log").read_text()
+
+
+def test_a_store_failing_under_the_bridge_refuses_the_start_and_the_bridge_lives_on(ros_env, ns, tmp_path):
+    """A store that fails under a running bridge (here its episodes directory replaced by a file; on a
+    robot a read-only remount, a disk gone): start_episode is refused with the error, the bridge keeps
+    running (stats on), and starts once the store is back."""
+    import shutil
+
+    store = tmp_path / "store"
+    bridge = _node("robot_bridge.bridge_node", {"robot_id": "robot-0", "store_root": str(store), "fsync": False,
+                                                "disk_reserve_mb": 1.0}, tmp_path / "bridge.log", ns)
+    d = Driver(ns)
+    try:
+        while not d.stats:
+            d.spin(0.2)
+        shutil.rmtree(store / "episodes")
+        (store / "episodes").write_text("not a directory")
+        r = d.call(Trigger, "recap_bridge/start_episode", Trigger.Request(), timeout=90)
+        assert not r.success and r.message.startswith("start_episode failed:") and "episodes" in r.message, r.message
+        seen = len(d.stats)
+        d.spin(2.5)
+        assert bridge.poll() is None and len(d.stats) > seen  # alive, still reporting
+        (store / "episodes").unlink()
+        (store / "episodes").mkdir()
+        r = d.call(Trigger, "recap_bridge/start_episode", Trigger.Request())
+        assert r.success, r.message
+    finally:
+        d.close()
+        bridge.terminate()
+        try:
+            bridge.wait(10)
+        except subprocess.TimeoutExpired:
+            bridge.kill()
+    assert "start_episode failed" in (tmp_path / "bridge.log").read_text()
