@@ -321,7 +321,7 @@ class BridgeNode(Node):
         self._running = not self.sim_time  # on simulated time there is no wall-clock loop
         if self._running:
             self._control.start()
-        self.create_timer(1.0, self._publish_stats)
+        self.create_timer(1.0, self._kept_going("stats", self._publish_stats))
         # everything built so far (modules, this node, buffers) lives as long as the process: keep the
         # garbage collector from scanning it again and again while it holds the interpreter (profiled
         # at 50 Hz with 3 cameras: a quarter of the executor thread's time was spent in collections)
@@ -464,6 +464,22 @@ class BridgeNode(Node):
                 self.get_logger().error(f"{resp.message}\n{traceback.format_exc()}")
                 return resp
         return answer
+
+    def _kept_going(self, name: str, fn):
+        """`fn` as a timer callback whose error is logged (once until it changes) instead of ending the
+        bridge: e.g. ~/stats while the store's directory is gone."""
+        last: list[str] = [""]
+
+        def run():
+            try:
+                fn()
+                last[0] = ""
+            except Exception as e:  # noqa: BLE001
+                why = f"{name} failed: {type(e).__name__}: {e}"
+                if why != last[0]:
+                    self.get_logger().error(why)
+                last[0] = why
+        return run
 
     def _start_demonstration(self, req, resp):
         return self._start_episode(req, resp, demonstration=True)

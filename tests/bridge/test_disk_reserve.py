@@ -69,6 +69,13 @@ def test_a_store_failing_under_the_bridge_refuses_the_start_and_the_bridge_lives
         (store / "episodes").mkdir()
         r = d.call(Trigger, "recap_bridge/start_episode", Trigger.Request())
         assert r.success, r.message
+        assert d.call(Trigger, "recap_bridge/abort_episode", Trigger.Request()).success
+        # the whole store gone: stats and starts fail, logged and answered, and the bridge lives on
+        shutil.rmtree(store)
+        d.spin(2.5)
+        r = d.call(Trigger, "recap_bridge/start_episode", Trigger.Request())
+        assert not r.success and r.message.startswith("start_episode failed: FileNotFoundError"), r.message
+        assert bridge.poll() is None
     finally:
         d.close()
         bridge.terminate()
@@ -76,4 +83,5 @@ def test_a_store_failing_under_the_bridge_refuses_the_start_and_the_bridge_lives
             bridge.wait(10)
         except subprocess.TimeoutExpired:
             bridge.kill()
-    assert "start_episode failed" in (tmp_path / "bridge.log").read_text()
+    log = (tmp_path / "bridge.log").read_text()
+    assert "start_episode failed" in log and log.count("stats failed: FileNotFoundError") == 1, log[-3000:]
