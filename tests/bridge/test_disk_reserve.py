@@ -14,6 +14,15 @@ from tests.bridge.test_bridge_dds import Driver, _node, ns, ros_env  # noqa: F40
 from tests.services.ship_faults import RobotSide
 
 
+def _stop(d: Driver, bridge: subprocess.Popen) -> None:
+    d.close()
+    bridge.terminate()
+    try:
+        bridge.wait(10)
+    except subprocess.TimeoutExpired:
+        bridge.kill()
+
+
 def test_a_bridge_low_on_disk_refuses_to_start_and_reports_it(ros_env, ns, tmp_path):
     robot = RobotSide(tmp_path / "store", ticks=10)
     robot.record(2)  # committed, never shipped: the backlog
@@ -36,12 +45,7 @@ def test_a_bridge_low_on_disk_refuses_to_start_and_reports_it(ros_env, ns, tmp_p
         d.spin(1.5)
         assert d.stats[-1]["disk_low"] is False
     finally:
-        d.close()
-        bridge.terminate()
-        try:
-            bridge.wait(10)
-        except subprocess.TimeoutExpired:
-            bridge.kill()
+        _stop(d, bridge)
     assert "Traceback" not in (tmp_path / "bridge.log").read_text()
 
 
@@ -77,11 +81,6 @@ def test_a_store_failing_under_the_bridge_refuses_the_start_and_the_bridge_lives
         assert not r.success and r.message.startswith("start_episode failed: FileNotFoundError"), r.message
         assert bridge.poll() is None
     finally:
-        d.close()
-        bridge.terminate()
-        try:
-            bridge.wait(10)
-        except subprocess.TimeoutExpired:
-            bridge.kill()
+        _stop(d, bridge)
     log = (tmp_path / "bridge.log").read_text()
     assert "start_episode failed" in log and log.count("stats failed: FileNotFoundError") == 1, log[-3000:]
