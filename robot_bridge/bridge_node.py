@@ -42,6 +42,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -458,8 +459,6 @@ class BridgeNode(Node):
             try:
                 return handler(req, resp)
             except Exception as e:  # noqa: BLE001 - the control loop goes on; the caller is told
-                import traceback
-
                 resp.success, resp.message = False, f"{name} failed: {type(e).__name__}: {e}"
                 self.get_logger().error(f"{resp.message}\n{traceback.format_exc()}")
                 return resp
