@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import rclpy
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.srv import ListParameters, SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
@@ -95,14 +95,19 @@ class Station:
 
     def wait_ready(self, timeout: float = 120.0, topics: tuple[str, ...] = (
             "joint_states", "command", "teleop/command", "teleop/engage", "teleop/mistake")) -> None:
-        """Until the bridge, the arm and the teleoperator answer (nodes take seconds to start) and
-        each topic between them has a publisher and a subscriber (DDS discovery), so the first
-        episode does not start while the bridge cannot hear the teleoperator yet."""
+        """Until the bridge, the arm and the teleoperator answer (nodes take seconds to start; a node
+        restarted after a crash is answered for by no one but the new process) and each topic between
+        them has a publisher and a subscriber (DDS discovery), so the first episode does not start
+        while the bridge cannot hear the teleoperator yet."""
         deadline = time.monotonic() + timeout
         for srv_type, name in ((Trigger, f"{self.bridge}/start_episode"), (Trigger, f"{self.arm}/reset"),
                                (SetParameters, f"{self.teleop}/set_parameters")):
             if not self._client(srv_type, name).wait_for_service(timeout_sec=max(0.1, deadline - time.monotonic())):
                 raise StationError(f"{name} did not come up within {timeout} s (ROS domain {self.domain_id})")
+        # a node killed a moment ago still looks present (its endpoints stay in the DDS graph until its lease
+        # runs out, ~20 s), and a request sent to it is lost: only an answer proves each node is the live one
+        for node in (self.bridge, self.arm, self.teleop):
+            self._answers(node, deadline, timeout)
         topics = tuple(f"{self.namespace}/{t}" for t in topics)
         while True:
             missing = [t for t in topics if not (self.node.count_publishers(t) and self.node.count_subscribers(t))]
@@ -112,6 +117,20 @@ class Station:
                 raise StationError(f"topics without a publisher or a subscriber: {missing} (ROS domain {self.domain_id})")
             self.spin(0.1)
         self.spin(1.0)  # the nodes' own discovery of each other lags the station's by a little
+
+    def _answers(self, node: str, deadline: float, timeout: float) -> None:
+        """Until `node` answers a request that changes nothing (its parameter list), asking again every
+        second; StationError past `deadline`."""
+        cli = self._client(ListParameters, f"{node}/list_parameters")
+        while True:
+            if cli.wait_for_service(timeout_sec=max(0.1, min(1.0, deadline - time.monotonic()))):
+                fut = cli.call_async(ListParameters.Request(depth=1))
+                self.executor.spin_until_future_complete(fut, timeout_sec=max(0.1, min(1.0, deadline - time.monotonic())))
+                if fut.done():
+                    return
+                cli.remove_pending_request(fut)
+            if time.monotonic() > deadline:
+                raise StationError(f"{node} did not answer within {timeout:g} s (ROS domain {self.domain_id})")
 
     def set_params(self, node: str, **params) -> None:
         req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in params.items()])

@@ -81,12 +81,18 @@ class DemoStack:
         wait_healthy(self.inference)
         say(f"{self.cfg.robots} simulated robots up ({', '.join(f'{r} on ROS domain {d}' for r, d in self.domains.items())}); "
             "waiting for their nodes")
-        from robot_bridge.station import Station
+        from robot_bridge.station import Station, StationError
 
         for robot in self.cfg.robot_ids():
             st = Station(self.domains[robot], robot)
             self.stations[robot] = st
-            st.wait_ready()
+            try:
+                st.wait_ready(timeout=60.0)
+            except StationError as e:  # e.g. DDS discovery that never completes between some endpoints
+                say(f"{robot}: {e}; restarting its nodes and its station once")
+                st.close()
+                self.stations[robot] = Station(self.domains[robot], robot)
+                self.restart_cell(robot)
         self.check()
 
     def _take_domains(self, say) -> None:

@@ -38,11 +38,17 @@ def test_two_cells_on_one_domain_stay_apart_and_a_stuck_or_killed_arm_aborts_the
     robots = [f"cell-{tag}-a", f"cell-{tag}-b"]
     store_root = tmp_path / "store"
     procs: dict[str, dict[str, subprocess.Popen]] = {}
+    commands: dict[str, dict[str, list[str]]] = {}
+
+    def start(robot: str, node: str) -> None:
+        procs.setdefault(robot, {})[node] = subprocess.Popen(
+            commands[robot][node], stdout=open(tmp_path / f"{robot}-{node}.log", "ab"), stderr=subprocess.STDOUT)
+
     for robot, max_steps in zip(robots, (40, 400)):
         cell = CellSpec(robot=robot, store=store_root, fast=True, stop_when_done=True, max_steps=max_steps, fsync=False)
-        procs[robot] = {n: subprocess.Popen(cmd, stdout=open(tmp_path / f"{robot}-{n}.log", "wb"),
-                                            stderr=subprocess.STDOUT)
-                        for n, cmd in cell.commands().items()}
+        commands[robot] = cell.commands()
+        for n in commands[robot]:
+            start(robot, n)
     domain = int(os.environ["ROS_DOMAIN_ID"])
     a, b = stations = [Station(domain, robot) for robot in robots]
     try:
@@ -110,6 +116,21 @@ def test_two_cells_on_one_domain_stay_apart_and_a_stuck_or_killed_arm_aborts_the
         incomplete = [e for e in store if e.info.status == "incomplete"]
         assert len(incomplete) == 2 and {e.info.robot_id for e in incomplete} == {robots[1]}
         assert all(len(e) >= 10 and e.info.outcome == "unknown" for e in incomplete)
+        # B's cell restarted as the demo restarts it, its arm 4 s after the rest: the killed arm's endpoints stay
+        # in the DDS graph until its lease runs out (~20 s), so its reset service still looks ready, and a request
+        # sent to it is lost; only an answer from the new arm tells the station the cell is ready
+        for n in ("bridge", "teleop"):
+            procs[robots[1]][n].send_signal(signal.SIGINT)
+            procs[robots[1]][n].wait(15)
+            start(robots[1], n)
+        late_arm = threading.Timer(4.0, start, args=(robots[1], "arm"))
+        t0 = time.monotonic()
+        late_arm.start()
+        b.forget()
+        b.wait_ready(timeout=60)
+        assert procs[robots[1]]["arm"] is not arm_b and time.monotonic() - t0 > 4.0
+        again = b.run_episode("autonomous", layout=13, timeout_s=60, stall_s=10.0, alive=down(robots[1]))
+        assert again.layout == 13 and again.steps > 0 and again.wall_s < 25  # no request lost to the dead arm
         assert all(p.poll() is None for p in procs[robots[0]].values())  # A's cell never noticed
     finally:
         for st in stations:
