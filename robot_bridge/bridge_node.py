@@ -666,7 +666,7 @@ class BridgeNode(Node):
                 stamp = None if im is None else im.stamp_ns
             if stamp is None:
                 c.no_state_ticks += 1
-                return self._human_only(s.value, t_ns)
+                return self._human_only(s.value, t_ns, lateness_ns)
             if t_ns - stamp > 2 * self.period_ns:
                 c.stale_samples += 1
             stamps.append(stamp)
@@ -698,16 +698,7 @@ class BridgeNode(Node):
         if writer is None and not engaged:
             return self._left_alone(s.value)  # between episodes the arm is left alone (only a human may drive it)
         d = self.arbiter.decide(tick, s.value, human.value if human else None, engaged)
-        if demonstrating and d.source == ActionSource.CORRECTION:
-            d.source = ActionSource.DEMONSTRATION
-        self._publish(d.action)
-        self._human_drove = engaged
-        c.ticks += 1
-        c.lateness_ms.append(lateness_ns / 1e6)
-        c.late_ticks += d.late
-        c.hold_ticks += d.source == ActionSource.HOLD
-        c.correction_ticks += d.source == ActionSource.CORRECTION
-        c.demonstration_ticks += d.source == ActionSource.DEMONSTRATION
+        self._command(d, demonstrating, engaged, lateness_ns)
         if keep and self.history.n_obs_steps > 1:  # this tick becomes history for the next requests
             if frames is None:
                 frames = self._policy_frames(stamps) if self.camera_proc else images
@@ -719,7 +710,22 @@ class BridgeNode(Node):
                                       policy_version=d.policy_version), stamps)
         return True
 
-    def _human_only(self, state: np.ndarray, t_ns: int) -> bool:
+    def _command(self, d, demonstrating: bool, human: bool, lateness_ns: int) -> None:
+        """The arbiter's decision `d` to the arm, counted by its source (a human's action in a
+        demonstration is the demonstration's)."""
+        if demonstrating and d.source == ActionSource.CORRECTION:
+            d.source = ActionSource.DEMONSTRATION
+        self._publish(d.action)
+        self._human_drove = human
+        c = self.counters
+        c.ticks += 1
+        c.lateness_ms.append(lateness_ns / 1e6)
+        c.late_ticks += d.late
+        c.hold_ticks += d.source == ActionSource.HOLD
+        c.correction_ticks += d.source == ActionSource.CORRECTION
+        c.demonstration_ticks += d.source == ActionSource.DEMONSTRATION
+
+    def _human_only(self, state: np.ndarray, t_ns: int, lateness_ns: int) -> bool:
         """A tick without every camera's frame: nothing is recorded (a running episode counts the tick as
         unrecorded) and no policy is asked, but an engaged human still drives the arm through the
         arbiter's checks (a takeover never waits for a camera)."""
@@ -728,15 +734,8 @@ class BridgeNode(Node):
             return self._left_alone(state)
         with self._lock:
             tick, recording, demonstrating = self.tick_index, self.writer is not None, self.demonstrating
-        d = self.arbiter.decide(tick, state, human.value, True)
-        self._publish(d.action)
-        self._human_drove = True
-        c = self.counters
-        c.ticks += 1
-        c.unrecorded_ticks += recording
-        if d.source == ActionSource.CORRECTION:
-            c.demonstration_ticks += demonstrating
-            c.correction_ticks += not demonstrating
+        self._command(self.arbiter.decide(tick, state, human.value, True), demonstrating, True, lateness_ns)
+        self.counters.unrecorded_ticks += recording
         return True
 
     def _left_alone(self, state: np.ndarray) -> bool:
