@@ -120,17 +120,27 @@ class Station:
 
     def _answers(self, node: str, deadline: float, timeout: float) -> None:
         """Until `node` answers a request that changes nothing (its parameter list), asking again every
-        second; StationError past `deadline`."""
+        second while the earlier requests stay open (a node slower than a second to answer is still
+        heard); StationError past `deadline`."""
         cli = self._client(ListParameters, f"{node}/list_parameters")
-        while True:
-            if cli.wait_for_service(timeout_sec=max(0.1, min(1.0, deadline - time.monotonic()))):
-                fut = cli.call_async(ListParameters.Request(depth=1))
-                self.executor.spin_until_future_complete(fut, timeout_sec=max(0.1, min(1.0, deadline - time.monotonic())))
-                if fut.done():
-                    return
-                cli.remove_pending_request(fut)
-            if time.monotonic() > deadline:
-                raise StationError(f"{node} did not answer within {timeout:g} s (ROS domain {self.domain_id})")
+        sent = []
+        try:
+            while True:
+                if not self.ctx.ok():
+                    raise StationError(f"the station's ROS context was shut down while waiting for {node}")
+                if cli.wait_for_service(timeout_sec=max(0.1, min(1.0, deadline - time.monotonic()))):
+                    sent.append(cli.call_async(ListParameters.Request(depth=1)))
+                    ask_again = min(deadline, time.monotonic() + 1.0)
+                    while time.monotonic() < ask_again:
+                        self.executor.spin_once(timeout_sec=0.05)
+                        if any(f.done() for f in sent):
+                            return
+                if time.monotonic() > deadline:
+                    raise StationError(f"{node} did not answer within {timeout:g} s (ROS domain {self.domain_id})")
+        finally:
+            for f in sent:
+                if not f.done():
+                    cli.remove_pending_request(f)
 
     def set_params(self, node: str, **params) -> None:
         req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in params.items()])

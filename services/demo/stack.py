@@ -87,7 +87,7 @@ class DemoStack:
             st = Station(self.domains[robot], robot)
             self.stations[robot] = st
             try:
-                st.wait_ready(timeout=60.0)
+                st.wait_ready()
             except StationError as e:  # e.g. DDS discovery that never completes between some endpoints
                 say(f"{robot}: {e}; restarting its nodes and its station once")
                 st.close()
