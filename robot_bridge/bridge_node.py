@@ -43,6 +43,7 @@ import os
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +175,9 @@ def read_secret(path: str, env: tuple[str, ...], what: str) -> str:
     return next((os.environ[v] for v in env if os.environ.get(v)), "")
 
 
+LATENESS_KEPT = 3000  # a minute at 50 Hz; a day of ticks kept would be ~140 MB
+
+
 @dataclass
 class Counters:
     ticks: int = 0
@@ -189,7 +193,9 @@ class Counters:
     # joint states refused for lacking a configured joint: the arm's, the leader arm's
     missing_joints: dict = field(default_factory=lambda: {"joint_state": 0, "leader": 0})
     last_refusal: str = ""
-    lateness_ms: list = field(default_factory=list)
+    # the last LATENESS_KEPT ticks' lateness (~/stats' percentiles, diagnostics' window) and how many there were
+    lateness_ms: deque = field(default_factory=lambda: deque(maxlen=LATENESS_KEPT))
+    lateness_n: int = 0
     camera_aborted_episodes: int = 0  # episodes the camera process could not finish (aborted, never committed)
     unrecorded_ticks: int = 0  # ticks run, not recorded: the camera process too far behind, or a camera without a frame
 
@@ -253,7 +259,7 @@ class BridgeNode(Node):
         self.image_frames = {c: 0 for c in self.cameras}
         self.human = SampleBuffer()
         self.engaged = False
-        self._human_drove = False  # the last command sent was a human's (see _left_alone)
+        self._moved = False  # the last command sent was not a hold: a human's or the policy's (see _left_alone)
         self.counters = Counters()
         self.store = EpisodeStore(p["store_root"])
         self.registrations = PendingRegistrations(Path(p["store_root"]).parent / "pending_registrations" / self.robot_id,
@@ -673,7 +679,8 @@ class BridgeNode(Node):
             if not self.camera_proc:
                 images[cam] = im.value
         with self._lock:
-            writer, tick, demonstrating = self.writer, self.tick_index, self.demonstrating
+            writer, tick = self.writer, self.tick_index
+            demonstrating = writer is not None and self.demonstrating  # a demonstration is running
             if writer is not None:
                 self.tick_index += 1
         if writer is not self._history_of:  # another episode (or none): its history starts empty
@@ -698,7 +705,7 @@ class BridgeNode(Node):
         if writer is None and not engaged:
             return self._left_alone(s.value)  # between episodes the arm is left alone (only a human may drive it)
         d = self.arbiter.decide(tick, s.value, human.value if human else None, engaged)
-        self._command(d, demonstrating, engaged, lateness_ns)
+        self._command(d, demonstrating, lateness_ns)
         if keep and self.history.n_obs_steps > 1:  # this tick becomes history for the next requests
             if frames is None:
                 frames = self._policy_frames(stamps) if self.camera_proc else images
@@ -710,16 +717,17 @@ class BridgeNode(Node):
                                       policy_version=d.policy_version), stamps)
         return True
 
-    def _command(self, d, demonstrating: bool, human: bool, lateness_ns: int) -> None:
+    def _command(self, d, demonstrating: bool, lateness_ns: int) -> None:
         """The arbiter's decision `d` to the arm, counted by its source (a human's action in a
         demonstration is the demonstration's)."""
         if demonstrating and d.source == ActionSource.CORRECTION:
             d.source = ActionSource.DEMONSTRATION
         self._publish(d.action)
-        self._human_drove = human
+        self._moved = d.source != ActionSource.HOLD
         c = self.counters
         c.ticks += 1
         c.lateness_ms.append(lateness_ns / 1e6)
+        c.lateness_n += 1
         c.late_ticks += d.late
         c.hold_ticks += d.source == ActionSource.HOLD
         c.correction_ticks += d.source == ActionSource.CORRECTION
@@ -733,17 +741,19 @@ class BridgeNode(Node):
         if not (self.engaged and human is not None):
             return self._left_alone(state)
         with self._lock:
-            tick, recording, demonstrating = self.tick_index, self.writer is not None, self.demonstrating
-        self._command(self.arbiter.decide(tick, state, human.value, True), demonstrating, True, lateness_ns)
+            tick, recording = self.tick_index, self.writer is not None
+            demonstrating = recording and self.demonstrating
+        self._command(self.arbiter.decide(tick, state, human.value, True), demonstrating, lateness_ns)
         self.counters.unrecorded_ticks += recording
         return True
 
     def _left_alone(self, state: np.ndarray) -> bool:
-        """No command this tick; but right after a human drove the arm, one hold is sent first, so that a
-        controller keeping its last command (a delta, a velocity) does not go on applying the human's."""
-        if not self._human_drove:
+        """No command this tick; but right after the arm was moved (a human drove it, or the policy did
+        until its episode ended), one hold is sent first, so that a controller keeping its last command
+        (a delta, a velocity) does not go on applying it."""
+        if not self._moved:
             return False
-        self._human_drove = False
+        self._moved = False
         self._publish(self.arbiter.hold(state).action)
         self.counters.ticks += 1
         self.counters.hold_ticks += 1
@@ -803,7 +813,7 @@ class BridgeNode(Node):
 
     def _publish_stats(self) -> None:
         c = self.counters
-        lat = np.asarray(c.lateness_ms[-3000:]) if c.lateness_ms else np.zeros(1)
+        lat = np.asarray(list(c.lateness_ms)) if c.lateness_ms else np.zeros(1)  # one copy (the control thread appends)
         doc = {"robot": self.robot_id, "ticks": c.ticks, "no_state_ticks": c.no_state_ticks,
                "stale_samples": c.stale_samples, "late_ticks": c.late_ticks, "hold_ticks": c.hold_ticks,
                "correction_ticks": c.correction_ticks,
@@ -854,7 +864,7 @@ class BridgeNode(Node):
         cams |= {"camera_refused": self._refused_images(),
                  "camera_restarts": self.camera_proc.restarts if self.camera_proc else 0,
                  "camera_aborts": c.camera_aborted_episodes, "unrecorded": c.unrecorded_ticks}
-        now = {**cams, "ticks": c.ticks, "lateness": len(c.lateness_ms), "dropped": c.dropped_ticks,
+        now = {**cams, "ticks": c.ticks, "lateness": c.lateness_n, "dropped": c.dropped_ticks,
                "stale": c.stale_samples, "refused": c.refused["joint_state"], "received": c.joint_states,
                "late": c.late_ticks, "round_trips": self.policy.round_trip_count if self.policy else 0,
                "policy_errors": self.policy.errors if self.policy else 0,
@@ -865,7 +875,7 @@ class BridgeNode(Node):
             free = shutil.disk_usage(self.store.root).free
         except OSError:
             free = None
-        w = Window(period_ms=self.period_ns / 1e6, ticks=d["ticks"], lateness_ms=c.lateness_ms[-d["lateness"]:] if d["lateness"] else [],
+        w = Window(period_ms=self.period_ns / 1e6, ticks=d["ticks"], lateness_ms=list(c.lateness_ms)[-min(d["lateness"], LATENESS_KEPT):] if d["lateness"] else [],
                    dropped_ticks=d["dropped"], stale_samples=d["stale"],
                    state_age_ms=None if self._last_state_mono is None else (time.monotonic() - self._last_state_mono) * 1e3,
                    joint_states_refused=d["refused"], joint_states_received=d["received"], last_refusal=c.last_refusal,

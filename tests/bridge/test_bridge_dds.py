@@ -179,6 +179,7 @@ def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(
     in-flight one recovered by fsck, the waiting registration delivered after the restart."""
     import signal
 
+    from std_msgs.msg import Float64MultiArray
     from std_srvs.srv import SetBool, Trigger
 
     from data.fsck import fsck
@@ -203,6 +204,8 @@ def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(
     arm = _node("robot_bridge.sim.arm_node", {"task": "push-v3", "rate_hz": 30.0}, tmp_path / "arm.log", ns)
     bridge = _node("robot_bridge.bridge_node", params, tmp_path / "bridge.log", ns)
     d = Driver(ns)
+    commands: list[tuple[float, list[float]]] = []  # what the arm is sent, as it arrives
+    d.node.create_subscription(Float64MultiArray, "command", lambda m: commands.append((time.monotonic(), list(m.data))), 100)
     try:
         d.wait_ready()
         assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
@@ -212,8 +215,12 @@ def test_bridge_runs_the_deployed_policy_survives_a_server_outage_and_a_sigkill(
         stack.extra.append(start_uvicorn("inference-2", "services.inference.server:create_app", stack.logs,
                                          stack.env(), port=inf.port))  # ... and comes back
         d.spin(2.0)
+        ending = time.monotonic()
         first = d.call(SetBool, "recap_bridge/end_episode", SetBool.Request(data=True)).message
         d.spin(1.0)
+        # the policy drove until the end: the arm's last command is one hold (zero deltas), then it is left alone
+        assert [t for t, _ in commands if t > ending] and np.allclose(commands[-1][1][:3], 0.0), commands[-3:]
+        assert not [t for t, _ in commands if t > ending + 0.5]
         api_port = stack.api.port
         stack.api.stop()  # the API is down: the next registration waits on disk
         assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
