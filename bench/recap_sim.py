@@ -799,8 +799,9 @@ def summarise_groups(cfg: dict, seeds: list[int], methods: list[str], results: d
              for g, r in results.items()}
     out = parts[primary]
     out["groups"] = {g: p["figures"]["tasks"] for g, p in parts.items()}
-    out["figures"]["tuning_tasks"] = cfg["tasks"]
-    out["figures"]["test_tasks"] = cfg.get("test_tasks", [])
+    # the tasks that ran (a --split run leaves the other declared set out: it is not reported as run)
+    out["figures"]["tuning_tasks"] = results["tuning"]["cfg"]["tasks"] if "tuning" in results else []
+    out["figures"]["test_tasks"] = results["test"]["cfg"]["tasks"] if "test" in results else []
     for g, p in parts.items():
         if g == primary:
             continue

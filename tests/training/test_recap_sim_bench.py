@@ -43,6 +43,7 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
     assert (tmp_path / "results" / "tiny.png").stat().st_size > 1000
     assert {"recap_vs_hgdagger_mcnemar_p", "recap_vs_hgdagger_throughput_diff_ci95", "value_calibration_spearman_next_round",
             "positive_rate_failed_last_quarter", "return_on_human_effort", "tuning_tasks", "test_tasks"} <= set(f)
+    assert f["tuning_tasks"] == ["push-v3"] and f["test_tasks"] == []  # --split tuning: no test task ran
     assert {(a["method"], a["seed"]) for a in result["ablation_per_seed"]} == {
         (m, s) for m in ("bc", "hg_dagger", "recap", "recap_select", "filtered_bc", "filtered_bc_select") for s in (0, 1)}
     assert set(f["human_effort"]) == {"bc", "hg_dagger", "recap"}
