@@ -22,7 +22,8 @@ Parameters are declared with descriptors (`ros2 param describe`); tokens are rea
 by inference_token_file / api_token_file or from the environment, never from parameters.
 Services: ~/start_episode (std_srvs/Trigger; task and instruction from parameters; refused while the arm
           talks and a camera has delivered no frame, ~/stats cameras_ready),
-          ~/start_demonstration (std_srvs/Trigger: the human drives; engaged ticks are recorded as
+          ~/start_demonstration (std_srvs/Trigger: the human drives, refused until a teleoperator's
+          command and pedal topics have a publisher; engaged ticks are recorded as
           demonstration, never as correction, and no policy runs),
           ~/end_episode (std_srvs/SetBool: data = success),
           ~/abort_episode (std_srvs/Trigger: stop without an outcome, e.g. the arm stopped answering;
@@ -415,6 +416,14 @@ class BridgeNode(Node):
         return (f"cameras not ready: no frame yet from {', '.join(silent)}{why} "
                 f"(~/stats says cameras_ready once every camera has delivered one)")
 
+    def _teleop_refusal(self) -> str | None:
+        """Why a demonstration cannot start: this node has not discovered a publisher of the
+        teleoperator's commands or pedal (just started, or no teleoperator), so nobody could drive and the
+        episode would record holds only. None when both are heard."""
+        topics = [self.p["teleop_command_topic"], self.p["engage_topic"]]
+        unheard = [t for t in topics if not self.count_publishers(t)]
+        return f"not ready: no teleoperator heard yet on {', '.join(unheard)}" if unheard else None
+
     def _cameras_without_frame(self) -> list[str]:
         """The cameras with no frame a tick taken now could use (one stamped at or before the clock)."""
         now = self.get_clock().now().nanoseconds
@@ -497,8 +506,8 @@ class BridgeNode(Node):
         if running:
             resp.success, resp.message = False, f"episode {running} is running"
             return resp
-        refusal = self._cameras_refusal() or disk_refusal(self.store.root,
-                                                           float(self.get_parameter("disk_reserve_mb").value))
+        refusal = (self._cameras_refusal() or (self._teleop_refusal() if demonstration else None)
+                   or disk_refusal(self.store.root, float(self.get_parameter("disk_reserve_mb").value)))
         if refusal:  # refused at the start rather than failing mid-episode on a full disk or without frames
             resp.success, resp.message = False, refusal
             self.get_logger().warning(refusal)

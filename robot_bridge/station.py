@@ -43,6 +43,8 @@ class EpisodeOutcome:
     wall_s: float
 
 
+START_READY_S = 15.0  # how long a start refused for want of cameras or a teleoperator is asked again
+NOT_READY = ("cameras not ready", "not ready")  # refusals of the bridge that time may lift
 TELEOP_MODE = {"demonstration": "demonstrate", "corrected": "correct", "autonomous": "off"}
 
 
@@ -170,11 +172,17 @@ class Station:
         self.set_teleop(mode=TELEOP_MODE[kind], operator=operator, seed=seed)
         start_srv = "start_demonstration" if kind == "demonstration" else "start_episode"
         started = self.call(Trigger, f"{self.bridge}/{start_srv}", Trigger.Request())
+        ready_by = time.monotonic() + START_READY_S
+        # a just-started cell: the bridge has yet to hear its cameras or teleoperator; ask again a while
+        while not started.success and started.message.startswith(NOT_READY) and time.monotonic() < ready_by:
+            self.spin(0.2)
+            started = self.call(Trigger, f"{self.bridge}/{start_srv}", Trigger.Request())
         if not started.success:
             raise StationError(f"the bridge refused to start: {started.message}")
         try:
-            layout = int(self.call(Trigger, f"{self.arm}/reset", Trigger.Request()).message)
-            status = self._wait_done(layout, t0 + timeout_s, stall_s, alive)
+            reset = json.loads(self.call(Trigger, f"{self.arm}/reset", Trigger.Request()).message)
+            layout = int(reset["layout"])
+            status = self._wait_done(layout, int(reset["reset"]), t0 + timeout_s, stall_s, alive)
         except BaseException:
             self.abort()
             raise
@@ -192,7 +200,7 @@ class Station:
             return None  # the bridge is gone: its episode stays in flight for fsck, never registered
         return r.message if r.success else None
 
-    def _wait_done(self, layout: int, deadline: float, stall_s: float,
+    def _wait_done(self, layout: int, reset: int, deadline: float, stall_s: float,
                    alive: Callable[[], str | None] | None) -> dict:
         progress, progress_at, check_at = None, time.monotonic(), 0.0
         st: dict = {}
@@ -200,10 +208,12 @@ class Station:
             self.executor.spin_once(timeout_sec=0.05)
             with self._lock:
                 st = dict(self.status)
-            if st.get("layout") == layout and st.get("done"):
+            # this reset's end only: a status sent before it (the last episode's end on the same layout,
+            # an arm never reset yet) may still arrive after the reset's answer
+            if st.get("reset") == reset and st.get("layout") == layout and st.get("done"):
                 return st
-            if (st.get("layout"), st.get("steps")) != progress:
-                progress, progress_at = (st.get("layout"), st.get("steps")), now
+            if (st.get("reset"), st.get("steps")) != progress:
+                progress, progress_at = (st.get("reset"), st.get("steps")), now
             elif now - progress_at > stall_s:
                 raise StationError(f"layout {layout}: the arm made no progress for {stall_s:g} s "
                                    f"(at step {st.get('steps')})")

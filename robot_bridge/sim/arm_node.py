@@ -48,6 +48,7 @@ class SimArmNode(Node):
         self.command = np.zeros(4, np.float32)
         self.success = False
         self.steps = 0
+        self.resets = 0  # resets served: a status names the one it follows, so a station never takes an earlier episode's end for this one's
         self._lock = threading.Lock()
         self.state_pub = self.create_publisher(JointState, g("state_topic"), 10)
         self.image_pub = self.create_publisher(Image, g("camera_topic"), 4) if size else None
@@ -93,13 +94,14 @@ class SimArmNode(Node):
     def _reset(self, _req, resp):
         with self._lock:
             self.seed += 1
+            self.resets += 1
             self.obs = self.arm.reset(self.seed)
             self.command[:] = 0
             self.success, self.steps = False, 0
             self.awaiting_reset = False
             self._command_event.clear()
         self._reset_event.set()
-        resp.success, resp.message = True, str(self.seed)
+        resp.success, resp.message = True, json.dumps({"layout": self.seed, "reset": self.resets})
         return resp
 
     def _render(self) -> dict:
@@ -161,7 +163,7 @@ class SimArmNode(Node):
 
     def _status(self) -> None:
         with self._lock:  # one consistent snapshot (a reset may land between two reads)
-            doc = {"layout": self.seed, "steps": self.steps, "success": bool(self.success),
+            doc = {"layout": self.seed, "reset": self.resets, "steps": self.steps, "success": bool(self.success),
                    "done": self.stop_when_done and self._done()}
         self.status_pub.publish(String(data=json.dumps(doc)))
 

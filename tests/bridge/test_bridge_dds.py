@@ -522,8 +522,6 @@ def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(r
     commands: list[list[float]] = []
     d.node.create_subscription(Float64MultiArray, "command", lambda m: commands.append(list(m.data)), 100)
     js_pub = d.node.create_publisher(JointState, "joint_states", 10)
-    engage_pub = d.node.create_publisher(Bool, "teleop/engage", 10)
-    teleop_pub = d.node.create_publisher(Float64MultiArray, "teleop/command", 10)
     stamps: dict[int, int] = {}
     human = [0.5, -0.5, 0.25, 1.0]
     k = 0
@@ -540,6 +538,11 @@ def test_recorded_ticks_match_published_samples_and_commands_with_known_stamps(r
     d.node.create_timer(0.007, publish_state)  # ~140 Hz, unsynchronised with the 50 Hz bridge
     try:
         d.wait_ready()
+        # nobody could drive yet: a demonstration is refused (it would record holds only), an episode is not
+        demo = d.call(Trigger, "recap_bridge/start_demonstration", Trigger.Request())
+        assert not demo.success and demo.message == "not ready: no teleoperator heard yet on teleop/command, teleop/engage"
+        engage_pub = d.node.create_publisher(Bool, "teleop/engage", 10)
+        teleop_pub = d.node.create_publisher(Float64MultiArray, "teleop/command", 10)
         assert d.call(Trigger, "recap_bridge/start_episode", Trigger.Request()).success
         d.spin(1.0)
         t_on = d.node.get_clock().now().nanoseconds

@@ -63,9 +63,13 @@ def test_two_cells_on_one_domain_stay_apart_and_a_stuck_or_killed_arm_aborts_the
             st.spin(1.5)
         assert a.stats["robot"] == robots[0] and a.stats["ticks"] > 10 and a.status["layout"] == 5
         assert first.steps > 10 and store_root.joinpath("episodes").is_dir()
-        assert b.status == {"layout": 0, "steps": 0, "success": False, "done": True}  # never reset, never moved
+        assert b.status == {"layout": 0, "reset": 0, "steps": 0, "success": False, "done": True}  # never reset, never moved
         # B's bridge times its stats on B's simulated clock, which (nearly) stood still: maybe none yet
         assert not b.stats or (b.stats["robot"] == robots[1] and b.stats["ticks"] == 0 and b.stats["episode"] is None)
+        # an episode on the layout the arm already says is done (its first, never reset): the station waits
+        # for this reset's end, not the status it had before (which ended an episode of 0 ticks, refused)
+        on_zero = b.run_episode("demonstration", layout=0, timeout_s=120)
+        assert on_zero.layout == 0 and on_zero.steps > 10
         # both at once: each simulated clock is its cell's own (exactly one period per tick)
         both: dict[str, object] = {}
         threads = [threading.Thread(target=lambda st=st: both.update({st.robot: st.run_episode(
