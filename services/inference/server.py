@@ -24,6 +24,7 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from starlette.requests import ClientDisconnect
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -170,10 +171,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise WireError(413, f"request body of {int(declared)} bytes exceeds this policy's limit of {limit} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise WireError(413, f"request body of more than {limit} bytes exceeds this policy's limit")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise WireError(413, f"request body of more than {limit} bytes exceeds this policy's limit")
+        except ClientDisconnect:  # a robot killed or cut off mid-request: nobody is left to answer (counted)
+            raise WireError(499, "the client went away before its request body arrived") from None
         return bytes(body)
 
     def bearer(header: str | None) -> str | None:

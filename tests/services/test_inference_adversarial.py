@@ -126,6 +126,16 @@ def test_anonymous_bodies_are_refused_unread_and_tokens_stay_out_of_logs(stack, 
     assert r.status_code == 413 and "bytes" in r.json()["detail"]
     r = httpx.post(inf.url + "/v1/act", content=iter([b"\0" * (64 << 10)] * 16), headers=auth)
     assert r.status_code == 413
+    # a robot that dies halfway through its request body (SIGKILL, a cut cable): counted, never an error
+    with socket.create_connection(("127.0.0.1", inf.port)) as s:
+        s.sendall(f"POST /v1/act HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\nContent-Type: {MSGPACK}\r\n"
+                  f"Content-Length: 4000\r\n\r\n".encode() + b"\0" * 1000)
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while 'status="499"' not in (metrics := httpx.get(inf.url + "/metrics").text):
+        assert time.monotonic() < deadline, "the cut-off request was not counted"
+        time.sleep(0.1)
+    assert "Traceback" not in inf.log_text() and "Exception in ASGI application" not in inf.log_text()
     # tokens only in headers: a query-string token is not accepted, and no token is ever logged
     with connect(inf.url.replace("http", "ws") + f"/v1/stream?token={tok}") as ws:
         with pytest.raises(ConnectionClosed) as closed:
