@@ -22,8 +22,9 @@ paired test across methods.
 
 `--validation --sweep` chooses RECAP's settings on the validation layouts, never the evaluation ones: after
 the loop, RECAP trained on its final dataset at each advantage horizon N of `--sweep-horizons` (10, 25, 50
-and the episode's end) and the preset's N evaluated at each guidance beta of `--sweep-betas` (1, 1.5, 2, 3);
-the best pooled throughput per parameter and its paired test against the preset's value.
+and the episode's end) and the preset's N evaluated at each guidance beta of `--sweep-betas` (1, 1.5, 2, 3) and, with
+`--sweep-positive`, RECAP trained at each target positive share (the preset's N, beta 1); the best pooled
+throughput per parameter and its paired test against the preset's value.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ SELECTION_PAIRS = {"recap_select": "recap", "filtered_bc_select": "filtered_bc"}
 # the guidance beta, each against the preset's value on the same paired validation episodes
 SWEEP_HORIZONS = "10,25,50,end"
 SWEEP_BETAS = "1,1.5,2,3"
+# the target positive share of the final fit (DESIGN §5: 0.3 first labelled fit, 0.4 later): swept only when
+# asked (--sweep-positive), each value one more training per seed
+SWEEP_POSITIVE = ""
 
 # Small settings per LeRobot backbone for 2 CPU cores (the ResNet-18 of ACT is built without pretrained
 # weights: no download). The native type's settings are the preset's own.
@@ -296,12 +300,26 @@ def job_ablation(cfg_dict: dict, workdir: str, name: str, seed: int, rounds: int
     return _cached(workdir, f"ablation-{name}-s{seed}", compute)
 
 
-def job_sweep(cfg_dict: dict, workdir: str, seed: int, rounds: int, horizon: int, beta: float) -> dict:
+def preset_positive(cfg_dict: dict, rounds: int) -> float:
+    """The target positive share of the loop's final RECAP fit: the first labelled fit's at one round,
+    the later fits' otherwise (training/runs.py)."""
+    from training.recap_config import RecapConfig
+
+    key = "positive_fraction_first" if rounds == 1 else "positive_fraction_later"
+    return float(cfg_dict.get("recap", {}).get(key, getattr(RecapConfig, key)))
+
+
+def job_sweep(cfg_dict: dict, workdir: str, seed: int, rounds: int, horizon: int, beta: float,
+              positive: float | None = None) -> dict:
     """One cell of the validation sweep: RECAP trained on RECAP's final dataset (the ablation's data) with
-    advantage horizon N = `horizon`, evaluated at guidance `beta` on the loop's held-out layouts. At the
-    preset's N the loop's final RECAP policy is that policy (same data, same labelling, same seed) and is
-    reused, not trained again; beta only changes inference (classifier-free guidance), so every beta of a
-    policy shares its training run."""
+    advantage horizon N = `horizon` and target positive share `positive` (None: the preset's), evaluated at
+    guidance `beta` on the loop's held-out layouts. At the preset's N and share the loop's final RECAP policy
+    is that policy (same data, same labelling, same seed) and is reused, not trained again; beta only
+    changes inference (classifier-free guidance), so every beta of a policy shares its training run."""
+    p0 = preset_positive(cfg_dict, rounds)
+    positive = p0 if positive is None else float(positive)
+    tag = "" if positive == p0 else f"-p{positive:g}"
+
     def compute():
         from training.recap_config import RecapConfig
         from training.runs import run_training
@@ -310,23 +328,25 @@ def job_sweep(cfg_dict: dict, workdir: str, seed: int, rounds: int, horizon: int
         if cfg_dict.get("eval_role") != "validation":
             raise ValueError("the sweep chooses settings: it evaluates on the validation layouts only")
         preset = cfg_dict.get("recap", {}).get("advantage_horizon", RecapConfig.advantage_horizon)
-        cfg_n = {**cfg_dict, "recap": {**cfg_dict.get("recap", {}), "advantage_horizon": horizon}}
+        cfg_n = {**cfg_dict, "recap": {**cfg_dict.get("recap", {}), "advantage_horizon": horizon,
+                                       "positive_fraction_first": positive, "positive_fraction_later": positive}}
         loop = _loop(cfg_n, workdir)
         fallback = None
-        if horizon == preset:
+        if horizon == preset and positive == p0:
             pdir = loop.runs_dir / f"recap-s{seed}-r{rounds}" / "policy"
             fallback = json.loads((pdir.parent / "done.json").read_text()).get("fallback")
         else:
-            spec = loop._spec(f"sweep-N{horizon}-s{seed}", Method.RECAP, ["demo", f"recap-s{seed}"], seed, False,
+            spec = loop._spec(f"sweep-N{horizon}{tag}-s{seed}", Method.RECAP, ["demo", f"recap-s{seed}"], seed, False,
                               f"recap-s{seed}-r{rounds}", 1.0, first_labelled=rounds == 1)
             run = run_training(loop.store, loop.catalog, spec, loop.runs_dir)
             pdir, fallback = run.policy_dir, run.metrics.get("fallback")
         ev = loop.evaluate_policy(pdir, beta, seed)
-        print(f"[{time.strftime('%H:%M:%S')}] sweep seed {seed} N {horizon} beta {beta:g}: success "
+        print(f"[{time.strftime('%H:%M:%S')}] sweep seed {seed} N {horizon} positive {positive:g} beta {beta:g}: success "
               f"{ev['all']['success_rate']:.2f} throughput {ev['all']['throughput_per_h']:.0f}/h", flush=True)
-        return {"seed": seed, "advantage_horizon": horizon, "beta": beta, "eval_role": loop.cfg.eval_role,
+        return {"seed": seed, "advantage_horizon": horizon, "beta": beta, "positive_fraction": positive,
+                "eval_role": loop.cfg.eval_role,
                 "policy_dir": str(Path(pdir).relative_to(workdir)), "fallback": fallback, "eval": ev}
-    return _cached(workdir, f"sweep-N{horizon}-b{beta:g}-s{seed}", compute)
+    return _cached(workdir, f"sweep-N{horizon}{tag}-b{beta:g}-s{seed}", compute)
 
 
 def job_selection_latency(cfg_dict: dict, workdir: str, seed: int, rounds: int, reps: int = 5,
@@ -480,6 +500,23 @@ def parse_sweep(horizons: str, betas: str, max_steps: int) -> tuple[list[tuple[s
     return hs, bs
 
 
+def parse_positive(text: str) -> list[float]:
+    """`--sweep-positive` -> [share], each within RecapConfig's bounds (0 < share < 1), no value twice; ""
+    -> [] (not swept); ValueError naming the option otherwise."""
+    out = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        try:
+            v = float(item)
+        except ValueError:
+            v = float("nan")
+        if not 0 < v < 1:
+            raise ValueError(f"--sweep-positive: {item!r} is not a positive share (a number between 0 and 1)")
+        out.append(v)
+    if len(set(out)) < len(out):
+        raise ValueError(f"--sweep-positive {text}: a value given twice")
+    return out
+
+
 def sweep_figures(cells: list[dict], tasks: list[str], seeds: list[int], sweep: dict) -> dict:
     """The validation sweep's figures, per parameter: per value, success rate, throughput per hour, mean
     episode duration (a failure counts as the time limit) and episodes, per training seed and pooled over
@@ -524,16 +561,25 @@ def sweep_figures(cells: list[dict], tasks: list[str], seeds: list[int], sweep: 
     roles = {c["eval_role"] for c in cells}
     if roles != {"validation"}:
         raise ValueError(f"sweep cells evaluated on {sorted(roles)}: settings are chosen on the validation layouts only")
-    by = {(c["advantage_horizon"], c["beta"], c["seed"]): c for c in cells}
+    p0 = sweep.get("preset_positive")  # None: the share was not swept, every cell has the preset's
+    by = {(c["advantage_horizon"], c["beta"], c.get("positive_fraction") if p0 is not None else None, c["seed"]): c
+          for c in cells}
     n0 = sweep["preset_horizon"]
-    horizon = parameter("N", [tuple(x) for x in sweep["horizons"]], n0, lambda n, s: by[(n, 1.0, s)])
-    beta = parameter("beta", [(f"{b:g}", b) for b in sweep["betas"]], sweep["preset_beta"], lambda b, s: by[(n0, b, s)])
-    return {"eval_role": "validation", "tasks": tasks, "seeds": len(seeds),
-            "note": "N: RECAP trained on RECAP's final dataset with each advantage horizon, conditioned at beta 1; "
-                    "beta: the policy at the preset's N evaluated with each guidance beta; chosen = best pooled "
-                    "throughput, compared with the preset's value on the same paired episodes (chosen as the best "
-                    "of several on these episodes, so its p-value is optimistic)",
-            "horizon": horizon, "beta": beta, "chosen_horizon": horizon["chosen"], "chosen_beta": beta["chosen"]}
+    horizon = parameter("N", [tuple(x) for x in sweep["horizons"]], n0, lambda n, s: by[(n, 1.0, p0, s)])
+    beta = parameter("beta", [(f"{b:g}", b) for b in sweep["betas"]], sweep["preset_beta"],
+                     lambda b, s: by[(n0, b, p0, s)])
+    out = {"eval_role": "validation", "tasks": tasks, "seeds": len(seeds),
+           "note": "N: RECAP trained on RECAP's final dataset with each advantage horizon, conditioned at beta 1; "
+                   "beta: the policy at the preset's N evaluated with each guidance beta; positive (when swept): "
+                   "RECAP trained at the preset's N with each target positive share, beta 1; chosen = best pooled "
+                   "throughput, compared with the preset's value on the same paired episodes (chosen as the best "
+                   "of several on these episodes, so its p-value is optimistic)",
+           "horizon": horizon, "beta": beta, "chosen_horizon": horizon["chosen"], "chosen_beta": beta["chosen"]}
+    if len(sweep.get("positives") or []) > 1:
+        out["positive"] = parameter("positive", [(f"{p:g}", p) for p in sweep["positives"]], p0,
+                                    lambda p, s: by[(n0, 1.0, p, s)])
+        out["chosen_positive"] = out["positive"]["chosen"]
+    return out
 
 
 def main() -> None:
@@ -560,6 +606,9 @@ def main() -> None:
                          "must include the preset's N.")
     ap.add_argument("--sweep-betas", default=SWEEP_BETAS, metavar="B,B,...",
                     help=f"Guidance betas of the sweep (default {SWEEP_BETAS}); must include 1, plain RECAP's.")
+    ap.add_argument("--sweep-positive", default=SWEEP_POSITIVE, metavar="P,P,...",
+                    help="Target positive shares of RECAP's final fit to sweep (e.g. 0.1,0.2,0.3,0.4; default: not "
+                         "swept); must include the preset's (0.4 after more than one round, 0.3 at one).")
     ap.add_argument("--policy", default=None, metavar="TYPE",
                     help="Registered policy type to train (native_flow, lerobot:act, ...; default: the preset's).")
     ap.add_argument("--camera", default=None, metavar="HxW", help="Render a front camera of this size, e.g. 96x128.")
@@ -637,7 +686,16 @@ def main() -> None:
             ap.error(f"--sweep-horizons {args.sweep_horizons}: include the preset's N ({n0}), the sweep's reference")
         if 1.0 not in betas:
             ap.error(f"--sweep-betas {args.sweep_betas}: include 1 (plain RECAP's beta), the sweep's reference")
+        try:
+            positives = parse_positive(args.sweep_positive)
+        except ValueError as e:
+            ap.error(str(e))
+        p0 = preset_positive(cfg, cfg["rounds"])
+        if positives and p0 not in positives:
+            ap.error(f"--sweep-positive {args.sweep_positive}: include the preset's share ({p0:g}), the sweep's reference")
         sweep = {"horizons": horizons, "betas": betas, "preset_horizon": n0, "preset_beta": 1.0}
+        if positives:
+            sweep.update(positives=positives, preset_positive=p0)
     if args.value_time_ablation:
         if not args.workdir or not (Path(args.workdir) / "store").exists():
             ap.error("--value-time-ablation: give --workdir, a group folder with a store (e.g. bench/_work/NAME/tuning)")
@@ -769,8 +827,10 @@ def run_group(pool, cfg: dict, work: str, seeds: list[int], methods: list[str], 
         abl = [f.result() for f in fa]
     sweep_cells = []
     if sweep:
-        cells = dict.fromkeys([(n, 1.0) for _, n in sweep["horizons"]] + [(sweep["preset_horizon"], b) for b in sweep["betas"]])
-        fs = [pool.submit(job_sweep, cfg, work, s, cfg["rounds"], n, b) for s in seeds for n, b in cells]
+        n0, p0 = sweep["preset_horizon"], sweep.get("preset_positive")
+        cells = dict.fromkeys([(n, 1.0, p0) for _, n in sweep["horizons"]] + [(n0, b, p0) for b in sweep["betas"]]
+                              + [(n0, 1.0, p) for p in sweep.get("positives", [])])
+        fs = [pool.submit(job_sweep, cfg, work, s, cfg["rounds"], n, b, p) for s in seeds for n, b, p in cells]
         sweep_cells = [f.result() for f in fs]
     if any(selects(m) for m in methods) or any(selects(a["method"]) for a in abl):
         latency = list(pool.map(job_selection_latency, [cfg] * len(seeds), [work] * len(seeds), seeds,
@@ -1070,7 +1130,10 @@ def render_sweep(sw: dict, seeds: list[int]) -> list[str]:
     lines = ["", "## Validation sweep (validation layouts only; the evaluation layouts are not used)", "",
              f"{sw['note']}. Tasks {', '.join(sw['tasks'])}; {sw['seeds']} training seed(s); a failure's duration is "
              "the time limit; throughput counts a 2 s reset per episode."]
-    for key, title, unit in (("horizon", "Advantage horizon N (beta 1)", "N"), ("beta", "Guidance beta (the preset's N)", "beta")):
+    params = [("horizon", "Advantage horizon N (beta 1)", "N"), ("beta", "Guidance beta (the preset's N)", "beta")]
+    if "positive" in sw:
+        params.append(("positive", "Target positive share of the final fit (the preset's N, beta 1)", "positive"))
+    for key, title, unit in params:
         p = sw[key]
         lines += ["", f"### {title}", "",
                   f"| {unit} | " + " | ".join(f"seed {s} (success / throughput /h)" for s in seeds) +
@@ -1086,7 +1149,7 @@ def render_sweep(sw: dict, seeds: list[int]) -> list[str]:
                 f" | {pooled['success_rate']:.2f} | {pooled['throughput_per_h']:.0f} | {pooled['mean_duration_s']:.2f} | "
                 f"{pooled['episodes']} |")
     sentences = []
-    for key, name in (("horizon", "N"), ("beta", "beta")):
+    for key, _, name in params:
         p = sw[key]
         c = p["chosen_vs_preset"]
         ci = c["throughput_diff_ci95"]

@@ -102,7 +102,7 @@ def test_validation_sweep_chooses_horizon_and_beta_on_validation_layouts(tmp_pat
            "--eval-episodes", "2", "--max-steps", "40", "--policy-steps", "20",
            "--set", "value.steps=20", "--set", "value.hidden=32", "--set", "policy.hidden=32",
            "--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results"), "--name", "tiny",
-           "--validation", "--sweep", "--sweep-horizons", "end,50", "--sweep-betas", "1,2"]
+           "--validation", "--sweep", "--sweep-horizons", "end,50", "--sweep-betas", "1,2", "--sweep-positive", "0.3,0.15"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     result = json.loads((tmp_path / "results" / "tiny-validation.json").read_text())
@@ -112,22 +112,31 @@ def test_validation_sweep_chooses_horizon_and_beta_on_validation_layouts(tmp_pat
     assert [(v["value"], v["N"]) for v in sw["horizon"]["values"]] == [("end", 40), ("50", 50)]
     assert [v["beta"] for v in sw["beta"]["values"]] == [1.0, 2.0]
     assert sw["chosen_horizon"] in (40, 50) and sw["chosen_beta"] in (1.0, 2.0)
-    for p in (sw["horizon"], sw["beta"]):
+    # the positive share: one round, so the preset is the first labelled fit's (0.3), the loop's own policy
+    assert [v["positive"] for v in sw["positive"]["values"]] == [0.3, 0.15] and sw["positive"]["preset"] == 0.3
+    assert sw["chosen_positive"] in (0.3, 0.15)
+    labels = json.loads((tmp_path / "work" / "tuning" / "runs" / "sweep-N50-p0.15-s0" / "labels" / "advantages.json")
+                        .read_text())
+    assert labels["positive_fraction"] == 0.15 and labels["horizon"] == 50
+    for p in (sw["horizon"], sw["beta"], sw["positive"]):
         for v in p["values"]:
             assert v["pooled"]["episodes"] == 2 and set(v["per_seed"]) == {"s0"}
             assert {"success_rate", "throughput_per_h", "mean_duration_s"} <= set(v["pooled"])
         assert p["chosen_vs_preset"]["pairs"] == 2 and 0 <= p["chosen_vs_preset"]["mcnemar_p"] <= 1
     runs = {p.name for p in (tmp_path / "work" / "tuning" / "runs").iterdir()}
-    assert runs == {"r0-s0", "recap-s0-r1", "sweep-N40-s0"}
+    assert runs == {"r0-s0", "recap-s0-r1", "sweep-N40-s0", "sweep-N50-p0.15-s0"}
     md = (tmp_path / "results" / "tiny-validation.md").read_text()
     assert "## Validation sweep" in md and "| end (N = 40) |" in md and "**Choice:**" in md
+    assert "### Target positive share" in md and "| 0.15" in md and "positive = " in md
     # resumable: a rerun reads the sweep's cells back
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
     assert again.returncode == 0 and "sweep seed" not in again.stdout, (again.stdout + again.stderr)[-4000:]
     assert json.loads((tmp_path / "results" / "tiny-validation.json").read_text())["figures"]["sweep"] == sw
     # the sweep never chooses on the evaluation layouts; bad values are refused before any work
     for args, says in ((["--sweep"], "--validation"),
-                       (["--validation", "--sweep", "--sweep-horizons", "10,25"], "preset's N")):
+                       (["--validation", "--sweep", "--sweep-horizons", "10,25"], "preset's N"),
+                       (["--validation", "--sweep", "--sweep-positive", "0.1,0.2"], "preset's share"),
+                       (["--validation", "--sweep", "--sweep-positive", "0.4,1.5"], "--sweep-positive")):
         bad = subprocess.run([sys.executable, "-m", "bench.recap_sim", *args, "--workdir", str(tmp_path / "w4")],
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
@@ -145,3 +154,16 @@ def test_sweep_values_are_parsed_within_recap_bounds():
                                   ("50,end", "1", "given twice")):
         with pytest.raises(ValueError, match=says):
             parse_sweep(horizons, betas, 50)
+
+
+def test_sweep_positive_shares_are_parsed_within_recap_bounds():
+    from bench.recap_sim import parse_positive, preset_positive
+
+    assert parse_positive("") == [] and parse_positive("0.1, 0.2,0.4") == [0.1, 0.2, 0.4]
+    for text, says in (("0", "not a positive share"), ("1", "not a positive share"), ("x", "not a positive share"),
+                       ("nan", "not a positive share"), ("0.2,0.2", "given twice")):
+        with pytest.raises(ValueError, match=says):
+            parse_positive(text)
+    # the final fit's preset: the first labelled fit's share at one round, the later fits' after more
+    assert preset_positive({}, 1) == 0.3 and preset_positive({}, 3) == 0.4
+    assert preset_positive({"recap": {"positive_fraction_later": 0.25}}, 2) == 0.25
