@@ -561,8 +561,10 @@ def sweep_figures(cells: list[dict], tasks: list[str], seeds: list[int], sweep: 
     roles = {c["eval_role"] for c in cells}
     if roles != {"validation"}:
         raise ValueError(f"sweep cells evaluated on {sorted(roles)}: settings are chosen on the validation layouts only")
-    p0 = sweep.get("preset_positive")  # None: the share was not swept, every cell has the preset's
-    by = {(c["advantage_horizon"], c["beta"], c.get("positive_fraction") if p0 is not None else None, c["seed"]): c
+    # p0 None: the share was not swept, every cell has the preset's; a cell finished before the share was a
+    # sweep parameter (a resumed workdir) has the preset's too
+    p0 = sweep.get("preset_positive")
+    by = {(c["advantage_horizon"], c["beta"], None if p0 is None else c.get("positive_fraction", p0), c["seed"]): c
           for c in cells}
     n0 = sweep["preset_horizon"]
     horizon = parameter("N", [tuple(x) for x in sweep["horizons"]], n0, lambda n, s: by[(n, 1.0, p0, s)])

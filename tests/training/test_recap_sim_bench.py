@@ -167,3 +167,24 @@ def test_sweep_positive_shares_are_parsed_within_recap_bounds():
     # the final fit's preset: the first labelled fit's share at one round, the later fits' after more
     assert preset_positive({}, 1) == 0.3 and preset_positive({}, 3) == 0.4
     assert preset_positive({"recap": {"positive_fraction_later": 0.25}}, 2) == 0.25
+
+
+def test_sweep_figures_read_cells_finished_before_the_share_was_swept():
+    """A workdir resumed with --sweep-positive holds N and beta cells written before the share was a sweep
+    parameter (no positive_fraction): they are the preset share's, not missing."""
+    from bench.recap_sim import sweep_figures
+
+    def cell(seed, n, beta, successes, positive=None):
+        c = {"seed": seed, "advantage_horizon": n, "beta": beta, "eval_role": "validation",
+             "eval": {"per_episode_success": {"t": successes}, "per_episode_steps": {"t": [40 if s else 100 for s in successes]}}}
+        return c if positive is None else {**c, "positive_fraction": positive}
+
+    old = [cell(0, 50, 1.0, [True, False]), cell(0, 10, 1.0, [False, False]), cell(0, 50, 2.0, [True, True])]
+    new = [cell(0, 50, 1.0, [True, True], positive=0.1)]
+    sweep = {"horizons": [["10", 10], ["50", 50]], "betas": [1.0, 2.0], "preset_horizon": 50, "preset_beta": 1.0}
+    fig = sweep_figures(old + new, ["t"], [0], {**sweep, "positives": [0.1, 0.4], "preset_positive": 0.4})
+    assert [v["pooled"]["success_rate"] for v in fig["positive"]["values"]] == [1.0, 0.5]
+    assert fig["chosen_positive"] == 0.1 and fig["chosen_beta"] == 2.0 and fig["chosen_horizon"] == 50
+    # without the share swept, the same old cells make the N and beta tables, and no share table
+    fig = sweep_figures(old, ["t"], [0], sweep)
+    assert "positive" not in fig and [v["pooled"]["success_rate"] for v in fig["horizon"]["values"]] == [0.0, 0.5]
