@@ -269,16 +269,17 @@ def _diagnostics(cfg_dict: dict, workdir: str, seed: int, rounds: int) -> dict:
         c = correlations(pred[known], real[known])
         calib.append({"round": r, "corr": c["pearson"], "spearman": c["spearman"],
                       "pred": pred[known][::7].tolist(), "real": real[known][::7].tolist()})
-    labels, last_quarter, held_out, fallback = {}, {}, {}, {}
+    labels, last_quarter, held_out, fallback, sources = {}, {}, {}, {}, {}
     for r in range(1, rounds + 1):
         m = json.loads((runs / f"recap-s{seed}-r{r}" / "done.json").read_text())
         labels[r] = m.get("positive_rate_by_outcome")
+        sources[r] = m.get("positives_by_source")
         last_quarter[r] = m.get("positive_rate_failed_by_quarter")
         held_out[r] = m.get("value_calibration")
         fallback[r] = m.get("fallback")
     return {"seed": seed, "conditioning": gap, "calibration": calib, "positive_rate_by_outcome": labels,
             "positive_rate_failed_by_quarter": last_quarter, "value_calibration_held_out": held_out,
-            "fallback": fallback}
+            "fallback": fallback, "positives_by_source": sources}
 
 
 def job_ablation(cfg_dict: dict, workdir: str, name: str, seed: int, rounds: int) -> dict:
@@ -1020,6 +1021,24 @@ def _fmt(ms, p=2):
     return "-" if m != m else (f"{m:.{p}f} ± {s:.{p}f}" if s == s else f"{m:.{p}f}")
 
 
+def positives_line(diag: list[dict]) -> list[str]:
+    """Where the last round's positive labels came from, mean over seeds (a diagnostics cell written before
+    runs reported it has none: no line)."""
+    from training.recap import POSITIVE_SOURCES
+
+    last = []
+    for d in diag:
+        by_round = {k: v for k, v in (d.get("positives_by_source") or {}).items() if v}
+        if not by_round:
+            return []
+        last.append(by_round[max(by_round, key=int)])
+    names = {"demonstration": "demonstrations", "correction": "corrections",
+             "policy_success": "the policy's ticks in successful episodes", "policy_failure": "the policy's ticks in failed episodes"}
+    return ["Where the last round's positive labels come from (share of all positives; the group's own positive rate): "
+            + "; ".join(f"{names[g]} {np.nanmean([x[g]['share_of_positives'] for x in last]):.2f} "
+                        f"({np.nanmean([x[g]['positive_rate'] for x in last]):.2f})" for g in POSITIVE_SOURCES) + "."]
+
+
 def render_md(r: dict, name: str) -> str:
     f = r["figures"]
     lines = [f"# RECAP on the simulated arm ({name})", "", *([f"**{r['note']}**", ""] if r.get("note") else []),
@@ -1050,6 +1069,7 @@ def render_md(r: dict, name: str) -> str:
                       for c in sorted({x['round'] for d in diag for x in d['calibration']})) + ".",
                   "Conditioning (success of the last RECAP policy conditioned positive / unconditional / negative): " + " / ".join(
                       f"{np.mean([d['conditioning'][k] for d in diag]):.2f}" for k in ("positive", "unconditional", "negative")) + "."]
+        lines += positives_line(diag)
     if f.get("per_seed_last_round"):
         seeds = r.get("seeds", [])
         lines += ["", f"## Per training seed, round {last} (success / throughput per hour)", "",

@@ -147,6 +147,26 @@ def positive_rate_by_position(ind: Sequence[np.ndarray], outcomes: Sequence[str]
     return [float(h / c) if c else float("nan") for h, c in zip(hits, counts)]
 
 
+POSITIVE_SOURCES = ("demonstration", "correction", "policy_success", "policy_failure")
+
+
+def positives_by_source(ind: np.ndarray, sources: np.ndarray, success: np.ndarray) -> dict[str, dict]:
+    """Diagnostic: where the positive labels come from. Per group of ticks (demonstrations, corrections,
+    the policy's own ticks in successful and in failed episodes): its ticks, its positive rate and its
+    share of all positives. A conditioned policy learns "positive" behaviour from these; when the policy's
+    ticks in failed episodes supply most of them (a target positive share above the data's success
+    share), the positive-conditioned policy is largely the failing policy again. Ticks of other sources
+    (holds) are in no group. `ind`, `sources`, `success`: per tick."""
+    ind, sources, success = np.asarray(ind, bool), np.asarray(sources), np.asarray(success, bool)
+    policy = sources == ActionSource.POLICY
+    groups = {"demonstration": sources == ActionSource.DEMONSTRATION, "correction": sources == ActionSource.CORRECTION,
+              "policy_success": policy & success, "policy_failure": policy & ~success}
+    total = int(ind.sum())
+    return {name: {"ticks": int(m.sum()), "positive_rate": float(ind[m].mean()) if m.any() else float("nan"),
+                   "share_of_positives": float(ind[m].sum() / total) if total else float("nan")}
+            for name, m in groups.items()}
+
+
 def positive_rate_by_outcome(ind: Sequence[np.ndarray], outcomes: Sequence[str]) -> dict[str, float]:
     """Diagnostic: share of positive labels in successful vs failed episodes (should differ)."""
     out = {}

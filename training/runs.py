@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from data.catalog import Catalog
-from data.schema import ActionSource
+from data.schema import ActionSource, Outcome
 from data.store import EpisodeStore
 from training.advantages import AdvantageLabels, label_advantages
 from training import distributed
@@ -46,7 +46,7 @@ from training.policies.registry import policy_config
 from training.policies.trainer_policy import fit_policy
 from training.calibration import correlations
 from training.fit import scaled_steps
-from training.recap import RecapConfig, positive_rate_by_outcome, positive_rate_by_position
+from training.recap import RecapConfig, positive_rate_by_outcome, positive_rate_by_position, positives_by_source
 from training.recipe import check_selection, effective_recipe
 from training.steps import load_steps
 from training.tracking import WandbSettings, track_run
@@ -273,6 +273,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         metrics["positive_rate_policy_ticks"] = (float(labels.indicators[policy_ticks].mean())
                                                  if policy_ticks.any() else float("nan"))
         metrics["positive_rate_by_outcome"] = positive_rate_by_outcome(ind_list, table.outcomes)
+        success_tick = (np.asarray(table.outcomes, dtype=object) == Outcome.SUCCESS)[table.episode_index]
+        metrics["positives_by_source"] = positives_by_source(labels.indicators, table.source, success_tick)
         quarters = positive_rate_by_position(ind_list, table.outcomes, "failure", 4)
         metrics["positive_rate_failed_by_quarter"] = quarters
         metrics["positive_rate_failed_last_quarter"] = quarters[-1]

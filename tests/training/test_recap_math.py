@@ -64,3 +64,18 @@ def test_indicator_dropout_prompt_and_guidance():
     vu, vp = torch.zeros(3), torch.ones(3)
     assert torch.equal(recap.guided_velocity(vu, vp, 1.0), vp)
     assert torch.allclose(recap.guided_velocity(vu, vp, 2.0), 2 * vp)
+
+
+def test_positives_by_source_says_where_the_positive_labels_come_from():
+    D, C, P, H = ActionSource.DEMONSTRATION, ActionSource.CORRECTION, ActionSource.POLICY, ActionSource.HOLD
+    sources = np.array([D, D, C, P, P, P, P, P, P, H])
+    success = np.array([1, 1, 0, 1, 1, 0, 0, 0, 0, 0], bool)
+    ind = np.array([1, 0, 1, 1, 1, 1, 0, 0, 0, 0], bool)
+    by = recap.positives_by_source(ind, sources, success)
+    assert by["demonstration"] == {"ticks": 2, "positive_rate": 0.5, "share_of_positives": 0.2}
+    assert by["correction"] == {"ticks": 1, "positive_rate": 1.0, "share_of_positives": 0.2}
+    assert by["policy_success"] == {"ticks": 2, "positive_rate": 1.0, "share_of_positives": 0.4}
+    assert by["policy_failure"] == {"ticks": 4, "positive_rate": 0.25, "share_of_positives": 0.2}
+    # no positives at all, or an empty group: NaN, not a division error
+    none = recap.positives_by_source(np.zeros(3, bool), np.array([P, P, P]), np.zeros(3, bool))
+    assert np.isnan(none["policy_failure"]["share_of_positives"]) and np.isnan(none["correction"]["positive_rate"])

@@ -39,7 +39,12 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
     assert all(t["pairs"] == 4 and 0 <= t["success"]["p"] <= 1 for t in pairs.values())
     rows = {(r["method"], r["round"]) for r in f["table"]}
     assert rows == {(m, r) for m in ("bc", "hg_dagger", "recap") for r in (0, 1)}
-    assert "| recap | 1 |" in (tmp_path / "results" / "tiny.md").read_text()
+    md = (tmp_path / "results" / "tiny.md").read_text()
+    assert "| recap | 1 |" in md
+    # the diagnostics say where the positive labels came from, per seed and in the report
+    assert all(set(d["positives_by_source"]["1"]) == {"demonstration", "correction", "policy_success", "policy_failure"}
+               for d in result["diagnostics"])
+    assert "Where the last round's positive labels come from" in md
     assert (tmp_path / "results" / "tiny.png").stat().st_size > 1000
     assert {"recap_vs_hgdagger_mcnemar_p", "recap_vs_hgdagger_throughput_diff_ci95", "value_calibration_spearman_next_round",
             "positive_rate_failed_last_quarter", "return_on_human_effort", "tuning_tasks", "test_tasks"} <= set(f)

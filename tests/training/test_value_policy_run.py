@@ -330,6 +330,12 @@ def test_a_run_reports_held_out_calibration_and_its_guard_rail_stops_or_falls_ba
     assert np.isfinite(m["value_calibration"]["pearson"]) and m["value_calibration"]["ticks"] == m["ticks"]
     assert len(m["positive_rate_failed_by_quarter"]) == 4
     assert m["positive_rate_failed_last_quarter"] == m["positive_rate_failed_by_quarter"][-1]
+    # where the positives come from: the groups add up to the run's ticks and positives
+    by = m["positives_by_source"]
+    assert set(by) == {"demonstration", "correction", "policy_success", "policy_failure"}
+    assert sum(g["ticks"] for g in by.values()) == m["ticks"] and by["policy_success"]["ticks"] + by["policy_failure"]["ticks"] == policy_ticks
+    assert abs(sum(g["share_of_positives"] for g in by.values()) - 1) < 1e-9
+    assert abs(sum(g["positive_rate"] * g["ticks"] for g in by.values() if g["ticks"]) / m["ticks"] - m["positive_rate"]) < 1e-9
     usable = m["ticks"]  # the toy has no hold ticks
     assert m["policy_steps"] == max(5, int(np.ceil(2.0 * usable / 256))) and policy_ticks > 0
 
