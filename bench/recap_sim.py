@@ -235,6 +235,20 @@ def job_diagnostics(cfg_dict: dict, workdir: str, seed: int, rounds: int) -> dic
     return _cached(workdir, f"diagnostics-s{seed}", lambda: _diagnostics(cfg_dict, workdir, seed, rounds))
 
 
+def _positives_from_labels(loop, run_dir: Path) -> dict | None:
+    """positives_by_source of a run that predates the metric, from the labels and episodes it saved."""
+    from training.advantages import AdvantageLabels
+    from training.recap import positives_by_source
+    from training.steps import load_steps
+
+    if not (run_dir / "labels" / "advantages.json").exists():
+        return None
+    labels = AdvantageLabels.load(run_dir / "labels")
+    table = load_steps(loop.store, labels.episode_ids)
+    success = (np.asarray(table.outcomes, dtype=object) == "success")[table.episode_index]
+    return positives_by_source(labels.indicators, table.source, success)
+
+
 def _diagnostics(cfg_dict: dict, workdir: str, seed: int, rounds: int) -> dict:
     """Conditioning gap of the final RECAP policy; value calibration of each round's V on the next
     round's (held-out) episodes (Pearson and Spearman); the labels' positive rates by outcome and by
@@ -273,7 +287,7 @@ def _diagnostics(cfg_dict: dict, workdir: str, seed: int, rounds: int) -> dict:
     for r in range(1, rounds + 1):
         m = json.loads((runs / f"recap-s{seed}-r{r}" / "done.json").read_text())
         labels[r] = m.get("positive_rate_by_outcome")
-        sources[r] = m.get("positives_by_source")
+        sources[r] = m.get("positives_by_source") or _positives_from_labels(loop, runs / f"recap-s{seed}-r{r}")
         last_quarter[r] = m.get("positive_rate_failed_by_quarter")
         held_out[r] = m.get("value_calibration")
         fallback[r] = m.get("fallback")

@@ -45,6 +45,14 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
     assert all(set(d["positives_by_source"]["1"]) == {"demonstration", "correction", "policy_success", "policy_failure"}
                for d in result["diagnostics"])
     assert "Where the last round's positive labels come from" in md
+    # a run written before the metric: the same figures from the labels and episodes it saved
+    from bench.recap_sim import _loop, _positives_from_labels
+
+    group = tmp_path / "work" / "tuning"
+    run_dir = group / "runs" / "recap-s0-r1"
+    saved = json.loads((run_dir / "done.json").read_text())["positives_by_source"]
+    cfg = json.loads((tmp_path / "work" / "config.json").read_text())["config"]
+    assert json.dumps(_positives_from_labels(_loop(cfg, str(group)), run_dir)) == json.dumps(saved)  # NaN: an empty group
     assert (tmp_path / "results" / "tiny.png").stat().st_size > 1000
     assert {"recap_vs_hgdagger_mcnemar_p", "recap_vs_hgdagger_throughput_diff_ci95", "value_calibration_spearman_next_round",
             "positive_rate_failed_last_quarter", "return_on_human_effort", "tuning_tasks", "test_tasks"} <= set(f)
