@@ -980,6 +980,13 @@ def summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed, latency=None
                                for m in abl_methods}
         figures["ablation_success"] = {m: mean_se([a["eval"]["all"]["success_rate"] for a in abl if a["method"] == m])
                                        for m in abl_methods}
+        # RECAP against every other extraction of the same data, paired by (seed, task, layout)
+        abl_records = {(a["method"], a["seed"]): [{"eval": a["eval"]}] for a in abl}
+        abl_seeds = sorted({a["seed"] for a in abl})
+        if "recap" in abl_methods and all((m, s) in abl_records for m in abl_methods for s in abl_seeds):
+            figures["ablation_paired_tests"] = [
+                t for t in paired_tests(abl_records, ["recap"] + [m for m in abl_methods if m != "recap"], abl_seeds,
+                                        cfg["tasks"], 1) if t["a"] == "recap"]
     figures.update(selection_figures(records, methods, seeds, cfg["tasks"], rounds, abl, latency))
     figures["per_seed_last_round"] = {
         m: {**{f"s{s}": {k: records[(m, s)][rounds - 1]["eval"]["all"][k] for k in ("success_rate", "throughput_per_h")}
@@ -1091,12 +1098,17 @@ def render_md(r: dict, name: str) -> str:
         for m, v in f["per_seed_last_round"].items():
             lines.append(f"| {m} | " + " | ".join(f"{v[f's{s}']['success_rate']:.2f} / {v[f's{s}']['throughput_per_h']:.0f}"
                                                   for s in seeds) + f" | {v['mean']['success_rate']:.2f} / {v['mean']['throughput_per_h']:.0f} |")
-    if f.get("paired_tests"):
-        lines += ["", f"## Paired tests, round {last} (every evaluation episode paired by training seed and initial condition)", "",
+    for key, title in (("paired_tests", f"Paired tests, round {last} (every evaluation episode paired by training seed and "
+                                          "initial condition)"),
+                       ("ablation_paired_tests", "Policy extraction: RECAP against each method trained on RECAP's final "
+                                                 "dataset (the same episodes; paired by training seed and initial condition)")):
+        if not f.get(key):
+            continue
+        lines += ["", f"## {title}", "",
                   "| a vs b | pairs | success: only a / only b | McNemar exact p | duration: a faster / b faster | sign test p | "
                   "throughput a − b, paired bootstrap 95 % CI (/h) |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
-        for t in f["paired_tests"]:
+        for t in f[key]:
             ci = t.get("throughput_diff_ci95", [float("nan")] * 2)
             lines.append(f"| {t['a']} vs {t['b']} | {t['pairs']} | {t['success']['a_only']} / {t['success']['b_only']} | "
                          f"{t['success']['p']:.3f} | {t['duration']['a_faster']} / {t['duration']['b_faster']} | {t['duration']['p']:.3f} | "
@@ -1149,7 +1161,8 @@ def render_md(r: dict, name: str) -> str:
             lines.append(f"- `{e['type']}`: {' -> '.join(e['steps'])} — `{e['test']}`")
     lines += ["", "## Headline figures (last round)", ""]
     for k, v in f.items():
-        if k in ("table", "tasks", "per_seed_last_round", "paired_tests", "human_effort", "selection_latency", "sweep") or \
+        if k in ("table", "tasks", "per_seed_last_round", "paired_tests", "ablation_paired_tests", "human_effort",
+                 "selection_latency", "sweep") or \
                 k.startswith("test_") and k.removeprefix("test_") in ("table", "per_seed_last_round", "paired_tests",
                                                                        "human_effort", "selection_latency"):
             continue

@@ -60,6 +60,11 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
     assert {(a["method"], a["seed"]) for a in result["ablation_per_seed"]} == {
         (m, s) for m in ("bc", "hg_dagger", "recap", "recap_select", "filtered_bc", "filtered_bc_select") for s in (0, 1)}
     assert set(f["human_effort"]) == {"bc", "hg_dagger", "recap"}
+    # the extraction ablation tested paired: RECAP against each method on the same final dataset
+    assert {(t["a"], t["b"]) for t in f["ablation_paired_tests"]} == {
+        ("recap", m) for m in ("bc", "hg_dagger", "recap_select", "filtered_bc", "filtered_bc_select")}
+    assert all(t["pairs"] == 4 and 0 <= t["success"]["p"] <= 1 for t in f["ablation_paired_tests"])
+    assert "## Policy extraction: RECAP against each method trained on RECAP's final dataset" in md
     # resumable: a rerun with the same config reads every finished cell back and trains nothing
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=580)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
