@@ -64,13 +64,18 @@ def test_dashboard_shows_fleet_versions_runs_and_plays_back_an_episode(stack, br
         s.get(TrainingRun, run_ids[0]).metrics = finite_json({
             "value_calibration": {"held_out": True, "spearman": 0.123, "pearson": float("nan"), "ticks": 400},
             "fallback": {"fallback": "filtered_bc", "reason": "held-out Spearman 0.123 below 0.2"}})
+        # the second run labelled its data: most of its positives were the policy's ticks in failed episodes
+        s.get(TrainingRun, run_ids[1]).metrics = finite_json({"positives_by_source": {
+            "policy_failure": {"ticks": 900, "positive_rate": 0.39, "share_of_positives": 0.62},
+            "correction": {"ticks": 100, "positive_rate": 1.0, "share_of_positives": 0.2}}})
     db.close()
     browser.get(f"{stack.api.url}/#token={stack.tokens['operator']}")
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "1")
     assert browser.find_element(By.ID, "error").text == ""
     weak = browser.find_element(By.CSS_SELECTOR, f"#runs tbody tr[data-run='{run_ids[0]}']").text
     assert "0.12 / –" in weak and "weak V: trained as filtered_bc" in weak
-    assert "weak V" not in browser.find_element(By.CSS_SELECTOR, f"#runs tbody tr[data-run='{run_ids[1]}']").text
+    labelled = browser.find_element(By.CSS_SELECTOR, f"#runs tbody tr[data-run='{run_ids[1]}']").text
+    assert "weak V" not in labelled and "62%" in labelled and "62%" not in weak
     # every run's curves, every version's lineage
     for run_id in run_ids:
         lines = browser.find_elements(By.CSS_SELECTOR, f"#curves svg[data-run='{run_id}'] polyline")

@@ -106,10 +106,14 @@ async function refresh() {
       const f = (x) => (typeof x === "number" ? x.toFixed(2) : "–");
       return c.held_out ? f(c.spearman) + " / " + f(c.pearson) : "–";
     };
+    const fromFailures = (m) => {  // where the positive labels come from (training/recap.py positives_by_source)
+      const g = ((m || {}).positives_by_source || {}).policy_failure;
+      return g && typeof g.share_of_positives === "number" ? pct(g.share_of_positives) : "–";
+    };
     rows("#runs", runs, r => [{ "data-run": r.id },
       [r.id, r.spec.method, r.status, bar(r.progress), r.version_id || "–", calib(r.metrics),
        (r.metrics || {}).fallback ? "weak V: trained as " + r.metrics.fallback.fallback : "",
-       JSON.stringify(r.spec.recipe || {})]]);
+       fromFailures(r.metrics), JSON.stringify(r.spec.recipe || {})]]);
     rows("#versions", Object.entries(stats), ([v, s]) => [{ "data-version": v },
       [v, s.episodes, pct(s.success_rate), s.throughput_per_h.toFixed(0), pct(s.correction_rate)]]);
     plot("#plot-success", stats, "success_rate", "success rate over time");
