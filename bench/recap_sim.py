@@ -232,7 +232,12 @@ def job_method(cfg_dict: dict, workdir: str, name: str, seed: int, policy0: str)
 
 
 def job_diagnostics(cfg_dict: dict, workdir: str, seed: int, rounds: int) -> dict:
-    return _cached(workdir, f"diagnostics-s{seed}", lambda: _diagnostics(cfg_dict, workdir, seed, rounds))
+    d = _cached(workdir, f"diagnostics-s{seed}", lambda: _diagnostics(cfg_dict, workdir, seed, rounds))
+    if not any((d.get("positives_by_source") or {}).values()):  # a cell written before the metric: add it
+        loop = _loop(cfg_dict, workdir)
+        d["positives_by_source"] = {r: _positives_from_labels(loop, loop.runs_dir / f"recap-s{seed}-r{r}")
+                                    for r in range(1, rounds + 1)}
+    return d
 
 
 def _positives_from_labels(loop, run_dir: Path) -> dict | None:
@@ -243,10 +248,12 @@ def _positives_from_labels(loop, run_dir: Path) -> dict | None:
 
     if not (run_dir / "labels" / "advantages.json").exists():
         return None
+    from data.schema import ActionSource
+
     labels = AdvantageLabels.load(run_dir / "labels")
     table = load_steps(loop.store, labels.episode_ids)
-    success = (np.asarray(table.outcomes, dtype=object) == "success")[table.episode_index]
-    return positives_by_source(labels.indicators, table.source, success)
+    return positives_by_source(labels.indicators, table.source, np.asarray(table.outcomes, dtype=object)[table.episode_index],
+                               keep=(table.source != ActionSource.HOLD) & ~table.masked)
 
 
 def _diagnostics(cfg_dict: dict, workdir: str, seed: int, rounds: int) -> dict:
@@ -343,8 +350,9 @@ def job_sweep(cfg_dict: dict, workdir: str, seed: int, rounds: int, horizon: int
         if cfg_dict.get("eval_role") != "validation":
             raise ValueError("the sweep chooses settings: it evaluates on the validation layouts only")
         preset = cfg_dict.get("recap", {}).get("advantage_horizon", RecapConfig.advantage_horizon)
-        cfg_n = {**cfg_dict, "recap": {**cfg_dict.get("recap", {}), "advantage_horizon": horizon,
-                                       "positive_fraction_first": positive, "positive_fraction_later": positive}}
+        share = {} if positive == p0 else {
+            "positive_fraction_first" if rounds == 1 else "positive_fraction_later": positive}
+        cfg_n = {**cfg_dict, "recap": {**cfg_dict.get("recap", {}), "advantage_horizon": horizon, **share}}
         loop = _loop(cfg_n, workdir)
         fallback = None
         if horizon == preset and positive == p0:
@@ -527,8 +535,8 @@ def parse_positive(text: str) -> list[float]:
         if not 0 < v < 1:
             raise ValueError(f"--sweep-positive: {item!r} is not a positive share (a number between 0 and 1)")
         out.append(v)
-    if len(set(out)) < len(out):
-        raise ValueError(f"--sweep-positive {text}: a value given twice")
+    if len({f"{v:g}" for v in out}) < len(out):  # the cells and runs are named by f"{v:g}"
+        raise ValueError(f"--sweep-positive {text}: a value given twice (to 6 significant digits)")
     return out
 
 
@@ -1055,9 +1063,13 @@ def positives_line(diag: list[dict]) -> list[str]:
         last.append(by_round[max(by_round, key=int)])
     names = {"demonstration": "demonstrations", "correction": "corrections",
              "policy_success": "the policy's ticks in successful episodes", "policy_failure": "the policy's ticks in failed episodes"}
+    def mean(values):  # NaN (an empty group, JSON null) left out; "-" when every seed's is
+        v = [x for x in values if x is not None and x == x]
+        return f"{np.mean(v):.2f}" if v else "-"
+
     return ["Where the last round's positive labels come from (share of all positives; the group's own positive rate): "
-            + "; ".join(f"{names[g]} {np.nanmean([x[g]['share_of_positives'] for x in last]):.2f} "
-                        f"({np.nanmean([x[g]['positive_rate'] for x in last]):.2f})" for g in POSITIVE_SOURCES) + "."]
+            + "; ".join(f"{names[g]} {mean([x[g]['share_of_positives'] for x in last])} "
+                        f"({mean([x[g]['positive_rate'] for x in last])})" for g in POSITIVE_SOURCES) + "."]
 
 
 def render_md(r: dict, name: str) -> str:
@@ -1101,7 +1113,8 @@ def render_md(r: dict, name: str) -> str:
     for key, title in (("paired_tests", f"Paired tests, round {last} (every evaluation episode paired by training seed and "
                                           "initial condition)"),
                        ("ablation_paired_tests", "Policy extraction: RECAP against each method trained on RECAP's final "
-                                                 "dataset (the same episodes; paired by training seed and initial condition)")):
+                                                 "dataset (the same episodes, BC its demonstrations; paired by training "
+                                                 "seed and initial condition)")):
         if not f.get(key):
             continue
         lines += ["", f"## {title}", "",
@@ -1164,7 +1177,8 @@ def render_md(r: dict, name: str) -> str:
         if k in ("table", "tasks", "per_seed_last_round", "paired_tests", "ablation_paired_tests", "human_effort",
                  "selection_latency", "sweep") or \
                 k.startswith("test_") and k.removeprefix("test_") in ("table", "per_seed_last_round", "paired_tests",
-                                                                       "human_effort", "selection_latency"):
+                                                                       "ablation_paired_tests", "human_effort",
+                                                                       "selection_latency"):
             continue
         lines.append(f"- `{k}`: {json.dumps(v) if not isinstance(v, float) else f'{v:.3f}'}")
     lines += ["", "Targets (the paper's claims): RECAP throughput ≥ 2× BC, failure rate ≤ 0.5× BC, above HG-DAgger, "

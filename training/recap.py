@@ -150,17 +150,22 @@ def positive_rate_by_position(ind: Sequence[np.ndarray], outcomes: Sequence[str]
 POSITIVE_SOURCES = ("demonstration", "correction", "policy_success", "policy_failure")
 
 
-def positives_by_source(ind: np.ndarray, sources: np.ndarray, success: np.ndarray) -> dict[str, dict]:
+def positives_by_source(ind: np.ndarray, sources: np.ndarray, outcomes: np.ndarray,
+                        keep: np.ndarray | None = None) -> dict[str, dict]:
     """Diagnostic: where the positive labels come from. Per group of ticks (demonstrations, corrections,
     the policy's own ticks in successful and in failed episodes): its ticks, its positive rate and its
     share of all positives. A conditioned policy learns "positive" behaviour from these; when the policy's
     ticks in failed episodes supply most of them (a target positive share above the data's success
-    share), the positive-conditioned policy is largely the failing policy again. Ticks of other sources
-    (holds) are in no group. `ind`, `sources`, `success`: per tick."""
-    ind, sources, success = np.asarray(ind, bool), np.asarray(sources), np.asarray(success, bool)
-    policy = sources == ActionSource.POLICY
-    groups = {"demonstration": sources == ActionSource.DEMONSTRATION, "correction": sources == ActionSource.CORRECTION,
-              "policy_success": policy & success, "policy_failure": policy & ~success}
+    share), the positive-conditioned policy is largely the failing policy again. `ind`, `sources`,
+    `outcomes` (the episode's outcome): per tick; `keep`: the ticks the policy trains on (holds and masked
+    ticks are not), None = all. The policy's ticks in episodes of unknown outcome are in neither policy group."""
+    ind, sources, outcomes = np.asarray(ind, bool), np.asarray(sources), np.asarray(outcomes, dtype=object)
+    keep = np.ones(len(ind), bool) if keep is None else np.asarray(keep, bool)
+    ind = ind & keep
+    policy = (sources == ActionSource.POLICY) & keep
+    groups = {"demonstration": (sources == ActionSource.DEMONSTRATION) & keep,
+              "correction": (sources == ActionSource.CORRECTION) & keep,
+              "policy_success": policy & (outcomes == Outcome.SUCCESS), "policy_failure": policy & (outcomes == Outcome.FAILURE)}
     total = int(ind.sum())
     return {name: {"ticks": int(m.sum()), "positive_rate": float(ind[m].mean()) if m.any() else float("nan"),
                    "share_of_positives": float(ind[m].sum() / total) if total else float("nan")}

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from data.catalog import Catalog
-from data.schema import ActionSource, Outcome
+from data.schema import ActionSource
 from data.store import EpisodeStore
 from training.advantages import AdvantageLabels, label_advantages
 from training import distributed
@@ -273,8 +273,9 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         metrics["positive_rate_policy_ticks"] = (float(labels.indicators[policy_ticks].mean())
                                                  if policy_ticks.any() else float("nan"))
         metrics["positive_rate_by_outcome"] = positive_rate_by_outcome(ind_list, table.outcomes)
-        success_tick = (np.asarray(table.outcomes, dtype=object) == Outcome.SUCCESS)[table.episode_index]
-        metrics["positives_by_source"] = positives_by_source(labels.indicators, table.source, success_tick)
+        metrics["positives_by_source"] = positives_by_source(
+            labels.indicators, table.source, np.asarray(table.outcomes, dtype=object)[table.episode_index],
+            keep=(table.source != ActionSource.HOLD) & ~table.masked)
         quarters = positive_rate_by_position(ind_list, table.outcomes, "failure", 4)
         metrics["positive_rate_failed_by_quarter"] = quarters
         metrics["positive_rate_failed_last_quarter"] = quarters[-1]

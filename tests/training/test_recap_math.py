@@ -69,13 +69,24 @@ def test_indicator_dropout_prompt_and_guidance():
 def test_positives_by_source_says_where_the_positive_labels_come_from():
     D, C, P, H = ActionSource.DEMONSTRATION, ActionSource.CORRECTION, ActionSource.POLICY, ActionSource.HOLD
     sources = np.array([D, D, C, P, P, P, P, P, P, H])
-    success = np.array([1, 1, 0, 1, 1, 0, 0, 0, 0, 0], bool)
+    outcomes = np.array(["success"] * 2 + ["failure"] + ["success"] * 2 + ["failure"] * 5, dtype=object)
     ind = np.array([1, 0, 1, 1, 1, 1, 0, 0, 0, 0], bool)
-    by = recap.positives_by_source(ind, sources, success)
+    by = recap.positives_by_source(ind, sources, outcomes)
     assert by["demonstration"] == {"ticks": 2, "positive_rate": 0.5, "share_of_positives": 0.2}
     assert by["correction"] == {"ticks": 1, "positive_rate": 1.0, "share_of_positives": 0.2}
     assert by["policy_success"] == {"ticks": 2, "positive_rate": 1.0, "share_of_positives": 0.4}
     assert by["policy_failure"] == {"ticks": 4, "positive_rate": 0.25, "share_of_positives": 0.2}
+    # the policy's ticks of an episode of unknown outcome are in neither policy group (their labels are 0 by rule);
+    # ticks training leaves out (a hold labelled positive, a masked correction) count nowhere
+    unknown = np.array(["success"] * 2 + ["failure"] + ["success"] * 2 + ["failure"] * 2 + ["unknown"] * 2 + ["failure"],
+                       dtype=object)
+    held = ind.copy()
+    held[-1] = True
+    keep = np.ones(len(ind), bool)
+    keep[[2, -1]] = False
+    by = recap.positives_by_source(held, sources, unknown, keep=keep)
+    assert by["policy_failure"] == {"ticks": 2, "positive_rate": 0.5, "share_of_positives": 0.25}
+    assert by["correction"]["ticks"] == 0 and sum(g["share_of_positives"] for g in by.values() if g["ticks"]) == 1
     # no positives at all, or an empty group: NaN, not a division error
-    none = recap.positives_by_source(np.zeros(3, bool), np.array([P, P, P]), np.zeros(3, bool))
+    none = recap.positives_by_source(np.zeros(3, bool), np.array([P, P, P]), np.array(["failure"] * 3, dtype=object))
     assert np.isnan(none["policy_failure"]["share_of_positives"]) and np.isnan(none["correction"]["positive_rate"])

@@ -65,11 +65,17 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
         ("recap", m) for m in ("bc", "hg_dagger", "recap_select", "filtered_bc", "filtered_bc_select")}
     assert all(t["pairs"] == 4 and 0 <= t["success"]["p"] <= 1 for t in f["ablation_paired_tests"])
     assert "## Policy extraction: RECAP against each method trained on RECAP's final dataset" in md
-    # resumable: a rerun with the same config reads every finished cell back and trains nothing
+    # resumable: a rerun with the same config reads every finished cell back and trains nothing; diagnostics cells
+    # written before runs reported positives_by_source get it from the runs' saved labels
+    for cell in (tmp_path / "work" / "tuning" / "cells").glob("diagnostics-s*.json"):
+        d = json.loads(cell.read_text())
+        del d["positives_by_source"]
+        cell.write_text(json.dumps(d))
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=580)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "round 1: success" not in again.stdout and "training run" not in again.stderr
     assert json.loads((tmp_path / "results" / "tiny.json").read_text())["records"] == result["records"]
+    assert "Where the last round's positive labels come from" in (tmp_path / "results" / "tiny.md").read_text()
     other = subprocess.run([*cmd[:-2], "--name", "tiny2", "--rounds", "2"], capture_output=True, text=True, timeout=120)
     assert other.returncode == 2 and "another config" in other.stderr
     # bad overrides are refused with a message, before any work
@@ -136,6 +142,9 @@ def test_validation_sweep_chooses_horizon_and_beta_on_validation_layouts(tmp_pat
     labels = json.loads((tmp_path / "work" / "tuning" / "runs" / "sweep-N50-p0.15-s0" / "labels" / "advantages.json")
                         .read_text())
     assert labels["positive_fraction"] == 0.15 and labels["horizon"] == 50
+    # a run of another N keeps the preset's shares in its spec (a resumed older workdir's runs match)
+    spec = json.loads((tmp_path / "work" / "tuning" / "runs" / "sweep-N40-s0" / "run.json").read_text())["recap"]
+    assert (spec["positive_fraction_first"], spec["positive_fraction_later"]) == (0.3, 0.4)
     for p in (sw["horizon"], sw["beta"], sw["positive"]):
         for v in p["values"]:
             assert v["pooled"]["episodes"] == 2 and set(v["per_seed"]) == {"s0"}
@@ -179,7 +188,8 @@ def test_sweep_positive_shares_are_parsed_within_recap_bounds():
 
     assert parse_positive("") == [] and parse_positive("0.1, 0.2,0.4") == [0.1, 0.2, 0.4]
     for text, says in (("0", "not a positive share"), ("1", "not a positive share"), ("x", "not a positive share"),
-                       ("nan", "not a positive share"), ("0.2,0.2", "given twice")):
+                       ("nan", "not a positive share"), ("0.2,0.2", "given twice"),
+                       ("0.1,0.10000001", "given twice")):
         with pytest.raises(ValueError, match=says):
             parse_positive(text)
     # the final fit's preset: the first labelled fit's share at one round, the later fits' after more
