@@ -235,9 +235,16 @@ def job_diagnostics(cfg_dict: dict, workdir: str, seed: int, rounds: int) -> dic
     d = _cached(workdir, f"diagnostics-s{seed}", lambda: _diagnostics(cfg_dict, workdir, seed, rounds))
     if not any((d.get("positives_by_source") or {}).values()):  # a cell written before the metric: add it
         loop = _loop(cfg_dict, workdir)
-        d["positives_by_source"] = {r: _positives_from_labels(loop, loop.runs_dir / f"recap-s{seed}-r{r}")
+        d["positives_by_source"] = {r: _run_positives(loop, loop.runs_dir / f"recap-s{seed}-r{r}")
                                     for r in range(1, rounds + 1)}
     return d
+
+
+def _run_positives(loop, run_dir: Path) -> dict | None:
+    """A RECAP run's positives_by_source: its metric, or for a run that predates the metric its saved labels'."""
+    done = run_dir / "done.json"
+    saved = json.loads(done.read_text()).get("positives_by_source") if done.exists() else None
+    return saved or _positives_from_labels(loop, run_dir)
 
 
 def _positives_from_labels(loop, run_dir: Path) -> dict | None:
@@ -294,7 +301,7 @@ def _diagnostics(cfg_dict: dict, workdir: str, seed: int, rounds: int) -> dict:
     for r in range(1, rounds + 1):
         m = json.loads((runs / f"recap-s{seed}-r{r}" / "done.json").read_text())
         labels[r] = m.get("positive_rate_by_outcome")
-        sources[r] = m.get("positives_by_source") or _positives_from_labels(loop, runs / f"recap-s{seed}-r{r}")
+        sources[r] = _run_positives(loop, runs / f"recap-s{seed}-r{r}")
         last_quarter[r] = m.get("positive_rate_failed_by_quarter")
         held_out[r] = m.get("value_calibration")
         fallback[r] = m.get("fallback")
