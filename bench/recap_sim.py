@@ -255,12 +255,10 @@ def _positives_from_labels(loop, run_dir: Path) -> dict | None:
 
     if not (run_dir / "labels" / "advantages.json").exists():
         return None
-    from data.schema import ActionSource
-
     labels = AdvantageLabels.load(run_dir / "labels")
     table = load_steps(loop.store, labels.episode_ids)
     return positives_by_source(labels.indicators, table.source, np.asarray(table.outcomes, dtype=object)[table.episode_index],
-                               keep=(table.source != ActionSource.HOLD) & ~table.masked)
+                               keep=table.usable)
 
 
 def _diagnostics(cfg_dict: dict, workdir: str, seed: int, rounds: int) -> dict:

@@ -42,8 +42,7 @@ def policy_data(table: StepTable, method: Method, labels: AdvantageLabels | None
     """`first_fit`: the paper's first fine-tune on demonstrations alone, indicator fixed to positive."""
     src = table.source
     outcome = np.asarray(table.outcomes, dtype=object)[table.episode_index]
-    # ticks where the arm only held position teach nothing; a stretch marked as a bad correction must not be learnt
-    usable = (src != ActionSource.HOLD) & ~table.masked
+    usable = table.usable
     demo, corr = src == ActionSource.DEMONSTRATION, src == ActionSource.CORRECTION
     positive = np.full(len(table), recap.INDICATOR_POSITIVE, np.int64)
     if method == Method.BC or first_fit:

@@ -275,7 +275,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         metrics["positive_rate_by_outcome"] = positive_rate_by_outcome(ind_list, table.outcomes)
         metrics["positives_by_source"] = positives_by_source(
             labels.indicators, table.source, np.asarray(table.outcomes, dtype=object)[table.episode_index],
-            keep=(table.source != ActionSource.HOLD) & ~table.masked)
+            keep=table.usable)
         quarters = positive_rate_by_position(ind_list, table.outcomes, "failure", 4)
         metrics["positive_rate_failed_by_quarter"] = quarters
         metrics["positive_rate_failed_last_quarter"] = quarters[-1]
@@ -290,7 +290,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
     ptype, pcfg = policy_config(spec.policy, state_dim=feats.state_dim, action_dim=feats.action_dim,
                                 cameras={c: image_size for c in spec.cameras}, seed=spec.seed,
                                 indicator_dropout=spec.recap.indicator_dropout, cfg_beta=beta)
-    usable_ticks = int(((table.source != ActionSource.HOLD) & ~table.masked).sum())
+    usable_ticks = int(table.usable.sum())
     steps = scaled_steps(pcfg.steps, spec.recap.policy_epochs, usable_ticks, pcfg.batch_size)
     if steps != pcfg.steps:
         ptype, pcfg = policy_config({**spec.policy, "steps": steps}, state_dim=feats.state_dim,

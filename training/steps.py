@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
+from data.schema import ActionSource
 from data.store import EpisodeData, EpisodeStore
 
 
@@ -36,6 +37,12 @@ class StepTable:
 
     def __len__(self) -> int:
         return len(self.tick)
+
+    @property
+    def usable(self) -> np.ndarray:
+        """(N,) True on the ticks a policy may learn from: not a hold (the arm only held position, which
+        teaches nothing) and not masked (a stretch marked as a bad correction)."""
+        return (self.source != ActionSource.HOLD) & ~self.masked
 
     @property
     def num_episodes(self) -> int:
