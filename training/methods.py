@@ -38,8 +38,9 @@ AWR_MAX_WEIGHT = 20.0
 
 
 def policy_data(table: StepTable, method: Method, labels: AdvantageLabels | None = None,
-                *, first_fit: bool = False) -> PolicyData:
-    """`first_fit`: the paper's first fine-tune on demonstrations alone, indicator fixed to positive."""
+                *, first_fit: bool = False, negative_weight: float = 1.0) -> PolicyData:
+    """`first_fit`: the paper's first fine-tune on demonstrations alone, indicator fixed to positive.
+    `negative_weight` (RECAP): the loss weight of the ticks labelled negative (1: the paper; 0: left out)."""
     src = table.source
     outcome = np.asarray(table.outcomes, dtype=object)[table.episode_index]
     usable = table.usable
@@ -63,5 +64,12 @@ def policy_data(table: StepTable, method: Method, labels: AdvantageLabels | None
         a = np.nan_to_num(labels.advantages[idx], nan=0.0)
         w = np.minimum(np.exp(a / AWR_TEMPERATURE), AWR_MAX_WEIGHT).astype(np.float32)
         return PolicyData(idx, positive[idx], w)
-    ind = np.where(labels.indicators[idx], recap.INDICATOR_POSITIVE, recap.INDICATOR_NEGATIVE).astype(np.int64)
-    return PolicyData(idx, ind, None)
+    pos = labels.indicators[idx]
+    ind = np.where(pos, recap.INDICATOR_POSITIVE, recap.INDICATOR_NEGATIVE).astype(np.int64)
+    if not 0.0 <= negative_weight <= 1.0:
+        raise ValueError(f"negative_weight must lie in [0, 1], got {negative_weight}")
+    if negative_weight == 1.0:
+        return PolicyData(idx, ind, None)
+    if negative_weight == 0.0:
+        return PolicyData(idx[pos], ind[pos], None)
+    return PolicyData(idx, ind, np.where(pos, 1.0, negative_weight).astype(np.float32))

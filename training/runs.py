@@ -285,7 +285,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
 
     # 3. policy: the recipe's type, its config from the data and the recipe (printed: the run's defaults)
     trained = Method.FILTERED_BC if metrics.get("fallback") else spec.method
-    pdata = policy_data(table, trained, labels, first_fit=spec.first_fit)
+    pdata = policy_data(table, trained, labels, first_fit=spec.first_fit, negative_weight=spec.recap.negative_weight)
     beta = spec.recap.cfg_beta if trained == Method.RECAP and not spec.first_fit else 1.0
     ptype, pcfg = policy_config(spec.policy, state_dim=feats.state_dim, action_dim=feats.action_dim,
                                 cameras={c: image_size for c in spec.cameras}, seed=spec.seed,

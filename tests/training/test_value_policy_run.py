@@ -85,6 +85,17 @@ def test_value_function_learns_returns_and_labels_follow(tmp_path):
     assert awr.weight is not None and awr.weight.max() <= 20.0 and len(awr.index) == len(table)
     rc = policy_data(table, Method.RECAP, labels)
     assert set(rc.indicator) == {recap.INDICATOR_POSITIVE, recap.INDICATOR_NEGATIVE}
+    assert rc.weight is None  # the paper: every tick counts the same
+    # negative_weight: the negatives count less (same ticks, same indicators), or not at all
+    light = policy_data(table, Method.RECAP, labels, negative_weight=0.25)
+    assert np.array_equal(light.index, rc.index) and np.array_equal(light.indicator, rc.indicator)
+    assert set(light.weight[rc.indicator == recap.INDICATOR_NEGATIVE]) == {0.25}
+    assert set(light.weight[rc.indicator == recap.INDICATOR_POSITIVE]) == {1.0}
+    alone = policy_data(table, Method.RECAP, labels, negative_weight=0.0)
+    assert np.array_equal(alone.index, rc.index[rc.indicator == recap.INDICATOR_POSITIVE])
+    assert (alone.indicator == recap.INDICATOR_POSITIVE).all() and alone.weight is None
+    with pytest.raises(ValueError, match="negative_weight"):
+        policy_data(table, Method.RECAP, labels, negative_weight=1.5)
     first = policy_data(table, Method.RECAP, first_fit=True)
     assert (first.indicator == recap.INDICATOR_POSITIVE).all()
     with pytest.raises(ValueError, match="labels"):
