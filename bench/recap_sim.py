@@ -899,6 +899,7 @@ def summarise_groups(cfg: dict, seeds: list[int], methods: list[str], results: d
             if k not in ("tasks", "seeds", "rounds", "elapsed_s"):
                 out["figures"][f"{g}_{k}"] = v
         out[f"{g}_records"] = p["records"]
+        out[f"{g}_round0_per_seed"] = p["round0_per_seed"]
         out[f"{g}_diagnostics"] = p["diagnostics"]
         out[f"{g}_ablation_per_seed"] = p.get("ablation_per_seed", [])
     return out
@@ -1022,7 +1023,10 @@ def summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed, latency=None
                                      "throughput_per_h": a["eval"]["all"]["throughput_per_h"],
                                      "per_episode_success": a["eval"]["per_episode_success"],
                                      "per_episode_steps": a["eval"]["per_episode_steps"]} for a in abl],
-            "records": {f"{m}/s{s}": v for (m, s), v in records.items()}}
+            "records": {f"{m}/s{s}": v for (m, s), v in records.items()},
+            # the shared round 0's evaluation episodes: another run pairs with this one only from the same start
+            "round0_per_seed": {f"s{s}": {k: r0[s]["eval"][k] for k in ("per_episode_success", "per_episode_steps")}
+                                for s in seeds}}
 
 
 def human_effort(records: dict, methods: list[str], seeds: list[int], rounds: int) -> dict:

@@ -65,6 +65,19 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
         ("recap", m) for m in ("bc", "hg_dagger", "recap_select", "filtered_bc", "filtered_bc_select")}
     assert all(t["pairs"] == 4 and 0 <= t["success"]["p"] <= 1 for t in f["ablation_paired_tests"])
     assert "## Policy extraction: RECAP against each method trained on RECAP's final dataset" in md
+    # another run is paired with this one from its committed file alone, only from the same round 0
+    from bench.recap_pair import main as pair_main
+
+    assert set(result["round0_per_seed"]) == {"s0", "s1"}
+    assert pair_main(["tiny:bc", "tiny:recap", "--name", "pair", "--results-dir", str(tmp_path / "results")]) == 0
+    t = json.loads((tmp_path / "results" / "pair.json").read_text())["figures"]["paired_tests"][0]
+    ref = pairs[("bc", "recap")]["success"]
+    assert (t["a"], t["b"], t["pairs"]) == ("tiny:recap", "tiny:bc", 4) and (t["b_only"], t["a_only"]) == (ref["a_only"], ref["b_only"])
+    moved = dict(result, round0_per_seed={"s0": {"per_episode_success": {"push-v3": [9, 9]}}, "s1": {}})
+    (tmp_path / "results" / "moved.json").write_text(json.dumps(moved))
+    with pytest.raises(SystemExit) as refused:
+        pair_main(["tiny:bc", "moved:recap", "--name", "pair2", "--results-dir", str(tmp_path / "results")])
+    assert refused.value.code == 2 and not (tmp_path / "results" / "pair2.json").exists()
     # resumable: a rerun with the same config reads every finished cell back and trains nothing; diagnostics cells
     # written before runs reported positives_by_source get it from the runs' saved labels
     for cell in (tmp_path / "work" / "tuning" / "cells").glob("diagnostics-s*.json"):
@@ -116,6 +129,35 @@ def test_paired_statistics_on_known_episodes():
     assert 0 < lo < hi
     lo, hi = bootstrap_throughput_diff(a, a)
     assert lo == hi == 0.0
+
+
+def test_committed_runs_pair_only_from_the_same_start(tmp_path, capsys):
+    """bench/recap_pair on committed validation results: the pairing reproduces the paired test the run itself
+    wrote, and runs of another task, a missing method or a malformed entry are refused with one line."""
+    from bench.recap_pair import main as pair_main
+    from bench.recap_sim import RESULTS
+
+    name = "recap_sim-hard-sweep-validation"
+    committed = json.loads((RESULTS / f"{name}.json").read_text())["figures"]["paired_tests"]
+    ref = next(t for t in committed if (t["a"], t["b"]) == ("filtered_bc", "recap"))
+    out = tmp_path / "out"
+    out.mkdir()
+    for stem in (name, "recap_sim-hard-extraction-hammer-validation"):
+        (out / f"{stem}.json").write_text((RESULTS / f"{stem}.json").read_text())
+    assert pair_main([f"{name}:recap", f"{name}:filtered_bc", "--name", "p", "--results-dir", str(out)]) == 0
+    t = json.loads((out / "p.json").read_text())["figures"]["paired_tests"][0]
+    assert (t["a_only"], t["b_only"], t["pairs"]) == (ref["success"]["a_only"], ref["success"]["b_only"], 120)
+    assert t["throughput_diff_ci95"] == ref["throughput_diff_ci95"]
+    for entries, says in (([f"{name}:recap", "recap_sim-hard-extraction-hammer-validation:recap"], "differ in tasks"),
+                          ([f"{name}:recap", f"{name}:awr"], "has no method 'awr'"),
+                          ([f"{name}:recap", "recap"], "expected RESULT:METHOD"),
+                          ([f"{name}:recap", "missing:recap"], "no results file")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as refused:
+            pair_main([*entries, "--name", "bad", "--results-dir", str(out)])
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and says in err and "Traceback" not in err, err
+    assert not (out / "bad.json").exists()
 
 
 @pytest.mark.slow

@@ -1,0 +1,155 @@
+"""Paired comparison of methods across committed recap_sim results, without rerunning the reference.
+
+    python -m bench.recap_pair RESULT:METHOD RESULT:METHOD [RESULT:METHOD ...] --name NAME
+
+RESULT is a results file (`bench/results/NAME.json`, or just NAME); METHOD one of its methods. The first
+entry is the reference: every other one is tested against it on the last round's evaluation episodes,
+paired by (training seed, task, layout): McNemar's exact test on success, a paired bootstrap interval on
+throughput, and the per-seed paired t (difference in standard errors). Pairing across runs holds only when
+both runs evaluated the same layouts from the same start, so the runs must agree on tasks, seeds, rounds,
+evaluation role and episodes, time limit, and on their shared round 0 (its per-seed figures, or its
+per-episode outcomes where both files keep them); otherwise the comparison is refused.
+Writes NAME.md and NAME.json (command, date, figures) to the results folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from bench.recap_sim import (RESULTS, bootstrap_throughput_diff, mcnemar_p, mean_se, paired_diff_in_se,
+                             paired_episodes)
+
+SAME = ("tasks", "rounds", "eval_role", "eval_episodes", "max_steps", "demos_per_task", "episodes_per_round")
+
+
+class PairError(ValueError):
+    pass
+
+
+def load_entry(spec: str, results: Path) -> dict:
+    path, sep, method = spec.rpartition(":")
+    if not sep or not path or not method:
+        raise PairError(f"{spec!r}: expected RESULT:METHOD, e.g. recap_sim-hard-sweep-validation:recap")
+    p = Path(path)
+    if not p.suffix:
+        p = results / f"{path}.json"
+    if not p.is_file():
+        raise PairError(f"{spec!r}: no results file {p}")
+    try:
+        r = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise PairError(f"{p}: not a results file ({e})") from None
+    if "records" not in r or "config" not in r:
+        raise PairError(f"{p}: not a recap_sim results file (no records)")
+    seeds = r.get("seeds") or sorted({int(k.rsplit("/s", 1)[1]) for k in r["records"]})
+    if not all(f"{method}/s{s}" in r["records"] for s in seeds):
+        have = sorted({k.rsplit("/s", 1)[0] for k in r["records"]})
+        raise PairError(f"{spec!r}: {p.name} has no method {method!r} (it has {', '.join(have)})")
+    round0 = next((row for row in r["figures"].get("table", []) if row["round"] == 0), None)
+    return {"label": f"{p.stem}:{method}", "file": p.name, "method": method, "seeds": list(seeds), "config": r["config"],
+            "records": {(method, s): r["records"][f"{method}/s{s}"] for s in seeds}, "round0": round0,
+            "round0_episodes": r.get("round0_per_seed")}
+
+
+def check_pairable(a: dict, b: dict) -> None:
+    for key in SAME:
+        if a["config"].get(key) != b["config"].get(key):
+            raise PairError(f"{b['label']} and {a['label']} differ in {key} "
+                            f"({b['config'].get(key)!r} vs {a['config'].get(key)!r}): their episodes do not pair")
+    if a["seeds"] != b["seeds"]:
+        raise PairError(f"{b['label']} and {a['label']} have different training seeds ({b['seeds']} vs {a['seeds']})")
+    if a["round0_episodes"] and b["round0_episodes"]:
+        if a["round0_episodes"] != b["round0_episodes"]:
+            raise PairError(f"{b['label']} and {a['label']} start from different round-0 policies "
+                            "(their round-0 evaluation episodes differ)")
+        return
+    r0a, r0b = a["round0"], b["round0"]
+    if not r0a or not r0b:
+        raise PairError(f"{a['label'] if not r0a else b['label']} has no round-0 row to check the pairing against")
+    for key in ("success_rate", "throughput_per_h"):
+        if not np.allclose(r0a[key], r0b[key], rtol=1e-9, atol=1e-9, equal_nan=True):
+            raise PairError(f"{b['label']} and {a['label']} start from different round-0 policies "
+                            f"(round-0 {key} {r0b[key]} vs {r0a[key]})")
+
+
+def compare(entries: list[dict]) -> dict:
+    ref = entries[0]
+    for e in entries[1:]:
+        check_pairable(ref, e)
+    tasks, rounds, seeds = ref["config"]["tasks"], ref["config"]["rounds"], ref["seeds"]
+
+    def last(e, key):
+        return [e["records"][(e["method"], s)][rounds - 1]["eval"]["all"][key] for s in seeds]
+
+    rows = [{"label": e["label"], "success_rate": mean_se(last(e, "success_rate")),
+             "throughput_per_h": mean_se(last(e, "throughput_per_h")),
+             "per_seed_success": last(e, "success_rate")} for e in entries]
+    a_eps = paired_episodes(ref["records"], ref["method"], seeds, tasks, rounds)
+    tests = []
+    for e in entries[1:]:
+        b_eps = paired_episodes(e["records"], e["method"], seeds, tasks, rounds)
+        tests.append({"a": e["label"], "b": ref["label"], "pairs": len(a_eps[0]),
+                      "a_only": sum(1 for x, y in zip(b_eps[0], a_eps[0]) if x and not y),
+                      "b_only": sum(1 for x, y in zip(b_eps[0], a_eps[0]) if y and not x),
+                      "mcnemar_p": mcnemar_p(b_eps[0], a_eps[0]),
+                      "throughput_diff_ci95": bootstrap_throughput_diff(b_eps, a_eps),
+                      "throughput_diff_in_se": paired_diff_in_se(last(e, "throughput_per_h"),
+                                                                 last(ref, "throughput_per_h"))})
+    return {"tasks": tasks, "seeds": seeds, "rounds": rounds, "eval_role": ref["config"].get("eval_role", "evaluation"),
+            "reference": ref["label"], "rows": rows, "paired_tests": tests}
+
+
+def render(fig: dict, command: str, date: str, name: str, note: str | None) -> str:
+    lines = [f"# Paired comparison across committed runs ({name})", ""]
+    if note:
+        lines += [f"**{note}**", ""]
+    lines += [f"Command: `{command}` — {date} — tasks {', '.join(fig['tasks'])}; training seeds {fig['seeds']}; "
+              f"round {fig['rounds']}; {fig['eval_role']} layouts, paired by (seed, task, layout).", "",
+              "| run:method | success | throughput (successes/h) | success per seed |", "| --- | --- | --- | --- |"]
+    for r in fig["rows"]:
+        lines.append(f"| {r['label']} | {r['success_rate'][0]:.3f} ± {r['success_rate'][1]:.3f} | "
+                     f"{r['throughput_per_h'][0]:.0f} ± {r['throughput_per_h'][1]:.0f} | "
+                     f"{' / '.join(f'{x:.3f}' for x in r['per_seed_success'])} |")
+    lines += ["", f"Against the reference, {fig['reference']} (McNemar exact on success; paired bootstrap 95 % "
+                  "interval and per-seed paired t on throughput):", "",
+              "| run:method | pairs | wins / losses | McNemar p | throughput diff CI95 (/h) | diff in s.e. |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for t in fig["paired_tests"]:
+        lo, hi = t["throughput_diff_ci95"]
+        lines.append(f"| {t['a']} | {t['pairs']} | {t['a_only']} / {t['b_only']} | {t['mcnemar_p']:.3g} | "
+                     f"[{lo:.0f}, {hi:.0f}] | {t['throughput_diff_in_se']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("entries", nargs="+", metavar="RESULT:METHOD", help="The reference first, then the runs to test against it.")
+    ap.add_argument("--name", required=True, help="Results file stem to write (NAME.md, NAME.json).")
+    ap.add_argument("--results-dir", default=str(RESULTS), help="Where RESULT names are looked up and NAME is written.")
+    ap.add_argument("--note", default=None, help="A line printed at the top of the results.")
+    args = ap.parse_args(argv)
+    if len(args.entries) < 2:
+        ap.error("give a reference and at least one run to compare with it")
+    results = Path(args.results_dir)
+    try:
+        fig = compare([load_entry(s, results) for s in args.entries])
+    except PairError as e:
+        ap.error(str(e))
+    command = "python -m bench.recap_pair " + " ".join(argv if argv is not None else sys.argv[1:])
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    md = render(fig, command, date, args.name, args.note)
+    (results / f"{args.name}.json").write_text(json.dumps({"command": command, "date": date, "note": args.note,
+                                                            "figures": fig}, indent=1))
+    (results / f"{args.name}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
