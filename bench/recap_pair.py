@@ -25,14 +25,15 @@ import numpy as np
 from bench.recap_sim import (RESULTS, bootstrap_throughput_diff, mcnemar_p, mean_se, paired_diff_in_se,
                              paired_episodes)
 
-SAME = ("tasks", "rounds", "eval_role", "eval_episodes", "max_steps", "demos_per_task", "episodes_per_round")
+SAME = ("rounds", "eval_role", "eval_episodes", "max_steps", "demos_per_task", "episodes_per_round")
 
 
 class PairError(ValueError):
     pass
 
 
-def load_entry(spec: str, results: Path) -> dict:
+def load_entry(spec: str, results: Path, group: str = "tuning") -> dict:
+    """One RESULT:METHOD entry, its `group`'s records (tuning: the run's primary tasks; test: its test tasks)."""
     path, sep, method = spec.rpartition(":")
     if not sep or not path or not method:
         raise PairError(f"{spec!r}: expected RESULT:METHOD, e.g. recap_sim-hard-sweep-validation:recap")
@@ -47,17 +48,26 @@ def load_entry(spec: str, results: Path) -> dict:
         raise PairError(f"{p}: not a results file ({e})") from None
     if "records" not in r or "config" not in r:
         raise PairError(f"{p}: not a recap_sim results file (no records)")
-    seeds = r.get("seeds") or sorted({int(k.rsplit("/s", 1)[1]) for k in r["records"]})
-    if not all(f"{method}/s{s}" in r["records"] for s in seeds):
-        have = sorted({k.rsplit("/s", 1)[0] for k in r["records"]})
+    groups = r.get("groups") or {"tuning": r["config"]["tasks"]}
+    primary = "tuning" if "tuning" in groups else next(iter(groups))
+    if group not in groups:
+        raise PairError(f"{spec!r}: {p.name} has no {group} tasks (it has {', '.join(groups)})")
+    prefix = "" if group == primary else f"{group}_"
+    records = r[f"{prefix}records"]
+    seeds = r.get("seeds") or sorted({int(k.rsplit("/s", 1)[1]) for k in records})
+    if not all(f"{method}/s{s}" in records for s in seeds):
+        have = sorted({k.rsplit("/s", 1)[0] for k in records})
         raise PairError(f"{spec!r}: {p.name} has no method {method!r} (it has {', '.join(have)})")
-    round0 = next((row for row in r["figures"].get("table", []) if row["round"] == 0), None)
+    round0 = next((row for row in r["figures"].get(f"{prefix}table", []) if row["round"] == 0), None)
     return {"label": f"{p.stem}:{method}", "file": p.name, "method": method, "seeds": list(seeds), "config": r["config"],
-            "records": {(method, s): r["records"][f"{method}/s{s}"] for s in seeds}, "round0": round0,
-            "round0_episodes": r.get("round0_per_seed")}
+            "tasks": groups[group], "records": {(method, s): records[f"{method}/s{s}"] for s in seeds},
+            "round0": round0, "round0_episodes": r.get(f"{prefix}round0_per_seed")}
 
 
 def check_pairable(a: dict, b: dict) -> None:
+    if a["tasks"] != b["tasks"]:
+        raise PairError(f"{b['label']} and {a['label']} differ in tasks ({b['tasks']!r} vs {a['tasks']!r}): "
+                        "their episodes do not pair")
     for key in SAME:
         if a["config"].get(key) != b["config"].get(key):
             raise PairError(f"{b['label']} and {a['label']} differ in {key} "
@@ -82,7 +92,7 @@ def compare(entries: list[dict]) -> dict:
     ref = entries[0]
     for e in entries[1:]:
         check_pairable(ref, e)
-    tasks, rounds, seeds = ref["config"]["tasks"], ref["config"]["rounds"], ref["seeds"]
+    tasks, rounds, seeds = ref["tasks"], ref["config"]["rounds"], ref["seeds"]
 
     def last(e, key):
         return [e["records"][(e["method"], s)][rounds - 1]["eval"]["all"][key] for s in seeds]
@@ -133,12 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", required=True, help="Results file stem to write (NAME.md, NAME.json).")
     ap.add_argument("--results-dir", default=str(RESULTS), help="Where RESULT names are looked up and NAME is written.")
     ap.add_argument("--note", default=None, help="A line printed at the top of the results.")
+    ap.add_argument("--group", choices=["tuning", "test"], default="tuning",
+                    help="Which of the runs' task sets to pair (default tuning, a run's primary tasks).")
     args = ap.parse_args(argv)
     if len(args.entries) < 2:
         ap.error("give a reference and at least one run to compare with it")
     results = Path(args.results_dir)
     try:
-        fig = compare([load_entry(s, results) for s in args.entries])
+        fig = compare([load_entry(s, results, args.group) for s in args.entries])
     except PairError as e:
         ap.error(str(e))
     command = "python -m bench.recap_pair " + " ".join(argv if argv is not None else sys.argv[1:])

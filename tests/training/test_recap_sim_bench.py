@@ -148,7 +148,15 @@ def test_committed_runs_pair_only_from_the_same_start(tmp_path, capsys):
     t = json.loads((out / "p.json").read_text())["figures"]["paired_tests"][0]
     assert (t["a_only"], t["b_only"], t["pairs"]) == (ref["success"]["a_only"], ref["success"]["b_only"], 120)
     assert t["throughput_diff_ci95"] == ref["throughput_diff_ci95"]
+    # a run's test tasks pair by --group test, the same way
+    reduced = json.loads((RESULTS / "recap_sim-hard-reduced.json").read_text())
+    ref = next(t for t in reduced["figures"]["test_paired_tests"] if (t["a"], t["b"]) == ("bc", "recap"))
+    (out / "reduced.json").write_text(json.dumps(reduced))
+    assert pair_main(["reduced:bc", "reduced:recap", "--group", "test", "--name", "p", "--results-dir", str(out)]) == 0
+    t = json.loads((out / "p.json").read_text())["figures"]["paired_tests"][0]
+    assert (t["a_only"], t["b_only"]) == (ref["success"]["b_only"], ref["success"]["a_only"]) and t["pairs"] == 200
     for entries, says in (([f"{name}:recap", "recap_sim-hard-extraction-hammer-validation:recap"], "differ in tasks"),
+                          ([f"{name}:recap", f"{name}:filtered_bc", "--group", "test"], "has no test tasks"),
                           ([f"{name}:recap", f"{name}:awr"], "has no method 'awr'"),
                           ([f"{name}:recap", "recap"], "expected RESULT:METHOD"),
                           ([f"{name}:recap", "missing:recap"], "no results file")):
