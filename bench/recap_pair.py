@@ -38,7 +38,7 @@ def load_entry(spec: str, results: Path, group: str = "tuning") -> dict:
     if not sep or not path or not method:
         raise PairError(f"{spec!r}: expected RESULT:METHOD, e.g. recap_sim-hard-sweep-validation:recap")
     p = Path(path)
-    if not p.suffix:
+    if p.suffix != ".json":  # a results name (which may hold dots, e.g. a swept value)
         p = results / f"{path}.json"
     if not p.is_file():
         raise PairError(f"{spec!r}: no results file {p}")

@@ -142,12 +142,14 @@ def test_committed_runs_pair_only_from_the_same_start(tmp_path, capsys):
     ref = next(t for t in committed if (t["a"], t["b"]) == ("filtered_bc", "recap"))
     out = tmp_path / "out"
     out.mkdir()
-    for stem in (name, "recap_sim-hard-extraction-hammer-validation"):
+    for stem in (name, "recap_sim-hard-extraction-hammer-validation", "recap_sim-hard-nw0.3-pick-place-wall-validation-validation"):
         (out / f"{stem}.json").write_text((RESULTS / f"{stem}.json").read_text())
     assert pair_main([f"{name}:recap", f"{name}:filtered_bc", "--name", "p", "--results-dir", str(out)]) == 0
     t = json.loads((out / "p.json").read_text())["figures"]["paired_tests"][0]
     assert (t["a_only"], t["b_only"], t["pairs"]) == (ref["success"]["a_only"], ref["success"]["b_only"], 120)
     assert t["throughput_diff_ci95"] == ref["throughput_diff_ci95"]
+    assert pair_main([f"{name}:recap", "recap_sim-hard-nw0.3-pick-place-wall-validation-validation:recap", "--name", "p",
+                      "--results-dir", str(out)]) == 0  # a name with a dot in it is a name, not a file suffix
     # a run's test tasks pair by --group test, the same way
     reduced = json.loads((RESULTS / "recap_sim-hard-reduced.json").read_text())
     ref = next(t for t in reduced["figures"]["test_paired_tests"] if (t["a"], t["b"]) == ("bc", "recap"))
