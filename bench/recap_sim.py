@@ -951,6 +951,15 @@ def selection_figures(records: dict, methods: list[str], seeds: list[int], tasks
     return out
 
 
+NO_NEGATIVES = ("no conditioning gap: with recap.negative_weight 0 the policy never trains on a negative indicator, "
+                "so its 'negative' success is that of an untrained embedding")
+
+
+def negatives_untrained(cfg: dict) -> bool:
+    """Whether the run's RECAP policies never saw a negative indicator (recap.negative_weight 0)."""
+    return cfg.get("recap", {}).get("negative_weight", 1.0) == 0.0
+
+
 def summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed, latency=None) -> dict:
     rounds = cfg["rounds"]
     table = []  # per method, round: mean +- se over seeds, overall and per task
@@ -983,6 +992,9 @@ def summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed, latency=None
         gap = {k: mean_se([d["conditioning"][k] for d in diag])[0] for k in ("positive", "unconditional", "negative")}
         figures["conditioning_gap_success"] = gap["positive"] - gap["negative"]
         figures["conditioning_success"] = gap
+        if negatives_untrained(cfg):
+            figures["conditioning_gap_success"] = None
+            figures["conditioning_gap_note"] = NO_NEGATIVES
         figures["value_calibration_corr_next_round"] = mean_se([c["corr"] for d in diag for c in d["calibration"]])[0]
         figures["value_calibration_spearman_next_round"] = mean_se(
             [c.get("spearman", float("nan")) for d in diag for c in d["calibration"]])[0]
@@ -1116,7 +1128,8 @@ def render_md(r: dict, name: str) -> str:
                       f"round {c}: {np.mean([x['corr'] for d in diag for x in d['calibration'] if x['round'] == c]):.2f}"
                       for c in sorted({x['round'] for d in diag for x in d['calibration']})) + ".",
                   "Conditioning (success of the last RECAP policy conditioned positive / unconditional / negative): " + " / ".join(
-                      f"{np.mean([d['conditioning'][k] for d in diag]):.2f}" for k in ("positive", "unconditional", "negative")) + "."]
+                      f"{np.mean([d['conditioning'][k] for d in diag]):.2f}" for k in ("positive", "unconditional", "negative"))
+                  + (f" ({f['conditioning_gap_note']})" if f.get("conditioning_gap_note") else "") + "."]
         lines += positives_line(diag)
     if f.get("per_seed_last_round"):
         seeds = r.get("seeds", [])

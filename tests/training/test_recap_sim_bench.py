@@ -41,6 +41,10 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
     assert rows == {(m, r) for m in ("bc", "hg_dagger", "recap") for r in (0, 1)}
     md = (tmp_path / "results" / "tiny.md").read_text()
     assert "| recap | 1 |" in md
+    # the hard preset trains RECAP on its positives alone: its "negative" indicator is never trained, so no gap is claimed
+    assert result["config"]["recap"]["negative_weight"] == 0.0
+    assert f["conditioning_gap_success"] is None and "never trains on a negative indicator" in f["conditioning_gap_note"]
+    assert "never trains on a negative indicator" in md
     # the diagnostics say where the positive labels came from, per seed and in the report
     assert all(set(d["positives_by_source"]["1"]) == {"demonstration", "correction", "policy_success", "policy_failure"}
                for d in result["diagnostics"])
