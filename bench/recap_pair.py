@@ -128,7 +128,7 @@ def render(fig: dict, command: str, date: str, name: str, note: str | None) -> s
                      f"{' / '.join(f'{x:.3f}' for x in r['per_seed_success'])} |")
     lines += ["", f"Against the reference, {fig['reference']} (McNemar exact on success; paired bootstrap 95 % "
                   "interval and per-seed paired t on throughput):", "",
-              "| run:method | pairs | wins / losses | McNemar p | throughput diff CI95 (/h) | diff in s.e. |",
+              "| run:method | pairs | row wins / reference wins | McNemar p | throughput diff CI95 (/h) | diff in s.e. |",
               "| --- | --- | --- | --- | --- | --- |"]
     for t in fig["paired_tests"]:
         lo, hi = t["throughput_diff_ci95"]
