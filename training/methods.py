@@ -71,5 +71,7 @@ def policy_data(table: StepTable, method: Method, labels: AdvantageLabels | None
     if negative_weight == 1.0:
         return PolicyData(idx, ind, None)
     if negative_weight == 0.0:
+        if not pos.any():
+            raise ValueError("no tick is labelled positive: with negative_weight 0 the policy has nothing to learn from")
         return PolicyData(idx[pos], ind[pos], None)
     return PolicyData(idx, ind, np.where(pos, 1.0, negative_weight).astype(np.float32))
