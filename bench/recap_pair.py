@@ -7,8 +7,10 @@ entry is the reference: every other one is tested against it on the last round's
 paired by (training seed, task, layout): McNemar's exact test on success, a paired bootstrap interval on
 throughput, and the per-seed paired t (difference in standard errors). Pairing across runs holds only when
 both runs evaluated the same layouts from the same start, so the runs must agree on tasks, seeds, rounds,
-evaluation role and episodes, time limit, and on their shared round 0 (its per-seed figures, or its
-per-episode outcomes where both files keep them); otherwise the comparison is refused.
+evaluation role and episodes, time limit, and on their shared round 0: its per-episode outcomes where both
+files keep them (`round0_per_seed`, written since this tool exists), else its mean and standard error over
+seeds of success and throughput, overall and per task (a fingerprint of the start, not a per-seed check);
+otherwise the comparison is refused, as is a file whose episode lists are incomplete.
 Writes NAME.md and NAME.json (command, date, figures) to the results folder.
 """
 
@@ -16,16 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from bench.recap_sim import (RESULTS, bootstrap_throughput_diff, mcnemar_p, mean_se, paired_diff_in_se,
-                             paired_episodes)
+from bench.recap_sim import (RESULTS, bootstrap_throughput_diff, discordant, mcnemar_p, mean_se, paired_diff_in_se,
+                             paired_episodes, primary_group)
 
 SAME = ("rounds", "eval_role", "eval_episodes", "max_steps", "demos_per_task", "episodes_per_round")
+
+
+READING = "\n## Reading\n"
 
 
 class PairError(ValueError):
@@ -43,24 +49,43 @@ def load_entry(spec: str, results: Path, group: str = "tuning") -> dict:
     if not p.is_file():
         raise PairError(f"{spec!r}: no results file {p}")
     try:
-        r = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+        r = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PairError(f"{p}: not a results file ({e})") from None
-    if "records" not in r or "config" not in r:
+    try:
+        return _entry(r, p, method, group, spec)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        if isinstance(e, PairError):
+            raise
+        raise PairError(f"{p}: not a complete recap_sim results file ({type(e).__name__}: {e})") from None
+
+
+def _entry(r: dict, p: Path, method: str, group: str, spec: str) -> dict:
+    if not isinstance(r, dict) or "records" not in r or "config" not in r:
         raise PairError(f"{p}: not a recap_sim results file (no records)")
     groups = r.get("groups") or {"tuning": r["config"]["tasks"]}
-    primary = "tuning" if "tuning" in groups else next(iter(groups))
     if group not in groups:
         raise PairError(f"{spec!r}: {p.name} has no {group} tasks (it has {', '.join(groups)})")
-    prefix = "" if group == primary else f"{group}_"
+    prefix = "" if group == primary_group(groups) else f"{group}_"
     records = r[f"{prefix}records"]
-    seeds = r.get("seeds") or sorted({int(k.rsplit("/s", 1)[1]) for k in records})
+    seeds = [int(x) for x in r.get("seeds") or sorted({int(k.rsplit("/s", 1)[1]) for k in records})]
     if not all(f"{method}/s{s}" in records for s in seeds):
         have = sorted({k.rsplit("/s", 1)[0] for k in records})
         raise PairError(f"{spec!r}: {p.name} has no method {method!r} (it has {', '.join(have)})")
+    rounds, n, tasks = int(r["config"]["rounds"]), int(r["config"]["eval_episodes"]), list(groups[group])
+    for s in seeds:  # every episode list complete, or the pairs would shift
+        runs = records[f"{method}/s{s}"]
+        if len(runs) < rounds:
+            raise PairError(f"{spec!r}: seed {s} has {len(runs)} of {rounds} rounds in {p.name}")
+        ev = runs[rounds - 1]["eval"]
+        for t in tasks:
+            for key in ("per_episode_success", "per_episode_steps"):
+                if len(ev[key][t]) != n:
+                    raise PairError(f"{spec!r}: seed {s}, {t}: {len(ev[key][t])} of {n} evaluation episodes in "
+                                    f"{p.name} ({key}); the pairs would not line up")
     round0 = next((row for row in r["figures"].get(f"{prefix}table", []) if row["round"] == 0), None)
-    return {"label": f"{p.stem}:{method}", "file": p.name, "method": method, "seeds": list(seeds), "config": r["config"],
-            "tasks": groups[group], "records": {(method, s): records[f"{method}/s{s}"] for s in seeds},
+    return {"label": f"{p.stem}:{method}", "file": p.name, "method": method, "seeds": seeds, "config": r["config"],
+            "tasks": tasks, "records": {(method, s): records[f"{method}/s{s}"] for s in seeds},
             "round0": round0, "round0_episodes": r.get(f"{prefix}round0_per_seed")}
 
 
@@ -82,8 +107,11 @@ def check_pairable(a: dict, b: dict) -> None:
     r0a, r0b = a["round0"], b["round0"]
     if not r0a or not r0b:
         raise PairError(f"{a['label'] if not r0a else b['label']} has no round-0 row to check the pairing against")
-    for key in ("success_rate", "throughput_per_h"):
-        if not np.allclose(r0a[key], r0b[key], rtol=1e-9, atol=1e-9, equal_nan=True):
+    for key in ("success_rate", "throughput_per_h"):  # mean and s.e. over seeds, overall and per task
+        same = np.allclose(r0a[key], r0b[key], rtol=1e-9, atol=1e-9, equal_nan=True) and all(
+            np.allclose(r0a[f"{key}_per_task"][t], r0b[f"{key}_per_task"][t], rtol=1e-9, atol=1e-9, equal_nan=True)
+            for t in a["tasks"])
+        if not same:
             raise PairError(f"{b['label']} and {a['label']} start from different round-0 policies "
                             f"(round-0 {key} {r0b[key]} vs {r0a[key]})")
 
@@ -104,9 +132,8 @@ def compare(entries: list[dict]) -> dict:
     tests = []
     for e in entries[1:]:
         b_eps = paired_episodes(e["records"], e["method"], seeds, tasks, rounds)
-        tests.append({"a": e["label"], "b": ref["label"], "pairs": len(a_eps[0]),
-                      "a_only": sum(1 for x, y in zip(b_eps[0], a_eps[0]) if x and not y),
-                      "b_only": sum(1 for x, y in zip(b_eps[0], a_eps[0]) if y and not x),
+        a_only, b_only = discordant(b_eps[0], a_eps[0])
+        tests.append({"a": e["label"], "b": ref["label"], "pairs": len(a_eps[0]), "a_only": a_only, "b_only": b_only,
                       "mcnemar_p": mcnemar_p(b_eps[0], a_eps[0]),
                       "throughput_diff_ci95": bootstrap_throughput_diff(b_eps, a_eps),
                       "throughput_diff_in_se": paired_diff_in_se(last(e, "throughput_per_h"),
@@ -137,6 +164,15 @@ def render(fig: dict, command: str, date: str, name: str, note: str | None) -> s
     return "\n".join(lines) + "\n"
 
 
+def _is_pairing(path: Path) -> bool:
+    """Whether a results file was written by this tool (the only kind it may overwrite)."""
+    try:
+        figures = json.loads(path.read_text(encoding="utf-8")).get("figures", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+    return isinstance(figures, dict) and "reference" in figures
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("entries", nargs="+", metavar="RESULT:METHOD", help="The reference first, then the runs to test against it.")
@@ -149,16 +185,22 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.entries) < 2:
         ap.error("give a reference and at least one run to compare with it")
     results = Path(args.results_dir)
+    out, md_path = results / f"{args.name}.json", results / f"{args.name}.md"
+    if Path(args.name).name != args.name or args.name in ("", ".", ".."):
+        ap.error(f"--name {args.name!r}: a file stem, without a folder")
+    if (out.exists() or md_path.exists()) and not _is_pairing(out):
+        ap.error(f"--name {args.name!r}: {out} exists and is not a pairing; choose another name")
     try:
         fig = compare([load_entry(s, results, args.group) for s in args.entries])
     except PairError as e:
         ap.error(str(e))
-    command = "python -m bench.recap_pair " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.recap_pair " + shlex.join(argv if argv is not None else sys.argv[1:])
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     md = render(fig, command, date, args.name, args.note)
-    (results / f"{args.name}.json").write_text(json.dumps({"command": command, "date": date, "note": args.note,
-                                                            "figures": fig}, indent=1))
-    (results / f"{args.name}.md").write_text(md)
+    if md_path.exists() and READING in md_path.read_text(encoding="utf-8"):  # a rerun keeps what people wrote
+        md += READING + md_path.read_text(encoding="utf-8").split(READING, 1)[1]
+    out.write_text(json.dumps({"command": command, "date": date, "note": args.note, "figures": fig}, indent=1))
+    md_path.write_text(md)
     print(md)
     return 0
 

@@ -456,11 +456,22 @@ def paired_episodes(records: dict, m: str, seeds: list[int], tasks: list[str], r
             [x for e in ev for t in tasks for x in e["per_episode_steps"][t]])
 
 
+def discordant(sa: list, sb: list) -> tuple[int, int]:
+    """(episodes only a succeeded in, episodes only b succeeded in) of two equally long, paired lists."""
+    if len(sa) != len(sb):
+        raise ValueError(f"paired lists of different lengths ({len(sa)} vs {len(sb)})")
+    return (sum(1 for x, y in zip(sa, sb) if x and not y), sum(1 for x, y in zip(sa, sb) if y and not x))
+
+
 def mcnemar_p(sa: list[int], sb: list[int]) -> float:
     """McNemar's exact test on paired successes (binomial on the discordant pairs), two-sided."""
-    a_only = sum(1 for x, y in zip(sa, sb) if x and not y)
-    b_only = sum(1 for x, y in zip(sa, sb) if y and not x)
+    a_only, b_only = discordant(sa, sb)
     return _binom_two_sided(a_only, a_only + b_only)
+
+
+def primary_group(groups) -> str:
+    """The task set a run's figures are about: its tuning tasks, else its only set."""
+    return "tuning" if "tuning" in groups else next(iter(groups))
 
 
 def bootstrap_throughput_diff(a: tuple[list[int], list[int]], b: tuple[list[int], list[int]], *, reps: int = 4000,
@@ -492,8 +503,7 @@ def paired_tests(records: dict, methods: list[str], seeds: list[int], tasks: lis
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
             (sa, ta), (sb, tb) = eps(a), eps(b)
-            a_only = sum(1 for x, y in zip(sa, sb) if x and not y)
-            b_only = sum(1 for x, y in zip(sa, sb) if y and not x)
+            a_only, b_only = discordant(sa, sb)
             faster_a = sum(1 for x, y in zip(ta, tb) if x < y)
             faster_b = sum(1 for x, y in zip(ta, tb) if y < x)
             out.append({"a": a, "b": b, "pairs": len(sa),
@@ -579,8 +589,7 @@ def sweep_figures(cells: list[dict], tasks: list[str], seeds: list[int], sweep: 
         ref = next(r for r in rows if r[name] == preset)
         best = max(rows, key=lambda r: (r["pooled"]["throughput_per_h"], r is ref))
         (sa, ta), (sb, tb) = best["_episodes"], ref["_episodes"]
-        a_only = sum(1 for x, y in zip(sa, sb) if x and not y)
-        b_only = sum(1 for x, y in zip(sa, sb) if y and not x)
+        a_only, b_only = discordant(sa, sb)
         faster_a = sum(1 for x, y in zip(ta, tb) if x < y)
         faster_b = sum(1 for x, y in zip(ta, tb) if y < x)
         for r in rows:
@@ -889,7 +898,7 @@ def selection_ablation(cfg: dict) -> list[str]:
 
 def summarise_groups(cfg: dict, seeds: list[int], methods: list[str], results: dict, elapsed: float) -> dict:
     """The tuning tasks' summary is the result; the test tasks' headline figures join it as test_*."""
-    primary = "tuning" if "tuning" in results else next(iter(results))
+    primary = primary_group(results)
     parts = {g: summarise(r["cfg"], seeds, methods, r["r0"], r["records"], r["diag"], r["abl"], elapsed,
                           r.get("latency"))
              for g, r in results.items()}

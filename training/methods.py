@@ -70,7 +70,7 @@ def policy_data(table: StepTable, method: Method, labels: AdvantageLabels | None
         raise ValueError(f"negative_weight must lie in [0, 1], got {negative_weight}")
     if negative_weight == 1.0:
         return PolicyData(idx, ind, None)
-    if negative_weight == 0.0:
+    if np.float32(negative_weight) == 0:  # a weight too small for the loss's float32 is none
         if not pos.any():
             raise ValueError("no tick is labelled positive: with negative_weight 0 the policy has nothing to learn from")
         return PolicyData(idx[pos], ind[pos], None)

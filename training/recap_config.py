@@ -25,7 +25,8 @@ class RecapConfig:
     indicator_dropout: float = field(default=0.3, metadata={"ge": 0, "lt": 1})  # share of samples trained unconditionally
     # loss weight of the ticks labelled negative in the conditioned policy's fit. 1 = the paper (every tick
     # counts the same); below 1 the positive behaviour gets more of the policy's fit; 0 = the negative ticks
-    # are left out and the policy learns from its positives alone (guidance then has nothing to push from)
+    # are left out and the policy learns from its positives alone (guidance then has nothing to push from).
+    # The loss is the weighted mean over a batch, so the weight is relative to the batch's positives
     negative_weight: float = field(default=1.0, metadata={"ge": 0, "le": 1})
     # 1 = condition on "positive"; > 1 = classifier-free guidance; what the run is evaluated with, kept in
     # the artifact (a deployment may override it, services/registry.py)

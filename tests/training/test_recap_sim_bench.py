@@ -172,6 +172,31 @@ def test_committed_runs_pair_only_from_the_same_start(tmp_path, capsys):
         err = capsys.readouterr().err
         assert refused.value.code == 2 and says in err and "Traceback" not in err, err
     assert not (out / "bad.json").exists()
+    # malformed or incomplete files are refused with one line: the pairs would otherwise shift silently
+    good = json.loads((out / f"{name}.json").read_text())
+    short = json.loads(json.dumps(good))
+    short["records"]["recap/s1"][-1]["eval"]["per_episode_success"]["pick-place-wall-v3"].pop()
+    (out / "short.json").write_text(json.dumps(short))
+    (out / "list.json").write_text("[1, 2]")
+    (out / "latin.json").write_bytes(b"\xff\xfe{")
+    fewer = json.loads(json.dumps(good))
+    fewer["records"]["recap/s0"] = fewer["records"]["recap/s0"][:1]
+    (out / "fewer.json").write_text(json.dumps(fewer))
+    for entry, says in (("short:recap", "39 of 40 evaluation episodes"), ("list:recap", "no records"),
+                        ("latin:recap", "not a results file"), ("fewer:recap", "1 of 3 rounds")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as refused:
+            pair_main([f"{name}:filtered_bc", entry, "--name", "bad", "--results-dir", str(out)])
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and says in err and "Traceback" not in err, err
+    # the output never replaces a run's results or leaves the folder; a rerun keeps the reading people wrote
+    for bad_name in (name, "../escape", "sub/p"):
+        with pytest.raises(SystemExit):
+            pair_main([f"{name}:recap", f"{name}:filtered_bc", "--name", bad_name, "--results-dir", str(out)])
+    assert json.loads((out / f"{name}.json").read_text()) == good and not (tmp_path / "escape.json").exists()
+    (out / "p.md").write_text((out / "p.md").read_text() + "\n## Reading\n\nWhat it means.\n")
+    assert pair_main([f"{name}:recap", f"{name}:filtered_bc", "--name", "p", "--results-dir", str(out)]) == 0
+    assert (out / "p.md").read_text().endswith("\n## Reading\n\nWhat it means.\n")
 
 
 @pytest.mark.slow

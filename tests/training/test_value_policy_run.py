@@ -94,6 +94,8 @@ def test_value_function_learns_returns_and_labels_follow(tmp_path):
     alone = policy_data(table, Method.RECAP, labels, negative_weight=0.0)
     assert np.array_equal(alone.index, rc.index[rc.indicator == recap.INDICATOR_POSITIVE])
     assert (alone.indicator == recap.INDICATOR_POSITIVE).all() and alone.weight is None
+    tiny = policy_data(table, Method.RECAP, labels, negative_weight=1e-300)  # 0 in the loss's float32: left out
+    assert np.array_equal(tiny.index, alone.index) and tiny.weight is None
     with pytest.raises(ValueError, match="negative_weight"):
         policy_data(table, Method.RECAP, labels, negative_weight=1.5)
     first = policy_data(table, Method.RECAP, first_fit=True)
@@ -301,6 +303,23 @@ def test_policy_training_resumes_exactly_from_its_last_checkpoint(tmp_path):
     resumed, losses2 = fit_policy(table, data, cfg, progress=False, checkpoint_dir=ck, checkpoint_every=10)
     assert losses2 == losses
     assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()))
+
+
+def test_a_batch_of_all_zero_weights_teaches_nothing_instead_of_nan(tmp_path):
+    """AWR far below its best ticks (or a tiny negative_weight) can weigh a whole batch ~0: the weighted mean
+    must stay finite, or one batch would put NaN into every weight of the saved policy."""
+    from training.methods import PolicyData
+    from training.policies.native import NativePolicyConfig
+    from training.policies.trainer_policy import fit_policy
+
+    store = _toy_store(tmp_path / "s", n=4)
+    table = load_steps(store, store.episode_ids())
+    idx = policy_data(table, Method.HG_DAGGER).index
+    data = PolicyData(idx, np.full(len(idx), recap.INDICATOR_POSITIVE, np.int64), np.zeros(len(idx), np.float32))
+    cfg = NativePolicyConfig(state_dim=3, action_dim=2, chunk=4, hidden=16, steps=3, batch_size=8)
+    policy, losses = fit_policy(table, data, cfg, progress=False)
+    assert losses == [0.0] * 3
+    assert all(torch.isfinite(p).all() for p in policy.model.parameters())
 
 
 @pytest.mark.slow

@@ -250,7 +250,7 @@ class LeRobotAdapter(nn.Module):
         w = batch.get("weight")
         if w is None:
             return self.policy.forward(b)[0]
-        return (self._per_sample_losses(b) * w).sum() / w.sum()
+        return (self._per_sample_losses(b) * w).sum() / w.sum().clamp_min(1e-12)  # all-~0 weights: no step
 
     @property
     def train_horizon(self) -> int:

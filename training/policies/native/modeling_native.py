@@ -60,7 +60,8 @@ class NativeFlowPolicy(nn.Module):
         keep = (~batch["action_is_pad"]).float()
         per_sample = (err * keep).sum(-1) / keep.sum(-1).clamp(min=1.0)
         w = batch.get("weight")
-        return (per_sample * w).sum() / w.sum() if w is not None else per_sample.mean()
+        # a batch whose weights are all ~0 (AWR far below its best ticks) teaches nothing rather than 0 / 0
+        return (per_sample * w).sum() / w.sum().clamp_min(1e-12) if w is not None else per_sample.mean()
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:  # training loss
         return self.loss(batch, generator)
