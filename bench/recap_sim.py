@@ -968,7 +968,9 @@ NO_NEGATIVES = ("no conditioning gap: with recap.negative_weight 0 the policy ne
 
 def negatives_untrained(cfg: dict) -> bool:
     """Whether the run's RECAP policies never saw a negative indicator (recap.negative_weight 0)."""
-    return cfg.get("recap", {}).get("negative_weight", 1.0) == 0.0
+    from training.methods import leaves_negatives_out
+
+    return leaves_negatives_out(cfg.get("recap", {}).get("negative_weight", 1.0))
 
 
 def summarise(cfg, seeds, methods, r0, records, diag, abl, elapsed, latency=None) -> dict:

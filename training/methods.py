@@ -37,6 +37,11 @@ AWR_TEMPERATURE = 0.05  # in normalised-return units (a step is ~1/(2L))
 AWR_MAX_WEIGHT = 20.0
 
 
+def leaves_negatives_out(negative_weight: float) -> bool:
+    """Whether RECAP's negative-labelled ticks are left out of the fit: weight 0, or too small for the loss's float32."""
+    return bool(np.float32(negative_weight) == 0)
+
+
 def policy_data(table: StepTable, method: Method, labels: AdvantageLabels | None = None,
                 *, first_fit: bool = False, negative_weight: float = 1.0) -> PolicyData:
     """`first_fit`: the paper's first fine-tune on demonstrations alone, indicator fixed to positive.
@@ -70,7 +75,7 @@ def policy_data(table: StepTable, method: Method, labels: AdvantageLabels | None
         raise ValueError(f"negative_weight must lie in [0, 1], got {negative_weight}")
     if negative_weight == 1.0:
         return PolicyData(idx, ind, None)
-    if np.float32(negative_weight) == 0:  # a weight too small for the loss's float32 is none
+    if leaves_negatives_out(negative_weight):
         if not pos.any():
             raise ValueError("no tick is labelled positive: with negative_weight 0 the policy has nothing to learn from")
         return PolicyData(idx[pos], ind[pos], None)
