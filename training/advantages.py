@@ -27,6 +27,7 @@ class AdvantageLabels:
     positive_fraction: float
     horizon: int
     values: np.ndarray | None = None  # (N,) V(s_t) the advantages were computed from (the review page draws it)
+    fractions: dict[str, float] | None = None  # per task, the share its threshold was set for (None: positive_fraction)
 
     def per_episode(self, name: str = "indicators") -> dict[str, np.ndarray]:
         arr = getattr(self, name)
@@ -42,18 +43,20 @@ class AdvantageLabels:
         save_file(arrays, str(directory / "advantages.safetensors"))
         (directory / "advantages.json").write_text(json.dumps({
             "episode_ids": self.episode_ids, "thresholds": self.thresholds,
-            "positive_fraction": self.positive_fraction, "horizon": self.horizon}, indent=1))
+            "positive_fraction": self.positive_fraction, "horizon": self.horizon, "fractions": self.fractions}, indent=1))
 
     @classmethod
     def load(cls, directory: Path) -> "AdvantageLabels":
         arrays = load_file(str(directory / "advantages.safetensors"))
         meta = json.loads((directory / "advantages.json").read_text())
         return cls(meta["episode_ids"], arrays["lengths"], arrays["advantages"], arrays["indicators"].astype(bool),
-                   meta["thresholds"], meta["positive_fraction"], meta["horizon"], arrays.get("values"))
+                   meta["thresholds"], meta["positive_fraction"], meta["horizon"], arrays.get("values"),
+                   meta.get("fractions"))
 
 
 def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[str, int], horizon: int,
-                     positive_fraction: float, c_fail: float | None = None) -> AdvantageLabels:
+                     positive_fraction: float, c_fail: float | None = None,
+                     cap_at_success_share: bool = False) -> AdvantageLabels:
     """A_t for every tick of known outcome, eps_l per task for the target positive share, then
     I_t = 1[A_t > eps_l], corrections forced positive. Unknown-outcome episodes get I_t = 0 only
     at their correction-free ticks (they carry no return to judge by).
@@ -61,7 +64,11 @@ def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[s
     eps_l is the quantile over the task's *policy* ticks (the autonomous behaviour being judged):
     demonstrations and corrections are then labelled against the same bar, and corrections forced
     positive after, so `positive_fraction` is the share among the policy's own ticks. A task without
-    policy ticks (demonstrations only) takes its quantile over all its ticks of known outcome."""
+    policy ticks (demonstrations only) takes its quantile over all its ticks of known outcome.
+
+    `cap_at_success_share` (recap.positive_fraction_cap "success_share"): a task's share is at most the
+    share of those same ticks that lie in successful episodes, when some do (none: the target stands, the
+    advantages being all there is to rank by)."""
     adv = np.full(len(table), np.nan, np.float32)
     for e in range(table.num_episodes):
         if table.outcomes[e] == Outcome.UNKNOWN:
@@ -71,13 +78,17 @@ def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[s
                                           max_len[table.task_ids[e]], c_fail)
     task_of_tick = np.asarray(table.task_ids, dtype=object)[table.episode_index]
     known, policy = ~np.isnan(adv), table.source == ActionSource.POLICY
-    by_task = {}
+    success = (np.asarray(table.outcomes, dtype=object) == Outcome.SUCCESS)[table.episode_index]
+    by_task, fractions = {}, {}
     for t in sorted(set(table.task_ids)):
         of_task = (task_of_tick == t) & known
-        by_task[t] = adv[of_task & policy] if (of_task & policy).any() else adv[of_task]
-    eps = recap.thresholds(by_task, positive_fraction)
+        ranked = of_task & policy if (of_task & policy).any() else of_task
+        by_task[t] = adv[ranked]
+        share = float(success[ranked].mean()) if ranked.any() else 0.0
+        fractions[t] = min(positive_fraction, share) if cap_at_success_share and share > 0 else positive_fraction
+    eps = recap.thresholds(by_task, fractions)
     eps_tick = np.array([eps[t] for t in task_of_tick], np.float32) if len(table) else np.zeros(0, np.float32)
     with np.errstate(invalid="ignore"):
         ind = recap.indicators(np.nan_to_num(adv, nan=-np.inf), eps_tick, table.source)
     return AdvantageLabels(list(table.episode_ids), table.lengths.copy(), adv, ind, eps, positive_fraction, horizon,
-                           np.asarray(values, np.float32).copy())
+                           np.asarray(values, np.float32).copy(), fractions)

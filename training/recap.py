@@ -96,10 +96,11 @@ def n_step_advantages(values: np.ndarray, T: int, outcome: Outcome | str, horizo
     return window + v_next - values
 
 
-def thresholds(advantages: Mapping[str, np.ndarray], positive_fraction: float) -> dict[str, float]:
+def thresholds(advantages: Mapping[str, np.ndarray], positive_fraction: float | Mapping[str, float]) -> dict[str, float]:
     """Per-task eps_l: the (1 - fraction) quantile of that task's advantages, so that the target
-    share of its steps is labelled positive."""
-    return {task: float(np.quantile(a, 1.0 - positive_fraction)) if len(a) else 0.0 for task, a in advantages.items()}
+    share of its steps is labelled positive (one fraction for every task, or one per task)."""
+    frac = positive_fraction if isinstance(positive_fraction, Mapping) else dict.fromkeys(advantages, positive_fraction)
+    return {task: float(np.quantile(a, 1.0 - frac[task])) if len(a) else 0.0 for task, a in advantages.items()}
 
 
 def indicators(advantages: np.ndarray, eps: float, sources: np.ndarray) -> np.ndarray:

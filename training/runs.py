@@ -261,7 +261,8 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
             labels = AdvantageLabels.load(ldir)
         else:
             labels = label_advantages(table, values, max_len=max_len, horizon=spec.recap.advantage_horizon,
-                                      positive_fraction=fraction, c_fail=spec.recap.c_fail)
+                                      positive_fraction=fraction, c_fail=spec.recap.c_fail,
+                                      cap_at_success_share=spec.recap.positive_fraction_cap == "success_share")
             if main:
                 labels.save(ldir)
         distributed.barrier()
@@ -269,6 +270,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         ind_list = [per_ep[e] for e in table.episode_ids]
         policy_ticks = table.source == ActionSource.POLICY
         metrics["positive_fraction_target"] = fraction
+        metrics["positive_fraction_by_task"] = labels.fractions or dict.fromkeys(labels.thresholds, fraction)
         metrics["positive_rate"] = float(labels.indicators.mean())
         metrics["positive_rate_policy_ticks"] = (float(labels.indicators[policy_ticks].mean())
                                                  if policy_ticks.any() else float("nan"))

@@ -85,6 +85,7 @@ def test_a_bad_policy_recipe_is_a_422_naming_the_field_at_the_api_and_the_cli(st
                               ({"recap": {"advantage_horizon": 0}}, "recap.advantage_horizon"),
                               ({"recap": {"positive_fraction_later": 1.5}}, "recap.positive_fraction_later"),
                               ({"recap": {"cfg_beta": 11}}, "recap.cfg_beta"),
+                              ({"recap": {"positive_fraction_cap": "successes"}}, "recap.positive_fraction_cap"),
                               ({"value": {"hidden": "wide"}}, "value.hidden"),
                               ({"value": {"backbone": "gpt"}}, "value.backbone"),
                               ({"value": {"num_bins": 5}}, "value.num_bins"),

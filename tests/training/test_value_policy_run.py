@@ -71,6 +71,17 @@ def test_value_function_learns_returns_and_labels_follow(tmp_path):
     labels.save(tmp_path / "labels")
     again = AdvantageLabels.load(tmp_path / "labels")
     assert np.array_equal(again.indicators, labels.indicators) and again.thresholds == labels.thresholds
+    # capped at the share of the policy's ticks in successful episodes: lower where the policy rarely succeeds,
+    # the target where it often does; saved with the labels
+    in_success = (np.asarray(table.outcomes) == "success")[table.episode_index][policy].mean()
+    assert 0.05 < in_success < 0.4
+    capped = label_advantages(table, v, max_len=max_len, horizon=10, positive_fraction=0.4, cap_at_success_share=True)
+    assert capped.fractions == {"reach": pytest.approx(in_success)}
+    assert abs(capped.indicators[policy].mean() - in_success) < 0.03 and capped.indicators[corr].all()
+    loose = label_advantages(table, v, max_len=max_len, horizon=10, positive_fraction=0.05, cap_at_success_share=True)
+    assert loose.fractions == {"reach": 0.05}
+    capped.save(tmp_path / "capped")
+    assert AdvantageLabels.load(tmp_path / "capped").fractions == capped.fractions
 
     # methods select the data the design says
     bc = policy_data(table, Method.BC)
