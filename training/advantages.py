@@ -56,7 +56,7 @@ class AdvantageLabels:
 
 def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[str, int], horizon: int,
                      positive_fraction: float, c_fail: float | None = None,
-                     cap_at_success_share: bool = False) -> AdvantageLabels:
+                     cap: str = "none") -> AdvantageLabels:
     """A_t for every tick of known outcome, eps_l per task for the target positive share, then
     I_t = 1[A_t > eps_l], corrections forced positive. Unknown-outcome episodes get I_t = 0 only
     at their correction-free ticks (they carry no return to judge by).
@@ -66,9 +66,12 @@ def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[s
     positive after, so `positive_fraction` is the share among the policy's own ticks. A task without
     policy ticks (demonstrations only) takes its quantile over all its ticks of known outcome.
 
-    `cap_at_success_share` (recap.positive_fraction_cap "success_share"): a task's share is at most the
-    share of those same ticks that lie in successful episodes, when some do (none: the target stands, the
-    advantages being all there is to rank by)."""
+    `cap` (recap.positive_fraction_cap): "success_share", a task's share is at most the share of those same
+    ticks that lie in successful episodes; "success_rate", at most the success rate of the episodes they
+    belong to; either only when one of them succeeded (else the target stands, the advantages being all
+    there is to rank by). "none": the target."""
+    if cap not in ("none", "success_share", "success_rate"):
+        raise ValueError(f"cap must be none, success_share or success_rate, got {cap!r}")
     adv = np.full(len(table), np.nan, np.float32)
     for e in range(table.num_episodes):
         if table.outcomes[e] == Outcome.UNKNOWN:
@@ -84,8 +87,11 @@ def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[s
         of_task = (task_of_tick == t) & known
         ranked = of_task & policy if (of_task & policy).any() else of_task
         by_task[t] = adv[ranked]
-        share = float(success[ranked].mean()) if ranked.any() else 0.0
-        fractions[t] = min(positive_fraction, share) if cap_at_success_share and share > 0 else positive_fraction
+        if cap == "success_rate":
+            share = float(success[ranked][np.unique(table.episode_index[ranked], return_index=True)[1]].mean())
+        else:
+            share = float(success[ranked].mean()) if ranked.any() else 0.0
+        fractions[t] = min(positive_fraction, share) if cap != "none" and share > 0 else positive_fraction
     eps = recap.thresholds(by_task, fractions)
     eps_tick = np.array([eps[t] for t in task_of_tick], np.float32) if len(table) else np.zeros(0, np.float32)
     with np.errstate(invalid="ignore"):

@@ -22,10 +22,11 @@ class RecapConfig:
     # target share of positive indicators, first advantage-labelled fit / later rounds
     positive_fraction_first: float = field(default=0.3, metadata={"gt": 0, "lt": 1})
     positive_fraction_later: float = field(default=0.4, metadata={"gt": 0, "lt": 1})
-    # "success_share": per task, the positive share among the policy's ticks is at most the share of those ticks
-    # that lie in successful episodes (when some do). Where the policy rarely succeeds, a fixed 40 % would label
-    # mostly failing behaviour positive; where it often does, the target stands. "none" = the paper's fixed share
-    positive_fraction_cap: Literal["none", "success_share"] = "none"
+    # a cap on that share per task, where the policy rarely succeeds (a fixed 40 % would then label mostly failing
+    # behaviour positive): "success_share", at most the share of the task's policy ticks that lie in successful
+    # episodes; "success_rate", at most the success rate of the task's episodes the policy ran. A cap applies
+    # only when some such episode succeeded. "none" = the paper's fixed share
+    positive_fraction_cap: Literal["none", "success_share", "success_rate"] = "none"
     indicator_dropout: float = field(default=0.3, metadata={"ge": 0, "lt": 1})  # share of samples trained unconditionally
     # loss weight of the ticks labelled negative in the conditioned policy's fit. 1 = the paper (every tick
     # counts the same); below 1 the positive behaviour gets more of the policy's fit; 0 = the negative ticks

@@ -262,7 +262,7 @@ def run_training(store: EpisodeStore, catalog: Catalog, spec: RunSpec, runs_dir:
         else:
             labels = label_advantages(table, values, max_len=max_len, horizon=spec.recap.advantage_horizon,
                                       positive_fraction=fraction, c_fail=spec.recap.c_fail,
-                                      cap_at_success_share=spec.recap.positive_fraction_cap == "success_share")
+                                      cap=spec.recap.positive_fraction_cap)
             if main:
                 labels.save(ldir)
         distributed.barrier()

@@ -75,11 +75,19 @@ def test_value_function_learns_returns_and_labels_follow(tmp_path):
     # the target where it often does; saved with the labels
     in_success = (np.asarray(table.outcomes) == "success")[table.episode_index][policy].mean()
     assert 0.05 < in_success < 0.4
-    capped = label_advantages(table, v, max_len=max_len, horizon=10, positive_fraction=0.4, cap_at_success_share=True)
+    capped = label_advantages(table, v, max_len=max_len, horizon=10, positive_fraction=0.4, cap="success_share")
     assert capped.fractions == {"reach": pytest.approx(in_success)}
     assert abs(capped.indicators[policy].mean() - in_success) < 0.03 and capped.indicators[corr].all()
-    loose = label_advantages(table, v, max_len=max_len, horizon=10, positive_fraction=0.05, cap_at_success_share=True)
+    loose = label_advantages(table, v, max_len=max_len, horizon=10, positive_fraction=0.05, cap="success_share")
     assert loose.fractions == {"reach": 0.05}
+    # or at the success rate of the policy's episodes (successes are short: a higher share than their ticks')
+    ran = np.unique(table.episode_index[policy])
+    rate = (np.asarray(table.outcomes)[ran] == "success").mean()
+    assert in_success < rate < 0.9
+    by_rate = label_advantages(table, v, max_len=max_len, horizon=10, positive_fraction=0.9, cap="success_rate")
+    assert by_rate.fractions == {"reach": pytest.approx(rate)}
+    with pytest.raises(ValueError, match="cap"):
+        label_advantages(table, v, max_len=max_len, horizon=10, positive_fraction=0.4, cap="successes")
     capped.save(tmp_path / "capped")
     assert AdvantageLabels.load(tmp_path / "capped").fractions == capped.fractions
 
