@@ -160,8 +160,16 @@ def render(fig: dict, command: str, date: str, name: str, note: str | None) -> s
     for t in fig["paired_tests"]:
         lo, hi = t["throughput_diff_ci95"]
         lines.append(f"| {t['a']} | {t['pairs']} | {t['a_only']} / {t['b_only']} | {t['mcnemar_p']:.3g} | "
-                     f"[{lo:.0f}, {hi:.0f}] | {t['throughput_diff_in_se']:.2f} |")
+                     f"[{lo:.0f}, {hi:.0f}] | {_in_se(t)} |")
     return "\n".join(lines) + "\n"
+
+
+def _in_se(test: dict) -> str:
+    """The per-seed t, or why there is none (the same throughput on every seed: no spread to divide by)."""
+    x = test["throughput_diff_in_se"]
+    if x is not None and x == x:
+        return f"{x:.2f}"
+    return "- (the same on every seed)" if [float(v) for v in test["throughput_diff_ci95"]] == [0.0, 0.0] else "-"
 
 
 def _is_pairing(path: Path) -> bool:

@@ -72,6 +72,7 @@ CORPUS: list[Invocation] = [
     bad("unknown method", "train", "policy", "--store", "{store}", "--method", "nope"),
     bad("selection matching nothing", "train", "policy", "--store", "{store}", "--robot", "nobody"),
     bad("malformed --max-len", "train", "policy", "--store", "{store}", "--max-len", "push"),
+    bad("unknown positive-share cap", "train", "policy", "--store", "{store}", "--positive-cap", "successes"),
     bad("store that does not exist", "train", "policy", "--store", "{missing}"),
     bad("value selection matching nothing", "train", "value", "{work}/value", "--store", "{store}", "--task", "nothing"),
     bad("export of a run that does not exist", "train", "export", "{missing}", "{work}/run-export", "--store", "{store}"),

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, get_args
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from data.schema import ActionSource, Outcome
 from training import recap
+from training.recap_config import PositiveCap
 from training.steps import StepTable
 
 
@@ -70,7 +71,7 @@ def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[s
     ticks that lie in successful episodes; "success_rate", at most the success rate of the episodes they
     belong to; either only when one of them succeeded (else the target stands, the advantages being all
     there is to rank by). "none": the target."""
-    if cap not in ("none", "success_share", "success_rate"):
+    if cap not in get_args(PositiveCap):
         raise ValueError(f"cap must be none, success_share or success_rate, got {cap!r}")
     adv = np.full(len(table), np.nan, np.float32)
     for e in range(table.num_episodes):

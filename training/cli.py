@@ -6,7 +6,8 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from enum import Enum
+from typing import Optional, get_args
 
 import typer
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.console import Console
 from data.cli import CatalogOpt, StoreOpt, open_store
 from data.cli_errors import UserError
 from data.home import default_runs_dir, default_store
+from training.recap_config import PositiveCap as PositiveCapValues
 
 app = typer.Typer(help="Training: value function, advantage-conditioned policy, RECAP rounds (and the baselines).",
                   no_args_is_help=True)
@@ -23,6 +25,11 @@ log = logging.getLogger(__name__)
 RunsOpt = typer.Option(None, "--runs-dir", envvar="RECAP_RUNS", show_default=False,
                        help="Where training runs are written [default: $RECAP_HOME/runs].")
 METHODS = "bc | hg_dagger | filtered_bc | awr | recap"
+PositiveCap = Enum("PositiveCap", {v: v for v in get_args(PositiveCapValues)}, type=str)
+PositiveCapOpt = typer.Option(
+    "none", "--positive-cap",
+    help="Cap each task's positive share where the policy rarely succeeds: at the success rate of its episodes "
+         "(success_rate) or the share of its ticks in successful ones (success_share); none = the fixed share.")
 
 
 def _method(name: str):
@@ -78,6 +85,7 @@ def policy_cmd(
                                         "policy's ticks labelled positive (later fits: --positive-fraction)."),
     horizon: int = typer.Option(50, min=1, help="N-step advantage horizon (control steps)."),
     positive_fraction: float = typer.Option(0.4, min=0.0, max=1.0, help="Target share of positive indicators per task."),
+    positive_cap: PositiveCap = PositiveCapOpt,
     value_steps: int = typer.Option(1500, min=1, help="Value function training steps."),
     policy_steps: int = typer.Option(2500, min=1, help="Policy training steps."),
     hidden: int = typer.Option(256, min=1, help="Hidden width of both networks."),
@@ -103,7 +111,7 @@ def policy_cmd(
     spec = RunSpec(run_id=run_id or f"{method}-{time.strftime('%Y%m%dT%H%M%S')}", method=kind,
                    selection=selection, first_fit=first_fit, first_labelled=first_labelled,
                    recap=RecapConfig(advantage_horizon=horizon, positive_fraction_later=positive_fraction,
-                                     select_chunks=select_chunks),
+                                     positive_fraction_cap=positive_cap.value, select_chunks=select_chunks),
                    value={"steps": value_steps, "hidden": hidden},
                    policy={"steps": policy_steps, "hidden": hidden, "chunk": chunk},
                    task_max_len=limits,
@@ -124,6 +132,7 @@ def value_cmd(
     seed: int = typer.Option(0, help="Random seed."),
     horizon: int = typer.Option(50, min=1, help="N-step advantage horizon (control steps)."),
     positive_fraction: float = typer.Option(0.4, min=0.0, max=1.0, help="Target share of positive indicators per task."),
+    positive_cap: PositiveCap = PositiveCapOpt,
     store: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt,
 ) -> None:
     """Fit the value function on a selection (minus held-out episodes), label advantages, and report
@@ -162,7 +171,7 @@ def value_cmd(
                    lineage={"episodes": train_ids, "held_out": sorted(test)}, metrics={"calibration": report})
     oof = held_out_members(vf, table, seed)  # labels from the members that never saw the episode
     labels = label_advantages(table, predict_values(vf, table, sstats, max_len=max_len, held_out=oof), max_len=max_len, horizon=horizon,
-                              positive_fraction=positive_fraction)
+                              positive_fraction=positive_fraction, cap=positive_cap.value)
     labels.save(out / "labels")
     console.print(f"held-out calibration: corr {report['corr']:.3f}, MAE {report['mae']:.3f} on {report['ticks']} ticks "
                   f"-> {out / 'calibration.png'}")

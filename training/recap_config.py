@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 BETA_MAX = 10.0  # guidance beyond this only amplifies the noise between the two passes
-SELECT_MAX = 64  # candidate chunks per observation: one batch of K x robots through the policy
+SELECT_MAX = 64
+PositiveCap = Literal["none", "success_share", "success_rate"]  # recap.positive_fraction_cap  # candidate chunks per observation: one batch of K x robots through the policy
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class RecapConfig:
     # behaviour positive): "success_share", at most the share of the task's policy ticks that lie in successful
     # episodes; "success_rate", at most the success rate of the task's episodes the policy ran. A cap applies
     # only when some such episode succeeded. "none" = the paper's fixed share
-    positive_fraction_cap: Literal["none", "success_share", "success_rate"] = "none"
+    positive_fraction_cap: PositiveCap = "none"
     indicator_dropout: float = field(default=0.3, metadata={"ge": 0, "lt": 1})  # share of samples trained unconditionally
     # loss weight of the ticks labelled negative in the conditioned policy's fit. 1 = the paper (every tick
     # counts the same); below 1 the positive behaviour gets more of the policy's fit; 0 = the negative ticks

@@ -43,6 +43,12 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
     assert "| recap | 1 |" in md
     # the hard preset trains RECAP on its positives alone: its "negative" indicator is never trained, so no gap is claimed
     assert result["config"]["recap"]["negative_weight"] == 0.0
+    # ... and caps each task's positive share at its policy episodes' success rate: the share each round's labels
+    # were set for is in the diagnostics and the report
+    assert result["config"]["recap"]["positive_fraction_cap"] == "success_rate"
+    shares = [s for d in result["diagnostics"] for per in d["positive_fraction_by_task"].values() for s in per.values()]
+    assert shares and all(0 < s <= 0.4 for s in shares)
+    assert "Positive share the round's labels were set for" in md
     assert f["conditioning_gap_success"] is None and "never trains on a negative indicator" in f["conditioning_gap_note"]
     assert "never trains on a negative indicator" in md
     # the diagnostics say where the positive labels came from, per seed and in the report
@@ -152,6 +158,9 @@ def test_committed_runs_pair_only_from_the_same_start(tmp_path, capsys):
     t = json.loads((out / "p.json").read_text())["figures"]["paired_tests"][0]
     assert (t["a_only"], t["b_only"], t["pairs"]) == (ref["success"]["a_only"], ref["success"]["b_only"], 120)
     assert t["throughput_diff_ci95"] == ref["throughput_diff_ci95"]
+    # a run that changed nothing (a cap that never bit): no discordant pair, no spread, said so rather than "nan"
+    assert pair_main([f"{name}:recap", f"{name}:recap", "--name", "same", "--results-dir", str(out)]) == 0
+    assert "| 0 / 0 | 1 | [0, 0] | - (the same on every seed) |" in (out / "same.md").read_text()
     assert pair_main([f"{name}:recap", "recap_sim-hard-nw0.3-pick-place-wall-validation-validation:recap", "--name", "p",
                       "--results-dir", str(out)]) == 0  # a name with a dot in it is a name, not a file suffix
     # a run's test tasks pair by --group test, the same way
