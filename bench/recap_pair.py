@@ -136,8 +136,8 @@ def compare(entries: list[dict]) -> dict:
         tests.append({"a": e["label"], "b": ref["label"], "pairs": len(a_eps[0]), "a_only": a_only, "b_only": b_only,
                       "mcnemar_p": mcnemar_p(b_eps[0], a_eps[0]),
                       "throughput_diff_ci95": bootstrap_throughput_diff(b_eps, a_eps),
-                      "throughput_diff_in_se": paired_diff_in_se(last(e, "throughput_per_h"),
-                                                                 last(ref, "throughput_per_h"))})
+                      "throughput_diff_in_se": _finite(paired_diff_in_se(last(e, "throughput_per_h"),
+                                                                         last(ref, "throughput_per_h")))})
     return {"tasks": tasks, "seeds": seeds, "rounds": rounds, "eval_role": ref["config"].get("eval_role", "evaluation"),
             "reference": ref["label"], "rows": rows, "paired_tests": tests}
 
@@ -162,6 +162,11 @@ def render(fig: dict, command: str, date: str, name: str, note: str | None) -> s
         lines.append(f"| {t['a']} | {t['pairs']} | {t['a_only']} / {t['b_only']} | {t['mcnemar_p']:.3g} | "
                      f"[{lo:.0f}, {hi:.0f}] | {_in_se(t)} |")
     return "\n".join(lines) + "\n"
+
+
+def _finite(x: float) -> float | None:
+    """None for NaN: the results file stays strict JSON."""
+    return x if x == x else None
 
 
 def _in_se(test: dict) -> str:

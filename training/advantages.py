@@ -57,7 +57,7 @@ class AdvantageLabels:
 
 def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[str, int], horizon: int,
                      positive_fraction: float, c_fail: float | None = None,
-                     cap: str = "none") -> AdvantageLabels:
+                     cap: PositiveCap = "none") -> AdvantageLabels:
     """A_t for every tick of known outcome, eps_l per task for the target positive share, then
     I_t = 1[A_t > eps_l], corrections forced positive. Unknown-outcome episodes get I_t = 0 only
     at their correction-free ticks (they carry no return to judge by).
@@ -67,12 +67,12 @@ def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[s
     positive after, so `positive_fraction` is the share among the policy's own ticks. A task without
     policy ticks (demonstrations only) takes its quantile over all its ticks of known outcome.
 
-    `cap` (recap.positive_fraction_cap): "success_share", a task's share is at most the share of those same
-    ticks that lie in successful episodes; "success_rate", at most the success rate of the episodes they
-    belong to; either only when one of them succeeded (else the target stands, the advantages being all
+    `cap` (recap.positive_fraction_cap): "success_share", a task's share is at most the share of the ticks
+    its threshold is taken over (the policy's, or all of a demonstrations-only task's) that lie in successful
+    episodes; "success_rate", at most the success rate of the episodes those ticks belong to; either only when one of them succeeded (else the target stands, the advantages being all
     there is to rank by). "none": the target."""
     if cap not in get_args(PositiveCap):
-        raise ValueError(f"cap must be none, success_share or success_rate, got {cap!r}")
+        raise ValueError(f"cap must be one of {', '.join(get_args(PositiveCap))}, got {cap!r}")
     adv = np.full(len(table), np.nan, np.float32)
     for e in range(table.num_episodes):
         if table.outcomes[e] == Outcome.UNKNOWN:
@@ -88,10 +88,12 @@ def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[s
         of_task = (task_of_tick == t) & known
         ranked = of_task & policy if (of_task & policy).any() else of_task
         by_task[t] = adv[ranked]
-        if cap == "success_rate":
+        if not ranked.any():  # every episode of the task of unknown outcome: nothing to rank, nothing to cap by
+            share = 0.0
+        elif cap == "success_rate":
             share = float(success[ranked][np.unique(table.episode_index[ranked], return_index=True)[1]].mean())
         else:
-            share = float(success[ranked].mean()) if ranked.any() else 0.0
+            share = float(success[ranked].mean())
         fractions[t] = min(positive_fraction, share) if cap != "none" and share > 0 else positive_fraction
     eps = recap.thresholds(by_task, fractions)
     eps_tick = np.array([eps[t] for t in task_of_tick], np.float32) if len(table) else np.zeros(0, np.float32)

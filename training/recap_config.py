@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 BETA_MAX = 10.0  # guidance beyond this only amplifies the noise between the two passes
-SELECT_MAX = 64
-PositiveCap = Literal["none", "success_share", "success_rate"]  # recap.positive_fraction_cap  # candidate chunks per observation: one batch of K x robots through the policy
+SELECT_MAX = 64  # candidate chunks per observation: one batch of K x robots through the policy
+PositiveCap = Literal["none", "success_share", "success_rate"]  # recap.positive_fraction_cap
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,8 @@ def test_committed_runs_pair_only_from_the_same_start(tmp_path, capsys):
     # a run that changed nothing (a cap that never bit): no discordant pair, no spread, said so rather than "nan"
     assert pair_main([f"{name}:recap", f"{name}:recap", "--name", "same", "--results-dir", str(out)]) == 0
     assert "| 0 / 0 | 1 | [0, 0] | - (the same on every seed) |" in (out / "same.md").read_text()
+    same = json.loads((out / "same.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in a results file"))
+    assert same["figures"]["paired_tests"][0]["throughput_diff_in_se"] is None
     assert pair_main([f"{name}:recap", "recap_sim-hard-nw0.3-pick-place-wall-validation-validation:recap", "--name", "p",
                       "--results-dir", str(out)]) == 0  # a name with a dot in it is a name, not a file suffix
     # a run's test tasks pair by --group test, the same way

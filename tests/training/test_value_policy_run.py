@@ -403,3 +403,27 @@ def test_a_run_reports_held_out_calibration_and_its_guard_rail_stops_or_falls_ba
     assert load_policy(res.policy_dir)[0].beta == 1.0  # no guidance for a policy trained without indicators
     filtered = policy_data(load_steps(store, store.episode_ids()), Method.FILTERED_BC)
     assert res.metrics["policy_ticks"] == len(filtered.index)
+
+
+def test_value_command_fits_reports_and_labels_at_the_capped_share(tmp_path):
+    """`recap train value`: V fitted on the selection minus a held-out share, its calibration written, the
+    selection labelled, with --positive-cap success_rate lowering the asked-for share to the policy's success rate."""
+    import json
+    import subprocess
+    import sys
+
+    from data.catalog import Catalog
+
+    store = _toy_store(tmp_path / "s", n=12)
+    Catalog.for_store(store).register_many(store)
+    out = tmp_path / "v"
+    cmd = [sys.executable, "-m", "data.cli_root", "train", "value", str(out), "--store", str(store.root),
+           "--steps", "30", "--hidden", "32", "--positive-fraction", "0.9", "--positive-cap", "success_rate"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert json.loads((out / "calibration.json").read_text())["ticks"] > 0 and (out / "calibration.png").exists()
+    labels = AdvantageLabels.load(out / "labels")
+    table = load_steps(store, labels.episode_ids)
+    ran = np.unique(table.episode_index[table.source == ActionSource.POLICY])
+    rate = float((np.asarray(table.outcomes)[ran] == "success").mean())
+    assert 0 < rate < 0.9 and labels.positive_fraction == 0.9 and labels.fractions == {"reach": pytest.approx(rate)}
