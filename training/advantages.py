@@ -69,8 +69,9 @@ def label_advantages(table: StepTable, values: np.ndarray, *, max_len: Mapping[s
 
     `cap` (recap.positive_fraction_cap): "success_share", a task's share is at most the share of the ticks
     its threshold is taken over (the policy's, or all of a demonstrations-only task's) that lie in successful
-    episodes; "success_rate", at most the success rate of the episodes those ticks belong to; either only when one of them succeeded (else the target stands, the advantages being all
-    there is to rank by). "none": the target."""
+    episodes; "success_rate", at most the success rate of the episodes those ticks belong to; either only
+    when one of them succeeded (else the target stands, the advantages being all there is to rank by).
+    "none": the target."""
     if cap not in get_args(PositiveCap):
         raise ValueError(f"cap must be one of {', '.join(get_args(PositiveCap))}, got {cap!r}")
     adv = np.full(len(table), np.nan, np.float32)

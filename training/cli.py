@@ -15,7 +15,7 @@ from rich.console import Console
 from data.cli import CatalogOpt, StoreOpt, open_store
 from data.cli_errors import UserError
 from data.home import default_runs_dir, default_store
-from training.recap_config import PositiveCap as PositiveCapValues
+from training.recap_config import PositiveCap
 
 app = typer.Typer(help="Training: value function, advantage-conditioned policy, RECAP rounds (and the baselines).",
                   no_args_is_help=True)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 RunsOpt = typer.Option(None, "--runs-dir", envvar="RECAP_RUNS", show_default=False,
                        help="Where training runs are written [default: $RECAP_HOME/runs].")
 METHODS = "bc | hg_dagger | filtered_bc | awr | recap"
-PositiveCap = Enum("PositiveCap", {v: v for v in get_args(PositiveCapValues)}, type=str)
+PositiveCapChoice = Enum("PositiveCapChoice", {v: v for v in get_args(PositiveCap)}, type=str)  # typer's choice type
 PositiveCapOpt = typer.Option(
     "none", "--positive-cap",
     help="Cap each task's positive share where the policy rarely succeeds: at the success rate of its episodes "
@@ -85,7 +85,7 @@ def policy_cmd(
                                         "policy's ticks labelled positive (later fits: --positive-fraction)."),
     horizon: int = typer.Option(50, min=1, help="N-step advantage horizon (control steps)."),
     positive_fraction: float = typer.Option(0.4, min=0.0, max=1.0, help="Target share of positive indicators per task."),
-    positive_cap: PositiveCap = PositiveCapOpt,
+    positive_cap: PositiveCapChoice = PositiveCapOpt,
     value_steps: int = typer.Option(1500, min=1, help="Value function training steps."),
     policy_steps: int = typer.Option(2500, min=1, help="Policy training steps."),
     hidden: int = typer.Option(256, min=1, help="Hidden width of both networks."),
@@ -132,7 +132,7 @@ def value_cmd(
     seed: int = typer.Option(0, help="Random seed."),
     horizon: int = typer.Option(50, min=1, help="N-step advantage horizon (control steps)."),
     positive_fraction: float = typer.Option(0.4, min=0.0, max=1.0, help="Target share of positive indicators per task."),
-    positive_cap: PositiveCap = PositiveCapOpt,
+    positive_cap: PositiveCapChoice = PositiveCapOpt,
     store: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt,
 ) -> None:
     """Fit the value function on a selection (minus held-out episodes), label advantages, and report
