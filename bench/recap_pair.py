@@ -26,12 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.recap_sim import (RESULTS, bootstrap_throughput_diff, discordant, mcnemar_p, mean_se, paired_diff_in_se,
-                             paired_episodes, primary_group)
+                             paired_episodes, primary_group, write_keeping_reading)
 
 SAME = ("rounds", "eval_role", "eval_episodes", "max_steps", "demos_per_task", "episodes_per_round")
-
-
-READING = "\n## Reading\n"
 
 
 class PairError(ValueError):
@@ -210,10 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.recap_pair " + shlex.join(argv if argv is not None else sys.argv[1:])
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     md = render(fig, command, date, args.name, args.note)
-    if md_path.exists() and READING in md_path.read_text(encoding="utf-8"):  # a rerun keeps what people wrote
-        md += READING + md_path.read_text(encoding="utf-8").split(READING, 1)[1]
     out.write_text(json.dumps({"command": command, "date": date, "note": args.note, "figures": fig}, indent=1))
-    md_path.write_text(md)
+    write_keeping_reading(md_path, md)  # a rerun keeps what people wrote
     print(md)
     return 0
 

@@ -806,6 +806,7 @@ def main() -> None:
     known.write_text(json.dumps({"config": cfg, "seeds": seeds}, indent=1))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.time()
+    ledger = Ledger(work / "invocations.json")
     print(f"config: {json.dumps(cfg)}\nseeds {seeds} methods {methods} jobs {args.jobs} groups {groups}", flush=True)
     results = {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
@@ -817,7 +818,9 @@ def main() -> None:
             results[group] = run_group(pool, gcfg, gwork, seeds, methods, ablation=not args.no_ablation,
                                        sweep=sweep if group == "tuning" else None)
     elapsed = time.time() - started
+    spent = ledger.close()
     result = summarise_groups(cfg, seeds, methods, results, elapsed)
+    result["figures"].update(elapsed_total_s=spent["elapsed_s"], invocations=spent["invocations"])
     if sweep:
         result["sweep_config"] = sweep
         result["figures"]["sweep"] = sweep_figures(results["tuning"]["sweep"], results["tuning"]["cfg"]["tasks"],
@@ -827,9 +830,57 @@ def main() -> None:
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{name}.md").write_text(render_md(result, name))
+    write_keeping_reading(out / f"{name}.md", render_md(result, name))
     plot(result, out / f"{name}.png")
     print(render_md(result, name))
+
+
+READING = "\n## Reading"
+
+
+def write_keeping_reading(path: Path, md: str) -> None:
+    """Write a report, keeping what people wrote under its "## Reading" heading (a re-render, or a resumed run,
+    replaces the figures, never the reading)."""
+    if path.exists() and READING in (old := path.read_text(encoding="utf-8")):
+        md = md.rstrip("\n") + "\n" + READING + old.split(READING, 1)[1]
+    path.write_text(md, encoding="utf-8")
+
+
+class Ledger:
+    """The invocations of one workdir (WORKDIR/invocations.json: start and seconds of each), so a benchmark
+    resumed over several invocations, or moved to another machine with its workdir, reports the time all of
+    them took. The running invocation's entry is rewritten every 30 s, so one that is killed still counts."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        self.path, self.started = path, time.time()
+        try:
+            self.past = json.loads(path.read_text())["invocations"] if path.exists() else []
+        except (ValueError, KeyError, TypeError):
+            self.past = []  # an unreadable ledger restarts; the cells are what matter
+        self.entry = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "elapsed_s": 0.0}
+        self._stop = threading.Event()
+        self._write()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        self.entry["elapsed_s"] = round(time.time() - self.started, 1)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"invocations": self.past + [self.entry]}, indent=1))
+        tmp.replace(self.path)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(30):
+            self._write()
+
+    def close(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self._write()
+        done = self.past + [self.entry]
+        return {"elapsed_s": sum(float(e.get("elapsed_s", 0)) for e in done), "invocations": len(done)}
 
 
 def value_time_ablation(work: str, robots: list[str], limit: int, steps: int) -> dict:
@@ -1136,12 +1187,20 @@ def share_set_line(diag: list[dict]) -> list[str]:
         f"round {k}: {np.mean(v):.2f}" for k, v in sorted(by_round.items(), key=lambda kv: int(kv[0])) if v) + "."]
 
 
+def _took(f: dict) -> str:
+    took = f"Took {f['elapsed_s'] / 60:.1f} min"
+    if f.get("invocations", 1) > 1:
+        took += (f" in this invocation, {f['elapsed_total_s'] / 60:.1f} min over the {f['invocations']} invocations "
+                 "recorded in its workdir")
+    return took + "."
+
+
 def render_md(r: dict, name: str) -> str:
     f = r["figures"]
     lines = [f"# RECAP on the simulated arm ({name})", "", *([f"**{r['note']}**", ""] if r.get("note") else []),
              f"Command: `{r['command']}` — {r['date']} — tasks {', '.join(f['tasks'])}; {f['seeds']} training seed(s); "
              f"{f['rounds']} rounds; {r['config']['eval_episodes']} held-out evaluation episodes per task, paired; "
-             f"throughput counts a 2 s reset per episode. Took {f['elapsed_s'] / 60:.1f} min. Mean ± standard error over seeds.", "",
+             f"throughput counts a 2 s reset per episode. {_took(f)} Mean ± standard error over seeds.", "",
              "| method | round | success | throughput (successes/h) | time to success (s) | correction rate (collection) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in f["table"]:

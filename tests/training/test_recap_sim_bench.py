@@ -94,11 +94,18 @@ def test_benchmark_script_writes_its_table_figures_and_plot(tmp_path):
         d = json.loads(cell.read_text())
         del d["positives_by_source"]
         cell.write_text(json.dumps(d))
+    # ... keeps the reading people wrote under the report, and counts the time of both invocations
+    assert f["invocations"] == 1 and f["elapsed_total_s"] > 0
+    (tmp_path / "results" / "tiny.md").write_text(md + "\n## Reading\n\nWhat it means.\n")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=580)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "round 1: success" not in again.stdout and "training run" not in again.stderr
-    assert json.loads((tmp_path / "results" / "tiny.json").read_text())["records"] == result["records"]
-    assert "Where the last round's positive labels come from" in (tmp_path / "results" / "tiny.md").read_text()
+    rerun = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert rerun["records"] == result["records"]
+    assert rerun["figures"]["invocations"] == 2 and rerun["figures"]["elapsed_total_s"] > f["elapsed_total_s"]
+    md2 = (tmp_path / "results" / "tiny.md").read_text()
+    assert "Where the last round's positive labels come from" in md2 and "over the 2 invocations" in md2
+    assert md2.endswith("\n## Reading\n\nWhat it means.\n") and md2.count("## Reading") == 1
     other = subprocess.run([*cmd[:-2], "--name", "tiny2", "--rounds", "2"], capture_output=True, text=True, timeout=120)
     assert other.returncode == 2 and "another config" in other.stderr
     # bad overrides are refused with a message, before any work
