@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.recap_sim import (RESULTS, bootstrap_throughput_diff, discordant, mcnemar_p, mean_se, paired_diff_in_se,
-                             paired_episodes, primary_group, write_keeping_reading)
+                             one_line, paired_episodes, primary_group, write_keeping_reading)
 
 SAME = ("rounds", "eval_role", "eval_episodes", "max_steps", "demos_per_task", "episodes_per_round")
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("entries", nargs="+", metavar="RESULT:METHOD", help="The reference first, then the runs to test against it.")
     ap.add_argument("--name", required=True, help="Results file stem to write (NAME.md, NAME.json).")
     ap.add_argument("--results-dir", default=str(RESULTS), help="Where RESULT names are looked up and NAME is written.")
-    ap.add_argument("--note", default=None, help="A line printed at the top of the results.")
+    ap.add_argument("--note", default=None, type=one_line, help="A line printed at the top of the results.")
     ap.add_argument("--group", choices=["tuning", "test"], default="tuning",
                     help="Which of the runs' task sets to pair (default tuning, a run's primary tasks).")
     args = ap.parse_args(argv)

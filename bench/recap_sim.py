@@ -33,6 +33,8 @@ import argparse
 import json
 import multiprocessing
 import os
+import platform
+import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -694,7 +696,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=None, help="Episode time limit in ticks (override).")
     ap.add_argument("--name", default=None, help="Results file stem (default recap_sim, recap_sim-short, recap_sim-quick).")
     ap.add_argument("--results-dir", default=str(RESULTS), help="Where the table, figures and plots go.")
-    ap.add_argument("--note", default=None, help="A line printed at the top of the results (e.g. what a reduced run is not).")
+    ap.add_argument("--note", default=None, type=one_line, help="A line printed at the top of the results (e.g. what a reduced run is not).")
     ap.add_argument("--value-time-ablation", default=None, metavar="ROBOTS",
                     help="Instead of a benchmark: fit V time-blind and time-aware on these robots' episodes of "
                          "--workdir (a group folder of a finished run) and write NAME.json (held-out calibration, "
@@ -809,16 +811,18 @@ def main() -> None:
     ledger = Ledger(work / "invocations.json")
     print(f"config: {json.dumps(cfg)}\nseeds {seeds} methods {methods} jobs {args.jobs} groups {groups}", flush=True)
     results = {}
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_die_with_parent) as pool:
-        for group, tasks in groups.items():
-            gcfg = {**{k: v for k, v in cfg.items() if k != "test_tasks"}, "tasks": tasks}
-            gwork = str(work / group)
-            Path(gwork).mkdir(parents=True, exist_ok=True)
-            results[group] = run_group(pool, gcfg, gwork, seeds, methods, ablation=not args.no_ablation,
-                                       sweep=sweep if group == "tuning" else None)
+    try:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_die_with_parent) as pool:
+            for group, tasks in groups.items():
+                gcfg = {**{k: v for k, v in cfg.items() if k != "test_tasks"}, "tasks": tasks}
+                gwork = str(work / group)
+                Path(gwork).mkdir(parents=True, exist_ok=True)
+                results[group] = run_group(pool, gcfg, gwork, seeds, methods, ablation=not args.no_ablation,
+                                           sweep=sweep if group == "tuning" else None)
+    finally:
+        spent = ledger.close()  # an interrupted invocation's time counts to the second
     elapsed = time.time() - started
-    spent = ledger.close()
     result = summarise_groups(cfg, seeds, methods, results, elapsed)
     result["figures"].update(elapsed_total_s=spent["elapsed_s"], invocations=spent["invocations"])
     if sweep:
@@ -835,41 +839,80 @@ def main() -> None:
     print(render_md(result, name))
 
 
-READING = "\n## Reading"
+READING = re.compile(r"^## Reading\b", re.M)
+
+
+def one_line(text: str) -> str:
+    """--note: a line at the top of a report (a line break would end its bold, or start a heading there)."""
+    if "\n" in text or "\r" in text:
+        raise argparse.ArgumentTypeError("one line, without line breaks")
+    return text
 
 
 def write_keeping_reading(path: Path, md: str) -> None:
-    """Write a report, keeping what people wrote under its "## Reading" heading (a re-render, or a resumed run,
-    replaces the figures, never the reading)."""
-    if path.exists() and READING in (old := path.read_text(encoding="utf-8")):
-        md = md.rstrip("\n") + "\n" + READING + old.split(READING, 1)[1]
+    """Write a report, keeping what people wrote from its "## Reading" heading on (a re-render, or a resumed run,
+    replaces the figures, never the reading). The report's own part has no such heading (notes are one line)."""
+    try:
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"warning: {path} could not be read ({e}); written anew, without a reading", flush=True)
+        old = ""
+    if m := READING.search(old):
+        md = md.rstrip("\n") + "\n\n" + old[m.start():]
     path.write_text(md, encoding="utf-8")
 
 
 class Ledger:
-    """The invocations of one workdir (WORKDIR/invocations.json: start and seconds of each), so a benchmark
-    resumed over several invocations, or moved to another machine with its workdir, reports the time all of
-    them took. The running invocation's entry is rewritten every 30 s, so one that is killed still counts."""
+    """The invocations of one workdir (WORKDIR/invocations.json: start, process and seconds of each), so a
+    benchmark resumed over several invocations, or moved to another machine with its workdir, reports the time all
+    of them took. The running invocation's entry is rewritten every 30 s, so one that is killed still counts; each
+    write merges with what is on disk, so two invocations at once keep both entries. The ledger never costs a run
+    its results: a write that fails is a warning, and an unreadable ledger is moved aside."""
 
     def __init__(self, path: Path):
         import threading
 
         self.path, self.started = path, time.time()
-        try:
-            self.past = json.loads(path.read_text())["invocations"] if path.exists() else []
-        except (ValueError, KeyError, TypeError):
-            self.past = []  # an unreadable ledger restarts; the cells are what matter
-        self.entry = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "elapsed_s": 0.0}
+        self.entry = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid(),
+                      "host": platform.node(), "elapsed_s": 0.0}
         self._stop = threading.Event()
         self._write()
         self._thread = threading.Thread(target=self._tick, daemon=True)
         self._thread.start()
 
-    def _write(self) -> None:
+    def _key(self, e: dict) -> tuple:
+        return e.get("started"), e.get("pid"), e.get("host")
+
+    def _read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        try:
+            entries = json.loads(self.path.read_text())["invocations"]
+            if not isinstance(entries, list) or not all(
+                    isinstance(e, dict) and isinstance(e.get("elapsed_s"), (int, float))
+                    and not isinstance(e["elapsed_s"], bool) and 0 <= e["elapsed_s"] < float("inf") for e in entries):
+                raise ValueError("not a list of invocations with their seconds")
+            return entries
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            bad = self.path.with_name(self.path.name + ".bad")
+            print(f"warning: {self.path} unreadable ({e}); moved to {bad.name}, the time of earlier invocations is "
+                  "not counted", flush=True)
+            try:
+                self.path.replace(bad)
+            except OSError:
+                pass
+            return []
+
+    def _write(self) -> list[dict]:
         self.entry["elapsed_s"] = round(time.time() - self.started, 1)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"invocations": self.past + [self.entry]}, indent=1))
-        tmp.replace(self.path)
+        done = [e for e in self._read() if self._key(e) != self._key(self.entry)] + [self.entry]
+        try:
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"invocations": done}, indent=1))
+            tmp.replace(self.path)
+        except OSError as e:
+            print(f"warning: {self.path} not written ({e})", flush=True)
+        return done
 
     def _tick(self) -> None:
         while not self._stop.wait(30):
@@ -878,9 +921,8 @@ class Ledger:
     def close(self) -> dict:
         self._stop.set()
         self._thread.join()
-        self._write()
-        done = self.past + [self.entry]
-        return {"elapsed_s": sum(float(e.get("elapsed_s", 0)) for e in done), "invocations": len(done)}
+        done = self._write()
+        return {"elapsed_s": sum(e["elapsed_s"] for e in done), "invocations": len(done)}
 
 
 def value_time_ablation(work: str, robots: list[str], limit: int, steps: int) -> dict:

@@ -315,3 +315,43 @@ def test_sweep_figures_read_cells_finished_before_the_share_was_swept():
     # without the share swept, the same old cells make the N and beta tables, and no share table
     fig = sweep_figures(old, ["t"], [0], sweep)
     assert "positive" not in fig and [v["pooled"]["success_rate"] for v in fig["horizon"]["values"]] == [0.0, 0.5]
+
+
+def test_the_ledger_counts_every_invocation_and_survives_what_it_finds(tmp_path, capsys):
+    """WORKDIR/invocations.json: two invocations at once keep both entries; a malformed ledger is moved aside with a
+    warning instead of costing the run its results."""
+    from bench.recap_sim import Ledger
+
+    path = tmp_path / "invocations.json"
+    a, b = Ledger(path), Ledger(path)
+    b.entry["started"] = "another"  # two processes of the same second: told apart by start and pid
+    for _ in range(50):
+        a._write()
+        b._write()
+    spent_b, spent_a = b.close(), a.close()
+    assert spent_a["invocations"] == spent_b["invocations"] == 2
+    assert len(json.loads(path.read_text())["invocations"]) == 2 and not list(tmp_path.glob("*.tmp"))
+    for bad in ('{"invocations": {"a": 1}}', '{"invocations": [1, 2]}', '{"invocations": [{"elapsed_s": "abc"}]}',
+                '{"invocations": [{"elapsed_s": null}]}', '{"invocations": [{"elapsed_s": NaN}]}', "[1]", "{garbled"):
+        path.write_text(bad)
+        spent = Ledger(path).close()
+        assert spent["invocations"] == 1 and 0 <= spent["elapsed_s"] < 60, bad
+        assert (tmp_path / "invocations.json.bad").read_text() == bad and "moved to" in capsys.readouterr().out
+
+
+def test_a_rerendered_report_keeps_its_reading_and_notes_are_one_line(tmp_path):
+    from bench.recap_sim import write_keeping_reading
+
+    md = tmp_path / "r.md"
+    md.write_text("# old figures\n\n## Reading (2026-12-05)\n\nWhat it means.\n## Readings of the probes\n")
+    write_keeping_reading(md, "# new figures\n")
+    write_keeping_reading(md, "# new figures\n")
+    assert md.read_text() == "# new figures\n\n## Reading (2026-12-05)\n\nWhat it means.\n## Readings of the probes\n"
+    md.write_bytes(b"\xff\xfe# not utf-8")
+    write_keeping_reading(md, "# new figures\n")
+    assert md.read_text() == "# new figures\n"
+    for tool in ("bench.recap_sim", "bench.recap_pair"):
+        bad = subprocess.run([sys.executable, "-m", tool, "--note", "a\n## Reading", "--workdir", str(tmp_path / "w")],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and "--note" in bad.stderr and "one line" in bad.stderr, bad.stderr
+        assert not (tmp_path / "w").exists()
