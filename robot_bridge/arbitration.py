@@ -242,11 +242,29 @@ def build_arbiter(action_dim: int, *, period_s: float, low=-1.0, high=1.0, deadl
     and the simulated loop (training/sim) both build theirs here. `refill_below` covers the policy's
     latency (an in-process policy answers within the tick: 1, ask when the queue is empty);
     `execute`: actions used per chunk (None or 0: the whole chunk); `low`/`high`: one value or
-    one per dimension."""
-    return ActionArbiter(action_dim, np.broadcast_to(np.asarray(low, np.float32), (action_dim,)),
-                         np.broadcast_to(np.asarray(high, np.float32), (action_dim,)),
+    one per dimension, finite, low <= high; `hold_keep`: action dimensions (-1: none, the ROS parameter's
+    placeholder for an empty list). ValueError, naming the setting, for anything else: every command an arm
+    gets is clipped to these limits and every hold built from these dimensions."""
+    lim = {}
+    for name, v in (("action_low", low), ("action_high", high)):
+        a = np.asarray(v, np.float64).reshape(-1)
+        if a.size not in (1, action_dim):
+            raise ValueError(f"{name}: {a.size} values for {action_dim} action dimensions (give 1, or one per dimension)")
+        if not np.isfinite(a).all() or (np.abs(a) > np.finfo(np.float32).max).any():
+            raise ValueError(f"{name}: every limit must be a finite number, got {a.tolist()}")
+        lim[name] = np.broadcast_to(a.astype(np.float32), (action_dim,))
+    if (bad := np.flatnonzero(lim["action_low"] > lim["action_high"])).size:
+        raise ValueError(f"action_low is above action_high in dimension(s) {bad.tolist()}: every command would be pinned")
+    keep = tuple(int(i) for i in hold_keep)
+    if any(not -1 <= i < action_dim for i in keep):
+        raise ValueError(f"hold_keep: {list(keep)} names a dimension outside 0..{action_dim - 1} (-1: none)")
+    if hold_mode not in ("zero_delta", "position"):
+        raise ValueError(f"hold_mode: {hold_mode!r} is not one of zero_delta, position")
+    if not (np.isfinite(period_s) and period_s > 0 and np.isfinite(deadline_s) and deadline_s >= 0):
+        raise ValueError(f"control period {period_s!r} s and deadline {deadline_s!r} s must be finite, the period > 0")
+    return ActionArbiter(action_dim, lim["action_low"], lim["action_high"],
                          max(1, int(round(deadline_s / period_s))), int(refill_below), execute=int(execute or 0) or None,
-                         hold_mode=hold_mode, hold_keep=tuple(i for i in hold_keep if i >= 0))
+                         hold_mode=hold_mode, hold_keep=tuple(i for i in keep if i >= 0))
 
 
 class JointMap:

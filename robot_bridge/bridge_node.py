@@ -251,10 +251,13 @@ class BridgeNode(Node):
         api_token = read_secret(p["api_token_file"], ("RECAP_API_TOKEN",), "API token") or inference_token
         self.cameras = {n: t for n, t in zip(p["camera_names"], p["camera_topics"]) if n}
         self.cam_shape = (int(p["camera_height"]), int(p["camera_width"]), 3)
-        self.arbiter = build_arbiter(self.action_dim, period_s=self.period_ns / 1e9, low=p["action_low"],
-                                     high=p["action_high"], deadline_s=p["deadline_ms"] / 1e3,
-                                     refill_below=int(p["refill_below"]), execute=int(p["execute"]),
-                                     hold_mode=p["hold_mode"], hold_keep=tuple(p["hold_keep"]))
+        try:
+            self.arbiter = build_arbiter(self.action_dim, period_s=self.period_ns / 1e9, low=p["action_low"],
+                                         high=p["action_high"], deadline_s=p["deadline_ms"] / 1e3,
+                                         refill_below=int(p["refill_below"]), execute=int(p["execute"]),
+                                         hold_mode=p["hold_mode"], hold_keep=tuple(p["hold_keep"]))
+        except ValueError as e:  # limits and holds every command passes through: one line, before anything runs
+            raise ConfigError(f"parameter {e}") from None
         self.state_buf = SampleBuffer()
         self.image_bufs = {c: SampleBuffer() for c in self.cameras}  # cameras received in this process
         self.image_frames = {c: 0 for c in self.cameras}

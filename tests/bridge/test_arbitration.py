@@ -211,3 +211,19 @@ def test_diagnostic_levels_follow_the_documented_thresholds():
     assert "shipping" not in levels()  # no shipper on this robot
     ship = lambda **b: levels(ship_backlog={"episodes": 0, "bytes": 0, "refused": 0, "oldest": None} | b)["shipping"]
     assert ship() == OK and ship(episodes=21) == WARN and ship(refused=1) == WARN and ship(episodes=501) == ERROR
+
+
+def test_limits_and_holds_are_checked_where_every_arbiter_is_built():
+    """build_arbiter (the ROS bridge's and the simulated loop's): limits finite, ordered, one or one per dimension;
+    kept dimensions inside the action; anything else a ValueError naming the setting, never a pinned or NaN command."""
+    from robot_bridge.arbitration import build_arbiter
+
+    arb = build_arbiter(3, period_s=0.1, low=[-1, -2, -3], high=2.0, hold_keep=(-1, 2))
+    assert np.allclose(arb.low, [-1, -2, -3]) and np.allclose(arb.high, 2) and arb.hold_keep == (2,)
+    for kw, says in (({"low": 1.0, "high": -1.0}, "above action_high"), ({"high": float("nan")}, "finite"),
+                     ({"low": [-float("inf")]}, "finite"), ({"high": 1e39}, "finite"), ({"low": [-1, -1]}, "2 values for 3"),
+                     ({"hold_keep": (3,)}, "hold_keep"), ({"hold_keep": (-2,)}, "hold_keep"),
+                     ({"hold_mode": "velocity"}, "hold_mode"), ({"period_s": 0.0}, "period"),
+                     ({"deadline_s": float("nan")}, "deadline")):
+        with pytest.raises(ValueError, match=says):
+            build_arbiter(3, **{"period_s": 0.1, **kw})

@@ -165,6 +165,14 @@ def test_real_arm_parameters_file_loads_with_descriptors_and_refuses_a_token_par
     assert refused.returncode == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("error: inference_token is not accepted as a ROS parameter")
     assert "inference_token_file" in err and "rcp_secret" not in out + err
+    # limits and holds every command passes through: refused with one line before the node runs
+    for extra, says in ((("-p", "action_low:=[1.0]", "-p", "action_high:=[-1.0]"), "action_low is above action_high"),
+                        (("-p", "hold_keep:=[99]"), "hold_keep"), (("-p", "action_high:=[.nan]"), "finite"),
+                        (("-p", "action_low:=[-1.0, -1.0]"), "2 values for")):
+        refused = bridge(*extra)
+        out, err = refused.communicate(timeout=60)
+        assert refused.returncode == 2 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith("error: parameter ") and says in err, err
 
     want = yaml.safe_load(YAML.read_text())["/**/recap_bridge"]["ros__parameters"]
     assert set(want) <= set(PARAMS) and not {k for k in want if k.endswith("token")}
