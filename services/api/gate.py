@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never in an id or a route: refused before any route sees it
 # What a browser may load for our pages: our own scripts, styles and images (and blob: images, the
 # dashboard's camera frames); no inline script, no framing.
 CSP = ("default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; "
@@ -85,6 +86,9 @@ class Gate:
                 raise
 
         try:
+            if CONTROL.search(path):  # e.g. a NUL, which PostgreSQL's text columns refuse with an error
+                await _json(answer, 400, {"detail": "the request path contains a control character"})
+                return
             if not self._is_public(path):
                 refusal = await self._authenticate(headers, state)
                 if refusal is not None:

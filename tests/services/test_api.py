@@ -309,7 +309,13 @@ def test_every_mutating_request_is_audited_and_malformed_bodies_get_a_4xx_messag
     with shared_stack.client("operator") as c:
         refused[f"{m}-big"] = c.post("/v1/robots", content=b"{" + b" " * (1 << 20) + b"}",
                                      headers={"X-Request-Id": f"{m}-big", "Content-Type": "application/json"})
-    assert [r.status_code for r in refused.values()] == [401, 401, 413]
+        # a control character in a path parameter (a NUL is an error in PostgreSQL's text columns): 400 before routing
+        refused[f"{m}-nul"] = c.post("/v1/episodes/%00/annotations", headers={"X-Request-Id": f"{m}-nul"},
+                                     json={"kind": "bad_correction", "start_tick": 0, "end_tick": 1, "reason": "r"})
+        for path in ("/v1/episodes/%00/annotations", "/v1/versions/a%0Ab", "/v1/runs/%7F"):
+            r = c.get(path)
+            assert r.status_code == 400 and "control character" in r.json()["detail"], (path, r.text)
+    assert [r.status_code for r in refused.values()] == [401, 401, 413, 400]
     assert all(r.json()["detail"] for r in refused.values())
     rows = _audit_rows(shared_stack)
     sent = [f"{m}-{i}" for i, (method, *_) in enumerate(bodies) if method in ("POST", "DELETE")] + list(refused)

@@ -35,6 +35,7 @@ def test_api_worker_and_catalog_on_postgresql(tmp_path, postgres):
         with stack.client("teleoperator") as c:
             assert c.post(f"/v1/episodes/{ids[0]}/label", json={"outcome": "success"}).json()["outcome"] == "success"
             failures = c.get("/v1/episodes", params={"outcome": "failure", "robot": "robot-0"}).json()
+            assert c.get("/v1/episodes/%00/annotations").status_code == 400  # a NUL never reaches a text column
             assert {e["id"] for e in failures} == {ids[3]}
             assert c.get("/v1/episodes", params={"since_ns": T0 + 3 * 10**12}).json()[0]["id"] == ids[3]
         stack.start_worker("worker-pg")
