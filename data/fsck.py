@@ -32,12 +32,13 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
 from data.video import clean_leftovers, interrupted_videos, transcode_leftovers, unlisted_jpeg, video_section_problem
 from data.files import PARTIAL_SUFFIX, FileLock, fsync_dir, sha256_file
-from data.schema import IMAGES, EpisodeInfo, EpisodeStatus, check_id
+from data.schema import IMAGES, POLICY_VERSION, EpisodeInfo, EpisodeStatus, SchemaError, check_id
 from data.store import (
     CREATING_SUFFIX,
     JOURNAL,
@@ -127,6 +128,17 @@ def verify_episode(path: Path) -> str | None:
         return f"attributes name episode {str(info.episode_id)[:140]!r}, not its directory's"
     if info.num_ticks != manifest["num_ticks"]:
         return "tick count in attributes and manifest differ"
+    try:  # values no writer here makes (an imported episode's): they would reach catalog columns and lookups
+        info.check_values()
+    except SchemaError as e:
+        return f"attribute {e}"
+    try:
+        versions = np.asarray(group[POLICY_VERSION][: info.num_ticks]) if info.num_ticks else np.zeros(0)
+    except Exception as e:
+        return f"{POLICY_VERSION} unreadable: {type(e).__name__}"
+    if versions.size and int(versions.max()) >= len(info.policy_versions):
+        return (f"{POLICY_VERSION} {int(versions.max())} names no policy version (the attributes list "
+                f"{len(info.policy_versions)})")
     return None
 
 

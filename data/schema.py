@@ -12,6 +12,8 @@ from typing import Any, Mapping
 import numpy as np
 
 SCHEMA_VERSION = 1
+INT64_MAX = 2**63 - 1  # catalog integer columns (SQLite, PostgreSQL BIGINT)
+MAX_FPS = 10_000.0
 
 # Names of the per-tick arrays inside an episode group.
 TIMESTAMP = "timestamp_ns"
@@ -232,6 +234,25 @@ class EpisodeInfo:
             schema_version=int(d.get("schema_version", SCHEMA_VERSION)),
             extra=dict(d.get("extra", {})),
         )
+
+    def check_values(self) -> "EpisodeInfo":
+        """Values this store's writers never produce, refused (SchemaError naming the attribute): what an
+        imported episode (an upload, a shipment) carries goes into catalog columns, playback arithmetic and
+        tick-by-tick lookups, so its ids, rate, times and versions must be what a writer here could have written."""
+        check_id("robot_id", self.robot_id)
+        check_id("task_id", self.task_id)
+        if not isinstance(self.instruction, str) or "\x00" in self.instruction:
+            raise SchemaError("instruction", "text without NUL")
+        if not (math.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
+            raise SchemaError("fps", f"must be in (0, {MAX_FPS:g}], got {self.fps}")
+        for name in ("start_time_ns", "end_time_ns", "num_ticks"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= INT64_MAX:
+                raise SchemaError(name, f"must be in 0..2**63-1, got {v}")
+        for v in self.policy_versions:
+            if not isinstance(v, str) or not 0 < len(v) <= 128 or not v.isprintable():
+                raise SchemaError("policy_versions", f"{str(v)[:140]!r} is not a version name (printable, 1-128 characters)")
+        return self
 
     @property
     def duration_s(self) -> float:

@@ -261,6 +261,32 @@ def tick_count_disagrees(k: Kit) -> Upload:
 
 
 @_case
+def attributes_out_of_range(k: Kit) -> Upload:
+    """Values no writer here makes, in a consistent manifest: a start time past 64 bits (a catalog integer column),
+    a rate of 0 (playback divides by it), ticks naming a policy version the attributes do not list."""
+    p = k.episode()
+    set_attrs(p, start_time_ns=2**64)
+    recommit(p)
+    return Upload(tar_bytes(p), expect=frozenset({202}), job="refused")
+
+
+@_case
+def attributes_zero_rate(k: Kit) -> Upload:
+    p = k.episode()
+    set_attrs(p, fps=0.0)
+    recommit(p)
+    return Upload(tar_bytes(p), expect=frozenset({202}), job="refused")
+
+
+@_case
+def ticks_name_an_unlisted_version(k: Kit) -> Upload:
+    p = k.episode()
+    set_attrs(p, policy_versions=[])
+    recommit(p)
+    return Upload(tar_bytes(p), expect=frozenset({202}), job="refused")
+
+
+@_case
 def data_changed_same_size(k: Kit) -> Upload:
     p = k.episode()
     key = next(k for k in sorted(json.loads((p / MANIFEST).read_text())["files"]) if k.startswith("action/c/"))
