@@ -169,23 +169,25 @@ class Catalog:
         """Insert or refresh one committed episode (idempotent, also when two callers race)."""
         self.register_many([ep])
 
-    def register_many(self, eps: Iterable[EpisodeData]) -> int:
+    def register_many(self, eps: Iterable[EpisodeData], *, authoritative: bool = False) -> int:
         """Insert or refresh episodes in one transaction. A robot, task or episode row that another
         writer inserted between our read and our insert makes the transaction fail on its unique
-        key; it is then run again, and the second time the row is there to update."""
+        key; it is then run again, and the second time the row is there to update. A snapshot whose
+        newest label is older than the row's keeps the row's outcome (two labels at once), unless
+        `authoritative` (reconcile: the store, read just now, is the truth)."""
         eps = list(eps)
         for attempt in range(UPSERT_ATTEMPTS):
             try:
                 with self._session.begin() as s:
                     for ep in eps:
-                        self._upsert(s, ep)
+                        self._upsert(s, ep, authoritative)
                 return len(eps)
             except IntegrityError:
                 if attempt == UPSERT_ATTEMPTS - 1:
                     raise
         return 0
 
-    def _upsert(self, s: Session, ep: EpisodeData) -> None:
+    def _upsert(self, s: Session, ep: EpisodeData, authoritative: bool = False) -> None:
         info = ep.info
         if info.episode_id != ep.path.name:
             raise StoreError(f"episode directory {ep.path.name} holds attributes of episode "
@@ -203,15 +205,20 @@ class Catalog:
         src = ep.action_source
         if not counts:  # recovered episodes: count from the data
             counts = {k: int((src == i).sum()) for i, k in enumerate(("policy", "correction", "demonstration", "hold"))}
-        row = s.get(Episode, info.episode_id)
+        row = s.get(Episode, info.episode_id, with_for_update=True)  # PostgreSQL: concurrent registrations queue here
+        # a snapshot read before another writer's newer label (two labels at once): its outcome and label history
+        # are older than the row's, so they are left as they are (the store's label history only grows)
+        stale = (not authoritative and row is not None
+                 and (row.outcome_labelled_at_ns or -1) > (info.outcome_labelled_at_ns or -1))
         if row is None:
             row = Episode(id=info.episode_id, registered_at_ns=now)
             s.add(row)
         row.robot_id, row.task_id, row.instruction = info.robot_id, info.task_id, info.instruction
         row.status = str(info.status)
-        row.outcome = str(info.outcome)
-        row.outcome_labeller = info.outcome_labeller
-        row.outcome_labelled_at_ns = info.outcome_labelled_at_ns
+        if not stale:
+            row.outcome = str(info.outcome)
+            row.outcome_labeller = info.outcome_labeller
+            row.outcome_labelled_at_ns = info.outcome_labelled_at_ns
         row.num_ticks = info.num_ticks
         row.num_policy_ticks = counts.get("policy", 0)
         row.num_correction_ticks = counts.get("correction", 0)
@@ -226,7 +233,8 @@ class Catalog:
         row.schema_version = info.schema_version
         s.flush()
         s.execute(delete(EpisodePolicyVersion).where(EpisodePolicyVersion.episode_id == info.episode_id))
-        s.execute(delete(OutcomeLabel).where(OutcomeLabel.episode_id == info.episode_id))
+        if not stale:
+            s.execute(delete(OutcomeLabel).where(OutcomeLabel.episode_id == info.episode_id))
         s.flush()
         for v in sorted(set(info.policy_versions)):
             s.add(EpisodePolicyVersion(episode_id=info.episode_id, policy_version=v))
@@ -238,7 +246,7 @@ class Catalog:
                            f"{(took - start) / info.fps:.2f} s to the takeover",
                     author=RECORDED_BY + info.robot_id, created_at_ns=now))
         seen = set()
-        for lab in _label_history(ep):
+        for lab in [] if stale else _label_history(ep):
             key = (lab["labelled_at_ns"], lab["labeller"])
             if key not in seen:
                 seen.add(key)
@@ -420,5 +428,5 @@ class Catalog:
                 report.updated.append(eid)
         if repair:
             self.remove(report.removed)
-            self.register_many(opened[eid] for eid in report.added + report.updated)
+            self.register_many((opened[eid] for eid in report.added + report.updated), authoritative=True)
         return report

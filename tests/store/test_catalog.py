@@ -56,6 +56,28 @@ def test_relabel_keeps_who_and_when(filled):
     assert cat.label_history(eps[0].episode_id)[0]["labeller"] == "tester"
 
 
+def test_two_labels_at_once_leave_the_newest_in_the_catalog(filled):
+    """Two label requests interleaved: A writes its label and reads the episode, B labels and indexes in full, then
+    A indexes its older snapshot. The catalog keeps B's outcome and the whole history, as the store has them."""
+    store, cat, eps = filled
+    eid = eps[2].episode_id
+    store.label(eid, "failure", "alice")
+    snapshot_a = store.open(eid)
+    cat.label(store, eid, "success", "bob")
+    cat.register(snapshot_a)
+    rec = cat.get(eid)
+    assert (rec.outcome, rec.outcome_labeller) == ("success", "bob") == (str(store.open(eid).info.outcome), "bob")
+    assert [(h["outcome"], h["labeller"]) for h in cat.label_history(eid)] == [("failure", "alice"), ("success", "bob")]
+    assert cat.reconcile(store).consistent
+    # reconcile takes the store's word even over a row that claims a newer label
+    with cat.engine.begin() as c:
+        c.execute(text("UPDATE episodes SET outcome = 'failure', outcome_labelled_at_ns = :t WHERE id = :e"),
+                  {"t": 2**62, "e": eid})
+    assert not cat.reconcile(store).consistent
+    cat.reconcile(store, repair=True)
+    assert cat.reconcile(store).consistent and cat.get(eid).outcome == "success"
+
+
 def test_reconcile_repairs_every_kind_of_mismatch(filled):
     store, cat, eps = filled
     assert cat.reconcile(store).consistent
