@@ -133,12 +133,14 @@ def verify_episode(path: Path) -> str | None:
     except SchemaError as e:
         return f"attribute {e}"
     try:
-        versions = np.asarray(group[POLICY_VERSION][: info.num_ticks]) if info.num_ticks else np.zeros(0)
+        versions = np.asarray(group[POLICY_VERSION][: info.num_ticks]) if info.num_ticks else np.zeros(0, np.int16)
     except Exception as e:
         return f"{POLICY_VERSION} unreadable: {type(e).__name__}"
-    if versions.size and int(versions.max()) >= len(info.policy_versions):
-        return (f"{POLICY_VERSION} {int(versions.max())} names no policy version (the attributes list "
-                f"{len(info.policy_versions)})")
+    if versions.dtype.kind not in "iu" or versions.shape != (info.num_ticks,):
+        return f"{POLICY_VERSION} is {versions.dtype} of shape {versions.shape}, not one integer per tick"
+    if versions.size and not -1 <= int(versions.min()) <= int(versions.max()) < len(info.policy_versions):
+        return (f"{POLICY_VERSION} holds {int(versions.min())}..{int(versions.max())}: not -1 (none) or a policy "
+                f"version the attributes list ({len(info.policy_versions)})")
     return None
 
 

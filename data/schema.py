@@ -249,9 +249,17 @@ class EpisodeInfo:
             v = getattr(self, name)
             if v is not None and not 0 <= v <= INT64_MAX:
                 raise SchemaError(name, f"must be in 0..2**63-1, got {v}")
+        if not 0 <= self.schema_version <= SCHEMA_VERSION:
+            raise SchemaError("schema_version", f"must be in 0..{SCHEMA_VERSION}, got {self.schema_version}")
         for v in self.policy_versions:
             if not isinstance(v, str) or not 0 < len(v) <= 128 or not v.isprintable():
                 raise SchemaError("policy_versions", f"{str(v)[:140]!r} is not a version name (printable, 1-128 characters)")
+        stack = [self.extra]
+        while stack:  # events' reasons and the like become catalog text: no NUL anywhere in them
+            x = stack.pop()
+            if isinstance(x, str) and "\x00" in x:
+                raise SchemaError("extra", "text with a NUL")
+            stack.extend(x.values() if isinstance(x, dict) else x if isinstance(x, list) else [])
         return self
 
     @property

@@ -535,6 +535,11 @@ class EpisodeWriter(_FlushThread):
         self.flush_ticks = int(flush_ticks)
         self.episode_id = episode_id or new_episode_id(robot_id)
         self.path = store.episode_dir(self.episode_id)
+        # what the catalog and playback read back must be what an imported episode is held to (verify_episode)
+        self.info = EpisodeInfo(
+            episode_id=self.episode_id, robot_id=robot_id, task_id=task_id, instruction=instruction, fps=float(fps),
+            features=features, start_time_ns=int(start_time_ns or time.time_ns()), extra=dict(extra),
+        ).check_values()
         if self.path.exists():
             raise StoreError(f"episode {self.episode_id} already exists in {store.root}")
         # Build the directory under a hidden name, lock it, then rename it into place: listings (and
@@ -553,10 +558,6 @@ class EpisodeWriter(_FlushThread):
             if is_disk_full(e):
                 raise StoreFullError(f"disk full while creating episode {self.episode_id} in {store.root}") from e
             raise
-        self.info = EpisodeInfo(
-            episode_id=self.episode_id, robot_id=robot_id, task_id=task_id, instruction=instruction, fps=float(fps),
-            features=features, start_time_ns=int(start_time_ns or time.time_ns()), extra=dict(extra),
-        )
         self._zstore = DurableLocalStore(self.path, fsync=fsync)
         self._fsync = fsync
         self._specs = _array_specs(features)

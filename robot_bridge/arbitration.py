@@ -260,6 +260,8 @@ def build_arbiter(action_dim: int, *, period_s: float, low=-1.0, high=1.0, deadl
         raise ValueError(f"hold_keep: {list(keep)} names a dimension outside 0..{action_dim - 1} (-1: none)")
     if hold_mode not in ("zero_delta", "position"):
         raise ValueError(f"hold_mode: {hold_mode!r} is not one of zero_delta, position")
+    if int(refill_below) < 1:
+        raise ValueError(f"refill_below: {refill_below} would never ask the policy for a chunk (at least 1)")
     if not (np.isfinite(period_s) and period_s > 0 and np.isfinite(deadline_s) and deadline_s >= 0):
         raise ValueError(f"control period {period_s!r} s and deadline {deadline_s!r} s must be finite, the period > 0")
     return ActionArbiter(action_dim, lim["action_low"], lim["action_high"],

@@ -121,7 +121,7 @@ PARAMS = {
     "store_root": Param("recap_home/store", "episode store"),
     "deadline_ms": Param(DEADLINE_S * 1e3, "no fresh policy action this long after the queue ran dry: flagged late",
                          range=(1.0, 60_000.0)),
-    "refill_below": Param(REFILL_BELOW, "request the next chunk when fewer actions than this are queued", range=(0, 10_000)),
+    "refill_below": Param(REFILL_BELOW, "request the next chunk when fewer actions than this are queued", range=(1, 10_000)),
     "execute": Param(0, "actions executed per chunk (0: the whole chunk)", range=(0, 10_000)),
     "task": Param("task", "task id of the next episode (may change between episodes)", read_only=False),
     "instruction": Param("", "instruction text of the next episode, sent to the policy (may change between episodes)",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -206,19 +206,13 @@ class Catalog:
         if not counts:  # recovered episodes: count from the data
             counts = {k: int((src == i).sum()) for i, k in enumerate(("policy", "correction", "demonstration", "hold"))}
         row = s.get(Episode, info.episode_id, with_for_update=True)  # PostgreSQL: concurrent registrations queue here
-        # a snapshot read before another writer's newer label (two labels at once): its outcome and label history
-        # are older than the row's, so they are left as they are (the store's label history only grows)
-        stale = (not authoritative and row is not None
-                 and (row.outcome_labelled_at_ns or -1) > (info.outcome_labelled_at_ns or -1))
-        if row is None:
-            row = Episode(id=info.episode_id, registered_at_ns=now)
+        outcome = {"outcome": str(info.outcome), "outcome_labeller": info.outcome_labeller,
+                   "outcome_labelled_at_ns": info.outcome_labelled_at_ns}
+        if row is None:  # a concurrent insert of the same id fails on its key and the transaction runs again
+            row = Episode(id=info.episode_id, registered_at_ns=now, **outcome)
             s.add(row)
         row.robot_id, row.task_id, row.instruction = info.robot_id, info.task_id, info.instruction
         row.status = str(info.status)
-        if not stale:
-            row.outcome = str(info.outcome)
-            row.outcome_labeller = info.outcome_labeller
-            row.outcome_labelled_at_ns = info.outcome_labelled_at_ns
         row.num_ticks = info.num_ticks
         row.num_policy_ticks = counts.get("policy", 0)
         row.num_correction_ticks = counts.get("correction", 0)
@@ -231,9 +225,17 @@ class Catalog:
         row.location = ep.path.as_uri()
         row.checksum = ep.checksum
         row.schema_version = info.schema_version
-        s.flush()
+        s.flush()  # from here this transaction writes: SQLite holds its write lock, PostgreSQL the row's
+        # The outcome: a snapshot read before another writer's newer label (two labels at once) is older than the
+        # row and leaves it as it is, decided in the UPDATE itself; `authoritative` (reconcile) always writes it.
+        newer = Episode.id == info.episode_id
+        if not authoritative and info.outcome_labelled_at_ns is not None:
+            newer &= Episode.outcome_labelled_at_ns.is_(None) | (Episode.outcome_labelled_at_ns <= info.outcome_labelled_at_ns)
+        elif not authoritative:
+            newer &= Episode.outcome_labelled_at_ns.is_(None)
+        s.execute(update(Episode).where(newer).values(**outcome).execution_options(synchronize_session=False))
         s.execute(delete(EpisodePolicyVersion).where(EpisodePolicyVersion.episode_id == info.episode_id))
-        if not stale:
+        if authoritative:
             s.execute(delete(OutcomeLabel).where(OutcomeLabel.episode_id == info.episode_id))
         s.flush()
         for v in sorted(set(info.policy_versions)):
@@ -245,8 +247,10 @@ class Catalog:
                     reason=f"recorded by the teleoperator station ({why or 'takeover condition'}): "
                            f"{(took - start) / info.fps:.2f} s to the takeover",
                     author=RECORDED_BY + info.robot_id, created_at_ns=now))
-        seen = set()
-        for lab in [] if stale else _label_history(ep):
+        # the label history only grows: what the snapshot holds and the row lacks is added, nothing removed
+        seen = set() if authoritative else {(at, who) for at, who in s.execute(select(
+            OutcomeLabel.labelled_at_ns, OutcomeLabel.labeller).where(OutcomeLabel.episode_id == info.episode_id))}
+        for lab in _label_history(ep):
             key = (lab["labelled_at_ns"], lab["labeller"])
             if key not in seen:
                 seen.add(key)

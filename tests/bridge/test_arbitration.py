@@ -224,6 +224,6 @@ def test_limits_and_holds_are_checked_where_every_arbiter_is_built():
                      ({"low": [-float("inf")]}, "finite"), ({"high": 1e39}, "finite"), ({"low": [-1, -1]}, "2 values for 3"),
                      ({"hold_keep": (3,)}, "hold_keep"), ({"hold_keep": (-2,)}, "hold_keep"),
                      ({"hold_mode": "velocity"}, "hold_mode"), ({"period_s": 0.0}, "period"),
-                     ({"deadline_s": float("nan")}, "deadline")):
+                     ({"deadline_s": float("nan")}, "deadline"), ({"refill_below": 0}, "refill_below")):
         with pytest.raises(ValueError, match=says):
             build_arbiter(3, **{"period_s": 0.1, **kw})

@@ -181,7 +181,8 @@ def bad_bodies(n: int, seed: int = 0) -> list[tuple[str, str, bytes, str]]:
         out.append((method, path, body, ctype))
     for weird in ("/v1/robots/%00", "/v1/robots/" + "a" * 5000, "/v1/runs/%00/cancel", "/v1/tokens/%FF%FE",
                   "/v1/versions/%00", "/v1/runs/..%2F..%2Fetc", "/v1/episodes?robot=%00", "/v1/episodes?task=a%00",
-                  "/v1/audit?actor=%00", "/v1/runs?status=%00", "/v1/episodes?since_ns=" + "9" * 400):
+                  "/v1/audit?actor=%00", "/v1/runs?status=%00", "/v1/episodes?since_ns=" + "9" * 400,
+                  "/v1/episodes/%00/annotations", "/v1/episodes/%00/ticks"):
         out.append(("DELETE" if weird.startswith("/v1/tokens") else "GET" if "cancel" not in weird else "POST",
                     weird, b"", "application/json"))
     return out

@@ -93,6 +93,17 @@ def test_in_flight_episode_is_invisible_until_commit(store_root):
         w.append(frames.tick(10, T0 + 10 * PERIOD))
 
 
+def test_writers_hold_episodes_to_what_an_import_is_held_to(store_root):
+    """The values verify_episode refuses in an imported episode are refused when a writer here starts one, before
+    any folder exists: a rate past 10 kHz, a start time past 64 bits, a NUL in the instruction or in extra text."""
+    store = EpisodeStore(store_root)
+    for kw, field in (({"fps": 1e5}, "fps"), ({"start_time_ns": 2**64}, "start_time_ns"),
+                      ({"instruction": "a\x00b"}, "instruction"), ({"extra": {"events": [{"why": "x\x00"}]}}, "extra")):
+        with pytest.raises(SchemaError, match=field):
+            store.new_episode(robot_id="r1", task_id="t", features=small_features(0), **{"fps": 30, **kw})
+    assert store.episode_ids() == [] and store.in_flight_ids() == []
+
+
 def test_labels_keep_history(store_root):
     store = EpisodeStore(store_root)
     ep, _ = record(store, outcome=Outcome.UNKNOWN)
