@@ -756,6 +756,9 @@ class EpisodeWriter(_FlushThread):
         if version is None:
             return -1
         if version not in self._versions:
+            if not isinstance(version, str) or not 0 < len(version) <= 128 or not version.isprintable():
+                raise SchemaError("policy_version", f"{str(version)[:140]!r} is not a version name (printable, 1-128 "
+                                                    "characters)")  # the same rule as check_values, per tick
             if len(self._versions) >= np.iinfo(np.int16).max:
                 raise SchemaError("policy_version", "too many distinct policy versions in one episode")
             self._versions[version] = len(self._versions)

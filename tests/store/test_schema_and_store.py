@@ -102,6 +102,13 @@ def test_writers_hold_episodes_to_what_an_import_is_held_to(store_root):
         with pytest.raises(SchemaError, match=field):
             store.new_episode(robot_id="r1", task_id="t", features=small_features(0), **{"fps": 30, **kw})
     assert store.episode_ids() == [] and store.in_flight_ids() == []
+    w = store.new_episode(robot_id="r1", task_id="t", features=small_features(0), fps=30, start_time_ns=T0)
+    frames = SyntheticFrames(small_features(0), n_frames=4)
+    with pytest.raises(SchemaError, match="policy_version"):  # a version name a server sent: printable, or refused
+        w.append(frames.tick(0, T0, ActionSource.POLICY, "v1\x00<b>"))
+    w.append(frames.tick(0, T0, ActionSource.POLICY, "v1"))  # the refused tick changed nothing
+    assert w.num_ticks == 1
+    w.discard()
 
 
 def test_labels_keep_history(store_root):
