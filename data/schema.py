@@ -55,6 +55,13 @@ class SchemaError(ValueError):
         self.field = field_name
 
 
+def check_version_name(kind: str, value: Any) -> str:
+    """A policy version's name as an episode records it (catalog text): printable, 1-128 characters."""
+    if not isinstance(value, str) or not 0 < len(value) <= 128 or not value.isprintable():
+        raise SchemaError(kind, f"{str(value)[:140]!r} is not a version name (printable, 1-128 characters)")
+    return value
+
+
 def check_id(kind: str, value: str) -> str:
     if not isinstance(value, str) or not _ID_RE.match(value):
         raise SchemaError(kind, f"{value!r} is not a valid id (letters, digits, '_', '.', '-'; max 128)")
@@ -252,8 +259,7 @@ class EpisodeInfo:
         if not 0 <= self.schema_version <= SCHEMA_VERSION:
             raise SchemaError("schema_version", f"must be in 0..{SCHEMA_VERSION}, got {self.schema_version}")
         for v in self.policy_versions:
-            if not isinstance(v, str) or not 0 < len(v) <= 128 or not v.isprintable():
-                raise SchemaError("policy_versions", f"{str(v)[:140]!r} is not a version name (printable, 1-128 characters)")
+            check_version_name("policy_versions", v)
         stack = [self.extra]
         while stack:  # events' reasons and the like become catalog text: no NUL anywhere in them
             x = stack.pop()

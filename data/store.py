@@ -59,6 +59,7 @@ from data.schema import (
     SchemaError,
     Tick,
     check_id,
+    check_version_name,
     validate_tick,
 )
 from data.zarr_store import DurableLocalStore
@@ -756,9 +757,7 @@ class EpisodeWriter(_FlushThread):
         if version is None:
             return -1
         if version not in self._versions:
-            if not isinstance(version, str) or not 0 < len(version) <= 128 or not version.isprintable():
-                raise SchemaError("policy_version", f"{str(version)[:140]!r} is not a version name (printable, 1-128 "
-                                                    "characters)")  # the same rule as check_values, per tick
+            check_version_name("policy_version", version)  # the rule an imported episode's list is held to
             if len(self._versions) >= np.iinfo(np.int16).max:
                 raise SchemaError("policy_version", "too many distinct policy versions in one episode")
             self._versions[version] = len(self._versions)
