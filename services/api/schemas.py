@@ -16,7 +16,7 @@ from services.auth import Role
 from training.recap_config import BETA_MAX  # torch-free
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
-PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # no control characters (C0, DEL, C1)
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Text = Annotated[str, StringConstraints(max_length=128, pattern=PRINTABLE)]
 LongText = Annotated[str, StringConstraints(max_length=1000, pattern=PRINTABLE)]

@@ -312,7 +312,7 @@ def test_every_mutating_request_is_audited_and_malformed_bodies_get_a_4xx_messag
         # a control character in a path parameter (a NUL is an error in PostgreSQL's text columns): 400 before routing
         refused[f"{m}-nul"] = c.post("/v1/episodes/%00/annotations", headers={"X-Request-Id": f"{m}-nul"},
                                      json={"kind": "bad_correction", "start_tick": 0, "end_tick": 1, "reason": "r"})
-        for path in ("/v1/episodes/%00/annotations", "/v1/versions/a%0Ab", "/v1/runs/%7F"):
+        for path in ("/v1/episodes/%00/annotations", "/v1/versions/a%0Ab", "/v1/runs/%7F", "/v1/robots/a%C2%85b"):
             r = c.get(path)
             assert r.status_code == 400 and "control character" in r.json()["detail"], (path, r.text)
     assert [r.status_code for r in refused.values()] == [401, 401, 413, 400]
@@ -337,6 +337,8 @@ def test_error_bodies_name_no_internals(shared_stack, tmp_path):
         assert r.status_code == 422 and "model.safetensors" in r.json()["detail"]
         assert str(tmp_path) not in r.text, r.text
         r = c.post("/v1/versions", json={"artifact_dir": "/tmp/a\x00b"})
+        assert r.status_code == 422 and r.json()["detail"].startswith("body.artifact_dir")
+        r = c.post("/v1/versions", json={"artifact_dir": "/tmp/a\u0085b"})  # a C1 control character (NEL)
         assert r.status_code == 422 and r.json()["detail"].startswith("body.artifact_dir")
     with shared_stack.client("teleoperator") as c:
         r = c.get("/v1/episodes/no-such-episode")
