@@ -55,10 +55,11 @@ class SchemaError(ValueError):
         self.field = field_name
 
 
-def check_version_name(kind: str, value: Any) -> str:
-    """A policy version's name as an episode records it (catalog text): printable, 1-128 characters."""
+def check_name(kind: str, value: Any) -> str:
+    """A name an episode records and the catalog keeps as text (a policy version, a labeller):
+    printable, 1-128 characters."""
     if not isinstance(value, str) or not 0 < len(value) <= 128 or not value.isprintable():
-        raise SchemaError(kind, f"{str(value)[:140]!r} is not a version name (printable, 1-128 characters)")
+        raise SchemaError(kind, f"{str(value)[:140]!r} is not a name (printable, 1-128 characters)")
     return value
 
 
@@ -252,14 +253,16 @@ class EpisodeInfo:
             raise SchemaError("instruction", "text without NUL")
         if not (math.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
             raise SchemaError("fps", f"must be in (0, {MAX_FPS:g}], got {self.fps}")
-        for name in ("start_time_ns", "end_time_ns", "num_ticks"):
+        if self.outcome_labeller is not None:
+            check_name("outcome_labeller", self.outcome_labeller)
+        for name in ("start_time_ns", "end_time_ns", "num_ticks", "outcome_labelled_at_ns"):
             v = getattr(self, name)
-            if v is not None and not 0 <= v <= INT64_MAX:
-                raise SchemaError(name, f"must be in 0..2**63-1, got {v}")
+            if v is not None and not (isinstance(v, int) and 0 <= v <= INT64_MAX):
+                raise SchemaError(name, f"must be in 0..2**63-1, got {str(v)[:40]}")
         if not 0 <= self.schema_version <= SCHEMA_VERSION:
             raise SchemaError("schema_version", f"must be in 0..{SCHEMA_VERSION}, got {self.schema_version}")
         for v in self.policy_versions:
-            check_version_name("policy_versions", v)
+            check_name("policy_versions", v)
         stack = [self.extra]
         while stack:  # events' reasons and the like become catalog text: no NUL anywhere in them
             x = stack.pop()

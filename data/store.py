@@ -52,6 +52,7 @@ from data.schema import (
     PROPOSED,
     STATE,
     TIMESTAMP,
+    INT64_MAX,
     EpisodeFeatures,
     EpisodeInfo,
     EpisodeStatus,
@@ -59,7 +60,7 @@ from data.schema import (
     SchemaError,
     Tick,
     check_id,
-    check_version_name,
+    check_name,
     validate_tick,
 )
 from data.zarr_store import DurableLocalStore
@@ -128,8 +129,11 @@ def label_file_problem(f: Path, committed_at_ns: int | None) -> str | None:
             return "label file has unexpected fields"
         Outcome(d["outcome"])
         at = d["labelled_at_ns"]
-        if not isinstance(d["labeller"], str) or not d["labeller"] or type(at) is not int:
+        if type(at) is not int or not 0 <= at <= INT64_MAX:
             return "label file has fields of the wrong type"
+        check_name("labeller", d["labeller"])
+    except SchemaError as e:
+        return f"label file's {e}"
     except (OSError, ValueError) as e:
         return f"label file unreadable: {type(e).__name__}"
     if at != int(m.group(1)):
@@ -263,8 +267,7 @@ class EpisodeStore:
     def label(self, episode_id: str, outcome: Outcome | str, labeller: str, at_ns: int | None = None) -> EpisodeInfo:
         """Record a new outcome label for a committed episode; earlier labels are kept."""
         outcome = Outcome(outcome)
-        if not labeller or not isinstance(labeller, str):
-            raise SchemaError("labeller", "who labelled the outcome is required")
+        check_name("labeller", labeller)  # who labelled the outcome: catalog text
         ep = self.open(episode_id)
         at_ns = at_ns or time.time_ns()
         committed = ep.manifest.get("committed_at_ns")
@@ -277,16 +280,20 @@ class EpisodeStore:
 
 
 def read_labels(path: Path) -> list[dict[str, Any]]:
-    """An episode's outcome-label history, oldest first; unreadable label files are skipped."""
+    """An episode's outcome-label history, oldest first; unreadable label files, and ones holding a labeller
+    or a time EpisodeStore.label would refuse, are skipped."""
     out = []
     label_dir = path / LABELS
     if label_dir.is_dir():
         for f in sorted(label_dir.glob("*.json")):
             try:
                 d = json.loads(f.read_text())
-                out.append({"outcome": str(Outcome(d["outcome"])), "labeller": str(d["labeller"]),
-                            "labelled_at_ns": int(d["labelled_at_ns"])})
-            except (OSError, ValueError, KeyError):
+                at_ns = int(d["labelled_at_ns"])
+                if not 0 <= at_ns <= INT64_MAX:
+                    continue
+                out.append({"outcome": str(Outcome(d["outcome"])), "labeller": check_name("labeller", d["labeller"]),
+                            "labelled_at_ns": at_ns})
+            except (OSError, ValueError, KeyError, TypeError):  # SchemaError is a ValueError
                 continue
     return out
 
@@ -305,6 +312,10 @@ class EpisodeData:
         if self.info.episode_id != path.name:  # never let one directory speak for another episode
             raise StoreError(f"episode {path.name} is unreadable: its attributes name episode "
                              f"{str(self.info.episode_id)[:140]!r}; run `recap data fsck --repair`")
+        try:  # nor bring values no writer here makes (one put into the store by hand) into catalog columns or lookups
+            self.info.check_values()
+        except SchemaError as e:
+            raise StoreError(f"episode {path.name} is unreadable: attribute {e}; run `recap data fsck`") from None
         self.labels = read_labels(path)
         if self.labels:
             last = self.labels[-1]
@@ -668,6 +679,8 @@ class EpisodeWriter(_FlushThread):
         `frames_written`: with frames written elsewhere, what FrameWriter.finish returned, after it
         returned: every frame of every tick is durable then."""
         self._check_usable()
+        if labeller is not None:
+            check_name("labeller", labeller)
         if self._frames_elsewhere is not None and frames_written is None:
             raise StoreError(f"episode {self.episode_id}: its frames are written elsewhere; commit needs their files")
         outcome = Outcome(outcome)
@@ -757,7 +770,7 @@ class EpisodeWriter(_FlushThread):
         if version is None:
             return -1
         if version not in self._versions:
-            check_version_name("policy_version", version)  # the rule an imported episode's list is held to
+            check_name("policy_version", version)  # the rule an imported episode's list is held to
             if len(self._versions) >= np.iinfo(np.int16).max:
                 raise SchemaError("policy_version", "too many distinct policy versions in one episode")
             self._versions[version] = len(self._versions)

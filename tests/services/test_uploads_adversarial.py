@@ -78,3 +78,26 @@ def test_upload_refusals_are_immediate_without_a_worker(stack, tmp_path):
         assert c.get("/v1/episodes/uploads/not-a-job").status_code == 422
     with stack.client("researcher") as c:  # uploading is the teleoperator's (and admin's)
         assert post(c, CASES["not_a_tar"](kit)).status_code == 403
+
+
+def test_an_episode_put_into_the_shared_store_by_hand_is_not_indexed(stack):
+    """Registering (or reading by id) an episode written into the shared store by hand, consistent with
+    its manifest but carrying values no writer here makes, is a 404 naming the attribute; no row appears."""
+    import shutil
+
+    from data.store import new_episode_id
+    from tests.services.forged_uploads import recommit, set_attrs
+
+    store = EpisodeStore(stack.settings.store_root)
+    a, _ = record(store, robot="arm-a", cameras=1)
+    eid = new_episode_id("arm-a")
+    shutil.copytree(a.path, store.episodes_dir / eid)
+    set_attrs(store.episodes_dir / eid, episode_id=eid, outcome_labeller="ops\x00", start_time_ns=-1)
+    recommit(store.episodes_dir / eid)
+    with stack.client("robot") as c:
+        r = c.post("/v1/episodes/register", json={"episode_id": eid})
+        assert r.status_code == 404 and "attribute" in r.json()["detail"] and "fsck" in r.json()["detail"], r.text
+        r = c.get(f"/v1/episodes/{eid}")
+        assert r.status_code == 404 and "attribute" in r.json()["detail"], r.text
+        assert eid not in {e["episode_id"] for e in c.get("/v1/episodes").json()}
+        assert c.post("/v1/episodes/register", json={"episode_id": a.episode_id}).status_code == 200

@@ -5,6 +5,7 @@ finds nothing."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -72,5 +73,53 @@ def test_catalog_refuses_a_directory_speaking_for_another_episode(tmp_path):
         assert subprocess.run(cli + ["--repair"], capture_output=True, text=True, timeout=120).returncode == 0
         out = subprocess.run(cli, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and "0 corrupt" in out.stdout, out.stdout + out.stderr
+    finally:
+        cat.close()
+
+
+def test_an_episode_put_into_the_store_by_hand_is_held_to_the_writers_rules(tmp_path):
+    """A directory placed in the shared store by hand, consistent with its own manifest and id but with
+    attribute values no writer here makes (a NUL in a labeller, a rate of 1e9 Hz, a time past 2**63), is
+    neither read nor indexed: opening it names the attribute, reconcile leaves it out, fsck reports it.
+    A label file with a labeller that EpisodeStore.label would refuse is skipped and reported."""
+    from data.store import StoreError
+
+    store = EpisodeStore(tmp_path / "store")
+    cat = Catalog.for_store(store)
+    try:
+        a, _ = record(store, robot="arm-a", cameras=1)
+        cat.register(store.open(a.episode_id))
+        planted = {}
+        for attr, value in (("outcome_labeller", "ops\x00admin"), ("fps", 1e9), ("end_time_ns", 2**64),
+                            ("policy_versions", ["v1\n<script>"])):
+            eid = new_episode_id("arm-h")
+            shutil.copytree(a.path, store.episodes_dir / eid)
+            set_attrs(store.episodes_dir / eid, episode_id=eid, **{attr: value})
+            recommit(store.episodes_dir / eid)
+            planted[eid] = attr
+        for eid, attr in planted.items():
+            try:
+                store.open(eid)
+            except StoreError as e:
+                assert f"attribute {attr}" in str(e) and "fsck" in str(e), e
+            else:
+                raise AssertionError(f"an episode with a forged {attr} was opened")
+        report = cat.reconcile(store, repair=True)
+        assert report.added == [] and cat.reconcile(store).consistent
+        assert [e.id for e in cat.episodes()] == [a.episode_id]
+        assert set(planted) <= set(fsck(store).corrupt)
+        # a label file named as the store names them, whose labeller carries a control character
+        at = store.open(a.episode_id).manifest["committed_at_ns"] + 1
+        bad = a.path / "labels" / f"{at:020d}-abcdef.json"
+        bad.parent.mkdir(exist_ok=True)
+        bad.write_text(json.dumps({"outcome": "failure", "labeller": "admin\x1b[2J", "labelled_at_ns": at}))
+        assert store.open(a.episode_id).info.outcome_labeller != "admin\x1b[2J"
+        assert "labels/" + bad.name in fsck(store).stray[a.episode_id]
+        try:
+            store.label(a.episode_id, "failure", "op\x00")
+        except ValueError as e:
+            assert "labeller" in str(e)
+        else:
+            raise AssertionError("a labeller with a NUL was written")
     finally:
         cat.close()
