@@ -769,7 +769,7 @@ def main() -> None:
         return
     name = args.name or ("recap_sim-quick" if args.quick else "recap_sim-image" if args.image
                          else "recap_sim" if preset is HARD else "recap_sim-short")
-    if args.validation:
+    if args.validation and not name.endswith("-validation"):  # a --name that says so already is kept as given
         name += "-validation"
     work = Path(args.workdir or ROOT / "bench" / "_work" / name)
     known = work / "config.json"  # checked before the simulator and the training stack are imported
