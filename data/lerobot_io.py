@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from data.schema import ActionSource, CameraSpec, EpisodeFeatures, Outcome, Tick
+from data.schema import ActionSource, CameraSpec, EpisodeFeatures, Outcome, Tick, check_name
 from data.store import EpisodeStore
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub from here
@@ -211,6 +211,7 @@ def import_lerobot(
     the API creates). Any other dataset comes in as demonstrations (ticks flagged `is_intervention` as
     corrections), under `robot_id` (required then). Without kept labels the outcome is success,
     labelled by `labeller`."""
+    check_name("labeller", labeller)  # before any episode is written
     root = Path(root)
     ds = _lerobot()(repo_id, root=root)
     meta = ds.meta
