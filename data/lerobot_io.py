@@ -224,6 +224,10 @@ def import_lerobot(
         doc = json.loads(sidecar_path.read_text())
         if doc.get("format") == SIDECAR_FORMAT:
             sidecar = {int(e["episode_index"]): e for e in doc["episodes"]}
+    if keep_labels:  # a kept labeller is held to the store's rule before any episode is written, not at its commit
+        for e in sidecar.values():
+            if e.get("outcome_labeller") is not None:
+                check_name(f"episode {e['episode_index']}: outcome_labeller", e["outcome_labeller"])
     if robot_id is None and not sidecar:
         raise ValueError("a robot id is needed to import a dataset that recap did not export")
     cameras = {}

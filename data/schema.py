@@ -12,8 +12,19 @@ from typing import Any, Mapping
 import numpy as np
 
 SCHEMA_VERSION = 1
-INT64_MAX = 2**63 - 1  # catalog integer columns (SQLite, PostgreSQL BIGINT)
+INT64_MAX = 2**63 - 1  # catalog time columns (SQLite, PostgreSQL BIGINT)
+INT32_MAX = 2**31 - 1  # catalog count columns (PostgreSQL INTEGER)
 MAX_FPS = 10_000.0
+# Control characters (C0, DEL, C1): never in a name the catalog keeps, nor in an id or free text the API takes.
+CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f"  # a regex character range
+_CONTROL_RE = re.compile(f"[{CONTROL_CHARS}]")
+SOURCE_COUNT_KEYS = ("policy", "correction", "demonstration", "hold")  # extra["source_counts"], by ActionSource
+
+
+def count_sources(action_source: np.ndarray) -> dict[str, int]:
+    """An episode's `extra["source_counts"]`: ticks per action source, from its action_source array."""
+    src = np.asarray(action_source)
+    return {k: int((src == i).sum()) for i, k in enumerate(SOURCE_COUNT_KEYS)}
 
 # Names of the per-tick arrays inside an episode group.
 TIMESTAMP = "timestamp_ns"
@@ -57,9 +68,9 @@ class SchemaError(ValueError):
 
 def check_name(kind: str, value: Any) -> str:
     """A name an episode records and the catalog keeps as text (a policy version, a labeller):
-    printable, 1-128 characters."""
-    if not isinstance(value, str) or not 0 < len(value) <= 128 or not value.isprintable():
-        raise SchemaError(kind, f"{str(value)[:140]!r} is not a name (printable, 1-128 characters)")
+    1-128 characters, no control characters."""
+    if not isinstance(value, str) or not 0 < len(value) <= 128 or _CONTROL_RE.search(value):
+        raise SchemaError(kind, f"{str(value)[:140]!r} is not a name (1-128 characters, no control characters)")
     return value
 
 
@@ -187,8 +198,8 @@ def validate_tick(tick: Tick, features: EpisodeFeatures, last_timestamp_ns: int 
         images[name] = img
 
     version = tick.policy_version
-    if version is not None and (not isinstance(version, str) or not version or len(version) > 128):
-        raise SchemaError("policy_version", f"expected a non-empty string of at most 128 chars, got {version!r}")
+    if version is not None:
+        check_name("policy_version", version)
     return Tick(ts, state, action, source, images, proposed, version)
 
 
@@ -255,14 +266,24 @@ class EpisodeInfo:
             raise SchemaError("fps", f"must be in (0, {MAX_FPS:g}], got {self.fps}")
         if self.outcome_labeller is not None:
             check_name("outcome_labeller", self.outcome_labeller)
-        for name in ("start_time_ns", "end_time_ns", "num_ticks", "outcome_labelled_at_ns"):
+        for name, top in (("start_time_ns", INT64_MAX), ("end_time_ns", INT64_MAX), ("outcome_labelled_at_ns", INT64_MAX),
+                          ("num_ticks", INT32_MAX)):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, int) and 0 <= v <= INT64_MAX):
-                raise SchemaError(name, f"must be in 0..2**63-1, got {str(v)[:40]}")
+            if v is not None and not (isinstance(v, int) and 0 <= v <= top):
+                raise SchemaError(name, f"must be an integer in 0..{top}, got {str(v)[:40]}")
         if not 0 <= self.schema_version <= SCHEMA_VERSION:
             raise SchemaError("schema_version", f"must be in 0..{SCHEMA_VERSION}, got {self.schema_version}")
         for v in self.policy_versions:
             check_name("policy_versions", v)
+        if not isinstance(self.extra, dict):
+            raise SchemaError("extra", "must be an object")
+        events = self.extra.get("events", [])
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            raise SchemaError("extra.events", "must be a list of objects")
+        counts = self.extra.get("source_counts", {})
+        if not isinstance(counts, dict) or not all(
+                k in SOURCE_COUNT_KEYS and type(v) is int and 0 <= v <= self.num_ticks for k, v in counts.items()):
+            raise SchemaError("extra.source_counts", f"must map {', '.join(SOURCE_COUNT_KEYS)} to tick counts")
         stack = [self.extra]
         while stack:  # events' reasons and the like become catalog text: no NUL anywhere in them
             x = stack.pop()

@@ -53,6 +53,7 @@ from data.schema import (
     STATE,
     TIMESTAMP,
     INT64_MAX,
+    SOURCE_COUNT_KEYS,
     EpisodeFeatures,
     EpisodeInfo,
     EpisodeStatus,
@@ -118,29 +119,35 @@ def check_episode_id(value: Any) -> str:
     return value
 
 
-def label_file_problem(f: Path, committed_at_ns: int | None) -> str | None:
-    """None if `f` is a label file as EpisodeStore.label writes it, else what is wrong with it."""
+def read_label_file(f: Path, committed_at_ns: int | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(the label, None) if `f` is a label file as EpisodeStore.label writes it, else (None, what is wrong
+    with it): what the store reads as a label and what fsck keeps are the same files."""
     m = LABEL_FILE_RE.match(f.name)
     if not m or not f.is_file() or f.is_symlink():
-        return "not a label file written by the store"
+        return None, "not a label file written by the store"
     try:
         d = json.loads(f.read_text())
         if not isinstance(d, dict) or set(d) != {"outcome", "labeller", "labelled_at_ns"}:
-            return "label file has unexpected fields"
-        Outcome(d["outcome"])
+            return None, "label file has unexpected fields"
+        outcome = str(Outcome(d["outcome"]))
         at = d["labelled_at_ns"]
         if type(at) is not int or not 0 <= at <= INT64_MAX:
-            return "label file has fields of the wrong type"
+            return None, "label file has fields of the wrong type"
         check_name("labeller", d["labeller"])
     except SchemaError as e:
-        return f"label file's {e}"
-    except (OSError, ValueError) as e:
-        return f"label file unreadable: {type(e).__name__}"
+        return None, f"label file's {e}"
+    except (OSError, ValueError, TypeError) as e:
+        return None, f"label file unreadable: {type(e).__name__}"
     if at != int(m.group(1)):
-        return "label time differs from the file's name"
+        return None, "label time differs from the file's name"
     if committed_at_ns is not None and at < committed_at_ns:
-        return "label dated before the episode's commit"
-    return None
+        return None, "label dated before the episode's commit"
+    return {"outcome": outcome, "labeller": d["labeller"], "labelled_at_ns": at}, None
+
+
+def label_file_problem(f: Path, committed_at_ns: int | None) -> str | None:
+    """None if `f` is a label file as EpisodeStore.label writes it, else what is wrong with it."""
+    return read_label_file(f, committed_at_ns)[1]
 
 
 def manifest_checksum(files: dict[str, dict[str, Any]]) -> str:
@@ -279,23 +286,13 @@ class EpisodeStore:
         return self.open(episode_id).info
 
 
-def read_labels(path: Path) -> list[dict[str, Any]]:
-    """An episode's outcome-label history, oldest first; unreadable label files, and ones holding a labeller
-    or a time EpisodeStore.label would refuse, are skipped."""
-    out = []
+def read_labels(path: Path, committed_at_ns: int | None = None) -> list[dict[str, Any]]:
+    """An episode's outcome-label history, oldest first. Only label files as EpisodeStore.label writes
+    them count (read_label_file); any other file in `labels/` is skipped here and reported by fsck."""
     label_dir = path / LABELS
-    if label_dir.is_dir():
-        for f in sorted(label_dir.glob("*.json")):
-            try:
-                d = json.loads(f.read_text())
-                at_ns = int(d["labelled_at_ns"])
-                if not 0 <= at_ns <= INT64_MAX:
-                    continue
-                out.append({"outcome": str(Outcome(d["outcome"])), "labeller": check_name("labeller", d["labeller"]),
-                            "labelled_at_ns": at_ns})
-            except (OSError, ValueError, KeyError, TypeError):  # SchemaError is a ValueError
-                continue
-    return out
+    if not label_dir.is_dir():
+        return []
+    return [lab for f in sorted(label_dir.glob("*.json")) if (lab := read_label_file(f, committed_at_ns)[0])]
 
 
 class EpisodeData:
@@ -307,7 +304,7 @@ class EpisodeData:
             self.manifest = json.loads((path / MANIFEST).read_text())
             self.group = zarr.open_group(LocalStore(path, read_only=True), mode="r")
             self.info = EpisodeInfo.from_attrs(self.group.attrs.asdict())
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: an infinite time
             raise StoreError(f"episode {path.name} is unreadable: {e}; run `recap data fsck`") from e
         if self.info.episode_id != path.name:  # never let one directory speak for another episode
             raise StoreError(f"episode {path.name} is unreadable: its attributes name episode "
@@ -316,7 +313,8 @@ class EpisodeData:
             self.info.check_values()
         except SchemaError as e:
             raise StoreError(f"episode {path.name} is unreadable: attribute {e}; run `recap data fsck`") from None
-        self.labels = read_labels(path)
+        committed = self.manifest.get("committed_at_ns") if isinstance(self.manifest, dict) else None
+        self.labels = read_labels(path, committed if type(committed) is int else None)
         if self.labels:
             last = self.labels[-1]
             self.info.outcome = Outcome(last["outcome"])
@@ -662,7 +660,9 @@ class EpisodeWriter(_FlushThread):
         if len(self._events) >= self.MAX_EVENTS:
             self._events_dropped += 1
             return
-        self._events.append({"kind": kind, "t_ns": int(at_ns), **{str(k)[:64]: str(v)[:200] for k, v in detail.items()}})
+        # free text (a teleoperator's reason): cut to length, a NUL (which catalog text refuses) made visible
+        clean = {str(k)[:64].replace("\x00", "\ufffd"): str(v)[:200].replace("\x00", "\ufffd") for k, v in detail.items()}
+        self._events.append({**clean, "kind": kind, "t_ns": int(at_ns)})
 
     def _placed_events(self) -> list[dict]:
         """The noted events with their tick, in time order (after the last flush)."""
@@ -708,10 +708,8 @@ class EpisodeWriter(_FlushThread):
                 self.info.extra["events"] = events
             if self._events_dropped:
                 self.info.extra["events_dropped"] = self._events_dropped
-            self.info.extra["source_counts"] = {
-                "policy": int(self._source_counts[0]), "correction": int(self._source_counts[1]),
-                "demonstration": int(self._source_counts[2]), "hold": int(self._source_counts[3]),
-            }
+            self.info.extra["source_counts"] = dict(zip(SOURCE_COUNT_KEYS, map(int, self._source_counts)))
+            self.info.check_values()  # what EpisodeData will hold it to: never commit an episode that cannot be opened
             self._group.attrs.put(self.info.to_attrs())
             self._sync_dirs()
             files = {k: v for k, v in self._zstore.written.items() if (self.path / k).is_file()}

@@ -48,7 +48,7 @@ from zarr.storage import LocalStore
 
 from data.files import FileLock, atomic_write_json, fsync_dir, sha256_file
 from data.fsck import manifest_problem, stray_files, verify_episode
-from data.schema import ACTION_SOURCE, IMAGES, EpisodeInfo, Outcome
+from data.schema import ACTION_SOURCE, IMAGES, EpisodeInfo, Outcome, count_sources
 from data.store import (
     CREATING_SUFFIX,
     JOURNAL,
@@ -337,8 +337,7 @@ def _recommit(path: Path, uploaded_by: str, at_ns: int, extra: dict) -> None:
         info.outcome_labeller = info.outcome_labelled_at_ns = None
     src = np.asarray(group[ACTION_SOURCE][: info.num_ticks]) if info.num_ticks else np.zeros(0, np.uint8)
     info.extra = {k: v for k, v in info.extra.items() if k not in ("source_counts", SHIPPED_SHA256)}
-    info.extra["source_counts"] = {k: int((src == i).sum())
-                                   for i, k in enumerate(("policy", "correction", "demonstration", "hold"))}
+    info.extra["source_counts"] = count_sources(src)
     info.extra["uploaded_by"], info.extra["uploaded_at_ns"] = uploaded_by, at_ns
     info.extra.update(extra)
     group.attrs.put(info.to_attrs())

@@ -32,6 +32,7 @@ full-range YUV 4:2:0 (the JPEG's own colour space, no RGB round trip) and encode
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -45,6 +46,8 @@ import numpy as np
 
 from data.files import PARTIAL_SUFFIX, FileLock, fsync_dir, sha256_file
 from data.schema import IMAGES
+
+log = logging.getLogger(__name__)
 
 VIDEOS = "videos"
 VIDEO_SUFFIX = ".mp4"
@@ -613,23 +616,31 @@ def transcode_pass(store, policy: RetentionPolicy = RetentionPolicy(), *, settin
                    on_episode: Callable[[TranscodeResult], None] | None = None) -> list[TranscodeResult]:
     """Apply the policy to the store (or to `episode_ids`): transcode every committed episode old
     enough, and drop the JPEG tier of those beyond `keep_jpeg_days` and not pinned."""
+    from data.store import EpisodeNotFound, StoreError
+
     now_ns = now_ns or time.time_ns()
     out = []
     for eid in episode_ids if episode_ids is not None else store.episode_ids():
         try:
             manifest = _manifest(store.episode_dir(eid))
             committed = int(manifest.get("committed_at_ns") or 0)
-        except (OSError, ValueError):
+            info = dict(manifest.get("video") or {})
+            cams = {k.split("/")[1] for k in manifest["files"] if k.startswith(f"{IMAGES}/") and k.count("/") >= 2}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
             continue  # unreadable: fsck's business
         age_s = (now_ns - committed) / 1e9
         if age_s < policy.transcode_after_s:
             continue
         drop = age_s >= policy.keep_jpeg_days * 86400 and not is_pinned(store, eid)
-        info = manifest.get("video") or {}
-        cams = {k.split("/")[1] for k in manifest["files"] if k.startswith(f"{IMAGES}/") and k.count("/") >= 2}
         if all(c in info for c in cams) and not (drop and cams) and not transcode_leftovers(store.episode_dir(eid)):
             continue  # nothing to do
-        r = transcode_episode(store, eid, settings=settings, drop_jpeg=drop)
+        try:
+            r = transcode_episode(store, eid, settings=settings, drop_jpeg=drop)
+        except EpisodeNotFound:
+            raise  # asked for by id and not there: the caller's error
+        except StoreError as e:  # one episode the store will not open (fsck reports it) stops no other's
+            log.warning("video tier: episode %s skipped: %s", eid, e)
+            continue
         out.append(r)
         if on_episode:
             on_episode(r)

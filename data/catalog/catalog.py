@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from data.effort import EpisodeEffort, count_takeovers, takeover_after
 from data.catalog.models import Episode, EpisodeAnnotation, EpisodePolicyVersion, OutcomeLabel, Robot, Task
-from data.schema import Outcome
+from data.schema import Outcome, count_sources
 from data.sqldb import current_revision, open_engine, upgrade_schema
 from data.store import MIN_EPISODE_TICKS, EpisodeData, EpisodeStore, StoreError
 
@@ -204,7 +204,7 @@ class Catalog:
         counts = info.extra.get("source_counts", {})
         src = ep.action_source
         if not counts:  # recovered episodes: count from the data
-            counts = {k: int((src == i).sum()) for i, k in enumerate(("policy", "correction", "demonstration", "hold"))}
+            counts = count_sources(src)
         row = s.get(Episode, info.episode_id, with_for_update=True)  # PostgreSQL: concurrent registrations queue here
         outcome = {"outcome": str(info.outcome), "outcome_labeller": info.outcome_labeller,
                    "outcome_labelled_at_ns": info.outcome_labelled_at_ns}

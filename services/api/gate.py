@@ -27,13 +27,14 @@ from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from data.schema import CONTROL_CHARS
 from services.auth import Principal
 
 log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: never in an id or a route: refused before any route sees it
+CONTROL = re.compile(f"[{CONTROL_CHARS}]")  # C0, DEL and C1: never in an id or a route: refused before any route sees it
 # What a browser may load for our pages: our own scripts, styles and images (and blob: images, the
 # dashboard's camera frames); no inline script, no framing.
 CSP = ("default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; "

@@ -12,11 +12,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
+from data.schema import CONTROL_CHARS
 from services.auth import Role
 from training.recap_config import BETA_MAX  # torch-free
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
-PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # no control characters (C0, DEL, C1)
+PRINTABLE = f"^[^{CONTROL_CHARS}]*$"  # no control characters (C0, DEL, C1): the store's rule for names
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Text = Annotated[str, StringConstraints(max_length=128, pattern=PRINTABLE)]
 LongText = Annotated[str, StringConstraints(max_length=1000, pattern=PRINTABLE)]

@@ -14,6 +14,8 @@ from data.catalog import Catalog
 from data.fsck import fsck
 from data.store import EpisodeStore, new_episode_id
 from tests.services.forged_uploads import plant_forged_states, recommit, set_attrs
+from data.schema import ActionSource, Outcome
+from tests.store.helpers import PERIOD, T0, SyntheticFrames, small_features
 from tests.store.helpers import record
 
 
@@ -123,3 +125,80 @@ def test_an_episode_put_into_the_store_by_hand_is_held_to_the_writers_rules(tmp_
             raise AssertionError("a labeller with a NUL was written")
     finally:
         cat.close()
+
+
+def test_what_the_store_writes_it_can_read_and_what_it_reads_fsck_keeps(tmp_path):
+    """The store's own writer never commits an episode it then refuses to open (a NUL in a noted
+    event's text is made visible, not kept); attributes of the wrong shape or size (events not a list,
+    source counts not counts, a tick count past the catalog's column, an infinite time) make an episode
+    unreadable with a StoreError, never another exception; the labels a reader takes are exactly the
+    label files fsck keeps; a name rule that refuses control characters still takes any other text."""
+    from data.schema import count_sources
+    from data.store import StoreError, read_labels
+    from data.video import RetentionPolicy, transcode_pass
+
+    store = EpisodeStore(tmp_path / "store")
+    feats = small_features(1)
+    frames = SyntheticFrames(feats, n_frames=4)
+    w = store.new_episode(robot_id="arm-a", task_id="push", features=feats, fps=30, instruction="push it")
+    for t in range(6):
+        w.append(frames.tick(t, T0 + t * PERIOD, ActionSource.POLICY, "v1"))
+    w.note_event("mistake", T0 + 2 * PERIOD, why="stall\x00<b>", **{"k\x00": "v"})
+    info = w.commit(Outcome.FAILURE, "op\u00a0ana \U0001F9D1\u200D\U0001F527")  # NBSP, an emoji with a joiner
+    ep = store.open(info.episode_id)
+    (event,) = ep.info.extra["events"]
+    assert event["why"] == "stall\ufffd<b>" and event["k\ufffd"] == "v" and event["kind"] == "mistake"
+    assert ep.info.extra["source_counts"] == count_sources(ep.action_source) == {
+        "policy": 6, "correction": 0, "demonstration": 0, "hold": 0}
+    for bad in ("op\tana", "x" * 129, ""):
+        try:
+            store.label(info.episode_id, "success", bad)
+        except ValueError as e:
+            assert "labeller" in str(e)
+        else:
+            raise AssertionError(f"labeller {bad!r} was written")
+
+    planted = {}
+    for attr, value in (("extra", {"events": {"kind": "mistake"}}), ("extra", {"source_counts": {"policy": "<b>"}}),
+                        ("extra", {"source_counts": [1, 2]}), ("num_ticks", 2**31), ("start_time_ns", float("inf"))):
+        eid = new_episode_id("arm-h")
+        shutil.copytree(ep.path, store.episodes_dir / eid)
+        set_attrs(store.episodes_dir / eid, episode_id=eid, **{attr: value})
+        recommit(store.episodes_dir / eid)
+        planted[eid] = attr
+    for eid, attr in planted.items():
+        try:
+            store.open(eid)
+        except StoreError as e:
+            assert attr in str(e) or "unreadable" in str(e), e
+        else:
+            raise AssertionError(f"an episode with a forged {attr} was opened")
+    cat = Catalog.for_store(store)
+    try:
+        report = cat.reconcile(store, repair=True)
+        assert report.added == [info.episode_id], report
+    finally:
+        cat.close()
+    # the video tier's pass skips what the store will not open and goes on with the rest
+    done = transcode_pass(store, RetentionPolicy(transcode_after_s=0, keep_jpeg_days=1e9))
+    assert [r.episode_id for r in done] == [info.episode_id]
+
+    # label files: the reader takes exactly those fsck keeps
+    labels = ep.path / "labels"
+    labels.mkdir(exist_ok=True)
+    committed = ep.manifest["committed_at_ns"]
+    forged = {f"{committed + 10:020d}-aaaaaa.json": {"outcome": "success", "labeller": "x", "labelled_at_ns": str(committed + 10)},
+              f"{committed + 11:020d}-bbbbbb.json": {"outcome": "success", "labeller": "x", "labelled_at_ns": committed + 12},
+              f"{committed - 1:020d}-cccccc.json": {"outcome": "success", "labeller": "x", "labelled_at_ns": committed - 1},
+              "forged.json": {"outcome": "success", "labeller": "x", "labelled_at_ns": committed + 13}}
+    for name, body in forged.items():
+        (labels / name).write_text(json.dumps(body))
+    (labels / f"{committed + 14:020d}-dddddd.json").write_text(
+        '{"outcome": "success", "labeller": "x", "labelled_at_ns": Infinity}')
+    assert read_labels(ep.path, committed) == [] and store.open(info.episode_id).info.outcome == "failure"
+    assert store.open(info.episode_id).info.outcome_labeller == "op\u00a0ana \U0001F9D1\u200D\U0001F527"
+    store.label(info.episode_id, "success", "reviewer")  # a real label, beside the forged ones
+    assert [(lab["outcome"], lab["labeller"]) for lab in read_labels(ep.path, committed)] == [("success", "reviewer")]
+    assert store.open(info.episode_id).info.outcome == "success"
+    strays = set(fsck(store).stray[info.episode_id])
+    assert {f"labels/{n}" for n in forged} | {f"labels/{committed + 14:020d}-dddddd.json"} <= strays, strays

@@ -164,3 +164,25 @@ def test_verification_fails_loudly_on_a_missing_frame(tmp_path):
             dst.mux(packet)
     with pytest.raises(ExportVerificationError, match="11 video frames for 12 rows"):
         verify_export(tmp_path / "lr")
+
+
+def test_an_import_with_a_labeller_the_store_refuses_writes_nothing(two_episodes, tmp_path):
+    """A recap export whose sidecar names a labeller the store's name rule refuses (a control
+    character), or an import `labeller` like it, is refused before any episode is written."""
+    import json
+
+    from data.lerobot_io import SIDECAR
+    from data.schema import SchemaError
+
+    store, eps = two_episodes
+    export_lerobot(store, [e.episode_id for e in eps], tmp_path / "lr", use_videos=False)
+    side = tmp_path / "lr" / SIDECAR
+    doc = json.loads(side.read_text())
+    doc["episodes"][-1]["outcome_labeller"] = "ops\x1b[2J"
+    side.write_text(json.dumps(doc))
+    other = EpisodeStore(tmp_path / "other")
+    with pytest.raises(SchemaError, match="outcome_labeller"):
+        import_lerobot(tmp_path / "lr", other, keep_labels=True)
+    with pytest.raises(SchemaError, match="labeller"):
+        import_lerobot(tmp_path / "lr", other, robot_id="lab-arm", labeller="a\x00b")
+    assert other.episode_ids() == [] and not any(other.episodes_dir.glob(".*"))
