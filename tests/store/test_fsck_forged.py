@@ -84,28 +84,15 @@ def test_an_episode_put_into_the_store_by_hand_is_held_to_the_writers_rules(tmp_
     attribute values no writer here makes (a NUL in a labeller, a rate of 1e9 Hz, a time past 2**63), is
     neither read nor indexed: opening it names the attribute, reconcile leaves it out, fsck reports it.
     A label file with a labeller that EpisodeStore.label would refuse is skipped and reported."""
-    from data.store import StoreError
-
     store = EpisodeStore(tmp_path / "store")
     cat = Catalog.for_store(store)
     try:
         a, _ = record(store, robot="arm-a", cameras=1)
         cat.register(store.open(a.episode_id))
-        planted = {}
-        for attr, value in (("outcome_labeller", "ops\x00admin"), ("fps", 1e9), ("end_time_ns", 2**64),
-                            ("policy_versions", ["v1\n<script>"])):
-            eid = new_episode_id("arm-h")
-            shutil.copytree(a.path, store.episodes_dir / eid)
-            set_attrs(store.episodes_dir / eid, episode_id=eid, **{attr: value})
-            recommit(store.episodes_dir / eid)
-            planted[eid] = attr
-        for eid, attr in planted.items():
-            try:
-                store.open(eid)
-            except StoreError as e:
-                assert f"attribute {attr}" in str(e) and "fsck" in str(e), e
-            else:
-                raise AssertionError(f"an episode with a forged {attr} was opened")
+        planted = _plant(store, a.path, (("outcome_labeller", "ops\x00admin"), ("fps", 1e9), ("end_time_ns", 2**64),
+                                         ("policy_versions", ["v1\n<script>"])))
+        for attr, err in planted.values():
+            assert f"attribute {attr}" in err and "fsck" in err, err
         report = cat.reconcile(store, repair=True)
         assert report.added == [] and cat.reconcile(store).consistent
         assert [e.id for e in cat.episodes()] == [a.episode_id]
@@ -134,7 +121,7 @@ def test_what_the_store_writes_it_can_read_and_what_it_reads_fsck_keeps(tmp_path
     unreadable with a StoreError, never another exception; the labels a reader takes are exactly the
     label files fsck keeps; a name rule that refuses control characters still takes any other text."""
     from data.schema import count_sources
-    from data.store import StoreError, read_labels
+    from data.store import read_labels
     from data.video import RetentionPolicy, transcode_pass
 
     store = EpisodeStore(tmp_path / "store")
@@ -158,21 +145,11 @@ def test_what_the_store_writes_it_can_read_and_what_it_reads_fsck_keeps(tmp_path
         else:
             raise AssertionError(f"labeller {bad!r} was written")
 
-    planted = {}
-    for attr, value in (("extra", {"events": {"kind": "mistake"}}), ("extra", {"source_counts": {"policy": "<b>"}}),
-                        ("extra", {"source_counts": [1, 2]}), ("num_ticks", 2**31), ("start_time_ns", float("inf"))):
-        eid = new_episode_id("arm-h")
-        shutil.copytree(ep.path, store.episodes_dir / eid)
-        set_attrs(store.episodes_dir / eid, episode_id=eid, **{attr: value})
-        recommit(store.episodes_dir / eid)
-        planted[eid] = attr
-    for eid, attr in planted.items():
-        try:
-            store.open(eid)
-        except StoreError as e:
-            assert attr in str(e) or "unreadable" in str(e), e
-        else:
-            raise AssertionError(f"an episode with a forged {attr} was opened")
+    planted = _plant(store, ep.path, (("extra", {"events": {"kind": "mistake"}}), ("extra", {"source_counts": {"policy": "<b>"}}),
+                                      ("extra", {"source_counts": [1, 2]}), ("num_ticks", 2**31),
+                                      ("start_time_ns", float("inf"))))
+    for attr, err in planted.values():
+        assert attr in err or "unreadable" in err, err
     cat = Catalog.for_store(store)
     try:
         report = cat.reconcile(store, repair=True)
@@ -202,3 +179,23 @@ def test_what_the_store_writes_it_can_read_and_what_it_reads_fsck_keeps(tmp_path
     assert store.open(info.episode_id).info.outcome == "success"
     strays = set(fsck(store).stray[info.episode_id])
     assert {f"labels/{n}" for n in forged} | {f"labels/{committed + 14:020d}-dddddd.json"} <= strays, strays
+
+
+def _plant(store: EpisodeStore, src, cases) -> dict[str, tuple[str, str]]:
+    """Copies of the episode at `src` under new ids, each with one attribute forged and a manifest that
+    matches (put into the store by hand); {id: (the attribute, the StoreError that opening it raised)}."""
+    from data.store import StoreError
+
+    out = {}
+    for attr, value in cases:
+        eid = new_episode_id("arm-h")
+        shutil.copytree(src, store.episodes_dir / eid)
+        set_attrs(store.episodes_dir / eid, episode_id=eid, **{attr: value})
+        recommit(store.episodes_dir / eid)
+        try:
+            store.open(eid)
+        except StoreError as e:
+            out[eid] = (attr, str(e))
+        else:
+            raise AssertionError(f"an episode with a forged {attr} was opened")
+    return out
