@@ -767,8 +767,7 @@ class EpisodeWriter(_FlushThread):
     def _version_index(self, version: str | None) -> int:
         if version is None:
             return -1
-        if version not in self._versions:
-            check_name("policy_version", version)  # the rule an imported episode's list is held to
+        if version not in self._versions:  # its name passed validate_tick's check_name
             if len(self._versions) >= np.iinfo(np.int16).max:
                 raise SchemaError("policy_version", "too many distinct policy versions in one episode")
             self._versions[version] = len(self._versions)
