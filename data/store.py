@@ -278,8 +278,9 @@ class EpisodeStore:
         ep = self.open(episode_id)
         at_ns = at_ns or time.time_ns()
         committed = ep.manifest.get("committed_at_ns")
-        if type(at_ns) is not int or (type(committed) is int and at_ns < committed):
-            raise SchemaError("labelled_at_ns", "a label is an integer time no earlier than the episode's commit")
+        if type(at_ns) is not int or at_ns > INT64_MAX or (type(committed) is int and at_ns < committed):
+            raise SchemaError("labelled_at_ns", "a label is an integer time (ns, below 2**63) no earlier than the "
+                              "episode's commit")
         label = {"outcome": str(outcome), "labeller": labeller, "labelled_at_ns": at_ns}
         atomic_write_json(ep.path / LABELS / f"{at_ns:020d}-{secrets.token_hex(3)}.json", label)
         fsync_dir(ep.path / LABELS)
@@ -304,7 +305,7 @@ class EpisodeData:
             self.manifest = json.loads((path / MANIFEST).read_text())
             self.group = zarr.open_group(LocalStore(path, read_only=True), mode="r")
             self.info = EpisodeInfo.from_attrs(self.group.attrs.asdict())
-        except (OSError, ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: an infinite time
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:  # e.g. an infinite time
             raise StoreError(f"episode {path.name} is unreadable: {e}; run `recap data fsck`") from e
         if self.info.episode_id != path.name:  # never let one directory speak for another episode
             raise StoreError(f"episode {path.name} is unreadable: its attributes name episode "

@@ -510,7 +510,11 @@ class IngestSpool:
         """True if the store holds this episode as shipped with this sha256 (indexing it if the catalog
         missed it); EpisodeExists if it holds another episode under the id; else False."""
         if self.store.is_committed(episode_id):
-            ep = self.store.open(episode_id)
+            try:
+                ep = self.store.open(episode_id)
+            except StoreError as e:  # the central copy is there but unreadable: shipping again cannot mend it
+                raise EpisodeExists(f"episode {episode_id} is in the store but cannot be read there ({e}); "
+                                    "not shipped again") from None
             if ep.info.extra.get(SHIPPED_SHA256) != sha256:
                 raise EpisodeExists(f"episode {episode_id} is already in the store, not as shipped with this sha256")
             try:

@@ -637,7 +637,9 @@ def transcode_pass(store, policy: RetentionPolicy = RetentionPolicy(), *, settin
         try:
             r = transcode_episode(store, eid, settings=settings, drop_jpeg=drop)
         except EpisodeNotFound:
-            raise  # asked for by id and not there: the caller's error
+            if episode_ids is not None:
+                raise  # asked for by id and not there: the caller's error
+            continue  # gone since it was listed (fsck quarantined it, say)
         except StoreError as e:  # one episode the store will not open (fsck reports it) stops no other's
             log.warning("video tier: episode %s skipped: %s", eid, e)
             continue

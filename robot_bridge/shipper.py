@@ -248,7 +248,8 @@ class EpisodeShipper:
                 self._send(episode_id, tar, sha, offset)
             finally:
                 self.counters.send_s += time.monotonic() - t0
-            labels = read_labels(tar.path)
+            committed = tar.manifest.get("committed_at_ns")
+            labels = read_labels(tar.path, committed if type(committed) is int else None)
             body = {"outcome": labels[-1]["outcome"]} if labels else {}
             r = self._call("POST", f"/v1/episodes/ingest/{episode_id}/{sha}/commit", json=body,
                            timeout=self.cfg.commit_timeout_s)

@@ -144,12 +144,30 @@ def test_what_the_store_writes_it_can_read_and_what_it_reads_fsck_keeps(tmp_path
             assert "labeller" in str(e)
         else:
             raise AssertionError(f"labeller {bad!r} was written")
+    try:
+        store.label(info.episode_id, "success", "op", at_ns=2**63)  # a time no reader would take back
+    except ValueError as e:
+        assert "labelled_at_ns" in str(e)
+    else:
+        raise AssertionError("a label past 2**63 ns was written")
 
+    feats_attr = json.loads((ep.path / "zarr.json").read_text())["attributes"]["features"]
     planted = _plant(store, ep.path, (("extra", {"events": {"kind": "mistake"}}), ("extra", {"source_counts": {"policy": "<b>"}}),
                                       ("extra", {"source_counts": [1, 2]}), ("num_ticks", 2**31),
-                                      ("start_time_ns", float("inf"))))
+                                      ("start_time_ns", float("inf")), ("features", {**feats_attr, "cameras": [1]})))
     for attr, err in planted.values():
         assert attr in err or "unreadable" in err, err
+    # a robot shipping an episode whose central copy is there but unreadable: a refusal, not an error to retry
+    from data.transfer import EpisodeExists, IngestSpool
+
+    spool = IngestSpool(tmp_path / "ingest", store, None)
+    for eid in planted:
+        try:
+            spool.shipped(eid, "0" * 64)
+        except EpisodeExists as e:
+            assert "cannot be read" in str(e)
+        else:
+            raise AssertionError("an unreadable central copy counted as shipped")
     cat = Catalog.for_store(store)
     try:
         report = cat.reconcile(store, repair=True)
