@@ -229,10 +229,11 @@ class Catalog:
         # The outcome: a snapshot read before another writer's newer label (two labels at once) is older than the
         # row and leaves it as it is, decided in the UPDATE itself; `authoritative` (reconcile) always writes it.
         newer = Episode.id == info.episode_id
-        if not authoritative and info.outcome_labelled_at_ns is not None:
-            newer &= Episode.outcome_labelled_at_ns.is_(None) | (Episode.outcome_labelled_at_ns <= info.outcome_labelled_at_ns)
-        elif not authoritative:
-            newer &= Episode.outcome_labelled_at_ns.is_(None)
+        if not authoritative:
+            not_newer_than_ours = Episode.outcome_labelled_at_ns.is_(None)
+            if info.outcome_labelled_at_ns is not None:
+                not_newer_than_ours |= Episode.outcome_labelled_at_ns <= info.outcome_labelled_at_ns
+            newer &= not_newer_than_ours
         s.execute(update(Episode).where(newer).values(**outcome).execution_options(synchronize_session=False))
         s.execute(delete(EpisodePolicyVersion).where(EpisodePolicyVersion.episode_id == info.episode_id))
         if authoritative:
